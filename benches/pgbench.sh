@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: pgbench straight to PostgreSQL vs through pgwarden, in
+# the same run, interleaved (direct, proxy, direct, proxy, ...) so drift on the
+# machine hits both sides alike.
+#
+#   benches/pgbench.sh
+#
+# Environment (defaults in brackets):
+#   DURATION   seconds per pgbench run [10]
+#   ROUNDS     direct/proxy pairs per cell; the table shows medians [2]
+#   SCALE      pgbench -i scale factor [10]
+#   MODES      pgbench -M protocols ["simple extended prepared"]
+#   CLIENTS    client counts ["1 8"]; threads = min(clients, 2)
+#   PGWARDEN_BIN  use this binary instead of building target/release/pgwarden
+#   RUST_LOG   pgwarden's log filter [warn]
+#
+# Both sides use TCP on 127.0.0.1 and SCRAM; each pgbench client logs in once
+# (no -C), so the numbers measure the relay, not login cost. The workload is
+# `pgbench -S` (one primary-key SELECT per transaction), the worst case for a
+# proxy's per-message overhead. The table is also written to
+# target/bench/pgbench-<date>.txt, the raw pgbench output next to it (.log).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-2}
+SCALE=${SCALE:-10}
+MODES=${MODES:-simple extended prepared}
+CLIENTS=${CLIENTS:-1 8}
+for v in DURATION ROUNDS SCALE; do
+  if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
+    echo "pgbench.sh: $v must be a positive integer, got '${!v}'" >&2
+    exit 2
+  fi
+done
+
+BENCH_USER=bench
+BENCH_DB=bench
+BENCH_PASSWORD=benchpw
+
+say() { echo "== $*" >&2; }
+die() {
+  echo "pgbench.sh: $*" >&2
+  exit 1
+}
+
+# --- cleanup, installed before anything is started ------------------------
+
+tmp=""
+pg_started=""
+pgwarden_pid=""
+
+as_pg() {
+  if ((EUID == 0)); then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  if [[ -n $pgwarden_pid ]] && kill -0 "$pgwarden_pid" 2>/dev/null; then
+    kill -TERM "$pgwarden_pid" 2>/dev/null
+    for _ in {1..50}; do
+      kill -0 "$pgwarden_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pgwarden_pid" 2>/dev/null
+    wait "$pgwarden_pid" 2>/dev/null
+  fi
+  if [[ -n $pg_started ]]; then
+    as_pg "$pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1
+  fi
+  if [[ -n $tmp && -d $tmp ]]; then
+    rm -rf "$tmp"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools -----------------------------------------------------------------
+
+scripts/deps.sh
+
+# Same lookup order as the integration tests and scripts/deps.sh.
+find_bindir() {
+  local d
+  for d in "${PG_BINDIR:-}" "$(pg_config --bindir 2>/dev/null || true)" \
+    $(compgen -G '/usr/lib/postgresql/*/bin' | sort -rV) \
+    "$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)")"; do
+    if [[ -n $d && -x $d/initdb && -x $d/pg_ctl && -x $d/postgres ]]; then
+      printf '%s\n' "$d"
+      return 0
+    fi
+  done
+  return 1
+}
+bindir=$(find_bindir) || die "PostgreSQL server binaries not found (set PG_BINDIR)"
+pg_ctl=$bindir/pg_ctl
+pick() { # prefer the server's own client binaries (same version)
+  if [[ -x $bindir/$1 ]]; then echo "$bindir/$1"; else command -v "$1"; fi
+}
+psql=$(pick psql) || die "psql not found"
+pgbench=$(pick pgbench) || die "pgbench not found"
+
+if [[ -n ${PGWARDEN_BIN:-} ]]; then
+  pgwarden=$(readlink -f "$PGWARDEN_BIN")
+else
+  say "cargo build --release"
+  cargo build --release
+  pgwarden=$root/target/release/pgwarden
+fi
+[[ -x $pgwarden ]] || die "no pgwarden binary at $pgwarden"
+
+# A port nothing listens on right now (bash's /dev/tcp: connect succeeds = taken).
+free_port() {
+  local p
+  for _ in {1..100}; do
+    p=$((20000 + RANDOM % 30000))
+    if ! (: <"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# --- throwaway PostgreSQL ----------------------------------------------------
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pgwarden-bench.XXXXXX")
+if ((EUID == 0)); then
+  # initdb refuses to run as root: the cluster belongs to `postgres`.
+  id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' OS user (created by the postgresql package)"
+  chown postgres: "$tmp"
+fi
+
+pg_port=$(free_port) || die "no free port"
+say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') in $tmp, port $pg_port"
+as_pg "$bindir/initdb" -D "$tmp/data" -U postgres -E UTF8 --locale=C \
+  --auth-host=scram-sha-256 --auth-local=trust --no-sync >"$tmp/initdb.log" 2>&1 ||
+  {
+    cat "$tmp/initdb.log" >&2
+    die "initdb failed"
+  }
+cat >>"$tmp/data/postgresql.conf" <<EOF
+# benches/pgbench.sh
+listen_addresses = '127.0.0.1'
+port = $pg_port
+unix_socket_directories = '$tmp'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+pg_started=1
+as_pg "$pg_ctl" -D "$tmp/data" -l "$tmp/postgres.log" -w -t 60 start >/dev/null ||
+  {
+    cat "$tmp/postgres.log" >&2
+    die "pg_ctl start failed"
+  }
+
+"$psql" -X -q -v ON_ERROR_STOP=1 -h "$tmp" -p "$pg_port" -U postgres -d postgres \
+  -c "CREATE ROLE $BENCH_USER LOGIN PASSWORD '$BENCH_PASSWORD'" \
+  -c "CREATE DATABASE $BENCH_DB OWNER $BENCH_USER" >/dev/null
+
+export PGPASSWORD=$BENCH_PASSWORD
+say "pgbench -i -s $SCALE"
+"$pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U "$BENCH_USER" "$BENCH_DB" \
+  >"$tmp/pgbench-init.log" 2>&1 ||
+  {
+    cat "$tmp/pgbench-init.log" >&2
+    die "pgbench -i failed"
+  }
+
+# --- pgwarden ----------------------------------------------------------------
+
+verifier=$(printf '%s' "$BENCH_PASSWORD" | "$pgwarden" hash-password) ||
+  die "'pgwarden hash-password' failed"
+verifier=$(printf '%s\n' "$verifier" | grep -m1 -o 'SCRAM-SHA-256\$[^[:space:]]*') ||
+  die "'pgwarden hash-password' printed no SCRAM-SHA-256\$ verifier"
+
+proxy_port=$(free_port) || die "no free port"
+cfg=$tmp/pgwarden.toml
+cat >"$cfg" <<EOF
+# written by benches/pgbench.sh
+[server]
+listen = "127.0.0.1:$proxy_port"
+max_connections = 1000
+
+[server.tls]
+mode = "disabled"
+
+[upstream]
+host = "127.0.0.1"
+port = $pg_port
+sslmode = "disable"
+
+[[upstream.roles]]
+name = "$BENCH_USER"
+password = "env:BENCH_UPSTREAM_PASSWORD"
+
+[[auth.local]]
+name = "$BENCH_USER"
+scram = "$verifier"
+groups = ["$BENCH_USER"]
+
+[[access]]
+users = ["$BENCH_USER"]
+databases = ["$BENCH_DB"]
+roles = ["$BENCH_USER"]
+EOF
+
+say "pgwarden serve on port $proxy_port"
+# cwd = the temp dir, so any relative path pgwarden writes (audit, ...) goes away with it.
+(
+  cd "$tmp"
+  export BENCH_UPSTREAM_PASSWORD=$BENCH_PASSWORD
+  export RUST_LOG=${RUST_LOG:-warn}
+  exec "$pgwarden" serve --config "$cfg"
+) </dev/null >"$tmp/pgwarden.log" 2>&1 &
+pgwarden_pid=$!
+
+deadline=$((SECONDS + 30))
+until "$psql" -X -q -tA -h 127.0.0.1 -p "$proxy_port" -U "$BENCH_USER" -d "$BENCH_DB" \
+  -c 'select 1' >/dev/null 2>&1; do
+  if ! kill -0 "$pgwarden_pid" 2>/dev/null; then
+    cat "$tmp/pgwarden.log" >&2
+    die "pgwarden exited before accepting connections"
+  fi
+  if ((SECONDS >= deadline)); then
+    cat "$tmp/pgwarden.log" >&2
+    die "pgwarden did not accept connections within 30 s"
+  fi
+  sleep 0.2
+done
+
+# --- runs ----------------------------------------------------------------------
+
+mkdir -p target/bench
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=target/bench/pgbench-$stamp.txt
+raw=target/bench/pgbench-$stamp.log
+: >"$raw"
+
+# Runs pgbench once; prints its tps (without initial connection time) or "fail".
+run_one() { # target port mode clients
+  local target=$1 port=$2 mode=$3 c=$4 j output tps
+  j=$((c < 2 ? c : 2))
+  {
+    echo "### $target mode=$mode clients=$c threads=$j duration=${DURATION}s"
+  } >>"$raw"
+  if output=$("$pgbench" -S -n -M "$mode" -c "$c" -j "$j" -T "$DURATION" \
+    -h 127.0.0.1 -p "$port" -U "$BENCH_USER" "$BENCH_DB" 2>&1); then
+    tps=$(printf '%s\n' "$output" |
+      awk '/^tps = / && /(without initial connection time|excluding connections establishing)/ {print $3; exit}')
+  fi
+  printf '%s\n\n' "$output" >>"$raw"
+  echo "${tps:-fail}"
+}
+
+median() {
+  printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
+    awk '{ a[NR] = $1 } END {
+      if (NR == 0) print "fail"
+      else if (NR % 2) printf "%.0f\n", a[(NR + 1) / 2]
+      else printf "%.0f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
+    }'
+}
+
+declare -A results
+failures=0
+for mode in $MODES; do
+  for c in $CLIENTS; do
+    for ((r = 1; r <= ROUNDS; r++)); do
+      d=$(run_one direct "$pg_port" "$mode" "$c")
+      p=$(run_one pgwarden "$proxy_port" "$mode" "$c")
+      [[ $d == fail ]] && failures=$((failures + 1))
+      [[ $p == fail ]] && failures=$((failures + 1))
+      results[$mode,$c,direct]+=" $d"
+      results[$mode,$c,proxy]+=" $p"
+      say "$mode c=$c round $r/$ROUNDS: direct $d tps, pgwarden $p tps"
+    done
+  done
+done
+
+# --- report --------------------------------------------------------------------
+
+{
+  echo "pgwarden end-to-end benchmark ($stamp)"
+  echo "commit:   $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "machine:  $(uname -srm), $(nproc) CPUs"
+  echo "postgres: $("$bindir/postgres" --version), fsync=off, scale $SCALE"
+  echo "pgbench:  -S -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
+  echo
+  printf '%-9s %7s %12s %12s %13s\n' mode clients "direct tps" "proxy tps" "proxy/direct"
+  for mode in $MODES; do
+    for c in $CLIENTS; do
+      # shellcheck disable=SC2086 # the lists are space-separated numbers
+      dm=$(median ${results[$mode,$c,direct]})
+      # shellcheck disable=SC2086
+      pm=$(median ${results[$mode,$c,proxy]})
+      if [[ $dm == fail || $pm == fail ]]; then
+        ratio=-
+      else
+        ratio=$(awk -v p="$pm" -v d="$dm" 'BEGIN { printf "%.2f", (d > 0 ? p / d : 0) }')
+      fi
+      printf '%-9s %7s %12s %12s %13s\n' "$mode" "$c" "$dm" "$pm" "$ratio"
+    done
+  done
+  if ((failures)); then
+    echo
+    echo "$failures pgbench run(s) failed; their output is in $raw"
+  fi
+} | tee "$out"
+echo "written to $out (raw pgbench output: $raw)" >&2
+
+((failures == 0))

@@ -1,0 +1,187 @@
+//! Wiring: build the shared context from a config, bind the listener, run until a signal.
+//!
+//! SIGTERM is graceful (stop accepting, let running statements finish within
+//! `server.shutdown_grace`, then end sessions with 57P01); SIGINT is fast; SIGHUP reloads the
+//! config file, keeping the old config if the new one is invalid.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, TlsMode};
+use crate::net::{listener, tls};
+use crate::session::gate::{AllowAll, StatementGate};
+use crate::session::{Context, Shutdown, Snapshot};
+use crate::upstream::cancel::CancelMap;
+use crate::upstream::{Endpoint, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("server TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything derived from a config that can fail: checked by `check-config` too.
+pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
+    let tls = match (
+        &config.server.tls_mode,
+        &config.server.tls_cert,
+        &config.server.tls_key,
+    ) {
+        (TlsMode::Disabled, _, _) => None,
+        (_, Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    let upstream = Endpoint::from_config(&config)?;
+    Ok(Snapshot {
+        config,
+        tls,
+        upstream,
+    })
+}
+
+/// A running proxy.
+pub struct Server {
+    local_addr: SocketAddr,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+    accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// Bind `server.listen` and start accepting. The gate decides every statement.
+    pub async fn start(config: Config, gate: Arc<dyn StatementGate>) -> Result<Self, AppError> {
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
+        let addr = config.server.listen;
+        let snapshot = build_snapshot(config)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { addr, source })?;
+        let ctx = Arc::new(Context {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            cancels: CancelMap::default(),
+            process_key: rand::random(),
+            gate,
+            shutdown: Shutdown::default(),
+        });
+        let tracker = TaskTracker::new();
+        let accept = tokio::spawn(listener::accept_loop(
+            listener,
+            ctx.clone(),
+            tracker.clone(),
+        ));
+        info!(listen = %local_addr, upstream = %ctx.snapshot.load().upstream.describe(), "pgwarden is accepting connections");
+        Ok(Self {
+            local_addr,
+            ctx,
+            tracker,
+            accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sessions currently holding a proxy-issued cancel key (i.e. logged in).
+    pub fn active_sessions(&self) -> usize {
+        self.ctx.cancels.len()
+    }
+
+    /// Re-read the config file; on any error keep the current config.
+    pub fn reload(&self, path: &Path) -> Result<(), AppError> {
+        let config = Config::load(path)?;
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
+        let snapshot = build_snapshot(config)?;
+        self.ctx.snapshot.store(Arc::new(snapshot));
+        info!(path = %path.display(), "configuration reloaded; new sessions use it");
+        Ok(())
+    }
+
+    /// Stop accepting; let sessions finish what is running for up to `grace`, then end them
+    /// with 57P01 and wait (briefly) for them to close.
+    pub async fn shutdown(self, grace: Duration) {
+        self.ctx.shutdown.graceful.cancel();
+        let _ = self.accept.await;
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                sessions = self.tracker.len(),
+                "grace period over; terminating remaining sessions"
+            );
+        }
+        self.ctx.shutdown.immediate.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            error!(
+                sessions = self.tracker.len(),
+                "sessions did not end; exiting anyway"
+            );
+        }
+    }
+}
+
+/// `pgwarden serve`: run until SIGTERM/SIGINT, reloading on SIGHUP.
+pub async fn serve(config_path: &Path) -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = Config::load(config_path)?;
+    let grace = config.server.shutdown_grace;
+    let server = Server::start(config, Arc::new(AllowAll)).await?;
+    let signal_err = |source| AppError::Bind {
+        addr: server.local_addr(),
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                info!(grace_s = grace.as_secs(), "SIGTERM: graceful shutdown");
+                server.shutdown(grace).await;
+                break;
+            }
+            _ = int.recv() => {
+                info!("SIGINT: fast shutdown");
+                server.shutdown(Duration::ZERO).await;
+                break;
+            }
+            _ = hup.recv() => {
+                if let Err(e) = server.reload(config_path) {
+                    error!(error = %e, "reload failed; keeping the current configuration");
+                }
+            }
+        }
+    }
+    info!("pgwarden stopped");
+    Ok(())
+}

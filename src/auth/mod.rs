@@ -1,0 +1,174 @@
+//! Who is connecting, and what they may use.
+//!
+//! The front door turns a client's credentials into an [`Identity`]; [`authorize`] then decides
+//! which database and upstream role that identity may use, from the `[[access]]` rules.
+//! Methods: local users with SCRAM-SHA-256 ([`scram`]) today; OIDC tokens plug in as further
+//! [`AuthMethod`]s producing the same `Identity`.
+
+pub mod scram;
+
+use crate::config::AccessRule;
+use crate::error::{ClientError, SqlState};
+
+/// How an identity proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A `[[auth.local]]` user with SCRAM-SHA-256.
+    LocalScram,
+}
+
+impl AuthMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::LocalScram => "local-scram",
+        }
+    }
+}
+
+/// A person or service account, as established by authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub method: AuthMethod,
+}
+
+/// Why authentication or authorization failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong password or unknown user: deliberately indistinguishable to the client.
+    #[error("password authentication failed for user \"{user}\"")]
+    Failed {
+        user: String,
+        reason: scram::ScramError,
+    },
+    #[error("user \"{user}\" may not connect to database \"{database}\"")]
+    DatabaseNotAllowed { user: String, database: String },
+    #[error("user \"{user}\" may not use role \"{role}\" on database \"{database}\"")]
+    RoleNotAllowed {
+        user: String,
+        role: String,
+        database: String,
+    },
+    #[error("expected {expected} from the client, got message type {}", crate::protocol::describe_tag(*got))]
+    UnexpectedMessage { expected: &'static str, got: u8 },
+    #[error("SASL mechanism \"{0}\" is not supported; use SCRAM-SHA-256")]
+    UnsupportedMechanism(String),
+    #[error("malformed authentication message: {0}")]
+    Malformed(&'static str),
+}
+
+impl AuthError {
+    pub fn to_client(&self) -> ClientError {
+        let sqlstate = match self {
+            Self::Failed { .. } => SqlState::INVALID_PASSWORD,
+            Self::DatabaseNotAllowed { .. } | Self::RoleNotAllowed { .. } => {
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            Self::UnexpectedMessage { .. } | Self::Malformed(_) => SqlState::PROTOCOL_VIOLATION,
+            Self::UnsupportedMechanism(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        };
+        ClientError::fatal(sqlstate, self.to_string())
+    }
+}
+
+/// What an authorized session may do upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub database: String,
+    pub role: String,
+}
+
+/// Decide whether `identity` may use `database`, and as which upstream role.
+///
+/// `requested_role` is `None` for local users (they get the first role of the first rule that
+/// lets them into the database). A requested role must be listed by a matching rule.
+pub fn authorize(
+    identity: &Identity,
+    database: &str,
+    requested_role: Option<&str>,
+    rules: &[AccessRule],
+) -> Result<Grant, AuthError> {
+    let applies = |rule: &&AccessRule| {
+        rule.users.iter().any(|u| u == &identity.name)
+            || rule.groups.iter().any(|g| identity.groups.contains(g))
+    };
+    let allows_db = |rule: &&AccessRule| rule.databases.iter().any(|d| d == "*" || d == database);
+    let mut matching = rules.iter().filter(applies).filter(allows_db).peekable();
+    if matching.peek().is_none() {
+        return Err(AuthError::DatabaseNotAllowed {
+            user: identity.name.clone(),
+            database: database.to_owned(),
+        });
+    }
+    let role = match requested_role {
+        None => matching.next().and_then(|rule| rule.roles.first()).cloned(),
+        Some(wanted) => matching
+            .flat_map(|rule| rule.roles.iter())
+            .find(|r| *r == wanted)
+            .cloned(),
+    };
+    role.map(|role| Grant {
+        database: database.to_owned(),
+        role,
+    })
+    .ok_or_else(|| AuthError::RoleNotAllowed {
+        user: identity.name.clone(),
+        role: requested_role.unwrap_or_default().to_owned(),
+        database: database.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(users: &[&str], groups: &[&str], dbs: &[&str], roles: &[&str]) -> AccessRule {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
+        AccessRule {
+            users: v(users),
+            groups: v(groups),
+            databases: v(dbs),
+            roles: v(roles),
+        }
+    }
+
+    fn ident(name: &str, groups: &[&str]) -> Identity {
+        Identity {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            method: AuthMethod::LocalScram,
+        }
+    }
+
+    #[test]
+    fn access_rules() {
+        let rules = vec![
+            rule(&["ci-bot"], &[], &["app"], &["app_ro", "app_rw"]),
+            rule(&[], &["dev"], &["*"], &["dev_rw"]),
+        ];
+        let grant = authorize(&ident("ci-bot", &[]), "app", None, &rules).unwrap();
+        assert_eq!(grant.role, "app_ro");
+        assert!(matches!(
+            authorize(&ident("ci-bot", &[]), "other", None, &rules),
+            Err(AuthError::DatabaseNotAllowed { .. })
+        ));
+        assert_eq!(
+            authorize(&ident("ann", &["dev"]), "x", None, &rules)
+                .unwrap()
+                .role,
+            "dev_rw"
+        );
+        assert_eq!(
+            authorize(&ident("ci-bot", &[]), "app", Some("app_rw"), &rules)
+                .unwrap()
+                .role,
+            "app_rw"
+        );
+        assert!(matches!(
+            authorize(&ident("ci-bot", &[]), "app", Some("postgres"), &rules),
+            Err(AuthError::RoleNotAllowed { .. })
+        ));
+        assert!(authorize(&ident("eve", &["ops"]), "app", None, &rules).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! The configuration: one TOML file, parsed strictly (`deny_unknown_fields`), validated as a
+//! whole before any socket is bound, and then shared as an immutable snapshot (an `ArcSwap`
+//! in [`crate::session::Context`], together with what is derived from it such as the TLS
+//! acceptor) that each session reads once. A reload that fails validation keeps the old
+//! snapshot.
+//!
+//! Secrets are never written inline in examples: `env:NAME` and `file:PATH` references are
+//! resolved at load time, so `check-config` catches a missing variable or file.
+
+mod locate;
+mod model;
+mod secret;
+pub mod units;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use model::{AccessRule, SslMode, TlsMode};
+pub use secret::Secret;
+
+use crate::auth::scram::ScramVerifier;
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: Server,
+    pub upstream: Upstream,
+    pub local_users: HashMap<String, LocalUser>,
+    pub access: Vec<AccessRule>,
+    /// Things that are allowed but deserve the operator's attention (logged at start).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub auth_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub tls_mode: TlsMode,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_client_message: usize,
+    pub max_server_message: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A Unix socket directory, as libpq's `host=/dir`: the socket is `dir/.s.PGSQL.<port>`.
+    Unix {
+        dir: PathBuf,
+        port: u16,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: UpstreamAddr,
+    pub sslmode: SslMode,
+    pub ca: Option<PathBuf>,
+    /// Name checked against the server certificate with `verify-full` (default: host).
+    pub server_name: Option<String>,
+    pub connect_timeout: Duration,
+    /// Upstream role name → password (none for trust authentication).
+    pub roles: HashMap<String, Option<Secret>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalUser {
+    pub name: String,
+    pub verifier: ScramVerifier,
+    pub groups: Vec<String>,
+}
+
+/// Why a configuration could not be used. Always names the file, and where possible the key
+/// and line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parse and validate configuration text (`path` is used in messages and to resolve
+    /// relative paths).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: model::ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: String, message: String| {
+            let line = locate::line_of(text, &key);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                line,
+                message,
+            }
+        };
+        model::validate(path, file, invalid)
+    }
+}

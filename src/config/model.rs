@@ -1,0 +1,365 @@
+//! The TOML model (what operators write) and its validation into [`super::Config`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, HumanDuration};
+use super::{Config, ConfigError, LocalUser, Secret, Server, Upstream, UpstreamAddr};
+use crate::auth::scram::ScramVerifier;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    server: ServerSection,
+    upstream: UpstreamSection,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    access: Vec<AccessRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerSection {
+    listen: String,
+    max_connections: usize,
+    auth_timeout: HumanDuration,
+    shutdown_grace: HumanDuration,
+    tls: Option<TlsSection>,
+    limits: LimitsSection,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6432".into(),
+            max_connections: 1000,
+            auth_timeout: HumanDuration(std::time::Duration::from_secs(15)),
+            shutdown_grace: HumanDuration(std::time::Duration::from_secs(30)),
+            tls: None,
+            limits: LimitsSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    #[serde(default)]
+    mode: Option<TlsMode>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Whether clients must, may or cannot use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plaintext connections are refused with a FATAL that says to use `sslmode=require`.
+    Required,
+    /// TLS when the client asks for it.
+    Optional,
+    /// SSLRequest is answered `N`.
+    Disabled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    max_client_message: ByteSize,
+    max_server_message: ByteSize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_client_message: ByteSize(64 << 20),
+            max_server_message: ByteSize(256 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSection {
+    host: String,
+    #[serde(default = "default_pg_port")]
+    port: u16,
+    sslmode: Option<SslMode>,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: HumanDuration,
+    #[serde(default)]
+    roles: Vec<UpstreamRole>,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+/// TLS towards the upstream server, with libpq's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    /// Encrypt, do not verify the certificate.
+    Require,
+    /// Encrypt, verify the certificate chain against `ca` and the host name.
+    VerifyFull,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamRole {
+    name: String,
+    password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    #[serde(default)]
+    local: Vec<LocalUserSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalUserSection {
+    name: String,
+    scram: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// Who may connect to which databases as which upstream roles. A rule applies to an identity
+/// named in `users` or belonging to one of `groups`; `"*"` in `databases` means any.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub databases: Vec<String>,
+    /// Upstream roles, the first being the default.
+    pub roles: Vec<String>,
+}
+
+/// Check everything that can be checked without touching the network. `invalid(key, message)`
+/// builds the error for a key path.
+pub fn validate(
+    path: &Path,
+    file: ConfigFile,
+    invalid: impl Fn(String, String) -> ConfigError,
+) -> Result<Config, ConfigError> {
+    let base_dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let mut warnings = Vec::new();
+    let resolve_path = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+
+    let s = file.server;
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        invalid(
+            "server.listen".into(),
+            format!("`{}` is not an address like \"127.0.0.1:6432\"", s.listen),
+        )
+    })?;
+    if s.max_connections == 0 {
+        return Err(invalid(
+            "server.max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if s.auth_timeout.0.is_zero() {
+        return Err(invalid(
+            "server.auth_timeout".into(),
+            "must be more than 0".into(),
+        ));
+    }
+    let (tls_mode, tls_cert, tls_key) = match s.tls {
+        None => {
+            warnings.push("no [server.tls]: clients connect in plaintext".to_owned());
+            (TlsMode::Disabled, None, None)
+        }
+        Some(tls) => {
+            let mode = tls.mode.unwrap_or(TlsMode::Required);
+            if mode != TlsMode::Disabled && (tls.cert.is_none() || tls.key.is_none()) {
+                return Err(invalid(
+                    "server.tls".into(),
+                    "`cert` and `key` are required unless mode = \"disabled\"".into(),
+                ));
+            }
+            if mode == TlsMode::Disabled {
+                warnings
+                    .push("server.tls.mode = \"disabled\": clients connect in plaintext".into());
+            }
+            (mode, tls.cert.map(resolve_path), tls.key.map(resolve_path))
+        }
+    };
+    for (key, size) in [
+        (
+            "server.limits.max_client_message",
+            s.limits.max_client_message,
+        ),
+        (
+            "server.limits.max_server_message",
+            s.limits.max_server_message,
+        ),
+    ] {
+        if !(1024..=(1 << 30)).contains(&size.0) {
+            return Err(invalid(key.into(), "must be between 1KiB and 1GiB".into()));
+        }
+    }
+    let server = Server {
+        listen,
+        max_connections: s.max_connections,
+        auth_timeout: s.auth_timeout.0,
+        shutdown_grace: s.shutdown_grace.0,
+        tls_mode,
+        tls_cert,
+        tls_key,
+        max_client_message: s.limits.max_client_message.0,
+        max_server_message: s.limits.max_server_message.0,
+    };
+
+    let u = file.upstream;
+    let addr = if u.host.starts_with('/') {
+        UpstreamAddr::Unix {
+            dir: PathBuf::from(&u.host),
+            port: u.port,
+        }
+    } else if u.host.is_empty() {
+        return Err(invalid("upstream.host".into(), "must not be empty".into()));
+    } else {
+        UpstreamAddr::Tcp {
+            host: u.host.clone(),
+            port: u.port,
+        }
+    };
+    let local_upstream = match &addr {
+        UpstreamAddr::Unix { .. } => true,
+        UpstreamAddr::Tcp { host, .. } => {
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    // Encrypt by default unless the server is on this machine.
+    let sslmode = u.sslmode.unwrap_or(if local_upstream {
+        SslMode::Disable
+    } else {
+        SslMode::Require
+    });
+    if matches!(addr, UpstreamAddr::Unix { .. }) && sslmode != SslMode::Disable {
+        return Err(invalid(
+            "upstream.sslmode".into(),
+            "Unix socket connections cannot use TLS".into(),
+        ));
+    }
+    if sslmode == SslMode::VerifyFull && u.ca.is_none() {
+        return Err(invalid(
+            "upstream.ca".into(),
+            "sslmode = \"verify-full\" needs `ca` (a PEM file)".into(),
+        ));
+    }
+    let mut roles = HashMap::new();
+    for (i, role) in u.roles.into_iter().enumerate() {
+        if roles.contains_key(&role.name) {
+            return Err(invalid(
+                format!("upstream.roles[{i}].name"),
+                format!("role `{}` is listed twice", role.name),
+            ));
+        }
+        let password = match role.password {
+            None => None,
+            Some(reference) => {
+                let (secret, inline) = Secret::resolve(&reference, &base_dir)
+                    .map_err(|m| invalid(format!("upstream.roles[{i}].password"), m))?;
+                if inline {
+                    warnings.push(format!(
+                        "upstream.roles[{i}].password is written inline; prefer \"env:NAME\" or \"file:PATH\""
+                    ));
+                }
+                Some(secret)
+            }
+        };
+        roles.insert(role.name, password);
+    }
+    let upstream = Upstream {
+        addr,
+        sslmode,
+        ca: u.ca.map(resolve_path),
+        server_name: u.server_name,
+        connect_timeout: u.connect_timeout.0,
+        roles,
+    };
+
+    let mut local_users = HashMap::new();
+    for (i, user) in file.auth.local.into_iter().enumerate() {
+        let verifier = ScramVerifier::parse(&user.scram).map_err(|m| {
+            invalid(
+                format!("auth.local[{i}].scram"),
+                format!("{m} (generate one with `pgwarden hash-password`)"),
+            )
+        })?;
+        if local_users.contains_key(&user.name) {
+            return Err(invalid(
+                format!("auth.local[{i}].name"),
+                format!("user `{}` is listed twice", user.name),
+            ));
+        }
+        local_users.insert(
+            user.name.clone(),
+            LocalUser {
+                name: user.name,
+                verifier,
+                groups: user.groups,
+            },
+        );
+    }
+
+    for (i, rule) in file.access.iter().enumerate() {
+        if rule.users.is_empty() && rule.groups.is_empty() {
+            return Err(invalid(
+                format!("access[{i}]"),
+                "a rule needs `users` or `groups`".into(),
+            ));
+        }
+        if rule.databases.is_empty() {
+            return Err(invalid(
+                format!("access[{i}].databases"),
+                "list at least one database (or \"*\")".into(),
+            ));
+        }
+        if rule.roles.is_empty() {
+            return Err(invalid(
+                format!("access[{i}].roles"),
+                "list at least one upstream role".into(),
+            ));
+        }
+        if let Some(role) = rule.roles.iter().find(|r| !upstream.roles.contains_key(*r)) {
+            return Err(invalid(
+                format!("access[{i}].roles"),
+                format!("role `{role}` has no [[upstream.roles]] entry, so pgwarden cannot log in as it"),
+            ));
+        }
+    }
+    if file.access.is_empty() {
+        warnings.push("no [[access]] rules: every login will be refused".into());
+    }
+
+    Ok(Config {
+        path: path.to_owned(),
+        server,
+        upstream,
+        local_users,
+        access: file.access,
+        warnings,
+    })
+}

@@ -1,0 +1,219 @@
+//! `pgwarden demo`: a throwaway PostgreSQL with sample data, pgwarden in front of it, and
+//! instructions to connect. Everything lives in one temp dir, removed on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::{AppError, Server};
+use crate::auth::scram::hash_password;
+use crate::config::Config;
+use crate::session::gate::AllowAll;
+use crate::testbed::{self, PostgresOptions, TestbedError, ThrowawayPostgres};
+
+/// The demo's people: (user, password, group, upstream role).
+const DEMO_USERS: [(&str, &str, &str, &str); 2] = [
+    ("developer", "demo", "developers", "app_rw"),
+    ("analyst", "demo", "analysts", "app_ro"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Testbed(#[from] TestbedError),
+    #[error("{0}")]
+    App(#[from] AppError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the smoke test failed: {0}")]
+    Smoke(String),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Run the demo until Ctrl-C (or, with `smoke_test`, until one query went through).
+pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> {
+    println!("Starting a throwaway PostgreSQL server (this takes a few seconds)...");
+    let postgres = tokio::task::spawn_blocking(start_postgres).await??;
+    let dir = postgres
+        .data_dir()
+        .parent()
+        .unwrap_or(postgres.data_dir())
+        .to_owned();
+    let certs = testbed::write_test_certificates(&dir)?;
+    let config_path = dir.join("pgwarden.toml");
+    let config_text = demo_config(listen, &postgres, &certs, &dir)?;
+    write(&config_path, &config_text)?;
+    let config = Config::load(&config_path).map_err(AppError::from)?;
+    let server = Server::start(config, Arc::new(AllowAll)).await?;
+    let addr = server.local_addr();
+
+    let result = if smoke_test {
+        smoke(addr, &certs.ca_cert).await
+    } else {
+        print_tour(addr, &config_path, &certs.ca_cert);
+        wait_for_signal().await;
+        println!("\nStopping pgwarden and PostgreSQL...");
+        Ok(())
+    };
+    server.shutdown(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(move || drop(postgres)).await?;
+    result
+}
+
+fn start_postgres() -> Result<ThrowawayPostgres, TestbedError> {
+    let postgres = ThrowawayPostgres::start(PostgresOptions::default())?;
+    let mut setup = String::new();
+    for (_, _, _, role) in DEMO_USERS {
+        // Passwords are set when the config is written: only pgwarden ever knows them.
+        setup.push_str(&format!("CREATE ROLE {role} LOGIN;\n"));
+    }
+    setup.push_str("CREATE DATABASE shop OWNER app_rw;\n");
+    postgres.psql("postgres", &setup)?;
+    let schema = format!(
+        "SET ROLE app_rw;\n{}\nGRANT SELECT ON ALL TABLES IN SCHEMA public TO app_ro;\n",
+        testbed::SAMPLE_SCHEMA
+    );
+    postgres.psql("shop", &schema)?;
+    Ok(postgres)
+}
+
+fn demo_config(
+    listen: SocketAddr,
+    postgres: &ThrowawayPostgres,
+    certs: &testbed::TestCertificates,
+    dir: &Path,
+) -> Result<String, DemoError> {
+    let mut text = format!(
+        "# Written by `pgwarden demo`; see config/example.toml for every key.\n\
+         [server]\nlisten = \"{listen}\"\n\n\
+         [server.tls]\nmode = \"optional\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [upstream]\nhost = \"{}\"\nport = {}\nsslmode = \"disable\"\n",
+        certs.server_cert.display(),
+        certs.server_key.display(),
+        postgres.host(),
+        postgres.port(),
+    );
+    for (user, password, group, role) in DEMO_USERS {
+        // The upstream password lives in a file only pgwarden reads.
+        let secret = dir.join(format!("{role}.password"));
+        let upstream_password = crate::testbed::random_password();
+        postgres.psql(
+            "postgres",
+            &format!("ALTER ROLE {role} PASSWORD '{upstream_password}';"),
+        )?;
+        write(&secret, &upstream_password)?;
+        text.push_str(&format!(
+            "\n[[upstream.roles]]\nname = \"{role}\"\npassword = \"file:{}\"\n\n\
+             [[auth.local]]\nname = \"{user}\"\nscram = \"{}\"\ngroups = [\"{group}\"]\n\n\
+             [[access]]\ngroups = [\"{group}\"]\ndatabases = [\"shop\"]\nroles = [\"{role}\"]\n",
+            secret.display(),
+            hash_password(password.as_bytes()),
+        ));
+    }
+    Ok(text)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), DemoError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| DemoError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn print_tour(addr: SocketAddr, config: &Path, ca: &Path) {
+    let (host, port) = (addr.ip(), addr.port());
+    println!(
+        r#"
+pgwarden is running on {addr}, in front of a throwaway PostgreSQL with a sample
+`shop` database (customers with fake PII, orders).
+
+Connect as the developer (password: demo), over TLS verified against the demo CA:
+
+    psql "host={host} port={port} dbname=shop user=developer sslmode=verify-full sslrootcert={ca}"
+
+or, without typing the password:
+
+    PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=developer sslmode=require"
+
+Things to try:
+
+    SELECT full_name, email, card_number FROM customers LIMIT 5;
+    \d customers
+    \copy orders TO 'orders.csv' CSV HEADER
+
+The analyst (password: demo) is read-only upstream:
+
+    PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=analyst" -c 'DELETE FROM orders'
+
+The config pgwarden is using: {config}
+Press Ctrl-C to stop; everything is removed.
+"#,
+        config = config.display(),
+        ca = ca.display(),
+    );
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Run one real query through pgwarden with psql, as the developer, over verified TLS.
+async fn smoke(addr: SocketAddr, ca: &Path) -> Result<(), DemoError> {
+    let psql = testbed::PgBinaries::discover()?.tool("psql");
+    let conninfo = format!(
+        "host={} port={} dbname=shop user=developer sslmode=verify-full sslrootcert={}",
+        addr.ip(),
+        addr.port(),
+        ca.display()
+    );
+    let output = tokio::process::Command::new(psql)
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SELECT count(*) FROM customers",
+            &conninfo,
+        ])
+        .env("PGPASSWORD", "demo")
+        .env_remove("PGSSLMODE")
+        .output()
+        .await
+        .map_err(|e| DemoError::Smoke(format!("cannot run psql: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || stdout.trim().parse::<u32>().map_or(true, |n| n == 0) {
+        return Err(DemoError::Smoke(format!(
+            "psql said: {}{}",
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    println!(
+        "smoke test passed: {} customers through pgwarden",
+        stdout.trim()
+    );
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! pgwarden: an identity-aware PostgreSQL proxy.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`app`] | wiring a [`config::Config`] into a running [`app::Server`]; signals |
+//! | [`config`] | the TOML model, validation (with key and line in errors), secret references |
+//! | [`net`] | the listener (connection limit, one span per connection), TLS configs, streams |
+//! | [`protocol`] | length-checked framing, startup packets, message views and builders |
+//! | [`auth`] | identities, local SCRAM users, `[[access]]` rules |
+//! | [`upstream`] | logging in to PostgreSQL as the granted role; proxy-issued cancel keys |
+//! | [`session`] | one connection's life: handshake, authentication, the relay loop, the gate hook |
+//! | [`testbed`] | throwaway PostgreSQL servers for the demo, tests and benchmarks |
+//! | [`demo`] | `pgwarden demo` |
+//! | [`error`] | SQLSTATEs and the ErrorResponse shape every module's errors map to |
+//!
+//! # The path of one statement
+//!
+//! 1. [`net::listener`] accepts the TCP connection and spawns [`session::serve`] in a span
+//!    `conn{id, peer, tls, user, db, role}`.
+//! 2. The session negotiates TLS, reads the StartupMessage ([`protocol::startup`]),
+//!    authenticates the client ([`auth`]), picks the upstream role from `[[access]]`, and logs
+//!    in upstream with pgwarden's own credentials ([`upstream::login`]). The client gets a
+//!    proxy-issued cancel key.
+//! 3. [`session::relay::run`] reads client frames ([`protocol::frame`]); each Query, Parse and
+//!    FunctionCall goes through the gate hook ([`session::gate::StatementGate`]) and, when
+//!    allowed, its raw bytes are copied upstream unchanged.
+//! 4. Server frames come back the same way: scanned in place (ReadyForQuery, ParameterStatus
+//!    and errors update [`session::state::SessionState`]) and copied to the client in batches.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod net;
+pub mod protocol;
+pub mod session;
+pub mod testbed;
+pub mod upstream;

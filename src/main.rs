@@ -1,0 +1,203 @@
+//! The `pgwarden` command line.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use pgwarden::config::Config;
+
+/// Exit status for an invalid configuration (EX_USAGE, as linkerd2-proxy does).
+const EXIT_CONFIG: u8 = 64;
+
+/// pgwarden: an identity-aware PostgreSQL proxy.
+///
+/// Clients (psql, drivers, ORMs) connect to pgwarden as if it were PostgreSQL. pgwarden
+/// authenticates them, logs in to the real server with credentials only it holds, and relays
+/// every statement through one decision point.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, propagate_version = true)]
+struct Cli {
+    /// Log format: human-readable lines, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "PGWARDEN_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    ///
+    /// Loads and validates the config before binding any socket (exit 64 if invalid).
+    /// SIGTERM: stop accepting, let running statements finish within server.shutdown_grace,
+    /// then end sessions with 57P01. SIGINT: end sessions now. SIGHUP: reload the config
+    /// (an invalid new config is logged and the old one kept). Log level: RUST_LOG
+    /// (default "info"), e.g. RUST_LOG=pgwarden=debug.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(short, long, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit: 0 if valid, 64 with the key and line of the problem.
+    ///
+    /// Checks syntax, unknown keys, values, secret references (env:/file:) and TLS files.
+    /// Does not connect to the upstream server.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(short, long, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print a SCRAM-SHA-256 verifier for a password, for [[auth.local]] `scram`.
+    ///
+    /// The format is PostgreSQL's own (as in pg_authid.rolpassword), so a verifier copied
+    /// from `SELECT rolpassword FROM pg_authid` works too. Reads the password from the
+    /// terminal (twice, without echo) or, when stdin is not a terminal, from its first line.
+    HashPassword,
+    /// Start a throwaway PostgreSQL with sample data and pgwarden in front of it, and print
+    /// how to connect. Ctrl-C stops both and removes everything.
+    ///
+    /// Needs the PostgreSQL server binaries (found via PG_BINDIR, pg_config --bindir,
+    /// /usr/lib/postgresql/*/bin or PATH). Works as root: the server then runs as the
+    /// `postgres` (or `nobody`) user.
+    Demo {
+        /// Where pgwarden listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: std::net::SocketAddr,
+        /// Start everything, run one query through pgwarden with psql, and exit
+        /// (non-zero on failure). Used by the test suite.
+        #[arg(long)]
+        smoke_test: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::HashPassword => hash_password(),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve { config } => {
+            init_logging(cli.log_format);
+            // Validate before starting anything (no socket is bound on a bad config).
+            if let Err(e) = Config::load(&config)
+                .map_err(pgwarden::app::AppError::from)
+                .and_then(|c| pgwarden::app::build_snapshot(c).map(|_| ()))
+            {
+                eprintln!("pgwarden: invalid configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            run_async(async move {
+                pgwarden::app::serve(&config)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+        Command::Demo { listen, smoke_test } => {
+            init_logging(cli.log_format);
+            run_async(async move {
+                pgwarden::demo::run(listen, smoke_test)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgwarden: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let result = Config::load(path)
+        .map_err(pgwarden::app::AppError::from)
+        .and_then(pgwarden::app::build_snapshot);
+    match result {
+        Ok(snapshot) => {
+            for warning in &snapshot.config.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Again: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("pgwarden: the passwords do not match");
+                return ExitCode::FAILURE;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("pgwarden: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("pgwarden: cannot read the password from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        eprintln!("pgwarden: the password is empty");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}",
+        pgwarden::auth::scram::hash_password(password.as_bytes())
+    );
+    ExitCode::SUCCESS
+}

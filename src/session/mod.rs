@@ -1,0 +1,491 @@
+//! One client connection, from the first byte to the last.
+//!
+//! 1. [`handshake`]: TLS negotiation (SSLRequest or PG17 direct TLS), GSSENCRequest refusal,
+//!    CancelRequest forwarding, StartupMessage checks, protocol version negotiation;
+//! 2. authentication of the client (front door) and the access check;
+//! 3. upstream login as the granted role, then the greeting (our own BackendKeyData);
+//! 4. [`relay::run`] until either side ends.
+//!
+//! Steps 1–3 run under `server.auth_timeout`.
+
+pub mod gate;
+pub mod relay;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Span};
+
+use crate::auth::scram::{ScramExchange, ScramVerifier, MECHANISM};
+use crate::auth::{self, AuthError, AuthMethod, Grant, Identity};
+use crate::config::{Config, TlsMode};
+use crate::error::{ClientError, SqlState};
+use crate::net::{tls::ALPN_POSTGRESQL, MaybeTls};
+use crate::protocol::frame::{FrameBuffer, FrameLimits};
+use crate::protocol::startup::{self, StartupMessage, StartupPacket, NEWEST_MINOR};
+use crate::protocol::{backend, split_cstr, split_i32, ProtocolError};
+use crate::upstream::cancel::{CancelMap, Registration};
+use crate::upstream::{self, Endpoint, UpstreamError};
+
+/// Largest message accepted from a client before it is authenticated.
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+/// A config snapshot together with what is derived from it (TLS acceptor, upstream endpoint).
+pub struct Snapshot {
+    pub config: Config,
+    pub tls: Option<TlsAcceptor>,
+    pub upstream: Endpoint,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+/// Shutdown signals: `graceful` lets sessions finish what is running, `immediate` ends them.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub graceful: CancellationToken,
+    pub immediate: CancellationToken,
+}
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct Context {
+    pub snapshot: arc_swap::ArcSwap<Snapshot>,
+    pub cancels: CancelMap,
+    /// Per-process secret for stable fake SCRAM salts of unknown users.
+    pub process_key: [u8; 32],
+    pub gate: Arc<dyn gate::StatementGate>,
+    pub shutdown: Shutdown,
+}
+
+/// Why a session ended early. Each carries what the client was (or could not be) told.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client I/O: {0}")]
+    ClientIo(std::io::Error),
+    #[error("upstream I/O: {0}")]
+    UpstreamIo(std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("upstream protocol violation: {0}")]
+    UpstreamProtocol(ProtocolError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    Refused(ClientError),
+}
+
+impl From<startup::ReadError> for SessionError {
+    fn from(e: startup::ReadError) -> Self {
+        match e {
+            startup::ReadError::Io(e) => Self::ClientIo(e),
+            startup::ReadError::Eof => Self::ClientIo(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed mid-packet",
+            )),
+            startup::ReadError::Protocol(e) => Self::Protocol(e),
+        }
+    }
+}
+
+impl SessionError {
+    /// The ErrorResponse for this error, if the client can still be told.
+    fn to_client(&self) -> Option<ClientError> {
+        match self {
+            Self::ClientIo(_) | Self::Tls(_) => None,
+            Self::Protocol(e) => Some(ClientError::fatal(e.sqlstate(), e.to_string())),
+            Self::UpstreamIo(_) | Self::UpstreamProtocol(_) => Some(ClientError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "lost the connection to the database server",
+            )),
+            Self::Auth(e) => Some(e.to_client()),
+            Self::Upstream(e) => Some(e.to_client()),
+            Self::Refused(e) => Some(e.clone()),
+        }
+    }
+}
+
+/// A session that passed authentication and has its upstream connection.
+pub struct Established {
+    pub client: MaybeTls,
+    pub client_reader: FrameBuffer,
+    pub upstream: upstream::Upstream,
+    pub identity: Identity,
+    pub grant: Grant,
+    /// Keeps the proxy-issued cancel key registered while the session lives.
+    pub cancel_key: Registration,
+}
+
+/// Serve one client connection. `admitted` is false when the connection limit is reached:
+/// the client still gets a proper FATAL (after TLS, so it can read it).
+pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, admitted: bool) {
+    let snapshot = ctx.snapshot.load_full();
+    let timeout = snapshot.config.server.auth_timeout;
+    let established =
+        match tokio::time::timeout(timeout, handshake(&ctx, &snapshot, tcp, admitted)).await {
+            Err(_) => {
+                info!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "authentication timed out; connection closed"
+                );
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(established))) => established,
+            Ok(Err(e)) => {
+                match &e {
+                    SessionError::ClientIo(err) => {
+                        debug!(error = %err, "client went away during startup")
+                    }
+                    SessionError::Auth(err) => warn!(error = ?err, "authentication failed"),
+                    other => warn!(error = %other, "connection refused"),
+                }
+                return;
+            }
+        };
+    info!(peer = %peer, "session started");
+    relay::run(&ctx, established).await;
+}
+
+/// Steps 1–3. `Ok(None)`: the connection ended normally before a session (cancel request,
+/// port probe, client gave up).
+async fn handshake(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    tcp: TcpStream,
+    admitted: bool,
+) -> Result<Option<Established>, SessionError> {
+    let config = &snapshot.config;
+    tcp.set_nodelay(true).map_err(SessionError::ClientIo)?;
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(SessionError::ClientIo)? == 0 {
+        return Ok(None);
+    }
+    let tls = snapshot
+        .tls
+        .as_ref()
+        .filter(|_| config.server.tls_mode != TlsMode::Disabled);
+    let mut stream = if first[0] == 0x16 {
+        // A TLS ClientHello straight away: PG17 direct TLS, which requires ALPN "postgresql".
+        let Some(acceptor) = tls else {
+            debug!("direct TLS attempted but TLS is disabled");
+            return Ok(None);
+        };
+        let tls_stream = acceptor.accept(tcp).await.map_err(SessionError::Tls)?;
+        let alpn_ok = tls_stream.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL);
+        let mut stream = MaybeTls::ServerTls(Box::new(tls_stream));
+        if !alpn_ok {
+            let err = ClientError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "received direct SSL connection request without ALPN protocol negotiation extension",
+            );
+            send_error(&mut stream, &err).await;
+            return Ok(None);
+        }
+        stream
+    } else {
+        MaybeTls::Plain(tcp)
+    };
+
+    let mut buf = BytesMut::new();
+    let mut negotiations = 0;
+    let startup = loop {
+        let packet = match startup::read_packet(&mut stream, &mut buf).await {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(report(&mut stream, e.into()).await),
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                negotiations += 1;
+                if stream.is_tls() || negotiations > 2 {
+                    let e = ProtocolError::Unexpected {
+                        tag: 0,
+                        phase: "encryption negotiation",
+                    };
+                    return Err(report(&mut stream, e.into()).await);
+                }
+                if !buf.is_empty() {
+                    return Err(
+                        report(&mut stream, ProtocolError::DataAfterSslRequest.into()).await,
+                    );
+                }
+                let accept_tls = matches!(packet, StartupPacket::SslRequest) && tls.is_some();
+                let answer = if accept_tls { b"S" } else { b"N" };
+                stream
+                    .write_all(answer)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                stream = match (accept_tls, tls, stream) {
+                    (true, Some(acceptor), MaybeTls::Plain(tcp)) => {
+                        let tls_stream = acceptor.accept(tcp).await.map_err(SessionError::Tls)?;
+                        MaybeTls::ServerTls(Box::new(tls_stream))
+                    }
+                    (_, _, unchanged) => unchanged,
+                };
+            }
+            StartupPacket::Cancel(request) => {
+                match ctx
+                    .cancels
+                    .cancel(request.process_id, &request.secret)
+                    .await
+                {
+                    Ok(true) => info!("cancel request forwarded"),
+                    Ok(false) => warn!(
+                        process_id = request.process_id,
+                        "cancel request with an unknown key ignored"
+                    ),
+                    Err(e) => warn!(error = %e, "cancel request could not be forwarded"),
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup(startup) => break startup,
+        }
+    };
+
+    let span = Span::current();
+    span.record("tls", stream.tls_version().unwrap_or("off"));
+    span.record("user", startup.user().as_str());
+    span.record("db", startup.database().as_str());
+
+    if let Err(e) = admit(config, &stream, &startup, admitted) {
+        return Err(report(&mut stream, SessionError::Refused(e)).await);
+    }
+    let mut out = BytesMut::new();
+    if startup.needs_negotiation() {
+        backend::negotiate_protocol_version(
+            &mut out,
+            i32::from(NEWEST_MINOR),
+            &startup.protocol_options,
+        );
+    }
+    let limits = FrameLimits {
+        max_message: MAX_AUTH_MESSAGE,
+    };
+    let mut reader = FrameBuffer::with_leftover(limits, buf);
+    let user = startup.user();
+    let result = authenticate(ctx, config, &mut stream, &mut reader, &mut out, &user).await;
+    let identity = match result {
+        Ok(identity) => identity,
+        Err(e) => return Err(report(&mut stream, e).await),
+    };
+    let database = startup.database();
+    let grant = match auth::authorize(&identity, &database, None, &config.access) {
+        Ok(grant) => grant,
+        Err(e) => return Err(report(&mut stream, e.into()).await),
+    };
+    span.record("role", grant.role.as_str());
+
+    let password = match config.upstream.roles.get(&grant.role) {
+        Some(password) => password.as_ref(),
+        None => {
+            let e = UpstreamError::UnknownRole(grant.role.clone());
+            return Err(report(&mut stream, e.into()).await);
+        }
+    };
+    let upstream_limits = FrameLimits {
+        max_message: config.server.max_server_message,
+    };
+    let upstream = match upstream::login(
+        &snapshot.upstream,
+        &grant.role,
+        password,
+        &startup.parameters,
+        upstream_limits,
+    )
+    .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            warn!(error = %e, upstream = %snapshot.upstream.describe(), "upstream login failed");
+            return Err(report(&mut stream, e.into()).await);
+        }
+    };
+    let registration = ctx.cancels.register(
+        snapshot.upstream.clone(),
+        upstream.process_id,
+        upstream.secret.clone(),
+    );
+
+    backend::authentication_ok(&mut out);
+    out.extend_from_slice(&upstream.greeting);
+    backend::backend_key_data(
+        &mut out,
+        registration.key.process_id,
+        &registration.key.secret,
+    );
+    backend::ready_for_query(&mut out, upstream.transaction_status);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    stream.flush().await.map_err(SessionError::ClientIo)?;
+
+    reader.set_limits(FrameLimits {
+        max_message: config.server.max_client_message,
+    });
+    Ok(Some(Established {
+        client: stream,
+        client_reader: reader,
+        upstream,
+        identity,
+        grant,
+        cancel_key: registration,
+    }))
+}
+
+/// Checks on the startup packet before any authentication.
+fn admit(
+    config: &Config,
+    stream: &MaybeTls,
+    startup: &StartupMessage,
+    admitted: bool,
+) -> Result<(), ClientError> {
+    if config.server.tls_mode == TlsMode::Required && !stream.is_tls() {
+        return Err(ClientError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "pgwarden requires an encrypted connection",
+        )
+        .with_hint("connect with sslmode=require (or verify-full)"));
+    }
+    if startup.wants_replication() {
+        return Err(ClientError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported through pgwarden",
+        )
+        .with_hint("connect replication clients directly to the server"));
+    }
+    if !admitted {
+        return Err(ClientError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        ));
+    }
+    Ok(())
+}
+
+/// SASL SCRAM-SHA-256 against a `[[auth.local]]` user. Unknown users get a doomed exchange,
+/// so they cannot be told from wrong passwords.
+async fn authenticate(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut MaybeTls,
+    reader: &mut FrameBuffer,
+    out: &mut BytesMut,
+    user: &str,
+) -> Result<Identity, SessionError> {
+    let local = config.local_users.get(user);
+    let verifier = local.map_or_else(
+        || ScramVerifier::doomed(user, &ctx.process_key),
+        |u| u.verifier.clone(),
+    );
+    let mut exchange = ScramExchange::new(verifier);
+    let failed = |reason| AuthError::Failed {
+        user: user.to_owned(),
+        reason,
+    };
+
+    backend::authentication_sasl(out, &[MECHANISM]);
+    flush(stream, out).await?;
+    let initial = read_auth_message(stream, reader).await?;
+    let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
+        "SASLInitialResponse without mechanism",
+    ))?;
+    if mechanism != MECHANISM.as_bytes() {
+        return Err(AuthError::UnsupportedMechanism(
+            String::from_utf8_lossy(mechanism).into_owned(),
+        )
+        .into());
+    }
+    let (len, data) =
+        split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
+    if usize::try_from(len).ok() != Some(data.len()) {
+        return Err(AuthError::Malformed("SASLInitialResponse length does not match").into());
+    }
+    let server_first = exchange.client_first(data).map_err(failed)?;
+    backend::authentication_sasl_continue(out, &server_first);
+    flush(stream, out).await?;
+    let response = read_auth_message(stream, reader).await?;
+    let server_final = exchange.client_final(&response).map_err(failed)?;
+    backend::authentication_sasl_final(out, &server_final);
+
+    let groups = local.map(|u| u.groups.clone()).unwrap_or_default();
+    Ok(Identity {
+        name: user.to_owned(),
+        groups,
+        method: AuthMethod::LocalScram,
+    })
+}
+
+/// Read one authentication ('p') message body.
+async fn read_auth_message(
+    stream: &mut MaybeTls,
+    reader: &mut FrameBuffer,
+) -> Result<Vec<u8>, SessionError> {
+    loop {
+        if let Some(header) = reader.peek()? {
+            if header.tag != b'p' {
+                return Err(AuthError::UnexpectedMessage {
+                    expected: "an authentication response",
+                    got: header.tag,
+                }
+                .into());
+            }
+            let body = reader.body(header).to_vec();
+            reader.consume(header.wire_len());
+            return Ok(body);
+        }
+        if reader.fill(stream).await.map_err(SessionError::ClientIo)? == 0 {
+            return Err(SessionError::ClientIo(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+    }
+}
+
+async fn flush(stream: &mut MaybeTls, out: &mut BytesMut) -> Result<(), SessionError> {
+    stream
+        .write_all(out)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    stream.flush().await.map_err(SessionError::ClientIo)?;
+    out.clear();
+    Ok(())
+}
+
+/// Tell the client why it is being disconnected (if it can still hear it), then hand the
+/// error back for logging.
+async fn report(stream: &mut MaybeTls, error: SessionError) -> SessionError {
+    if let Some(client_error) = error.to_client() {
+        send_error(stream, &client_error).await;
+    }
+    error
+}
+
+async fn send_error(stream: &mut MaybeTls, error: &ClientError) {
+    let mut out = BytesMut::new();
+    backend::error_response(&mut out, error);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+}

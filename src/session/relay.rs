@@ -1,0 +1,407 @@
+//! The relay loop: one task moves raw frames both ways between client and upstream.
+//!
+//! Reads and writes of both sockets are all branches of one `select!`, so neither direction
+//! can block the other (a proxy that awaits a write while the peer waits for it to read
+//! deadlocks on large pipelines). Frames are scanned in place, inspected where needed, and
+//! copied as runs into the other side's output buffer; each output buffer goes out in as few
+//! `write` calls as the socket allows. Nothing is decoded or allocated per row.
+
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tracing::{debug, info, warn};
+
+use super::gate::{Decision, Protocol, Statement};
+use super::state::SessionState;
+use super::{Context, Established, SessionError};
+use crate::error::{ClientError, SqlState};
+use crate::net::MaybeTls;
+use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
+use crate::protocol::{backend, split_i32, views, ProtocolError};
+
+/// Stop reading from one side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 512 * 1024;
+
+struct Peer {
+    rd: ReadHalf<MaybeTls>,
+    wr: WriteHalf<MaybeTls>,
+    inbuf: FrameBuffer,
+    out: BytesMut,
+    /// TLS streams may hold written data in the TLS layer until flushed.
+    tls: bool,
+    needs_flush: bool,
+    bytes_read: u64,
+}
+
+impl Peer {
+    fn new(stream: MaybeTls, inbuf: FrameBuffer) -> Self {
+        let tls = stream.is_tls();
+        let (rd, wr) = tokio::io::split(stream);
+        Self {
+            rd,
+            wr,
+            inbuf,
+            out: BytesMut::with_capacity(16 * 1024),
+            tls,
+            needs_flush: false,
+            bytes_read: 0,
+        }
+    }
+
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.needs_flush
+    }
+
+    /// Account for a [`push`]: `n` bytes written (0 after a flush).
+    fn pushed(&mut self, n: usize) {
+        if self.out.is_empty() {
+            self.needs_flush = false;
+            return;
+        }
+        self.out.advance(n);
+        if self.out.is_empty() {
+            self.out.clear();
+            self.needs_flush = self.tls;
+        }
+    }
+}
+
+/// One write of pending output, or a flush once it is all written.
+///
+/// # Cancel safety
+/// Cancel-safe: `write` either wrote some bytes (reported) or none, and `flush` can be
+/// repeated.
+async fn push(wr: &mut WriteHalf<MaybeTls>, out: &BytesMut) -> std::io::Result<usize> {
+    if out.is_empty() {
+        wr.flush().await.map(|()| 0)
+    } else {
+        match wr.write(out).await? {
+            0 => Err(std::io::ErrorKind::WriteZero.into()),
+            n => Ok(n),
+        }
+    }
+}
+
+/// How a session ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    ClientTerminated,
+    ClientDisconnected,
+    UpstreamClosed,
+    Shutdown,
+    ProtocolError,
+}
+
+impl Ending {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::ClientTerminated => "client terminated",
+            Self::ClientDisconnected => "client disconnected",
+            Self::UpstreamClosed => "database server closed the connection",
+            Self::Shutdown => "pgwarden shutdown",
+            Self::ProtocolError => "protocol error",
+        }
+    }
+}
+
+/// Relay until one side ends. Errors are reported to the client where it can still hear them.
+pub async fn run(ctx: &Context, session: Established) -> Ending {
+    let started = Instant::now();
+    let Established {
+        client,
+        client_reader,
+        upstream,
+        identity,
+        grant,
+        cancel_key: _cancel_key,
+    } = session;
+    let mut state = SessionState::new(upstream.transaction_status, upstream.parameters);
+    let mut client = Peer::new(client, client_reader);
+    let mut server = Peer::new(upstream.stream, upstream.reader);
+    let mut draining = false;
+    let mut closing: Option<Ending> = None;
+    let mut upstream_sent_fatal = false;
+
+    let ending = loop {
+        if let Some(ending) = closing {
+            if !client.has_output() {
+                break ending;
+            }
+        }
+        let read_client = closing.is_none() && server.out.len() < HIGH_WATER;
+        let read_server = closing.is_none() && client.out.len() < HIGH_WATER;
+        let step: Result<Option<Ending>, SessionError> = tokio::select! {
+            biased;
+            _ = ctx.shutdown.immediate.cancelled(), if closing.is_none() => {
+                Ok(Some(Ending::Shutdown))
+            }
+            _ = ctx.shutdown.graceful.cancelled(), if !draining && closing.is_none() => {
+                draining = true;
+                debug!("shutdown requested; ending the session once it is idle");
+                Ok(state.is_idle().then_some(Ending::Shutdown))
+            }
+            r = push(&mut client.wr, &client.out), if client.has_output() => {
+                r.map(|n| { client.pushed(n); None }).map_err(SessionError::ClientIo)
+            }
+            r = push(&mut server.wr, &server.out), if server.has_output() => {
+                r.map(|n| { server.pushed(n); None }).map_err(SessionError::UpstreamIo)
+            }
+            r = client.inbuf.fill(&mut client.rd), if read_client => match r {
+                Ok(0) => Ok(Some(Ending::ClientDisconnected)),
+                Ok(n) => {
+                    client.bytes_read += n as u64;
+                    let statement_ctx = StatementCtx { identity: &identity, database: &grant.database, role: &grant.role, gate: ctx.gate.as_ref() };
+                    from_client(&mut client.inbuf, &mut server.out, &mut state, &statement_ctx)
+                }
+                Err(e) => Err(SessionError::ClientIo(e)),
+            },
+            r = server.inbuf.fill(&mut server.rd), if read_server => match r {
+                Ok(0) => Ok(Some(Ending::UpstreamClosed)),
+                Ok(n) => {
+                    server.bytes_read += n as u64;
+                    from_server(&mut server.inbuf, &mut client.out, &mut state, &mut upstream_sent_fatal)
+                        .map(|()| (draining && state.is_idle()).then_some(Ending::Shutdown))
+                }
+                Err(e) => Err(SessionError::UpstreamIo(e)),
+            },
+        };
+        match step {
+            Ok(None) => {}
+            Ok(Some(ending)) => {
+                match ending {
+                    Ending::Shutdown => backend::error_response(
+                        &mut client.out,
+                        &ClientError::fatal(
+                            SqlState::ADMIN_SHUTDOWN,
+                            "terminating connection because pgwarden is shutting down",
+                        ),
+                    ),
+                    Ending::UpstreamClosed if !upstream_sent_fatal => backend::error_response(
+                        &mut client.out,
+                        &ClientError::fatal(
+                            SqlState::CONNECTION_FAILURE,
+                            "the database server closed the connection unexpectedly",
+                        ),
+                    ),
+                    Ending::ClientDisconnected | Ending::ClientTerminated => break ending,
+                    _ => {}
+                }
+                closing = Some(ending);
+            }
+            Err(SessionError::ClientIo(e)) => {
+                debug!(error = %e, "client connection failed");
+                break Ending::ClientDisconnected;
+            }
+            Err(SessionError::Protocol(e)) => {
+                warn!(error = %e, "closing session after a protocol violation");
+                backend::error_response(
+                    &mut client.out,
+                    &ClientError::fatal(e.sqlstate(), e.to_string()),
+                );
+                closing = Some(Ending::ProtocolError);
+            }
+            Err(e) => {
+                warn!(error = %e, "upstream connection failed");
+                if !upstream_sent_fatal {
+                    backend::error_response(
+                        &mut client.out,
+                        &ClientError::fatal(
+                            SqlState::CONNECTION_FAILURE,
+                            "lost the connection to the database server",
+                        ),
+                    );
+                }
+                closing = Some(Ending::UpstreamClosed);
+            }
+        }
+    };
+
+    // Forward whatever the client still sent (e.g. its Terminate) and say goodbye upstream;
+    // best effort, the socket closes right after.
+    if ending != Ending::UpstreamClosed {
+        if !server.out.ends_with(b"X\0\0\0\x04") {
+            server.out.extend_from_slice(b"X\0\0\0\x04");
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            server.wr.write_all(&server.out).await?;
+            server.wr.shutdown().await
+        })
+        .await;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.wr.shutdown()).await;
+    info!(
+        ending = ending.as_str(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        statements = state.statements_seen,
+        bytes_from_client = client.bytes_read,
+        bytes_from_server = server.bytes_read,
+        "session ended"
+    );
+    ending
+}
+
+struct StatementCtx<'a> {
+    identity: &'a crate::auth::Identity,
+    database: &'a str,
+    role: &'a str,
+    gate: &'a dyn super::gate::StatementGate,
+}
+
+/// Scan complete client frames, update the session state, decide statements, and copy them
+/// to the upstream output. Returns `Some` when the client said Terminate.
+fn from_client(
+    inbuf: &mut FrameBuffer,
+    upstream_out: &mut BytesMut,
+    state: &mut SessionState,
+    ctx: &StatementCtx<'_>,
+) -> Result<Option<Ending>, SessionError> {
+    let limits = inbuf.limits();
+    let mut offset = 0;
+    let mut ending = None;
+    while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
+        let end = offset + header.wire_len();
+        let body = &inbuf.bytes()[offset + HEADER_LEN..end];
+        match header.tag {
+            b'Q' => {
+                let sql = views::query(body)?;
+                state.on_query();
+                decide(state, ctx, sql, Protocol::Simple);
+            }
+            b'P' => {
+                let parse = views::parse(body)?;
+                state.on_parse(&parse);
+                decide(
+                    state,
+                    ctx,
+                    parse.sql,
+                    Protocol::Extended {
+                        statement_name: parse.statement,
+                    },
+                );
+            }
+            b'B' => state.on_bind(&views::bind(body)?),
+            b'C' => {
+                let (target, name) = views::target(body, "Close message")?;
+                state.on_close(target, name);
+            }
+            b'D' => {
+                views::target(body, "Describe message")?;
+            }
+            b'E' => {
+                views::execute(body)?;
+            }
+            b'S' => {
+                expect_empty(header, body)?;
+                state.on_sync();
+            }
+            b'H' => expect_empty(header, body)?,
+            b'F' => {
+                let (oid, _) = split_i32(body).ok_or(ProtocolError::Malformed {
+                    what: "FunctionCall message",
+                    detail: "too short",
+                })?;
+                state.in_flight += 1;
+                decide(
+                    state,
+                    ctx,
+                    b"",
+                    Protocol::FunctionCall {
+                        function_oid: oid as u32,
+                    },
+                );
+            }
+            // COPY data from the client: passed through.
+            b'd' | b'c' | b'f' => {}
+            b'X' => {
+                expect_empty(header, body)?;
+                ending = Some(Ending::ClientTerminated);
+            }
+            tag => {
+                return Err(ProtocolError::Unexpected {
+                    tag,
+                    phase: "the session",
+                }
+                .into())
+            }
+        }
+        offset = end;
+        if ending.is_some() {
+            break;
+        }
+    }
+    upstream_out.extend_from_slice(&inbuf.bytes()[..offset]);
+    inbuf.consume(offset);
+    Ok(ending)
+}
+
+fn expect_empty(header: FrameHeader, body: &[u8]) -> Result<(), ProtocolError> {
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadLength {
+            tag: header.tag,
+            len: body.len() as i64 + 4,
+        })
+    }
+}
+
+/// The hook point: every statement passes here before it is forwarded.
+fn decide(state: &mut SessionState, ctx: &StatementCtx<'_>, sql: &[u8], protocol: Protocol<'_>) {
+    state.statements_seen += 1;
+    let statement = Statement {
+        identity: ctx.identity,
+        database: ctx.database,
+        role: ctx.role,
+        sql,
+        protocol,
+        transaction_status: state.transaction_status,
+    };
+    match ctx.gate.decide(&statement) {
+        Decision::Allow => {}
+    }
+}
+
+/// Scan complete server frames, track what the session needs, and copy them to the client.
+fn from_server(
+    inbuf: &mut FrameBuffer,
+    client_out: &mut BytesMut,
+    state: &mut SessionState,
+    sent_fatal: &mut bool,
+) -> Result<(), SessionError> {
+    let limits = inbuf.limits();
+    let mut offset = 0;
+    while let Some(header) =
+        peek_frame(&inbuf.bytes()[offset..], limits).map_err(SessionError::UpstreamProtocol)?
+    {
+        let end = offset + header.wire_len();
+        let body = &inbuf.bytes()[offset + HEADER_LEN..end];
+        match header.tag {
+            b'Z' => {
+                let status = *body.first().ok_or(SessionError::UpstreamProtocol(
+                    ProtocolError::Malformed {
+                        what: "ReadyForQuery",
+                        detail: "no status",
+                    },
+                ))?;
+                state.on_ready_for_query(status);
+            }
+            b'S' => {
+                let (name, value) =
+                    views::parameter_status(body).map_err(SessionError::UpstreamProtocol)?;
+                state.on_parameter_status(name, value);
+            }
+            b'E' => {
+                let fields = views::error_fields(body).map_err(SessionError::UpstreamProtocol)?;
+                *sent_fatal |= fields
+                    .iter()
+                    .any(|(code, v)| *code == b'V' && (*v == b"FATAL" || *v == b"PANIC"));
+            }
+            _ => {}
+        }
+        offset = end;
+    }
+    client_out.extend_from_slice(&inbuf.bytes()[..offset]);
+    inbuf.consume(offset);
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! What a session remembers about the protocol conversation: transaction status, what is in
+//! flight, prepared statements and portals (with their SQL and result formats) and the
+//! server's reported parameters. Later phases (policy, masking, audit) read it.
+//!
+//! Bookkeeping follows what the client sent; a Parse that the server then rejects still leaves
+//! an entry, which is harmless: anything using it fails upstream too.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::protocol::views::{Bind, Parse, Target};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedStatement {
+    pub sql: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    pub statement: Bytes,
+    /// As sent in Bind: empty = all text, one code = all columns, else one per column.
+    pub result_formats: Vec<i16>,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    /// From the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed transaction.
+    pub transaction_status: u8,
+    /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
+    pub in_flight: usize,
+    pub statements: HashMap<Bytes, PreparedStatement>,
+    pub portals: HashMap<Bytes, Portal>,
+    /// ParameterStatus values as last reported by the server (client_encoding, search_path…).
+    pub parameters: HashMap<Vec<u8>, Vec<u8>>,
+    /// Statements decided so far (Query, Parse, FunctionCall).
+    pub statements_seen: u64,
+}
+
+impl SessionState {
+    pub fn new(transaction_status: u8, parameters: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        Self {
+            transaction_status,
+            in_flight: 0,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            parameters: parameters.into_iter().collect(),
+            statements_seen: 0,
+        }
+    }
+
+    /// Nothing is running and no transaction is open: the session can end without losing work.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.transaction_status == b'I'
+    }
+
+    /// A simple Query replaces the unnamed statement and portal.
+    pub fn on_query(&mut self) {
+        self.statements.remove(&b""[..]);
+        self.portals.remove(&b""[..]);
+        self.in_flight += 1;
+    }
+
+    pub fn on_parse(&mut self, parse: &Parse<'_>) {
+        // Drivers re-send the same unnamed SQL over and over: keep the stored copy then.
+        if let Some(existing) = self.statements.get(parse.statement) {
+            if existing.sql == parse.sql {
+                return;
+            }
+        }
+        self.statements.insert(
+            Bytes::copy_from_slice(parse.statement),
+            PreparedStatement {
+                sql: Bytes::copy_from_slice(parse.sql),
+            },
+        );
+    }
+
+    pub fn on_bind(&mut self, bind: &Bind<'_>) {
+        if let Some(portal) = self.portals.get_mut(bind.portal) {
+            if portal.statement != bind.statement {
+                portal.statement = Bytes::copy_from_slice(bind.statement);
+            }
+            portal.result_formats.clear();
+            portal
+                .result_formats
+                .extend_from_slice(&bind.result_formats);
+            return;
+        }
+        self.portals.insert(
+            Bytes::copy_from_slice(bind.portal),
+            Portal {
+                statement: Bytes::copy_from_slice(bind.statement),
+                result_formats: bind.result_formats.clone(),
+            },
+        );
+    }
+
+    pub fn on_close(&mut self, target: Target, name: &[u8]) {
+        match target {
+            Target::Statement => self.statements.remove(name),
+            Target::Portal => {
+                self.portals.remove(name);
+                None
+            }
+        };
+    }
+
+    /// Sync, Query and FunctionCall each get exactly one ReadyForQuery.
+    pub fn on_sync(&mut self) {
+        self.in_flight += 1;
+    }
+
+    pub fn on_ready_for_query(&mut self, status: u8) {
+        self.transaction_status = status;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        // Portals live until the end of their transaction.
+        if status == b'I' && !self.portals.is_empty() {
+            self.portals.clear();
+        }
+    }
+
+    pub fn on_parameter_status(&mut self, name: &[u8], value: &[u8]) {
+        match self.parameters.get_mut(name) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => {
+                self.parameters.insert(name.to_vec(), value.to_vec());
+            }
+        }
+    }
+
+    /// SQL of a named (or the unnamed, `b""`) prepared statement.
+    pub fn statement_sql(&self, name: &[u8]) -> Option<&Bytes> {
+        self.statements.get(name).map(|s| &s.sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_statements_portals_and_transactions() {
+        let mut s = SessionState::new(b'I', vec![]);
+        s.on_parse(&Parse {
+            statement: b"s1",
+            sql: b"select $1",
+            param_type_count: 1,
+        });
+        s.on_bind(&Bind {
+            portal: b"",
+            statement: b"s1",
+            param_count: 1,
+            result_formats: vec![1],
+        });
+        assert_eq!(
+            s.statement_sql(b"s1").unwrap(),
+            &Bytes::from_static(b"select $1")
+        );
+        assert_eq!(s.portals[&b""[..]].result_formats, vec![1]);
+        s.on_sync();
+        assert!(!s.is_idle());
+        s.on_ready_for_query(b'T');
+        assert_eq!(s.in_flight, 0);
+        assert!(!s.is_idle());
+        assert_eq!(s.portals.len(), 1);
+        s.on_ready_for_query(b'I');
+        assert!(s.portals.is_empty());
+        s.on_close(Target::Statement, b"s1");
+        assert!(s.statement_sql(b"s1").is_none());
+        s.on_parameter_status(b"client_encoding", b"LATIN1");
+        assert_eq!(s.parameters[&b"client_encoding"[..]], b"LATIN1");
+    }
+}

@@ -1,0 +1,206 @@
+//! Logging in to the upstream server: StartupMessage with the client's parameters (the user
+//! replaced by the granted role), then whatever authentication the server asks for.
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+
+use super::{Endpoint, UpstreamError};
+use crate::config::Secret;
+use crate::net::MaybeTls;
+use crate::protocol::frame::{FrameBuffer, FrameLimits};
+use crate::protocol::{split_cstr, split_i32, views, ProtocolError};
+
+/// A logged-in upstream connection, ready for queries.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: MaybeTls,
+    /// Bytes read after ReadyForQuery (normally none).
+    pub reader: FrameBuffer,
+    pub process_id: i32,
+    pub secret: Vec<u8>,
+    /// ParameterStatus and NoticeResponse frames, raw, to pass on to the client.
+    pub greeting: BytesMut,
+    pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
+    pub transaction_status: u8,
+}
+
+/// Connect and log in as `role`. `parameters` are the client's startup parameters; `user`
+/// among them is replaced by `role`.
+pub async fn login(
+    endpoint: &Endpoint,
+    role: &str,
+    password: Option<&Secret>,
+    parameters: &[(String, Vec<u8>)],
+    limits: FrameLimits,
+) -> Result<Upstream, UpstreamError> {
+    let mut stream = endpoint.connect().await?;
+    let mut out = BytesMut::new();
+    startup_message(&mut out, role, parameters);
+    stream.write_all(&out).await?;
+
+    let mut reader = FrameBuffer::new(limits);
+    let mut greeting = BytesMut::new();
+    let mut params = Vec::new();
+    let mut key = None;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let Some(header) = reader.peek()? else {
+            if reader.fill(&mut stream).await? == 0 {
+                return Err(UpstreamError::ClosedDuringLogin);
+            }
+            continue;
+        };
+        let body = reader.body(header);
+        out.clear();
+        match header.tag {
+            b'R' => {
+                let (code, data) = split_i32(body).ok_or(ProtocolError::Malformed {
+                    what: "authentication request",
+                    detail: "too short",
+                })?;
+                match code {
+                    0 => {}
+                    3 => {
+                        let pw = password.ok_or_else(|| UpstreamError::NoPassword(role.into()))?;
+                        frontend::password_message(pw.expose().as_bytes(), &mut out)?;
+                    }
+                    5 => {
+                        let pw = password.ok_or_else(|| UpstreamError::NoPassword(role.into()))?;
+                        let salt: [u8; 4] =
+                            data.try_into().map_err(|_| ProtocolError::Malformed {
+                                what: "MD5 authentication request",
+                                detail: "salt is not 4 bytes",
+                            })?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            role.as_bytes(),
+                            pw.expose().as_bytes(),
+                            salt,
+                        );
+                        frontend::password_message(hash.as_bytes(), &mut out)?;
+                    }
+                    10 => {
+                        let pw = password.ok_or_else(|| UpstreamError::NoPassword(role.into()))?;
+                        if !mechanisms(data).any(|m| m == SCRAM_SHA_256.as_bytes()) {
+                            return Err(UpstreamError::UnsupportedAuth(
+                                "a SASL mechanism other than SCRAM-SHA-256",
+                            ));
+                        }
+                        // "n": pgwarden does not do channel binding upstream yet, and says so
+                        // honestly (a "y" over TLS would be refused as a downgrade).
+                        let client =
+                            ScramSha256::new(pw.expose().as_bytes(), ChannelBinding::unsupported());
+                        frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)?;
+                        scram = Some(client);
+                    }
+                    11 => {
+                        let client = scram.as_mut().ok_or(ProtocolError::Unexpected {
+                            tag: b'R',
+                            phase: "login",
+                        })?;
+                        client.update(data).map_err(UpstreamError::Scram)?;
+                        frontend::sasl_response(client.message(), &mut out)?;
+                    }
+                    12 => {
+                        let client = scram.as_mut().ok_or(ProtocolError::Unexpected {
+                            tag: b'R',
+                            phase: "login",
+                        })?;
+                        client.finish(data).map_err(UpstreamError::Scram)?;
+                    }
+                    2 => return Err(UpstreamError::UnsupportedAuth("Kerberos V5")),
+                    6 => return Err(UpstreamError::UnsupportedAuth("SCM credential")),
+                    7 | 8 => return Err(UpstreamError::UnsupportedAuth("GSSAPI")),
+                    9 => return Err(UpstreamError::UnsupportedAuth("SSPI")),
+                    _ => return Err(UpstreamError::UnsupportedAuth("an unknown method")),
+                }
+            }
+            b'E' => {
+                let fields = views::error_fields(body)?;
+                let field = |code: u8| {
+                    fields
+                        .iter()
+                        .find(|(c, _)| *c == code)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                };
+                return Err(UpstreamError::Refused {
+                    sqlstate: field(b'C').unwrap_or_default(),
+                    message: field(b'M').unwrap_or_default(),
+                    raw: reader.split_to(header.wire_len()),
+                });
+            }
+            b'S' => {
+                let (name, value) = views::parameter_status(body)?;
+                params.push((name.to_vec(), value.to_vec()));
+                greeting.extend_from_slice(&reader.bytes()[..header.wire_len()]);
+            }
+            b'N' => greeting.extend_from_slice(&reader.bytes()[..header.wire_len()]),
+            b'K' => {
+                let (pid, secret) = split_i32(body).ok_or(ProtocolError::Malformed {
+                    what: "BackendKeyData",
+                    detail: "too short",
+                })?;
+                key = Some((pid, secret.to_vec()));
+            }
+            // We only ever ask for 3.0, so a downgrade notice needs no action.
+            b'v' => {}
+            b'Z' => {
+                let status = *body.first().ok_or(ProtocolError::Malformed {
+                    what: "ReadyForQuery",
+                    detail: "no status",
+                })?;
+                reader.consume(header.wire_len());
+                let (process_id, secret) = key.unwrap_or((0, Vec::new()));
+                return Ok(Upstream {
+                    stream,
+                    reader,
+                    process_id,
+                    secret,
+                    greeting,
+                    parameters: params,
+                    transaction_status: status,
+                });
+            }
+            tag => {
+                return Err(ProtocolError::Unexpected {
+                    tag,
+                    phase: "upstream login",
+                }
+                .into())
+            }
+        }
+        reader.consume(header.wire_len());
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+fn mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (name, rest) = split_cstr(data)?;
+        data = rest;
+        (!name.is_empty()).then_some(name)
+    })
+}
+
+/// StartupMessage 3.0. Written by hand because parameter values are bytes in the client's
+/// encoding, not necessarily UTF-8.
+fn startup_message(out: &mut BytesMut, role: &str, parameters: &[(String, Vec<u8>)]) {
+    let start = out.len();
+    out.put_i32(0);
+    out.put_i32(196_608);
+    out.put_slice(b"user\0");
+    out.put_slice(role.as_bytes());
+    out.put_u8(0);
+    for (name, value) in parameters.iter().filter(|(n, _)| n != "user") {
+        out.put_slice(name.as_bytes());
+        out.put_u8(0);
+        out.put_slice(value);
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    let len = i32::try_from(out.len() - start).unwrap_or(i32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
