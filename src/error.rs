@@ -7,31 +7,41 @@ use std::fmt;
 
 /// A five-character SQLSTATE code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SqlState(&'static str);
+pub struct SqlState([u8; 5]);
 
 impl SqlState {
-    pub const FEATURE_NOT_SUPPORTED: Self = Self("0A000");
-    pub const CONNECTION_FAILURE: Self = Self("08006");
-    pub const CONNECTION_EXCEPTION: Self = Self("08000");
-    pub const SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: Self = Self("08001");
-    pub const PROTOCOL_VIOLATION: Self = Self("08P01");
-    pub const INVALID_AUTHORIZATION_SPECIFICATION: Self = Self("28000");
-    pub const INVALID_PASSWORD: Self = Self("28P01");
-    pub const PROGRAM_LIMIT_EXCEEDED: Self = Self("54000");
-    pub const TOO_MANY_CONNECTIONS: Self = Self("53300");
-    pub const ADMIN_SHUTDOWN: Self = Self("57P01");
-    pub const CANNOT_CONNECT_NOW: Self = Self("57P03");
-    pub const INSUFFICIENT_PRIVILEGE: Self = Self("42501");
-    pub const INTERNAL_ERROR: Self = Self("XX000");
+    pub const FEATURE_NOT_SUPPORTED: Self = Self(*b"0A000");
+    pub const CONNECTION_FAILURE: Self = Self(*b"08006");
+    pub const CONNECTION_EXCEPTION: Self = Self(*b"08000");
+    pub const SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: Self = Self(*b"08001");
+    pub const PROTOCOL_VIOLATION: Self = Self(*b"08P01");
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: Self = Self(*b"28000");
+    pub const INVALID_PASSWORD: Self = Self(*b"28P01");
+    pub const PROGRAM_LIMIT_EXCEEDED: Self = Self(*b"54000");
+    pub const TOO_MANY_CONNECTIONS: Self = Self(*b"53300");
+    pub const ADMIN_SHUTDOWN: Self = Self(*b"57P01");
+    pub const CANNOT_CONNECT_NOW: Self = Self(*b"57P03");
+    pub const INSUFFICIENT_PRIVILEGE: Self = Self(*b"42501");
+    pub const INTERNAL_ERROR: Self = Self(*b"XX000");
 
-    pub fn code(&self) -> &'static str {
-        self.0
+    /// A code received from a peer, if it has the SQLSTATE shape (five ASCII letters/digits).
+    pub fn parse(code: &str) -> Option<Self> {
+        let bytes: [u8; 5] = code.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(Self(bytes))
+    }
+
+    pub fn code(&self) -> &str {
+        // Constructed only from ASCII (constants above and `parse`).
+        std::str::from_utf8(&self.0).unwrap_or("XX000")
     }
 }
 
 impl fmt::Display for SqlState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.code())
     }
 }
 

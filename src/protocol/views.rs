@@ -45,13 +45,22 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
 
 /// Bind ('B'): the parts the session keeps (names and result formats). Parameter values are
 /// walked to validate their lengths, not copied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bind<'a> {
     pub portal: &'a [u8],
     pub statement: &'a [u8],
     pub param_count: usize,
-    /// Result-column format codes as sent: empty = all text, one = applies to all.
-    pub result_formats: Vec<i16>,
+    /// Result-column format codes as sent (big-endian i16 pairs): none = all text, one =
+    /// applies to all columns. Kept raw so that decoding a Bind allocates nothing.
+    result_formats: &'a [u8],
+}
+
+impl Bind<'_> {
+    pub fn result_formats(&self) -> impl Iterator<Item = i16> + '_ {
+        self.result_formats
+            .chunks_exact(2)
+            .map(|pair| i16::from_be_bytes([pair[0], pair[1]]))
+    }
 }
 
 pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
@@ -76,21 +85,15 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
             }
         };
     }
-    let (result_count, mut rest) = split_count(rest, WHAT)?;
-    let mut result_formats = Vec::with_capacity(result_count.min(rest.len() / 2));
-    for _ in 0..result_count {
-        let (code, after) = split_i16(rest).ok_or(malformed(WHAT, "result formats truncated"))?;
-        result_formats.push(code);
-        rest = after;
-    }
-    if !rest.is_empty() {
-        return Err(malformed(WHAT, "trailing bytes"));
+    let (result_count, rest) = split_count(rest, WHAT)?;
+    if rest.len() != result_count * 2 {
+        return Err(malformed(WHAT, "result formats do not match the count"));
     }
     Ok(Bind {
         portal,
         statement,
         param_count,
-        result_formats,
+        result_formats: rest,
     })
 }
 
@@ -190,7 +193,7 @@ mod tests {
             (b.portal, b.statement, b.param_count),
             (&b"p"[..], &b"s"[..], 2)
         );
-        assert_eq!(b.result_formats, vec![1]);
+        assert_eq!(b.result_formats().collect::<Vec<_>>(), vec![1]);
         // A parameter length running past the end (pgwire panics on this one).
         assert!(bind(b"p\0s\0\0\0\0\x01\0\0\x10\0hi\0\0").is_err());
         assert!(bind(b"p\0s\0\0\0\0\x01\xff\xff\xff\xfe\0\0").is_err());

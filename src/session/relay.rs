@@ -123,6 +123,12 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
     let mut closing: Option<Ending> = None;
     let mut upstream_sent_fatal = false;
 
+    // Created once: a cancellation future registers itself with the token when first
+    // polled, and re-creating it on every iteration would redo that work per message batch.
+    let graceful = ctx.shutdown.graceful.cancelled();
+    let immediate = ctx.shutdown.immediate.cancelled();
+    tokio::pin!(graceful, immediate);
+
     let ending = loop {
         if let Some(ending) = closing {
             if !client.has_output() {
@@ -133,10 +139,10 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
         let read_server = closing.is_none() && client.out.len() < HIGH_WATER;
         let step: Result<Option<Ending>, SessionError> = tokio::select! {
             biased;
-            _ = ctx.shutdown.immediate.cancelled(), if closing.is_none() => {
+            _ = &mut immediate, if closing.is_none() => {
                 Ok(Some(Ending::Shutdown))
             }
-            _ = ctx.shutdown.graceful.cancelled(), if !draining && closing.is_none() => {
+            _ = &mut graceful, if !draining && closing.is_none() => {
                 draining = true;
                 debug!("shutdown requested; ending the session once it is idle");
                 Ok(state.is_idle().then_some(Ending::Shutdown))

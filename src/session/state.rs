@@ -82,16 +82,14 @@ impl SessionState {
                 portal.statement = Bytes::copy_from_slice(bind.statement);
             }
             portal.result_formats.clear();
-            portal
-                .result_formats
-                .extend_from_slice(&bind.result_formats);
+            portal.result_formats.extend(bind.result_formats());
             return;
         }
         self.portals.insert(
             Bytes::copy_from_slice(bind.portal),
             Portal {
                 statement: Bytes::copy_from_slice(bind.statement),
-                result_formats: bind.result_formats.clone(),
+                result_formats: bind.result_formats().collect(),
             },
         );
     }
@@ -114,9 +112,11 @@ impl SessionState {
     pub fn on_ready_for_query(&mut self, status: u8) {
         self.transaction_status = status;
         self.in_flight = self.in_flight.saturating_sub(1);
-        // Portals live until the end of their transaction.
-        if status == b'I' && !self.portals.is_empty() {
-            self.portals.clear();
+        // Portals live until the end of their transaction. The unnamed one is kept (it is
+        // rebound before any use) so that drivers binding it every time reuse its entry.
+        let unnamed = usize::from(self.portals.contains_key(&b""[..]));
+        if status == b'I' && self.portals.len() > unnamed {
+            self.portals.retain(|name, _| name.is_empty());
         }
     }
 
@@ -141,6 +141,7 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::views::bind;
 
     #[test]
     fn tracks_statements_portals_and_transactions() {
@@ -150,12 +151,9 @@ mod tests {
             sql: b"select $1",
             param_type_count: 1,
         });
-        s.on_bind(&Bind {
-            portal: b"",
-            statement: b"s1",
-            param_count: 1,
-            result_formats: vec![1],
-        });
+        // Unnamed portal, one text parameter "x", binary results; then a named portal.
+        s.on_bind(&bind(b"\0s1\0\0\0\0\x01\0\0\0\x01x\0\x01\0\x01").unwrap());
+        s.on_bind(&bind(b"named\0s1\0\0\0\0\0\0\0").unwrap());
         assert_eq!(
             s.statement_sql(b"s1").unwrap(),
             &Bytes::from_static(b"select $1")
@@ -166,9 +164,9 @@ mod tests {
         s.on_ready_for_query(b'T');
         assert_eq!(s.in_flight, 0);
         assert!(!s.is_idle());
-        assert_eq!(s.portals.len(), 1);
+        assert_eq!(s.portals.len(), 2);
         s.on_ready_for_query(b'I');
-        assert!(s.portals.is_empty());
+        assert_eq!(s.portals.keys().collect::<Vec<_>>(), vec![&Bytes::new()]);
         s.on_close(Target::Statement, b"s1");
         assert!(s.statement_sql(b"s1").is_none());
         s.on_parameter_status(b"client_encoding", b"LATIN1");

@@ -127,7 +127,6 @@ pub async fn login(
                 return Err(UpstreamError::Refused {
                     sqlstate: field(b'C').unwrap_or_default(),
                     message: field(b'M').unwrap_or_default(),
-                    raw: reader.split_to(header.wire_len()),
                 });
             }
             b'S' => {

@@ -42,11 +42,7 @@ pub enum UpstreamError {
     ClosedDuringLogin,
     /// The server refused the login or startup; its ErrorResponse fields are passed on.
     #[error("the database server refused the login: {message}")]
-    Refused {
-        sqlstate: String,
-        message: String,
-        raw: BytesMut,
-    },
+    Refused { sqlstate: String, message: String },
     #[error("the database server asked for {0} authentication, which pgwarden does not support")]
     UnsupportedAuth(&'static str),
     #[error("the database server asked for a password but none is configured for role \"{0}\"")]
@@ -76,9 +72,14 @@ impl UpstreamError {
             )
             .with_detail(message.clone())
             .with_hint("the upstream credentials in pgwarden's [[upstream.roles]] were refused"),
-            Self::Refused { message, .. } => {
-                ClientError::fatal(SqlState::CONNECTION_FAILURE, message.clone())
-            }
+            // Anything else (no such database, too many connections, ...) is the server's own
+            // words, which carry no credentials: pass its SQLSTATE and message on.
+            Self::Refused {
+                sqlstate, message, ..
+            } => ClientError::fatal(
+                SqlState::parse(sqlstate).unwrap_or(SqlState::CONNECTION_FAILURE),
+                message.clone(),
+            ),
             _ => ClientError::fatal(
                 SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                 "pgwarden could not establish the upstream connection",
