@@ -8,7 +8,9 @@ fn example_in_temp_dir(test: &str) -> (std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("pgwarden-config-{test}-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
     std::fs::write(dir.join("secrets/app_ro.password"), "ro-secret\n").unwrap();
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml"))
+            .unwrap();
     // PATH is always set: stands in for APP_RW_PASSWORD without touching the environment.
     (dir, text.replace("env:APP_RW_PASSWORD", "env:PATH"))
 }
@@ -19,7 +21,10 @@ fn the_example_config_is_valid() {
     let config = Config::from_toml(&dir.join("example.toml"), &text).unwrap();
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:6432");
     assert_eq!(config.upstream.roles.len(), 2);
-    assert_eq!(config.upstream.roles["app_ro"].as_ref().unwrap().expose(), "ro-secret");
+    assert_eq!(
+        config.upstream.roles["app_ro"].as_ref().unwrap().expose(),
+        "ro-secret"
+    );
     assert_eq!(config.local_users["ci-bot"].groups, ["ci"]);
     assert_eq!(config.access.len(), 2);
     std::fs::remove_dir_all(dir).unwrap();
@@ -30,22 +35,42 @@ fn errors_name_the_key_and_line() {
     let (dir, text) = example_in_temp_dir("errors");
     let bad = text.replace("max_connections = 1000", "max_connections = 0");
     let err = Config::from_toml(&dir.join("example.toml"), &bad).unwrap_err();
-    let line = text.lines().position(|l| l.starts_with("max_connections")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("max_connections"))
+        .unwrap()
+        + 1;
     match &err {
-        ConfigError::Invalid { key, line: Some(l), .. } => {
+        ConfigError::Invalid {
+            key, line: Some(l), ..
+        } => {
             assert_eq!(key, "server.max_connections");
             assert_eq!(*l, line);
         }
         other => panic!("unexpected error: {other}"),
     }
-    assert!(err.to_string().contains(&format!("example.toml:{line}: `server.max_connections`")), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("example.toml:{line}: `server.max_connections`")),
+        "{err}"
+    );
 
     let unknown = text.replace("max_connections = 1000", "max_conections = 1000");
-    let err = Config::from_toml(&dir.join("example.toml"), &unknown).unwrap_err().to_string();
-    assert!(err.contains("max_conections") && err.contains(&format!("line {line}")), "{err}");
+    let err = Config::from_toml(&dir.join("example.toml"), &unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_conections") && err.contains(&format!("line {line}")),
+        "{err}"
+    );
 
     let bad_role = text.replace("roles = [\"app_rw\", \"app_ro\"]", "roles = [\"admin\"]");
-    let err = Config::from_toml(&dir.join("example.toml"), &bad_role).unwrap_err().to_string();
-    assert!(err.contains("`access[0].roles`") && err.contains("admin"), "{err}");
+    let err = Config::from_toml(&dir.join("example.toml"), &bad_role)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`access[0].roles`") && err.contains("admin"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

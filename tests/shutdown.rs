@@ -14,7 +14,9 @@ async fn running_statements_finish_then_sessions_end_with_admin_shutdown() {
     let busy = proxy.alice().await;
     let idle = proxy.alice().await;
     let running = tokio::spawn(async move {
-        let row = busy.query_one("SELECT pg_sleep(1)::text, 'done'", &[]).await;
+        let row = busy
+            .query_one("SELECT pg_sleep(1)::text, 'done'", &[])
+            .await;
         (row.map(|r| r.get::<_, String>(1)), busy)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -26,9 +28,15 @@ async fn running_statements_finish_then_sessions_end_with_admin_shutdown() {
     assert_eq!(result.unwrap(), "done");
     // Then that session is ended, as is the idle one.
     let err = busy.simple_query("SELECT 1").await.unwrap_err();
-    assert!(sqlstate(&err).as_deref() == Some("57P01") || err.is_closed(), "{err}");
+    assert!(
+        sqlstate(&err).as_deref() == Some("57P01") || err.is_closed(),
+        "{err}"
+    );
     let err = idle.simple_query("SELECT 1").await.unwrap_err();
-    assert!(sqlstate(&err).as_deref() == Some("57P01") || err.is_closed(), "{err}");
+    assert!(
+        sqlstate(&err).as_deref() == Some("57P01") || err.is_closed(),
+        "{err}"
+    );
     shutdown.await.unwrap();
     // It did not wait for the whole grace period: sessions were idle after ~1 s.
     assert!(started.elapsed() < Duration::from_secs(8));
@@ -52,7 +60,10 @@ async fn an_idle_session_is_told_why_it_is_disconnected() {
         .expect("a message before the close")
         .expect_err("an error");
     assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err}");
-    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(message.contains("pgwarden is shutting down"), "{message}");
     drop(client);
     shutdown.await.unwrap();
@@ -62,10 +73,16 @@ async fn an_idle_session_is_told_why_it_is_disconnected() {
 async fn an_open_transaction_is_ended_when_the_grace_period_runs_out() {
     let proxy = Proxy::default().await;
     let client = proxy.alice().await;
-    client.batch_execute("BEGIN; CREATE TEMP TABLE pending (v int)").await.unwrap();
+    client
+        .batch_execute("BEGIN; CREATE TEMP TABLE pending (v int)")
+        .await
+        .unwrap();
     let started = Instant::now();
     proxy.shutdown(Duration::from_millis(500)).await;
     assert!(started.elapsed() >= Duration::from_millis(500));
     let err = client.simple_query("SELECT 1").await.unwrap_err();
-    assert!(sqlstate(&err).as_deref() == Some("57P01") || err.is_closed(), "{err}");
+    assert!(
+        sqlstate(&err).as_deref() == Some("57P01") || err.is_closed(),
+        "{err}"
+    );
 }

@@ -11,7 +11,7 @@ fn malformed(what: &'static str, detail: &'static str) -> ProtocolError {
 /// Query ('Q'): one string holding one or more statements.
 pub fn query(body: &[u8]) -> Result<&[u8], ProtocolError> {
     match split_cstr(body) {
-        Some((sql, rest)) if rest.is_empty() => Ok(sql),
+        Some((sql, [])) => Ok(sql),
         _ => Err(malformed(
             "Query message",
             "the query string must end exactly at the message end",
@@ -119,7 +119,7 @@ pub fn target<'a>(body: &'a [u8], what: &'static str) -> Result<(Target, &'a [u8
         _ => return Err(malformed(what, "kind must be 'S' or 'P'")),
     };
     match split_cstr(rest) {
-        Some((name, tail)) if tail.is_empty() => Ok((target, name)),
+        Some((name, [])) => Ok((target, name)),
         _ => Err(malformed(what, "name must end exactly at the message end")),
     }
 }
@@ -129,7 +129,7 @@ pub fn execute(body: &[u8]) -> Result<(&[u8], i32), ProtocolError> {
     const WHAT: &str = "Execute message";
     let (portal, rest) = split_cstr(body).ok_or(malformed(WHAT, "no portal name"))?;
     match split_i32(rest) {
-        Some((max_rows, tail)) if tail.is_empty() => Ok((portal, max_rows)),
+        Some((max_rows, [])) => Ok((portal, max_rows)),
         _ => Err(malformed(WHAT, "bad row limit")),
     }
 }
@@ -139,7 +139,7 @@ pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     const WHAT: &str = "ParameterStatus message";
     let (name, rest) = split_cstr(body).ok_or(malformed(WHAT, "no name"))?;
     match split_cstr(rest) {
-        Some((value, tail)) if tail.is_empty() => Ok((name, value)),
+        Some((value, [])) => Ok((name, value)),
         _ => Err(malformed(WHAT, "bad value")),
     }
 }

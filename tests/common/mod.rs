@@ -75,12 +75,23 @@ pub fn harness() -> &'static Harness {
                      host all clear_user 127.0.0.1/32 password\n\
                      host all trust_user 127.0.0.1/32 trust\n";
         std::fs::write(&hba, format!("{extra}{original}")).expect("write pg_hba.conf");
-        pg.psql("postgres", "SELECT pg_reload_conf();").expect("reload");
+        pg.psql("postgres", "SELECT pg_reload_conf();")
+            .expect("reload");
 
-        let dir = pg.data_dir().parent().expect("temp dir").join("pgwarden-tests");
+        let dir = pg
+            .data_dir()
+            .parent()
+            .expect("temp dir")
+            .join("pgwarden-tests");
         std::fs::create_dir_all(&dir).expect("create test dir");
         let certs = testbed::write_test_certificates(&dir).expect("certificates");
-        Harness { pg, certs, dir, app_rw_password, app_ro_password }
+        Harness {
+            pg,
+            certs,
+            dir,
+            app_rw_password,
+            app_ro_password,
+        }
     })
 }
 
@@ -123,7 +134,12 @@ pub struct ProxyOptions {
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        Self { tls_mode: Some("optional"), server_extra: String::new(), upstream: None, extra: String::new() }
+        Self {
+            tls_mode: Some("optional"),
+            server_extra: String::new(),
+            upstream: None,
+            extra: String::new(),
+        }
     }
 }
 
@@ -140,7 +156,11 @@ pub fn config_text(options: &ProxyOptions) -> String {
         ),
     };
     let upstream = options.upstream.clone().unwrap_or_else(|| {
-        format!("host = \"{}\"\nport = {}\nsslmode = \"disable\"\n", h.pg.host(), h.pg.port())
+        format!(
+            "host = \"{}\"\nport = {}\nsslmode = \"disable\"\n",
+            h.pg.host(),
+            h.pg.port()
+        )
     });
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nauth_timeout = \"5s\"\nshutdown_grace = \"5s\"\n{server_extra}\n\
@@ -184,10 +204,17 @@ impl Proxy {
     pub async fn start(options: ProxyOptions) -> Proxy {
         let text = config_text(&options);
         let path = write_file("pgwarden.toml", &text);
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-        let server = Server::start(config, Arc::new(AllowAll)).await.expect("start pgwarden");
+        let config =
+            Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let server = Server::start(config, Arc::new(AllowAll))
+            .await
+            .expect("start pgwarden");
         let addr = server.local_addr();
-        Proxy { server: Some(server), addr, config_path: path }
+        Proxy {
+            server: Some(server),
+            addr,
+            config_path: path,
+        }
     }
 
     pub async fn default() -> Proxy {
@@ -200,7 +227,10 @@ impl Proxy {
 
     /// A libpq connection string through pgwarden.
     pub fn conninfo(&self, user: &str, password: &str, extra: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname=app user={user} password={password} {extra}", self.port())
+        format!(
+            "host=127.0.0.1 port={} dbname=app user={user} password={password} {extra}",
+            self.port()
+        )
     }
 
     /// tokio-postgres over plaintext as `user`.
@@ -215,7 +245,10 @@ impl Proxy {
         self.connect("alice", ALICE_PASSWORD).await
     }
 
-    pub async fn try_connect(&self, conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn try_connect(
+        &self,
+        conninfo: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;
@@ -224,7 +257,10 @@ impl Proxy {
     }
 
     /// tokio-postgres over TLS, trusting the per-run CA.
-    pub async fn try_connect_tls(&self, conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn try_connect_tls(
+        &self,
+        conninfo: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, connection) = tokio_postgres::connect(conninfo, tls_connector()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
@@ -245,11 +281,13 @@ pub fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
     for cert in pgwarden::net::tls::load_certs(&harness().certs.ca_cert).expect("CA") {
         roots.add(cert).expect("add CA");
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
@@ -263,7 +301,9 @@ pub async fn direct(database: &str) -> tokio_postgres::Client {
         h.pg.superuser(),
         h.pg.superuser_password()
     );
-    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.expect("direct connect");
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("direct connect");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -277,18 +317,33 @@ pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
 
 /// The psql binary next to the server binaries (or on PATH).
 pub fn psql_path() -> PathBuf {
-    testbed::PgBinaries::discover().expect("PostgreSQL binaries").tool("psql")
+    testbed::PgBinaries::discover()
+        .expect("PostgreSQL binaries")
+        .tool("psql")
 }
 
 pub fn pgbench_path() -> PathBuf {
-    testbed::PgBinaries::discover().expect("PostgreSQL binaries").tool("pgbench")
+    testbed::PgBinaries::discover()
+        .expect("PostgreSQL binaries")
+        .tool("pgbench")
 }
 
 /// Run a libpq program (psql, pgbench) with a clean libpq environment.
 pub async fn run_tool(program: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args);
-    for var in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSSLMODE", "PGOPTIONS", "PGCLIENTENCODING", "PGSERVICE", "PGSSLROOTCERT"] {
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGSSLMODE",
+        "PGOPTIONS",
+        "PGCLIENTENCODING",
+        "PGSERVICE",
+        "PGSSLROOTCERT",
+    ] {
         cmd.env_remove(var);
     }
     for (k, v) in env {
