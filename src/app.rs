@@ -19,7 +19,8 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError, TlsMode};
 use crate::net::{listener, tls};
 use crate::session::gate::{AllowAll, StatementGate};
-use crate::session::{Context, Shutdown, Snapshot};
+use crate::session::shutdown::{Phase, Shutdown};
+use crate::session::{Context, Snapshot};
 use crate::upstream::cancel::CancelMap;
 use crate::upstream::{Endpoint, UpstreamError};
 
@@ -125,7 +126,7 @@ impl Server {
     /// Stop accepting; let sessions finish what is running for up to `grace`, then end them
     /// with 57P01 and wait (briefly) for them to close.
     pub async fn shutdown(self, grace: Duration) {
-        self.ctx.shutdown.graceful.cancel();
+        self.ctx.shutdown.advance(Phase::Draining);
         let _ = self.accept.await;
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
@@ -137,7 +138,7 @@ impl Server {
                 "grace period over; terminating remaining sessions"
             );
         }
-        self.ctx.shutdown.immediate.cancel();
+        self.ctx.shutdown.advance(Phase::Terminating);
         if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
             .await
             .is_err()

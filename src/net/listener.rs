@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, warn, Instrument};
 
+use crate::session::shutdown::Phase;
 use crate::session::{self, Context};
 
 /// Connections over the limit still get a FATAL "too many clients", but only this many at a
@@ -23,9 +24,13 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: Task
     let sessions = Arc::new(Semaphore::new(max_connections));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SESSIONS));
     let next_id = AtomicU64::new(1);
+    let mut phase = ctx.shutdown.watch();
     loop {
+        if ctx.shutdown.phase() != Phase::Running {
+            break;
+        }
         let accepted = tokio::select! {
-            _ = ctx.shutdown.graceful.cancelled() => break,
+            _ = phase.changed() => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {

@@ -10,6 +10,7 @@
 
 pub mod gate;
 pub mod relay;
+pub mod shutdown;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
 use crate::auth::scram::{ScramExchange, ScramVerifier, MECHANISM};
@@ -53,13 +53,6 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// Shutdown signals: `graceful` lets sessions finish what is running, `immediate` ends them.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    pub graceful: CancellationToken,
-    pub immediate: CancellationToken,
-}
-
 /// What every session shares.
 #[derive(Debug)]
 pub struct Context {
@@ -68,7 +61,7 @@ pub struct Context {
     /// Per-process secret for stable fake SCRAM salts of unknown users.
     pub process_key: [u8; 32],
     pub gate: Arc<dyn gate::StatementGate>,
-    pub shutdown: Shutdown,
+    pub shutdown: shutdown::Shutdown,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.

@@ -9,10 +9,11 @@
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
 use super::gate::{Decision, Protocol, Statement};
+use super::shutdown::Phase;
 use super::state::SessionState;
 use super::{Context, Established, SessionError};
 use crate::error::{ClientError, SqlState};
@@ -51,6 +52,26 @@ impl Peer {
 
     fn has_output(&self) -> bool {
         !self.out.is_empty() || self.needs_flush
+    }
+
+    /// Write what was just produced without waiting for the next loop iteration: in the common
+    /// case (the socket has room) this saves a whole pass through the `select!` per message
+    /// batch. If the socket is full nothing happens and the `push` branch takes over.
+    fn try_push(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut self.wr).poll_write(&mut cx, &self.out) {
+            std::task::Poll::Ready(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
+            std::task::Poll::Ready(Ok(n)) => {
+                self.pushed(n);
+                Ok(())
+            }
+            std::task::Poll::Ready(Err(e)) => Err(e),
+            // Registered a no-op waker; the `push` branch re-registers the task's own waker.
+            std::task::Poll::Pending => Ok(()),
+        }
     }
 
     /// Account for a [`push`]: `n` bytes written (0 after a flush).
@@ -119,15 +140,12 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
     let mut state = SessionState::new(upstream.transaction_status, upstream.parameters);
     let mut client = Peer::new(client, client_reader);
     let mut server = Peer::new(upstream.stream, upstream.reader);
-    let mut draining = false;
     let mut closing: Option<Ending> = None;
     let mut upstream_sent_fatal = false;
 
-    // Created once: a cancellation future registers itself with the token when first
-    // polled, and re-creating it on every iteration would redo that work per message batch.
-    let graceful = ctx.shutdown.graceful.cancelled();
-    let immediate = ctx.shutdown.immediate.cancelled();
-    tokio::pin!(graceful, immediate);
+    let mut phase = ctx.shutdown.watch();
+    // A session that starts while draining ends as soon as it is idle.
+    let mut draining = ctx.shutdown.phase() != Phase::Running;
 
     let ending = loop {
         if let Some(ending) = closing {
@@ -139,14 +157,14 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
         let read_server = closing.is_none() && client.out.len() < HIGH_WATER;
         let step: Result<Option<Ending>, SessionError> = tokio::select! {
             biased;
-            _ = &mut immediate, if closing.is_none() => {
-                Ok(Some(Ending::Shutdown))
-            }
-            _ = &mut graceful, if !draining && closing.is_none() => {
-                draining = true;
-                debug!("shutdown requested; ending the session once it is idle");
-                Ok(state.is_idle().then_some(Ending::Shutdown))
-            }
+            new_phase = phase.changed(), if closing.is_none() => match new_phase {
+                Phase::Terminating => Ok(Some(Ending::Shutdown)),
+                _ => {
+                    draining = true;
+                    debug!("shutdown requested; ending the session once it is idle");
+                    Ok(state.is_idle().then_some(Ending::Shutdown))
+                }
+            },
             r = push(&mut client.wr, &client.out), if client.has_output() => {
                 r.map(|n| { client.pushed(n); None }).map_err(SessionError::ClientIo)
             }
@@ -159,6 +177,7 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
                     client.bytes_read += n as u64;
                     let statement_ctx = StatementCtx { identity: &identity, database: &grant.database, role: &grant.role, gate: ctx.gate.as_ref() };
                     from_client(&mut client.inbuf, &mut server.out, &mut state, &statement_ctx)
+                        .and_then(|ending| server.try_push().map(|()| ending).map_err(SessionError::UpstreamIo))
                 }
                 Err(e) => Err(SessionError::ClientIo(e)),
             },
@@ -167,6 +186,7 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
                 Ok(n) => {
                     server.bytes_read += n as u64;
                     from_server(&mut server.inbuf, &mut client.out, &mut state, &mut upstream_sent_fatal)
+                        .and_then(|()| client.try_push().map_err(SessionError::ClientIo))
                         .map(|()| (draining && state.is_idle()).then_some(Ending::Shutdown))
                 }
                 Err(e) => Err(SessionError::UpstreamIo(e)),
