@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -63,7 +62,6 @@ pub struct Server {
     local_addr: SocketAddr,
     ctx: Arc<Context>,
     tracker: TaskTracker,
-    accept: JoinHandle<()>,
 }
 
 impl Server {
@@ -88,7 +86,7 @@ impl Server {
             shutdown: Shutdown::default(),
         });
         let tracker = TaskTracker::new();
-        let accept = tokio::spawn(listener::accept_loop(
+        tracker.spawn(listener::accept_loop(
             listener,
             ctx.clone(),
             tracker.clone(),
@@ -98,7 +96,6 @@ impl Server {
             local_addr,
             ctx,
             tracker,
-            accept,
         })
     }
 
@@ -111,38 +108,56 @@ impl Server {
         self.ctx.cancels.len()
     }
 
-    /// Re-read the config file; on any error keep the current config.
+    /// Re-read the config file; on any error keep the current config. Everything applies to
+    /// new sessions except `server.listen`, which needs a restart (a warning says so).
     pub fn reload(&self, path: &Path) -> Result<(), AppError> {
         let config = Config::load(path)?;
         for warning in &config.warnings {
             warn!("{warning}");
         }
         let snapshot = build_snapshot(config)?;
+        let listen = snapshot.config.server.listen;
+        if listen != self.ctx.snapshot.load().config.server.listen {
+            warn!(
+                listen = %listen,
+                still_listening_on = %self.local_addr,
+                "server.listen changed: restart pgwarden to apply it"
+            );
+        }
         self.ctx.snapshot.store(Arc::new(snapshot));
         info!(path = %path.display(), "configuration reloaded; new sessions use it");
         Ok(())
     }
 
-    /// Stop accepting; let sessions finish what is running for up to `grace`, then end them
-    /// with 57P01 and wait (briefly) for them to close.
-    pub async fn shutdown(self, grace: Duration) {
+    /// Stop accepting; sessions end with 57P01 once idle.
+    pub fn drain(&self) {
         self.ctx.shutdown.advance(Phase::Draining);
-        let _ = self.accept.await;
+    }
+
+    /// End every session now with 57P01.
+    pub fn terminate(&self) {
+        self.ctx.shutdown.advance(Phase::Terminating);
+    }
+
+    /// Wait up to `timeout` for all sessions (and the accept loop) to end; true if they did.
+    pub async fn wait(&self, timeout: Duration) -> bool {
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
+        tokio::time::timeout(timeout, self.tracker.wait())
             .await
-            .is_err()
-        {
+            .is_ok()
+    }
+
+    /// Drain for up to `grace`, then terminate the remaining sessions.
+    pub async fn shutdown(self, grace: Duration) {
+        self.drain();
+        if !self.wait(grace).await {
             warn!(
                 sessions = self.tracker.len(),
                 "grace period over; terminating remaining sessions"
             );
         }
-        self.ctx.shutdown.advance(Phase::Terminating);
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
-            .await
-            .is_err()
-        {
+        self.terminate();
+        if !self.wait(Duration::from_secs(5)).await {
             error!(
                 sessions = self.tracker.len(),
                 "sessions did not end; exiting anyway"
@@ -167,13 +182,18 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     loop {
         tokio::select! {
             _ = term.recv() => {
-                info!(grace_s = grace.as_secs(), "SIGTERM: graceful shutdown");
-                server.shutdown(grace).await;
+                info!(grace_s = grace.as_secs(), "SIGTERM: graceful shutdown (SIGINT to end sessions now)");
+                server.drain();
+                tokio::select! {
+                    done = server.wait(grace) => if !done {
+                        warn!("grace period over; terminating remaining sessions");
+                    },
+                    _ = int.recv() => info!("SIGINT: ending sessions now"),
+                }
                 break;
             }
             _ = int.recv() => {
                 info!("SIGINT: fast shutdown");
-                server.shutdown(Duration::ZERO).await;
                 break;
             }
             _ = hup.recv() => {
@@ -183,6 +203,7 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
             }
         }
     }
+    server.shutdown(Duration::ZERO).await;
     info!("pgwarden stopped");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The client listener: accepts connections, enforces the connection limit, and runs each
 //! session in its own task under one tracing span.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -16,12 +16,34 @@ use crate::session::{self, Context};
 /// time: beyond it they are dropped at once, so a flood cannot exhaust memory.
 const OVERFLOW_SESSIONS: usize = 64;
 
+/// Counts sessions; a [`SessionSlot`] lives exactly as long as its session task, including
+/// early exits, so the count can never drift. The limit itself is read from the current
+/// config snapshot at each accept, so a reload changes it.
+#[derive(Debug, Default)]
+struct SessionCount(AtomicUsize);
+
+struct SessionSlot(Arc<SessionCount>);
+
+impl SessionCount {
+    fn try_take(self: &Arc<Self>, limit: usize) -> Option<SessionSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SessionSlot(self.clone()))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accept until the graceful shutdown signal; sessions are spawned on `tracker`.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracker) {
-    let max_connections = ctx.snapshot.load().config.server.max_connections;
-    // Why a semaphore: a permit lives exactly as long as its session task, including early
-    // exits, so the count can never drift.
-    let sessions = Arc::new(Semaphore::new(max_connections));
+    let sessions = Arc::new(SessionCount::default());
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SESSIONS));
     let next_id = AtomicU64::new(1);
     let mut phase = ctx.shutdown.watch();
@@ -42,16 +64,19 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: Task
                 continue;
             }
         };
-        let (permit, admitted) = match sessions.clone().try_acquire_owned() {
-            Ok(permit) => (permit, true),
-            Err(_) => match overflow.clone().try_acquire_owned() {
-                Ok(permit) => (permit, false),
+        let max_connections = ctx.snapshot.load().config.server.max_connections;
+        // Held by the session task until it ends: a session slot, or an overflow permit.
+        let permit = match sessions.try_take(max_connections) {
+            Some(slot) => (Some(slot), None),
+            None => match overflow.clone().try_acquire_owned() {
+                Ok(permit) => (None, Some(permit)),
                 Err(_) => {
                     warn!(peer = %peer, "connection limit and overflow reached; dropping connection");
                     continue;
                 }
             },
         };
+        let admitted = permit.0.is_some();
         if !admitted {
             warn!(peer = %peer, limit = max_connections, "connection limit reached");
         }
