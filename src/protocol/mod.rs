@@ -40,6 +40,8 @@ pub enum ProtocolError {
     Unexpected { tag: u8, phase: &'static str },
     #[error("received unencrypted data after SSL request")]
     DataAfterSslRequest,
+    #[error("encryption was requested again after it was negotiated")]
+    RepeatedNegotiation,
 }
 
 impl ProtocolError {

@@ -209,10 +209,7 @@ async fn handshake(
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 negotiations += 1;
                 if stream.is_tls() || negotiations > 2 {
-                    let e = ProtocolError::Unexpected {
-                        tag: 0,
-                        phase: "encryption negotiation",
-                    };
+                    let e = ProtocolError::RepeatedNegotiation;
                     return Err(report(&mut stream, e.into()).await);
                 }
                 if !buf.is_empty() {
