@@ -56,8 +56,13 @@ impl SessionState {
 
     /// A simple Query replaces the unnamed statement and portal.
     pub fn on_query(&mut self) {
-        self.statements.remove(&b""[..]);
-        self.portals.remove(&b""[..]);
+        // Checked first: hashing the key costs more than the common case needs.
+        if !self.statements.is_empty() {
+            self.statements.remove(&b""[..]);
+        }
+        if !self.portals.is_empty() {
+            self.portals.remove(&b""[..]);
+        }
         self.in_flight += 1;
     }
 
