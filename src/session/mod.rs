@@ -295,7 +295,7 @@ async fn handshake(
     };
     let upstream = match upstream::login(
         &snapshot.upstream,
-        &grant.role,
+        &grant,
         password,
         &startup.parameters,
         upstream_limits,

@@ -143,6 +143,30 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
     let mut closing: Option<Ending> = None;
     let mut upstream_sent_fatal = false;
 
+    // Frames the client pipelined behind its last authentication message (and anything the
+    // server sent after its first ReadyForQuery) are already buffered: handle them now, not
+    // only after the next read, which may never come.
+    let statement_ctx = StatementCtx {
+        identity: &identity,
+        database: &grant.database,
+        role: &grant.role,
+        gate: ctx.gate.as_ref(),
+    };
+    let mut leftover_step = (!server.inbuf.is_empty() || !client.inbuf.is_empty()).then(|| {
+        from_server(
+            &mut server.inbuf,
+            &mut client.out,
+            &mut state,
+            &mut upstream_sent_fatal,
+        )?;
+        from_client(
+            &mut client.inbuf,
+            &mut server.out,
+            &mut state,
+            &statement_ctx,
+        )
+    });
+
     let mut phase = ctx.shutdown.watch();
     // A session that starts while draining ends as soon as it is idle.
     let mut draining = ctx.shutdown.phase() != Phase::Running;
@@ -155,42 +179,45 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
         }
         let read_client = closing.is_none() && server.out.len() < HIGH_WATER;
         let read_server = closing.is_none() && client.out.len() < HIGH_WATER;
-        let step: Result<Option<Ending>, SessionError> = tokio::select! {
-            biased;
-            new_phase = phase.changed(), if closing.is_none() => match new_phase {
-                Phase::Terminating => Ok(Some(Ending::Shutdown)),
-                _ => {
-                    draining = true;
-                    debug!("shutdown requested; ending the session once it is idle");
-                    Ok(state.is_idle().then_some(Ending::Shutdown))
+        let step: Result<Option<Ending>, SessionError> = if let Some(step) = leftover_step.take() {
+            step
+        } else {
+            tokio::select! {
+                biased;
+                new_phase = phase.changed(), if closing.is_none() => match new_phase {
+                    Phase::Terminating => Ok(Some(Ending::Shutdown)),
+                    _ => {
+                        draining = true;
+                        debug!("shutdown requested; ending the session once it is idle");
+                        Ok(state.is_idle().then_some(Ending::Shutdown))
+                    }
+                },
+                r = push(&mut client.wr, &client.out), if client.has_output() => {
+                    r.map(|n| { client.pushed(n); None }).map_err(SessionError::ClientIo)
                 }
-            },
-            r = push(&mut client.wr, &client.out), if client.has_output() => {
-                r.map(|n| { client.pushed(n); None }).map_err(SessionError::ClientIo)
+                r = push(&mut server.wr, &server.out), if server.has_output() => {
+                    r.map(|n| { server.pushed(n); None }).map_err(SessionError::UpstreamIo)
+                }
+                r = client.inbuf.fill(&mut client.rd), if read_client => match r {
+                    Ok(0) => Ok(Some(Ending::ClientDisconnected)),
+                    Ok(n) => {
+                        client.bytes_read += n as u64;
+                        from_client(&mut client.inbuf, &mut server.out, &mut state, &statement_ctx)
+                            .and_then(|ending| server.try_push().map(|()| ending).map_err(SessionError::UpstreamIo))
+                    }
+                    Err(e) => Err(SessionError::ClientIo(e)),
+                },
+                r = server.inbuf.fill(&mut server.rd), if read_server => match r {
+                    Ok(0) => Ok(Some(Ending::UpstreamClosed)),
+                    Ok(n) => {
+                        server.bytes_read += n as u64;
+                        from_server(&mut server.inbuf, &mut client.out, &mut state, &mut upstream_sent_fatal)
+                            .and_then(|()| client.try_push().map_err(SessionError::ClientIo))
+                            .map(|()| (draining && state.is_idle()).then_some(Ending::Shutdown))
+                    }
+                    Err(e) => Err(SessionError::UpstreamIo(e)),
+                },
             }
-            r = push(&mut server.wr, &server.out), if server.has_output() => {
-                r.map(|n| { server.pushed(n); None }).map_err(SessionError::UpstreamIo)
-            }
-            r = client.inbuf.fill(&mut client.rd), if read_client => match r {
-                Ok(0) => Ok(Some(Ending::ClientDisconnected)),
-                Ok(n) => {
-                    client.bytes_read += n as u64;
-                    let statement_ctx = StatementCtx { identity: &identity, database: &grant.database, role: &grant.role, gate: ctx.gate.as_ref() };
-                    from_client(&mut client.inbuf, &mut server.out, &mut state, &statement_ctx)
-                        .and_then(|ending| server.try_push().map(|()| ending).map_err(SessionError::UpstreamIo))
-                }
-                Err(e) => Err(SessionError::ClientIo(e)),
-            },
-            r = server.inbuf.fill(&mut server.rd), if read_server => match r {
-                Ok(0) => Ok(Some(Ending::UpstreamClosed)),
-                Ok(n) => {
-                    server.bytes_read += n as u64;
-                    from_server(&mut server.inbuf, &mut client.out, &mut state, &mut upstream_sent_fatal)
-                        .and_then(|()| client.try_push().map_err(SessionError::ClientIo))
-                        .map(|()| (draining && state.is_idle()).then_some(Ending::Shutdown))
-                }
-                Err(e) => Err(SessionError::UpstreamIo(e)),
-            },
         };
         match step {
             Ok(None) => {}

@@ -7,6 +7,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 
 use super::{Endpoint, UpstreamError};
+use crate::auth::Grant;
 use crate::config::Secret;
 use crate::net::MaybeTls;
 use crate::protocol::frame::{FrameBuffer, FrameLimits};
@@ -26,18 +27,21 @@ pub struct Upstream {
     pub transaction_status: u8,
 }
 
-/// Connect and log in as `role`. `parameters` are the client's startup parameters; `user`
-/// among them is replaced by `role`.
+/// Connect and log in as `grant.role` to `grant.database`. `parameters` are the client's
+/// startup parameters, forwarded except `user` and `database`, which always come from the
+/// grant: left to the server, an absent database would default to the *role's* name, a
+/// database nobody authorized.
 pub async fn login(
     endpoint: &Endpoint,
-    role: &str,
+    grant: &Grant,
     password: Option<&Secret>,
     parameters: &[(String, Vec<u8>)],
     limits: FrameLimits,
 ) -> Result<Upstream, UpstreamError> {
+    let role = grant.role.as_str();
     let mut stream = endpoint.connect().await?;
     let mut out = BytesMut::new();
-    startup_message(&mut out, role, parameters);
+    startup_message(&mut out, grant, parameters);
     stream.write_all(&out).await?;
 
     let mut reader = FrameBuffer::new(limits);
@@ -186,14 +190,20 @@ fn mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// StartupMessage 3.0. Written by hand because parameter values are bytes in the client's
 /// encoding, not necessarily UTF-8.
-fn startup_message(out: &mut BytesMut, role: &str, parameters: &[(String, Vec<u8>)]) {
+fn startup_message(out: &mut BytesMut, grant: &Grant, parameters: &[(String, Vec<u8>)]) {
     let start = out.len();
     out.put_i32(0);
     out.put_i32(196_608);
-    out.put_slice(b"user\0");
-    out.put_slice(role.as_bytes());
-    out.put_u8(0);
-    for (name, value) in parameters.iter().filter(|(n, _)| n != "user") {
+    for (name, value) in [("user", &grant.role), ("database", &grant.database)] {
+        out.put_slice(name.as_bytes());
+        out.put_u8(0);
+        out.put_slice(value.as_bytes());
+        out.put_u8(0);
+    }
+    let forwarded = parameters
+        .iter()
+        .filter(|(n, _)| n != "user" && n != "database");
+    for (name, value) in forwarded {
         out.put_slice(name.as_bytes());
         out.put_u8(0);
         out.put_slice(value);
@@ -202,4 +212,32 @@ fn startup_message(out: &mut BytesMut, role: &str, parameters: &[(String, Vec<u8
     out.put_u8(0);
     let len = i32::try_from(out.len() - start).unwrap_or(i32::MAX);
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_database_always_come_from_the_grant() {
+        let grant = Grant {
+            database: "app".into(),
+            role: "app_rw".into(),
+        };
+        let client = vec![
+            ("user".to_owned(), b"alice".to_vec()),
+            ("database".to_owned(), Vec::new()),
+            ("application_name".to_owned(), b"caf\xe9".to_vec()),
+        ];
+        let mut out = BytesMut::new();
+        startup_message(&mut out, &grant, &client);
+        assert_eq!(
+            &out[8..],
+            b"user\0app_rw\0database\0app\0application_name\0caf\xe9\0\0"
+        );
+        assert_eq!(
+            i32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize,
+            out.len()
+        );
+    }
 }
