@@ -13,6 +13,9 @@
 #   CLIENTS    client counts ["1 8"]; threads = min(clients, 2)
 #   PGWARDEN_BIN  use this binary instead of building target/release/pgwarden
 #   RUST_LOG   pgwarden's log filter [warn]
+#   PGBOUNCER  1: also measure pgbouncer (session pooling, SCRAM both ways; installed by
+#              scripts/deps.sh --with-pgbouncer) as a reference for what any extra hop
+#              costs on this machine [1 if pgbouncer is installed, else 0]
 #
 # Both sides use TCP on 127.0.0.1 and SCRAM; each pgbench client logs in once
 # (no -C), so the numbers measure the relay, not login cost. The workload is
@@ -51,6 +54,7 @@ die() {
 tmp=""
 pg_started=""
 pgwarden_pid=""
+pgbouncer_pid=""
 
 as_pg() {
   if ((EUID == 0)); then
@@ -72,6 +76,10 @@ cleanup() {
     done
     kill -KILL "$pgwarden_pid" 2>/dev/null
     wait "$pgwarden_pid" 2>/dev/null
+  fi
+  if [[ -n $pgbouncer_pid ]]; then
+    kill -TERM "$pgbouncer_pid" 2>/dev/null
+    wait "$pgbouncer_pid" 2>/dev/null
   fi
   if [[ -n $pg_started ]]; then
     as_pg "$pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1
@@ -241,6 +249,43 @@ until "$psql" -X -q -tA -h 127.0.0.1 -p "$proxy_port" -U "$BENCH_USER" -d "$BENC
   sleep 0.2
 done
 
+# --- pgbouncer (reference) ------------------------------------------------------
+
+pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+PGBOUNCER=${PGBOUNCER:-$([[ -x $pgbouncer_bin ]] && echo 1 || echo 0)}
+targets=(direct pgwarden)
+if ((PGBOUNCER)); then
+  [[ -x $pgbouncer_bin ]] || die "PGBOUNCER=1 but pgbouncer is not installed (scripts/deps.sh --with-pgbouncer)"
+  bouncer_port=$(free_port) || die "no free port"
+  cat >"$tmp/pgbouncer.ini" <<INI
+[databases]
+$BENCH_DB = host=127.0.0.1 port=$pg_port dbname=$BENCH_DB
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $tmp/pgbouncer.users
+pool_mode = session
+default_pool_size = 64
+max_client_conn = 1000
+logfile = $tmp/pgbouncer.log
+INI
+  printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$tmp/pgbouncer.users"
+  if ((EUID == 0)); then chown postgres: "$tmp/pgbouncer.ini" "$tmp/pgbouncer.users"; fi
+  # pgbouncer refuses to run as root.
+  as_pg "$pgbouncer_bin" "$tmp/pgbouncer.ini" </dev/null >/dev/null 2>&1 &
+  pgbouncer_pid=$!
+  deadline=$((SECONDS + 30))
+  until "$psql" -X -q -tA -h 127.0.0.1 -p "$bouncer_port" -U "$BENCH_USER" -d "$BENCH_DB" \
+    -c 'select 1' >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "pgbouncer did not accept connections within 30 s (log: $tmp/pgbouncer.log)"
+    sleep 0.2
+  done
+  say "pgbouncer $("$pgbouncer_bin" --version | head -1 | awk '{print $2}') on port $bouncer_port"
+  targets+=(pgbouncer)
+fi
+
 # --- runs ----------------------------------------------------------------------
 
 mkdir -p target/bench
@@ -274,18 +319,22 @@ median() {
     }'
 }
 
-declare -A results
+declare -A results port
+port[direct]=$pg_port
+port[pgwarden]=$proxy_port
+port[pgbouncer]=${bouncer_port:-}
 failures=0
 for mode in $MODES; do
   for c in $CLIENTS; do
     for ((r = 1; r <= ROUNDS; r++)); do
-      d=$(run_one direct "$pg_port" "$mode" "$c")
-      p=$(run_one pgwarden "$proxy_port" "$mode" "$c")
-      [[ $d == fail ]] && failures=$((failures + 1))
-      [[ $p == fail ]] && failures=$((failures + 1))
-      results[$mode,$c,direct]+=" $d"
-      results[$mode,$c,proxy]+=" $p"
-      say "$mode c=$c round $r/$ROUNDS: direct $d tps, pgwarden $p tps"
+      line="$mode c=$c round $r/$ROUNDS:"
+      for target in "${targets[@]}"; do
+        tps=$(run_one "$target" "${port[$target]}" "$mode" "$c")
+        [[ $tps == fail ]] && failures=$((failures + 1))
+        results[$mode,$c,$target]+=" $tps"
+        line+=" $target $tps"
+      done
+      say "$line"
     done
   done
 done
@@ -299,19 +348,23 @@ done
   echo "postgres: $("$bindir/postgres" --version), fsync=off, scale $SCALE"
   echo "pgbench:  -S -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
   echo
-  printf '%-9s %7s %12s %12s %13s\n' mode clients "direct tps" "proxy tps" "proxy/direct"
+  header=$(printf '%-9s %7s %12s %12s %8s' mode clients "direct tps" "pgwarden tps" "ratio")
+  if ((PGBOUNCER)); then header+=$(printf ' %14s %8s' "pgbouncer tps" "ratio"); fi
+  echo "$header"
+  ratio() { awk -v p="$1" -v d="$2" 'BEGIN { if (p == "fail" || d == "fail" || d == 0) print "-"; else printf "%.2f", p / d }'; }
   for mode in $MODES; do
     for c in $CLIENTS; do
       # shellcheck disable=SC2086 # the lists are space-separated numbers
       dm=$(median ${results[$mode,$c,direct]})
       # shellcheck disable=SC2086
-      pm=$(median ${results[$mode,$c,proxy]})
-      if [[ $dm == fail || $pm == fail ]]; then
-        ratio=-
-      else
-        ratio=$(awk -v p="$pm" -v d="$dm" 'BEGIN { printf "%.2f", (d > 0 ? p / d : 0) }')
+      pm=$(median ${results[$mode,$c,pgwarden]})
+      row=$(printf '%-9s %7s %12s %12s %8s' "$mode" "$c" "$dm" "$pm" "$(ratio "$pm" "$dm")")
+      if ((PGBOUNCER)); then
+        # shellcheck disable=SC2086
+        bm=$(median ${results[$mode,$c,pgbouncer]})
+        row+=$(printf ' %14s %8s' "$bm" "$(ratio "$bm" "$dm")")
       fi
-      printf '%-9s %7s %12s %12s %13s\n' "$mode" "$c" "$dm" "$pm" "$ratio"
+      echo "$row"
     done
   done
   if ((failures)); then
