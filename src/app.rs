@@ -21,21 +21,26 @@ use crate::session::gate::{AllowAll, StatementGate};
 use crate::session::shutdown::{Phase, Shutdown};
 use crate::session::{Context, Snapshot};
 use crate::upstream::cancel::CancelMap;
-use crate::upstream::{Endpoint, UpstreamError};
+use crate::upstream::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("server TLS: {0}")]
-    Tls(#[from] tls::TlsError),
-    #[error("upstream: {0}")]
-    Upstream(#[from] UpstreamError),
+    /// A setting names a file or value that cannot be used (e.g. an unreadable certificate).
+    #[error("{}: `{key}`: {detail}", path.display())]
+    Setting {
+        path: std::path::PathBuf,
+        key: &'static str,
+        detail: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
 }
 
 /// Everything derived from a config that can fail: checked by `check-config` too.
@@ -46,10 +51,25 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
         &config.server.tls_key,
     ) {
         (TlsMode::Disabled, _, _) => None,
-        (_, Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+        (_, Some(cert), Some(key)) => {
+            let acceptor = tls::server_config(cert, key).map_err(|e| AppError::Setting {
+                path: config.path.clone(),
+                key: match e {
+                    tls::TlsError::Cert { .. } => "server.tls.cert",
+                    tls::TlsError::Key { .. } => "server.tls.key",
+                    tls::TlsError::Rustls(_) => "server.tls",
+                },
+                detail: e.to_string(),
+            })?;
+            Some(TlsAcceptor::from(acceptor))
+        }
         _ => None,
     };
-    let upstream = Endpoint::from_config(&config)?;
+    let upstream = Endpoint::from_config(&config).map_err(|e| AppError::Setting {
+        path: config.path.clone(),
+        key: "upstream",
+        detail: e.to_string(),
+    })?;
     Ok(Snapshot {
         config,
         tls,
@@ -172,13 +192,9 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     let grace = config.server.shutdown_grace;
     let server = Server::start(config, Arc::new(AllowAll)).await?;
-    let signal_err = |source| AppError::Bind {
-        addr: server.local_addr(),
-        source,
-    };
-    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
     loop {
         tokio::select! {
             _ = term.recv() => {

@@ -1051,7 +1051,7 @@ fn serve_with_an_invalid_config_exits_64_before_binding() {
         (
             "missing TLS key",
             valid.replace("key = \"", "key = \"/nonexistent"),
-            "server TLS",
+            "`server.tls.key`",
         ),
     ];
     for (what, config, needle) in invalid_configs {

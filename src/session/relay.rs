@@ -6,7 +6,7 @@
 //! copied as runs into the other side's output buffer; each output buffer goes out in as few
 //! `write` calls as the socket allows. Nothing is decoded or allocated per row.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -23,6 +23,9 @@ use crate::protocol::{backend, split_i32, views, ProtocolError};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 512 * 1024;
+
+/// How long a closing session waits for the client to take its final messages.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
 
 struct Peer {
     rd: ReadHalf<MaybeTls>,
@@ -171,9 +174,17 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
     // A session that starts while draining ends as soon as it is idle.
     let mut draining = ctx.shutdown.phase() != Phase::Running;
 
+    // Once closing, the last words (an ErrorResponse) get this long to reach a client that
+    // may have stopped reading.
+    let mut closing_deadline = None;
     let ending = loop {
         if let Some(ending) = closing {
             if !client.has_output() {
+                break ending;
+            }
+            let deadline = *closing_deadline.get_or_insert_with(|| Instant::now() + CLOSING_GRACE);
+            if Instant::now() >= deadline {
+                debug!("client did not read its final messages; closing anyway");
                 break ending;
             }
         }
@@ -184,6 +195,7 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
         } else {
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(closing_deadline.unwrap_or_else(Instant::now).into()), if closing_deadline.is_some() => Ok(None),
                 new_phase = phase.changed(), if closing.is_none() => match new_phase {
                     Phase::Terminating => Ok(Some(Ending::Shutdown)),
                     _ => {
