@@ -5,6 +5,7 @@
 //! Methods: local users with SCRAM-SHA-256 ([`scram`]) today; OIDC tokens plug in as further
 //! [`AuthMethod`]s producing the same `Identity`.
 
+pub mod front_door;
 pub mod scram;
 
 use crate::config::AccessRule;
@@ -56,6 +57,10 @@ pub enum AuthError {
     UnsupportedMechanism(String),
     #[error("malformed authentication message: {0}")]
     Malformed(&'static str),
+    #[error("client I/O during authentication: {0}")]
+    Io(std::io::Error),
+    #[error(transparent)]
+    Protocol(crate::protocol::ProtocolError),
 }
 
 impl AuthError {
@@ -65,7 +70,10 @@ impl AuthError {
             Self::DatabaseNotAllowed { .. } | Self::RoleNotAllowed { .. } => {
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             }
-            Self::UnexpectedMessage { .. } | Self::Malformed(_) => SqlState::PROTOCOL_VIOLATION,
+            Self::UnexpectedMessage { .. } | Self::Malformed(_) | Self::Io(_) => {
+                SqlState::PROTOCOL_VIOLATION
+            }
+            Self::Protocol(e) => e.sqlstate(),
             Self::UnsupportedMechanism(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
         };
         ClientError::fatal(sqlstate, self.to_string())

@@ -22,14 +22,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Span};
 
-use crate::auth::scram::{ScramExchange, ScramVerifier, MECHANISM};
-use crate::auth::{self, AuthError, AuthMethod, Grant, Identity};
+use crate::auth::front_door::{self, ClientConn};
+use crate::auth::{self, AuthError, Grant, Identity};
 use crate::config::{Config, TlsMode};
 use crate::error::{ClientError, SqlState};
 use crate::net::{tls::ALPN_POSTGRESQL, MaybeTls};
 use crate::protocol::frame::{FrameBuffer, FrameLimits};
 use crate::protocol::startup::{self, StartupMessage, StartupPacket, NEWEST_MINOR};
-use crate::protocol::{backend, split_cstr, split_i32, ProtocolError};
+use crate::protocol::{backend, ProtocolError};
 use crate::upstream::cancel::{CancelMap, Registration};
 use crate::upstream::{self, Endpoint, UpstreamError};
 
@@ -78,11 +78,21 @@ pub enum SessionError {
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error(transparent)]
-    Auth(#[from] AuthError),
+    Auth(AuthError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
     Refused(ClientError),
+}
+
+impl From<AuthError> for SessionError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Io(e) => Self::ClientIo(e),
+            AuthError::Protocol(e) => Self::Protocol(e),
+            other => Self::Auth(other),
+        }
+    }
 }
 
 impl From<startup::ReadError> for SessionError {
@@ -271,10 +281,16 @@ async fn handshake(
     };
     let mut reader = FrameBuffer::with_leftover(limits, buf);
     let user = startup.user();
-    let result = authenticate(ctx, config, &mut stream, &mut reader, &mut out, &user).await;
+    let mut conn = ClientConn {
+        stream: &mut stream,
+        reader: &mut reader,
+        out: &mut out,
+    };
+    let result =
+        front_door::local_scram(&mut conn, &config.local_users, &ctx.process_key, &user).await;
     let identity = match result {
         Ok(identity) => identity,
-        Err(e) => return Err(report(&mut stream, e).await),
+        Err(e) => return Err(report(&mut stream, e.into()).await),
     };
     let database = startup.database();
     let grant = match auth::authorize(&identity, &database, None, &config.access) {
@@ -368,95 +384,6 @@ fn admit(
             "sorry, too many clients already",
         ));
     }
-    Ok(())
-}
-
-/// SASL SCRAM-SHA-256 against a `[[auth.local]]` user. Unknown users get a doomed exchange,
-/// so they cannot be told from wrong passwords.
-async fn authenticate(
-    ctx: &Context,
-    config: &Config,
-    stream: &mut MaybeTls,
-    reader: &mut FrameBuffer,
-    out: &mut BytesMut,
-    user: &str,
-) -> Result<Identity, SessionError> {
-    let local = config.local_users.get(user);
-    let verifier = local.map_or_else(
-        || ScramVerifier::doomed(user, &ctx.process_key),
-        |u| u.verifier.clone(),
-    );
-    let mut exchange = ScramExchange::new(verifier);
-    let failed = |reason| AuthError::Failed {
-        user: user.to_owned(),
-        reason,
-    };
-
-    backend::authentication_sasl(out, &[MECHANISM]);
-    flush(stream, out).await?;
-    let initial = read_auth_message(stream, reader).await?;
-    let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
-        "SASLInitialResponse without mechanism",
-    ))?;
-    if mechanism != MECHANISM.as_bytes() {
-        return Err(AuthError::UnsupportedMechanism(
-            String::from_utf8_lossy(mechanism).into_owned(),
-        )
-        .into());
-    }
-    let (len, data) =
-        split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
-    if usize::try_from(len).ok() != Some(data.len()) {
-        return Err(AuthError::Malformed("SASLInitialResponse length does not match").into());
-    }
-    let server_first = exchange.client_first(data).map_err(failed)?;
-    backend::authentication_sasl_continue(out, &server_first);
-    flush(stream, out).await?;
-    let response = read_auth_message(stream, reader).await?;
-    let server_final = exchange.client_final(&response).map_err(failed)?;
-    backend::authentication_sasl_final(out, &server_final);
-
-    let groups = local.map(|u| u.groups.clone()).unwrap_or_default();
-    Ok(Identity {
-        name: user.to_owned(),
-        groups,
-        method: AuthMethod::LocalScram,
-    })
-}
-
-/// Read one authentication ('p') message body.
-async fn read_auth_message(
-    stream: &mut MaybeTls,
-    reader: &mut FrameBuffer,
-) -> Result<Vec<u8>, SessionError> {
-    loop {
-        if let Some(header) = reader.peek()? {
-            if header.tag != b'p' {
-                return Err(AuthError::UnexpectedMessage {
-                    expected: "an authentication response",
-                    got: header.tag,
-                }
-                .into());
-            }
-            let body = reader.body(header).to_vec();
-            reader.consume(header.wire_len());
-            return Ok(body);
-        }
-        if reader.fill(stream).await.map_err(SessionError::ClientIo)? == 0 {
-            return Err(SessionError::ClientIo(
-                std::io::ErrorKind::UnexpectedEof.into(),
-            ));
-        }
-    }
-}
-
-async fn flush(stream: &mut MaybeTls, out: &mut BytesMut) -> Result<(), SessionError> {
-    stream
-        .write_all(out)
-        .await
-        .map_err(SessionError::ClientIo)?;
-    stream.flush().await.map_err(SessionError::ClientIo)?;
-    out.clear();
     Ok(())
 }
 

@@ -1,0 +1,107 @@
+//! Front-door methods: the authentication exchange with the client, ending in an
+//! [`Identity`]. Local users authenticate with SASL SCRAM-SHA-256; OIDC methods (token as
+//! password, OAUTHBEARER) are further functions here producing the same `Identity`.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::scram::{ScramExchange, ScramVerifier, MECHANISM};
+use super::{AuthError, AuthMethod, Identity};
+use crate::config::LocalUser;
+use crate::net::MaybeTls;
+use crate::protocol::frame::FrameBuffer;
+use crate::protocol::{backend, split_cstr, split_i32};
+
+/// The client connection during authentication: its stream, what was read but not yet
+/// handled, and messages waiting to be sent (e.g. NegotiateProtocolVersion).
+pub struct ClientConn<'a> {
+    pub stream: &'a mut MaybeTls,
+    pub reader: &'a mut FrameBuffer,
+    pub out: &'a mut BytesMut,
+}
+
+impl ClientConn<'_> {
+    async fn flush(&mut self) -> Result<(), AuthError> {
+        self.stream
+            .write_all(self.out)
+            .await
+            .map_err(AuthError::Io)?;
+        self.stream.flush().await.map_err(AuthError::Io)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Read one authentication ('p') message body.
+    async fn read_auth_message(&mut self) -> Result<Vec<u8>, AuthError> {
+        loop {
+            if let Some(header) = self.reader.peek().map_err(AuthError::Protocol)? {
+                if header.tag != b'p' {
+                    return Err(AuthError::UnexpectedMessage {
+                        expected: "an authentication response",
+                        got: header.tag,
+                    });
+                }
+                let body = self.reader.body(header).to_vec();
+                self.reader.consume(header.wire_len());
+                return Ok(body);
+            }
+            if self.reader.fill(self.stream).await.map_err(AuthError::Io)? == 0 {
+                return Err(AuthError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+}
+
+/// SASL SCRAM-SHA-256 against a `[[auth.local]]` user. Unknown users get a doomed exchange,
+/// so they cannot be told from wrong passwords. On success the AuthenticationSASLFinal is
+/// left in `conn.out`, to go out with AuthenticationOk once the upstream is ready.
+pub async fn local_scram(
+    conn: &mut ClientConn<'_>,
+    users: &HashMap<String, LocalUser>,
+    process_key: &[u8; 32],
+    user: &str,
+) -> Result<Identity, AuthError> {
+    let local = users.get(user);
+    let verifier = local.map_or_else(
+        || ScramVerifier::doomed(user, process_key),
+        |u| u.verifier.clone(),
+    );
+    let mut exchange = ScramExchange::new(verifier);
+    let failed = |reason| AuthError::Failed {
+        user: user.to_owned(),
+        reason,
+    };
+
+    backend::authentication_sasl(conn.out, &[MECHANISM]);
+    conn.flush().await?;
+    let initial = conn.read_auth_message().await?;
+    let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
+        "SASLInitialResponse without mechanism",
+    ))?;
+    if mechanism != MECHANISM.as_bytes() {
+        return Err(AuthError::UnsupportedMechanism(
+            String::from_utf8_lossy(mechanism).into_owned(),
+        ));
+    }
+    let (len, data) =
+        split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
+    if usize::try_from(len).ok() != Some(data.len()) {
+        return Err(AuthError::Malformed(
+            "SASLInitialResponse length does not match",
+        ));
+    }
+    let server_first = exchange.client_first(data).map_err(failed)?;
+    backend::authentication_sasl_continue(conn.out, &server_first);
+    conn.flush().await?;
+    let response = conn.read_auth_message().await?;
+    let server_final = exchange.client_final(&response).map_err(failed)?;
+    backend::authentication_sasl_final(conn.out, &server_final);
+
+    Ok(Identity {
+        name: user.to_owned(),
+        groups: local.map(|u| u.groups.clone()).unwrap_or_default(),
+        method: AuthMethod::LocalScram,
+    })
+}
