@@ -10,57 +10,32 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::wire::{
+    alice_login, alice_startup, auth_code, encryption_request, error_fields, finish_login,
+    read_message, read_message_untimed, read_until_close, scram, startup_packet, Outcome,
+    GSSENC_REQUEST, PROTOCOL_3_0, PROTOCOL_3_2, SSL_REQUEST, WAIT,
+};
 use common::{Proxy, ProxyOptions, ALICE_PASSWORD};
 use pgwarden::app::Server;
 use pgwarden::config::Config;
 use pgwarden::session::gate::AllowAll;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PROTOCOL_3_0: i32 = 196_608;
-const PROTOCOL_3_2: i32 = 196_610;
-const SSL_REQUEST: i32 = 80_877_103;
-const GSSENC_REQUEST: i32 = 80_877_104;
 /// VmRSS is per process: the memory tests take this lock exclusively, every other test
 /// shares it, so neither other tests' allocations nor the backtrace of a failing test (which
 /// loads debug info, 100+ MiB) can blur a measurement.
 static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-/// Bound on every wait for the proxy: far more than a healthy proxy needs, short enough that a
-/// hang fails the test instead of the whole run.
-const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// Wire helpers
+// Helpers (the shared raw-protocol ones are in common::wire)
 // ---------------------------------------------------------------------------------------------
-
-/// A StartupMessage (or any untagged startup-phase packet) with `code` and parameters.
-fn startup_packet(code: i32, params: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut body = code.to_be_bytes().to_vec();
-    for (name, value) in params {
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value);
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = i32::try_from(body.len() + 4)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    packet.extend_from_slice(&body);
-    packet
-}
-
-fn alice_startup() -> Vec<u8> {
-    startup_packet(PROTOCOL_3_0, &[("user", b"alice"), ("database", b"app")])
-}
 
 /// An untagged startup-phase packet: length word, `code`, then `payload` as given.
 fn untagged(code: i32, payload: &[u8]) -> Vec<u8> {
@@ -73,138 +48,12 @@ fn untagged(code: i32, payload: &[u8]) -> Vec<u8> {
     packet
 }
 
-/// SSLRequest / GSSENCRequest.
-fn request(code: i32) -> Vec<u8> {
-    [8i32.to_be_bytes(), code.to_be_bytes()].concat()
-}
-
 /// A tagged message with a correct length word.
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     out.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
     out.extend_from_slice(body);
     out
-}
-
-/// How a read-until-close ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Eof,
-    Error(std::io::ErrorKind),
-    TimedOut,
-}
-
-/// Everything the proxy sent until it closed the connection (or the wait ran out).
-#[derive(Debug)]
-struct Outcome {
-    bytes: Vec<u8>,
-    end: End,
-}
-
-impl Outcome {
-    fn closed(&self) -> bool {
-        self.end != End::TimedOut
-    }
-
-    /// The complete messages at the front of what was received.
-    fn messages(&self) -> Vec<(u8, Vec<u8>)> {
-        parse_messages(&self.bytes)
-    }
-
-    fn has_auth_request(&self) -> bool {
-        self.messages().iter().any(|(tag, _)| *tag == b'R')
-    }
-
-    /// Assert: the connection was closed, no authentication request came, and an
-    /// ErrorResponse with severity FATAL and `sqlstate` did. Returns its fields.
-    #[track_caller]
-    fn assert_fatal(&self, sqlstate: &str) -> HashMap<u8, String> {
-        assert!(
-            self.closed(),
-            "pgwarden did not close the connection within {WAIT:?}: {self:?}"
-        );
-        let messages = self.messages();
-        assert!(
-            !messages.iter().any(|(tag, _)| *tag == b'R'),
-            "an authentication request was sent: {messages:?}"
-        );
-        let Some((_, body)) = messages.iter().find(|(tag, _)| *tag == b'E') else {
-            panic!(
-                "no ErrorResponse before the close; received {:?} ({:?})",
-                self.bytes, self.end
-            )
-        };
-        let fields = error_fields(body);
-        assert_eq!(
-            fields.get(&b'S').map(String::as_str),
-            Some("FATAL"),
-            "{fields:?}"
-        );
-        assert_eq!(
-            fields.get(&b'C').map(String::as_str),
-            Some(sqlstate),
-            "{fields:?}"
-        );
-        fields
-    }
-}
-
-fn parse_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut messages = Vec::new();
-    while bytes.len() >= 5 {
-        let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let Ok(len) = usize::try_from(len) else { break };
-        if len < 4 || bytes.len() < len + 1 {
-            break;
-        }
-        messages.push((bytes[0], bytes[5..len + 1].to_vec()));
-        bytes = &bytes[len + 1..];
-    }
-    messages
-}
-
-fn error_fields(body: &[u8]) -> HashMap<u8, String> {
-    let mut fields = HashMap::new();
-    let mut rest = body;
-    while let Some((&code, after)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let nul = after.iter().position(|&b| b == 0).unwrap_or(after.len());
-        fields.insert(code, String::from_utf8_lossy(&after[..nul]).into_owned());
-        rest = after.get(nul + 1..).unwrap_or_default();
-    }
-    fields
-}
-
-/// Read until EOF, a read error (a reset counts as closed) or `limit`.
-async fn read_until_close<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Outcome {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => {
-                return Outcome {
-                    bytes,
-                    end: End::TimedOut,
-                }
-            }
-            Ok(Ok(0)) => {
-                return Outcome {
-                    bytes,
-                    end: End::Eof,
-                }
-            }
-            Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
-            Ok(Err(e)) => {
-                return Outcome {
-                    bytes,
-                    end: End::Error(e.kind()),
-                }
-            }
-        }
-    }
 }
 
 /// Connect, write `bytes` (the proxy may close before it has read them all, so write errors
@@ -217,100 +66,10 @@ async fn send_raw(proxy: &Proxy, bytes: &[u8]) -> Outcome {
     read_until_close(&mut tcp, WAIT).await
 }
 
-/// Read one whole message, failing the test on EOF (no timeout).
-async fn read_message_untimed<S: AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
-    let tag = stream.read_u8().await.expect("read message tag");
-    let len = stream.read_i32().await.expect("read message length");
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|l| *l >= 4)
-        .expect("sane length");
-    let mut body = vec![0u8; len - 4];
-    stream
-        .read_exact(&mut body)
-        .await
-        .expect("read message body");
-    (tag, body)
-}
-
-/// Read one whole message, failing the test on EOF or after [`WAIT`].
-async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
-    tokio::time::timeout(WAIT, read_message_untimed(stream))
-        .await
-        .expect("pgwarden did not send a message in time")
-}
-
-/// The authentication request code of an 'R' message.
-#[track_caller]
-fn auth_code(message: &(u8, Vec<u8>)) -> i32 {
-    let (tag, body) = message;
-    if *tag == b'E' {
-        panic!(
-            "expected an authentication request, got an error: {:?}",
-            error_fields(body)
-        );
-    }
-    assert_eq!(
-        *tag, b'R',
-        "expected an authentication request, got {message:?}"
-    );
-    i32::from_be_bytes(body[..4].try_into().unwrap())
-}
-
-/// A raw SCRAM-SHA-256 exchange after the StartupMessage was sent: answers the SASL request
-/// and returns the server's reply to the final client message (AuthenticationSASLFinal or an
-/// ErrorResponse).
-async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    sasl_request: (u8, Vec<u8>),
-    password: &str,
-) -> (u8, Vec<u8>) {
-    assert_eq!(auth_code(&sasl_request), 10, "AuthenticationSASL expected");
-    assert!(
-        sasl_request
-            .1
-            .windows(SCRAM_SHA_256.len())
-            .any(|w| w == SCRAM_SHA_256.as_bytes()),
-        "SCRAM-SHA-256 not offered"
-    );
-    let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-    let mut out = BytesMut::new();
-    frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let cont = read_message(stream).await;
-    assert_eq!(auth_code(&cont), 11, "AuthenticationSASLContinue expected");
-    client.update(&cont.1[4..]).expect("server-first-message");
-    out.clear();
-    frontend::sasl_response(client.message(), &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let reply = read_message(stream).await;
-    if reply.0 == b'R' {
-        assert_eq!(auth_code(&reply), 12, "AuthenticationSASLFinal expected");
-        client.finish(&reply.1[4..]).expect("server signature");
-    }
-    reply
-}
-
-/// Log in as alice on a raw stream, up to and including ReadyForQuery.
-async fn raw_login<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    stream.write_all(&alice_startup()).await.unwrap();
-    let sasl = read_message(stream).await;
-    let reply = scram(stream, sasl, ALICE_PASSWORD).await;
-    assert_eq!(reply.0, b'R', "login failed: {:?}", error_fields(&reply.1));
-    loop {
-        let message = read_message(stream).await;
-        match message.0 {
-            b'Z' => return,
-            b'E' => panic!("login failed: {:?}", error_fields(&message.1)),
-            _ => {}
-        }
-    }
-}
-
 /// A raw connection as alice, logged in, after a good query proved the relay works.
 async fn raw_session(proxy: &Proxy) -> TcpStream {
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    raw_login(&mut tcp).await;
+    alice_login(&mut tcp).await;
     tcp.write_all(&frame(b'Q', b"SELECT 41 + 1\0"))
         .await
         .unwrap();
@@ -912,7 +671,10 @@ async fn silent_and_stalling_clients_are_disconnected_by_the_auth_timeout() {
 
     // SSLRequest answered, then no ClientHello.
     let mut no_hello = TcpStream::connect(proxy.addr).await.unwrap();
-    no_hello.write_all(&request(SSL_REQUEST)).await.unwrap();
+    no_hello
+        .write_all(&encryption_request(SSL_REQUEST))
+        .await
+        .unwrap();
     assert_eq!(no_hello.read_u8().await.unwrap(), b'S');
     let outcome = read_until_close(&mut no_hello, bound).await;
     assert!(
@@ -1144,7 +906,9 @@ async fn gssenc_request_is_declined_and_the_connection_continues() {
 
     // GSSENCRequest -> 'N', then a plaintext startup on the same socket.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(&request(GSSENC_REQUEST)).await.unwrap();
+    tcp.write_all(&encryption_request(GSSENC_REQUEST))
+        .await
+        .unwrap();
     assert_eq!(
         tokio::time::timeout(WAIT, tcp.read_u8())
             .await
@@ -1152,11 +916,13 @@ async fn gssenc_request_is_declined_and_the_connection_continues() {
             .unwrap(),
         b'N'
     );
-    raw_login(&mut tcp).await;
+    alice_login(&mut tcp).await;
 
     // GSSENCRequest -> 'N', then SSLRequest -> 'S', TLS, and a login inside TLS.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(&request(GSSENC_REQUEST)).await.unwrap();
+    tcp.write_all(&encryption_request(GSSENC_REQUEST))
+        .await
+        .unwrap();
     assert_eq!(
         tokio::time::timeout(WAIT, tcp.read_u8())
             .await
@@ -1164,7 +930,9 @@ async fn gssenc_request_is_declined_and_the_connection_continues() {
             .unwrap(),
         b'N'
     );
-    tcp.write_all(&request(SSL_REQUEST)).await.unwrap();
+    tcp.write_all(&encryption_request(SSL_REQUEST))
+        .await
+        .unwrap();
     assert_eq!(
         tokio::time::timeout(WAIT, tcp.read_u8())
             .await
@@ -1177,12 +945,14 @@ async fn gssenc_request_is_declined_and_the_connection_continues() {
         .connect(name, tcp)
         .await
         .expect("TLS after GSSENC + SSL");
-    raw_login(&mut tls).await;
+    alice_login(&mut tls).await;
 
     // A third encryption request is a protocol violation, not an endless loop.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     for _ in 0..2 {
-        tcp.write_all(&request(GSSENC_REQUEST)).await.unwrap();
+        tcp.write_all(&encryption_request(GSSENC_REQUEST))
+            .await
+            .unwrap();
         assert_eq!(
             tokio::time::timeout(WAIT, tcp.read_u8())
                 .await
@@ -1191,7 +961,9 @@ async fn gssenc_request_is_declined_and_the_connection_continues() {
             b'N'
         );
     }
-    tcp.write_all(&request(GSSENC_REQUEST)).await.unwrap();
+    tcp.write_all(&encryption_request(GSSENC_REQUEST))
+        .await
+        .unwrap();
     read_until_close(&mut tcp, WAIT).await.assert_fatal("08P01");
     assert_healthy(&proxy).await;
 }
@@ -1228,16 +1000,7 @@ async fn protocol_32_and_pq_options_get_negotiate_protocol_version_first() {
         let expected: Vec<&[u8]> = options.iter().map(|o| o.as_bytes()).collect();
         assert_eq!(names, expected);
         // Then the authentication request, and the login completes on protocol 3.0.
-        let sasl = read_message(&mut tcp).await;
-        let reply = scram(&mut tcp, sasl, ALICE_PASSWORD).await;
-        assert_eq!(reply.0, b'R', "{:?}", error_fields(&reply.1));
-        loop {
-            let (tag, body) = read_message(&mut tcp).await;
-            assert_ne!(tag, b'E', "{:?}", error_fields(&body));
-            if tag == b'Z' {
-                break;
-            }
-        }
+        finish_login(&mut tcp, ALICE_PASSWORD).await;
     }
     // A plain 3.0 startup gets no NegotiateProtocolVersion.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();

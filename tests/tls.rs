@@ -4,183 +4,30 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::wire::{
+    alice_login, alice_startup, encryption_request, error_fields, read_message, read_until_close,
+    CANCEL_REQUEST, SSL_REQUEST, WAIT,
+};
 use common::{sqlstate, Proxy, ProxyOptions, ALICE_PASSWORD};
 use pgwarden::testbed::{self, PostgresOptions, TestCertificates, ThrowawayPostgres};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PROTOCOL_3_0: i32 = 196_608;
-const SSL_REQUEST: i32 = 80_877_103;
-/// Bound on every wait for the proxy.
-const WAIT: Duration = Duration::from_secs(10);
-
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = PROTOCOL_3_0.to_be_bytes().to_vec();
-    for (name, value) in params {
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = i32::try_from(body.len() + 4)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    packet.extend_from_slice(&body);
-    packet
-}
-
-fn alice_startup() -> Vec<u8> {
-    startup_packet(&[("user", "alice"), ("database", "app")])
-}
-
-fn ssl_request() -> Vec<u8> {
-    [8i32.to_be_bytes(), SSL_REQUEST.to_be_bytes()].concat()
-}
-
-fn parse_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut messages = Vec::new();
-    while bytes.len() >= 5 {
-        let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let Ok(len) = usize::try_from(len) else { break };
-        if len < 4 || bytes.len() < len + 1 {
-            break;
-        }
-        messages.push((bytes[0], bytes[5..len + 1].to_vec()));
-        bytes = &bytes[len + 1..];
-    }
-    messages
-}
-
-fn error_fields(body: &[u8]) -> HashMap<u8, String> {
-    let mut fields = HashMap::new();
-    let mut rest = body;
-    while let Some((&code, after)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let nul = after.iter().position(|&b| b == 0).unwrap_or(after.len());
-        fields.insert(code, String::from_utf8_lossy(&after[..nul]).into_owned());
-        rest = after.get(nul + 1..).unwrap_or_default();
-    }
-    fields
-}
-
-/// What the proxy sent until it closed the connection; `closed` is false if the wait ran out.
-#[derive(Debug)]
-struct Outcome {
-    bytes: Vec<u8>,
-    closed: bool,
-}
-
-impl Outcome {
-    fn has_auth_request(&self) -> bool {
-        // Plaintext 'R' at the very start, or any complete 'R' message.
-        parse_messages(&self.bytes)
-            .iter()
-            .any(|(tag, _)| *tag == b'R')
-    }
-
-    #[track_caller]
-    fn assert_fatal(&self, sqlstate: &str) -> HashMap<u8, String> {
-        assert!(
-            self.closed,
-            "pgwarden did not close the connection within {WAIT:?}: {self:?}"
-        );
-        let messages = parse_messages(&self.bytes);
-        assert!(
-            !self.has_auth_request(),
-            "an authentication request was sent: {messages:?}"
-        );
-        let Some((_, body)) = messages.iter().find(|(tag, _)| *tag == b'E') else {
-            panic!("no ErrorResponse before the close: {:?}", self.bytes)
-        };
-        let fields = error_fields(body);
-        assert_eq!(
-            fields.get(&b'S').map(String::as_str),
-            Some("FATAL"),
-            "{fields:?}"
-        );
-        assert_eq!(
-            fields.get(&b'C').map(String::as_str),
-            Some(sqlstate),
-            "{fields:?}"
-        );
-        fields
-    }
-}
-
-async fn read_until_close<S: AsyncRead + Unpin>(stream: &mut S) -> Outcome {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => {
-                return Outcome {
-                    bytes,
-                    closed: false,
-                }
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return Outcome {
-                    bytes,
-                    closed: true,
-                }
-            }
-            Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
-    tokio::time::timeout(WAIT, async {
-        let tag = stream.read_u8().await.expect("read message tag");
-        let len = stream.read_i32().await.expect("read message length");
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|l| *l >= 4)
-            .expect("sane length");
-        let mut body = vec![0u8; len - 4];
-        stream
-            .read_exact(&mut body)
-            .await
-            .expect("read message body");
-        (tag, body)
-    })
-    .await
-    .expect("pgwarden did not send a message in time")
-}
-
-#[track_caller]
-fn assert_sasl_request(message: &(u8, Vec<u8>)) {
-    let (tag, body) = message;
-    assert_eq!(*tag, b'R', "expected AuthenticationSASL, got {message:?}");
-    assert_eq!(
-        &body[..4],
-        &10i32.to_be_bytes(),
-        "expected AuthenticationSASL, got {message:?}"
-    );
-}
-
-/// Finish a login as alice after the StartupMessage was sent, then run `SELECT 1`.
-async fn finish_login_and_select_1<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    finish_login(stream).await;
+/// Log in as alice on a raw stream (BackendKeyData included), then run `SELECT 1`.
+async fn login_and_select_1<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    alice_login(stream).await.expect("no BackendKeyData");
     let mut out = BytesMut::new();
     frontend::query("SELECT 1", &mut out).unwrap();
     stream.write_all(&out).await.unwrap();
@@ -195,36 +42,6 @@ async fn finish_login_and_select_1<S: AsyncRead + AsyncWrite + Unpin>(stream: &m
         }
     }
     assert!(row.expect("no row").ends_with(b"1"));
-}
-
-/// Finish a login as alice after the StartupMessage was sent; returns the BackendKeyData
-/// body (process id and secret).
-async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Vec<u8> {
-    let sasl = read_message(stream).await;
-    assert_sasl_request(&sasl);
-    let mut client = ScramSha256::new(ALICE_PASSWORD.as_bytes(), ChannelBinding::unsupported());
-    let mut out = BytesMut::new();
-    frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let (tag, body) = read_message(stream).await;
-    assert_eq!(tag, b'R', "{:?}", error_fields(&body));
-    client.update(&body[4..]).unwrap();
-    out.clear();
-    frontend::sasl_response(client.message(), &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let (tag, body) = read_message(stream).await;
-    assert_eq!(tag, b'R', "{:?}", error_fields(&body));
-    client.finish(&body[4..]).unwrap();
-    let mut key = None;
-    loop {
-        let (tag, body) = read_message(stream).await;
-        assert_ne!(tag, b'E', "{:?}", error_fields(&body));
-        match tag {
-            b'K' => key = Some(body),
-            b'Z' => return key.expect("no BackendKeyData"),
-            _ => {}
-        }
-    }
 }
 
 fn roots(ca: &Path) -> rustls::RootCertStore {
@@ -307,7 +124,9 @@ async fn psql(conninfo: &str, commands: &[&str]) -> std::process::Output {
 /// SSLRequest on a fresh connection, the one-byte answer.
 async fn ssl_answer(proxy: &Proxy) -> (TcpStream, u8) {
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(&ssl_request()).await.unwrap();
+    tcp.write_all(&encryption_request(SSL_REQUEST))
+        .await
+        .unwrap();
     let answer = tokio::time::timeout(WAIT, tcp.read_u8())
         .await
         .expect("no answer")
@@ -412,8 +231,7 @@ async fn the_client_leg_is_tls_13_with_the_configured_certificate() {
         presented, configured[0],
         "the proxy presented another certificate"
     );
-    tls.write_all(&alice_startup()).await.unwrap();
-    finish_login_and_select_1(&mut tls).await;
+    login_and_select_1(&mut tls).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,7 +316,7 @@ async fn required_mode_refuses_plaintext_with_a_hint() {
     // Refused before any authentication request (no password is even asked for).
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(&alice_startup()).await.unwrap();
-    read_until_close(&mut tcp).await.assert_fatal("28000");
+    read_until_close(&mut tcp, WAIT).await.assert_fatal("28000");
 
     // TLS works, with tokio-postgres and psql (libpq's default sslmode=prefer).
     let client = proxy
@@ -525,20 +343,19 @@ async fn required_mode_refuses_plaintext_with_a_hint() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    tls.write_all(&alice_startup()).await.unwrap();
-    let key = finish_login(&mut tls).await;
+    let key = alice_login(&mut tls).await.expect("no BackendKeyData");
     let mut out = BytesMut::new();
     frontend::query("SELECT pg_sleep(60)", &mut out).unwrap();
     tls.write_all(&out).await.unwrap();
     let mut cancel = 16i32.to_be_bytes().to_vec();
-    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
     cancel.extend_from_slice(&key);
     // Cancel until the query is really running (a cancel that arrives first is a no-op).
     let deadline = tokio::time::Instant::now() + WAIT;
     let fields = loop {
         let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
         plain.write_all(&cancel).await.unwrap();
-        assert!(read_until_close(&mut plain).await.closed);
+        assert!(read_until_close(&mut plain, WAIT).await.closed());
         // A single-byte read is cancel-safe; the rest of a message is read in full.
         if let Ok(tag) = tokio::time::timeout(Duration::from_millis(200), tls.read_u8()).await {
             let tag = tag.unwrap();
@@ -575,8 +392,7 @@ async fn disabled_mode_answers_n_and_serves_plaintext() {
     // SSLRequest -> 'N', then the startup continues in plaintext on the same socket.
     let (mut tcp, answer) = ssl_answer(&proxy).await;
     assert_eq!(answer, b'N');
-    tcp.write_all(&alice_startup()).await.unwrap();
-    finish_login_and_select_1(&mut tcp).await;
+    login_and_select_1(&mut tcp).await;
 
     // sslmode=require fails (tokio-postgres and psql), sslmode=disable works.
     let err = proxy
@@ -610,8 +426,11 @@ async fn disabled_mode_answers_n_and_serves_plaintext() {
         handshake.is_err(),
         "a TLS handshake succeeded although TLS is disabled"
     );
-    let outcome = read_until_close(&mut tcp).await;
-    assert!(outcome.closed && !outcome.has_auth_request(), "{outcome:?}");
+    let outcome = read_until_close(&mut tcp, WAIT).await;
+    assert!(
+        outcome.closed() && !outcome.has_auth_request(),
+        "{outcome:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,9 +448,9 @@ async fn plaintext_pipelined_after_ssl_request_is_refused() {
         let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
         // One write: SSLRequest immediately followed by a plaintext StartupMessage, as a
         // man-in-the-middle would inject it.
-        let injected = [ssl_request(), alice_startup()].concat();
+        let injected = [encryption_request(SSL_REQUEST), alice_startup()].concat();
         tcp.write_all(&injected).await.unwrap();
-        let outcome = read_until_close(&mut tcp).await;
+        let outcome = read_until_close(&mut tcp, WAIT).await;
         assert_ne!(
             outcome.bytes.first(),
             Some(&b'S'),
@@ -653,8 +472,11 @@ async fn plaintext_instead_of_a_client_hello_is_dropped() {
     assert_eq!(answer, b'S');
     // Plaintext startup where the ClientHello should be.
     tcp.write_all(&alice_startup()).await.unwrap();
-    let outcome = read_until_close(&mut tcp).await;
-    assert!(outcome.closed, "pgwarden kept the connection: {outcome:?}");
+    let outcome = read_until_close(&mut tcp, WAIT).await;
+    assert!(
+        outcome.closed(),
+        "pgwarden kept the connection: {outcome:?}"
+    );
     assert!(
         !outcome.has_auth_request(),
         "plaintext authentication request: {outcome:?}"
@@ -701,8 +523,7 @@ async fn direct_tls_with_alpn_postgresql_works() {
         .await
         .expect("direct TLS handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
-    tls.write_all(&alice_startup()).await.unwrap();
-    finish_login_and_select_1(&mut tls).await;
+    login_and_select_1(&mut tls).await;
 
     // The same with a real client: tokio-postgres with sslnegotiation=direct.
     let connector = tokio_postgres_connector(&harness_ca(), &[b"postgresql"]);
@@ -722,7 +543,7 @@ async fn direct_tls_without_alpn_or_with_another_alpn_is_refused() {
     match direct_tls(&proxy, &[]).await {
         Err(_) => {}
         Ok(mut tls) => {
-            let outcome = read_until_close(&mut tls).await;
+            let outcome = read_until_close(&mut tls, WAIT).await;
             let fields = outcome.assert_fatal("08P01");
             assert!(fields[&b'M'].contains("ALPN"), "{fields:?}");
         }
@@ -733,8 +554,11 @@ async fn direct_tls_without_alpn_or_with_another_alpn_is_refused() {
         Err(_) => {}
         Ok(mut tls) => {
             let _ = tls.write_all(&alice_startup()).await;
-            let outcome = read_until_close(&mut tls).await;
-            assert!(outcome.closed && !outcome.has_auth_request(), "{outcome:?}");
+            let outcome = read_until_close(&mut tls, WAIT).await;
+            assert!(
+                outcome.closed() && !outcome.has_auth_request(),
+                "{outcome:?}"
+            );
         }
     }
 
@@ -828,7 +652,7 @@ fn ssl_accepted_sync(port: u16) -> bool {
         return false;
     };
     let mut answer = [0u8; 1];
-    tcp.write_all(&ssl_request()).is_ok()
+    tcp.write_all(&encryption_request(SSL_REQUEST)).is_ok()
         && tcp.read_exact(&mut answer).is_ok()
         && answer[0] == b'S'
 }

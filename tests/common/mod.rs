@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
