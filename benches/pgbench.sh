@@ -13,6 +13,9 @@
 #   CLIENTS    client counts ["1 8"]; threads = min(clients, 2)
 #   PGWARDEN_BIN  use this binary instead of building target/release/pgwarden
 #   RUST_LOG   pgwarden's log filter [warn]
+#   UPSTREAM   tcp: pgwarden (and pgbouncer) reach PostgreSQL over TCP on 127.0.0.1, like the
+#              direct runs; unix: over its Unix socket, as a sidecar on the same host would
+#              [tcp]
 #   PGBOUNCER  1: also measure pgbouncer (session pooling, SCRAM both ways; installed by
 #              scripts/deps.sh --with-pgbouncer) as a reference for what any extra hop
 #              costs on this machine [1 if pgbouncer is installed, else 0]
@@ -189,6 +192,12 @@ say "pgbench -i -s $SCALE"
 
 # --- pgwarden ----------------------------------------------------------------
 
+case ${UPSTREAM:-tcp} in
+  tcp) upstream_host=127.0.0.1 ;;
+  unix) upstream_host=$tmp ;;
+  *) die "UPSTREAM must be tcp or unix, got '${UPSTREAM}'" ;;
+esac
+
 verifier=$(printf '%s' "$BENCH_PASSWORD" | "$pgwarden" hash-password) ||
   die "'pgwarden hash-password' failed"
 verifier=$(printf '%s\n' "$verifier" | grep -m1 -o 'SCRAM-SHA-256\$[^[:space:]]*') ||
@@ -206,7 +215,7 @@ max_connections = 1000
 mode = "disabled"
 
 [upstream]
-host = "127.0.0.1"
+host = "$upstream_host"
 port = $pg_port
 sslmode = "disable"
 
@@ -259,7 +268,7 @@ if ((PGBOUNCER)); then
   bouncer_port=$(free_port) || die "no free port"
   cat >"$tmp/pgbouncer.ini" <<INI
 [databases]
-$BENCH_DB = host=127.0.0.1 port=$pg_port dbname=$BENCH_DB
+$BENCH_DB = host=$upstream_host port=$pg_port dbname=$BENCH_DB
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $bouncer_port
@@ -346,6 +355,7 @@ done
   echo "commit:   $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "machine:  $(uname -srm), $(nproc) CPUs"
   echo "postgres: $("$bindir/postgres" --version), fsync=off, scale $SCALE"
+  echo "upstream: ${UPSTREAM:-tcp} (how the proxies reach PostgreSQL)"
   echo "pgbench:  -S -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
   echo
   header=$(printf '%-9s %7s %12s %12s %8s' mode clients "direct tps" "pgwarden tps" "ratio")
