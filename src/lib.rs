@@ -8,9 +8,9 @@
 //! | [`config`] | the TOML model, validation (with key and line in errors), secret references |
 //! | [`net`] | the listener (connection limit, one span per connection), TLS configs, streams |
 //! | [`protocol`] | length-checked framing, startup packets, message views and builders |
-//! | [`auth`] | identities, local SCRAM users, `[[access]]` rules |
+//! | [`auth`] | identities, front-door methods (local SCRAM users), `[[access]]` rules |
 //! | [`upstream`] | logging in to PostgreSQL as the granted role; proxy-issued cancel keys |
-//! | [`session`] | one connection's life: handshake, authentication, the relay loop, the gate hook |
+//! | [`session`] | one connection's life: handshake, the relay loop, the gate hook, shutdown phases |
 //! | [`testbed`] | throwaway PostgreSQL servers for the demo, tests and benchmarks |
 //! | [`demo`] | `pgwarden demo` |
 //! | [`error`] | SQLSTATEs and the ErrorResponse shape every module's errors map to |
@@ -20,7 +20,7 @@
 //! 1. [`net::listener`] accepts the TCP connection and spawns [`session::serve`] in a span
 //!    `conn{id, peer, tls, user, db, role}`.
 //! 2. The session negotiates TLS, reads the StartupMessage ([`protocol::startup`]),
-//!    authenticates the client ([`auth`]), picks the upstream role from `[[access]]`, and logs
+//!    authenticates the client ([`auth::front_door`]), picks the upstream role from `[[access]]`, and logs
 //!    in upstream with pgwarden's own credentials ([`upstream::login`]). The client gets a
 //!    proxy-issued cancel key.
 //! 3. [`session::relay::run`] reads client frames ([`protocol::frame`]); each Query, Parse and
