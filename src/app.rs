@@ -45,25 +45,30 @@ pub enum AppError {
 
 /// Everything derived from a config that can fail: checked by `check-config` too.
 pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
-    let tls = match (
+    let setting_error = |e: tls::TlsError| AppError::Setting {
+        path: config.path.clone(),
+        key: match e {
+            tls::TlsError::Cert { .. } => "server.tls.cert",
+            tls::TlsError::Key { .. } => "server.tls.key",
+            tls::TlsError::Rustls(_) => "server.tls",
+        },
+        detail: e.to_string(),
+    };
+    let (tls, channel_binding) = match (
         &config.server.tls_mode,
         &config.server.tls_cert,
         &config.server.tls_key,
     ) {
-        (TlsMode::Disabled, _, _) => None,
+        (TlsMode::Disabled, _, _) | (_, None, _) | (_, _, None) => (None, None),
         (_, Some(cert), Some(key)) => {
-            let acceptor = tls::server_config(cert, key).map_err(|e| AppError::Setting {
-                path: config.path.clone(),
-                key: match e {
-                    tls::TlsError::Cert { .. } => "server.tls.cert",
-                    tls::TlsError::Key { .. } => "server.tls.key",
-                    tls::TlsError::Rustls(_) => "server.tls",
-                },
-                detail: e.to_string(),
-            })?;
-            Some(TlsAcceptor::from(acceptor))
+            let acceptor = tls::server_config(cert, key).map_err(setting_error)?;
+            let leaf = tls::load_certs(cert).map_err(setting_error)?;
+            let binding = leaf.first().and_then(|der| tls::tls_server_end_point(der));
+            if binding.is_none() {
+                warn!("the server certificate's signature algorithm gives no channel-binding hash; SCRAM-SHA-256-PLUS will not be offered");
+            }
+            (Some(TlsAcceptor::from(acceptor)), binding)
         }
-        _ => None,
     };
     let upstream = Endpoint::from_config(&config).map_err(|e| AppError::Setting {
         path: config.path.clone(),
@@ -73,6 +78,7 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
     Ok(Snapshot {
         config,
         tls,
+        channel_binding,
         upstream,
     })
 }

@@ -786,3 +786,44 @@ async fn upstream_require_against_a_server_without_tls_fails_with_08001() {
     assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
     assert_eq!(err.as_db_error().unwrap().severity(), "FATAL");
 }
+
+/// Over TLS, local users may authenticate with SCRAM-SHA-256-PLUS: the exchange is bound to
+/// pgwarden's certificate, so clients that insist on it (`channel_binding=require`) connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_required_by_the_client_works_over_tls() {
+    let proxy = Proxy::default().await;
+    let ca = harness_ca();
+    let conninfo = format!(
+        "host=localhost port={} dbname=app user=alice sslmode=verify-full sslrootcert={} channel_binding=require",
+        proxy.port(),
+        ca.display()
+    );
+    let out = psql(&conninfo, &["SELECT 'bound'"]).await;
+    assert!(
+        out.status.success(),
+        "psql with channel_binding=require failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bound");
+
+    // tokio-postgres computes tls-server-end-point itself (rustls connector).
+    let client = connect_with(
+        &alice_conninfo(
+            &proxy,
+            "localhost",
+            "sslmode=require channel_binding=require",
+        ),
+        tokio_postgres_connector(&ca, &[]),
+    )
+    .await
+    .expect("tokio-postgres with channel_binding=require");
+    select_1(&client).await;
+
+    // Without TLS there is nothing to bind to: the client refuses, as it would with PostgreSQL.
+    let plain = format!(
+        "host=127.0.0.1 port={} dbname=app user=alice sslmode=disable channel_binding=require",
+        proxy.port()
+    );
+    let out = psql(&plain, &["SELECT 1"]).await;
+    assert!(!out.status.success());
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::scram::{ScramExchange, ScramVerifier, MECHANISM};
+use super::scram::{ScramExchange, ScramVerifier};
 use super::{AuthError, AuthMethod, Identity};
 use crate::config::LocalUser;
 use crate::net::MaybeTls;
@@ -55,12 +55,15 @@ impl ClientConn<'_> {
 }
 
 /// SASL SCRAM-SHA-256 against a `[[auth.local]]` user. Unknown users get a doomed exchange,
-/// so they cannot be told from wrong passwords. On success the AuthenticationSASLFinal is
-/// left in `conn.out`, to go out with AuthenticationOk once the upstream is ready.
+/// so they cannot be told from wrong passwords. Over TLS, `channel_binding` (the
+/// `tls-server-end-point` data of our certificate) makes SCRAM-SHA-256-PLUS available. On
+/// success the AuthenticationSASLFinal is left in `conn.out`, to go out with
+/// AuthenticationOk once the upstream is ready.
 pub async fn local_scram(
     conn: &mut ClientConn<'_>,
     users: &HashMap<String, LocalUser>,
     process_key: &[u8; 32],
+    channel_binding: Option<&[u8]>,
     user: &str,
 ) -> Result<Identity, AuthError> {
     let local = users.get(user);
@@ -68,23 +71,24 @@ pub async fn local_scram(
         || ScramVerifier::doomed(user, process_key),
         |u| u.verifier.clone(),
     );
-    let mut exchange = ScramExchange::new(verifier);
+    let mut exchange = ScramExchange::new(verifier, channel_binding.map(<[u8]>::to_vec));
     let failed = |reason| AuthError::Failed {
         user: user.to_owned(),
         reason,
     };
 
-    backend::authentication_sasl(conn.out, &[MECHANISM]);
+    let offered = exchange.mechanisms();
+    backend::authentication_sasl(conn.out, offered);
     conn.flush().await?;
     let initial = conn.read_auth_message().await?;
     let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
         "SASLInitialResponse without mechanism",
     ))?;
-    if mechanism != MECHANISM.as_bytes() {
+    let Some(mechanism) = offered.iter().find(|m| m.as_bytes() == mechanism) else {
         return Err(AuthError::UnsupportedMechanism(
             String::from_utf8_lossy(mechanism).into_owned(),
         ));
-    }
+    };
     let (len, data) =
         split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
     if usize::try_from(len).ok() != Some(data.len()) {
@@ -92,7 +96,7 @@ pub async fn local_scram(
             "SASLInitialResponse length does not match",
         ));
     }
-    let server_first = exchange.client_first(data).map_err(failed)?;
+    let server_first = exchange.client_first(mechanism, data).map_err(failed)?;
     backend::authentication_sasl_continue(conn.out, &server_first);
     conn.flush().await?;
     let response = conn.read_auth_message().await?;

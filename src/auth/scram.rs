@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// SCRAM with `tls-server-end-point` channel binding: offered over TLS, so a password
+/// exchange cannot be relayed through a man in the middle holding another certificate.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// A stored SCRAM-SHA-256 verifier.
 #[derive(Clone, PartialEq, Eq)]
@@ -91,6 +94,10 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("client requested channel binding, which is not offered")]
     ChannelBindingNotOffered,
+    #[error("client chose SCRAM-SHA-256 saying the server cannot do channel binding, but it can (possible downgrade attack)")]
+    ChannelBindingDowngrade,
+    #[error("channel binding data does not match this connection")]
+    ChannelBindingMismatch,
     #[error("nonce mismatch")]
     NonceMismatch,
     #[error("wrong password")]
@@ -100,6 +107,8 @@ pub enum ScramError {
 /// One server-side exchange.
 pub struct ScramExchange {
     verifier: ScramVerifier,
+    /// `tls-server-end-point` data when SCRAM-SHA-256-PLUS was offered (TLS connections).
+    channel_binding: Option<Vec<u8>>,
     state: State,
 }
 
@@ -109,32 +118,59 @@ enum State {
         client_first_bare: String,
         server_first: String,
         nonce: String,
-        gs2_header: String,
+        /// What `c=` must decode to: the GS2 header, plus the binding data for `p=`.
+        expected_binding: Vec<u8>,
     },
     Done,
 }
 
 impl ScramExchange {
-    pub fn new(verifier: ScramVerifier) -> Self {
+    /// `channel_binding`: the connection's `tls-server-end-point` data when
+    /// [`MECHANISM_PLUS`] is offered, `None` otherwise.
+    pub fn new(verifier: ScramVerifier, channel_binding: Option<Vec<u8>>) -> Self {
         Self {
             verifier,
+            channel_binding,
             state: State::ExpectClientFirst,
         }
     }
 
-    /// Handle client-first-message; returns server-first-message.
-    pub fn client_first(&mut self, message: &[u8]) -> Result<Vec<u8>, ScramError> {
+    /// The mechanisms to offer, preferred first.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        match self.channel_binding {
+            Some(_) => &[MECHANISM_PLUS, MECHANISM],
+            None => &[MECHANISM],
+        }
+    }
+
+    /// Handle client-first-message for the `mechanism` the client chose; returns
+    /// server-first-message.
+    pub fn client_first(&mut self, mechanism: &str, message: &[u8]) -> Result<Vec<u8>, ScramError> {
         let message =
             std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         // gs2-header = cbind-flag "," [authzid] ","
         let (flag, rest) = message
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBindingNotOffered),
+        let plus = mechanism == MECHANISM_PLUS;
+        let binding_data: &[u8] = match (flag, plus, &self.channel_binding) {
+            ("p=tls-server-end-point", true, Some(data)) => data,
+            (f, _, None) if f.starts_with("p=") => {
+                return Err(ScramError::ChannelBindingNotOffered)
+            }
+            (f, _, _) if f.starts_with("p=") => {
+                return Err(ScramError::Malformed("unsupported channel binding type"))
+            }
+            // Channel binding chosen, but the flag says otherwise.
+            (_, true, _) => {
+                return Err(ScramError::Malformed(
+                    "SCRAM-SHA-256-PLUS without channel binding",
+                ))
+            }
+            ("y", false, Some(_)) => return Err(ScramError::ChannelBindingDowngrade),
+            ("n" | "y", false, _) => &[],
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header"))?;
@@ -167,11 +203,13 @@ impl ScramExchange {
             B64.encode(&self.verifier.salt),
             self.verifier.iterations
         );
+        let mut expected_binding = format!("{flag},,").into_bytes();
+        expected_binding.extend_from_slice(binding_data);
         self.state = State::ExpectClientFinal {
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             nonce,
-            gs2_header: format!("{flag},,"),
+            expected_binding,
         };
         Ok(server_first.into_bytes())
     }
@@ -182,7 +220,7 @@ impl ScramExchange {
             client_first_bare,
             server_first,
             nonce,
-            gs2_header,
+            expected_binding,
         } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(ScramError::Malformed("unexpected message"));
@@ -197,8 +235,8 @@ impl ScramExchange {
             Some(c) if c.starts_with("c=") => &c[2..],
             _ => return Err(ScramError::Malformed("no channel binding attribute")),
         };
-        if B64.decode(binding).ok().as_deref() != Some(gs2_header.as_bytes()) {
-            return Err(ScramError::Malformed("channel binding data does not match"));
+        if B64.decode(binding).ok().as_deref() != Some(expected_binding.as_slice()) {
+            return Err(ScramError::ChannelBindingMismatch);
         }
         match attrs.next() {
             Some(r) if r.strip_prefix("r=") == Some(nonce.as_str()) => {}
@@ -243,10 +281,20 @@ mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
-    fn run(verifier: &str, password: &[u8]) -> Result<(), ScramError> {
-        let mut server = ScramExchange::new(ScramVerifier::parse(verifier).unwrap());
-        let mut client = ScramSha256::new(password, ChannelBinding::unsupported());
-        let server_first = server.client_first(client.message())?;
+    /// A real client (postgres-protocol's, as tokio-postgres uses) against the server side.
+    fn run(
+        verifier: &str,
+        password: &[u8],
+        offered: Option<&[u8]>,
+        mechanism: &str,
+        client_binding: ChannelBinding,
+    ) -> Result<(), ScramError> {
+        let mut server = ScramExchange::new(
+            ScramVerifier::parse(verifier).unwrap(),
+            offered.map(<[u8]>::to_vec),
+        );
+        let mut client = ScramSha256::new(password, client_binding);
+        let server_first = server.client_first(mechanism, client.message())?;
         client.update(&server_first).unwrap();
         let server_final = server.client_final(client.message())?;
         client
@@ -257,14 +305,70 @@ mod tests {
     #[test]
     fn a_real_client_authenticates_with_the_right_password_only() {
         let verifier = hash_password(b"correct horse");
-        assert_eq!(run(&verifier, b"correct horse"), Ok(()));
-        assert_eq!(run(&verifier, b"wrong"), Err(ScramError::WrongPassword));
+        let plain = || ChannelBinding::unsupported();
+        assert_eq!(
+            run(&verifier, b"correct horse", None, MECHANISM, plain()),
+            Ok(())
+        );
+        assert_eq!(
+            run(&verifier, b"wrong", None, MECHANISM, plain()),
+            Err(ScramError::WrongPassword)
+        );
     }
 
     #[test]
-    fn accepts_postgres_rolpassword_output() {
-        // Produced by PostgreSQL 15: SET password_encryption = 'scram-sha-256';
-        // CREATE ROLE x PASSWORD 'secret'; SELECT rolpassword FROM pg_authid WHERE rolname='x';
+    fn channel_binding_ties_the_exchange_to_the_certificate() {
+        let verifier = hash_password(b"pw");
+        let ours = b"hash of our certificate".as_slice();
+        let bound = |data: &[u8]| ChannelBinding::tls_server_end_point(data.to_vec());
+        assert_eq!(
+            run(&verifier, b"pw", Some(ours), MECHANISM_PLUS, bound(ours)),
+            Ok(())
+        );
+        // A man in the middle presents another certificate: the client binds to that one.
+        assert_eq!(
+            run(
+                &verifier,
+                b"pw",
+                Some(ours),
+                MECHANISM_PLUS,
+                bound(b"theirs")
+            ),
+            Err(ScramError::ChannelBindingMismatch)
+        );
+        // A client that could bind but was told we cannot: a downgrade.
+        assert_eq!(
+            run(
+                &verifier,
+                b"pw",
+                Some(ours),
+                MECHANISM,
+                ChannelBinding::unrequested()
+            ),
+            Err(ScramError::ChannelBindingDowngrade)
+        );
+        // Plain SCRAM stays available over TLS for clients without channel binding.
+        assert_eq!(
+            run(
+                &verifier,
+                b"pw",
+                Some(ours),
+                MECHANISM,
+                ChannelBinding::unsupported()
+            ),
+            Ok(())
+        );
+        // Without TLS nothing can be bound.
+        assert_eq!(
+            run(&verifier, b"pw", None, MECHANISM_PLUS, bound(ours)),
+            Err(ScramError::ChannelBindingNotOffered)
+        );
+    }
+
+    #[test]
+    fn parses_the_rolpassword_format() {
+        // The shape of pg_authid.rolpassword; one really produced by PostgreSQL is used by
+        // tests/cli.rs (`a_verifier_from_pg_authid_works_as_a_local_user_verifier`).
         let pg = "SCRAM-SHA-256$4096:yH0hzfsI7fKbE3zMFG8plQ==$+Ya/m3mSjExg5FJ4n9ObJyX4T0CqEvs1Sf4z9WZwRjk=:+wnIJrK6K4RhuTV3Ht95ReZrPjk9GmaVITMmXQ9FyyI=";
         assert!(ScramVerifier::parse(pg).is_ok());
         assert!(ScramVerifier::parse("md5abcdef").is_err());
@@ -274,9 +378,9 @@ mod tests {
     #[test]
     fn doomed_exchanges_fail_like_wrong_passwords() {
         let key = [7u8; 32];
-        let mut server = ScramExchange::new(ScramVerifier::doomed("nobody", &key));
+        let mut server = ScramExchange::new(ScramVerifier::doomed("nobody", &key), None);
         let mut client = ScramSha256::new(b"anything", ChannelBinding::unsupported());
-        let first = server.client_first(client.message()).unwrap();
+        let first = server.client_first(MECHANISM, client.message()).unwrap();
         client.update(&first).unwrap();
         assert_eq!(
             server.client_final(client.message()),
@@ -285,13 +389,11 @@ mod tests {
     }
 
     #[test]
-    fn channel_binding_requests_are_refused() {
-        let mut server = ScramExchange::new(ScramVerifier::parse(&hash_password(b"x")).unwrap());
-        assert_eq!(
-            server.client_first(b"p=tls-server-end-point,,n=,r=abc"),
-            Err(ScramError::ChannelBindingNotOffered)
-        );
-        assert!(server.client_first(b"n,a=bob,n=,r=abc").is_err());
-        assert!(server.client_first(b"garbage").is_err());
+    fn malformed_first_messages_are_refused() {
+        let verifier = ScramVerifier::parse(&hash_password(b"x")).unwrap();
+        let mut server = ScramExchange::new(verifier, None);
+        assert!(server.client_first(MECHANISM, b"n,a=bob,n=,r=abc").is_err());
+        assert!(server.client_first(MECHANISM, b"garbage").is_err());
+        assert!(server.client_first(MECHANISM, b"n,,n=,r=").is_err());
     }
 }

@@ -127,3 +127,92 @@ impl ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// `tls-server-end-point` channel-binding data (RFC 5929 §4.1) for a server certificate: the
+/// certificate hashed with its signature's hash function, SHA-256 standing in for MD5 and
+/// SHA-1. `None` when the signature algorithm names no single hash (Ed25519, RSA-PSS):
+/// SCRAM-SHA-256-PLUS is then not offered, as PostgreSQL does.
+pub fn tls_server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (0x30, certificate, _) = der_element(cert_der)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = der_element(certificate)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = der_element(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_element(algorithm)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let hash = match oid {
+        [rsa @ .., 0x04 | 0x05 | 0x0b] if rsa == RSA => HashAlg::Sha256, // MD5, SHA-1, SHA-256
+        [rsa @ .., 0x0c] if rsa == RSA => HashAlg::Sha384,
+        [rsa @ .., 0x0d] if rsa == RSA => HashAlg::Sha512,
+        [ec @ .., 0x01] if ec == ECDSA => HashAlg::Sha256, // ecdsa-with-SHA1
+        [ec @ .., 0x03, 0x02] if ec == ECDSA => HashAlg::Sha256,
+        [ec @ .., 0x03, 0x03] if ec == ECDSA => HashAlg::Sha384,
+        [ec @ .., 0x03, 0x04] if ec == ECDSA => HashAlg::Sha512,
+        _ => return None,
+    };
+    Some(match hash {
+        HashAlg::Sha256 => sha2::Sha256::digest(cert_der).to_vec(),
+        HashAlg::Sha384 => sha2::Sha384::digest(cert_der).to_vec(),
+        HashAlg::Sha512 => sha2::Sha512::digest(cert_der).to_vec(),
+    })
+}
+
+enum HashAlg {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// One DER element: (tag, contents, rest). Definite lengths up to 4 bytes only.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(count)?;
+        (
+            bytes
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b)),
+            rest,
+        )
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_binding_uses_the_signature_hash() {
+        use sha2::Digest;
+        let dir = std::env::temp_dir().join(format!("pgwarden-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = crate::testbed::write_test_certificates(&dir).unwrap();
+        let der = load_certs(&certs.server_cert).unwrap().remove(0);
+        // rcgen signs with ECDSA P-256 / SHA-256 by default.
+        assert_eq!(
+            tls_server_end_point(&der).unwrap(),
+            sha2::Sha256::digest(&der).to_vec()
+        );
+        assert_eq!(tls_server_end_point(b"\x30\x03\x02\x01\x00"), None);
+        assert_eq!(tls_server_end_point(b""), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

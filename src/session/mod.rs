@@ -40,6 +40,8 @@ const MAX_AUTH_MESSAGE: usize = 16 * 1024;
 pub struct Snapshot {
     pub config: Config,
     pub tls: Option<TlsAcceptor>,
+    /// `tls-server-end-point` data of our certificate, for SCRAM-SHA-256-PLUS.
+    pub channel_binding: Option<Vec<u8>>,
     pub upstream: Endpoint,
 }
 
@@ -281,13 +283,24 @@ async fn handshake(
     };
     let mut reader = FrameBuffer::with_leftover(limits, buf);
     let user = startup.user();
+    // SCRAM-SHA-256-PLUS binds the exchange to our certificate; only meaningful over TLS.
+    let binding = match stream {
+        MaybeTls::ServerTls(_) => snapshot.channel_binding.as_deref(),
+        _ => None,
+    };
     let mut conn = ClientConn {
         stream: &mut stream,
         reader: &mut reader,
         out: &mut out,
     };
-    let result =
-        front_door::local_scram(&mut conn, &config.local_users, &ctx.process_key, &user).await;
+    let result = front_door::local_scram(
+        &mut conn,
+        &config.local_users,
+        &ctx.process_key,
+        binding,
+        &user,
+    )
+    .await;
     let identity = match result {
         Ok(identity) => identity,
         Err(e) => return Err(report(&mut stream, e.into()).await),
