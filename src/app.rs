@@ -15,6 +15,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::audit::event::Status;
+use crate::audit::{AuditError, AuditLog, Event};
 use crate::config::{Config, ConfigError, TlsMode};
 use crate::net::{listener, tls};
 use crate::session::gate::{AllowAll, StatementGate};
@@ -41,6 +43,8 @@ pub enum AppError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Everything derived from a config that can fail: checked by `check-config` too.
@@ -97,6 +101,10 @@ impl Server {
             warn!("{warning}");
         }
         let addr = config.server.listen;
+        let audit = match &config.audit {
+            None => None,
+            Some(settings) => Some(AuditLog::open(settings.clone())?.0),
+        };
         let snapshot = build_snapshot(config)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -110,7 +118,16 @@ impl Server {
             process_key: rand::random(),
             gate,
             shutdown: Shutdown::default(),
+            audit,
         });
+        if let Some(audit) = &ctx.audit {
+            audit
+                .record(Event::ProxyStart {
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    listen: local_addr.to_string(),
+                })
+                .await?;
+        }
         let tracker = TaskTracker::new();
         tracker.spawn(listener::accept_loop(
             listener,
@@ -136,19 +153,42 @@ impl Server {
 
     /// Re-read the config file; on any error keep the current config. Everything applies to
     /// new sessions except `server.listen`, which needs a restart (a warning says so).
-    pub fn reload(&self, path: &Path) -> Result<(), AppError> {
+    pub async fn reload(&self, path: &Path) -> Result<(), AppError> {
+        let result = self.try_reload(path);
+        if let Some(audit) = &self.ctx.audit {
+            let event = Event::ConfigReload {
+                path: path.display().to_string(),
+                status: if result.is_ok() {
+                    Status::Success
+                } else {
+                    Status::Failure
+                },
+                error: result.as_ref().err().map(ToString::to_string),
+            };
+            if let Err(e) = audit.record(event).await {
+                warn!(error = %e, "could not audit the reload");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, path: &Path) -> Result<(), AppError> {
         let config = Config::load(path)?;
         for warning in &config.warnings {
             warn!("{warning}");
         }
         let snapshot = build_snapshot(config)?;
+        let current = self.ctx.snapshot.load();
         let listen = snapshot.config.server.listen;
-        if listen != self.ctx.snapshot.load().config.server.listen {
+        if listen != current.config.server.listen {
             warn!(
                 listen = %listen,
                 still_listening_on = %self.local_addr,
                 "server.listen changed: restart pgwarden to apply it"
             );
+        }
+        if snapshot.config.audit != current.config.audit {
+            warn!("[audit] changed: restart pgwarden to apply it (the log keeps its current settings)");
         }
         self.ctx.snapshot.store(Arc::new(snapshot));
         info!(path = %path.display(), "configuration reloaded; new sessions use it");
@@ -176,6 +216,11 @@ impl Server {
     /// Drain for up to `grace`, then terminate the remaining sessions.
     pub async fn shutdown(self, grace: Duration) {
         self.drain();
+        let stop_reason = if grace.is_zero() {
+            "fast shutdown"
+        } else {
+            "graceful shutdown"
+        };
         if !self.wait(grace).await {
             warn!(
                 sessions = self.tracker.len(),
@@ -188,6 +233,14 @@ impl Server {
                 sessions = self.tracker.len(),
                 "sessions did not end; exiting anyway"
             );
+        }
+        if let Some(audit) = &self.ctx.audit {
+            let stop = Event::ProxyStop {
+                reason: stop_reason.to_owned(),
+            };
+            if let Err(e) = audit.record(stop).await.and(audit.flush().await) {
+                error!(error = %e, "could not write the final audit records");
+            }
         }
     }
 }
@@ -219,7 +272,7 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
                 break;
             }
             _ = hup.recv() => {
-                if let Err(e) = server.reload(config_path) {
+                if let Err(e) = server.reload(config_path).await {
                     error!(error = %e, "reload failed; keeping the current configuration");
                 }
             }

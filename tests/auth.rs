@@ -199,7 +199,7 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
     );
     assert_ne!(text, without_bob);
     std::fs::write(&proxy.config_path, &without_bob).unwrap();
-    server.reload(&proxy.config_path).unwrap();
+    server.reload(&proxy.config_path).await.unwrap();
     let err = proxy
         .try_connect(&proxy.conninfo("bob", BOB_PASSWORD, "sslmode=disable"))
         .await
@@ -209,7 +209,7 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
     before.simple_query("SELECT 1").await.unwrap();
     // An invalid file is refused and the current config stays.
     std::fs::write(&proxy.config_path, "this is not toml").unwrap();
-    assert!(server.reload(&proxy.config_path).is_err());
+    assert!(server.reload(&proxy.config_path).await.is_err());
     proxy.alice().await.simple_query("SELECT 1").await.unwrap();
     let err = proxy
         .try_connect(&proxy.conninfo("bob", BOB_PASSWORD, "sslmode=disable"))

@@ -30,6 +30,8 @@ pub struct Config {
     pub upstream: Upstream,
     pub local_users: HashMap<String, LocalUser>,
     pub access: Vec<AccessRule>,
+    /// The audit log, when configured.
+    pub audit: Option<crate::audit::Settings>,
     /// Things that are allowed but deserve the operator's attention (logged at start).
     pub warnings: Vec<String>,
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::units::{ByteSize, HumanDuration};
 use super::{Config, ConfigError, LocalUser, Secret, Server, Upstream, UpstreamAddr};
+use crate::audit::{FsyncPolicy, Settings as AuditSettings};
 use crate::auth::scram::ScramVerifier;
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +21,20 @@ pub struct ConfigFile {
     auth: AuthSection,
     #[serde(default)]
     access: Vec<AccessRule>,
+    audit: Option<AuditSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    /// Directory of the log files (relative to the config file).
+    dir: PathBuf,
+    #[serde(default)]
+    fsync: Option<FsyncPolicy>,
+    #[serde(default)]
+    rotate_size: Option<ByteSize>,
+    #[serde(default)]
+    rotate_daily: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,6 +365,27 @@ pub fn validate(
             ));
         }
     }
+    let audit = match file.audit {
+        None => {
+            warnings.push("no [audit] section: sessions and logins are not audited".into());
+            None
+        }
+        Some(a) => {
+            let rotate_size = a.rotate_size.map_or(64 << 20, |s| s.0 as u64);
+            if rotate_size < 4096 {
+                return Err(invalid(
+                    "audit.rotate_size".into(),
+                    "must be at least 4KiB".into(),
+                ));
+            }
+            Some(AuditSettings {
+                dir: resolve_path(a.dir),
+                fsync: a.fsync.unwrap_or(FsyncPolicy::Batch),
+                rotate_size,
+                rotate_daily: a.rotate_daily.unwrap_or(true),
+            })
+        }
+    };
     if file.access.is_empty() {
         warnings.push("no [[access]] rules: every login will be refused".into());
     }
@@ -360,6 +396,7 @@ pub fn validate(
         upstream,
         local_users,
         access: file.access,
+        audit,
         warnings,
     })
 }

@@ -93,7 +93,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: Task
         let ctx = ctx.clone();
         tracker.spawn(
             async move {
-                session::serve(ctx, tcp, peer, admitted).await;
+                session::serve(ctx, id, tcp, peer, admitted).await;
                 drop(permit);
             }
             .instrument(span),

@@ -22,6 +22,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Span};
 
+use crate::audit::event::{Actor, User};
+use crate::audit::{AuditLog, Event};
 use crate::auth::front_door::{self, ClientConn};
 use crate::auth::{self, AuthError, Grant, Identity};
 use crate::config::{Config, TlsMode};
@@ -64,6 +66,8 @@ pub struct Context {
     pub process_key: [u8; 32],
     pub gate: Arc<dyn gate::StatementGate>,
     pub shutdown: shutdown::Shutdown,
+    /// The audit log, when `[audit]` is configured.
+    pub audit: Option<AuditLog>,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -85,6 +89,8 @@ pub enum SessionError {
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
     Refused(ClientError),
+    #[error("cannot audit the session: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl From<AuthError> for SessionError {
@@ -111,6 +117,24 @@ impl From<startup::ReadError> for SessionError {
 }
 
 impl SessionError {
+    /// The category recorded in an `auth.failure` event, or `None` when the client simply went
+    /// away. Never contains anything the client sent as a credential.
+    fn audit_reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::ClientIo(_) => return None,
+            Self::Auth(AuthError::Failed { .. }) => "invalid_credentials",
+            Self::Auth(AuthError::DatabaseNotAllowed { .. }) => "database_not_allowed",
+            Self::Auth(AuthError::RoleNotAllowed { .. }) => "role_not_allowed",
+            Self::Auth(AuthError::UnsupportedMechanism(_)) => "unsupported_mechanism",
+            Self::Auth(_) | Self::Protocol(_) | Self::Tls(_) => "protocol_error",
+            Self::Refused(_) => "refused",
+            Self::Upstream(_) | Self::UpstreamIo(_) | Self::UpstreamProtocol(_) => {
+                "upstream_login_failed"
+            }
+            Self::Audit(_) => "audit_unavailable",
+        })
+    }
+
     /// The ErrorResponse for this error, if the client can still be told.
     fn to_client(&self) -> Option<ClientError> {
         match self {
@@ -123,6 +147,15 @@ impl SessionError {
             Self::Auth(e) => Some(e.to_client()),
             Self::Upstream(e) => Some(e.to_client()),
             Self::Refused(e) => Some(e.clone()),
+            Self::Audit(e) => Some(
+                ClientError::fatal(
+                    e.sqlstate(),
+                    "pgwarden cannot write its audit log, so it refuses new sessions",
+                )
+                .with_hint(
+                    "the operator must make the audit directory writable; see pgwarden's log",
+                ),
+            ),
         }
     }
 }
@@ -140,11 +173,13 @@ pub struct Established {
 
 /// Serve one client connection. `admitted` is false when the connection limit is reached:
 /// the client still gets a proper FATAL (after TLS, so it can read it).
-pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, admitted: bool) {
+pub async fn serve(ctx: Arc<Context>, id: u64, tcp: TcpStream, peer: SocketAddr, admitted: bool) {
     let snapshot = ctx.snapshot.load_full();
     let timeout = snapshot.config.server.auth_timeout;
     let established =
-        match tokio::time::timeout(timeout, handshake(&ctx, &snapshot, tcp, admitted)).await {
+        match tokio::time::timeout(timeout, handshake(&ctx, &snapshot, tcp, id, peer, admitted))
+            .await
+        {
             Err(_) => {
                 info!(
                     timeout_ms = timeout.as_millis() as u64,
@@ -166,7 +201,20 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, admitted
             }
         };
     info!(peer = %peer, "session started");
-    relay::run(&ctx, established).await;
+    let summary = relay::run(&ctx, established).await;
+    if let Some(audit) = &ctx.audit {
+        let event = Event::SessionEnd {
+            session: id,
+            duration_ms: summary.duration_ms,
+            statements: summary.statements,
+            bytes_from_client: summary.bytes_from_client,
+            bytes_from_server: summary.bytes_from_server,
+            ending: summary.ending.as_str().to_owned(),
+        };
+        if let Err(e) = audit.record(event).await {
+            warn!(error = %e, "could not audit the end of a session");
+        }
+    }
 }
 
 /// Steps 1–3. `Ok(None)`: the connection ended normally before a session (cancel request,
@@ -175,6 +223,8 @@ async fn handshake(
     ctx: &Context,
     snapshot: &Snapshot,
     tcp: TcpStream,
+    id: u64,
+    peer: SocketAddr,
     admitted: bool,
 ) -> Result<Option<Established>, SessionError> {
     let config = &snapshot.config;
@@ -267,9 +317,64 @@ async fn handshake(
     span.record("user", startup.user().as_str());
     span.record("db", startup.database().as_str());
 
-    if let Err(e) = admit(config, &stream, &startup, admitted) {
-        return Err(report(&mut stream, SessionError::Refused(e)).await);
+    match establish(
+        ctx,
+        snapshot,
+        &mut stream,
+        buf,
+        &startup,
+        (id, peer),
+        admitted,
+    )
+    .await
+    {
+        Ok(parts) => Ok(Some(Established {
+            client: stream,
+            client_reader: parts.reader,
+            upstream: parts.upstream,
+            identity: parts.identity,
+            grant: parts.grant,
+            cancel_key: parts.registration,
+        })),
+        Err(e) => {
+            if let (Some(audit), Some(reason)) = (&ctx.audit, e.audit_reason()) {
+                let event = Event::AuthFailure {
+                    user: startup.user(),
+                    src_endpoint: peer.into(),
+                    reason: reason.to_owned(),
+                };
+                if let Err(audit_error) = audit.record(event).await {
+                    warn!(error = %audit_error, "could not audit a failed login");
+                }
+            }
+            Err(report(&mut stream, e).await)
+        }
     }
+}
+
+/// What [`establish`] produces; the session adds the client stream.
+struct Parts {
+    reader: FrameBuffer,
+    upstream: upstream::Upstream,
+    identity: Identity,
+    grant: Grant,
+    registration: Registration,
+}
+
+/// Step 2–3: admission checks, client authentication, access check, upstream login, and the
+/// greeting. Errors are returned unreported: the caller audits and reports them.
+async fn establish(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    stream: &mut MaybeTls,
+    buf: BytesMut,
+    startup: &StartupMessage,
+    (id, peer): (u64, SocketAddr),
+    admitted: bool,
+) -> Result<Parts, SessionError> {
+    let config = &snapshot.config;
+    let span = Span::current();
+    admit(config, stream, startup, admitted).map_err(SessionError::Refused)?;
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
         backend::negotiate_protocol_version(
@@ -284,12 +389,12 @@ async fn handshake(
     let mut reader = FrameBuffer::with_leftover(limits, buf);
     let user = startup.user();
     // SCRAM-SHA-256-PLUS binds the exchange to our certificate; only meaningful over TLS.
-    let binding = match stream {
+    let binding = match &*stream {
         MaybeTls::ServerTls(_) => snapshot.channel_binding.as_deref(),
         _ => None,
     };
     let mut conn = ClientConn {
-        stream: &mut stream,
+        stream: &mut *stream,
         reader: &mut reader,
         out: &mut out,
     };
@@ -301,23 +406,14 @@ async fn handshake(
         &user,
     )
     .await;
-    let identity = match result {
-        Ok(identity) => identity,
-        Err(e) => return Err(report(&mut stream, e.into()).await),
-    };
+    let identity = result?;
     let database = startup.database();
-    let grant = match auth::authorize(&identity, &database, None, &config.access) {
-        Ok(grant) => grant,
-        Err(e) => return Err(report(&mut stream, e.into()).await),
-    };
+    let grant = auth::authorize(&identity, &database, None, &config.access)?;
     span.record("role", grant.role.as_str());
 
     let password = match config.upstream.roles.get(&grant.role) {
         Some(password) => password.as_ref(),
-        None => {
-            let e = UpstreamError::UnknownRole(grant.role.clone());
-            return Err(report(&mut stream, e.into()).await);
-        }
+        None => return Err(UpstreamError::UnknownRole(grant.role.clone()).into()),
     };
     let upstream_limits = FrameLimits {
         max_message: config.server.max_server_message,
@@ -334,9 +430,31 @@ async fn handshake(
         Ok(upstream) => upstream,
         Err(e) => {
             warn!(error = %e, upstream = %snapshot.upstream.describe(), "upstream login failed");
-            return Err(report(&mut stream, e.into()).await);
+            return Err(e.into());
         }
     };
+    if let Some(audit) = &ctx.audit {
+        // Nothing runs unaudited: no session without its session.start record.
+        audit
+            .record(Event::SessionStart {
+                session: id,
+                actor: Actor {
+                    user: User {
+                        name: identity.name.clone(),
+                        groups: identity.groups.clone(),
+                        auth_method: identity.method.as_str().to_owned(),
+                    },
+                },
+                src_endpoint: peer.into(),
+                tls: stream.tls_version().map(str::to_owned),
+                application_name: startup
+                    .parameter("application_name")
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+                database: grant.database.clone(),
+                role: grant.role.clone(),
+            })
+            .await?;
+    }
     let registration = ctx.cancels.register(
         snapshot.upstream.clone(),
         upstream.process_id,
@@ -360,14 +478,13 @@ async fn handshake(
     reader.set_limits(FrameLimits {
         max_message: config.server.max_client_message,
     });
-    Ok(Some(Established {
-        client: stream,
-        client_reader: reader,
+    Ok(Parts {
+        reader,
         upstream,
         identity,
         grant,
-        cancel_key: registration,
-    }))
+        registration,
+    })
 }
 
 /// Checks on the startup packet before any authentication.

@@ -118,7 +118,7 @@ pub enum Ending {
 }
 
 impl Ending {
-    fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::ClientTerminated => "client terminated",
             Self::ClientDisconnected => "client disconnected",
@@ -129,8 +129,18 @@ impl Ending {
     }
 }
 
+/// What a finished session did, for the log and the audit record.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub ending: Ending,
+    pub duration_ms: u64,
+    pub statements: u64,
+    pub bytes_from_client: u64,
+    pub bytes_from_server: u64,
+}
+
 /// Relay until one side ends. Errors are reported to the client where it can still hear them.
-pub async fn run(ctx: &Context, session: Established) -> Ending {
+pub async fn run(ctx: &Context, session: Established) -> Summary {
     let started = Instant::now();
     let Established {
         client,
@@ -295,15 +305,22 @@ pub async fn run(ctx: &Context, session: Established) -> Ending {
         .await;
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.wr.shutdown()).await;
+    let summary = Summary {
+        ending,
+        duration_ms: started.elapsed().as_millis() as u64,
+        statements: state.statements_seen,
+        bytes_from_client: client.bytes_read,
+        bytes_from_server: server.bytes_read,
+    };
     info!(
         ending = ending.as_str(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        statements = state.statements_seen,
-        bytes_from_client = client.bytes_read,
-        bytes_from_server = server.bytes_read,
+        duration_ms = summary.duration_ms,
+        statements = summary.statements,
+        bytes_from_client = summary.bytes_from_client,
+        bytes_from_server = summary.bytes_from_server,
         "session ended"
     );
-    ending
+    summary
 }
 
 struct StatementCtx<'a> {

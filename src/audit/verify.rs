@@ -1,0 +1,205 @@
+//! `pgwarden audit verify`: prove the log in a directory is complete and unaltered.
+//!
+//! Checks, in file-name order: each record's hash over its own bytes; `seq` increasing by
+//! exactly one; each `prev_hash` equal to the hash of the record before (so no record was
+//! removed, inserted or reordered, across file boundaries too); each file starting with a
+//! `file.start` that names the file before it; the first record starting the chain; no
+//! partial last line. The first record of each break is reported as `file:line` with the
+//! reason.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::record::{self, GENESIS};
+use super::{list_files, AuditError};
+
+/// One finding, at a 1-based line of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files: usize,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub last_hash: Option<String>,
+    /// Evidence of tampering or loss: the log cannot be trusted as a whole.
+    pub problems: Vec<Finding>,
+    /// Things a reviewer should know that are not tampering (a crash's sealed partial line).
+    pub notes: Vec<Finding>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The chain fields of a record.
+#[derive(Deserialize)]
+struct Chain<'a> {
+    seq: u64,
+    prev_hash: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    previous_file: Option<String>,
+    #[serde(default)]
+    file: Option<String>,
+}
+
+/// Verify every audit file in `dir`.
+pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
+    let mut report = Report::default();
+    // What the next record must carry; `None` right after a break (resynchronize there).
+    let mut expected: Option<(u64, String)> = None;
+    let mut previous_file: Option<String> = None;
+    let files = list_files(dir)?;
+    report.files = files.len();
+    for name in &files {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| AuditError::Io {
+            action: format!("read {}", path.display()),
+            source: e,
+        })?;
+        let problem = |line: usize, message: String| Finding {
+            file: name.clone(),
+            line,
+            message,
+        };
+        if bytes.is_empty() {
+            report.notes.push(problem(
+                0,
+                "empty file (a write failed while creating it)".into(),
+            ));
+            continue;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        match lines.pop() {
+            Some("") => {}
+            Some(partial) => report.problems.push(problem(
+                lines.len() + 1,
+                format!("partial record at the end ({} bytes): the file was truncated or a write was cut short", partial.len()),
+            )),
+            None => {}
+        }
+        for (index, line) in lines.iter().enumerate() {
+            let number = index + 1;
+            let hash = match record::check(line) {
+                Ok(hash) => hash,
+                Err(e) => {
+                    // A crash's partial line, sealed at start-up, is followed by a
+                    // `log.recovered` record naming this file.
+                    let sealed = lines
+                        .get(index + 1)
+                        .and_then(|next| serde_json::from_str::<Chain>(next).ok())
+                        .is_some_and(|c| {
+                            c.kind == "log.recovered" && c.file.as_deref() == Some(name.as_str())
+                        });
+                    let sealed_elsewhere = index + 1 == lines.len();
+                    if sealed || (sealed_elsewhere && recovered_later(dir, &files, name)) {
+                        report.notes.push(problem(
+                            number,
+                            "partial record from a crash, sealed at restart".into(),
+                        ));
+                    } else {
+                        report.problems.push(problem(number, e.to_string()));
+                        expected = None;
+                    }
+                    continue;
+                }
+            };
+            let Ok(chain) = serde_json::from_str::<Chain>(line) else {
+                report.problems.push(problem(
+                    number,
+                    "not a record (missing seq, prev_hash or type)".into(),
+                ));
+                expected = None;
+                continue;
+            };
+            report.records += 1;
+            report.first_seq.get_or_insert(chain.seq);
+            match &expected {
+                Some((seq, prev)) => {
+                    if chain.seq != *seq {
+                        let what = if chain.seq > *seq {
+                            format!("{} record(s) missing before it", chain.seq - seq)
+                        } else {
+                            "records out of order".to_owned()
+                        };
+                        report.problems.push(problem(
+                            number,
+                            format!("seq {} where {} was expected: {what}", chain.seq, seq),
+                        ));
+                    } else if chain.prev_hash != prev {
+                        report.problems.push(problem(
+                            number,
+                            "prev_hash does not match the record before it: records were removed, inserted or reordered".into(),
+                        ));
+                    }
+                }
+                None if report.records == 1 && chain.prev_hash != GENESIS => {
+                    report.problems.push(problem(
+                        number,
+                        format!("the log starts in the middle of the chain (seq {}): earlier files are missing", chain.seq),
+                    ));
+                }
+                None => {}
+            }
+            if index == 0 {
+                if chain.kind != "file.start" {
+                    report.problems.push(problem(
+                        number,
+                        "the file does not begin with a file.start record".into(),
+                    ));
+                } else if chain.previous_file != previous_file {
+                    report.problems.push(problem(
+                        number,
+                        format!(
+                            "the file says it follows {} but the file before it is {}: a file is missing or was renamed",
+                            chain.previous_file.as_deref().unwrap_or("nothing"),
+                            previous_file.as_deref().unwrap_or("nothing")
+                        ),
+                    ));
+                }
+            }
+            expected = Some((chain.seq + 1, hash.clone()));
+            report.last_seq = Some(chain.seq);
+            report.last_hash = Some(hash);
+        }
+        previous_file = Some(name.clone());
+    }
+    Ok(report)
+}
+
+/// Whether a later file carries the `log.recovered` record for a partial line at the end of
+/// `name` (the writer starts a new file after sealing).
+fn recovered_later(dir: &Path, files: &[String], name: &str) -> bool {
+    let Some(position) = files.iter().position(|f| f == name) else {
+        return false;
+    };
+    let Some(next) = files.get(position + 1) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join(next)) else {
+        return false;
+    };
+    text.lines().take(2).any(|line| {
+        serde_json::from_str::<Chain>(line)
+            .is_ok_and(|c| c.kind == "log.recovered" && c.file.as_deref() == Some(name))
+    })
+}

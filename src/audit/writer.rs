@@ -1,0 +1,346 @@
+//! The writer: one thread owns the files. Events arrive on a bounded channel; each batch
+//! that is waiting is written with one `write` and made durable with one `fsync` (group
+//! commit), or one fsync per record with `fsync = "always"`. Files rotate by size and by UTC
+//! day; every file starts with a `file.start` record, and the chain continues across files.
+//!
+//! A dedicated thread rather than a tokio task: `fsync` blocks, and it must not stall the
+//! runtime's workers.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use super::event::Event;
+use super::record::{self, GENESIS};
+use super::{file_name, list_files, AuditError, FsyncPolicy, Settings};
+
+/// Queue depth: enough to absorb bursts while an fsync runs.
+const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+enum Command {
+    Record(Event),
+    /// Answered once everything queued before it is on disk.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// A handle to the audit log; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Command>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Record(_) => f.write_str("Record"),
+            Self::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `settings.dir`, continuing the chain of what is there.
+    pub fn open(settings: Settings) -> Result<(Self, std::thread::JoinHandle<()>), AuditError> {
+        let mut writer = Writer::recover(settings)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let thread_healthy = healthy.clone();
+        let thread = std::thread::Builder::new()
+            .name("pgwarden-audit".into())
+            .spawn(move || writer.run(rx, &thread_healthy))
+            .map_err(|e| AuditError::Io {
+                action: "start the audit writer".into(),
+                source: e,
+            })?;
+        Ok((Self { tx, healthy }, thread))
+    }
+
+    /// Hand an event to the writer. Fails when the writer cannot write (so the caller can
+    /// refuse what it was about to do) or has stopped.
+    pub async fn record(&self, event: Event) -> Result<(), AuditError> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return Err(AuditError::Unavailable);
+        }
+        self.tx
+            .send(Command::Record(event))
+            .await
+            .map_err(|_| AuditError::Unavailable)
+    }
+
+    /// Wait until everything recorded so far is durable.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(ack))
+            .await
+            .map_err(|_| AuditError::Unavailable)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Write(e)),
+            Err(_) => Err(AuditError::Unavailable),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
+
+struct Writer {
+    settings: Settings,
+    /// Chain position including records sealed but not yet written.
+    seq: u64,
+    prev_hash: String,
+    /// Chain position of the last record known to be on disk: where to resume after a
+    /// failed write, so the chain never skips.
+    durable: (u64, String),
+    file: Option<Open>,
+    /// Name of the last file written, for the next `file.start`.
+    last_file: Option<String>,
+}
+
+struct Open {
+    file: File,
+    name: String,
+    size: u64,
+    day: u64,
+}
+
+impl Writer {
+    /// Find where the chain stands: the last record of the newest file. A partial last line
+    /// (crash mid-write) is sealed with a newline and reported in a `log.recovered` record.
+    fn recover(settings: Settings) -> Result<Self, AuditError> {
+        std::fs::create_dir_all(&settings.dir).map_err(|e| AuditError::Io {
+            action: format!("create audit directory {}", settings.dir.display()),
+            source: e,
+        })?;
+        let files = list_files(&settings.dir)?;
+        let mut writer = Self {
+            settings,
+            seq: 0,
+            prev_hash: GENESIS.to_owned(),
+            durable: (0, GENESIS.to_owned()),
+            file: None,
+            last_file: None,
+        };
+        let Some(last) = files.last() else {
+            return Ok(writer);
+        };
+        let path = writer.settings.dir.join(last);
+        let mut text = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut text))
+            .map_err(|e| AuditError::Io {
+                action: format!("read {}", path.display()),
+                source: e,
+            })?;
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let torn = text.len() - complete;
+        let last_line = text[..complete.saturating_sub(1)]
+            .rsplit(|&b| b == b'\n')
+            .next()
+            .filter(|l| !l.is_empty());
+        if let Some(line) = last_line {
+            let line =
+                std::str::from_utf8(line).map_err(|_| AuditError::CorruptTail(path.clone()))?;
+            writer.prev_hash =
+                record::check(line).map_err(|_| AuditError::CorruptTail(path.clone()))?;
+            writer.seq =
+                super::seq_of(line).ok_or_else(|| AuditError::CorruptTail(path.clone()))?;
+        }
+        writer.durable = (writer.seq, writer.prev_hash.clone());
+        writer.last_file = Some(last.clone());
+        if torn > 0 {
+            warn!(file = %last, torn_bytes = torn, "audit log ended in a partial record (crash?); sealing it");
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(b"\n").and_then(|()| f.sync_all()))
+                .map_err(|e| AuditError::Io {
+                    action: format!("seal {}", path.display()),
+                    source: e,
+                })?;
+            writer.append_now(&Event::LogRecovered {
+                file: last.clone(),
+                torn_bytes: torn as u64,
+            })?;
+        }
+        Ok(writer)
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>, healthy: &AtomicBool) {
+        let mut batch = Vec::new();
+        let mut acks = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            // Group commit: everything already waiting goes into this write and fsync.
+            let mut next = Some(first);
+            while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {
+                match command {
+                    Command::Record(event) => batch.push(event),
+                    Command::Flush(ack) => acks.push(ack),
+                }
+                if batch.len() >= 4096 {
+                    break;
+                }
+            }
+            let result = self.write_batch(&batch);
+            batch.clear();
+            match &result {
+                Ok(()) => healthy.store(true, Ordering::Release),
+                Err(e) => {
+                    error!(error = %e, "audit log write failed");
+                    healthy.store(false, Ordering::Release);
+                }
+            }
+            for ack in acks.drain(..) {
+                let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            }
+        }
+        if let Some(open) = &self.file {
+            if let Err(e) = open.file.sync_all() {
+                error!(error = %e, "final audit fsync failed");
+            }
+        }
+    }
+
+    fn write_batch(&mut self, events: &[Event]) -> Result<(), AuditError> {
+        let mut pending = Vec::new();
+        for event in events {
+            self.append(event, &mut pending)?;
+            if self.settings.fsync == FsyncPolicy::Always {
+                self.write_out(&mut pending)?;
+            }
+        }
+        self.write_out(&mut pending)
+    }
+
+    fn append_now(&mut self, event: &Event) -> Result<(), AuditError> {
+        let mut pending = Vec::new();
+        self.append(event, &mut pending)?;
+        self.write_out(&mut pending)
+    }
+
+    /// Seal `event` into `pending`, rotating first if needed.
+    fn append(&mut self, event: &Event, pending: &mut Vec<u8>) -> Result<(), AuditError> {
+        let now = now_ms();
+        let day = now / 86_400_000;
+        let rotate = match &self.file {
+            None => true,
+            Some(open) => {
+                open.size + pending.len() as u64 >= self.settings.rotate_size
+                    || (self.settings.rotate_daily && open.day != day)
+            }
+        };
+        if rotate {
+            self.write_out(pending)?;
+            self.start_file(now)?;
+        }
+        self.seal_into(now, event, pending)
+    }
+
+    fn seal_into(
+        &mut self,
+        now: u64,
+        event: &Event,
+        pending: &mut Vec<u8>,
+    ) -> Result<(), AuditError> {
+        let seq = self.seq + 1;
+        let (line, hash) = record::seal(seq, now, &self.prev_hash, event.ocsf(), event)
+            .map_err(|e| AuditError::Write(e.to_string()))?;
+        pending.extend_from_slice(line.as_bytes());
+        pending.push(b'\n');
+        self.seq = seq;
+        self.prev_hash = hash;
+        Ok(())
+    }
+
+    fn start_file(&mut self, now: u64) -> Result<(), AuditError> {
+        if let Some(open) = self.file.take() {
+            open.file.sync_all().map_err(|e| AuditError::Io {
+                action: format!("fsync {}", open.name),
+                source: e,
+            })?;
+        }
+        let name = file_name(now, self.seq + 1);
+        let path: PathBuf = self.settings.dir.join(&name);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| AuditError::Io {
+                action: format!("create {}", path.display()),
+                source: e,
+            })?;
+        sync_dir(&self.settings.dir);
+        self.file = Some(Open {
+            file,
+            name: name.clone(),
+            size: 0,
+            day: now / 86_400_000,
+        });
+        let previous = self.last_file.replace(name);
+        let mut header = Vec::new();
+        self.seal_into(
+            now,
+            &Event::FileStart {
+                previous_file: previous,
+            },
+            &mut header,
+        )?;
+        self.write_out(&mut header)
+    }
+
+    /// Write and (per policy) fsync what is pending in the current file.
+    fn write_out(&mut self, pending: &mut Vec<u8>) -> Result<(), AuditError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let Some(open) = self.file.as_mut() else {
+            return Err(AuditError::Write("no audit file open".into()));
+        };
+        let start = open.size;
+        if let Err(e) = open
+            .file
+            .write_all(pending)
+            .and_then(|()| open.file.sync_data())
+        {
+            // Leave no half batch behind and rewind the chain to the last durable record; the
+            // next attempt starts a fresh file from there. The events of this batch are lost,
+            // which the error reports (and the writer's health flag makes callers refuse).
+            let _ = open.file.set_len(start);
+            let name = open.name.clone();
+            self.file = None;
+            (self.seq, self.prev_hash) = self.durable.clone();
+            pending.clear();
+            return Err(AuditError::Io {
+                action: format!("write {name}"),
+                source: e,
+            });
+        }
+        open.size += pending.len() as u64;
+        self.durable = (self.seq, self.prev_hash.clone());
+        pending.clear();
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Make the new file's directory entry durable too; best effort (not all filesystems).
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

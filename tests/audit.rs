@@ -1,0 +1,128 @@
+//! The audit log through real clients: logins, sessions and failures are recorded with the
+//! identity, never with a secret, and the directory verifies clean.
+
+mod common;
+
+use common::{sqlstate, Proxy, ProxyOptions, ALICE_PASSWORD};
+
+fn audit_dir(name: &str) -> std::path::PathBuf {
+    let dir = common::harness().dir.join(format!("audit-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn all_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    pgwarden::audit::list_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_failed_logins_are_audited_without_secrets() {
+    let dir = audit_dir("sessions");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
+        ..Default::default()
+    })
+    .await;
+    let conninfo = proxy.conninfo(
+        "alice",
+        ALICE_PASSWORD,
+        "sslmode=disable application_name=billing",
+    );
+    let client = proxy.try_connect(&conninfo).await.unwrap();
+    client.simple_query("SELECT 1; SELECT 2").await.unwrap();
+    drop(client);
+    let wrong = "Not-Alices-Secret-42";
+    let err = proxy
+        .try_connect(&proxy.conninfo("alice", wrong, "sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    // Let the session end be recorded, then stop (which flushes).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+
+    let records = all_records(&dir);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "file.start",
+        "proxy.start",
+        "session.start",
+        "session.end",
+        "auth.failure",
+        "proxy.stop",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} record in {kinds:?}");
+    }
+    let start = records
+        .iter()
+        .find(|r| r["type"] == "session.start")
+        .unwrap();
+    assert_eq!(start["actor"]["user"]["name"], "alice");
+    assert_eq!(start["actor"]["user"]["groups"], serde_json::json!(["dev"]));
+    assert_eq!(start["actor"]["user"]["auth_method"], "local-scram");
+    assert_eq!(start["role"], "app_rw");
+    assert_eq!(start["database"], "app");
+    assert_eq!(start["application_name"], "billing");
+    assert_eq!(start["class_uid"], 3002);
+    let end = records.iter().find(|r| r["type"] == "session.end").unwrap();
+    assert_eq!(end["session"], start["session"]);
+    assert!(end["statements"].as_u64().unwrap() >= 1);
+    let failure = records
+        .iter()
+        .find(|r| r["type"] == "auth.failure")
+        .unwrap();
+    assert_eq!(failure["user"], "alice");
+    assert_eq!(failure["reason"], "invalid_credentials");
+
+    // No password ever reaches the files, right or wrong.
+    for file in pgwarden::audit::list_files(&dir).unwrap() {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(!text.contains(wrong) && !text.contains(ALICE_PASSWORD));
+    }
+
+    // And the directory verifies with the command a reviewer runs.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["audit", "verify"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("OK: "), "{stdout}");
+
+    // Tampering is caught by the same command, with the place.
+    let files = pgwarden::audit::list_files(&dir).unwrap();
+    let path = dir.join(&files[0]);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("\"alice\"", "\"mallory\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["audit", "verify"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("PROBLEM: {}:", files[0])) && stdout.contains("altered"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,215 @@
+//! The audit log's files: written by the real writer, checked by `audit verify` logic, and
+//! tampered with in every way a reviewer must catch.
+
+use std::path::{Path, PathBuf};
+
+use pgwarden::audit::event::{Endpoint, Event};
+use pgwarden::audit::verify::verify_dir;
+use pgwarden::audit::{list_files, AuditLog, FsyncPolicy, Settings};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgwarden-audit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn settings(dir: &Path) -> Settings {
+    // Small files so that a few hundred records span several of them.
+    Settings {
+        dir: dir.to_owned(),
+        fsync: FsyncPolicy::Batch,
+        rotate_size: 8 * 1024,
+        rotate_daily: true,
+    }
+}
+
+fn failure(i: usize) -> Event {
+    Event::AuthFailure {
+        user: format!("user-{i}"),
+        src_endpoint: Endpoint {
+            ip: "127.0.0.1".into(),
+            port: 40_000 + (i % 1000) as u16,
+        },
+        reason: "invalid_password".into(),
+    }
+}
+
+/// Write `count` events with a fresh writer (continuing whatever `dir` holds).
+async fn write_events(dir: &Path, range: std::ops::Range<usize>) {
+    let (log, thread) = AuditLog::open(settings(dir)).unwrap();
+    for i in range {
+        log.record(failure(i)).await.unwrap();
+    }
+    log.flush().await.unwrap();
+    drop(log);
+    thread.join().unwrap();
+}
+
+fn copy_dir(from: &Path, name: &str) -> PathBuf {
+    let to = temp_dir(name);
+    for file in list_files(from).unwrap() {
+        std::fs::copy(from.join(&file), to.join(&file)).unwrap();
+    }
+    to
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+}
+
+/// A clean log of 300 events over at least 3 files, written by two writer runs.
+async fn clean_log(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    write_events(&dir, 0..150).await;
+    write_events(&dir, 150..300).await;
+    dir
+}
+
+#[tokio::test]
+async fn an_untouched_log_verifies_clean_across_rotated_files() {
+    let dir = clean_log("clean").await;
+    let files = list_files(&dir).unwrap();
+    assert!(files.len() >= 3, "expected rotation, got {files:?}");
+    let report = verify_dir(&dir).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // 300 events plus one file.start per file.
+    assert_eq!(report.records, 300 + files.len() as u64);
+    assert_eq!(report.first_seq, Some(1));
+    assert_eq!(report.last_seq, Some(report.records));
+    // Secrets cannot be there, but the claimed user and the reason are.
+    let text = std::fs::read_to_string(dir.join(&files[0])).unwrap();
+    assert!(text.contains("\"type\":\"auth.failure\"") && text.contains("\"class_uid\":3002"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn every_kind_of_tampering_is_detected_with_its_place() {
+    let clean = clean_log("tamper").await;
+    let files = list_files(&clean).unwrap();
+    let middle = &files[1];
+
+    // One changed byte in a record.
+    let dir = copy_dir(&clean, "byte");
+    let mut content = lines(&dir.join(middle));
+    content[3] = content[3].replacen("user-", "usex-", 1);
+    write_lines(&dir.join(middle), &content);
+    let report = verify_dir(&dir).unwrap();
+    assert_eq!(report.problems[0].file, *middle);
+    assert_eq!(report.problems[0].line, 4);
+    assert!(
+        report.problems[0].message.contains("altered"),
+        "{}",
+        report.problems[0]
+    );
+
+    // A deleted record.
+    let dir = copy_dir(&clean, "deleted");
+    let mut content = lines(&dir.join(middle));
+    content.remove(5);
+    write_lines(&dir.join(middle), &content);
+    let report = verify_dir(&dir).unwrap();
+    assert_eq!(
+        (report.problems[0].file.as_str(), report.problems[0].line),
+        (middle.as_str(), 6)
+    );
+    assert!(
+        report.problems[0].message.contains("missing"),
+        "{}",
+        report.problems[0]
+    );
+
+    // Two records swapped.
+    let dir = copy_dir(&clean, "swapped");
+    let mut content = lines(&dir.join(middle));
+    content.swap(4, 5);
+    write_lines(&dir.join(middle), &content);
+    let report = verify_dir(&dir).unwrap();
+    assert_eq!(report.problems[0].line, 5);
+    assert!(!report.is_clean());
+
+    // A deleted middle file.
+    let dir = copy_dir(&clean, "middle");
+    std::fs::remove_file(dir.join(middle)).unwrap();
+    let report = verify_dir(&dir).unwrap();
+    assert_eq!(
+        (report.problems[0].file.as_str(), report.problems[0].line),
+        (files[2].as_str(), 1)
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("file is missing")),
+        "{:?}",
+        report.problems
+    );
+
+    // The first file deleted: the log starts mid-chain.
+    let dir = copy_dir(&clean, "first");
+    std::fs::remove_file(dir.join(&files[0])).unwrap();
+    let report = verify_dir(&dir).unwrap();
+    assert!(
+        report.problems[0]
+            .message
+            .contains("earlier files are missing"),
+        "{}",
+        report.problems[0]
+    );
+
+    // A truncated tail (cut in the middle of a record).
+    let dir = copy_dir(&clean, "truncated");
+    let last = files.last().unwrap();
+    let bytes = std::fs::read(dir.join(last)).unwrap();
+    std::fs::write(dir.join(last), &bytes[..bytes.len() - 20]).unwrap();
+    let report = verify_dir(&dir).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.file == *last && p.message.contains("partial record")),
+        "{:?}",
+        report.problems
+    );
+
+    std::fs::remove_dir_all(clean).unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_mid_write_is_sealed_and_the_chain_continues() {
+    let dir = temp_dir("crash");
+    write_events(&dir, 0..50).await;
+    // Simulate a crash during a write: half a record at the end of the newest file.
+    let last = list_files(&dir).unwrap().pop().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join(&last))
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"seq\":999,\"time\":1,\"prev_ha").unwrap();
+    drop(file);
+    // Restart: the partial line is sealed and reported, not merged into the next record.
+    write_events(&dir, 50..60).await;
+    let report = verify_dir(&dir).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+    assert!(report.notes[0].message.contains("crash"));
+    let newest = list_files(&dir).unwrap().pop().unwrap();
+    let text = std::fs::read_to_string(dir.join(newest)).unwrap();
+    assert!(
+        text.contains("\"type\":\"log.recovered\"") && text.contains("\"torn_bytes\":28"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
