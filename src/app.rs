@@ -103,8 +103,13 @@ impl Server {
         let addr = config.server.listen;
         let audit = match &config.audit {
             None => None,
-            Some(settings) => Some(AuditLog::open(settings.clone())?.0),
+            Some(settings) => Some((AuditLog::open(settings.clone())?.0, settings.clone())),
         };
+        let checkpoints = audit
+            .as_ref()
+            .filter(|(_, settings)| settings.signing_key.is_some())
+            .map(|(log, settings)| (log.clone(), settings.checkpoint_interval));
+        let audit = audit.map(|(log, _)| log);
         let snapshot = build_snapshot(config)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -127,6 +132,21 @@ impl Server {
                     listen: local_addr.to_string(),
                 })
                 .await?;
+        }
+        if let Some((log, interval)) = checkpoints {
+            // Also when idle: a checkpoint proves the log was alive and whole up to then.
+            let mut phase = ctx.shutdown.watch();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => if log.checkpoint().await.is_err() { break },
+                        // The shutdown path writes the final checkpoint.
+                        _ = phase.changed() => break,
+                    }
+                }
+            });
         }
         let tracker = TaskTracker::new();
         tracker.spawn(listener::accept_loop(
@@ -238,7 +258,13 @@ impl Server {
             let stop = Event::ProxyStop {
                 reason: stop_reason.to_owned(),
             };
-            if let Err(e) = audit.record(stop).await.and(audit.flush().await) {
+            // The final checkpoint signs everything, the stop record included.
+            let result = async {
+                audit.record(stop).await?;
+                audit.checkpoint().await?;
+                audit.flush().await
+            };
+            if let Err(e) = result.await {
                 error!(error = %e, "could not write the final audit records");
             }
         }

@@ -97,6 +97,24 @@ enum AuditCommand {
     Verify {
         /// The audit directory ([audit] dir in the config).
         dir: PathBuf,
+        /// Verify checkpoint signatures with this public key (`pgwarden audit pubkey`
+        /// output). Without it, checkpoints are checked for position but not signature.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Create an Ed25519 signing key for audit checkpoints ([audit] signing_key).
+    ///
+    /// Writes a PKCS#8 PEM file readable only by its owner; refuses to overwrite.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key of a signing key, for reviewers' `audit verify --pubkey`.
+    Pubkey {
+        /// The private key file written by `audit keygen`.
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -122,9 +140,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::HashPassword => hash_password(),
-        Command::Audit {
-            command: AuditCommand::Verify { dir },
-        } => audit_verify(&dir),
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { dir, pubkey } => audit_verify(&dir, pubkey.as_deref()),
+            AuditCommand::Keygen { out } => audit_keygen(&out),
+            AuditCommand::Pubkey { key } => audit_pubkey(&key),
+        },
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => {
             init_logging(cli.log_format);
@@ -192,8 +212,60 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn audit_verify(dir: &std::path::Path) -> ExitCode {
-    let report = match pgwarden::audit::verify::verify_dir(dir) {
+fn audit_keygen(out: &std::path::Path) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pem = match pgwarden::audit::checkpoint::SigningKey::generate_pem() {
+        Ok(pem) => pem,
+        Err(e) => {
+            eprintln!("pgwarden: cannot generate a key: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| f.write_all(pem.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("pgwarden: cannot write {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "wrote {}; set [audit] signing_key = \"file:{}\"",
+        out.display(),
+        out.display()
+    );
+    audit_pubkey(out)
+}
+
+fn audit_pubkey(key: &std::path::Path) -> ExitCode {
+    let key = std::fs::read_to_string(key)
+        .map_err(|e| format!("cannot read {}: {e}", key.display()))
+        .and_then(|pem| pgwarden::audit::checkpoint::SigningKey::from_pem(&pem));
+    match key {
+        Ok(key) => {
+            println!("{}", key.public_key());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgwarden: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> ExitCode {
+    let public_key = match pubkey.map(pgwarden::audit::checkpoint::PublicKey::load) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(e)) => {
+            eprintln!("pgwarden: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match pgwarden::audit::verify::verify_dir_with(dir, public_key.as_ref()) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("pgwarden: {e}");
@@ -210,6 +282,18 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
         (Some(first), Some(last)) => format!("seq {first}..={last}"),
         _ => "no records".to_owned(),
     };
+    match (public_key.is_some(), report.last_checkpoint) {
+        (true, Some(seq)) => println!(
+            "signed: {} checkpoint(s) verified, the last covering seq {seq}; {} record(s) after it are not covered by a signature",
+            report.checkpoints, report.unsigned_tail
+        ),
+        (true, None) => println!("signed: no checkpoint found; no record is covered by a signature"),
+        (false, _) if report.checkpoints > 0 => println!(
+            "signed: {} checkpoint(s) found but not verified (pass --pubkey)",
+            report.checkpoints
+        ),
+        (false, _) => {}
+    }
     if report.is_clean() {
         println!(
             "OK: {} records in {} files ({range}), chain intact; last hash {}",

@@ -126,3 +126,72 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
         "{stdout}"
     );
 }
+
+fn pgwarden(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() {
+    let dir = audit_dir("signed");
+    let key = common::harness()
+        .dir
+        .join(format!("audit-key-{}.pem", std::process::id()));
+    let _ = std::fs::remove_file(&key);
+    let made = pgwarden(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let public = String::from_utf8(made.stdout).unwrap();
+    assert!(public.starts_with("ed25519:"), "{public}");
+    let again = pgwarden(&["audit", "pubkey", "--key", key.to_str().unwrap()]);
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), public);
+    // Never overwrite a key.
+    assert!(
+        !pgwarden(&["audit", "keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let pubkey = common::write_file("audit.pub", &public);
+
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!(
+            "[audit]\ndir = \"{}\"\nsigning_key = \"file:{}\"\ncheckpoint_interval = \"200ms\"\n",
+            dir.display(),
+            key.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    // Idle for a while: checkpoints keep coming.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    drop(client);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+
+    let checkpoints = all_records(&dir)
+        .iter()
+        .filter(|r| r["type"] == "checkpoint")
+        .count();
+    assert!(checkpoints >= 3, "{checkpoints} checkpoints");
+    let out = pgwarden(&[
+        "audit",
+        "verify",
+        dir.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // The final checkpoint at shutdown covers everything but itself.
+    assert!(
+        stdout.contains("checkpoint(s) verified") && stdout.contains("0 record(s) after it"),
+        "{stdout}"
+    );
+}

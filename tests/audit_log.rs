@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use pgwarden::audit::checkpoint::{PublicKey, SigningKey};
 use pgwarden::audit::event::{Endpoint, Event};
-use pgwarden::audit::verify::verify_dir;
+use pgwarden::audit::verify::{verify_dir, verify_dir_with};
 use pgwarden::audit::{list_files, AuditLog, FsyncPolicy, Settings};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -21,6 +22,8 @@ fn settings(dir: &Path) -> Settings {
         fsync: FsyncPolicy::Batch,
         rotate_size: 8 * 1024,
         rotate_daily: true,
+        signing_key: None,
+        checkpoint_interval: std::time::Duration::from_secs(60),
     }
 }
 
@@ -210,6 +213,103 @@ async fn a_crash_mid_write_is_sealed_and_the_chain_continues() {
     assert!(
         text.contains("\"type\":\"log.recovered\"") && text.contains("\"torn_bytes\":28"),
         "{text}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Rewrite a log the way an attacker with write access would: change `edit`ed lines, then
+/// recompute every hash and prev_hash so the chain is consistent again. Only a signature can
+/// tell.
+fn rechain(dir: &Path, fix_checkpoints: bool, edit: impl Fn(&str) -> String) {
+    use sha2::Digest;
+    let mut prev = pgwarden::audit::record::GENESIS.to_owned();
+    for file in list_files(dir).unwrap() {
+        let mut out = Vec::new();
+        for line in lines(&dir.join(&file)) {
+            let body = &line[..line.len() - 75];
+            let old_prev = body.split("\"prev_hash\":\"").nth(1).unwrap()[..64].to_owned();
+            let mut body = edit(&body.replacen(&old_prev, &prev, 1));
+            if fix_checkpoints && body.contains("\"type\":\"checkpoint\"") {
+                let old = body.split("\"covers_hash\":\"").nth(1).unwrap()[..64].to_owned();
+                body = body.replacen(&old, &prev, 1);
+            }
+            let hash = pgwarden::audit::record::hex(&sha2::Sha256::digest(format!("{body}}}")));
+            out.push(format!("{body},\"hash\":\"{hash}\"}}"));
+            prev = hash;
+        }
+        write_lines(&dir.join(&file), &out);
+    }
+}
+
+#[tokio::test]
+async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail() {
+    let dir = temp_dir("signed");
+    let pem = SigningKey::generate_pem().unwrap();
+    let key = SigningKey::from_pem(&pem).unwrap();
+    let public = PublicKey::parse(&key.public_key()).unwrap();
+    let mut signed = settings(&dir);
+    signed.signing_key = Some(pgwarden::config::Secret::resolve(&pem, &dir).unwrap().0);
+    let (log, thread) = AuditLog::open(signed).unwrap();
+    for i in 0..100 {
+        log.record(failure(i)).await.unwrap();
+        if i == 49 || i == 89 {
+            log.checkpoint().await.unwrap();
+        }
+    }
+    log.flush().await.unwrap();
+    drop(log);
+    thread.join().unwrap();
+
+    let report = verify_dir_with(&dir, Some(&public)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.checkpoints, 2);
+    // The ten events after the second checkpoint (plus any file.start among them).
+    assert!(
+        (10..=12).contains(&report.unsigned_tail),
+        "{}",
+        report.unsigned_tail
+    );
+
+    // Someone with write access changes a record and recomputes the whole chain.
+    let forged = copy_dir(&dir, "forged");
+    rechain(&forged, false, |body| {
+        body.replace("\"user-7\"", "\"user-X\"")
+    });
+    // The checkpoints still name the old hashes.
+    let report = verify_dir(&forged).unwrap();
+    assert!(
+        report.problems[0].message.contains("does not cover"),
+        "{:?}",
+        report.problems
+    );
+
+    // ... and also rewrites what the checkpoints claim to cover: the signature fails.
+    let forged = copy_dir(&dir, "forged2");
+    rechain(&forged, true, |body| {
+        body.replace("\"user-7\"", "\"user-X\"")
+    });
+    assert!(
+        verify_dir(&forged).unwrap().is_clean(),
+        "without the key the rewrite is consistent"
+    );
+    let report = verify_dir_with(&forged, Some(&public)).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("signature is invalid")),
+        "{:?}",
+        report.problems
+    );
+
+    // A log signed with someone else's key is not accepted either.
+    let other = SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap();
+    let other_public = PublicKey::parse(&other.public_key()).unwrap();
+    let report = verify_dir_with(&dir, Some(&other_public)).unwrap();
+    assert!(
+        report.problems[0].message.contains("another key"),
+        "{:?}",
+        report.problems
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

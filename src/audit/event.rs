@@ -53,6 +53,16 @@ pub enum Event {
     /// the partial bytes are sealed off by a newline and counted here.
     #[serde(rename = "log.recovered")]
     LogRecovered { file: String, torn_bytes: u64 },
+    /// Signs the chain head: the seq and hash of the record just before this one.
+    #[serde(rename = "checkpoint")]
+    Checkpoint {
+        covers_seq: u64,
+        covers_hash: String,
+        /// First 8 bytes (hex) of SHA-256 of the Ed25519 public key.
+        key_id: String,
+        /// Base64 Ed25519 signature of [`super::checkpoint::message`].
+        signature: String,
+    },
     #[serde(rename = "proxy.start")]
     ProxyStart { version: String, listen: String },
     #[serde(rename = "proxy.stop")]
@@ -107,7 +117,7 @@ impl Event {
     /// log's own bookkeeping records.
     pub fn ocsf(&self) -> Option<(u32, u32)> {
         match self {
-            Self::FileStart { .. } | Self::LogRecovered { .. } => None,
+            Self::FileStart { .. } | Self::LogRecovered { .. } | Self::Checkpoint { .. } => None,
             Self::ProxyStart { .. } => Some((6002, 3)),
             Self::ProxyStop { .. } => Some((6002, 4)),
             Self::ConfigReload { .. } => Some((6002, 99)),

@@ -6,6 +6,7 @@
 //! * [`writer`]: the thread that owns the files (group commit, rotation, crash recovery);
 //! * [`verify`]: `pgwarden audit verify`.
 
+pub mod checkpoint;
 pub mod event;
 pub mod record;
 pub mod verify;
@@ -37,6 +38,10 @@ pub struct Settings {
     pub rotate_size: u64,
     /// Start a new file when the UTC day changes.
     pub rotate_daily: bool,
+    /// Ed25519 key (PKCS#8 PEM) for signed checkpoints, if configured.
+    pub signing_key: Option<crate::config::Secret>,
+    /// How often a checkpoint is written (also when idle).
+    pub checkpoint_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,8 @@ pub enum AuditError {
     Write(String),
     #[error("the audit log is not accepting records")]
     Unavailable,
+    #[error("audit signing key: {0}")]
+    Key(String),
     #[error("the last record of {0} is damaged; run `pgwarden audit verify` on the directory before starting")]
     CorruptTail(PathBuf),
 }

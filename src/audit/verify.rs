@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::checkpoint::PublicKey;
 use super::record::{self, GENESIS};
 use super::{list_files, AuditError};
 
@@ -40,6 +41,15 @@ pub struct Report {
     pub problems: Vec<Finding>,
     /// Things a reviewer should know that are not tampering (a crash's sealed partial line).
     pub notes: Vec<Finding>,
+    /// Checkpoint records found (and, with a public key, whose signatures verified).
+    pub checkpoints: u64,
+    /// Seq of the record the last valid checkpoint covers.
+    pub last_checkpoint: Option<u64>,
+    /// Seq of the last valid checkpoint record itself.
+    last_checkpoint_record: Option<u64>,
+    /// Records after the last valid checkpoint: not covered by any signature, so their
+    /// truncation could not be detected.
+    pub unsigned_tail: u64,
 }
 
 impl Report {
@@ -59,10 +69,24 @@ struct Chain<'a> {
     previous_file: Option<String>,
     #[serde(default)]
     file: Option<String>,
+    #[serde(default)]
+    covers_seq: Option<u64>,
+    #[serde(default)]
+    covers_hash: Option<&'a str>,
+    #[serde(default)]
+    key_id: Option<&'a str>,
+    #[serde(default)]
+    signature: Option<&'a str>,
 }
 
-/// Verify every audit file in `dir`.
+/// Verify every audit file in `dir` (checkpoint signatures are not checked; see
+/// [`verify_dir_with`]).
 pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
+    verify_dir_with(dir, None)
+}
+
+/// Verify every audit file in `dir`, and checkpoint signatures with `public_key`.
+pub fn verify_dir_with(dir: &Path, public_key: Option<&PublicKey>) -> Result<Report, AuditError> {
     let mut report = Report::default();
     // What the next record must carry; `None` right after a break (resynchronize there).
     let mut expected: Option<(u64, String)> = None;
@@ -177,13 +201,59 @@ pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
                     ));
                 }
             }
+            if chain.kind == "checkpoint" {
+                match check_checkpoint(&chain, expected.as_ref(), public_key) {
+                    Ok(()) => {
+                        report.checkpoints += 1;
+                        report.last_checkpoint = chain.covers_seq;
+                        report.last_checkpoint_record = Some(chain.seq);
+                    }
+                    Err(message) => report.problems.push(problem(number, message)),
+                }
+            }
             expected = Some((chain.seq + 1, hash.clone()));
             report.last_seq = Some(chain.seq);
             report.last_hash = Some(hash);
         }
         previous_file = Some(name.clone());
     }
+    if let Some(last) = report.last_seq {
+        // The checkpoint record carries the signature; what follows it is unsigned.
+        report.unsigned_tail = last - report.last_checkpoint_record.unwrap_or(0);
+    }
     Ok(report)
+}
+
+/// A checkpoint must sign exactly the record before it, with the expected key.
+fn check_checkpoint(
+    chain: &Chain<'_>,
+    expected: Option<&(u64, String)>,
+    public_key: Option<&PublicKey>,
+) -> Result<(), String> {
+    let (Some(covers_seq), Some(covers_hash), Some(key_id), Some(signature)) = (
+        chain.covers_seq,
+        chain.covers_hash,
+        chain.key_id,
+        chain.signature,
+    ) else {
+        return Err("checkpoint without covers_seq, covers_hash, key_id or signature".into());
+    };
+    if let Some((next_seq, prev_hash)) = expected {
+        if covers_seq + 1 != *next_seq || covers_hash != prev_hash {
+            return Err("checkpoint does not cover the record before it".into());
+        }
+    }
+    let Some(key) = public_key else { return Ok(()) };
+    if key.key_id() != key_id {
+        return Err(format!(
+            "checkpoint signed by another key ({key_id}, expected {})",
+            key.key_id()
+        ));
+    }
+    if !key.verify(covers_seq, covers_hash, signature) {
+        return Err("checkpoint signature is invalid: forged or altered".into());
+    }
+    Ok(())
 }
 
 /// Whether a later file carries the `log.recovered` record for a partial line at the end of

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
+use super::checkpoint::SigningKey;
 use super::event::Event;
 use super::record::{self, GENESIS};
 use super::{file_name, list_files, AuditError, FsyncPolicy, Settings};
@@ -25,6 +26,8 @@ const CHANNEL_CAPACITY: usize = 16 * 1024;
 
 enum Command {
     Record(Event),
+    /// Sign the chain head (no-op without a signing key).
+    Checkpoint,
     /// Answered once everything queued before it is on disk.
     Flush(oneshot::Sender<Result<(), String>>),
 }
@@ -40,6 +43,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Record(_) => f.write_str("Record"),
+            Self::Checkpoint => f.write_str("Checkpoint"),
             Self::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -74,6 +78,14 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable)
     }
 
+    /// Append a signed checkpoint of everything recorded so far.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        self.tx
+            .send(Command::Checkpoint)
+            .await
+            .map_err(|_| AuditError::Unavailable)
+    }
+
     /// Wait until everything recorded so far is durable.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
@@ -93,8 +105,17 @@ impl AuditLog {
     }
 }
 
+// Items live in one reused Vec and are never moved one by one, so the size difference costs
+// nothing, while boxing would allocate per event.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Event(Event),
+    Checkpoint,
+}
+
 struct Writer {
     settings: Settings,
+    key: Option<SigningKey>,
     /// Chain position including records sealed but not yet written.
     seq: u64,
     prev_hash: String,
@@ -122,7 +143,12 @@ impl Writer {
             source: e,
         })?;
         let files = list_files(&settings.dir)?;
+        let key = match &settings.signing_key {
+            None => None,
+            Some(pem) => Some(SigningKey::from_pem(pem.expose()).map_err(AuditError::Key)?),
+        };
         let mut writer = Self {
+            key,
             settings,
             seq: 0,
             prev_hash: GENESIS.to_owned(),
@@ -183,7 +209,8 @@ impl Writer {
             let mut next = Some(first);
             while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {
                 match command {
-                    Command::Record(event) => batch.push(event),
+                    Command::Record(event) => batch.push(Item::Event(event)),
+                    Command::Checkpoint => batch.push(Item::Checkpoint),
                     Command::Flush(ack) => acks.push(ack),
                 }
                 if batch.len() >= 4096 {
@@ -210,10 +237,22 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, events: &[Event]) -> Result<(), AuditError> {
+    fn write_batch(&mut self, items: &[Item]) -> Result<(), AuditError> {
         let mut pending = Vec::new();
-        for event in events {
-            self.append(event, &mut pending)?;
+        for item in items {
+            match item {
+                Item::Event(event) => self.append(event, &mut pending)?,
+                Item::Checkpoint => {
+                    let Some(key) = &self.key else { continue };
+                    let event = Event::Checkpoint {
+                        covers_seq: self.seq,
+                        covers_hash: self.prev_hash.clone(),
+                        key_id: key.key_id(),
+                        signature: key.sign(self.seq, &self.prev_hash),
+                    };
+                    self.append(&event, &mut pending)?;
+                }
+            }
             if self.settings.fsync == FsyncPolicy::Always {
                 self.write_out(&mut pending)?;
             }

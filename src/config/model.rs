@@ -35,6 +35,9 @@ struct AuditSection {
     rotate_size: Option<ByteSize>,
     #[serde(default)]
     rotate_daily: Option<bool>,
+    /// Secret reference to an Ed25519 PKCS#8 PEM key (`pgwarden audit keygen`).
+    signing_key: Option<String>,
+    checkpoint_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,11 +381,47 @@ pub fn validate(
                     "must be at least 4KiB".into(),
                 ));
             }
+            let signing_key = match a.signing_key {
+                None => {
+                    warnings.push(
+                        "no audit.signing_key: the audit log has no signed checkpoints".into(),
+                    );
+                    None
+                }
+                Some(reference) => {
+                    let (pem, inline) = Secret::resolve(&reference, &base_dir)
+                        .map_err(|m| invalid("audit.signing_key".into(), m))?;
+                    if inline {
+                        return Err(invalid(
+                            "audit.signing_key".into(),
+                            "must be a reference: \"file:PATH\" or \"env:NAME\"".into(),
+                        ));
+                    }
+                    crate::audit::checkpoint::SigningKey::from_pem(pem.expose()).map_err(|m| {
+                        invalid(
+                            "audit.signing_key".into(),
+                            format!("{m} (create one with `pgwarden audit keygen`)"),
+                        )
+                    })?;
+                    Some(pem)
+                }
+            };
+            let checkpoint_interval = a
+                .checkpoint_interval
+                .map_or(std::time::Duration::from_secs(60), |d| d.0);
+            if checkpoint_interval.is_zero() {
+                return Err(invalid(
+                    "audit.checkpoint_interval".into(),
+                    "must be more than 0".into(),
+                ));
+            }
             Some(AuditSettings {
                 dir: resolve_path(a.dir),
                 fsync: a.fsync.unwrap_or(FsyncPolicy::Batch),
                 rotate_size,
                 rotate_daily: a.rotate_daily.unwrap_or(true),
+                signing_key,
+                checkpoint_interval,
             })
         }
     };
