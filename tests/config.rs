@@ -8,6 +8,8 @@ fn example_in_temp_dir(test: &str) -> (std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("pgwarden-config-{test}-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
     std::fs::write(dir.join("secrets/app_ro.password"), "ro-secret\n").unwrap();
+    let key = pgwarden::audit::checkpoint::SigningKey::generate_pem().unwrap();
+    std::fs::write(dir.join("secrets/audit.key"), key).unwrap();
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml"))
             .unwrap();
@@ -27,6 +29,9 @@ fn the_example_config_is_valid() {
     );
     assert_eq!(config.local_users["ci-bot"].groups, ["ci"]);
     assert_eq!(config.access.len(), 2);
+    let audit = config.audit.as_ref().unwrap();
+    assert_eq!(audit.dir, dir.join("audit"));
+    assert!(audit.signing_key.is_some());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
