@@ -102,6 +102,42 @@ enum AuditCommand {
         #[arg(long)]
         pubkey: Option<PathBuf>,
     },
+    /// Find records by who, when and what, across rotated files.
+    ///
+    /// All given filters must match. Prints a table, or the records themselves as JSON
+    /// lines with --json. Times are UTC: 2026-11-27, 2026-11-27T06:30[:15][Z], or an age
+    /// such as 15m, 2h, 7d.
+    Search {
+        /// The audit directory.
+        dir: PathBuf,
+        /// The person: their logins, failed logins and everything in their sessions.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only records at or after this time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Record type, e.g. session.start, auth.failure, statement.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Session id (from session.start).
+        #[arg(long)]
+        session: Option<u64>,
+        /// A statement's decision (allow, deny, approve).
+        #[arg(long)]
+        decision: Option<String>,
+        /// A table a statement touched.
+        #[arg(long)]
+        table: Option<String>,
+        /// Case-insensitive text anywhere in the record.
+        #[arg(long)]
+        text: Option<String>,
+        /// Print matching records as JSON lines, exactly as stored.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create an Ed25519 signing key for audit checkpoints ([audit] signing_key).
     ///
     /// Writes a PKCS#8 PEM file readable only by its owner; refuses to overwrite.
@@ -143,6 +179,45 @@ fn main() -> ExitCode {
         Command::Audit { command } => match command {
             AuditCommand::Verify { dir, pubkey } => audit_verify(&dir, pubkey.as_deref()),
             AuditCommand::Keygen { out } => audit_keygen(&out),
+            AuditCommand::Search {
+                dir,
+                user,
+                since,
+                until,
+                kind,
+                session,
+                decision,
+                table,
+                text,
+                json,
+            } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let parse = |t: Option<String>| {
+                    t.map(|t| pgwarden::audit::search::parse_time(&t, now))
+                        .transpose()
+                };
+                match (parse(since), parse(until)) {
+                    (Ok(since), Ok(until)) => {
+                        let query = pgwarden::audit::search::Query {
+                            user,
+                            since,
+                            until,
+                            kind,
+                            session,
+                            decision,
+                            table,
+                            text,
+                        };
+                        audit_search(&dir, &query, json)
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("pgwarden: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
             AuditCommand::Pubkey { key } => audit_pubkey(&key),
         },
         Command::CheckConfig { config } => check_config(&config),
@@ -210,6 +285,75 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+fn audit_search(
+    dir: &std::path::Path,
+    query: &pgwarden::audit::search::Query,
+    json: bool,
+) -> ExitCode {
+    use pgwarden::audit::search::{format_time, search};
+    let hits = match search(dir, query) {
+        Ok(hits) => hits,
+        Err(e) => {
+            eprintln!("pgwarden: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        for hit in &hits {
+            println!("{}", hit.raw);
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<24} {:>8} {:<14} {:>7} {:<16} detail",
+        "time (UTC)", "seq", "type", "session", "user"
+    );
+    for hit in &hits {
+        let r = &hit.record;
+        let user = r["actor"]["user"]["name"]
+            .as_str()
+            .or_else(|| r["user"].as_str())
+            .unwrap_or("");
+        let detail = match r["type"].as_str().unwrap_or("") {
+            "session.start" => format!(
+                "db={} role={} from {}:{} tls={}",
+                r["database"].as_str().unwrap_or(""),
+                r["role"].as_str().unwrap_or(""),
+                r["src_endpoint"]["ip"].as_str().unwrap_or(""),
+                r["src_endpoint"]["port"],
+                r["tls"].as_str().unwrap_or("off")
+            ),
+            "session.end" => format!(
+                "{} after {} ms, {} statements",
+                r["ending"].as_str().unwrap_or(""),
+                r["duration_ms"],
+                r["statements"]
+            ),
+            "auth.failure" => format!(
+                "{} from {}",
+                r["reason"].as_str().unwrap_or(""),
+                r["src_endpoint"]["ip"].as_str().unwrap_or("")
+            ),
+            "checkpoint" => format!("covers seq {}", r["covers_seq"]),
+            _ => String::new(),
+        };
+        println!(
+            "{:<24} {:>8} {:<14} {:>7} {:<16} {}",
+            format_time(r["time"].as_u64().unwrap_or(0)),
+            r["seq"],
+            r["type"].as_str().unwrap_or(""),
+            r["session"]
+                .as_u64()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            user,
+            detail
+        );
+    }
+    eprintln!("{} record(s)", hits.len());
+    ExitCode::SUCCESS
 }
 
 fn audit_keygen(out: &std::path::Path) -> ExitCode {

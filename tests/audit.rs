@@ -107,6 +107,55 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
     );
     assert!(stdout.starts_with("OK: "), "{stdout}");
 
+    // Reviewers find the person's activity across files, including the session's end
+    // (which names no one: it is linked by the session id).
+    let found = pgwarden(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--user",
+        "alice",
+        "--json",
+    ]);
+    assert!(found.status.success());
+    let kinds: Vec<String> = String::from_utf8_lossy(&found.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["session.start", "session.end", "auth.failure"],
+        "{kinds:?}"
+    );
+    let failures = pgwarden(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--type",
+        "auth.failure",
+        "--since",
+        "1h",
+    ]);
+    let table = String::from_utf8_lossy(&failures.stdout);
+    assert!(
+        table.contains("invalid_credentials") && table.lines().count() == 2,
+        "{table}"
+    );
+    let none = pgwarden(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--since",
+        "2100-01-01",
+        "--json",
+    ]);
+    assert!(none.status.success() && none.stdout.is_empty());
+
     // Tampering is caught by the same command, with the place.
     let files = pgwarden::audit::list_files(&dir).unwrap();
     let path = dir.join(&files[0]);

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod event;
 pub mod record;
+pub mod search;
 pub mod verify;
 pub mod writer;
 
@@ -108,7 +109,7 @@ pub fn seq_of(line: &str) -> Option<u64> {
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
 /// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

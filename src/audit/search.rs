@@ -1,0 +1,197 @@
+//! `pgwarden audit search`: find records across rotated files by who, when, what.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{list_files, AuditError};
+
+/// What to look for; every given criterion must match.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    /// The person: `actor.user.name`, a failed login's claimed `user`, and every record of
+    /// a session that person started.
+    pub user: Option<String>,
+    /// Milliseconds since the epoch, inclusive.
+    pub since: Option<u64>,
+    /// Milliseconds since the epoch, exclusive.
+    pub until: Option<u64>,
+    /// Record `type`, e.g. `session.start`, `auth.failure`.
+    pub kind: Option<String>,
+    pub session: Option<u64>,
+    /// A statement's decision (`allow`, `deny`, …).
+    pub decision: Option<String>,
+    /// A table a statement touched.
+    pub table: Option<String>,
+    /// Case-insensitive substring of the whole record.
+    pub text: Option<String>,
+}
+
+/// One match: the file, and the record as written.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub file: String,
+    pub line: usize,
+    pub record: Value,
+    pub raw: String,
+}
+
+/// All matching records, oldest first. Lines that are not JSON (a crash's sealed partial
+/// line) are skipped: `audit verify` is the tool that reports them.
+pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
+    let files = list_files(dir)?;
+    let read = |name: &String| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| AuditError::Io {
+            action: format!("read {name}"),
+            source: e,
+        })
+    };
+    // Sessions of the user, so their session.end (which carries no identity) matches too.
+    let mut sessions = HashSet::new();
+    if let Some(user) = &query.user {
+        for name in &files {
+            for line in read(name)?.lines() {
+                let Ok(record) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                if record["type"] == "session.start"
+                    && record["actor"]["user"]["name"] == user.as_str()
+                {
+                    if let Some(id) = record["session"].as_u64() {
+                        sessions.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    let text = query.text.as_ref().map(|t| t.to_lowercase());
+    let mut hits = Vec::new();
+    for name in &files {
+        for (index, line) in read(name)?.lines().enumerate() {
+            let Ok(record) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let time = record["time"].as_u64().unwrap_or(0);
+            let session = record["session"].as_u64();
+            let matches = query.since.is_none_or(|since| time >= since)
+                && query.until.is_none_or(|until| time < until)
+                && query
+                    .kind
+                    .as_ref()
+                    .is_none_or(|kind| record["type"] == kind.as_str())
+                && query.session.is_none_or(|id| session == Some(id))
+                && query
+                    .decision
+                    .as_ref()
+                    .is_none_or(|d| record["decision"] == d.as_str())
+                && query.table.as_ref().is_none_or(|table| {
+                    record["tables"].as_array().is_some_and(|tables| {
+                        tables
+                            .iter()
+                            .any(|t| t == table.as_str() || t["name"] == table.as_str())
+                    })
+                })
+                && query.user.as_ref().is_none_or(|user| {
+                    record["actor"]["user"]["name"] == user.as_str()
+                        || record["user"] == user.as_str()
+                        || session.is_some_and(|id| sessions.contains(&id))
+                })
+                && text
+                    .as_ref()
+                    .is_none_or(|t| line.to_lowercase().contains(t));
+            if matches {
+                hits.push(Hit {
+                    file: name.clone(),
+                    line: index + 1,
+                    record,
+                    raw: line.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// Parse a point in time for `--since`/`--until`: `2026-11-27`, `2026-11-27T06:30`,
+/// `2026-11-27T06:30:15Z` (UTC), or an age such as `15m`, `2h`, `7d` (that long ago).
+pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
+    let text = text.trim();
+    if let Some(days) = text.strip_suffix('d').and_then(|d| d.parse::<u64>().ok()) {
+        return Ok(now_ms.saturating_sub(days * 86_400_000));
+    }
+    if let Ok(age) = crate::config::units::HumanDuration::parse(text) {
+        return Ok(now_ms.saturating_sub(age.0.as_millis() as u64));
+    }
+    let bad = || {
+        format!("`{text}` is not a time: use 2026-11-27, 2026-11-27T06:30[:15][Z], or an age like 15m, 2h, 7d")
+    };
+    let (date, clock) = text.split_once('T').unwrap_or((text, ""));
+    let mut parts = date.split('-').map(|p| p.parse::<i64>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let clock = clock.trim_end_matches('Z');
+    let mut hms = [0u64; 3];
+    if !clock.is_empty() {
+        for (slot, part) in hms.iter_mut().zip(clock.split(':')) {
+            *slot = part.parse().map_err(|_| bad())?;
+        }
+        if hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
+            return Err(bad());
+        }
+    }
+    let days = u64::try_from(days_from_civil(y, m, d)).map_err(|_| bad())?;
+    Ok((days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2]) * 1000)
+}
+
+/// (year, month, day) to days since 1970-01-01 (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2026-11-27T06:30:15.123Z` for a record's `time`.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = super::civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_and_format() {
+        let now = 1_795_761_930_000; // 2026-11-27T06:45:30Z
+        assert_eq!(parse_time("2026-11-27T06:45:30Z", 0).unwrap(), now);
+        assert_eq!(parse_time("2026-11-27T06:45:30", 0).unwrap(), now);
+        assert_eq!(
+            parse_time("2026-11-27", 0).unwrap(),
+            now - (6 * 3600 + 45 * 60 + 30) * 1000
+        );
+        assert_eq!(parse_time("15m", now).unwrap(), now - 900_000);
+        assert_eq!(parse_time("2d", now).unwrap(), now - 2 * 86_400_000);
+        assert!(parse_time("yesterday", now).is_err());
+        assert!(parse_time("2026-13-01", now).is_err());
+        assert_eq!(format_time(now + 7), "2026-11-27T06:45:30.007Z");
+    }
+}
