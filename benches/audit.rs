@@ -1,0 +1,78 @@
+//! Audit log speed: sealing one record (hash chain), and the writer's end-to-end append
+//! throughput with group commit (`fsync = "batch"`) and with an fsync per record
+//! (`fsync = "always"`). Run: `cargo bench --bench audit`.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgwarden::audit::event::{Endpoint, Event};
+use pgwarden::audit::record::{seal, GENESIS};
+use pgwarden::audit::{AuditLog, FsyncPolicy, Settings};
+
+fn event(i: u64) -> Event {
+    Event::AuthFailure {
+        user: format!("user-{i}"),
+        src_endpoint: Endpoint {
+            ip: "10.1.2.3".into(),
+            port: 50_000,
+        },
+        reason: "invalid_credentials".into(),
+    }
+}
+
+fn bench_seal(c: &mut Criterion) {
+    let e = event(1);
+    let mut group = c.benchmark_group("audit");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("seal one record", |b| {
+        b.iter(|| seal(42, 1_795_761_930_000, GENESIS, e.ocsf(), &e).map(|(line, _)| line.len()))
+    });
+    group.finish();
+}
+
+fn bench_writer(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("audit writer");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(10);
+    for (policy, name, batch) in [
+        (FsyncPolicy::Batch, "batch", 10_000u64),
+        (FsyncPolicy::Always, "always", 200),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "pgwarden-bench-audit-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = Settings {
+            dir: dir.clone(),
+            fsync: policy,
+            rotate_size: 64 << 20,
+            rotate_daily: true,
+            signing_key: None,
+            checkpoint_interval: Duration::from_secs(60),
+        };
+        let (log, thread) = AuditLog::open(settings).expect("open audit log");
+        group.throughput(Throughput::Elements(batch));
+        group.bench_function(format!("append + flush, fsync = {name}"), |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    for i in 0..batch {
+                        log.record(event(i)).await.expect("record");
+                    }
+                    log.flush().await.expect("flush");
+                })
+            })
+        });
+        drop(log);
+        let _ = thread.join();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_seal, bench_writer);
+criterion_main!(benches);
