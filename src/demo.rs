@@ -2,11 +2,13 @@
 //! instructions to connect. Everything lives in one temp dir, removed on Ctrl-C.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{AppError, Server};
+use crate::audit::checkpoint::{PublicKey, SigningKey};
+use crate::audit::verify::verify_dir_with;
 use crate::auth::scram::hash_password;
 use crate::config::Config;
 use crate::session::gate::AllowAll;
@@ -31,6 +33,8 @@ pub enum DemoError {
     },
     #[error("the smoke test failed: {0}")]
     Smoke(String),
+    #[error("audit: {0}")]
+    Audit(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -45,8 +49,9 @@ pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> 
         .unwrap_or(postgres.data_dir())
         .to_owned();
     let certs = testbed::write_test_certificates(&dir)?;
+    let audit = AuditFiles::create(&dir)?;
     let config_path = dir.join("pgwarden.toml");
-    let config_text = demo_config(listen, &postgres, &certs, &dir)?;
+    let config_text = demo_config(listen, &postgres, &certs, &audit, &dir)?;
     write(&config_path, &config_text)?;
     let config = Config::load(&config_path).map_err(AppError::from)?;
     let server = Server::start(config, Arc::new(AllowAll)).await?;
@@ -55,12 +60,13 @@ pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> 
     let result = if smoke_test {
         smoke(addr, &certs.ca_cert).await
     } else {
-        print_tour(addr, &config_path, &certs.ca_cert);
+        print_tour(addr, &config_path, &certs.ca_cert, &audit);
         wait_for_signal().await;
         println!("\nStopping pgwarden and PostgreSQL...");
         Ok(())
     };
     server.shutdown(Duration::from_secs(2)).await;
+    let result = result.and_then(|()| audit.verify(smoke_test));
     tokio::task::spawn_blocking(move || drop(postgres)).await?;
     result
 }
@@ -82,21 +88,67 @@ fn start_postgres() -> Result<ThrowawayPostgres, TestbedError> {
     Ok(postgres)
 }
 
+/// The demo's audit log: directory, signing key and the public key reviewers use.
+struct AuditFiles {
+    dir: PathBuf,
+    key: PathBuf,
+    public_key: PathBuf,
+}
+
+impl AuditFiles {
+    fn create(dir: &Path) -> Result<Self, DemoError> {
+        let files = Self {
+            dir: dir.join("audit"),
+            key: dir.join("audit.key"),
+            public_key: dir.join("audit.pub"),
+        };
+        let pem = SigningKey::generate_pem().map_err(DemoError::Audit)?;
+        let key = SigningKey::from_pem(&pem).map_err(DemoError::Audit)?;
+        write(&files.key, &pem)?;
+        write(&files.public_key, &key.public_key())?;
+        Ok(files)
+    }
+
+    /// Check the log the demo wrote, as a reviewer would; the smoke test insists on it.
+    fn verify(&self, strict: bool) -> Result<(), DemoError> {
+        let public = PublicKey::load(&self.public_key).map_err(DemoError::Audit)?;
+        let report = verify_dir_with(&self.dir, Some(&public))
+            .map_err(|e| DemoError::Audit(e.to_string()))?;
+        if report.is_clean() && report.checkpoints > 0 {
+            if strict {
+                println!(
+                    "audit log verified: {} records, {} signed checkpoint(s)",
+                    report.records, report.checkpoints
+                );
+            }
+            return Ok(());
+        }
+        let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        Err(DemoError::Audit(format!(
+            "the demo's audit log does not verify: {problems:?}"
+        )))
+    }
+}
+
 fn demo_config(
     listen: SocketAddr,
     postgres: &ThrowawayPostgres,
     certs: &testbed::TestCertificates,
+    audit: &AuditFiles,
     dir: &Path,
 ) -> Result<String, DemoError> {
     let mut text = format!(
         "# Written by `pgwarden demo`; see config/example.toml for every key.\n\
          [server]\nlisten = \"{listen}\"\n\n\
          [server.tls]\nmode = \"optional\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
-         [upstream]\nhost = \"{}\"\nport = {}\nsslmode = \"disable\"\n",
+         [upstream]\nhost = \"{}\"\nport = {}\nsslmode = \"disable\"\n\n\
+         [audit]\ndir = \"{}\"\nsigning_key = \"file:{}\"\ncheckpoint_interval = \"10s\"\n",
         certs.server_cert.display(),
         certs.server_key.display(),
         postgres.host(),
         postgres.port(),
+        audit.dir.display(),
+        audit.key.display(),
     );
     for (user, password, group, role) in DEMO_USERS {
         // The upstream password lives in a file only pgwarden reads.
@@ -134,7 +186,7 @@ fn write(path: &Path, text: &str) -> Result<(), DemoError> {
         })
 }
 
-fn print_tour(addr: SocketAddr, config: &Path, ca: &Path) {
+fn print_tour(addr: SocketAddr, config: &Path, ca: &Path, audit: &AuditFiles) {
     let (host, port) = (addr.ip(), addr.port());
     println!(
         r#"
@@ -159,11 +211,18 @@ The analyst (password: demo) is read-only upstream:
 
     PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=analyst" -c 'DELETE FROM orders'
 
+Every login, failed login and session is in a hash-chained, signed audit log:
+
+    pgwarden audit search {audit_dir} --user developer
+    pgwarden audit verify {audit_dir} --pubkey {pubkey}
+
 The config pgwarden is using: {config}
 Press Ctrl-C to stop; everything is removed.
 "#,
         config = config.display(),
         ca = ca.display(),
+        audit_dir = audit.dir.display(),
+        pubkey = audit.public_key.display(),
     );
 }
 
