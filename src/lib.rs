@@ -5,6 +5,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`app`] | wiring a [`config::Config`] into a running [`app::Server`]; signals |
+//! | [`audit`] | the hash-chained, signed audit log: events, writer, verify, search |
 //! | [`config`] | the TOML model, validation (with key and line in errors), secret references |
 //! | [`net`] | the listener (connection limit, one span per connection), TLS configs, streams |
 //! | [`protocol`] | length-checked framing, startup packets, message views and builders |
@@ -28,6 +29,8 @@
 //!    allowed, its raw bytes are copied upstream unchanged.
 //! 4. Server frames come back the same way: scanned in place (ReadyForQuery, ParameterStatus
 //!    and errors update [`session::state::SessionState`]) and copied to the client in batches.
+//! 5. Logins, failed logins and session ends are recorded by the [`audit`] writer; a session
+//!    starts only once its `session.start` record is accepted.
 
 #![forbid(unsafe_code)]
 
