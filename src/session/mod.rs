@@ -1,6 +1,6 @@
 //! One client connection, from the first byte to the last.
 //!
-//! 1. [`handshake`]: TLS negotiation (SSLRequest or PG17 direct TLS), GSSENCRequest refusal,
+//! 1. handshake: TLS negotiation (SSLRequest or PG17 direct TLS), GSSENCRequest refusal,
 //!    CancelRequest forwarding, StartupMessage checks, protocol version negotiation;
 //! 2. authentication of the client (front door) and the access check;
 //! 3. upstream login as the granted role, then the greeting (our own BackendKeyData);
