@@ -2,11 +2,12 @@
 //!
 //! 1. handshake: TLS negotiation (SSLRequest or PG17 direct TLS), GSSENCRequest refusal,
 //!    CancelRequest forwarding, StartupMessage checks, protocol version negotiation;
-//! 2. authentication of the client (front door) and the access check;
-//! 3. upstream login as the granted role, then the greeting (our own BackendKeyData);
-//! 4. [`relay::run`] until either side ends.
+//! 2. `establish`: authentication of the client ([`crate::auth::front_door`]), the access
+//!    check, upstream login as the granted role, the `session.start` audit record, then the
+//!    greeting (our own BackendKeyData); a failure here is audited as `auth.failure`;
+//! 3. [`relay::run`] until either side ends, then the `session.end` audit record.
 //!
-//! Steps 1–3 run under `server.auth_timeout`.
+//! Steps 1–2 run under `server.auth_timeout`.
 
 pub mod gate;
 pub mod relay;
