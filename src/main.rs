@@ -191,9 +191,7 @@ fn main() -> ExitCode {
                 text,
                 json,
             } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let now = pgwarden::audit::now_ms();
                 let parse = |t: Option<String>| {
                     t.map(|t| pgwarden::audit::search::parse_time(&t, now))
                         .transpose()

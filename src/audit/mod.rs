@@ -16,7 +16,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use event::Event;
-pub use writer::AuditLog;
+pub use writer::{now_ms, AuditLog};
 
 use crate::error::SqlState;
 

@@ -377,7 +377,8 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-pub(super) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, the unit of every record's `time`.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
