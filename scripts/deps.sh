@@ -19,6 +19,7 @@
 #   psql                      postgresql-client-15 (pulled in by `postgresql-client`)
 #   libclang + clang headers  libclang-dev (bindgen, for pg_query's build)
 #   pkg-config                pkg-config
+#   chattr                    e2fsprogs (audit tests: an immutable directory stops even root)
 #   pgbouncer                 pgbouncer (/usr/sbin/pgbouncer)
 set -euo pipefail
 
@@ -111,6 +112,8 @@ check_all() {
   tool_works pgbench || need postgresql postgresql-client
   have_libclang || need libclang-dev
   command -v pkg-config >/dev/null 2>&1 || need pkg-config
+  # chattr: the audit tests make a directory immutable to simulate a disk that refuses writes.
+  command -v chattr >/dev/null 2>&1 || need e2fsprogs
   if ((with_pgbouncer)); then have_pgbouncer || need pgbouncer; fi
 }
 

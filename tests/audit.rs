@@ -244,3 +244,68 @@ async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() 
         "{stdout}"
     );
 }
+
+/// `chattr` flips the immutable attribute, which stops writes even by root (tests run as
+/// root in CI) and even through file descriptors that are already open.
+fn immutable(dir: &std::path::Path, on: bool) {
+    let flag = if on { "+i" } else { "-i" };
+    let mut paths = vec![dir.to_owned()];
+    paths.extend(
+        pgwarden::audit::list_files(dir)
+            .unwrap()
+            .into_iter()
+            .map(|f| dir.join(f)),
+    );
+    for path in paths {
+        let status = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chattr {flag} {}", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_starts_while_the_audit_log_cannot_write_and_it_recovers() {
+    let dir = audit_dir("unwritable");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
+        ..Default::default()
+    })
+    .await;
+    let before = proxy.alice().await;
+    before.simple_query("SELECT 1").await.unwrap();
+
+    immutable(&dir, true);
+    let refused = proxy
+        .try_connect(&proxy.conninfo("alice", ALICE_PASSWORD, "sslmode=disable"))
+        .await;
+    immutable(&dir, false);
+    let Err(err) = refused else {
+        panic!("a login succeeded while the audit log could not write");
+    };
+    assert_eq!(sqlstate(&err).as_deref(), Some("58030"), "{err}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("audit log"), "{message}");
+    // The session that was already running is not cut off.
+    before.simple_query("SELECT 2").await.unwrap();
+
+    // Writable again: the next login works, and the log says what was lost.
+    let after = proxy.alice().await;
+    after.simple_query("SELECT 3").await.unwrap();
+    drop((before, after));
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let gap = records
+        .iter()
+        .find(|r| r["type"] == "log.write_failed")
+        .expect("a log.write_failed record");
+    assert!(gap["lost_events"].as_u64().unwrap() >= 1, "{gap}");
+    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -53,6 +53,9 @@ pub enum Event {
     /// the partial bytes are sealed off by a newline and counted here.
     #[serde(rename = "log.recovered")]
     LogRecovered { file: String, torn_bytes: u64 },
+    /// Written once writing works again after failures: how many accepted events were lost.
+    #[serde(rename = "log.write_failed")]
+    WriteFailed { lost_events: u64, error: String },
     /// Signs the chain head: the seq and hash of the record just before this one.
     #[serde(rename = "checkpoint")]
     Checkpoint {
@@ -117,7 +120,10 @@ impl Event {
     /// log's own bookkeeping records.
     pub fn ocsf(&self) -> Option<(u32, u32)> {
         match self {
-            Self::FileStart { .. } | Self::LogRecovered { .. } | Self::Checkpoint { .. } => None,
+            Self::FileStart { .. }
+            | Self::LogRecovered { .. }
+            | Self::WriteFailed { .. }
+            | Self::Checkpoint { .. } => None,
             Self::ProxyStart { .. } => Some((6002, 3)),
             Self::ProxyStop { .. } => Some((6002, 4)),
             Self::ConfigReload { .. } => Some((6002, 99)),

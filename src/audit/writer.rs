@@ -26,6 +26,8 @@ const CHANNEL_CAPACITY: usize = 16 * 1024;
 
 enum Command {
     Record(Event),
+    /// Record, and answer once this very record is on disk (same batch as the answer).
+    Durable(Event, oneshot::Sender<Result<(), String>>),
     /// Sign the chain head (no-op without a signing key).
     Checkpoint,
     /// Answered once everything queued before it is on disk.
@@ -43,6 +45,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Record(_) => f.write_str("Record"),
+            Self::Durable(..) => f.write_str("Durable"),
             Self::Checkpoint => f.write_str("Checkpoint"),
             Self::Flush(_) => f.write_str("Flush"),
         }
@@ -76,6 +79,21 @@ impl AuditLog {
             .send(Command::Record(event))
             .await
             .map_err(|_| AuditError::Unavailable)
+    }
+
+    /// Record an event and wait until it is on disk. This is also how the log recovers after
+    /// a failure: the writer tries again, first recording how many events were lost.
+    pub async fn record_durable(&self, event: Event) -> Result<(), AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Command::Durable(event, ack))
+            .await
+            .map_err(|_| AuditError::Unavailable)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Write(e)),
+            Err(_) => Err(AuditError::Unavailable),
+        }
     }
 
     /// Append a signed checkpoint of everything recorded so far.
@@ -125,6 +143,8 @@ struct Writer {
     file: Option<Open>,
     /// Name of the last file written, for the next `file.start`.
     last_file: Option<String>,
+    /// Events lost to failed writes since the last success, and the first error.
+    lost: (u64, Option<String>),
 }
 
 struct Open {
@@ -155,6 +175,7 @@ impl Writer {
             durable: (0, GENESIS.to_owned()),
             file: None,
             last_file: None,
+            lost: (0, None),
         };
         let Some(last) = files.last() else {
             return Ok(writer);
@@ -210,6 +231,10 @@ impl Writer {
             while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {
                 match command {
                     Command::Record(event) => batch.push(Item::Event(event)),
+                    Command::Durable(event, ack) => {
+                        batch.push(Item::Event(event));
+                        acks.push(ack);
+                    }
                     Command::Checkpoint => batch.push(Item::Checkpoint),
                     Command::Flush(ack) => acks.push(ack),
                 }
@@ -217,15 +242,22 @@ impl Writer {
                     break;
                 }
             }
-            let result = self.write_batch(&batch);
-            batch.clear();
+            // After a failure, the first thing written is a record of what was lost.
+            let result = self.write_gap().and_then(|()| self.write_batch(&batch));
             match &result {
                 Ok(()) => healthy.store(true, Ordering::Release),
                 Err(e) => {
-                    error!(error = %e, "audit log write failed");
+                    let lost = batch
+                        .iter()
+                        .filter(|item| matches!(item, Item::Event(_)))
+                        .count();
+                    self.lost.0 += lost as u64;
+                    self.lost.1.get_or_insert_with(|| e.to_string());
+                    error!(error = %e, lost_events = self.lost.0, "audit log write failed; refusing what must be audited until it works again");
                     healthy.store(false, Ordering::Release);
                 }
             }
+            batch.clear();
             for ack in acks.drain(..) {
                 let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             }
@@ -235,6 +267,20 @@ impl Writer {
                 error!(error = %e, "final audit fsync failed");
             }
         }
+    }
+
+    /// If writes failed since the last success, record how many events were lost and why.
+    fn write_gap(&mut self) -> Result<(), AuditError> {
+        let Some(error) = self.lost.1.clone() else {
+            return Ok(());
+        };
+        self.append_now(&Event::WriteFailed {
+            lost_events: self.lost.0,
+            error,
+        })?;
+        warn!(lost_events = self.lost.0, "audit log writable again");
+        self.lost = (0, None);
+        Ok(())
     }
 
     fn write_batch(&mut self, items: &[Item]) -> Result<(), AuditError> {

@@ -435,9 +435,9 @@ async fn establish(
         }
     };
     if let Some(audit) = &ctx.audit {
-        // Nothing runs unaudited: no session without its session.start record.
+        // Nothing runs unaudited: no session until its session.start record is on disk.
         audit
-            .record(Event::SessionStart {
+            .record_durable(Event::SessionStart {
                 session: id,
                 actor: Actor {
                     user: User {
