@@ -50,6 +50,7 @@ fn bench_writer(c: &mut Criterion) {
         let settings = Settings {
             dir: dir.clone(),
             fsync: policy,
+            batch_window: Duration::ZERO,
             rotate_size: 64 << 20,
             rotate_daily: true,
             signing_key: None,

@@ -20,6 +20,7 @@ fn settings(dir: &Path) -> Settings {
     Settings {
         dir: dir.to_owned(),
         fsync: FsyncPolicy::Batch,
+        batch_window: std::time::Duration::ZERO,
         rotate_size: 8 * 1024,
         rotate_daily: true,
         signing_key: None,
@@ -311,5 +312,22 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
         "{:?}",
         report.problems
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_window_groups_records_and_loses_none() {
+    let dir = temp_dir("window");
+    let mut windowed = settings(&dir);
+    windowed.batch_window = std::time::Duration::from_millis(20);
+    let (log, thread) = AuditLog::open(windowed).unwrap();
+    for i in 0..50 {
+        log.record_durable(failure(i)).await.unwrap();
+    }
+    drop(log);
+    thread.join().unwrap();
+    let report = verify_dir(&dir).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.records - list_files(&dir).unwrap().len() as u64, 50);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -35,6 +35,9 @@ pub enum FsyncPolicy {
 pub struct Settings {
     pub dir: PathBuf,
     pub fsync: FsyncPolicy,
+    /// With `fsync = "batch"`: how long the writer waits after the first record of a batch
+    /// for more to share its fsync. Zero (the default) batches whatever is already waiting.
+    pub batch_window: std::time::Duration,
     /// Start a new file before one grows past this many bytes.
     pub rotate_size: u64,
     /// Start a new file when the UTC day changes.

@@ -225,7 +225,15 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Command>, healthy: &AtomicBool) {
         let mut batch = Vec::new();
         let mut acks = Vec::new();
+        let window = match self.settings.fsync {
+            FsyncPolicy::Batch => self.settings.batch_window,
+            FsyncPolicy::Always => std::time::Duration::ZERO,
+        };
         while let Some(first) = rx.blocking_recv() {
+            if !window.is_zero() {
+                // Let more records arrive to share this batch's fsync.
+                std::thread::sleep(window);
+            }
             // Group commit: everything already waiting goes into this write and fsync.
             let mut next = Some(first);
             while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {

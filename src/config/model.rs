@@ -32,6 +32,8 @@ struct AuditSection {
     #[serde(default)]
     fsync: Option<FsyncPolicy>,
     #[serde(default)]
+    batch_window: Option<HumanDuration>,
+    #[serde(default)]
     rotate_size: Option<ByteSize>,
     #[serde(default)]
     rotate_daily: Option<bool>,
@@ -406,6 +408,13 @@ pub fn validate(
                     Some(pem)
                 }
             };
+            let batch_window = a.batch_window.map_or(std::time::Duration::ZERO, |d| d.0);
+            if batch_window > std::time::Duration::from_secs(1) {
+                return Err(invalid(
+                    "audit.batch_window".into(),
+                    "at most 1s: every login waits for it".into(),
+                ));
+            }
             let checkpoint_interval = a
                 .checkpoint_interval
                 .map_or(std::time::Duration::from_secs(60), |d| d.0);
@@ -418,6 +427,7 @@ pub fn validate(
             Some(AuditSettings {
                 dir: resolve_path(a.dir),
                 fsync: a.fsync.unwrap_or(FsyncPolicy::Batch),
+                batch_window,
                 rotate_size,
                 rotate_daily: a.rotate_daily.unwrap_or(true),
                 signing_key,
