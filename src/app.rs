@@ -235,12 +235,17 @@ impl Server {
 
     /// Drain for up to `grace`, then terminate the remaining sessions.
     pub async fn shutdown(self, grace: Duration) {
-        self.drain();
-        let stop_reason = if grace.is_zero() {
+        let reason = if grace.is_zero() {
             "fast shutdown"
         } else {
             "graceful shutdown"
         };
+        self.stop(grace, reason).await;
+    }
+
+    /// [`Self::shutdown`], recording `stop_reason` in the audit log's `proxy.stop`.
+    pub async fn stop(self, grace: Duration, stop_reason: &str) {
+        self.drain();
         if !self.wait(grace).await {
             warn!(
                 sessions = self.tracker.len(),
@@ -280,22 +285,27 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
-    loop {
+    let reason = loop {
         tokio::select! {
             _ = term.recv() => {
                 info!(grace_s = grace.as_secs(), "SIGTERM: graceful shutdown (SIGINT to end sessions now)");
                 server.drain();
                 tokio::select! {
-                    done = server.wait(grace) => if !done {
-                        warn!("grace period over; terminating remaining sessions");
-                    },
-                    _ = int.recv() => info!("SIGINT: ending sessions now"),
+                    done = server.wait(grace) => {
+                        if !done {
+                            warn!("grace period over; terminating remaining sessions");
+                        }
+                        break "SIGTERM";
+                    }
+                    _ = int.recv() => {
+                        info!("SIGINT: ending sessions now");
+                        break "SIGTERM, then SIGINT";
+                    }
                 }
-                break;
             }
             _ = int.recv() => {
                 info!("SIGINT: fast shutdown");
-                break;
+                break "SIGINT";
             }
             _ = hup.recv() => {
                 if let Err(e) = server.reload(config_path).await {
@@ -303,8 +313,8 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
                 }
             }
         }
-    }
-    server.shutdown(Duration::ZERO).await;
+    };
+    server.stop(Duration::ZERO, reason).await;
     info!("pgwarden stopped");
     Ok(())
 }

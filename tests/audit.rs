@@ -387,9 +387,17 @@ async fn kill_9_during_a_burst_then_restart_continues_the_chain() {
     let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    let starts = all_records(&dir)
+    let records = all_records(&dir);
+    let starts = records
         .iter()
         .filter(|r| r["type"] == "proxy.start")
         .count();
     assert_eq!(starts, 3, "{stdout}");
+    // Only the last run stopped normally, and its record says why.
+    let stops: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "proxy.stop")
+        .collect();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0]["reason"], "SIGTERM");
 }
