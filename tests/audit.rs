@@ -11,6 +11,15 @@ fn audit_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A pgwarden with the default test config plus `[audit] dir`.
+async fn proxy_auditing_to(dir: &std::path::Path) -> Proxy {
+    Proxy::start(ProxyOptions {
+        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
+        ..Default::default()
+    })
+    .await
+}
+
 fn all_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
     pgwarden::audit::list_files(dir)
         .unwrap()
@@ -29,11 +38,7 @@ fn all_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_and_failed_logins_are_audited_without_secrets() {
     let dir = audit_dir("sessions");
-    let proxy = Proxy::start(ProxyOptions {
-        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = proxy_auditing_to(&dir).await;
     let conninfo = proxy.conninfo(
         "alice",
         ALICE_PASSWORD,
@@ -95,11 +100,7 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
     }
 
     // And the directory verifies with the command a reviewer runs.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
-        .args(["audit", "verify"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let output = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -166,11 +167,7 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
         .unwrap()
         .replacen("\"alice\"", "\"mallory\"", 1);
     std::fs::write(&path, text).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
-        .args(["audit", "verify"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let output = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
@@ -272,11 +269,7 @@ fn immutable(dir: &std::path::Path, on: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_session_starts_while_the_audit_log_cannot_write_and_it_recovers() {
     let dir = audit_dir("unwritable");
-    let proxy = Proxy::start(ProxyOptions {
-        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = proxy_auditing_to(&dir).await;
     let before = proxy.alice().await;
     before.simple_query("SELECT 1").await.unwrap();
 

@@ -84,16 +84,7 @@ impl AuditLog {
     /// Record an event and wait until it is on disk. This is also how the log recovers after
     /// a failure: the writer tries again, first recording how many events were lost.
     pub async fn record_durable(&self, event: Event) -> Result<(), AuditError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Command::Durable(event, ack))
-            .await
-            .map_err(|_| AuditError::Unavailable)?;
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Write(e)),
-            Err(_) => Err(AuditError::Unavailable),
-        }
+        self.until_written(|ack| Command::Durable(event, ack)).await
     }
 
     /// Append a signed checkpoint of everything recorded so far.
@@ -106,9 +97,17 @@ impl AuditLog {
 
     /// Wait until everything recorded so far is durable.
     pub async fn flush(&self) -> Result<(), AuditError> {
+        self.until_written(Command::Flush).await
+    }
+
+    /// Send a command carrying an answer channel, and wait for the writer's answer.
+    async fn until_written(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Command::Flush(ack))
+            .send(command(ack))
             .await
             .map_err(|_| AuditError::Unavailable)?;
         match done.await {
