@@ -43,5 +43,6 @@ pub mod error;
 pub mod net;
 pub mod protocol;
 pub mod session;
+pub mod sql;
 pub mod testbed;
 pub mod upstream;
