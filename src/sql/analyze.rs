@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn kinds_and_tables_cover_common_statements() {
         let analyzer = Analyzer::new(16);
-        let cases: &[(&str, &[&str], &[(&str, Access)])] = &[
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, Access)]);
+        let cases: &[Case<'_>] = &[
             ("BEGIN", &["transaction"], &[]),
             (
                 "INSERT INTO shop.orders SELECT * FROM staging",
