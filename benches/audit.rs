@@ -48,13 +48,8 @@ fn bench_writer(c: &mut Criterion) {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let settings = Settings {
-            dir: dir.clone(),
             fsync: policy,
-            batch_window: Duration::ZERO,
-            rotate_size: 64 << 20,
-            rotate_daily: true,
-            signing_key: None,
-            checkpoint_interval: Duration::from_secs(60),
+            ..Settings::new(dir.clone())
         };
         let (log, thread) = AuditLog::open(settings).expect("open audit log");
         group.throughput(Throughput::Elements(batch));

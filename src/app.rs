@@ -16,6 +16,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::audit::event::Status;
+
+/// Statement analyses kept (by text), shared by all sessions.
+const ANALYSIS_CACHE_ENTRIES: usize = 4096;
 use crate::audit::{AuditError, AuditLog, Event};
 use crate::config::{Config, ConfigError, TlsMode};
 use crate::net::{listener, tls};
@@ -124,6 +127,7 @@ impl Server {
             gate,
             shutdown: Shutdown::default(),
             audit,
+            analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
         });
         if let Some(audit) = &ctx.audit {
             audit

@@ -335,6 +335,18 @@ fn audit_search(
                 r["src_endpoint"]["ip"].as_str().unwrap_or("")
             ),
             "checkpoint" => format!("covers seq {}", r["covers_seq"]),
+            "statement" => statement_detail(r, hit.result.as_ref()),
+            "statement.result" => format!(
+                "#{} {} {} rows={}{}",
+                r["statement"],
+                r["status"].as_str().unwrap_or(""),
+                r["command"].as_str().unwrap_or(""),
+                r["rows"],
+                r["sqlstate"]
+                    .as_str()
+                    .map(|s| format!(" sqlstate={s}"))
+                    .unwrap_or_default()
+            ),
             _ => String::new(),
         };
         println!(
@@ -352,6 +364,44 @@ fn audit_search(
     }
     eprintln!("{} record(s)", hits.len());
     ExitCode::SUCCESS
+}
+
+/// `#3 allow [extended] SELECT … → SELECT rows=2 0.4ms` for the readable search output.
+fn statement_detail(r: &serde_json::Value, result: Option<&serde_json::Value>) -> String {
+    let text = r["query"]["text"].as_str().map_or_else(
+        || {
+            r["query"]["function_oid"]
+                .as_u64()
+                .map_or("(unparsable text, not recorded)".to_owned(), |oid| {
+                    format!("function call, oid {oid}")
+                })
+        },
+        |t| t.split_whitespace().collect::<Vec<_>>().join(" "),
+    );
+    let mut detail = format!(
+        "#{} {} [{}] {}",
+        r["statement"],
+        r["decision"].as_str().unwrap_or(""),
+        r["protocol"].as_str().unwrap_or(""),
+        text
+    );
+    match result {
+        Some(res) if res["skipped"] == true => detail.push_str(" → skipped"),
+        Some(res) => {
+            detail.push_str(&format!(
+                " → {} rows={} {:.1}ms",
+                res["command"].as_str().unwrap_or("-"),
+                res["rows"],
+                res["duration_us"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ));
+            if let Some(code) = res["sqlstate"].as_str() {
+                detail.push_str(&format!(" sqlstate={code}"));
+            }
+        }
+        None if r["decision"] == "allow" => detail.push_str(" → (no result recorded)"),
+        None => {}
+    }
+    detail
 }
 
 fn audit_keygen(out: &std::path::Path) -> ExitCode {

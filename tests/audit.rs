@@ -133,7 +133,13 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
     kinds.sort();
     assert_eq!(
         kinds,
-        ["auth.failure", "session.end", "session.start"],
+        [
+            "auth.failure",
+            "session.end",
+            "session.start",
+            "statement",
+            "statement.result"
+        ],
         "{kinds:?}"
     );
     let failures = pgwarden(&[
@@ -395,4 +401,319 @@ async fn kill_9_during_a_burst_then_restart_continues_the_chain() {
         .collect();
     assert_eq!(stops.len(), 1, "{stops:?}");
     assert_eq!(stops[0]["reason"], "SIGTERM");
+}
+
+/// Statement and result records of one session, in order.
+fn statements_of(records: &[serde_json::Value], session: u64) -> Vec<&serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| {
+            r["session"] == session && (r["type"] == "statement" || r["type"] == "statement.result")
+        })
+        .collect()
+}
+
+fn result_of<'a>(
+    records: &'a [serde_json::Value],
+    statement: &serde_json::Value,
+) -> &'a serde_json::Value {
+    records
+        .iter()
+        .find(|r| {
+            r["type"] == "statement.result"
+                && r["session"] == statement["session"]
+                && r["statement"] == statement["statement"]
+        })
+        .unwrap_or_else(|| panic!("no result for {statement}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_recorded_with_who_what_rows_duration_and_errors() {
+    let dir = audit_dir("statements");
+    let key = common::write_file("parameter.key", "a-parameter-hmac-key-for-tests");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!(
+            "[audit]\ndir = \"{}\"\nparameters = \"hmac\"\nparameter_key = \"file:{}\"\n",
+            dir.display(),
+            key.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let secret_email = "carol.secret@example.com";
+
+    // tokio-postgres: the extended protocol with a named prepared statement and parameters.
+    let client = proxy.alice().await;
+    client
+        .batch_execute("CREATE TABLE audited_people (id int PRIMARY KEY, email text)")
+        .await
+        .unwrap();
+    let insert = client
+        .prepare("INSERT INTO audited_people VALUES ($1, $2)")
+        .await
+        .unwrap();
+    client
+        .execute(&insert, &[&1i32, &secret_email])
+        .await
+        .unwrap();
+    client
+        .execute(&insert, &[&2i32, &"dave@example.com"])
+        .await
+        .unwrap();
+    let rows = client
+        .query("SELECT id FROM audited_people WHERE id > $1", &[&0i32])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let err = client
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42P01"));
+    drop(client);
+
+    // psql: a literal in the text never reaches the log, only its placeholder.
+    let conninfo = proxy.conninfo("alice", ALICE_PASSWORD, "sslmode=require");
+    let psql = common::run_tool(
+        &common::psql_path(),
+        &[
+            "-X",
+            "-d",
+            &conninfo,
+            "-c",
+            &format!("UPDATE audited_people SET email = 'x' WHERE email = '{secret_email}'"),
+        ],
+        &[],
+    )
+    .await;
+    assert!(psql.status.success(), "{psql:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+
+    let records = all_records(&dir);
+    let statements: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["type"] == "statement")
+        .collect();
+    let find = |text: &str| {
+        statements
+            .iter()
+            .copied()
+            .find(|r| {
+                r["query"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(text))
+            })
+            .unwrap_or_else(|| panic!("no statement record containing {text:?}"))
+    };
+
+    let create = find("CREATE TABLE audited_people");
+    assert_eq!(create["actor"]["user"]["name"], "alice");
+    assert_eq!(create["role"], "app_rw");
+    assert_eq!(create["database"], "app");
+    assert_eq!(create["protocol"], "simple");
+    assert_eq!(create["kinds"], serde_json::json!(["create table"]));
+    assert_eq!(create["decision"], "allow");
+    assert_eq!(create["class_uid"], 6005);
+    assert_eq!(result_of(&records, create)["command"], "CREATE TABLE");
+
+    // Two executions of one prepared statement: two records, same fingerprint, each with
+    // its parameters as HMACs (equal values give equal HMACs; never the value itself).
+    let inserts: Vec<_> = statements
+        .iter()
+        .filter(|r| r["query"]["text"] == "INSERT INTO audited_people VALUES ($1, $2)")
+        .collect();
+    assert_eq!(inserts.len(), 2, "{inserts:?}");
+    assert_eq!(inserts[0]["protocol"], "extended");
+    assert!(inserts[0]["prepared"]
+        .as_str()
+        .is_some_and(|p| !p.is_empty()));
+    assert_eq!(
+        inserts[0]["query"]["fingerprint"],
+        inserts[1]["query"]["fingerprint"]
+    );
+    assert_eq!(
+        inserts[0]["tables"],
+        serde_json::json!([{"name": "audited_people", "access": "write"}])
+    );
+    let params = inserts[0]["parameters"].as_array().unwrap();
+    assert_eq!(params.len(), 2);
+    assert_ne!(inserts[0]["parameters"], inserts[1]["parameters"]);
+    let insert_result = result_of(&records, inserts[0]);
+    assert_eq!(
+        (
+            &insert_result["status"],
+            &insert_result["command"],
+            &insert_result["rows"]
+        ),
+        (
+            &serde_json::json!("Success"),
+            &serde_json::json!("INSERT"),
+            &serde_json::json!(1)
+        )
+    );
+    assert!(insert_result["duration_us"].as_u64().is_some());
+
+    let select = find("SELECT id FROM audited_people WHERE id > $1");
+    assert_eq!(result_of(&records, select)["rows"], 2);
+    assert_eq!(
+        select["tables"],
+        serde_json::json!([{"name": "audited_people", "access": "read"}])
+    );
+
+    let missing = find("no_such_table");
+    let failed = result_of(&records, missing);
+    assert_eq!(failed["status"], "Failure");
+    assert_eq!(failed["sqlstate"], "42P01");
+
+    let update = find("UPDATE audited_people SET email = $1 WHERE email = $2");
+    assert_eq!(update["kinds"], serde_json::json!(["update"]));
+    assert_eq!(result_of(&records, update)["rows"], 1);
+
+    // Sequence numbers run 1, 2, 3… within a session.
+    let session = create["session"].as_u64().unwrap();
+    let numbers: Vec<u64> = statements_of(&records, session)
+        .iter()
+        .filter(|r| r["type"] == "statement")
+        .map(|r| r["statement"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+
+    for file in pgwarden::audit::list_files(&dir).unwrap() {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            !text.contains(secret_email),
+            "a literal value reached the log"
+        );
+        assert!(
+            !text.contains("dave@example.com"),
+            "a parameter value reached the log"
+        );
+        assert!(!text.contains(ALICE_PASSWORD));
+    }
+    let found = pgwarden(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--table",
+        "audited_people",
+        "--decision",
+        "allow",
+    ]);
+    let table = String::from_utf8_lossy(&found.stdout);
+    assert!(found.status.success(), "{table}");
+    assert!(table.contains("UPDATE audited_people"), "{table}");
+    assert!(table.contains("rows=1"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_the_log_cannot_record_is_refused_and_never_reaches_postgres() {
+    let dir = audit_dir("refuse");
+    let proxy = proxy_auditing_to(&dir).await;
+    let admin = common::direct("app").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE refused_writes (id int); GRANT ALL ON refused_writes TO app_rw",
+        )
+        .await
+        .unwrap();
+    let client = proxy.alice().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let insert = client
+        .prepare("INSERT INTO refused_writes VALUES ($1)")
+        .await
+        .unwrap();
+
+    immutable(&dir, true);
+    // Simple protocol, extended protocol, and inside an explicit transaction.
+    let simple = client
+        .simple_query("INSERT INTO refused_writes VALUES (1)")
+        .await
+        .unwrap_err();
+    let extended = client.execute(&insert, &[&2i32]).await.unwrap_err();
+    for err in [&simple, &extended] {
+        assert_eq!(sqlstate(err).as_deref(), Some("58030"), "{err}");
+        let message = err.as_db_error().unwrap().message();
+        assert!(message.contains("audit log"), "{message}");
+    }
+    let in_transaction = client
+        .batch_execute("BEGIN; INSERT INTO refused_writes VALUES (3); COMMIT")
+        .await;
+    immutable(&dir, false);
+    assert!(in_transaction.is_err());
+    // BEGIN itself could not be recorded either, so no transaction is left open.
+    let count: i64 = admin
+        .query_one("SELECT count(*) FROM refused_writes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "a refused statement reached PostgreSQL");
+
+    // Writable again: the same session carries on and its statements are recorded.
+    client.execute(&insert, &[&4i32]).await.unwrap();
+    client
+        .simple_query("INSERT INTO refused_writes VALUES (5)")
+        .await
+        .unwrap();
+    let count: i64 = admin
+        .query_one("SELECT count(*) FROM refused_writes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    assert!(records.iter().any(|r| r["type"] == "log.write_failed"));
+    let recorded = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "statement"
+                && r["query"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("INSERT INTO refused_writes"))
+        })
+        .count();
+    assert_eq!(
+        recorded, 2,
+        "exactly the two inserts that ran are on record"
+    );
+    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_failure_continue_statements_run_and_the_loss_is_counted() {
+    let dir = audit_dir("continue");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!(
+            "[audit]\ndir = \"{}\"\non_failure = \"continue\"\n",
+            dir.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    immutable(&dir, true);
+    let rows = client.simple_query("SELECT 2").await;
+    let rows2 = client.query("SELECT $1::int", &[&3i32]).await;
+    immutable(&dir, false);
+    rows.unwrap();
+    assert_eq!(rows2.unwrap()[0].get::<_, i32>(0), 3);
+    client.simple_query("SELECT 4").await.unwrap();
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let gap = records
+        .iter()
+        .find(|r| r["type"] == "log.write_failed")
+        .expect("a log.write_failed record");
+    assert!(gap["lost_events"].as_u64().unwrap() >= 2, "{gap}");
 }

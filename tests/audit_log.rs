@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use pgwarden::audit::checkpoint::{PublicKey, SigningKey};
 use pgwarden::audit::event::{Endpoint, Event};
 use pgwarden::audit::verify::{verify_dir, verify_dir_with};
-use pgwarden::audit::{list_files, AuditLog, FsyncPolicy, Settings};
+use pgwarden::audit::{list_files, AuditLog, Settings};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pgwarden-audit-{name}-{}", std::process::id()));
@@ -18,13 +18,8 @@ fn temp_dir(name: &str) -> PathBuf {
 fn settings(dir: &Path) -> Settings {
     // Small files so that a few hundred records span several of them.
     Settings {
-        dir: dir.to_owned(),
-        fsync: FsyncPolicy::Batch,
-        batch_window: std::time::Duration::ZERO,
         rotate_size: 8 * 1024,
-        rotate_daily: true,
-        signing_key: None,
-        checkpoint_interval: std::time::Duration::from_secs(60),
+        ..Settings::new(dir.to_owned())
     }
 }
 

@@ -6,16 +6,19 @@
 //! Secrets never appear: there is no field that could hold a password, token or SCRAM data.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use crate::sql::TableRef;
 
 /// Who, as established by authentication.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
     pub user: User,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
@@ -24,7 +27,7 @@ pub struct User {
 }
 
 /// The client's address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub ip: String,
     pub port: u16,
@@ -40,7 +43,7 @@ impl From<SocketAddr> for Endpoint {
 }
 
 /// One event, tagged by `type` in the JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
 pub enum Event {
     /// First record of every file: links it to the file before.
@@ -97,6 +100,29 @@ pub enum Event {
         bytes_from_server: u64,
         ending: String,
     },
+    /// A statement, written before it is forwarded (or when it is refused). Its outcome
+    /// follows in a `statement.result` record with the same `session` and `statement`.
+    #[serde(rename = "statement")]
+    Statement(Box<StatementRecord>),
+    #[serde(rename = "statement.result")]
+    StatementResult {
+        session: u64,
+        statement: u64,
+        status: Status,
+        /// The command tag of the last statement that completed (`SELECT`, `INSERT`, …).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+        /// Rows returned or affected, summed over the message's statements.
+        rows: u64,
+        /// From forwarding to the last response of the statement, in microseconds.
+        duration_us: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sqlstate: Option<String>,
+        /// The statement never ran: an earlier message of the same pipeline failed, so the
+        /// server skipped it.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        skipped: bool,
+    },
     #[serde(rename = "auth.failure")]
     AuthFailure {
         /// The user name the client claimed.
@@ -107,8 +133,57 @@ pub enum Event {
     },
 }
 
+/// Who ran what, through which path, and what pgwarden decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatementRecord {
+    pub session: u64,
+    /// 1, 2, 3, … within the session.
+    pub statement: u64,
+    /// Shared by every record of the session; cloned per record as a pointer.
+    pub actor: Arc<Actor>,
+    pub database: String,
+    pub role: String,
+    /// `simple`, `extended` or `function-call`.
+    pub protocol: &'static str,
+    /// Extended protocol: the prepared statement's name (empty for the unnamed one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
+    pub query: QueryText,
+    /// One per statement of the message: `select`, `insert`, `drop table`, …
+    pub kinds: Arc<[&'static str]>,
+    /// `{"name": "public.users", "access": "read" | "write" | "ddl" | "other"}`.
+    pub tables: Arc<[TableRef]>,
+    /// Bind parameter values as HMAC-SHA256 (hex) with `audit.parameter_key`; never clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Vec<Option<String>>>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The rule that decided, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Why a refused statement was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The statement's text as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueryText {
+    /// Normalized (literals as `$n`) unless `audit.statement_text = "full"`; `null` when the
+    /// text could not be parsed (it may hold values, so it is not written).
+    pub text: Option<Arc<str>>,
+    /// Equal for statements of the same shape; `null` when unparsable.
+    pub fingerprint: Option<Arc<str>>,
+    /// Set when PostgreSQL's parser rejects the text.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parse_error: bool,
+    /// FunctionCall messages: the OID of the function called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_oid: Option<u32>,
+}
+
 /// OCSF `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Status {
     Success,
     Failure,
@@ -129,6 +204,8 @@ impl Event {
             Self::ConfigReload { .. } => Some((6002, 99)),
             Self::SessionStart { .. } | Self::AuthFailure { .. } => Some((3002, 1)),
             Self::SessionEnd { .. } => Some((3002, 2)),
+            // 6005 Datastore Activity; 99 Other: the kind of statement is in `kinds`.
+            Self::Statement(_) | Self::StatementResult { .. } => Some((6005, 99)),
         }
     }
 }

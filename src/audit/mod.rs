@@ -30,6 +30,37 @@ pub enum FsyncPolicy {
     Always,
 }
 
+/// What happens to a statement whose record the log cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Refuse the statement (SQLSTATE 58030): nothing runs unaudited. The default.
+    Refuse,
+    /// Forward it anyway and count the lost record (reported in `log.write_failed`).
+    Continue,
+}
+
+/// How statement text is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatementText {
+    /// Literals replaced by `$n` placeholders (the default): no values in the log.
+    Normalized,
+    /// The statement exactly as the client sent it, literals and all.
+    Full,
+}
+
+/// How Bind parameter values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParameterAudit {
+    /// Not at all (the default).
+    Omit,
+    /// As HMAC-SHA256 with `audit.parameter_key`: equal values can be matched across
+    /// records without revealing them.
+    Hmac,
+}
+
 /// Where and how the log is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -46,6 +77,28 @@ pub struct Settings {
     pub signing_key: Option<crate::config::Secret>,
     /// How often a checkpoint is written (also when idle).
     pub checkpoint_interval: std::time::Duration,
+    pub on_failure: OnFailure,
+    pub statement_text: StatementText,
+    /// With `parameters = "hmac"`: the key; `None` omits parameter values.
+    pub parameter_key: Option<crate::config::Secret>,
+}
+
+impl Settings {
+    /// The documented defaults, writing to `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            fsync: FsyncPolicy::Batch,
+            batch_window: std::time::Duration::ZERO,
+            rotate_size: 64 << 20,
+            rotate_daily: true,
+            signing_key: None,
+            checkpoint_interval: std::time::Duration::from_secs(60),
+            on_failure: OnFailure::Refuse,
+            statement_text: StatementText::Normalized,
+            parameter_key: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! `pgwarden audit search`: find records across rotated files by who, when, what.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde_json::Value;
@@ -35,6 +35,8 @@ pub struct Hit {
     pub line: usize,
     pub record: Value,
     pub raw: String,
+    /// For a `statement` record: its `statement.result`, wherever it is in the log.
+    pub result: Option<Value>,
 }
 
 /// All matching records, oldest first. Lines that are not JSON (a crash's sealed partial
@@ -67,6 +69,8 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
     }
     let text = query.text.as_ref().map(|t| t.to_lowercase());
     let mut hits = Vec::new();
+    // Outcomes, to show next to their statements: (session, statement) → result.
+    let mut results: HashMap<(u64, u64), Value> = HashMap::new();
     for name in &files {
         for (index, line) in read(name)?.lines().enumerate() {
             let Ok(record) = serde_json::from_str::<Value>(line) else {
@@ -74,6 +78,11 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
             };
             let time = record["time"].as_u64().unwrap_or(0);
             let session = record["session"].as_u64();
+            if record["type"] == "statement.result" {
+                if let (Some(session), Some(statement)) = (session, record["statement"].as_u64()) {
+                    results.insert((session, statement), record.clone());
+                }
+            }
             let matches = query.since.is_none_or(|since| time >= since)
                 && query.until.is_none_or(|until| time < until)
                 && query
@@ -106,7 +115,18 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     line: index + 1,
                     record,
                     raw: line.to_owned(),
+                    result: None,
                 });
+            }
+        }
+    }
+    for hit in &mut hits {
+        if hit.record["type"] == "statement" {
+            if let (Some(session), Some(statement)) = (
+                hit.record["session"].as_u64(),
+                hit.record["statement"].as_u64(),
+            ) {
+                hit.result = results.remove(&(session, statement));
             }
         }
     }

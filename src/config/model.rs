@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use super::units::{ByteSize, HumanDuration};
 use super::{Config, ConfigError, LocalUser, Secret, Server, Upstream, UpstreamAddr};
-use crate::audit::{FsyncPolicy, Settings as AuditSettings};
+use crate::audit::{
+    FsyncPolicy, OnFailure, ParameterAudit, Settings as AuditSettings, StatementText,
+};
 use crate::auth::scram::ScramVerifier;
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +42,14 @@ struct AuditSection {
     /// Secret reference to an Ed25519 PKCS#8 PEM key (`pgwarden audit keygen`).
     signing_key: Option<String>,
     checkpoint_interval: Option<HumanDuration>,
+    #[serde(default)]
+    on_failure: Option<OnFailure>,
+    #[serde(default)]
+    statement_text: Option<StatementText>,
+    #[serde(default)]
+    parameters: Option<ParameterAudit>,
+    /// Secret reference to the HMAC key for `parameters = "hmac"`.
+    parameter_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,7 +434,42 @@ pub fn validate(
                     "must be more than 0".into(),
                 ));
             }
+            let parameter_key = match (a.parameters, a.parameter_key) {
+                (Some(ParameterAudit::Hmac), None) => {
+                    return Err(invalid(
+                        "audit.parameters".into(),
+                        "\"hmac\" needs audit.parameter_key (\"file:PATH\" or \"env:NAME\")".into(),
+                    ))
+                }
+                (Some(ParameterAudit::Hmac), Some(reference)) => {
+                    let (key, inline) = Secret::resolve(&reference, &base_dir)
+                        .map_err(|m| invalid("audit.parameter_key".into(), m))?;
+                    if inline {
+                        return Err(invalid(
+                            "audit.parameter_key".into(),
+                            "must be a reference: \"file:PATH\" or \"env:NAME\"".into(),
+                        ));
+                    }
+                    if key.expose().trim().len() < 16 {
+                        return Err(invalid(
+                            "audit.parameter_key".into(),
+                            "must be at least 16 characters".into(),
+                        ));
+                    }
+                    Some(key)
+                }
+                (_, Some(_)) => {
+                    return Err(invalid(
+                        "audit.parameter_key".into(),
+                        "is only used with audit.parameters = \"hmac\"".into(),
+                    ))
+                }
+                (_, None) => None,
+            };
             Some(AuditSettings {
+                on_failure: a.on_failure.unwrap_or(OnFailure::Refuse),
+                statement_text: a.statement_text.unwrap_or(StatementText::Normalized),
+                parameter_key,
                 dir: resolve_path(a.dir),
                 fsync: a.fsync.unwrap_or(FsyncPolicy::Batch),
                 batch_window,

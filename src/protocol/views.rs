@@ -50,12 +50,27 @@ pub struct Bind<'a> {
     pub portal: &'a [u8],
     pub statement: &'a [u8],
     pub param_count: usize,
+    /// The parameter values as sent (length-prefixed), already validated.
+    parameters: &'a [u8],
     /// Result-column format codes as sent (big-endian i16 pairs): none = all text, one =
     /// applies to all columns. Kept raw so that decoding a Bind allocates nothing.
     result_formats: &'a [u8],
 }
 
-impl Bind<'_> {
+impl<'a> Bind<'a> {
+    /// Each parameter's value, `None` for NULL.
+    pub fn parameter_values(&self) -> impl Iterator<Item = Option<&'a [u8]>> + 'a {
+        let mut rest = self.parameters;
+        (0..self.param_count).map(move |_| {
+            // Lengths were checked when the view was made; a short slice yields nothing.
+            let (len, after) = split_i32(rest)?;
+            let len = usize::try_from(len).ok();
+            let value = len.and_then(|len| after.get(..len));
+            rest = after.get(len.unwrap_or(0)..).unwrap_or_default();
+            value
+        })
+    }
+
     pub fn result_formats(&self) -> impl Iterator<Item = i16> + '_ {
         self.result_formats
             .chunks_exact(2)
@@ -72,6 +87,7 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
         .get(format_count * 2..)
         .ok_or(malformed(WHAT, "parameter formats truncated"))?;
     let (param_count, mut rest) = split_count(rest, WHAT)?;
+    let parameters_start = rest;
     for _ in 0..param_count {
         let (len, after) = split_i32(rest).ok_or(malformed(WHAT, "parameter length truncated"))?;
         rest = match len {
@@ -85,6 +101,7 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
             }
         };
     }
+    let parameters = &parameters_start[..parameters_start.len() - rest.len()];
     let (result_count, rest) = split_count(rest, WHAT)?;
     if rest.len() != result_count * 2 {
         return Err(malformed(WHAT, "result formats do not match the count"));
@@ -93,6 +110,7 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
         portal,
         statement,
         param_count,
+        parameters,
         result_formats: rest,
     })
 }
@@ -194,6 +212,10 @@ mod tests {
             (&b"p"[..], &b"s"[..], 2)
         );
         assert_eq!(b.result_formats().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            b.parameter_values().collect::<Vec<_>>(),
+            vec![Some(&b"hi"[..]), None]
+        );
         // A parameter length running past the end (pgwire panics on this one).
         assert!(bind(b"p\0s\0\0\0\0\x01\0\0\x10\0hi\0\0").is_err());
         assert!(bind(b"p\0s\0\0\0\0\x01\xff\xff\xff\xfe\0\0").is_err());

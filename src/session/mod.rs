@@ -9,10 +9,12 @@
 //!
 //! Steps 1–2 run under `server.auth_timeout`.
 
+mod flow;
 pub mod gate;
 pub mod relay;
 pub mod shutdown;
 pub mod state;
+mod track;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct Context {
     pub shutdown: shutdown::Shutdown,
     /// The audit log, when `[audit]` is configured.
     pub audit: Option<AuditLog>,
+    /// Statement analysis, cached across sessions.
+    pub analyzer: crate::sql::Analyzer,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -202,7 +206,7 @@ pub async fn serve(ctx: Arc<Context>, id: u64, tcp: TcpStream, peer: SocketAddr,
             }
         };
     info!(peer = %peer, "session started");
-    let summary = relay::run(&ctx, established).await;
+    let summary = relay::run(&ctx, id, established).await;
     if let Some(audit) = &ctx.audit {
         let event = Event::SessionEnd {
             session: id,
@@ -439,13 +443,7 @@ async fn establish(
         audit
             .record_durable(Event::SessionStart {
                 session: id,
-                actor: Actor {
-                    user: User {
-                        name: identity.name.clone(),
-                        groups: identity.groups.clone(),
-                        auth_method: identity.method.as_str().to_owned(),
-                    },
-                },
+                actor: actor_of(&identity),
                 src_endpoint: peer.into(),
                 tls: stream.tls_version().map(str::to_owned),
                 application_name: startup
@@ -486,6 +484,17 @@ async fn establish(
         grant,
         registration,
     })
+}
+
+/// Who, for the audit log.
+fn actor_of(identity: &Identity) -> Actor {
+    Actor {
+        user: User {
+            name: identity.name.clone(),
+            groups: identity.groups.clone(),
+            auth_method: identity.method.as_str().to_owned(),
+        },
+    }
 }
 
 /// Checks on the startup packet before any authentication.

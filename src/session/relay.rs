@@ -12,14 +12,18 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
-use super::gate::{Decision, Protocol, Statement};
+use std::sync::Arc;
+
+use super::flow::{Flow, StatementAudit};
 use super::shutdown::Phase;
 use super::state::SessionState;
+use super::track::Tracker;
 use super::{Context, Established, SessionError};
+use crate::audit::{OnFailure, StatementText};
 use crate::error::{ClientError, SqlState};
 use crate::net::MaybeTls;
-use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
-use crate::protocol::{backend, split_i32, views, ProtocolError};
+use crate::protocol::backend;
+use crate::protocol::frame::FrameBuffer;
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 512 * 1024;
@@ -140,7 +144,7 @@ pub struct Summary {
 }
 
 /// Relay until one side ends. Errors are reported to the client where it can still hear them.
-pub async fn run(ctx: &Context, session: Established) -> Summary {
+pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     let started = Instant::now();
     let Established {
         client,
@@ -150,35 +154,45 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
         grant,
         cancel_key: _cancel_key,
     } = session;
-    let mut state = SessionState::new(upstream.transaction_status, upstream.parameters);
-    let mut client = Peer::new(client, client_reader);
-    let mut server = Peer::new(upstream.stream, upstream.reader);
-    let mut closing: Option<Ending> = None;
-    let mut upstream_sent_fatal = false;
-
-    // Frames the client pipelined behind its last authentication message (and anything the
-    // server sent after its first ReadyForQuery) are already buffered: handle them now, not
-    // only after the next read, which may never come.
-    let statement_ctx = StatementCtx {
+    let snapshot = ctx.snapshot.load();
+    let audit_settings = snapshot.config.audit.as_ref();
+    let mut flow = Flow {
+        session: id,
         identity: &identity,
         database: &grant.database,
         role: &grant.role,
         gate: ctx.gate.as_ref(),
+        analyzer: &ctx.analyzer,
+        audit: ctx.audit.as_ref().map(|log| StatementAudit {
+            log,
+            actor: Arc::new(super::actor_of(&identity)),
+            on_failure: audit_settings.map_or(OnFailure::Refuse, |a| a.on_failure),
+            text: audit_settings.map_or(StatementText::Normalized, |a| a.statement_text),
+            parameter_key: audit_settings
+                .and_then(|a| a.parameter_key.as_ref())
+                .map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose().as_bytes())),
+        }),
+        state: SessionState::new(upstream.transaction_status, upstream.parameters),
+        tracker: Tracker::default(),
+        upstream_sent_fatal: false,
     };
-    let mut leftover_step = (!server.inbuf.is_empty() || !client.inbuf.is_empty()).then(|| {
-        from_server(
-            &mut server.inbuf,
-            &mut client.out,
-            &mut state,
-            &mut upstream_sent_fatal,
-        )?;
-        from_client(
-            &mut client.inbuf,
-            &mut server.out,
-            &mut state,
-            &statement_ctx,
-        )
-    });
+    drop(snapshot);
+    let mut client = Peer::new(client, client_reader);
+    let mut server = Peer::new(upstream.stream, upstream.reader);
+    let mut closing: Option<Ending> = None;
+
+    // Frames the client pipelined behind its last authentication message (and anything the
+    // server sent after its first ReadyForQuery) are already buffered: handle them now, not
+    // only after the next read, which may never come.
+    let mut leftover_step = if !server.inbuf.is_empty() || !client.inbuf.is_empty() {
+        let step = match flow.server_frames(&mut server.inbuf, &mut client.out) {
+            Ok(()) => flow.client_frames(&mut client.inbuf, &mut server.out).await,
+            Err(e) => Err(e),
+        };
+        Some(step)
+    } else {
+        None
+    };
 
     let mut phase = ctx.shutdown.watch();
     // A session that starts while draining ends as soon as it is idle.
@@ -211,7 +225,7 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
                     _ => {
                         draining = true;
                         debug!("shutdown requested; ending the session once it is idle");
-                        Ok(state.is_idle().then_some(Ending::Shutdown))
+                        Ok(flow.state.is_idle().then_some(Ending::Shutdown))
                     }
                 },
                 r = push(&mut client.wr, &client.out), if client.has_output() => {
@@ -224,8 +238,10 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
                     Ok(0) => Ok(Some(Ending::ClientDisconnected)),
                     Ok(n) => {
                         client.bytes_read += n as u64;
-                        from_client(&mut client.inbuf, &mut server.out, &mut state, &statement_ctx)
-                            .and_then(|ending| server.try_push().map(|()| ending).map_err(SessionError::UpstreamIo))
+                        match flow.client_frames(&mut client.inbuf, &mut server.out).await {
+                            Ok(ending) => server.try_push().map(|()| ending).map_err(SessionError::UpstreamIo),
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(SessionError::ClientIo(e)),
                 },
@@ -233,9 +249,16 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
                     Ok(0) => Ok(Some(Ending::UpstreamClosed)),
                     Ok(n) => {
                         server.bytes_read += n as u64;
-                        from_server(&mut server.inbuf, &mut client.out, &mut state, &mut upstream_sent_fatal)
+                        match flow
+                            .server_frames(&mut server.inbuf, &mut client.out)
                             .and_then(|()| client.try_push().map_err(SessionError::ClientIo))
-                            .map(|()| (draining && state.is_idle()).then_some(Ending::Shutdown))
+                        {
+                            Ok(()) => {
+                                flow.record_outcomes().await;
+                                Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(SessionError::UpstreamIo(e)),
                 },
@@ -252,7 +275,7 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
                             "terminating connection because pgwarden is shutting down",
                         ),
                     ),
-                    Ending::UpstreamClosed if !upstream_sent_fatal => backend::error_response(
+                    Ending::UpstreamClosed if !flow.upstream_sent_fatal => backend::error_response(
                         &mut client.out,
                         &ClientError::fatal(
                             SqlState::CONNECTION_FAILURE,
@@ -278,7 +301,7 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
             }
             Err(e) => {
                 warn!(error = %e, "upstream connection failed");
-                if !upstream_sent_fatal {
+                if !flow.upstream_sent_fatal {
                     backend::error_response(
                         &mut client.out,
                         &ClientError::fatal(
@@ -308,7 +331,7 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
     let summary = Summary {
         ending,
         duration_ms: started.elapsed().as_millis() as u64,
-        statements: state.statements_seen,
+        statements: flow.state.statements_seen,
         bytes_from_client: client.bytes_read,
         bytes_from_server: server.bytes_read,
     };
@@ -321,169 +344,4 @@ pub async fn run(ctx: &Context, session: Established) -> Summary {
         "session ended"
     );
     summary
-}
-
-struct StatementCtx<'a> {
-    identity: &'a crate::auth::Identity,
-    database: &'a str,
-    role: &'a str,
-    gate: &'a dyn super::gate::StatementGate,
-}
-
-/// Scan complete client frames, update the session state, decide statements, and copy them
-/// to the upstream output. Returns `Some` when the client said Terminate.
-fn from_client(
-    inbuf: &mut FrameBuffer,
-    upstream_out: &mut BytesMut,
-    state: &mut SessionState,
-    ctx: &StatementCtx<'_>,
-) -> Result<Option<Ending>, SessionError> {
-    let limits = inbuf.limits();
-    let mut offset = 0;
-    let mut ending = None;
-    while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
-        let end = offset + header.wire_len();
-        let body = &inbuf.bytes()[offset + HEADER_LEN..end];
-        match header.tag {
-            b'Q' => {
-                let sql = views::query(body)?;
-                state.on_query();
-                decide(state, ctx, sql, Protocol::Simple);
-            }
-            b'P' => {
-                let parse = views::parse(body)?;
-                state.on_parse(&parse);
-                decide(
-                    state,
-                    ctx,
-                    parse.sql,
-                    Protocol::Extended {
-                        statement_name: parse.statement,
-                    },
-                );
-            }
-            b'B' => state.on_bind(&views::bind(body)?),
-            b'C' => {
-                let (target, name) = views::target(body, "Close message")?;
-                state.on_close(target, name);
-            }
-            b'D' => {
-                views::target(body, "Describe message")?;
-            }
-            b'E' => {
-                views::execute(body)?;
-            }
-            b'S' => {
-                expect_empty(header, body)?;
-                state.on_sync();
-            }
-            b'H' => expect_empty(header, body)?,
-            b'F' => {
-                let (oid, _) = split_i32(body).ok_or(ProtocolError::Malformed {
-                    what: "FunctionCall message",
-                    detail: "too short",
-                })?;
-                state.in_flight += 1;
-                decide(
-                    state,
-                    ctx,
-                    b"",
-                    Protocol::FunctionCall {
-                        function_oid: oid as u32,
-                    },
-                );
-            }
-            // COPY data from the client: passed through.
-            b'd' | b'c' | b'f' => {}
-            b'X' => {
-                expect_empty(header, body)?;
-                ending = Some(Ending::ClientTerminated);
-            }
-            tag => {
-                return Err(ProtocolError::Unexpected {
-                    tag,
-                    phase: "the session",
-                }
-                .into())
-            }
-        }
-        offset = end;
-        if ending.is_some() {
-            break;
-        }
-    }
-    upstream_out.extend_from_slice(&inbuf.bytes()[..offset]);
-    inbuf.consume(offset);
-    Ok(ending)
-}
-
-fn expect_empty(header: FrameHeader, body: &[u8]) -> Result<(), ProtocolError> {
-    if body.is_empty() {
-        Ok(())
-    } else {
-        Err(ProtocolError::BadLength {
-            tag: header.tag,
-            len: body.len() as i64 + 4,
-        })
-    }
-}
-
-/// The hook point: every statement passes here before it is forwarded.
-fn decide(state: &mut SessionState, ctx: &StatementCtx<'_>, sql: &[u8], protocol: Protocol<'_>) {
-    state.statements_seen += 1;
-    let statement = Statement {
-        identity: ctx.identity,
-        database: ctx.database,
-        role: ctx.role,
-        sql,
-        protocol,
-        transaction_status: state.transaction_status,
-    };
-    match ctx.gate.decide(&statement) {
-        Decision::Allow => {}
-    }
-}
-
-/// Scan complete server frames, track what the session needs, and copy them to the client.
-fn from_server(
-    inbuf: &mut FrameBuffer,
-    client_out: &mut BytesMut,
-    state: &mut SessionState,
-    sent_fatal: &mut bool,
-) -> Result<(), SessionError> {
-    let limits = inbuf.limits();
-    let mut offset = 0;
-    while let Some(header) =
-        peek_frame(&inbuf.bytes()[offset..], limits).map_err(SessionError::UpstreamProtocol)?
-    {
-        let end = offset + header.wire_len();
-        let body = &inbuf.bytes()[offset + HEADER_LEN..end];
-        match header.tag {
-            b'Z' => {
-                let status = *body.first().ok_or(SessionError::UpstreamProtocol(
-                    ProtocolError::Malformed {
-                        what: "ReadyForQuery",
-                        detail: "no status",
-                    },
-                ))?;
-                state.on_ready_for_query(status);
-            }
-            b'S' => {
-                let (name, value) =
-                    views::parameter_status(body).map_err(SessionError::UpstreamProtocol)?;
-                state.on_parameter_status(name, value);
-            }
-            b'E' => {
-                let fields = views::error_fields(body).map_err(SessionError::UpstreamProtocol)?;
-                *sent_fatal |= fields
-                    .iter()
-                    .any(|(code, v)| *code == b'V' && (*v == b"FATAL" || *v == b"PANIC"));
-            }
-            _ => {}
-        }
-        offset = end;
-    }
-    client_out.extend_from_slice(&inbuf.bytes()[..offset]);
-    inbuf.consume(offset);
-    Ok(())
 }

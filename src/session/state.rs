@@ -6,14 +6,19 @@
 //! an entry, which is harmless: anything using it fails upstream too.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::sql::Analysis;
 
 use crate::protocol::views::{Bind, Parse, Target};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedStatement {
     pub sql: Bytes,
+    /// `None` when PostgreSQL's parser rejects the text.
+    pub analysis: Option<Arc<Analysis>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +26,8 @@ pub struct Portal {
     pub statement: Bytes,
     /// As sent in Bind: empty = all text, one code = all columns, else one per column.
     pub result_formats: Vec<i16>,
+    /// Parameter values as keyed hashes, when the audit log records them.
+    pub parameters: Option<Vec<Option<String>>>,
 }
 
 #[derive(Debug)]
@@ -33,8 +40,11 @@ pub struct SessionState {
     pub portals: HashMap<Bytes, Portal>,
     /// ParameterStatus values as last reported by the server (client_encoding, search_path…).
     pub parameters: HashMap<Vec<u8>, Vec<u8>>,
-    /// Statements decided so far (Query, Parse, FunctionCall).
+    /// Statements run so far (Query, Execute, FunctionCall): the audit sequence number.
     pub statements_seen: u64,
+    /// After a refused extended-protocol message: drop the client's messages up to its
+    /// Sync, as the server does after an error.
+    pub skip_until_sync: bool,
 }
 
 impl SessionState {
@@ -46,6 +56,7 @@ impl SessionState {
             portals: HashMap::new(),
             parameters: parameters.into_iter().collect(),
             statements_seen: 0,
+            skip_until_sync: false,
         }
     }
 
@@ -66,28 +77,37 @@ impl SessionState {
         self.in_flight += 1;
     }
 
-    pub fn on_parse(&mut self, parse: &Parse<'_>) {
+    /// Remember a Parse; `analyze` runs only when the text is new for this name.
+    pub fn on_parse(
+        &mut self,
+        parse: &Parse<'_>,
+        analyze: impl FnOnce() -> Option<Arc<Analysis>>,
+    ) -> &PreparedStatement {
         // Drivers re-send the same unnamed SQL over and over: keep the stored copy then.
-        if let Some(existing) = self.statements.get(parse.statement) {
-            if existing.sql == parse.sql {
-                return;
-            }
+        let unchanged = self
+            .statements
+            .get(parse.statement)
+            .is_some_and(|existing| existing.sql == parse.sql);
+        if !unchanged {
+            self.statements.insert(
+                Bytes::copy_from_slice(parse.statement),
+                PreparedStatement {
+                    sql: Bytes::copy_from_slice(parse.sql),
+                    analysis: analyze(),
+                },
+            );
         }
-        self.statements.insert(
-            Bytes::copy_from_slice(parse.statement),
-            PreparedStatement {
-                sql: Bytes::copy_from_slice(parse.sql),
-            },
-        );
+        &self.statements[parse.statement]
     }
 
-    pub fn on_bind(&mut self, bind: &Bind<'_>) {
+    pub fn on_bind(&mut self, bind: &Bind<'_>, parameters: Option<Vec<Option<String>>>) {
         if let Some(portal) = self.portals.get_mut(bind.portal) {
             if portal.statement != bind.statement {
                 portal.statement = Bytes::copy_from_slice(bind.statement);
             }
             portal.result_formats.clear();
             portal.result_formats.extend(bind.result_formats());
+            portal.parameters = parameters;
             return;
         }
         self.portals.insert(
@@ -95,6 +115,7 @@ impl SessionState {
             Portal {
                 statement: Bytes::copy_from_slice(bind.statement),
                 result_formats: bind.result_formats().collect(),
+                parameters,
             },
         );
     }
@@ -141,6 +162,12 @@ impl SessionState {
     pub fn statement_sql(&self, name: &[u8]) -> Option<&Bytes> {
         self.statements.get(name).map(|s| &s.sql)
     }
+
+    /// The prepared statement behind a portal, and the portal's statement name.
+    pub fn portal_statement(&self, portal: &[u8]) -> Option<(&Portal, Option<&PreparedStatement>)> {
+        let portal = self.portals.get(portal)?;
+        Some((portal, self.statements.get(&portal.statement)))
+    }
 }
 
 #[cfg(test)]
@@ -151,14 +178,20 @@ mod tests {
     #[test]
     fn tracks_statements_portals_and_transactions() {
         let mut s = SessionState::new(b'I', vec![]);
-        s.on_parse(&Parse {
-            statement: b"s1",
-            sql: b"select $1",
-            param_type_count: 1,
-        });
+        s.on_parse(
+            &Parse {
+                statement: b"s1",
+                sql: b"select $1",
+                param_type_count: 1,
+            },
+            || None,
+        );
         // Unnamed portal, one text parameter "x", binary results; then a named portal.
-        s.on_bind(&bind(b"\0s1\0\0\0\0\x01\0\0\0\x01x\0\x01\0\x01").unwrap());
-        s.on_bind(&bind(b"named\0s1\0\0\0\0\0\0\0").unwrap());
+        s.on_bind(
+            &bind(b"\0s1\0\0\0\0\x01\0\0\0\x01x\0\x01\0\x01").unwrap(),
+            None,
+        );
+        s.on_bind(&bind(b"named\0s1\0\0\0\0\0\0\0").unwrap(), None);
         assert_eq!(
             s.statement_sql(b"s1").unwrap(),
             &Bytes::from_static(b"select $1")

@@ -12,17 +12,17 @@ const MAX_CACHED_TEXT: usize = 8 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     /// The text with every literal replaced by a `$n` placeholder.
-    pub normalized: String,
+    pub normalized: Arc<str>,
     /// libpg_query's fingerprint (16 hex digits): equal for statements that differ only in
     /// literal values, whitespace or comments.
-    pub fingerprint: String,
+    pub fingerprint: Arc<str>,
     /// One kind per statement, in order (`select`, `insert`, `create table`, …).
-    pub kinds: Vec<&'static str>,
+    pub kinds: Arc<[&'static str]>,
     /// Tables named anywhere in the message, with how they are used; sorted, no duplicates.
-    pub tables: Vec<TableRef>,
+    pub tables: Arc<[TableRef]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct TableRef {
     /// As written, schema-qualified when it was (`public.users` or `users`).
     pub name: String,
@@ -83,7 +83,7 @@ impl Analyzer {
             }
         }
         let normalized = pg_query::normalize(sql).map_err(syntax_error)?;
-        if cacheable && normalized != sql {
+        if cacheable && normalized.as_str() != sql {
             if let Some(hit) = self.cached(&normalized) {
                 return Ok(hit);
             }
@@ -91,7 +91,7 @@ impl Analyzer {
         let analysis = Arc::new(analyze_uncached(sql, normalized)?);
         if cacheable {
             if let Ok(mut cache) = self.cache.lock() {
-                cache.put(analysis.normalized.clone().into(), analysis.clone());
+                cache.put(Box::from(&*analysis.normalized), analysis.clone());
             }
         }
         Ok(analysis)
@@ -112,7 +112,7 @@ fn syntax_error(e: pg_query::Error) -> AnalysisError {
 fn analyze_uncached(sql: &str, normalized: String) -> Result<Analysis, AnalysisError> {
     let parsed = pg_query::parse(sql, 0).map_err(syntax_error)?;
     let fingerprint = pg_query::fingerprint(sql, 0, 0).map_err(syntax_error)?.hex;
-    let kinds = parsed
+    let kinds: Vec<&'static str> = parsed
         .protobuf
         .stmts
         .iter()
@@ -139,10 +139,10 @@ fn analyze_uncached(sql: &str, normalized: String) -> Result<Analysis, AnalysisE
     tables.sort();
     tables.dedup();
     Ok(Analysis {
-        normalized,
-        fingerprint,
-        kinds,
-        tables,
+        normalized: normalized.into(),
+        fingerprint: fingerprint.into(),
+        kinds: kinds.into(),
+        tables: tables.into(),
     })
 }
 
@@ -231,7 +231,7 @@ mod tests {
         assert!(!a.normalized.contains("hunter2"), "{}", a.normalized);
         assert!(!a.normalized.contains("a@b.c"), "{}", a.normalized);
         assert!(!a.normalized.contains("42"), "{}", a.normalized);
-        assert_eq!(a.kinds, ["alter role", "select"]);
+        assert_eq!(*a.kinds, ["alter role", "select"]);
         assert_eq!(tables(&a), [("users", Access::Read)]);
     }
 
@@ -285,7 +285,7 @@ mod tests {
         ];
         for (sql, kinds, expected) in cases {
             let a = analyzer.analyze(sql.as_bytes()).unwrap();
-            assert_eq!(&a.kinds, kinds, "{sql}");
+            assert_eq!(&*a.kinds, *kinds, "{sql}");
             assert_eq!(&tables(&a), expected, "{sql}");
         }
     }

@@ -1,0 +1,471 @@
+//! What happens to each frame on its way through a session: statements are analysed,
+//! decided, recorded in the audit log *before* they are forwarded, and their outcomes
+//! recorded when the server's answer comes back ([`super::track`]).
+//!
+//! A statement that cannot be recorded is refused (unless `audit.on_failure = "continue"`):
+//! it never reaches PostgreSQL; an inert message takes its place so the client gets the
+//! refusal in the right slot with the transaction semantics of a server error.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tracing::warn;
+
+use super::gate::{Decision, Protocol, Statement, StatementGate};
+use super::state::SessionState;
+use super::track::{self, Expect, Finished, Rewrite, Running, Tracker};
+use super::SessionError;
+use crate::audit::event::{Actor, QueryText, StatementRecord, Status};
+use crate::audit::{AuditLog, Event, OnFailure, StatementText};
+use crate::auth::Identity;
+use crate::error::ClientError;
+use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
+use crate::protocol::{backend, split_i32, views, ProtocolError};
+use crate::sql::{Analysis, Analyzer};
+
+use super::relay::Ending;
+
+/// Everything a session needs to decide and record its statements.
+pub struct Flow<'a> {
+    pub session: u64,
+    pub identity: &'a Identity,
+    pub database: &'a str,
+    pub role: &'a str,
+    pub gate: &'a dyn StatementGate,
+    pub analyzer: &'a Analyzer,
+    pub audit: Option<StatementAudit<'a>>,
+    pub state: SessionState,
+    pub tracker: Tracker,
+    pub upstream_sent_fatal: bool,
+}
+
+/// The audit log and how statements go into it.
+pub struct StatementAudit<'a> {
+    pub log: &'a AuditLog,
+    pub actor: Arc<Actor>,
+    pub on_failure: OnFailure,
+    pub text: StatementText,
+    pub parameter_key: Option<ring::hmac::Key>,
+}
+
+/// What a statement's text is, as far as its record goes.
+struct Described<'s> {
+    sql: &'s [u8],
+    analysis: Option<Arc<Analysis>>,
+    protocol: Protocol<'s>,
+    parameters: Option<Vec<Option<String>>>,
+}
+
+/// The fate of one client frame.
+enum Verdict {
+    Forward,
+    /// Not forwarded (skipping to Sync after a refusal).
+    Drop,
+    /// Replaced upstream by an inert message of this shape; the client gets this error.
+    Refuse(Expect, ClientError),
+}
+
+impl Flow<'_> {
+    /// Scan complete client frames; decide, record and forward them (or refuse them).
+    /// Returns `Some` when the client said Terminate.
+    pub async fn client_frames(
+        &mut self,
+        inbuf: &mut FrameBuffer,
+        upstream_out: &mut BytesMut,
+    ) -> Result<Option<Ending>, SessionError> {
+        let limits = inbuf.limits();
+        let mut offset = 0;
+        // Start of the frames not yet copied: runs of forwarded frames are copied at once.
+        let mut run_start = 0;
+        let mut ending = None;
+        while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
+            let end = offset + header.wire_len();
+            let body = &inbuf.bytes()[offset + HEADER_LEN..end];
+            let verdict = if self.state.skip_until_sync && !matches!(header.tag, b'S' | b'X') {
+                Verdict::Drop
+            } else {
+                self.client_frame(header, body, &mut ending).await?
+            };
+            match verdict {
+                Verdict::Forward => {}
+                Verdict::Drop => {
+                    upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                    run_start = end;
+                }
+                Verdict::Refuse(expect, error) => {
+                    upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                    track::write_inert(upstream_out, expect);
+                    self.tracker.push_refused(expect, error);
+                    // The server skips to Sync after the inert Parse fails; so do we, so that
+                    // nothing behind the refused message is recorded as run.
+                    if expect == Expect::Parse {
+                        self.state.skip_until_sync = true;
+                    }
+                    run_start = end;
+                }
+            }
+            offset = end;
+            if ending.is_some() {
+                break;
+            }
+        }
+        upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+        inbuf.consume(offset);
+        Ok(ending)
+    }
+
+    async fn client_frame(
+        &mut self,
+        header: FrameHeader,
+        body: &[u8],
+        ending: &mut Option<Ending>,
+    ) -> Result<Verdict, SessionError> {
+        match header.tag {
+            b'Q' => {
+                let sql = views::query(body)?;
+                self.state.on_query();
+                self.decide(sql, Protocol::Simple);
+                let analysis = self.analyzer.analyze(sql).ok();
+                let described = Described {
+                    sql,
+                    analysis,
+                    protocol: Protocol::Simple,
+                    parameters: None,
+                };
+                return Ok(match self.run_statement(described).await {
+                    Ok(run) => {
+                        self.tracker.push(Expect::Query, run);
+                        Verdict::Forward
+                    }
+                    Err(refusal) => Verdict::Refuse(Expect::Query, refusal),
+                });
+            }
+            b'P' => {
+                let parse = views::parse(body)?;
+                let analyzer = self.analyzer;
+                self.state
+                    .on_parse(&parse, || analyzer.analyze(parse.sql).ok());
+                self.decide(
+                    parse.sql,
+                    Protocol::Extended {
+                        statement_name: parse.statement,
+                    },
+                );
+                self.tracker.push(Expect::Parse, None);
+            }
+            b'B' => {
+                let bind = views::bind(body)?;
+                let parameters = self.hash_parameters(&bind);
+                self.state.on_bind(&bind, parameters);
+                self.tracker.push(Expect::Bind, None);
+            }
+            b'C' => {
+                let (target, name) = views::target(body, "Close message")?;
+                self.state.on_close(target, name);
+                self.tracker.push(Expect::Close, None);
+            }
+            b'D' => {
+                views::target(body, "Describe message")?;
+                self.tracker.push(Expect::Describe, None);
+            }
+            b'E' => {
+                let (portal, _max_rows) = views::execute(body)?;
+                // Cheap reference-counted copies: the session state is borrowed no further.
+                let (sql, name, analysis, parameters) = match self.state.portal_statement(portal) {
+                    Some((portal, prepared)) => (
+                        prepared.map(|p| p.sql.clone()).unwrap_or_default(),
+                        portal.statement.clone(),
+                        prepared.and_then(|p| p.analysis.clone()),
+                        portal.parameters.clone(),
+                    ),
+                    // The server answers "portal does not exist"; the attempt is still on
+                    // record.
+                    None => Default::default(),
+                };
+                let described = Described {
+                    sql: &sql,
+                    analysis,
+                    protocol: Protocol::Extended {
+                        statement_name: &name,
+                    },
+                    parameters,
+                };
+                return Ok(match self.run_statement(described).await {
+                    Ok(run) => {
+                        self.tracker.push(Expect::Execute, run);
+                        Verdict::Forward
+                    }
+                    Err(refusal) => Verdict::Refuse(Expect::Parse, refusal),
+                });
+            }
+            b'S' => {
+                expect_empty(header, body)?;
+                self.state.on_sync();
+                self.state.skip_until_sync = false;
+                self.tracker.push(Expect::Sync, None);
+            }
+            b'H' => expect_empty(header, body)?,
+            b'F' => {
+                let (oid, _) = split_i32(body).ok_or(ProtocolError::Malformed {
+                    what: "FunctionCall message",
+                    detail: "too short",
+                })?;
+                self.state.in_flight += 1;
+                self.decide(
+                    b"",
+                    Protocol::FunctionCall {
+                        function_oid: oid as u32,
+                    },
+                );
+                let described = Described {
+                    sql: b"",
+                    analysis: None,
+                    protocol: Protocol::FunctionCall {
+                        function_oid: oid as u32,
+                    },
+                    parameters: None,
+                };
+                return Ok(match self.run_statement(described).await {
+                    Ok(run) => {
+                        self.tracker.push(Expect::FunctionCall, run);
+                        Verdict::Forward
+                    }
+                    // A refused FunctionCall is answered like a failed Query: error, ready.
+                    Err(refusal) => Verdict::Refuse(Expect::Query, refusal),
+                });
+            }
+            // COPY data from the client: passed through.
+            b'd' | b'c' | b'f' => {}
+            b'X' => {
+                expect_empty(header, body)?;
+                *ending = Some(Ending::ClientTerminated);
+            }
+            tag => {
+                return Err(ProtocolError::Unexpected {
+                    tag,
+                    phase: "the session",
+                }
+                .into())
+            }
+        }
+        Ok(Verdict::Forward)
+    }
+}
+
+impl Flow<'_> {
+    /// The hook point: every statement passes the gate before it is forwarded.
+    fn decide(&self, sql: &[u8], protocol: Protocol<'_>) {
+        let statement = Statement {
+            identity: self.identity,
+            database: self.database,
+            role: self.role,
+            sql,
+            protocol,
+            transaction_status: self.state.transaction_status,
+        };
+        match self.gate.decide(&statement) {
+            Decision::Allow => {}
+        }
+    }
+
+    /// Record a statement that is about to run. `Ok` carries what tracks its outcome;
+    /// `Err` is the refusal when it cannot be recorded and `audit.on_failure = "refuse"`.
+    async fn run_statement(
+        &mut self,
+        described: Described<'_>,
+    ) -> Result<Option<Running>, ClientError> {
+        self.state.statements_seen += 1;
+        let Some(audit) = &self.audit else {
+            return Ok(None);
+        };
+        let statement = self.state.statements_seen;
+        let record = statement_record(self, audit, statement, described);
+        match audit
+            .log
+            .record_written(Event::Statement(Box::new(record)))
+            .await
+        {
+            Ok(()) => Ok(Some(Running {
+                statement,
+                started: Instant::now(),
+            })),
+            Err(e) => match audit.on_failure {
+                OnFailure::Refuse => {
+                    warn!(error = %e, "statement refused: the audit log cannot record it");
+                    Err(ClientError::error(
+                        e.sqlstate(),
+                        "pgwarden refused this statement because the audit log cannot record it",
+                    )
+                    .with_detail(e.to_string())
+                    .with_hint(
+                        "statements run again as soon as the audit log is writable; tell the pgwarden operator",
+                    ))
+                }
+                OnFailure::Continue => {
+                    warn!(error = %e, "statement forwarded without an audit record (audit.on_failure = continue)");
+                    audit.log.count_lost();
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// HMAC of each Bind parameter, when the log records them.
+    fn hash_parameters(&self, bind: &views::Bind<'_>) -> Option<Vec<Option<String>>> {
+        let key = self.audit.as_ref()?.parameter_key.as_ref()?;
+        Some(
+            bind.parameter_values()
+                .map(|value| {
+                    value.map(|v| crate::audit::record::hex(ring::hmac::sign(key, v).as_ref()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Scan complete server frames: track what the session needs, attribute responses to
+    /// statements, swap refused slots' errors for pgwarden's, and copy to the client.
+    pub fn server_frames(
+        &mut self,
+        inbuf: &mut FrameBuffer,
+        client_out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        let limits = inbuf.limits();
+        let mut offset = 0;
+        let mut run_start = 0;
+        while let Some(header) =
+            peek_frame(&inbuf.bytes()[offset..], limits).map_err(SessionError::UpstreamProtocol)?
+        {
+            let end = offset + header.wire_len();
+            let body = &inbuf.bytes()[offset + HEADER_LEN..end];
+            match header.tag {
+                b'Z' => {
+                    let status = *body.first().ok_or(SessionError::UpstreamProtocol(
+                        ProtocolError::Malformed {
+                            what: "ReadyForQuery",
+                            detail: "no status",
+                        },
+                    ))?;
+                    self.state.on_ready_for_query(status);
+                }
+                b'S' => {
+                    let (name, value) =
+                        views::parameter_status(body).map_err(SessionError::UpstreamProtocol)?;
+                    self.state.on_parameter_status(name, value);
+                }
+                b'E' => {
+                    let fields =
+                        views::error_fields(body).map_err(SessionError::UpstreamProtocol)?;
+                    self.upstream_sent_fatal |= fields
+                        .iter()
+                        .any(|(code, v)| *code == b'V' && (*v == b"FATAL" || *v == b"PANIC"));
+                }
+                _ => {}
+            }
+            if let Rewrite::Replace(error) = self.tracker.on_server(header.tag, body) {
+                client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                backend::error_response(client_out, &error);
+                run_start = end;
+            }
+            offset = end;
+        }
+        client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+        inbuf.consume(offset);
+        Ok(())
+    }
+
+    /// Write the outcomes of statements that finished. Outcomes are not waited for: the
+    /// statement already ran, and a lost outcome is counted by the log.
+    pub async fn record_outcomes(&mut self) {
+        if self.tracker.finished.is_empty() {
+            return;
+        }
+        let Some(audit) = &self.audit else {
+            self.tracker.finished.clear();
+            return;
+        };
+        for finished in self.tracker.finished.drain(..) {
+            let _ = audit
+                .log
+                .record(outcome_record(self.session, finished))
+                .await;
+        }
+    }
+}
+
+fn outcome_record(session: u64, finished: Finished) -> Event {
+    Event::StatementResult {
+        session,
+        statement: finished.statement,
+        status: if finished.sqlstate.is_none() && !finished.skipped {
+            Status::Success
+        } else {
+            Status::Failure
+        },
+        command: finished.command,
+        rows: finished.rows,
+        duration_us: finished.started.elapsed().as_micros() as u64,
+        sqlstate: finished
+            .sqlstate
+            .map(|code| String::from_utf8_lossy(&code).into_owned()),
+        skipped: finished.skipped,
+    }
+}
+
+fn statement_record(
+    flow: &Flow<'_>,
+    audit: &StatementAudit<'_>,
+    statement: u64,
+    described: Described<'_>,
+) -> StatementRecord {
+    let (protocol, prepared, function_oid) = match described.protocol {
+        Protocol::Simple => ("simple", None, None),
+        Protocol::Extended { statement_name } => (
+            "extended",
+            Some(String::from_utf8_lossy(statement_name).into_owned()),
+            None,
+        ),
+        Protocol::FunctionCall { function_oid } => ("function-call", None, Some(function_oid)),
+    };
+    let analysis = described.analysis.as_deref();
+    let text = match (audit.text, analysis) {
+        (StatementText::Full, _) if function_oid.is_none() => {
+            Some(String::from_utf8_lossy(described.sql).into())
+        }
+        (_, Some(analysis)) => Some(analysis.normalized.clone()),
+        // Unparsable text may hold values: not written.
+        (_, None) => None,
+    };
+    StatementRecord {
+        session: flow.session,
+        statement,
+        actor: audit.actor.clone(),
+        database: flow.database.to_owned(),
+        role: flow.role.to_owned(),
+        protocol,
+        prepared,
+        query: QueryText {
+            text,
+            fingerprint: analysis.map(|a| a.fingerprint.clone()),
+            parse_error: analysis.is_none() && function_oid.is_none(),
+            function_oid,
+        },
+        kinds: analysis.map_or_else(|| Arc::from([]), |a| a.kinds.clone()),
+        tables: analysis.map_or_else(|| Arc::from([]), |a| a.tables.clone()),
+        parameters: described.parameters,
+        decision: "allow",
+        rule: None,
+        reason: None,
+    }
+}
+
+fn expect_empty(header: FrameHeader, body: &[u8]) -> Result<(), ProtocolError> {
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadLength {
+            tag: header.tag,
+            len: body.len() as i64 + 4,
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! Which client message each server response answers.
+//!
+//! PostgreSQL answers messages strictly in order, so a queue of what was forwarded is enough
+//! to attribute every response: ParseComplete to its Parse, CommandComplete to its Execute,
+//! ReadyForQuery to its Sync or Query. This is how a statement's record gets its outcome
+//! (rows, duration, SQLSTATE), and how a refused statement's slot is found: a refused message
+//! is replaced upstream by one that fails harmlessly ([`INERT_QUERY`]), and the error that
+//! comes back in its slot is swapped for pgwarden's own. The server's own error handling
+//! (abort the transaction, skip to Sync) thus applies exactly as if the statement had failed
+//! there, which is what the client and its driver expect.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::BufMut;
+
+use crate::error::ClientError;
+
+/// The text sent upstream in place of a refused statement: an unterminated quoted string, so
+/// PostgreSQL's lexer rejects it before any catalog access, in every transaction state. It
+/// never includes the client's text.
+pub const INERT_QUERY: &str = "'pgwarden refused this statement";
+
+/// What a forwarded message will be answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Parse,
+    Bind,
+    Describe,
+    Close,
+    Execute,
+    Sync,
+    /// A simple Query (or the inert Query standing in for a refused FunctionCall).
+    Query,
+    FunctionCall,
+}
+
+/// An audited statement in flight.
+#[derive(Debug)]
+pub struct Running {
+    pub statement: u64,
+    pub started: Instant,
+}
+
+/// A finished statement's outcome, for its `statement.result` record.
+#[derive(Debug)]
+pub struct Finished {
+    pub statement: u64,
+    pub started: Instant,
+    pub command: Option<String>,
+    pub rows: u64,
+    pub sqlstate: Option<[u8; 5]>,
+    pub skipped: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    expect: Expect,
+    run: Option<Running>,
+    /// Set when the message was refused: the error its slot's ErrorResponse becomes.
+    refusal: Option<Box<ClientError>>,
+    rows: u64,
+    command: Option<String>,
+    sqlstate: Option<[u8; 5]>,
+}
+
+/// What to do with a server frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    Keep,
+    /// Send this error instead of the frame (the refused message's slot).
+    Replace(Box<ClientError>),
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    queue: VecDeque<Pending>,
+    /// Outcomes ready to be recorded.
+    pub finished: Vec<Finished>,
+}
+
+impl Tracker {
+    pub fn push(&mut self, expect: Expect, run: Option<Running>) {
+        self.queue.push_back(Pending {
+            expect,
+            run,
+            refusal: None,
+            rows: 0,
+            command: None,
+            sqlstate: None,
+        });
+    }
+
+    /// A refused message, replaced upstream by [`write_inert`] with the given shape.
+    pub fn push_refused(&mut self, expect: Expect, refusal: ClientError) {
+        self.queue.push_back(Pending {
+            expect,
+            run: None,
+            refusal: Some(Box::new(refusal)),
+            rows: 0,
+            command: None,
+            sqlstate: None,
+        });
+    }
+
+    /// Account for one server frame.
+    pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Rewrite {
+        let Some(front) = self.queue.front_mut() else {
+            return Rewrite::Keep;
+        };
+        match (tag, front.expect) {
+            (b'1', Expect::Parse)
+            | (b'2', Expect::Bind)
+            | (b'3', Expect::Close)
+            | (b'n' | b'T', Expect::Describe) => {
+                self.queue.pop_front();
+            }
+            (b'C', Expect::Execute | Expect::Query) => {
+                front.rows += rows_of(body);
+                front.command = Some(command_of(body));
+                if front.expect == Expect::Execute {
+                    self.finish_front(false);
+                }
+            }
+            (b'I' | b's', Expect::Execute) => self.finish_front(false),
+            (b'E', _) => return self.on_error(body),
+            (b'Z', _) => self.on_ready(),
+            _ => {}
+        }
+        Rewrite::Keep
+    }
+
+    fn on_error(&mut self, body: &[u8]) -> Rewrite {
+        let sqlstate = sqlstate_of(body);
+        let Some(front) = self.queue.front_mut() else {
+            return Rewrite::Keep;
+        };
+        let rewrite = front.refusal.take().map_or(Rewrite::Keep, Rewrite::Replace);
+        match front.expect {
+            // The ReadyForQuery that follows ends these.
+            Expect::Query | Expect::FunctionCall => {
+                front.sqlstate = front.sqlstate.or(sqlstate);
+            }
+            // An error at Sync (e.g. a deferred constraint at the implicit commit) answers
+            // no statement still in flight.
+            Expect::Sync => {}
+            // Extended protocol: the server now skips everything up to Sync.
+            _ => {
+                front.sqlstate = sqlstate;
+                let mut first = true;
+                while let Some(pending) = self.queue.front() {
+                    if pending.expect == Expect::Sync {
+                        break;
+                    }
+                    if let Some(mut pending) = self.queue.pop_front() {
+                        if let Some(run) = pending.run.take() {
+                            self.finished.push(Finished {
+                                statement: run.statement,
+                                started: run.started,
+                                command: pending.command,
+                                rows: pending.rows,
+                                sqlstate: pending.sqlstate,
+                                skipped: !first,
+                            });
+                        }
+                    }
+                    first = false;
+                }
+            }
+        }
+        rewrite
+    }
+
+    fn on_ready(&mut self) {
+        while let Some(mut pending) = self.queue.pop_front() {
+            let ends = matches!(
+                pending.expect,
+                Expect::Sync | Expect::Query | Expect::FunctionCall
+            );
+            if let Some(run) = pending.run.take() {
+                self.finished.push(Finished {
+                    statement: run.statement,
+                    started: run.started,
+                    command: pending.command,
+                    rows: pending.rows,
+                    sqlstate: pending.sqlstate,
+                    skipped: !ends,
+                });
+            }
+            if ends {
+                break;
+            }
+        }
+    }
+
+    fn finish_front(&mut self, skipped: bool) {
+        if let Some(mut pending) = self.queue.pop_front() {
+            if let Some(run) = pending.run.take() {
+                self.finished.push(Finished {
+                    statement: run.statement,
+                    started: run.started,
+                    command: pending.command,
+                    rows: pending.rows,
+                    sqlstate: pending.sqlstate,
+                    skipped,
+                });
+            }
+        }
+    }
+}
+
+/// Write the message that stands in for a refused one: a Query for the simple-protocol
+/// slots (Query, FunctionCall: answered by ErrorResponse + ReadyForQuery), a Parse for the
+/// extended ones (answered by ErrorResponse, then the server skips to Sync).
+pub fn write_inert(out: &mut bytes::BytesMut, expect: Expect) {
+    match expect {
+        Expect::Query | Expect::FunctionCall => {
+            out.put_u8(b'Q');
+            out.put_i32((4 + INERT_QUERY.len() + 1) as i32);
+            out.put_slice(INERT_QUERY.as_bytes());
+            out.put_u8(0);
+        }
+        _ => {
+            // Named, so that the client's unnamed statement survives (an unnamed Parse would
+            // drop it before failing); a Parse that fails creates nothing.
+            const NAME: &[u8] = b"pgwarden_refused";
+            out.put_u8(b'P');
+            out.put_i32((4 + NAME.len() + 1 + INERT_QUERY.len() + 1 + 2) as i32);
+            out.put_slice(NAME);
+            out.put_u8(0);
+            out.put_slice(INERT_QUERY.as_bytes());
+            out.put_u8(0);
+            out.put_i16(0);
+        }
+    }
+}
+
+/// Rows from a CommandComplete tag: the last number of `INSERT 0 5`, `SELECT 3`, `UPDATE 2`.
+fn rows_of(body: &[u8]) -> u64 {
+    let tag = body.strip_suffix(b"\0").unwrap_or(body);
+    let last = tag.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    if last.is_empty() || !last.iter().all(u8::is_ascii_digit) || last.len() > 19 {
+        return 0;
+    }
+    last.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    })
+}
+
+/// The command of a CommandComplete tag, without its counts (`INSERT`, `CREATE TABLE`).
+fn command_of(body: &[u8]) -> String {
+    let tag = body.strip_suffix(b"\0").unwrap_or(body);
+    let words: Vec<&[u8]> = tag
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty() && !w.iter().all(u8::is_ascii_digit))
+        .collect();
+    String::from_utf8_lossy(&words.join(&b' ')).into_owned()
+}
+
+/// The SQLSTATE (`C` field) of an ErrorResponse body.
+fn sqlstate_of(body: &[u8]) -> Option<[u8; 5]> {
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if code == b'C' {
+            return tail[..end].try_into().ok();
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::SqlState;
+
+    fn run(n: u64) -> Option<Running> {
+        Some(Running {
+            statement: n,
+            started: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn tags_give_rows_and_commands() {
+        assert_eq!(rows_of(b"INSERT 0 5\0"), 5);
+        assert_eq!(rows_of(b"SELECT 3\0"), 3);
+        assert_eq!(rows_of(b"BEGIN\0"), 0);
+        assert_eq!(command_of(b"INSERT 0 5\0"), "INSERT");
+        assert_eq!(command_of(b"CREATE TABLE\0"), "CREATE TABLE");
+        assert_eq!(sqlstate_of(b"SERROR\0C42P01\0Mno\0\0"), Some(*b"42P01"));
+    }
+
+    #[test]
+    fn a_pipeline_error_skips_to_sync_and_swaps_the_refused_slot() {
+        let mut t = Tracker::default();
+        // Parse/Bind/Execute (statement 1), then a refused Execute (replaced by a Parse),
+        // a Describe the client sent after it, Sync; then a simple Query (statement 3).
+        t.push(Expect::Parse, None);
+        t.push(Expect::Bind, None);
+        t.push(Expect::Execute, run(1));
+        t.push_refused(
+            Expect::Parse,
+            ClientError::error(SqlState::IO_ERROR, "refused"),
+        );
+        t.push(Expect::Sync, None);
+        t.push(Expect::Query, run(3));
+        assert_eq!(t.on_server(b'1', b""), Rewrite::Keep);
+        assert_eq!(t.on_server(b'2', b""), Rewrite::Keep);
+        t.on_server(b'D', b"");
+        t.on_server(b'C', b"SELECT 1\0");
+        assert_eq!(t.finished.len(), 1);
+        assert_eq!(t.finished[0].rows, 1);
+        let rewrite = t.on_server(b'E', b"SERROR\0C42601\0Mx\0\0");
+        assert!(matches!(rewrite, Rewrite::Replace(e) if e.message == "refused"));
+        t.on_server(b'Z', b"I");
+        t.on_server(b'C', b"UPDATE 4\0");
+        t.on_server(b'Z', b"I");
+        assert_eq!(t.finished.len(), 2);
+        assert_eq!((t.finished[1].statement, t.finished[1].rows), (3, 4));
+        assert!(t.queue.is_empty());
+    }
+
+    #[test]
+    fn executes_skipped_after_an_error_are_marked() {
+        let mut t = Tracker::default();
+        t.push(Expect::Bind, None);
+        t.push(Expect::Execute, run(1));
+        t.push(Expect::Execute, run(2));
+        t.push(Expect::Sync, None);
+        t.on_server(b'2', b"");
+        t.on_server(b'E', b"SERROR\0C22012\0Mx\0\0");
+        t.on_server(b'Z', b"E");
+        let outcome: Vec<_> = t
+            .finished
+            .iter()
+            .map(|f| (f.statement, f.sqlstate, f.skipped))
+            .collect();
+        assert_eq!(outcome, [(1, Some(*b"22012"), false), (2, None, true)]);
+    }
+}
