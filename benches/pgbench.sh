@@ -16,6 +16,9 @@
 #   UPSTREAM   tcp: pgwarden (and pgbouncer) reach PostgreSQL over TCP on 127.0.0.1, like the
 #              direct runs; unix: over its Unix socket, as a sidecar on the same host would
 #              [tcp]
+#   AUDIT      1: also measure a second pgwarden that writes the audit log (fsync = batch;
+#              a statement record before and a result record after every statement),
+#              reported against the audit-less pgwarden, and verify its log at the end [1]
 #   PGBOUNCER  1: also measure pgbouncer (session pooling, SCRAM both ways; installed by
 #              scripts/deps.sh --with-pgbouncer) as a reference for what any extra hop
 #              costs on this machine [1 if pgbouncer is installed, else 0]
@@ -23,7 +26,9 @@
 # Both sides use TCP on 127.0.0.1 and SCRAM; each pgbench client logs in once
 # (no -C), so the numbers measure the relay, not login cost. The workload is
 # `pgbench -S` (one primary-key SELECT per transaction), the worst case for a
-# proxy's per-message overhead. The table is also written to
+# proxy's per-message overhead. "cpu µs" is pgwarden's own CPU time (user + system) per
+# transaction, steadier than tps on a box where pgbench, PostgreSQL and the proxies share
+# the cores. The table is also written to
 # target/bench/pgbench-<date>.txt, the raw pgbench output next to it (.log).
 set -euo pipefail
 
@@ -56,7 +61,7 @@ die() {
 
 tmp=""
 pg_started=""
-pgwarden_pid=""
+pgwarden_pids=()
 pgbouncer_pid=""
 
 as_pg() {
@@ -67,19 +72,26 @@ as_pg() {
   fi
 }
 
+stop_pgwarden() { # pid
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for _ in {1..50}; do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  if [[ -n $pgwarden_pid ]] && kill -0 "$pgwarden_pid" 2>/dev/null; then
-    kill -TERM "$pgwarden_pid" 2>/dev/null
-    for _ in {1..50}; do
-      kill -0 "$pgwarden_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pgwarden_pid" 2>/dev/null
-    wait "$pgwarden_pid" 2>/dev/null
-  fi
+  local pid
+  for pid in "${pgwarden_pids[@]}"; do
+    stop_pgwarden "$pid"
+  done
   if [[ -n $pgbouncer_pid ]]; then
     kill -TERM "$pgbouncer_pid" 2>/dev/null
     wait "$pgbouncer_pid" 2>/dev/null
@@ -203,12 +215,14 @@ verifier=$(printf '%s' "$BENCH_PASSWORD" | "$pgwarden" hash-password) ||
 verifier=$(printf '%s\n' "$verifier" | grep -m1 -o 'SCRAM-SHA-256\$[^[:space:]]*') ||
   die "'pgwarden hash-password' printed no SCRAM-SHA-256\$ verifier"
 
-proxy_port=$(free_port) || die "no free port"
-cfg=$tmp/pgwarden.toml
-cat >"$cfg" <<EOF
+# Writes a pgwarden config listening on $1 (plus the TOML in $2) and starts pgwarden on it;
+# sets started_pid.
+start_pgwarden() { # port extra-toml name
+  local port=$1 extra=$2 name=$3 cfg=$tmp/pgwarden-$3.toml deadline pid
+  cat >"$cfg" <<EOF
 # written by benches/pgbench.sh
 [server]
-listen = "127.0.0.1:$proxy_port"
+listen = "127.0.0.1:$port"
 max_connections = 1000
 
 [server.tls]
@@ -232,37 +246,53 @@ groups = ["$BENCH_USER"]
 users = ["$BENCH_USER"]
 databases = ["$BENCH_DB"]
 roles = ["$BENCH_USER"]
+$extra
 EOF
+  say "pgwarden ($name) serve on port $port"
+  # cwd = the temp dir, so any relative path pgwarden writes goes away with it.
+  (
+    cd "$tmp"
+    export BENCH_UPSTREAM_PASSWORD=$BENCH_PASSWORD
+    export RUST_LOG=${RUST_LOG:-warn}
+    exec "$pgwarden" serve --config "$cfg"
+  ) </dev/null >"$tmp/pgwarden-$name.log" 2>&1 &
+  pid=$!
+  pgwarden_pids+=("$pid")
+  deadline=$((SECONDS + 30))
+  until "$psql" -X -q -tA -h 127.0.0.1 -p "$port" -U "$BENCH_USER" -d "$BENCH_DB" \
+    -c 'select 1' >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      cat "$tmp/pgwarden-$name.log" >&2
+      die "pgwarden ($name) exited before accepting connections"
+    fi
+    if ((SECONDS >= deadline)); then
+      cat "$tmp/pgwarden-$name.log" >&2
+      die "pgwarden ($name) did not accept connections within 30 s"
+    fi
+    sleep 0.2
+  done
+  started_pid=$pid
+}
 
-say "pgwarden serve on port $proxy_port"
-# cwd = the temp dir, so any relative path pgwarden writes (audit, ...) goes away with it.
-(
-  cd "$tmp"
-  export BENCH_UPSTREAM_PASSWORD=$BENCH_PASSWORD
-  export RUST_LOG=${RUST_LOG:-warn}
-  exec "$pgwarden" serve --config "$cfg"
-) </dev/null >"$tmp/pgwarden.log" 2>&1 &
-pgwarden_pid=$!
+proxy_port=$(free_port) || die "no free port"
+start_pgwarden "$proxy_port" "" plain
+plain_pid=$started_pid
 
-deadline=$((SECONDS + 30))
-until "$psql" -X -q -tA -h 127.0.0.1 -p "$proxy_port" -U "$BENCH_USER" -d "$BENCH_DB" \
-  -c 'select 1' >/dev/null 2>&1; do
-  if ! kill -0 "$pgwarden_pid" 2>/dev/null; then
-    cat "$tmp/pgwarden.log" >&2
-    die "pgwarden exited before accepting connections"
-  fi
-  if ((SECONDS >= deadline)); then
-    cat "$tmp/pgwarden.log" >&2
-    die "pgwarden did not accept connections within 30 s"
-  fi
-  sleep 0.2
-done
+AUDIT=${AUDIT:-1}
+if ((AUDIT)); then
+  audit_port=$(free_port) || die "no free port"
+  start_pgwarden "$audit_port" "[audit]
+dir = \"$tmp/audit\"
+fsync = \"batch\"" audit
+  audit_pid=$started_pid
+fi
 
 # --- pgbouncer (reference) ------------------------------------------------------
 
 pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 PGBOUNCER=${PGBOUNCER:-$([[ -x $pgbouncer_bin ]] && echo 1 || echo 0)}
 targets=(direct pgwarden)
+if ((AUDIT)); then targets+=(audit); fi
 if ((PGBOUNCER)); then
   [[ -x $pgbouncer_bin ]] || die "PGBOUNCER=1 but pgbouncer is not installed (scripts/deps.sh --with-pgbouncer)"
   bouncer_port=$(free_port) || die "no free port"
@@ -319,6 +349,15 @@ run_one() { # target port mode clients
   echo "${tps:-fail}"
 }
 
+median1() { # like median, one decimal
+  printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
+    awk '{ a[NR] = $1 } END {
+      if (NR == 0) print "-"
+      else if (NR % 2) printf "%.1f\n", a[(NR + 1) / 2]
+      else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
+    }'
+}
+
 median() {
   printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
     awk '{ a[NR] = $1 } END {
@@ -328,9 +367,17 @@ median() {
     }'
 }
 
-declare -A results port
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() { # pid
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+declare -A results port cpu pid_of
 port[direct]=$pg_port
 port[pgwarden]=$proxy_port
+port[audit]=${audit_port:-}
+pid_of[pgwarden]=$plain_pid
+pid_of[audit]=${audit_pid:-}
 port[pgbouncer]=${bouncer_port:-}
 failures=0
 for mode in $MODES; do
@@ -338,7 +385,14 @@ for mode in $MODES; do
     for ((r = 1; r <= ROUNDS; r++)); do
       line="$mode c=$c round $r/$ROUNDS:"
       for target in "${targets[@]}"; do
+        pid=${pid_of[$target]:-}
+        [[ -n $pid ]] && before=$(cpu_seconds "$pid")
         tps=$(run_one "$target" "${port[$target]}" "$mode" "$c")
+        if [[ -n $pid && $tps != fail ]]; then
+          # pgwarden's own CPU per transaction, in µs: steadier than tps on a busy box.
+          cpu[$mode,$c,$target]+=" $(awk -v a="$before" -v b="$(cpu_seconds "$pid")" -v t="$tps" -v d="$DURATION" \
+            'BEGIN { printf "%.1f", (b - a) * 1e6 / (t * d) }')"
+        fi
         [[ $tps == fail ]] && failures=$((failures + 1))
         results[$mode,$c,$target]+=" $tps"
         line+=" $target $tps"
@@ -350,6 +404,19 @@ done
 
 # --- report --------------------------------------------------------------------
 
+audit_line=""
+if ((AUDIT)); then
+  # Stop the auditing pgwarden (its final checkpoint) and check the chain it wrote.
+  stop_pgwarden "$audit_pid"
+  records=$(cat "$tmp"/audit/*.jsonl | wc -l)
+  if verdict=$("$pgwarden" audit verify "$tmp/audit" 2>&1); then
+    audit_line="audit log: $records records, $(printf '%s\n' "$verdict" | head -1)"
+  else
+    failures=$((failures + 1))
+    audit_line="audit log: verify FAILED: $verdict"
+  fi
+fi
+
 {
   echo "pgwarden end-to-end benchmark ($stamp)"
   echo "commit:   $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -358,7 +425,8 @@ done
   echo "upstream: ${UPSTREAM:-tcp} (how the proxies reach PostgreSQL)"
   echo "pgbench:  -S -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
   echo
-  header=$(printf '%-9s %7s %12s %12s %8s' mode clients "direct tps" "pgwarden tps" "ratio")
+  header=$(printf '%-9s %7s %12s %12s %8s %9s' mode clients "direct tps" "pgwarden tps" "ratio" "cpu µs")
+  if ((AUDIT)); then header+=$(printf ' %12s %12s %9s' "+audit tps" "vs pgwarden" "cpu µs"); fi
   if ((PGBOUNCER)); then header+=$(printf ' %14s %8s' "pgbouncer tps" "ratio"); fi
   echo "$header"
   ratio() { awk -v p="$1" -v d="$2" 'BEGIN { if (p == "fail" || d == "fail" || d == 0) print "-"; else printf "%.2f", p / d }'; }
@@ -368,7 +436,16 @@ done
       dm=$(median ${results[$mode,$c,direct]})
       # shellcheck disable=SC2086
       pm=$(median ${results[$mode,$c,pgwarden]})
-      row=$(printf '%-9s %7s %12s %12s %8s' "$mode" "$c" "$dm" "$pm" "$(ratio "$pm" "$dm")")
+      # shellcheck disable=SC2086
+      pc=$(median1 ${cpu[$mode,$c,pgwarden]:-fail})
+      row=$(printf '%-9s %7s %12s %12s %8s %9s' "$mode" "$c" "$dm" "$pm" "$(ratio "$pm" "$dm")" "$pc")
+      if ((AUDIT)); then
+        # shellcheck disable=SC2086
+        am=$(median ${results[$mode,$c,audit]})
+        # shellcheck disable=SC2086
+        ac=$(median1 ${cpu[$mode,$c,audit]:-fail})
+        row+=$(printf ' %12s %12s %9s' "$am" "$(ratio "$am" "$pm")" "$ac")
+      fi
       if ((PGBOUNCER)); then
         # shellcheck disable=SC2086
         bm=$(median ${results[$mode,$c,pgbouncer]})
@@ -377,6 +454,10 @@ done
       echo "$row"
     done
   done
+  if [[ -n $audit_line ]]; then
+    echo
+    echo "$audit_line"
+  fi
   if ((failures)); then
     echo
     echo "$failures pgbench run(s) failed; their output is in $raw"

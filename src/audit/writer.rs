@@ -1,21 +1,24 @@
-//! The writer: one thread owns the files. Events arrive on a bounded channel; each batch
-//! that is waiting is written with one `write` and made durable with one `fsync` (group
-//! commit), or one fsync per record with `fsync = "always"`. Files rotate by size and by UTC
-//! day; every file starts with a `file.start` record, and the chain continues across files.
+//! The writer. Whoever records an event appends it to the current file itself, under a
+//! mutex: sealing and one `write(2)` into the page cache take a few microseconds, and a full
+//! disk or a permission problem shows at that very call, so a statement's record is known to
+//! be written before the statement is forwarded. No thread hand-off sits on that path.
 //!
-//! A dedicated thread rather than a tokio task: `fsync` blocks, and it must not stall the
-//! runtime's workers. With `fsync = "batch"` a second thread (the syncer) runs the fsyncs, so
-//! records keep being written while the disk flushes: a statement waits for its record to be
-//! *written* (that is when a full disk or a permission problem shows), never for an fsync.
+//! Durability is the syncer thread's job: it fsyncs whatever was written since its last
+//! fsync (group commit: one fsync covers everything written meanwhile) and answers those
+//! waiting for it. With `fsync = "always"` a statement also waits for the fsync covering its
+//! record; with `"batch"` it does not, and the fsync follows within the batch window.
+//!
+//! Files rotate by size and by UTC day; every file starts with a `file.start` record, and
+//! the chain continues across files.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use super::checkpoint::SigningKey;
@@ -23,146 +26,199 @@ use super::event::Event;
 use super::record::{self, GENESIS};
 use super::{file_name, list_files, AuditError, FsyncPolicy, Settings};
 
-/// Queue depth: enough to absorb bursts while an fsync runs.
-const CHANNEL_CAPACITY: usize = 16 * 1024;
-
 type Ack = oneshot::Sender<Result<(), String>>;
 
-enum Command {
-    Record(Event),
-    /// Record, and answer once this record is written to the file (fsync still to come with
-    /// `fsync = "batch"`).
-    Written(Event, Ack),
-    /// Record, and answer once this very record is on disk (same batch as the answer).
-    Durable(Event, Ack),
-    /// Sign the chain head (no-op without a signing key).
-    Checkpoint,
-    /// Answered once everything queued before it is on disk.
-    Flush(Ack),
-}
+/// With `fsync = "batch"`, records nobody waits for are fsynced within this long.
+pub const BACKGROUND_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
-/// A handle to the audit log; cheap to clone.
+/// A handle to the audit log; cheap to clone. The log closes (final fsync, syncer thread
+/// ends) when the last handle is dropped.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Command>,
-    healthy: Arc<AtomicBool>,
-    /// Events the handle turned away while the writer could not write; the writer reports
-    /// them in its next `log.write_failed` record.
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Record(_) => f.write_str("Record"),
-            Self::Written(..) => f.write_str("Written"),
-            Self::Durable(..) => f.write_str("Durable"),
-            Self::Checkpoint => f.write_str("Checkpoint"),
-            Self::Flush(_) => f.write_str("Flush"),
+#[derive(Debug)]
+struct Shared {
+    writer: Mutex<Writer>,
+    syncer: Arc<Syncer>,
+    fsync: FsyncPolicy,
+    healthy: AtomicBool,
+    /// Events that could not be written, reported in the next `log.write_failed` record.
+    dropped: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.syncer.stop();
+        if let Ok(writer) = self.writer.get_mut() {
+            if writer.deferred > 0 {
+                let _ = writer.write_pending();
+            }
+            if let Err(e) = writer.sync_now() {
+                error!(error = %e, "final audit fsync failed");
+            }
         }
     }
 }
 
 impl AuditLog {
     /// Open (or create) the log in `settings.dir`, continuing the chain of what is there.
+    /// The thread returned is the syncer's; it ends once every handle is dropped.
     pub fn open(settings: Settings) -> Result<(Self, std::thread::JoinHandle<()>), AuditError> {
-        let healthy = Arc::new(AtomicBool::new(true));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let mut writer = Writer::recover(settings, healthy.clone(), dropped.clone())?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let fsync = settings.fsync;
+        let window = match fsync {
+            FsyncPolicy::Batch => settings.batch_window,
+            FsyncPolicy::Always => Duration::ZERO,
+        };
+        let writer = Writer::recover(settings)?;
+        let syncer = Arc::new(Syncer::default());
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            syncer: syncer.clone(),
+            fsync,
+            healthy: AtomicBool::new(true),
+            dropped: AtomicU64::new(0),
+        });
+        let log = Arc::downgrade(&shared);
         let thread = std::thread::Builder::new()
-            .name("pgwarden-audit".into())
-            .spawn(move || writer.run(rx))
+            .name("pgwarden-audit-sync".into())
+            .spawn(move || syncer.run(window, &log))
             .map_err(|e| AuditError::Io {
-                action: "start the audit writer".into(),
+                action: "start the audit fsync thread".into(),
                 source: e,
             })?;
-        Ok((
-            Self {
-                tx,
-                healthy,
-                dropped,
-            },
-            thread,
-        ))
+        Ok((Self { shared }, thread))
     }
 
-    /// Hand an event to the writer without waiting for it to be written. Fails (and counts
-    /// the event as lost) when the writer cannot write or has stopped.
+    /// Record an event without waiting for its fsync (a statement's outcome, a session's
+    /// end). Fails, and counts the event as lost, when it cannot be written.
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
-        let result = if self.healthy.load(Ordering::Acquire) {
-            self.tx
-                .send(Command::Record(event))
-                .await
-                .map_err(|_| AuditError::Unavailable)
-        } else {
-            Err(AuditError::Unavailable)
-        };
-        if result.is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        self.append(&event).map(|_| ())
     }
 
-    /// Record an event and wait until it is written to the file: what must be on record
-    /// before the action it describes happens (a statement before it is forwarded). Every
-    /// call is also an attempt to write, so the log recovers by itself once the disk does.
+    /// Record an event that may wait: it is sealed into the chain now and written with the
+    /// next record, or by the syncer within [`BACKGROUND_SYNC_INTERVAL`] (a statement's
+    /// outcome: one `write` then carries it and the next statement). Lost on a crash in
+    /// that window, which `audit verify` cannot notice: use it only for what can be lost.
+    pub fn record_later(&self, event: Event) {
+        let Ok(mut writer) = self.lock() else {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if let Err(e) = writer.defer(&event) {
+            let _ = self.shared.written(&mut writer, Err(e), 1);
+            return;
+        }
+        if writer.deferred == 1 {
+            self.shared.syncer.flush_soon();
+        }
+    }
+
+    /// Record an event that must be on record before the action it describes happens (a
+    /// statement, before it is forwarded): returns once it is written, and with
+    /// `fsync = "always"` once it is on disk. Every call is also an attempt to write, so the
+    /// log recovers by itself once the disk does.
     pub async fn record_written(&self, event: Event) -> Result<(), AuditError> {
-        self.until_written(|ack| Command::Written(event, ack)).await
+        let seq = self.append(&event)?;
+        match self.shared.fsync {
+            FsyncPolicy::Batch => Ok(()),
+            FsyncPolicy::Always => self.until_synced(seq).await,
+        }
+    }
+
+    /// Record an event and wait until it is on disk.
+    pub async fn record_durable(&self, event: Event) -> Result<(), AuditError> {
+        let seq = self.append(&event)?;
+        self.until_synced(seq).await
+    }
+
+    /// Append a signed checkpoint of everything recorded so far (nothing without a key).
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let mut writer = self.lock()?;
+        let result = writer.append_checkpoint();
+        self.shared.written(&mut writer, result, 0).map(|_| ())
+    }
+
+    /// Wait until everything recorded so far is on disk.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let seq = self.lock()?.seq;
+        self.until_synced(seq).await
     }
 
     /// Count an event the caller could not record and went ahead without (with
     /// `audit.on_failure = "continue"`); the log reports the count once it can write again.
     pub fn count_lost(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Record an event and wait until it is on disk. This is also how the log recovers after
-    /// a failure: the writer tries again, first recording how many events were lost.
-    pub async fn record_durable(&self, event: Event) -> Result<(), AuditError> {
-        self.until_written(|ack| Command::Durable(event, ack)).await
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
     }
 
-    /// Append a signed checkpoint of everything recorded so far.
-    pub async fn checkpoint(&self) -> Result<(), AuditError> {
-        self.tx
-            .send(Command::Checkpoint)
-            .await
+    fn lock(&self) -> Result<MutexGuard<'_, Writer>, AuditError> {
+        // A panic while holding the lock leaves the chain position unknown: stop writing.
+        self.shared
+            .writer
+            .lock()
             .map_err(|_| AuditError::Unavailable)
     }
 
-    /// Wait until everything recorded so far is durable.
-    pub async fn flush(&self) -> Result<(), AuditError> {
-        self.until_written(Command::Flush).await
+    /// Seal and write one event; its seq on success.
+    fn append(&self, event: &Event) -> Result<u64, AuditError> {
+        let mut writer = match self.lock() {
+            Ok(writer) => writer,
+            Err(e) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let result = writer.append_after_gap(event, &self.shared.syncer, &self.shared.dropped);
+        self.shared.written(&mut writer, result, 1)
     }
 
-    /// Send a command carrying an answer channel, and wait for the writer's answer.
-    async fn until_written(&self, command: impl FnOnce(Ack) -> Command) -> Result<(), AuditError> {
+    async fn until_synced(&self, seq: u64) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(command(ack))
-            .await
-            .map_err(|_| AuditError::Unavailable)?;
+        self.shared.syncer.wait_for(seq, ack);
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AuditError::Write(e)),
             Err(_) => Err(AuditError::Unavailable),
         }
     }
+}
 
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+impl Shared {
+    /// Bookkeeping after a write attempt of `events` events: health, losses, the syncer.
+    fn written(
+        &self,
+        writer: &mut Writer,
+        result: Result<(), AuditError>,
+        events: u64,
+    ) -> Result<u64, AuditError> {
+        match result {
+            Ok(()) => {
+                if !self.healthy.swap(true, Ordering::AcqRel) {
+                    warn!("audit log writable again");
+                }
+                if let Some(open) = &writer.file {
+                    self.syncer.written(open.file.clone(), writer.seq);
+                }
+                Ok(writer.seq)
+            }
+            Err(e) => {
+                writer.lost.0 += events;
+                writer.lost.1.get_or_insert_with(|| e.to_string());
+                if self.healthy.swap(false, Ordering::AcqRel) {
+                    error!(error = %e, "audit log write failed; refusing what must be audited until it works again");
+                }
+                Err(e)
+            }
+        }
     }
 }
 
-// Items live in one reused Vec and are never moved one by one, so the size difference costs
-// nothing, while boxing would allocate per event.
-#[allow(clippy::large_enum_variant)]
-enum Item {
-    Event(Event),
-    Checkpoint,
-}
-
+#[derive(Debug)]
 struct Writer {
     settings: Settings,
     key: Option<SigningKey>,
@@ -177,12 +233,13 @@ struct Writer {
     last_file: Option<String>,
     /// Events lost to failed writes since the last success, and the first error.
     lost: (u64, Option<String>),
-    healthy: Arc<AtomicBool>,
-    dropped: Arc<AtomicU64>,
-    /// Runs the fsyncs with `fsync = "batch"`.
-    syncer: Option<Arc<Syncer>>,
+    /// Sealed lines not yet written: the record being appended, after any deferred ones.
+    pending: Vec<u8>,
+    /// How many records in `pending` were deferred ([`AuditLog::record_later`]).
+    deferred: u64,
 }
 
+#[derive(Debug)]
 struct Open {
     file: Arc<File>,
     name: String,
@@ -193,11 +250,7 @@ struct Open {
 impl Writer {
     /// Find where the chain stands: the last record of the newest file. A partial last line
     /// (crash mid-write) is sealed with a newline and reported in a `log.recovered` record.
-    fn recover(
-        settings: Settings,
-        healthy: Arc<AtomicBool>,
-        dropped: Arc<AtomicU64>,
-    ) -> Result<Self, AuditError> {
+    fn recover(settings: Settings) -> Result<Self, AuditError> {
         std::fs::create_dir_all(&settings.dir).map_err(|e| AuditError::Io {
             action: format!("create audit directory {}", settings.dir.display()),
             source: e,
@@ -216,9 +269,8 @@ impl Writer {
             file: None,
             last_file: None,
             lost: (0, None),
-            healthy,
-            dropped,
-            syncer: None,
+            pending: Vec::with_capacity(4096),
+            deferred: 0,
         };
         let Some(last) = files.last() else {
             return Ok(writer);
@@ -257,7 +309,7 @@ impl Writer {
                     action: format!("seal {}", path.display()),
                     source: e,
                 })?;
-            writer.append_now(&Event::LogRecovered {
+            writer.append(&Event::LogRecovered {
                 file: last.clone(),
                 torn_bytes: torn as u64,
             })?;
@@ -266,202 +318,88 @@ impl Writer {
         Ok(writer)
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
-        let syncer_thread = match self.settings.fsync {
-            FsyncPolicy::Batch => {
-                let syncer = Arc::new(Syncer::default());
-                self.syncer = Some(syncer.clone());
-                let healthy = self.healthy.clone();
-                std::thread::Builder::new()
-                    .name("pgwarden-audit-sync".into())
-                    .spawn(move || syncer.run(&healthy))
-                    .map_err(|e| error!(error = %e, "cannot start the audit fsync thread; the writer fsyncs itself"))
-                    .ok()
-            }
-            FsyncPolicy::Always => None,
-        };
-        if syncer_thread.is_none() {
-            self.syncer = None;
+    /// Append `event`, preceded, after a failure, by a record of what was lost.
+    fn append_after_gap(
+        &mut self,
+        event: &Event,
+        syncer: &Syncer,
+        dropped: &AtomicU64,
+    ) -> Result<(), AuditError> {
+        // A failed fsync may have lost what it covered: continue in a new file, and count it.
+        if let Some((error, at_risk)) = syncer.take_failure() {
+            self.file = None;
+            self.lost.0 += at_risk;
+            self.lost.1.get_or_insert(error);
         }
-        let mut batch = Vec::new();
-        let mut written_acks = Vec::new();
-        let mut durable_acks = Vec::new();
-        let window = match self.settings.fsync {
-            FsyncPolicy::Batch => self.settings.batch_window,
-            FsyncPolicy::Always => std::time::Duration::ZERO,
-        };
-        while let Some(first) = rx.blocking_recv() {
-            if !window.is_zero() {
-                // Let more records arrive to share this batch's fsync.
-                std::thread::sleep(window);
-            }
-            // Group commit: everything already waiting goes into this write and fsync.
-            let mut next = Some(first);
-            while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {
-                match command {
-                    Command::Record(event) => batch.push(Item::Event(event)),
-                    Command::Written(event, ack) => {
-                        batch.push(Item::Event(event));
-                        written_acks.push(ack);
-                    }
-                    Command::Durable(event, ack) => {
-                        batch.push(Item::Event(event));
-                        durable_acks.push(ack);
-                    }
-                    Command::Checkpoint => batch.push(Item::Checkpoint),
-                    Command::Flush(ack) => durable_acks.push(ack),
-                }
-                if batch.len() >= 4096 {
-                    break;
-                }
-            }
-            // After a failure, the first thing written is a record of what was lost.
-            let result = self
-                .take_sync_failure()
-                .and_then(|()| self.write_gap())
-                .and_then(|()| self.write_batch(&batch));
-            match &result {
-                Ok(()) => self.healthy.store(true, Ordering::Release),
-                Err(e) => {
-                    let lost = batch
-                        .iter()
-                        .filter(|item| matches!(item, Item::Event(_)))
-                        .count();
-                    self.lost.0 += lost as u64;
-                    self.lost.1.get_or_insert_with(|| e.to_string());
-                    error!(error = %e, lost_events = self.lost.0, "audit log write failed; refusing what must be audited until it works again");
-                    self.healthy.store(false, Ordering::Release);
-                }
-            }
-            batch.clear();
-            let answer = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-            for ack in written_acks.drain(..) {
-                let _ = ack.send(answer.clone());
-            }
-            match (&answer, &self.syncer, &self.file) {
-                // Written: the syncer answers once the fsync is done.
-                (Ok(()), Some(syncer), Some(open)) => {
-                    syncer.request(open.file.clone(), self.seq, &mut durable_acks)
-                }
-                _ => {
-                    for ack in durable_acks.drain(..) {
-                        let _ = ack.send(answer.clone());
-                    }
-                }
-            }
+        let lost_elsewhere = dropped.load(Ordering::Relaxed);
+        if self.lost.1.is_some() || lost_elsewhere > 0 {
+            let error = self
+                .lost
+                .1
+                .clone()
+                .unwrap_or_else(|| "the audit log was not accepting records".to_owned());
+            let lost_events = self.lost.0 + lost_elsewhere;
+            self.append(&Event::WriteFailed { lost_events, error })?;
+            warn!(lost_events, "audit log recorded the events it lost");
+            dropped.fetch_sub(lost_elsewhere, Ordering::Relaxed);
+            self.lost = (0, None);
         }
-        if let Some(syncer) = &self.syncer {
-            syncer.stop();
-        }
-        if let Some(thread) = syncer_thread {
-            let _ = thread.join();
-        }
-        if let Err(e) = self.sync_now() {
-            error!(error = %e, "final audit fsync failed");
-        }
+        self.append(event)
     }
 
-    /// If the syncer's last fsync failed, the records it covered may not be on disk: count
-    /// them as lost and continue in a new file (a reviewer sees the gap, if there is one, at
-    /// the file boundary, and the `log.write_failed` record says why).
-    fn take_sync_failure(&mut self) -> Result<(), AuditError> {
-        let Some((error, at_risk)) = self.syncer.as_ref().and_then(|s| s.take_failure()) else {
+    fn append_checkpoint(&mut self) -> Result<(), AuditError> {
+        let Some(key) = &self.key else {
             return Ok(());
         };
-        self.file = None;
-        self.lost.0 += at_risk;
-        self.lost.1.get_or_insert(error);
+        let event = Event::Checkpoint {
+            covers_seq: self.seq,
+            covers_hash: self.prev_hash.clone(),
+            key_id: key.key_id(),
+            signature: key.sign(self.seq, &self.prev_hash),
+        };
+        self.append(&event)
+    }
+
+    /// Seal `event` and write it (with any deferred records before it).
+    fn append(&mut self, event: &Event) -> Result<(), AuditError> {
+        self.seal_next(event)?;
+        self.write_pending()
+    }
+
+    /// Seal `event` to be written later.
+    fn defer(&mut self, event: &Event) -> Result<(), AuditError> {
+        self.seal_next(event)?;
+        self.deferred += 1;
         Ok(())
     }
 
-    /// If writes failed since the last success, record how many events were lost and why.
-    fn write_gap(&mut self) -> Result<(), AuditError> {
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        if self.lost.1.is_none() && dropped == 0 {
-            return Ok(());
-        }
-        let error = self
-            .lost
-            .1
-            .clone()
-            .unwrap_or_else(|| "the writer was not accepting records".to_owned());
-        self.append_now(&Event::WriteFailed {
-            lost_events: self.lost.0 + dropped,
-            error,
-        })?;
-        warn!(
-            lost_events = self.lost.0 + dropped,
-            "audit log writable again"
-        );
-        self.dropped.fetch_sub(dropped, Ordering::Relaxed);
-        self.lost = (0, None);
-        Ok(())
-    }
-
-    fn write_batch(&mut self, items: &[Item]) -> Result<(), AuditError> {
-        let mut pending = Vec::new();
-        for item in items {
-            match item {
-                Item::Event(event) => self.append(event, &mut pending)?,
-                Item::Checkpoint => {
-                    let Some(key) = &self.key else { continue };
-                    let event = Event::Checkpoint {
-                        covers_seq: self.seq,
-                        covers_hash: self.prev_hash.clone(),
-                        key_id: key.key_id(),
-                        signature: key.sign(self.seq, &self.prev_hash),
-                    };
-                    self.append(&event, &mut pending)?;
-                }
-            }
-            if self.settings.fsync == FsyncPolicy::Always {
-                self.write_out(&mut pending)?;
-                self.sync_now()?;
-            }
-        }
-        self.write_out(&mut pending)?;
-        if self.syncer.is_none() && self.settings.fsync == FsyncPolicy::Batch {
-            // No syncer thread (it could not start): fsync here instead.
-            self.sync_now()?;
-        }
-        Ok(())
-    }
-
-    fn append_now(&mut self, event: &Event) -> Result<(), AuditError> {
-        let mut pending = Vec::new();
-        self.append(event, &mut pending)?;
-        self.write_out(&mut pending)
-    }
-
-    /// Seal `event` into `pending`, rotating first if needed.
-    fn append(&mut self, event: &Event, pending: &mut Vec<u8>) -> Result<(), AuditError> {
+    /// Seal `event` into `pending`, starting a new file first if this one is full or from
+    /// another day (deferred records are written to the file they were sealed for).
+    fn seal_next(&mut self, event: &Event) -> Result<(), AuditError> {
         let now = now_ms();
         let day = now / 86_400_000;
         let rotate = match &self.file {
             None => true,
             Some(open) => {
-                open.size + pending.len() as u64 >= self.settings.rotate_size
+                open.size + self.pending.len() as u64 >= self.settings.rotate_size
                     || (self.settings.rotate_daily && open.day != day)
             }
         };
         if rotate {
-            self.write_out(pending)?;
+            if self.deferred > 0 && self.file.is_some() {
+                self.write_pending()?;
+            }
             self.start_file(now)?;
         }
-        self.seal_into(now, event, pending)
+        self.seal(now, event)
     }
 
-    fn seal_into(
-        &mut self,
-        now: u64,
-        event: &Event,
-        pending: &mut Vec<u8>,
-    ) -> Result<(), AuditError> {
+    fn seal(&mut self, now: u64, event: &Event) -> Result<(), AuditError> {
         let seq = self.seq + 1;
         let (line, hash) = record::seal(seq, now, &self.prev_hash, event.ocsf(), event)
             .map_err(|e| AuditError::Write(e.to_string()))?;
-        pending.extend_from_slice(line.as_bytes());
-        pending.push(b'\n');
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
         self.seq = seq;
         self.prev_hash = hash;
         Ok(())
@@ -472,6 +410,13 @@ impl Writer {
         // finds a later file on disk behind a shorter earlier one.
         self.sync_now()?;
         self.file = None;
+        // Deferred records that could not be written with their file are lost (and counted).
+        if self.deferred > 0 {
+            self.lost.0 += self.deferred;
+            self.deferred = 0;
+            self.pending.clear();
+            (self.seq, self.prev_hash) = self.written.clone();
+        }
         let name = file_name(now, self.seq + 1);
         let path: PathBuf = self.settings.dir.join(&name);
         let file = OpenOptions::new()
@@ -490,44 +435,42 @@ impl Writer {
             day: now / 86_400_000,
         });
         let previous = self.last_file.replace(name);
-        let mut header = Vec::new();
-        self.seal_into(
+        self.seal(
             now,
             &Event::FileStart {
                 previous_file: previous,
             },
-            &mut header,
         )?;
-        self.write_out(&mut header)
+        self.write_pending()
     }
 
-    /// Write what is pending to the current file (no fsync: see [`Self::sync_now`] and the
-    /// syncer).
-    fn write_out(&mut self, pending: &mut Vec<u8>) -> Result<(), AuditError> {
-        if pending.is_empty() {
-            return Ok(());
-        }
+    /// Write the sealed line(s) to the current file (no fsync: that is the syncer's job).
+    fn write_pending(&mut self) -> Result<(), AuditError> {
         let Some(open) = self.file.as_mut() else {
+            self.lost.0 += std::mem::take(&mut self.deferred);
+            self.pending.clear();
+            (self.seq, self.prev_hash) = self.written.clone();
             return Err(AuditError::Write("no audit file open".into()));
         };
         let start = open.size;
-        if let Err(e) = (&*open.file).write_all(pending) {
-            // Leave no half batch behind and rewind the chain to the last record written; the
-            // next attempt starts a fresh file from there. The events of this batch are lost,
-            // which the error reports (and the writer's health flag makes callers refuse).
+        if let Err(e) = (&*open.file).write_all(&self.pending) {
+            // Leave no partial line behind and rewind the chain to the last record written;
+            // the next attempt starts a fresh file from there.
             let _ = open.file.set_len(start);
             let name = open.name.clone();
             self.file = None;
             (self.seq, self.prev_hash) = self.written.clone();
-            pending.clear();
+            self.pending.clear();
+            self.lost.0 += std::mem::take(&mut self.deferred);
             return Err(AuditError::Io {
                 action: format!("write {name}"),
                 source: e,
             });
         }
-        open.size += pending.len() as u64;
+        open.size += self.pending.len() as u64;
         self.written = (self.seq, self.prev_hash.clone());
-        pending.clear();
+        self.pending.clear();
+        self.deferred = 0;
         Ok(())
     }
 
@@ -545,35 +488,71 @@ impl Writer {
     }
 }
 
-/// The fsync thread of `fsync = "batch"`: the writer hands it the file after each write, and
-/// it fsyncs whatever was written since its last fsync (one fsync covers many batches when
-/// the disk is slow), then answers those waiting for durability.
-#[derive(Default)]
+/// The fsync thread: fsyncs what was written since its last fsync (one fsync covers every
+/// record written meanwhile), then answers those waiting for durability.
+#[derive(Debug, Default)]
 struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct SyncState {
-    /// The file to fsync next, with the last seq written to it.
+    /// The file written last and the last seq written to it, not yet fsynced.
     due: Option<(Arc<File>, u64)>,
-    waiting: Vec<Ack>,
-    /// Seq covered by the last successful fsync.
+    /// Seq covered by the last fsync (successful or not).
     synced: u64,
+    /// Waiting for an fsync to cover their seq.
+    waiting: Vec<(u64, Ack)>,
     /// An fsync that failed, and how many records it left at risk; taken by the writer.
     failed: Option<(String, u64)>,
+    /// Deferred records wait in the writer: write them before the next fsync.
+    flush: bool,
+    /// The thread is between waking and finishing an fsync: no need to wake it again.
+    busy: bool,
     stop: bool,
 }
 
 impl Syncer {
-    fn request(&self, file: Arc<File>, seq: u64, acks: &mut Vec<Ack>) {
+    /// A record up to `seq` was written to `file`.
+    fn written(&self, file: Arc<File>, seq: u64) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         state.due = Some((file, seq));
-        state.waiting.append(acks);
-        self.wake.notify_one();
+        // Waking a thread costs a syscall and a context switch: only when it sleeps.
+        if !state.busy {
+            state.busy = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Deferred records wait to be written.
+    fn flush_soon(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.flush = true;
+        if !state.busy {
+            state.busy = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn wait_for(&self, seq: u64, ack: Ack) {
+        let Ok(mut state) = self.state.lock() else {
+            let _ = ack.send(Err("the audit fsync thread failed".into()));
+            return;
+        };
+        if state.synced >= seq {
+            let _ = ack.send(Ok(()));
+            return;
+        }
+        state.waiting.push((seq, ack));
+        if !state.busy && state.due.is_some() {
+            state.busy = true;
+            self.wake.notify_one();
+        }
     }
 
     fn stop(&self) {
@@ -587,42 +566,90 @@ impl Syncer {
         self.state.lock().ok()?.failed.take()
     }
 
-    fn run(&self, healthy: &AtomicBool) {
+    fn run(&self, window: Duration, log: &std::sync::Weak<Shared>) {
+        let mut last_fsync = Instant::now();
         loop {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
-            while state.due.is_none() && !state.stop {
+            while state.due.is_none() && !state.flush && !state.stop {
+                state.busy = false;
                 state = match self.wake.wait(state) {
                     Ok(state) => state,
                     Err(_) => return,
                 };
             }
-            let Some((file, seq)) = state.due.take() else {
-                // Stopping, nothing due; the writer fsyncs the file once more itself.
-                for ack in state.waiting.drain(..) {
-                    let _ = ack.send(Err("the audit log is shutting down".into()));
+            state.busy = true;
+            if state.due.is_none() && !state.flush && state.stop {
+                for (_, ack) in state.waiting.drain(..) {
+                    let _ = ack.send(Err("the audit log is closed".into()));
                 }
                 return;
-            };
-            let acks = std::mem::take(&mut state.waiting);
+            }
+            // Pace the fsyncs nobody waits for: each one costs I/O, and an append to a page
+            // under writeback waits for it. Someone waiting (a login, a flush, a statement
+            // with fsync = "always") ends the pause.
+            let paced_until = last_fsync + BACKGROUND_SYNC_INTERVAL;
+            while state.waiting.is_empty() && !state.stop {
+                let now = Instant::now();
+                if now >= paced_until {
+                    break;
+                }
+                state = match self.wake.wait_timeout(state, paced_until - now) {
+                    Ok((state, _)) => state,
+                    Err(_) => return,
+                };
+            }
+            if !window.is_zero() {
+                // Let more records arrive to share this fsync.
+                drop(state);
+                std::thread::sleep(window);
+                state = match self.state.lock() {
+                    Ok(state) => state,
+                    Err(_) => return,
+                };
+            }
+            if std::mem::take(&mut state.flush) {
+                // Lock order is writer, then syncer state: let go of the state first.
+                drop(state);
+                if let Some(shared) = log.upgrade() {
+                    if let Ok(mut writer) = shared.writer.lock() {
+                        if writer.deferred > 0 {
+                            let result = writer.write_pending();
+                            let _ = shared.written(&mut writer, result, 0);
+                        }
+                    }
+                }
+                state = match self.state.lock() {
+                    Ok(state) => state,
+                    Err(_) => return,
+                };
+            }
+            let due = state.due.take();
             drop(state);
-            let result = file.sync_data().map_err(|e| format!("fsync: {e}"));
+            let result = match &due {
+                Some((file, _)) => file.sync_data().map_err(|e| format!("fsync: {e}")),
+                None => Ok(()),
+            };
+            last_fsync = Instant::now();
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
-            match &result {
-                Ok(()) => state.synced = state.synced.max(seq),
-                Err(e) => {
-                    error!(error = %e, "audit log fsync failed; refusing what must be audited until a write works again");
-                    healthy.store(false, Ordering::Release);
+            if let Some((_, seq)) = due {
+                if let Err(e) = &result {
+                    error!(error = %e, "audit log fsync failed; the records it covered may be lost");
                     let at_risk = seq.saturating_sub(state.synced);
                     state.failed.get_or_insert((e.clone(), 0)).1 += at_risk;
-                    state.synced = seq;
                 }
+                state.synced = state.synced.max(seq);
             }
+            let synced = state.synced;
+            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiting)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= synced);
+            state.waiting = still;
             drop(state);
-            for ack in acks {
+            for (_, ack) in ready {
                 let _ = ack.send(result.clone());
             }
         }

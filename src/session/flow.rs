@@ -374,9 +374,9 @@ impl Flow<'_> {
         Ok(())
     }
 
-    /// Write the outcomes of statements that finished. Outcomes are not waited for: the
-    /// statement already ran, and a lost outcome is counted by the log.
-    pub async fn record_outcomes(&mut self) {
+    /// Record the outcomes of statements that finished. They ride along with the next write
+    /// (the statement already ran; nothing waits for its outcome).
+    pub fn record_outcomes(&mut self) {
         if self.tracker.finished.is_empty() {
             return;
         }
@@ -385,10 +385,9 @@ impl Flow<'_> {
             return;
         };
         for finished in self.tracker.finished.drain(..) {
-            let _ = audit
+            audit
                 .log
-                .record(outcome_record(self.session, finished))
-                .await;
+                .record_later(outcome_record(self.session, finished));
         }
     }
 }

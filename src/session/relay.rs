@@ -254,7 +254,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                             .and_then(|()| client.try_push().map_err(SessionError::ClientIo))
                         {
                             Ok(()) => {
-                                flow.record_outcomes().await;
+                                flow.record_outcomes();
                                 Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))
                             }
                             Err(e) => Err(e),
