@@ -1,6 +1,8 @@
-//! Audit log speed: sealing one record (hash chain), and the writer's end-to-end append
-//! throughput with group commit (`fsync = "batch"`) and with an fsync per record
-//! (`fsync = "always"`). Run: `cargo bench --bench audit`.
+//! Audit log speed: sealing one record (hash chain), and the statement path end to end: one
+//! client recording events the way a session records statements (`record_written`: sealed
+//! and written before the call returns; with `fsync = "always"` also fsynced), and their
+//! outcomes (`record_later`: sealed now, written with the next record).
+//! Run: `cargo bench --bench audit`.
 
 use std::time::Duration;
 
@@ -53,16 +55,30 @@ fn bench_writer(c: &mut Criterion) {
         };
         let (log, thread) = AuditLog::open(settings).expect("open audit log");
         group.throughput(Throughput::Elements(batch));
-        group.bench_function(format!("append + flush, fsync = {name}"), |b| {
+        group.bench_function(format!("record_written + flush, fsync = {name}"), |b| {
             b.iter(|| {
                 runtime.block_on(async {
                     for i in 0..batch {
-                        log.record(event(i)).await.expect("record");
+                        log.record_written(event(i)).await.expect("record");
                     }
                     log.flush().await.expect("flush");
                 })
             })
         });
+        group.bench_function(
+            format!("record_written + record_later pairs, fsync = {name}"),
+            |b| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        for i in 0..batch / 2 {
+                            log.record_written(event(i)).await.expect("record");
+                            log.record_later(event(i));
+                        }
+                        log.flush().await.expect("flush");
+                    })
+                })
+            },
+        );
         drop(log);
         let _ = thread.join();
         let _ = std::fs::remove_dir_all(&dir);

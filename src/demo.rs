@@ -211,7 +211,8 @@ The analyst (password: demo) is read-only upstream:
 
     PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=analyst" -c 'DELETE FROM orders'
 
-Every login, failed login and session is in a hash-chained, signed audit log:
+Every statement (literals replaced by $n, with rows and errors), login, failed login and
+session is in a hash-chained, signed audit log:
 
     pgwarden audit search {audit_dir} --user developer
     pgwarden audit verify {audit_dir} --pubkey {pubkey}

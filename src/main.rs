@@ -308,8 +308,29 @@ fn audit_search(
         "{:<24} {:>8} {:<14} {:>7} {:<16} detail",
         "time (UTC)", "seq", "type", "session", "user"
     );
+    // Outcomes already shown on their statement's line are not repeated.
+    let shown: std::collections::HashSet<(u64, u64)> = hits
+        .iter()
+        .filter(|hit| hit.result.is_some())
+        .filter_map(|hit| {
+            Some((
+                hit.record["session"].as_u64()?,
+                hit.record["statement"].as_u64()?,
+            ))
+        })
+        .collect();
+    let mut printed = 0;
     for hit in &hits {
         let r = &hit.record;
+        if r["type"] == "statement.result"
+            && r["session"]
+                .as_u64()
+                .zip(r["statement"].as_u64())
+                .is_some_and(|key| shown.contains(&key))
+        {
+            continue;
+        }
+        printed += 1;
         let user = r["actor"]["user"]["name"]
             .as_str()
             .or_else(|| r["user"].as_str())
@@ -362,7 +383,7 @@ fn audit_search(
             detail
         );
     }
-    eprintln!("{} record(s)", hits.len());
+    eprintln!("{printed} record(s)");
     ExitCode::SUCCESS
 }
 

@@ -639,8 +639,19 @@ async fn a_statement_the_log_cannot_record_is_refused_and_never_reaches_postgres
     let in_transaction = client
         .batch_execute("BEGIN; INSERT INTO refused_writes VALUES (3); COMMIT")
         .await;
-    immutable(&dir, false);
     assert!(in_transaction.is_err());
+    // A pipeline of extended-protocol statements: each refused in its own slot.
+    let pipelined = futures_util::future::join_all((10..14).map(|i| {
+        let client = &client;
+        let insert = &insert;
+        async move { client.execute(insert, &[&i]).await }
+    }))
+    .await;
+    immutable(&dir, false);
+    for result in &pipelined {
+        let err = result.as_ref().unwrap_err();
+        assert_eq!(sqlstate(err).as_deref(), Some("58030"), "{err}");
+    }
     // BEGIN itself could not be recorded either, so no transaction is left open.
     let count: i64 = admin
         .query_one("SELECT count(*) FROM refused_writes", &[])
@@ -648,6 +659,30 @@ async fn a_statement_the_log_cannot_record_is_refused_and_never_reaches_postgres
         .unwrap()
         .get(0);
     assert_eq!(count, 0, "a refused statement reached PostgreSQL");
+
+    // A refusal inside an explicit transaction aborts it, as a server error would: the
+    // row inserted before it is rolled back, and COMMIT ends in ROLLBACK.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .simple_query("INSERT INTO refused_writes VALUES (100)")
+        .await
+        .unwrap();
+    immutable(&dir, true);
+    let refused = client
+        .simple_query("INSERT INTO refused_writes VALUES (101)")
+        .await
+        .unwrap_err();
+    immutable(&dir, false);
+    assert_eq!(sqlstate(&refused).as_deref(), Some("58030"));
+    let aborted = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&aborted).as_deref(), Some("25P02"), "{aborted}");
+    client.batch_execute("COMMIT").await.unwrap();
+    let count: i64 = admin
+        .query_one("SELECT count(*) FROM refused_writes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "the aborted transaction's insert was committed");
 
     // Writable again: the same session carries on and its statements are recorded.
     client.execute(&insert, &[&4i32]).await.unwrap();
@@ -675,9 +710,10 @@ async fn a_statement_the_log_cannot_record_is_refused_and_never_reaches_postgres
                     .is_some_and(|t| t.starts_with("INSERT INTO refused_writes"))
         })
         .count();
+    // The two that ran, and the one of the transaction that was rolled back.
     assert_eq!(
-        recorded, 2,
-        "exactly the two inserts that ran are on record"
+        recorded, 3,
+        "exactly the inserts that reached PostgreSQL are on record"
     );
     let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
     assert!(

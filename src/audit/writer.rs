@@ -549,7 +549,8 @@ impl Syncer {
             return;
         }
         state.waiting.push((seq, ack));
-        if !state.busy && state.due.is_some() {
+        // Also when busy: the thread may be pacing, and a waiter ends the pause.
+        if state.due.is_some() {
             state.busy = true;
             self.wake.notify_one();
         }
