@@ -2,7 +2,9 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
-use pg_query::NodeEnum;
+
+use super::facts::{facts_of, StatementFacts};
+use super::tree::Tree;
 
 /// Statements longer than this are analysed but not cached, so the cache's memory stays
 /// bounded (entries × this).
@@ -20,6 +22,8 @@ pub struct Analysis {
     pub kinds: Arc<[&'static str]>,
     /// Tables named anywhere in the message, with how they are used; sorted, no duplicates.
     pub tables: Arc<[TableRef]>,
+    /// What each statement does, in order.
+    pub statements: Arc<[StatementFacts]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -90,8 +94,14 @@ impl Analyzer {
         }
         let analysis = Arc::new(analyze_uncached(sql, normalized)?);
         if cacheable {
+            // Facts read from literal values hold for this exact text only.
+            let key = if analysis.statements.iter().any(|s| s.reads_literals) {
+                sql
+            } else {
+                &analysis.normalized
+            };
             if let Ok(mut cache) = self.cache.lock() {
-                cache.put(Box::from(&*analysis.normalized), analysis.clone());
+                cache.put(Box::from(key), analysis.clone());
             }
         }
         Ok(analysis)
@@ -112,29 +122,15 @@ fn syntax_error(e: pg_query::Error) -> AnalysisError {
 fn analyze_uncached(sql: &str, normalized: String) -> Result<Analysis, AnalysisError> {
     let parsed = pg_query::parse(sql, 0).map_err(syntax_error)?;
     let fingerprint = pg_query::fingerprint(sql, 0, 0).map_err(syntax_error)?.hex;
-    let kinds: Vec<&'static str> = parsed
-        .protobuf
-        .stmts
+    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let tree = Tree::of(&raw.stmt).map_err(|e| AnalysisError::Syntax(e.to_string()))?;
+        statements.push(facts_of(&tree));
+    }
+    let kinds: Vec<&'static str> = statements.iter().map(StatementFacts::kind).collect();
+    let mut tables: Vec<TableRef> = statements
         .iter()
-        .map(|raw| {
-            raw.stmt
-                .as_ref()
-                .and_then(|s| s.node.as_ref())
-                .map_or("other", kind_of)
-        })
-        .collect();
-    let mut tables: Vec<TableRef> = parsed
-        .tables
-        .iter()
-        .map(|(name, context)| TableRef {
-            name: name.clone(),
-            access: match context {
-                pg_query::Context::Select => Access::Read,
-                pg_query::Context::DML => Access::Write,
-                pg_query::Context::DDL => Access::Ddl,
-                pg_query::Context::None | pg_query::Context::Call => Access::Other,
-            },
-        })
+        .flat_map(|s| s.tables.iter().cloned())
         .collect();
     tables.sort();
     tables.dedup();
@@ -143,71 +139,8 @@ fn analyze_uncached(sql: &str, normalized: String) -> Result<Analysis, AnalysisE
         fingerprint: fingerprint.into(),
         kinds: kinds.into(),
         tables: tables.into(),
+        statements: statements.into(),
     })
-}
-
-/// A short, stable name for what a top-level statement does.
-fn kind_of(node: &NodeEnum) -> &'static str {
-    use pg_query::protobuf::ObjectType;
-    match node {
-        NodeEnum::SelectStmt(_) => "select",
-        NodeEnum::InsertStmt(_) => "insert",
-        NodeEnum::UpdateStmt(_) => "update",
-        NodeEnum::DeleteStmt(_) => "delete",
-        NodeEnum::MergeStmt(_) => "merge",
-        NodeEnum::CopyStmt(_) => "copy",
-        NodeEnum::TruncateStmt(_) => "truncate",
-        NodeEnum::TransactionStmt(_) => "transaction",
-        NodeEnum::VariableSetStmt(_) => "set",
-        NodeEnum::VariableShowStmt(_) => "show",
-        NodeEnum::ExplainStmt(_) => "explain",
-        NodeEnum::PrepareStmt(_) => "prepare",
-        NodeEnum::ExecuteStmt(_) => "execute",
-        NodeEnum::DeallocateStmt(_) => "deallocate",
-        NodeEnum::DoStmt(_) => "do",
-        NodeEnum::CallStmt(_) => "call",
-        NodeEnum::GrantStmt(g) if g.is_grant => "grant",
-        NodeEnum::GrantStmt(_) => "revoke",
-        NodeEnum::GrantRoleStmt(g) if g.is_grant => "grant",
-        NodeEnum::GrantRoleStmt(_) => "revoke",
-        NodeEnum::VacuumStmt(v) if v.is_vacuumcmd => "vacuum",
-        NodeEnum::VacuumStmt(_) => "analyze",
-        NodeEnum::ListenStmt(_) => "listen",
-        NodeEnum::UnlistenStmt(_) => "unlisten",
-        NodeEnum::NotifyStmt(_) => "notify",
-        NodeEnum::LockStmt(_) => "lock",
-        NodeEnum::DeclareCursorStmt(_) => "declare",
-        NodeEnum::FetchStmt(_) => "fetch",
-        NodeEnum::ClosePortalStmt(_) => "close",
-        NodeEnum::DiscardStmt(_) => "discard",
-        NodeEnum::CreateStmt(_) | NodeEnum::CreateTableAsStmt(_) => "create table",
-        NodeEnum::IndexStmt(_) => "create index",
-        NodeEnum::ViewStmt(_) => "create view",
-        NodeEnum::CreateSchemaStmt(_) => "create schema",
-        NodeEnum::CreateFunctionStmt(_) => "create function",
-        NodeEnum::CreateTrigStmt(_) => "create trigger",
-        NodeEnum::RuleStmt(_) => "create rule",
-        NodeEnum::CreateRoleStmt(_) => "create role",
-        NodeEnum::CreatedbStmt(_) => "create database",
-        NodeEnum::CreateSeqStmt(_) => "create sequence",
-        NodeEnum::CreateExtensionStmt(_) => "create extension",
-        NodeEnum::AlterTableStmt(_) => "alter table",
-        NodeEnum::AlterRoleStmt(_) => "alter role",
-        NodeEnum::AlterSystemStmt(_) => "alter system",
-        NodeEnum::RenameStmt(_) => "rename",
-        NodeEnum::DropStmt(drop) => match ObjectType::try_from(drop.remove_type) {
-            Ok(ObjectType::ObjectTable) => "drop table",
-            Ok(ObjectType::ObjectView) => "drop view",
-            Ok(ObjectType::ObjectIndex) => "drop index",
-            Ok(ObjectType::ObjectSchema) => "drop schema",
-            Ok(ObjectType::ObjectFunction) => "drop function",
-            _ => "drop",
-        },
-        NodeEnum::DropdbStmt(_) => "drop database",
-        NodeEnum::DropRoleStmt(_) => "drop role",
-        NodeEnum::CommentStmt(_) => "comment",
-        _ => "other",
-    }
 }
 
 #[cfg(test)]

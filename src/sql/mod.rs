@@ -11,5 +11,8 @@
 //! reach the log unless `audit.statement_text = "full"`.
 
 mod analyze;
+pub mod facts;
+pub mod tree;
 
 pub use analyze::{Access, Analysis, AnalysisError, Analyzer, TableRef};
+pub use facts::{Flags, StatementFacts};

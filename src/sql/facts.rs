@@ -1,0 +1,645 @@
+//! What one statement does, read from PostgreSQL's own parse tree: its kinds, the tables it
+//! touches and how, the functions it calls, the settings it changes, and flags for the
+//! patterns policy cares about. The walk visits every node ([`super::tree`]), so nothing
+//! nested (a function in an `ARRAY[…]`, a `DELETE` in a CTE) escapes.
+//!
+//! Limits: table names are reported as written (`users` or `public.users`); resolving an
+//! unqualified name against the session's `search_path` is the caller's job. A CTE's name
+//! used as a table is reported as a table read (conservative).
+
+use serde::Serialize;
+
+use super::tree::Tree;
+use super::{Access, TableRef};
+
+/// Flags for statement shapes policy rules can match (`flags = ["no_where"]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flags {
+    /// An UPDATE or DELETE without WHERE, anywhere in the statement (CTEs included).
+    pub no_where: bool,
+    /// INSERT/UPDATE/DELETE/MERGE inside a WITH clause.
+    pub data_modifying_cte: bool,
+    /// COPY … PROGRAM: runs a shell command on the database server.
+    pub copy_program: bool,
+    /// COPY to or from a file on the database server.
+    pub copy_file: bool,
+    /// Code whose statements are not visible here: DO, CALL, EXECUTE of a prepared statement.
+    pub dynamic_sql: bool,
+    /// EXPLAIN ANALYZE: the inner statement really runs.
+    pub explain_analyze: bool,
+}
+
+impl Flags {
+    pub const NAMES: [&'static str; 6] = [
+        "no_where",
+        "data_modifying_cte",
+        "copy_program",
+        "copy_file",
+        "dynamic_sql",
+        "explain_analyze",
+    ];
+
+    pub fn has(&self, name: &str) -> bool {
+        match name {
+            "no_where" => self.no_where,
+            "data_modifying_cte" => self.data_modifying_cte,
+            "copy_program" => self.copy_program,
+            "copy_file" => self.copy_file,
+            "dynamic_sql" => self.dynamic_sql,
+            "explain_analyze" => self.explain_analyze,
+            _ => false,
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        Self::NAMES.into_iter().filter(|n| self.has(n))
+    }
+}
+
+/// The facts of one statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatementFacts {
+    /// What it is (`select`, `drop table`, …), first; for EXPLAIN ANALYZE and PREPARE also
+    /// the kind of the statement inside.
+    pub kinds: Vec<&'static str>,
+    pub tables: Vec<TableRef>,
+    /// Functions called, as written (`pg_read_file`, `pg_catalog.set_config`).
+    pub functions: Vec<String>,
+    /// Settings changed by SET / RESET / set_config (`*` when the name is not a constant).
+    pub settings: Vec<String>,
+    pub flags: Flags,
+    /// `PREPARE name AS …`: the name.
+    pub prepares: Option<String>,
+    /// `EXECUTE name`: the name of the prepared statement run.
+    pub executes: Option<String>,
+    /// Some fact was read from a literal value (`set_config('statement_timeout', …)`): the
+    /// facts hold for this text only, not for every statement of the same shape.
+    #[serde(skip)]
+    pub reads_literals: bool,
+}
+
+impl StatementFacts {
+    pub fn kind(&self) -> &'static str {
+        self.kinds.first().copied().unwrap_or("other")
+    }
+}
+
+/// Facts of one top-level statement (a `RawStmt`'s `stmt`).
+pub fn facts_of(stmt: &Tree) -> StatementFacts {
+    let mut facts = StatementFacts::default();
+    let kind = kind_of(stmt);
+    facts.kinds.push(kind);
+    let access = match kind {
+        "select" | "explain" | "show" | "set" | "reset" | "transaction" | "prepare" | "execute"
+        | "deallocate" | "declare" | "fetch" | "close" | "listen" | "unlisten" | "notify"
+        | "discard" | "do" | "call" | "other" => Access::Read,
+        "truncate" => Access::Write,
+        _ => Access::Ddl,
+    };
+    let mut walk = Walk {
+        facts: &mut facts,
+        in_cte: false,
+    };
+    walk.visit(stmt, access);
+    facts.tables.sort();
+    facts.tables.dedup();
+    facts.functions.sort();
+    facts.functions.dedup();
+    facts.settings.sort();
+    facts.settings.dedup();
+    facts
+}
+
+struct Walk<'f> {
+    facts: &'f mut StatementFacts,
+    in_cte: bool,
+}
+
+impl Walk<'_> {
+    fn visit(&mut self, node: &Tree, access: Access) {
+        match node.name() {
+            Some("RangeVar") => {
+                let schema = node
+                    .field("schemaname")
+                    .and_then(Tree::as_str)
+                    .unwrap_or("");
+                let relation = node.field("relname").and_then(Tree::as_str).unwrap_or("");
+                let name = if schema.is_empty() {
+                    relation.to_owned()
+                } else {
+                    format!("{schema}.{relation}")
+                };
+                self.facts.tables.push(TableRef { name, access });
+                self.visit_fields(node, Access::Read, &["schemaname", "relname"]);
+            }
+            Some(dml @ ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt")) => {
+                if self.in_cte {
+                    self.facts.flags.data_modifying_cte = true;
+                }
+                if matches!(dml, "UpdateStmt" | "DeleteStmt")
+                    && !node.field("where_clause").is_some_and(Tree::is_present)
+                {
+                    self.facts.flags.no_where = true;
+                }
+                if let Some(relation) = node.field("relation") {
+                    self.visit(relation, Access::Write);
+                }
+                self.visit_fields(node, Access::Read, &["relation"]);
+            }
+            Some("SelectStmt") => self.visit_fields(node, Access::Read, &[]),
+            Some("IntoClause") => {
+                if let Some(rel) = node.field("rel") {
+                    self.visit(rel, Access::Ddl);
+                }
+                self.visit_fields(node, Access::Read, &["rel"]);
+            }
+            Some("CommonTableExpr") => {
+                let outer = std::mem::replace(&mut self.in_cte, true);
+                self.visit_fields(node, access, &[]);
+                self.in_cte = outer;
+            }
+            Some("FuncCall") => {
+                let name = qualified_name(node.field("funcname"));
+                if name == "set_config" || name == "pg_catalog.set_config" {
+                    self.facts.reads_literals = true;
+                    let setting = node
+                        .field("args")
+                        .and_then(|args| match args {
+                            Tree::Seq(items) => items.first(),
+                            _ => None,
+                        })
+                        .and_then(constant_string)
+                        .map_or_else(|| "*".to_owned(), |s| s.to_lowercase());
+                    self.facts.settings.push(setting);
+                }
+                self.facts.functions.push(name);
+                self.visit_fields(node, Access::Read, &["funcname"]);
+            }
+            Some("CopyStmt") => {
+                let from = node.field("is_from").is_some_and(Tree::as_bool);
+                if node.field("is_program").is_some_and(Tree::as_bool) {
+                    self.facts.flags.copy_program = true;
+                } else if node.field("filename").is_some_and(Tree::is_present) {
+                    self.facts.flags.copy_file = true;
+                }
+                if let Some(relation) = node.field("relation") {
+                    self.visit(relation, if from { Access::Write } else { Access::Read });
+                }
+                self.visit_fields(node, Access::Read, &["relation"]);
+            }
+            Some("DropStmt") => {
+                self.drop_objects(node);
+                self.visit_fields(node, access, &[]);
+            }
+            Some("VariableSetStmt") => {
+                let name = node.field("name").and_then(Tree::as_str).unwrap_or("");
+                self.facts.settings.push(if name.is_empty() {
+                    "all".to_owned()
+                } else {
+                    name.to_lowercase()
+                });
+                self.visit_fields(node, access, &[]);
+            }
+            Some("DoStmt") | Some("CallStmt") => {
+                self.facts.flags.dynamic_sql = true;
+                self.visit_fields(node, access, &[]);
+            }
+            Some("ExecuteStmt") => {
+                self.facts.flags.dynamic_sql = true;
+                self.facts.executes = node.field("name").and_then(Tree::as_str).map(str::to_owned);
+                self.visit_fields(node, access, &[]);
+            }
+            Some("PrepareStmt") => {
+                self.facts.prepares = node.field("name").and_then(Tree::as_str).map(str::to_owned);
+                if let Some(query) = node.field("query") {
+                    let inner = kind_of(query);
+                    self.facts.kinds.push(inner);
+                }
+                self.visit_fields(node, access, &[]);
+            }
+            Some("ExplainStmt") => {
+                let analyze = node.field("options").is_some_and(|options| {
+                    options.children().any(|(_, option)| {
+                        // `ANALYZE` alone, or with anything but an explicit false.
+                        option.field("defname").and_then(Tree::as_str) == Some("analyze")
+                            && option
+                                .field("arg")
+                                .and_then(constant_bool)
+                                .is_none_or(|on| on)
+                    })
+                });
+                if analyze {
+                    self.facts.flags.explain_analyze = true;
+                    if let Some(query) = node.field("query") {
+                        self.facts.kinds.push(kind_of(query));
+                    }
+                }
+                self.visit_fields(node, access, &[]);
+            }
+            _ => self.visit_fields(node, access, &[]),
+        }
+    }
+
+    fn visit_fields(&mut self, node: &Tree, access: Access, skip: &[&str]) {
+        for (key, child) in node.children() {
+            if !skip.contains(&key) {
+                self.visit(child, access);
+            }
+        }
+    }
+
+    /// DROP TABLE/VIEW/…: the objects are name lists, not RangeVars.
+    fn drop_objects(&mut self, node: &Tree) {
+        use pg_query::protobuf::ObjectType;
+        let relation_like = node
+            .field("remove_type")
+            .and_then(Tree::as_int)
+            .and_then(|t| ObjectType::try_from(t as i32).ok())
+            .is_some_and(|t| {
+                matches!(
+                    t,
+                    ObjectType::ObjectTable
+                        | ObjectType::ObjectView
+                        | ObjectType::ObjectMatview
+                        | ObjectType::ObjectForeignTable
+                        | ObjectType::ObjectSequence
+                        | ObjectType::ObjectIndex
+                )
+            });
+        if !relation_like {
+            return;
+        }
+        for (_, object) in node
+            .field("objects")
+            .map(Tree::children)
+            .into_iter()
+            .flatten()
+        {
+            let name = qualified_name(object.field("items"));
+            if !name.is_empty() {
+                self.facts.tables.push(TableRef {
+                    name,
+                    access: Access::Ddl,
+                });
+            }
+        }
+    }
+}
+
+/// `a.b.c` from a list of String nodes (function and object names).
+fn qualified_name(list: Option<&Tree>) -> String {
+    let mut parts = Vec::new();
+    for (_, part) in list.map(Tree::children).into_iter().flatten() {
+        if let Some(s) = part.field("sval").and_then(Tree::as_str) {
+            parts.push(s);
+        }
+    }
+    parts.join(".")
+}
+
+/// The value of a string constant (`'name'`, also through a cast).
+fn constant_string(node: &Tree) -> Option<String> {
+    match node.name()? {
+        "AConst" => node
+            .field("val")?
+            .field("sval")?
+            .as_str()
+            .map(str::to_owned),
+        "TypeCast" => constant_string(node.field("arg")?),
+        _ => None,
+    }
+}
+
+/// `true`/`false`/`on`/`off` in an EXPLAIN option.
+fn constant_bool(node: &Tree) -> Option<bool> {
+    let text = match node.name()? {
+        "String" => node.field("sval")?.as_str()?.to_owned(),
+        "Boolean" => return Some(node.field("boolval").is_some_and(Tree::as_bool)),
+        "AConst" => {
+            let val = node.field("val")?;
+            if val.name() == Some("Boolean") {
+                return Some(val.field("boolval").is_some_and(Tree::as_bool));
+            }
+            val.field("sval")?.as_str()?.to_owned()
+        }
+        _ => constant_string(node)?,
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" | "yes" => Some(true),
+        "false" | "off" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// A short, stable name for what a statement node does.
+pub fn kind_of(node: &Tree) -> &'static str {
+    use pg_query::protobuf::ObjectType;
+    let object_type = |field: &str| {
+        node.field(field)
+            .and_then(Tree::as_int)
+            .and_then(|t| ObjectType::try_from(t as i32).ok())
+    };
+    match node.name().unwrap_or("") {
+        "SelectStmt" if node.field("into_clause").is_some_and(Tree::is_present) => "create table",
+        "SelectStmt" => "select",
+        "InsertStmt" => "insert",
+        "UpdateStmt" => "update",
+        "DeleteStmt" => "delete",
+        "MergeStmt" => "merge",
+        "CopyStmt" => "copy",
+        "TruncateStmt" => "truncate",
+        "TransactionStmt" => "transaction",
+        "VariableSetStmt" => match node.field("kind").and_then(Tree::as_int) {
+            Some(k)
+                if k == pg_query::protobuf::VariableSetKind::VarReset as i64
+                    || k == pg_query::protobuf::VariableSetKind::VarResetAll as i64 =>
+            {
+                "reset"
+            }
+            _ => "set",
+        },
+        "VariableShowStmt" => "show",
+        "ExplainStmt" => "explain",
+        "PrepareStmt" => "prepare",
+        "ExecuteStmt" => "execute",
+        "DeallocateStmt" => "deallocate",
+        "DoStmt" => "do",
+        "CallStmt" => "call",
+        "GrantStmt" if node.field("is_grant").is_some_and(Tree::as_bool) => "grant",
+        "GrantStmt" => "revoke",
+        "GrantRoleStmt" if node.field("is_grant").is_some_and(Tree::as_bool) => "grant",
+        "GrantRoleStmt" => "revoke",
+        "VacuumStmt" if node.field("is_vacuumcmd").is_some_and(Tree::as_bool) => "vacuum",
+        "VacuumStmt" => "analyze",
+        "ReindexStmt" => "reindex",
+        "ClusterStmt" => "cluster",
+        "ListenStmt" => "listen",
+        "UnlistenStmt" => "unlisten",
+        "NotifyStmt" => "notify",
+        "LockStmt" => "lock",
+        "DeclareCursorStmt" => "declare",
+        "FetchStmt" => "fetch",
+        "ClosePortalStmt" => "close",
+        "DiscardStmt" => "discard",
+        "CheckPointStmt" => "checkpoint",
+        "LoadStmt" => "load",
+        "CreateStmt" => "create table",
+        "CreateTableAsStmt" => match object_type("objtype") {
+            Some(ObjectType::ObjectMatview) => "create materialized view",
+            _ => "create table",
+        },
+        "IndexStmt" => "create index",
+        "ViewStmt" => "create view",
+        "CreateSchemaStmt" => "create schema",
+        "CreateFunctionStmt" if node.field("is_procedure").is_some_and(Tree::as_bool) => {
+            "create procedure"
+        }
+        "CreateFunctionStmt" => "create function",
+        "AlterFunctionStmt" => "alter function",
+        "CreateTrigStmt" => "create trigger",
+        "RuleStmt" => "create rule",
+        "CreateRoleStmt" => "create role",
+        "AlterRoleStmt" | "AlterRoleSetStmt" => "alter role",
+        "DropRoleStmt" => "drop role",
+        "CreatedbStmt" => "create database",
+        "AlterDatabaseStmt" | "AlterDatabaseSetStmt" => "alter database",
+        "DropdbStmt" => "drop database",
+        "CreateSeqStmt" => "create sequence",
+        "AlterSeqStmt" => "alter sequence",
+        "CreateExtensionStmt" => "create extension",
+        "CreateEnumStmt" | "CompositeTypeStmt" | "CreateRangeStmt" | "CreateDomainStmt" => {
+            "create type"
+        }
+        "AlterTableStmt" => match object_type("objtype") {
+            Some(ObjectType::ObjectIndex) => "alter index",
+            Some(ObjectType::ObjectView) => "alter view",
+            Some(ObjectType::ObjectSequence) => "alter sequence",
+            Some(ObjectType::ObjectMatview) => "alter materialized view",
+            _ => "alter table",
+        },
+        "AlterSystemStmt" => "alter system",
+        "RenameStmt" => "rename",
+        "AlterOwnerStmt" => "alter owner",
+        "RefreshMatViewStmt" => "refresh materialized view",
+        "CommentStmt" => "comment",
+        "DefineStmt" => "create",
+        "DropStmt" => match object_type("remove_type") {
+            Some(ObjectType::ObjectTable) => "drop table",
+            Some(ObjectType::ObjectView) => "drop view",
+            Some(ObjectType::ObjectMatview) => "drop materialized view",
+            Some(ObjectType::ObjectIndex) => "drop index",
+            Some(ObjectType::ObjectSequence) => "drop sequence",
+            Some(ObjectType::ObjectSchema) => "drop schema",
+            Some(ObjectType::ObjectFunction) => "drop function",
+            Some(ObjectType::ObjectProcedure) => "drop procedure",
+            Some(ObjectType::ObjectTrigger) => "drop trigger",
+            Some(ObjectType::ObjectRule) => "drop rule",
+            Some(ObjectType::ObjectType) => "drop type",
+            Some(ObjectType::ObjectExtension) => "drop extension",
+            Some(ObjectType::ObjectForeignTable) => "drop foreign table",
+            _ => "drop",
+        },
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sql::Analyzer;
+
+    /// `(sql, kinds of each statement joined by ";", tables as "name:access", functions,
+    /// flags)`.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+
+    const CASES: &[Case] = &[
+        // Reads.
+        ("SELECT 1", "select", &[], &[], &[]),
+        ("SELECT * FROM users WHERE id = 1", "select", &["users:read"], &[], &[]),
+        ("SELECT u.email AS e FROM public.users u JOIN orders o ON o.uid = u.id", "select", &["orders:read", "public.users:read"], &[], &[]),
+        ("SELECT * FROM a UNION SELECT * FROM b EXCEPT SELECT * FROM c", "select", &["a:read", "b:read", "c:read"], &[], &[]),
+        ("SELECT (SELECT max(id) FROM t2) FROM t1", "select", &["t1:read", "t2:read"], &["max"], &[]),
+        ("SELECT * FROM t WHERE id IN (SELECT id FROM s WHERE x = ANY(ARRAY[1,2]))", "select", &["s:read", "t:read"], &[], &[]),
+        ("SELECT ARRAY[pg_read_file('/etc/passwd')]", "select", &[], &["pg_read_file"], &[]),
+        ("SELECT json_build_object('k', pg_ls_dir('.'))", "select", &[], &["json_build_object", "pg_ls_dir"], &[]),
+        ("SELECT coalesce(lo_import('/etc/hosts'), 0)", "select", &[], &["lo_import"], &[]),
+        ("SELECT CASE WHEN true THEN pg_read_binary_file('x') END", "select", &[], &["pg_read_binary_file"], &[]),
+        ("SELECT 'a' COLLATE \"C\" || pg_catalog.pg_read_file('y')", "select", &[], &["pg_catalog.pg_read_file"], &[]),
+        ("SELECT * FROM generate_series(1, 3) g", "select", &[], &["generate_series"], &[]),
+        ("SELECT * FROM dblink('host=x', 'select 1') AS t(a int)", "select", &[], &["dblink"], &[]),
+        ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "select", &["pg_stat_activity:read"], &["pg_terminate_backend"], &[]),
+        ("SELECT set_config('statement_timeout', '0', false)", "select", &[], &["set_config"], &[]),
+        ("WITH x AS (SELECT * FROM t) SELECT * FROM x", "select", &["t:read", "x:read"], &[], &[]),
+        ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", "select", &["r:read"], &[], &[]),
+        ("SELECT * FROM t FOR UPDATE", "select", &["t:read"], &[], &[]),
+        ("SELECT * FROM LATERAL (SELECT 1) s, t TABLESAMPLE SYSTEM (10)", "select", &["t:read"], &[], &[]),
+        ("TABLE t", "select", &["t:read"], &[], &[]),
+        ("VALUES (1), (2)", "select", &[], &[], &[]),
+        ("SELECT $1::int", "select", &[], &[], &[]),
+        ("SELECT count(*) FILTER (WHERE x > 0) OVER (PARTITION BY y) FROM t", "select", &["t:read"], &["count"], &[]),
+        // Writes.
+        ("INSERT INTO t VALUES (1)", "insert", &["t:write"], &[], &[]),
+        ("INSERT INTO s.t (a) SELECT a FROM u ON CONFLICT (a) DO UPDATE SET a = excluded.a", "insert", &["s.t:write", "u:read"], &[], &[]),
+        ("INSERT INTO t VALUES (1) RETURNING *", "insert", &["t:write"], &[], &[]),
+        ("UPDATE t SET a = 1 WHERE id = 2", "update", &["t:write"], &[], &[]),
+        ("UPDATE t SET a = 1", "update", &["t:write"], &[], &["no_where"]),
+        ("UPDATE t SET a = u.a FROM u WHERE t.id = u.id", "update", &["t:write", "u:read"], &[], &[]),
+        ("DELETE FROM t WHERE id = 1", "delete", &["t:write"], &[], &[]),
+        ("DELETE FROM t", "delete", &["t:write"], &[], &["no_where"]),
+        ("DELETE FROM ONLY t USING u WHERE t.id = u.id", "delete", &["t:write", "u:read"], &[], &[]),
+        ("DELETE FROM t WHERE CURRENT OF c", "delete", &["t:write"], &[], &[]),
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "select", &["d:read", "t:write"], &[], &["no_where", "data_modifying_cte"]),
+        ("WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) INSERT INTO archive SELECT * FROM d", "insert", &["archive:write", "d:read", "t:write"], &[], &["data_modifying_cte"]),
+        ("WITH u AS (UPDATE t SET a = 1 RETURNING id) SELECT count(*) FROM u", "select", &["t:write", "u:read"], &["count"], &["no_where", "data_modifying_cte"]),
+        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.a)", "merge", &["s:read", "t:write"], &[], &[]),
+        ("TRUNCATE t, u", "truncate", &["t:write", "u:write"], &[], &[]),
+        ("SELECT * INTO new_t FROM t", "create table", &["new_t:ddl", "t:read"], &[], &[]),
+        // COPY.
+        ("COPY t FROM STDIN", "copy", &["t:write"], &[], &[]),
+        ("COPY t TO STDOUT", "copy", &["t:read"], &[], &[]),
+        ("COPY (SELECT * FROM t) TO STDOUT WITH CSV", "copy", &["t:read"], &[], &[]),
+        ("COPY t FROM PROGRAM 'curl evil'", "copy", &["t:write"], &[], &["copy_program"]),
+        ("COPY t TO '/tmp/out.csv'", "copy", &["t:read"], &[], &["copy_file"]),
+        ("COPY t FROM '/etc/passwd'", "copy", &["t:write"], &[], &["copy_file"]),
+        // DDL.
+        ("CREATE TABLE t (id int PRIMARY KEY REFERENCES u (id))", "create table", &["t:ddl", "u:ddl"], &[], &[]),
+        ("CREATE TABLE t AS SELECT * FROM u", "create table", &["t:ddl", "u:read"], &[], &[]),
+        ("CREATE MATERIALIZED VIEW mv AS SELECT * FROM u", "create materialized view", &["mv:ddl", "u:read"], &[], &[]),
+        ("CREATE VIEW v AS SELECT a FROM t", "create view", &["t:read", "v:ddl"], &[], &[]),
+        ("CREATE INDEX CONCURRENTLY i ON t (a)", "create index", &["t:ddl"], &[], &[]),
+        ("ALTER TABLE t ADD COLUMN b int", "alter table", &["t:ddl"], &[], &[]),
+        ("ALTER INDEX i RENAME TO j", "rename", &["i:ddl"], &[], &[]),
+        ("DROP TABLE t", "drop table", &["t:ddl"], &[], &[]),
+        ("DROP TABLE IF EXISTS s.t, u CASCADE", "drop table", &["s.t:ddl", "u:ddl"], &[], &[]),
+        ("DROP VIEW v", "drop view", &["v:ddl"], &[], &[]),
+        ("DROP INDEX i", "drop index", &["i:ddl"], &[], &[]),
+        ("DROP SCHEMA s CASCADE", "drop schema", &[], &[], &[]),
+        ("DROP DATABASE d", "drop database", &[], &[], &[]),
+        ("DROP FUNCTION f(int)", "drop function", &[], &[], &[]),
+        ("DROP ROLE r", "drop role", &[], &[], &[]),
+        ("CREATE SCHEMA s", "create schema", &[], &[], &[]),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "create function", &[], &[], &[]),
+        ("CREATE PROCEDURE p() LANGUAGE sql AS $$ DELETE FROM t $$", "create procedure", &[], &[], &[]),
+        ("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", "create trigger", &["t:ddl"], &[], &[]),
+        ("CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u", "create rule", &["t:ddl", "u:write"], &[], &["no_where"]),
+        ("CREATE EXTENSION dblink", "create extension", &[], &[], &[]),
+        ("CREATE ROLE r LOGIN", "create role", &[], &[], &[]),
+        ("ALTER ROLE r SUPERUSER", "alter role", &[], &[], &[]),
+        ("ALTER SYSTEM SET wal_level = minimal", "alter system", &[], &[], &[]),
+        ("CREATE DATABASE d", "create database", &[], &[], &[]),
+        ("CREATE SEQUENCE seq", "create sequence", &["seq:ddl"], &[], &[]),
+        ("CREATE TYPE mood AS ENUM ('sad', 'happy')", "create type", &[], &[], &[]),
+        ("COMMENT ON TABLE t IS 'x'", "comment", &[], &[], &[]),
+        ("REFRESH MATERIALIZED VIEW mv", "refresh materialized view", &["mv:ddl"], &[], &[]),
+        ("GRANT SELECT ON t TO r", "grant", &["t:ddl"], &[], &[]),
+        ("REVOKE ALL ON t FROM r", "revoke", &["t:ddl"], &[], &[]),
+        ("GRANT admin TO bob", "grant", &[], &[], &[]),
+        // Session and transaction control.
+        ("BEGIN", "transaction", &[], &[], &[]),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", "transaction", &[], &[], &[]),
+        ("COMMIT", "transaction", &[], &[], &[]),
+        ("ROLLBACK TO SAVEPOINT s", "transaction", &[], &[], &[]),
+        ("SET search_path = app, public", "set", &[], &[], &[]),
+        ("SET LOCAL statement_timeout = 0", "set", &[], &[], &[]),
+        ("SET ROLE admin", "set", &[], &[], &[]),
+        ("SET SESSION AUTHORIZATION bob", "set", &[], &[], &[]),
+        ("RESET statement_timeout", "reset", &[], &[], &[]),
+        ("RESET ALL", "reset", &[], &[], &[]),
+        ("SHOW search_path", "show", &[], &[], &[]),
+        ("DISCARD ALL", "discard", &[], &[], &[]),
+        ("LISTEN ch", "listen", &[], &[], &[]),
+        ("NOTIFY ch, 'x'", "notify", &[], &[], &[]),
+        ("UNLISTEN *", "unlisten", &[], &[], &[]),
+        ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", "lock", &["t:ddl"], &[], &[]),
+        ("VACUUM ANALYZE t", "vacuum", &["t:ddl"], &[], &[]),
+        ("ANALYZE t", "analyze", &["t:ddl"], &[], &[]),
+        ("REINDEX TABLE t", "reindex", &["t:ddl"], &[], &[]),
+        ("CLUSTER t USING i", "cluster", &["t:ddl"], &[], &[]),
+        ("CHECKPOINT", "checkpoint", &[], &[], &[]),
+        ("DECLARE c CURSOR FOR SELECT * FROM t", "declare", &["t:read"], &[], &[]),
+        ("FETCH 10 FROM c", "fetch", &[], &[], &[]),
+        ("CLOSE c", "close", &[], &[], &[]),
+        // Code whose statements are not visible.
+        ("DO $$ BEGIN DELETE FROM t; END $$", "do", &[], &[], &["dynamic_sql"]),
+        ("CALL p(1)", "call", &[], &["p"], &["dynamic_sql"]),
+        ("PREPARE q AS DELETE FROM t", "prepare;delete", &["t:write"], &[], &["no_where"]),
+        ("EXECUTE q", "execute", &[], &[], &["dynamic_sql"]),
+        ("DEALLOCATE q", "deallocate", &[], &[], &[]),
+        // EXPLAIN: ANALYZE runs the inner statement.
+        ("EXPLAIN DELETE FROM t", "explain", &["t:write"], &[], &["no_where"]),
+        ("EXPLAIN ANALYZE DELETE FROM t", "explain;delete", &["t:write"], &[], &["no_where", "explain_analyze"]),
+        ("EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t", "explain;select", &["t:read"], &[], &["explain_analyze"]),
+        ("EXPLAIN (ANALYZE false) UPDATE t SET a = 1", "explain", &["t:write"], &[], &["no_where"]),
+        // Quoting and comments.
+        ("SELECT \"Weird Name\".x FROM \"Weird Name\"", "select", &["Weird Name:read"], &[], &[]),
+        ("/* DROP TABLE t */ SELECT 1 -- ; DELETE FROM t", "select", &[], &[], &[]),
+        ("SELECT 'DROP TABLE t; --'", "select", &[], &[], &[]),
+        ("SELECT $$; DELETE FROM t; $$", "select", &[], &[], &[]),
+        ("SELECT E'\\'; DELETE FROM t; --'", "select", &[], &[], &[]),
+    ];
+
+    #[test]
+    fn facts_of_statements_as_postgres_parses_them() {
+        let analyzer = Analyzer::new(1024);
+        for (sql, kinds, tables, functions, flags) in CASES {
+            let analysis = analyzer
+                .analyze(sql.as_bytes())
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let got_kinds: Vec<String> = analysis
+                .statements
+                .iter()
+                .map(|s| s.kinds.join(";"))
+                .collect();
+            assert_eq!(got_kinds.join(" | "), *kinds, "kinds of {sql}");
+            let facts = &analysis.statements[0];
+            let got_tables: Vec<String> = facts
+                .tables
+                .iter()
+                .map(|t| format!("{}:{}", t.name, t.access.as_str()))
+                .collect();
+            assert_eq!(got_tables, *tables, "tables of {sql}");
+            assert_eq!(facts.functions, *functions, "functions of {sql}");
+            let got_flags: Vec<&str> = facts.flags.names().collect();
+            assert_eq!(got_flags, *flags, "flags of {sql}");
+        }
+        assert!(CASES.len() >= 100, "{} cases", CASES.len());
+    }
+
+    #[test]
+    fn settings_changed_are_named() {
+        let analyzer = Analyzer::new(16);
+        let settings = |sql: &str| {
+            analyzer.analyze(sql.as_bytes()).unwrap().statements[0]
+                .settings
+                .clone()
+        };
+        assert_eq!(settings("SET statement_timeout = 0"), ["statement_timeout"]);
+        assert_eq!(settings("RESET ALL"), ["all"]);
+        assert_eq!(settings("SET ROLE admin"), ["role"]);
+        assert_eq!(
+            settings("SELECT set_config('Search_Path', 'x', false)"),
+            ["search_path"]
+        );
+        assert_eq!(settings("SELECT set_config($1, 'x', false)"), ["*"]);
+    }
+
+    #[test]
+    fn statements_split_as_postgres_splits_them() {
+        let analyzer = Analyzer::new(16);
+        let a = analyzer
+            .analyze(b"COPY t FROM STDIN;\nDROP TABLE x")
+            .unwrap();
+        assert_eq!(*a.kinds, ["copy", "drop table"]);
+        let b = analyzer.analyze(b"SELECT 1; ; SELECT 2;").unwrap();
+        assert_eq!(*b.kinds, ["select", "select"]);
+        let prepared = analyzer.analyze(b"PREPARE p AS SELECT 1").unwrap();
+        assert_eq!(prepared.statements[0].prepares.as_deref(), Some("p"));
+        let executed = analyzer.analyze(b"EXECUTE p(1)").unwrap();
+        assert_eq!(executed.statements[0].executes.as_deref(), Some("p"));
+    }
+}
