@@ -22,7 +22,6 @@ const ANALYSIS_CACHE_ENTRIES: usize = 4096;
 use crate::audit::{AuditError, AuditLog, Event};
 use crate::config::{Config, ConfigError, TlsMode};
 use crate::net::{listener, tls};
-use crate::session::gate::{AllowAll, StatementGate};
 use crate::session::shutdown::{Phase, Shutdown};
 use crate::session::{Context, Snapshot};
 use crate::upstream::cancel::CancelMap;
@@ -98,8 +97,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind `server.listen` and start accepting. The gate decides every statement.
-    pub async fn start(config: Config, gate: Arc<dyn StatementGate>) -> Result<Self, AppError> {
+    /// Bind `server.listen` and start accepting. `[policy]` decides every statement.
+    pub async fn start(config: Config) -> Result<Self, AppError> {
         for warning in &config.warnings {
             warn!("{warning}");
         }
@@ -124,7 +123,7 @@ impl Server {
             snapshot: ArcSwap::from_pointee(snapshot),
             cancels: CancelMap::default(),
             process_key: rand::random(),
-            gate,
+            approver: Arc::new(crate::policy::NoApprovals),
             shutdown: Shutdown::default(),
             audit,
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
@@ -285,7 +284,7 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = Config::load(config_path)?;
     let grace = config.server.shutdown_grace;
-    let server = Server::start(config, Arc::new(AllowAll)).await?;
+    let server = Server::start(config).await?;
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;

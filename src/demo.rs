@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{AppError, Server};
@@ -11,7 +10,6 @@ use crate::audit::checkpoint::{PublicKey, SigningKey};
 use crate::audit::verify::verify_dir_with;
 use crate::auth::scram::hash_password;
 use crate::config::Config;
-use crate::session::gate::AllowAll;
 use crate::testbed::{self, PostgresOptions, TestbedError, ThrowawayPostgres};
 
 /// The demo's people: (user, password, group, upstream role).
@@ -54,7 +52,7 @@ pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> 
     let config_text = demo_config(listen, &postgres, &certs, &audit, &dir)?;
     write(&config_path, &config_text)?;
     let config = Config::load(&config_path).map_err(AppError::from)?;
-    let server = Server::start(config, Arc::new(AllowAll)).await?;
+    let server = Server::start(config).await?;
     let addr = server.local_addr();
 
     let result = if smoke_test {

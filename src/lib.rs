@@ -41,6 +41,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod net;
+pub mod policy;
 pub mod protocol;
 pub mod session;
 pub mod sql;

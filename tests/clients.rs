@@ -201,7 +201,31 @@ async fn psql_copy_in_and_out_round_trips_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_large_object_import_and_export_use_function_calls() {
-    let proxy = Proxy::default().await;
+    // FunctionCall names its function by OID only: refused unless a rule allows it.
+    let guarded = Proxy::default().await;
+    let file = common::write_file("lo-small.bin", "x");
+    let refused = psql_as_alice(
+        &guarded,
+        &["-c", &format!("\\lo_import '{}'", path_str(&file))],
+        &[],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("guardrail.function-call"), "{stderr}");
+    let proxy = Proxy::start(common::ProxyOptions {
+        extra: r#"
+[[policy.rules]]
+id = "large-objects"
+priority = 150
+groups = ["dev"]
+statements = ["function call"]
+action = "allow"
+"#
+        .into(),
+        ..Default::default()
+    })
+    .await;
     // 200 kB of every byte value, in a pseudo-random order: ~25 lowrite calls of 8 kB each.
     let mut content = Vec::with_capacity(200_000);
     let mut x: u32 = 0x1234_5678;
@@ -326,7 +350,46 @@ fn number_after(text: &str, prefix: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_initializes_and_runs_in_every_query_mode() {
     let proxy = Proxy::default().await;
-    pgbench(&proxy, &["-i", "-s", "1", "-q"]).await;
+    // `pgbench -i` starts with DROP TABLE: the default guardrails refuse it, by rule id…
+    let port = proxy.port().to_string();
+    let refused = common::run_tool(
+        &common::pgbench_path(),
+        &[
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "alice",
+            "app",
+        ],
+        &[("PGPASSWORD", ALICE_PASSWORD)],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("rule guardrail.drop"), "{stderr}");
+    // …and a rule of higher priority lets alice set up pgbench's own tables.
+    let setup = Proxy::start(common::ProxyOptions {
+        extra: r#"
+[[policy.rules]]
+id = "bench-setup"
+priority = 150
+users = ["alice"]
+statements = ["drop table", "truncate"]
+tables = ["pgbench_*"]
+action = "allow"
+"#
+        .into(),
+        ..Default::default()
+    })
+    .await;
+    pgbench(&setup, &["-i", "-s", "1", "-q"]).await;
+    // The benchmark itself runs under the default policy without a single refusal.
     let mut processed = 0;
     for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(&proxy, &["-n", "-T", "5", "-c", "4", "-j", "2", "-M", mode]).await;

@@ -22,7 +22,6 @@ use common::wire::{
 use common::{Proxy, ProxyOptions, ALICE_PASSWORD};
 use pgwarden::app::Server;
 use pgwarden::config::Config;
-use pgwarden::session::gate::AllowAll;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -622,9 +621,7 @@ async fn proxy_with_one_second_auth_timeout() -> Proxy {
     let path = common::write_file("pgwarden-auth-timeout.toml", &text);
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config invalid: {e}\n{text}"));
     assert_eq!(config.server.auth_timeout, Duration::from_secs(1));
-    let server = Server::start(config, Arc::new(AllowAll))
-        .await
-        .expect("start pgwarden");
+    let server = Server::start(config).await.expect("start pgwarden");
     let addr = server.local_addr();
     Proxy {
         server: Some(server),

@@ -32,6 +32,8 @@ pub struct Config {
     pub access: Vec<AccessRule>,
     /// The audit log, when configured.
     pub audit: Option<crate::audit::Settings>,
+    /// Which statements run.
+    pub policy: crate::policy::Policy,
     /// Things that are allowed but deserve the operator's attention (logged at start).
     pub warnings: Vec<String>,
 }

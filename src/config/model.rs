@@ -12,6 +12,7 @@ use crate::audit::{
     FsyncPolicy, OnFailure, ParameterAudit, Settings as AuditSettings, StatementText,
 };
 use crate::auth::scram::ScramVerifier;
+use crate::policy::{Action, Policy, RuleSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,31 @@ pub struct ConfigFile {
     #[serde(default)]
     access: Vec<AccessRule>,
     audit: Option<AuditSection>,
+    #[serde(default)]
+    policy: PolicySection,
+}
+
+/// `[policy]` and its `[[policy.rules]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PolicySection {
+    default: Action,
+    on_parse_error: Action,
+    guardrails: bool,
+    guardrail_exempt_groups: Vec<String>,
+    rules: Vec<RuleSpec>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            default: Action::Allow,
+            on_parse_error: Action::Deny,
+            guardrails: true,
+            guardrail_exempt_groups: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,6 +509,23 @@ pub fn validate(
     if file.access.is_empty() {
         warnings.push("no [[access]] rules: every login will be refused".into());
     }
+    let p = file.policy;
+    if p.on_parse_error == Action::Allow {
+        warnings.push(
+            "policy.on_parse_error = \"allow\": statements PostgreSQL's parser rejects are forwarded unchecked".into(),
+        );
+    }
+    if !p.guardrails {
+        warnings.push("policy.guardrails = false: the built-in guardrails are off".into());
+    }
+    let policy = Policy::new(
+        p.rules,
+        p.default,
+        p.on_parse_error,
+        p.guardrails,
+        &p.guardrail_exempt_groups,
+    )
+    .map_err(|e| invalid(format!("policy.rules[{}].{}", e.rule, e.key), e.message))?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -491,6 +534,7 @@ pub fn validate(
         local_users,
         access: file.access,
         audit,
+        policy,
         warnings,
     })
 }

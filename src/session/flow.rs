@@ -1,30 +1,44 @@
-//! What happens to each frame on its way through a session: statements are analysed,
-//! decided, recorded in the audit log *before* they are forwarded, and their outcomes
-//! recorded when the server's answer comes back ([`super::track`]).
+//! What happens to each frame on its way through a session: every statement is analysed
+//! with PostgreSQL's own parser, decided by the policy, recorded in the audit log *before*
+//! it is forwarded, and its outcome recorded when the server's answer comes back
+//! ([`super::track`]).
 //!
-//! A statement that cannot be recorded is refused (unless `audit.on_failure = "continue"`):
-//! it never reaches PostgreSQL; an inert message takes its place so the client gets the
-//! refusal in the right slot with the transaction semantics of a server error.
+//! A statement the policy refuses, or that the audit log cannot record (unless
+//! `audit.on_failure = "continue"`), never reaches PostgreSQL: an inert message takes its
+//! place so the client gets the refusal in the right slot, with the transaction semantics of
+//! a server error (an open transaction is aborted; a pipeline skips to its Sync).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-use tracing::warn;
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use tracing::{info, warn};
 
-use super::gate::{Decision, Protocol, Statement, StatementGate};
 use super::state::SessionState;
 use super::track::{self, Expect, Finished, Rewrite, Running, Tracker};
-use super::SessionError;
+use super::{SessionError, Snapshot};
 use crate::audit::event::{Actor, QueryText, StatementRecord, Status};
 use crate::audit::{AuditLog, Event, OnFailure, StatementText};
 use crate::auth::Identity;
-use crate::error::ClientError;
+use crate::error::{ClientError, SqlState};
+use crate::policy::{Action, ApprovalAnswer, ApprovalRequest, Approver, Decision, Subject};
 use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
 use crate::protocol::{backend, split_i32, views, ProtocolError};
-use crate::sql::{Analysis, Analyzer};
+use crate::sql::{Analysis, AnalysisError, Analyzer, StatementFacts};
 
 use super::relay::Ending;
+
+/// Which protocol path carried a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol<'a> {
+    /// A simple Query message: it may hold several statements.
+    Simple,
+    /// Parse/Execute: one statement, possibly named.
+    Extended { statement_name: &'a [u8] },
+    /// The fast-path FunctionCall message (libpq's large-object functions): no SQL.
+    FunctionCall { function_oid: u32 },
+}
 
 /// Everything a session needs to decide and record its statements.
 pub struct Flow<'a> {
@@ -32,8 +46,11 @@ pub struct Flow<'a> {
     pub identity: &'a Identity,
     pub database: &'a str,
     pub role: &'a str,
-    pub gate: &'a dyn StatementGate,
+    /// The current configuration: the policy is read from it for every statement, so a
+    /// reload applies to the next statement of every session.
+    pub snapshot: &'a ArcSwap<Snapshot>,
     pub analyzer: &'a Analyzer,
+    pub approver: &'a dyn Approver,
     pub audit: Option<StatementAudit<'a>>,
     pub state: SessionState,
     pub tracker: Tracker,
@@ -49,12 +66,13 @@ pub struct StatementAudit<'a> {
     pub parameter_key: Option<ring::hmac::Key>,
 }
 
-/// What a statement's text is, as far as its record goes.
+/// A statement on its way to the audit log.
 struct Described<'s> {
     sql: &'s [u8],
     analysis: Option<Arc<Analysis>>,
     protocol: Protocol<'s>,
     parameters: Option<Vec<Option<String>>>,
+    decision: &'s Decision,
 }
 
 /// The fate of one client frame.
@@ -64,6 +82,12 @@ enum Verdict {
     Drop,
     /// Replaced upstream by an inert message of this shape; the client gets this error.
     Refuse(Expect, ClientError),
+}
+
+/// Decided, with the refusal a client gets when the decision is not to run it.
+struct Ruling {
+    decision: Decision,
+    refusal: Option<ClientError>,
 }
 
 impl Flow<'_> {
@@ -125,14 +149,19 @@ impl Flow<'_> {
             b'Q' => {
                 let sql = views::query(body)?;
                 self.state.on_query();
-                self.decide(sql, Protocol::Simple);
-                let analysis = self.analyzer.analyze(sql).ok();
+                let analysis = self.analyze(sql);
+                let ruling = self.rule(&analysis, Protocol::Simple);
                 let described = Described {
                     sql,
-                    analysis,
+                    analysis: analysis.ok(),
                     protocol: Protocol::Simple,
                     parameters: None,
+                    decision: &ruling.decision,
                 };
+                if let Some(refusal) = ruling.refusal {
+                    self.record_refused(described).await;
+                    return Ok(Verdict::Refuse(Expect::Query, refusal));
+                }
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
                         self.tracker.push(Expect::Query, run);
@@ -143,15 +172,52 @@ impl Flow<'_> {
             }
             b'P' => {
                 let parse = views::parse(body)?;
-                let analyzer = self.analyzer;
-                self.state
-                    .on_parse(&parse, || analyzer.analyze(parse.sql).ok());
-                self.decide(
-                    parse.sql,
-                    Protocol::Extended {
-                        statement_name: parse.statement,
-                    },
-                );
+                let unchanged = self
+                    .state
+                    .statements
+                    .get(parse.statement)
+                    .is_some_and(|s| s.sql == parse.sql);
+                let (analysis, ruling) = if unchanged {
+                    // Drivers re-send the same text for the same name: decide it again (the
+                    // policy may have been reloaded), but without a second analysis.
+                    let prepared = &self.state.statements[parse.statement];
+                    let analysis = prepared.analysis.clone().ok_or_else(|| {
+                        AnalysisError::Syntax("the statement could not be parsed".into())
+                    });
+                    let ruling = self.rule(
+                        &analysis,
+                        Protocol::Extended {
+                            statement_name: parse.statement,
+                        },
+                    );
+                    (analysis, ruling)
+                } else {
+                    let analysis = self.analyze(parse.sql);
+                    let ruling = self.rule(
+                        &analysis,
+                        Protocol::Extended {
+                            statement_name: parse.statement,
+                        },
+                    );
+                    (analysis, ruling)
+                };
+                if let Some(refusal) = ruling.refusal {
+                    // On record as refused; never prepared, so nothing can Execute it.
+                    let described = Described {
+                        sql: parse.sql,
+                        analysis: analysis.ok(),
+                        protocol: Protocol::Extended {
+                            statement_name: parse.statement,
+                        },
+                        parameters: None,
+                        decision: &ruling.decision,
+                    };
+                    self.record_refused(described).await;
+                    self.state.statements.remove(parse.statement);
+                    return Ok(Verdict::Refuse(Expect::Parse, refusal));
+                }
+                let rule = ruling.decision.rule.clone();
+                self.state.on_parse(&parse, || analysis.ok(), rule);
                 self.tracker.push(Expect::Parse, None);
             }
             b'B' => {
@@ -172,16 +238,23 @@ impl Flow<'_> {
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
                 // Cheap reference-counted copies: the session state is borrowed no further.
-                let (sql, name, analysis, parameters) = match self.state.portal_statement(portal) {
-                    Some((portal, prepared)) => (
-                        prepared.map(|p| p.sql.clone()).unwrap_or_default(),
-                        portal.statement.clone(),
-                        prepared.and_then(|p| p.analysis.clone()),
-                        portal.parameters.clone(),
-                    ),
-                    // The server answers "portal does not exist"; the attempt is still on
-                    // record.
-                    None => Default::default(),
+                let (sql, name, analysis, parameters, rule) =
+                    match self.state.portal_statement(portal) {
+                        Some((portal, prepared)) => (
+                            prepared.map(|p| p.sql.clone()).unwrap_or_default(),
+                            portal.statement.clone(),
+                            prepared.and_then(|p| p.analysis.clone()),
+                            portal.parameters.clone(),
+                            prepared.and_then(|p| p.rule.clone()),
+                        ),
+                        // The server answers "portal does not exist"; the attempt is still
+                        // on record.
+                        None => (Bytes::new(), Bytes::new(), None, None, None),
+                    };
+                // Decided when it was prepared.
+                let decision = Decision {
+                    rule,
+                    ..Decision::allow()
                 };
                 let described = Described {
                     sql: &sql,
@@ -190,6 +263,7 @@ impl Flow<'_> {
                         statement_name: &name,
                     },
                     parameters,
+                    decision: &decision,
                 };
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
@@ -212,20 +286,26 @@ impl Flow<'_> {
                     detail: "too short",
                 })?;
                 self.state.in_flight += 1;
-                self.decide(
-                    b"",
-                    Protocol::FunctionCall {
-                        function_oid: oid as u32,
-                    },
-                );
+                let protocol = Protocol::FunctionCall {
+                    function_oid: oid as u32,
+                };
+                let facts = StatementFacts {
+                    kinds: vec!["function call"],
+                    functions: vec![format!("oid:{}", oid as u32)],
+                    ..StatementFacts::default()
+                };
+                let ruling = self.ruling(self.decide(std::slice::from_ref(&facts)), protocol, None);
                 let described = Described {
                     sql: b"",
                     analysis: None,
-                    protocol: Protocol::FunctionCall {
-                        function_oid: oid as u32,
-                    },
+                    protocol,
                     parameters: None,
+                    decision: &ruling.decision,
                 };
+                if let Some(refusal) = ruling.refusal {
+                    self.record_refused(described).await;
+                    return Ok(Verdict::Refuse(Expect::Query, refusal));
+                }
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
                         self.tracker.push(Expect::FunctionCall, run);
@@ -251,21 +331,136 @@ impl Flow<'_> {
         }
         Ok(Verdict::Forward)
     }
-}
 
-impl Flow<'_> {
-    /// The hook point: every statement passes the gate before it is forwarded.
-    fn decide(&self, sql: &[u8], protocol: Protocol<'_>) {
-        let statement = Statement {
-            identity: self.identity,
+    fn analyze(&self, sql: &[u8]) -> Result<Arc<Analysis>, AnalysisError> {
+        let encoding = self
+            .state
+            .parameters
+            .get(&b"client_encoding"[..])
+            .map_or(&b"UTF8"[..], Vec::as_slice);
+        self.analyzer.analyze_encoded(sql, encoding)
+    }
+
+    /// The policy's decision on statements, from the configuration current right now.
+    fn decide(&self, statements: &[StatementFacts]) -> Decision {
+        let subject = Subject {
+            user: &self.identity.name,
+            groups: &self.identity.groups,
             database: self.database,
             role: self.role,
-            sql,
-            protocol,
-            transaction_status: self.state.transaction_status,
         };
-        match self.gate.decide(&statement) {
-            Decision::Allow => {}
+        self.snapshot
+            .load()
+            .config
+            .policy
+            .decide(&subject, statements)
+    }
+
+    /// Decide analysed text; text the parser rejects follows `policy.on_parse_error`.
+    fn rule(
+        &self,
+        analysis: &Result<Arc<Analysis>, AnalysisError>,
+        protocol: Protocol<'_>,
+    ) -> Ruling {
+        match analysis {
+            Ok(analysis) => self.ruling(
+                self.decide(&analysis.statements),
+                protocol,
+                Some(&analysis.fingerprint),
+            ),
+            Err(error) => {
+                let on_parse_error = self.snapshot.load().config.policy.on_parse_error;
+                let decision = Decision {
+                    action: on_parse_error,
+                    rule: Some("policy.on_parse_error".into()),
+                    message: Some(error.to_string()),
+                    statement: 0,
+                };
+                if on_parse_error == Action::Allow {
+                    return Ruling {
+                        decision,
+                        refusal: None,
+                    };
+                }
+                let refusal = match error {
+                    AnalysisError::Syntax(message) => ClientError::error(
+                        SqlState::SYNTAX_ERROR,
+                        message.clone(),
+                    )
+                    .with_hint(
+                        "pgwarden checks every statement with PostgreSQL's parser before it runs",
+                    ),
+                    AnalysisError::Encoding => ClientError::error(
+                        SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                        "invalid byte sequence for encoding \"UTF8\"",
+                    ),
+                    AnalysisError::UnsafeEncoding(_) => {
+                        ClientError::error(SqlState::FEATURE_NOT_SUPPORTED, error.to_string())
+                            .with_hint("set client_encoding to UTF8")
+                    }
+                };
+                Ruling {
+                    decision: Decision {
+                        action: Action::Deny,
+                        ..decision
+                    },
+                    refusal: Some(refusal),
+                }
+            }
+        }
+    }
+
+    /// What the client is told when a decision is not to run the statement.
+    fn ruling(
+        &self,
+        decision: Decision,
+        protocol: Protocol<'_>,
+        fingerprint: Option<&str>,
+    ) -> Ruling {
+        let refusal = match decision.action {
+            Action::Allow => None,
+            Action::Deny => Some(refusal_for(&decision, "denied")),
+            Action::Approve => {
+                let request = ApprovalRequest {
+                    user: &self.identity.name,
+                    database: self.database,
+                    role: self.role,
+                    rule: decision.rule.as_deref().unwrap_or("policy.default"),
+                    fingerprint,
+                };
+                match self.approver.request(&request) {
+                    ApprovalAnswer::Refused { reason } => {
+                        Some(refusal_for(&decision, "holds for approval").with_hint(reason))
+                    }
+                }
+            }
+        };
+        if refusal.is_some() {
+            info!(
+                rule = decision.rule.as_deref().unwrap_or("default"),
+                action = decision.action.as_str(),
+                protocol = protocol_name(protocol),
+                "statement refused by policy"
+            );
+        }
+        Ruling { decision, refusal }
+    }
+
+    /// Put a statement the policy refused on record.
+    async fn record_refused(&mut self, described: Described<'_>) {
+        self.state.statements_seen += 1;
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let record = statement_record(self, audit, self.state.statements_seen, described);
+        // A refusal that cannot be recorded is still a refusal; the loss is counted.
+        if audit
+            .log
+            .record_written(Event::Statement(Box::new(record)))
+            .await
+            .is_err()
+        {
+            audit.log.count_lost();
         }
     }
 
@@ -417,14 +612,14 @@ fn statement_record(
     statement: u64,
     described: Described<'_>,
 ) -> StatementRecord {
-    let (protocol, prepared, function_oid) = match described.protocol {
-        Protocol::Simple => ("simple", None, None),
+    let protocol = protocol_name(described.protocol);
+    let (prepared, function_oid) = match described.protocol {
+        Protocol::Simple => (None, None),
         Protocol::Extended { statement_name } => (
-            "extended",
             Some(String::from_utf8_lossy(statement_name).into_owned()),
             None,
         ),
-        Protocol::FunctionCall { function_oid } => ("function-call", None, Some(function_oid)),
+        Protocol::FunctionCall { function_oid } => (None, Some(function_oid)),
     };
     let analysis = described.analysis.as_deref();
     let text = match (audit.text, analysis) {
@@ -452,9 +647,38 @@ fn statement_record(
         kinds: analysis.map_or_else(|| Arc::from([]), |a| a.kinds.clone()),
         tables: analysis.map_or_else(|| Arc::from([]), |a| a.tables.clone()),
         parameters: described.parameters,
-        decision: "allow",
-        rule: None,
-        reason: None,
+        decision: described.decision.action.as_str(),
+        rule: described.decision.rule.clone(),
+        reason: (described.decision.action != Action::Allow)
+            .then(|| described.decision.message.clone())
+            .flatten(),
+    }
+}
+
+/// The error a refused statement gets: 42501 (insufficient_privilege) with the rule and its
+/// message, as a server's permission error would read.
+fn refusal_for(decision: &Decision, verb: &str) -> ClientError {
+    let rule = decision.rule.as_deref().unwrap_or("policy.default");
+    let message = match &decision.message {
+        Some(why) => format!("pgwarden {verb} this statement (rule {rule}): {why}"),
+        None => format!("pgwarden {verb} this statement (rule {rule})"),
+    };
+    let error = ClientError::error(SqlState::INSUFFICIENT_PRIVILEGE, message);
+    if decision.statement > 0 {
+        error.with_detail(format!(
+            "statement {} of the message; nothing of the message was run",
+            decision.statement + 1
+        ))
+    } else {
+        error
+    }
+}
+
+fn protocol_name(protocol: Protocol<'_>) -> &'static str {
+    match protocol {
+        Protocol::Simple => "simple",
+        Protocol::Extended { .. } => "extended",
+        Protocol::FunctionCall { .. } => "function-call",
     }
 }
 

@@ -9,8 +9,7 @@
 //!
 //! Steps 1–2 run under `server.auth_timeout`.
 
-mod flow;
-pub mod gate;
+pub mod flow;
 pub mod relay;
 pub mod shutdown;
 pub mod state;
@@ -67,7 +66,8 @@ pub struct Context {
     pub cancels: CancelMap,
     /// Per-process secret for stable fake SCRAM salts of unknown users.
     pub process_key: [u8; 32],
-    pub gate: Arc<dyn gate::StatementGate>,
+    /// Where statements held for approval go.
+    pub approver: Arc<dyn crate::policy::Approver>,
     pub shutdown: shutdown::Shutdown,
     /// The audit log, when `[audit]` is configured.
     pub audit: Option<AuditLog>,

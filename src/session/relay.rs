@@ -161,8 +161,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         identity: &identity,
         database: &grant.database,
         role: &grant.role,
-        gate: ctx.gate.as_ref(),
+        snapshot: &ctx.snapshot,
         analyzer: &ctx.analyzer,
+        approver: ctx.approver.as_ref(),
         audit: ctx.audit.as_ref().map(|log| StatementAudit {
             log,
             actor: Arc::new(super::actor_of(&identity)),

@@ -19,6 +19,8 @@ pub struct PreparedStatement {
     pub sql: Bytes,
     /// `None` when PostgreSQL's parser rejects the text.
     pub analysis: Option<Arc<Analysis>>,
+    /// The policy rule that allowed it, if one did.
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +84,7 @@ impl SessionState {
         &mut self,
         parse: &Parse<'_>,
         analyze: impl FnOnce() -> Option<Arc<Analysis>>,
+        rule: Option<String>,
     ) -> &PreparedStatement {
         // Drivers re-send the same unnamed SQL over and over: keep the stored copy then.
         let unchanged = self
@@ -94,8 +97,11 @@ impl SessionState {
                 PreparedStatement {
                     sql: Bytes::copy_from_slice(parse.sql),
                     analysis: analyze(),
+                    rule,
                 },
             );
+        } else if let Some(existing) = self.statements.get_mut(parse.statement) {
+            existing.rule = rule;
         }
         &self.statements[parse.statement]
     }
@@ -185,6 +191,7 @@ mod tests {
                 param_type_count: 1,
             },
             || None,
+            None,
         );
         // Unnamed portal, one text parameter "x", binary results; then a named portal.
         s.on_bind(

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +63,8 @@ pub enum AnalysisError {
     Syntax(String),
     #[error("the statement is not valid UTF-8")]
     Encoding,
+    #[error("pgwarden cannot check statements sent in client_encoding {0}")]
+    UnsafeEncoding(String),
 }
 
 /// Analyses statements, with a bounded cache shared by all sessions.
@@ -78,8 +81,22 @@ impl Analyzer {
         }
     }
 
+    /// Analyse UTF-8 text.
     pub fn analyze(&self, sql: &[u8]) -> Result<Arc<Analysis>, AnalysisError> {
-        let sql = std::str::from_utf8(sql).map_err(|_| AnalysisError::Encoding)?;
+        self.analyze_encoded(sql, b"UTF8")
+    }
+
+    /// Analyse text in the session's `client_encoding`.
+    pub fn analyze_encoded(
+        &self,
+        sql: &[u8],
+        client_encoding: &[u8],
+    ) -> Result<Arc<Analysis>, AnalysisError> {
+        let sql = decode(sql, client_encoding)?;
+        self.analyze_text(&sql)
+    }
+
+    fn analyze_text(&self, sql: &str) -> Result<Arc<Analysis>, AnalysisError> {
         let cacheable = sql.len() <= MAX_CACHED_TEXT;
         if cacheable {
             if let Some(hit) = self.cached(sql) {
@@ -110,6 +127,46 @@ impl Analyzer {
     fn cached(&self, key: &str) -> Option<Arc<Analysis>> {
         self.cache.lock().ok()?.get(key).cloned()
     }
+}
+
+/// Client encodings in which a byte of a multi-byte character can look like an ASCII quote
+/// or backslash: their text cannot be checked without a full conversion.
+const UNSAFE_ENCODINGS: &[&str] = &[
+    "SJIS",
+    "SHIFT_JIS_2004",
+    "BIG5",
+    "GBK",
+    "UHC",
+    "GB18030",
+    "JOHAB",
+];
+
+/// The text to analyse. PostgreSQL's syntax is ASCII; in every server-safe encoding bytes
+/// above 0x7F only occur inside identifiers, strings and comments, so mapping each of them
+/// to one non-ASCII character keeps the statement's structure exactly. (Names with such
+/// characters are then shown as Latin-1, which is exact for LATIN1 itself.)
+fn decode<'a>(sql: &'a [u8], client_encoding: &[u8]) -> Result<Cow<'a, str>, AnalysisError> {
+    if sql.is_ascii() {
+        return std::str::from_utf8(sql)
+            .map(Cow::Borrowed)
+            .map_err(|_| AnalysisError::Encoding);
+    }
+    let encoding = String::from_utf8_lossy(client_encoding).to_ascii_uppercase();
+    let encoding = encoding.replace(['-', '_'], "");
+    if matches!(encoding.as_str(), "UTF8" | "UNICODE") {
+        return std::str::from_utf8(sql)
+            .map(Cow::Borrowed)
+            .map_err(|_| AnalysisError::Encoding);
+    }
+    if UNSAFE_ENCODINGS
+        .iter()
+        .any(|e| e.replace('_', "") == encoding)
+    {
+        return Err(AnalysisError::UnsafeEncoding(
+            String::from_utf8_lossy(client_encoding).into_owned(),
+        ));
+    }
+    Ok(Cow::Owned(sql.iter().map(|&b| b as char).collect()))
 }
 
 fn syntax_error(e: pg_query::Error) -> AnalysisError {
@@ -238,5 +295,15 @@ mod tests {
             analyzer.analyze(b"SELECT '\xff'"),
             Err(AnalysisError::Encoding)
         );
+        // LATIN1 'café': analysed with the same structure, the name shown as Latin-1.
+        let latin1 = analyzer
+            .analyze_encoded(b"SELECT * FROM caf\xe9 WHERE x = 'caf\xe9'", b"LATIN1")
+            .unwrap();
+        assert_eq!(latin1.tables[0].name, "caf\u{e9}");
+        assert!(matches!(
+            analyzer.analyze_encoded(b"SELECT '\x83\x5c'", b"SJIS"),
+            Err(AnalysisError::UnsafeEncoding(_))
+        ));
+        assert!(analyzer.analyze_encoded(b"SELECT 1", b"SJIS").is_ok());
     }
 }

@@ -19,7 +19,6 @@ use std::sync::{Arc, OnceLock};
 
 use pgwarden::app::Server;
 use pgwarden::config::Config;
-use pgwarden::session::gate::AllowAll;
 use pgwarden::testbed::{self, PostgresOptions, TestCertificates, ThrowawayPostgres};
 
 pub const ALICE_PASSWORD: &str = "alice-pw";
@@ -208,9 +207,7 @@ impl Proxy {
         let path = write_file("pgwarden.toml", &text);
         let config =
             Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-        let server = Server::start(config, Arc::new(AllowAll))
-            .await
-            .expect("start pgwarden");
+        let server = Server::start(config).await.expect("start pgwarden");
         let addr = server.local_addr();
         Proxy {
             server: Some(server),

@@ -1,0 +1,138 @@
+//! The built-in guardrails: on by default (`[policy] guardrails = true`), evaluated before
+//! rules of lower priority, so an ordinary allow rule cannot switch them off by accident.
+//! To override one for some people, write a rule with a priority above
+//! [`GUARDRAIL_PRIORITY`], or exempt their groups (`[policy] guardrail_exempt_groups`).
+
+use super::rule::{Rule, RuleSpec};
+use super::Action;
+
+/// Guardrails are tried at this priority (user rules default to 0).
+pub const GUARDRAIL_PRIORITY: i32 = 100;
+
+/// Functions that read or write the server's files, reach other servers, or act on other
+/// sessions.
+const DANGEROUS_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_ls_*dir",
+    "lo_import",
+    "lo_export",
+    "dblink*",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+];
+
+struct Guardrail {
+    id: &'static str,
+    statements: &'static [&'static str],
+    functions: &'static [&'static str],
+    flags: &'static [&'static str],
+    action: Action,
+    message: &'static str,
+}
+
+const PACK: &[Guardrail] = &[
+    Guardrail {
+        id: "guardrail.drop",
+        statements: &["drop table", "drop schema", "drop database", "drop materialized view"],
+        functions: &[],
+        flags: &[],
+        action: Action::Deny,
+        message: "dropping tables, schemas or databases is not allowed through pgwarden",
+    },
+    Guardrail {
+        id: "guardrail.truncate",
+        statements: &["truncate"],
+        functions: &[],
+        flags: &[],
+        action: Action::Deny,
+        message: "TRUNCATE is not allowed through pgwarden",
+    },
+    Guardrail {
+        id: "guardrail.no-where",
+        statements: &[],
+        functions: &[],
+        flags: &["no_where"],
+        action: Action::Deny,
+        message: "UPDATE or DELETE without a WHERE clause would change every row; add a WHERE clause (WHERE true if you mean it, and ask for a rule)",
+    },
+    Guardrail {
+        id: "guardrail.alter-system",
+        statements: &["alter system"],
+        functions: &[],
+        flags: &[],
+        action: Action::Deny,
+        message: "ALTER SYSTEM is not allowed through pgwarden",
+    },
+    Guardrail {
+        id: "guardrail.server-files",
+        statements: &[],
+        functions: &[],
+        flags: &["copy_program", "copy_file"],
+        action: Action::Deny,
+        message: "COPY to or from a program or a file on the database server is not allowed; use COPY … FROM STDIN / TO STDOUT (psql: \\copy)",
+    },
+    Guardrail {
+        id: "guardrail.dangerous-functions",
+        statements: &[],
+        functions: DANGEROUS_FUNCTIONS,
+        flags: &[],
+        action: Action::Deny,
+        message: "this function reaches the server's files, other servers or other sessions, and is not allowed through pgwarden",
+    },
+    Guardrail {
+        id: "guardrail.function-call",
+        statements: &["function call"],
+        functions: &[],
+        flags: &[],
+        action: Action::Deny,
+        message: "the fast-path FunctionCall message names a function only by OID, so pgwarden cannot check it; a rule must allow it (statements = [\"function call\"])",
+    },
+    Guardrail {
+        id: "guardrail.code-and-privileges",
+        statements: &[
+            "do",
+            "create function",
+            "create procedure",
+            "alter function",
+            "create rule",
+            "create trigger",
+            "grant",
+            "revoke",
+        ],
+        functions: &[],
+        flags: &[],
+        action: Action::Approve,
+        message: "code and privilege changes need approval",
+    },
+];
+
+/// The guardrail rules, skipping people in `exempt_groups`.
+pub fn guardrails(exempt_groups: &[String]) -> Vec<Rule> {
+    let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+    PACK.iter()
+        .enumerate()
+        .filter_map(|(index, g)| {
+            let spec = RuleSpec {
+                id: g.id.to_owned(),
+                priority: GUARDRAIL_PRIORITY,
+                statements: list(g.statements),
+                functions: list(g.functions),
+                flags: list(g.flags),
+                action: g.action,
+                message: Some(g.message.to_owned()),
+                ..RuleSpec::default()
+            };
+            // The pack is static and covered by tests; a bad entry would be dropped, not
+            // crash the proxy.
+            let mut rule = Rule::compile_any(spec, index).ok()?;
+            rule.exempt_groups = exempt_groups.to_vec();
+            Some(rule)
+        })
+        .collect()
+}

@@ -1,0 +1,177 @@
+//! The policy: which statements run, which are refused, which wait for a person.
+//!
+//! [`Policy::decide`] is a pure function of who is asking (a [`Subject`]) and what the
+//! statements do ([`StatementFacts`]). Rules are tried in a fixed, documented order —
+//! higher `priority` first, then the order they are written in, the built-in guardrails
+//! (priority 100) among them — and the first rule that matches a statement decides it;
+//! `default` decides statements no rule matches. A message with several statements gets
+//! the strictest of their decisions (deny over approve over allow), naming the statement
+//! and the rule.
+
+mod approvals;
+mod guardrails;
+mod rule;
+
+use serde::Deserialize;
+
+pub use approvals::{ApprovalAnswer, ApprovalRequest, Approver, NoApprovals};
+pub use guardrails::{guardrails, GUARDRAIL_PRIORITY};
+pub use rule::{Glob, Rule, RuleError, RuleSpec};
+
+use crate::sql::StatementFacts;
+
+/// What happens to a statement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Allow,
+    /// Held until a person approves it.
+    Approve,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Approve => "approve",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// Who is asking, for rule matching.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user: &'a str,
+    pub groups: &'a [String],
+    pub database: &'a str,
+    pub role: &'a str,
+}
+
+/// The decision for a whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The rule that decided (for the strictest statement); `None` = the default.
+    pub rule: Option<String>,
+    /// The rule's message for the client, if it has one.
+    pub message: Option<String>,
+    /// Which statement of the message (0-based) the decision is about.
+    pub statement: usize,
+}
+
+impl Decision {
+    pub fn allow() -> Self {
+        Self {
+            action: Action::Allow,
+            rule: None,
+            message: None,
+            statement: 0,
+        }
+    }
+}
+
+/// A compiled, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// In evaluation order.
+    rules: Vec<Rule>,
+    pub default: Action,
+    /// What happens to text PostgreSQL's parser rejects.
+    pub on_parse_error: Action,
+}
+
+impl Default for Policy {
+    /// Guardrails on, everything else allowed.
+    fn default() -> Self {
+        Self::new(Vec::new(), Action::Allow, Action::Deny, true, &[]).unwrap_or(Self {
+            rules: Vec::new(),
+            default: Action::Allow,
+            on_parse_error: Action::Deny,
+        })
+    }
+}
+
+impl Policy {
+    /// Compile rules (as written in the file) plus, when enabled, the guardrails.
+    pub fn new(
+        specs: Vec<RuleSpec>,
+        default: Action,
+        on_parse_error: Action,
+        with_guardrails: bool,
+        guardrail_exempt_groups: &[String],
+    ) -> Result<Self, RuleError> {
+        let mut rules = Vec::with_capacity(specs.len() + 16);
+        let mut ids = std::collections::HashSet::new();
+        for (index, spec) in specs.into_iter().enumerate() {
+            let rule = Rule::compile(spec, index)?;
+            if !ids.insert(rule.id.clone()) {
+                return Err(RuleError {
+                    rule: index,
+                    key: "id",
+                    message: format!("`{}` is used by another rule", rule.id),
+                });
+            }
+            rules.push(rule);
+        }
+        if with_guardrails {
+            rules.extend(guardrails(guardrail_exempt_groups));
+        }
+        // Stable: equal priorities keep their written order (guardrails after user rules).
+        rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        Ok(Self {
+            rules,
+            default,
+            on_parse_error,
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Decide one statement: the first matching rule, or the default.
+    pub fn decide_statement(&self, subject: &Subject<'_>, facts: &StatementFacts) -> Decision {
+        match self.rules.iter().find(|r| r.matches(subject, facts)) {
+            Some(rule) => Decision {
+                action: rule.action,
+                rule: Some(rule.id.clone()),
+                message: rule.message.clone(),
+                statement: 0,
+            },
+            None => Decision {
+                action: self.default,
+                rule: None,
+                message: None,
+                statement: 0,
+            },
+        }
+    }
+
+    /// Decide a message: the strictest decision among its statements (the first one, among
+    /// equals).
+    pub fn decide(&self, subject: &Subject<'_>, statements: &[StatementFacts]) -> Decision {
+        let mut strictest: Option<Decision> = None;
+        for (index, facts) in statements.iter().enumerate() {
+            let mut decision = self.decide_statement(subject, facts);
+            decision.statement = index;
+            if strictest
+                .as_ref()
+                .is_none_or(|s| decision.action > s.action)
+            {
+                let deny = decision.action == Action::Deny;
+                strictest = Some(decision);
+                if deny {
+                    break;
+                }
+            }
+        }
+        // No statement at all (an empty query): nothing runs.
+        strictest.unwrap_or_else(Decision::allow)
+    }
+}
+
+#[cfg(test)]
+mod tests;

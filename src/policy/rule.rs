@@ -1,0 +1,233 @@
+//! One rule: who it applies to, which statements it matches, and what it decides.
+
+use serde::Deserialize;
+
+use super::{Action, Subject};
+use crate::sql::{Flags, StatementFacts};
+
+/// A rule as written in `[[policy.rules]]`. Every criterion that is given must match; a
+/// list matches when any of its entries does; an empty or absent list matches anything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub id: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub databases: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Statement kinds: `drop` matches every `drop …`, `drop table` only that.
+    #[serde(default)]
+    pub statements: Vec<String>,
+    /// Table globs (`public.*`, `audit_*`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Function globs (`pg_read_*`, `dblink*`).
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// Statement flags (`no_where`, `copy_program`, …).
+    #[serde(default)]
+    pub flags: Vec<String>,
+    pub action: Action,
+    /// Shown to the client when the rule refuses or holds a statement.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A problem with a rule, naming it by position and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy.rules[{rule}].{key}: {message}")]
+pub struct RuleError {
+    pub rule: usize,
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub priority: i32,
+    users: Vec<String>,
+    groups: Vec<String>,
+    /// For the guardrails: groups the rule does not apply to.
+    pub(super) exempt_groups: Vec<String>,
+    databases: Vec<String>,
+    roles: Vec<String>,
+    statements: Vec<String>,
+    tables: Vec<Glob>,
+    functions: Vec<Glob>,
+    flags: Vec<String>,
+    pub action: Action,
+    pub message: Option<String>,
+}
+
+impl Rule {
+    pub fn compile(spec: RuleSpec, index: usize) -> Result<Self, RuleError> {
+        if spec.id.starts_with("guardrail.") {
+            return Err(RuleError {
+                rule: index,
+                key: "id",
+                message: "`guardrail.` ids belong to the built-in guardrails".into(),
+            });
+        }
+        Self::compile_any(spec, index)
+    }
+
+    /// Compile without reserving the `guardrail.` prefix (the built-in pack).
+    pub(super) fn compile_any(spec: RuleSpec, index: usize) -> Result<Self, RuleError> {
+        let error = |key, message: String| RuleError {
+            rule: index,
+            key,
+            message,
+        };
+        if spec.id.trim().is_empty() {
+            return Err(error("id", "must not be empty".into()));
+        }
+        if let Some(flag) = spec
+            .flags
+            .iter()
+            .find(|f| !Flags::NAMES.contains(&f.as_str()))
+        {
+            return Err(error(
+                "flags",
+                format!("unknown flag `{flag}` (known: {})", Flags::NAMES.join(", ")),
+            ));
+        }
+        let globs = |key, list: Vec<String>| {
+            list.into_iter()
+                .map(|text| Glob::new(&text).map_err(|m| error(key, m)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            id: spec.id,
+            priority: spec.priority,
+            users: spec.users,
+            groups: spec.groups,
+            exempt_groups: Vec::new(),
+            databases: spec.databases,
+            roles: spec.roles,
+            statements: spec
+                .statements
+                .into_iter()
+                .map(|s| {
+                    s.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .to_lowercase()
+                })
+                .collect(),
+            tables: globs("tables", spec.tables)?,
+            functions: globs("functions", spec.functions)?,
+            flags: spec.flags,
+            action: spec.action,
+            message: spec.message,
+        })
+    }
+
+    pub fn matches(&self, subject: &Subject<'_>, facts: &StatementFacts) -> bool {
+        let listed =
+            |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        listed(&self.users, subject.user)
+            && (self.groups.is_empty() || subject.groups.iter().any(|g| self.groups.contains(g)))
+            && !subject
+                .groups
+                .iter()
+                .any(|g| self.exempt_groups.contains(g))
+            && listed(&self.databases, subject.database)
+            && listed(&self.roles, subject.role)
+            && (self.statements.is_empty()
+                || facts
+                    .kinds
+                    .iter()
+                    .any(|kind| self.statements.iter().any(|s| kind_matches(s, kind))))
+            && (self.tables.is_empty()
+                || facts
+                    .tables
+                    .iter()
+                    .any(|t| self.tables.iter().any(|g| g.matches_name(&t.name))))
+            && (self.functions.is_empty()
+                || facts
+                    .functions
+                    .iter()
+                    .any(|f| self.functions.iter().any(|g| g.matches_name(f))))
+            && (self.flags.is_empty() || self.flags.iter().any(|f| facts.flags.has(f)))
+    }
+}
+
+/// `drop` matches `drop table`; `drop table` matches only itself.
+fn kind_matches(pattern: &str, kind: &str) -> bool {
+    kind == pattern
+        || kind
+            .strip_prefix(pattern)
+            .is_some_and(|rest| rest.starts_with(' '))
+}
+
+/// A name pattern: `*` matches any run of characters, `?` one; case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    pattern: Vec<char>,
+}
+
+impl Glob {
+    pub fn new(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("an empty pattern matches nothing".into());
+        }
+        Ok(Self {
+            pattern: text.to_lowercase().chars().collect(),
+        })
+    }
+
+    fn has_schema(&self) -> bool {
+        self.pattern.contains(&'.')
+    }
+
+    /// Match a name as written in a statement. A pattern without a schema also matches the
+    /// unqualified part of a qualified name (`users` matches `public.users`); an unqualified
+    /// name is also tried as `public.<name>`, where the default search_path resolves it
+    /// (`public.users` matches `users`).
+    pub fn matches_name(&self, name: &str) -> bool {
+        let name = name.to_lowercase();
+        if self.matches(&name) {
+            return true;
+        }
+        match name.rsplit_once('.') {
+            Some((_, last)) => !self.has_schema() && self.matches(last),
+            None => self.has_schema() && self.matches(&format!("public.{name}")),
+        }
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        // Iterative wildcard matching with backtracking to the last `*`.
+        let (mut p, mut t) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match self.pattern.get(p) {
+                Some('*') => {
+                    star = Some((p, t));
+                    p += 1;
+                }
+                Some(&c) if c == '?' || c == text[t] => {
+                    p += 1;
+                    t += 1;
+                }
+                _ => match star {
+                    Some((sp, st)) => {
+                        p = sp + 1;
+                        t = st + 1;
+                        star = Some((sp, st + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        self.pattern[p..].iter().all(|&c| c == '*')
+    }
+}

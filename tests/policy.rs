@@ -1,0 +1,305 @@
+//! The statement gate through real clients: each guardrail in every protocol path, refusals
+//! that leave the data untouched and the session usable, decisions on record, hot reload.
+
+mod common;
+
+use common::{sqlstate, Proxy, ProxyOptions, ALICE_PASSWORD};
+
+/// A table alice's role owns (so only pgwarden stands between her and DROP), with 3 rows.
+async fn guarded_table(name: &str) {
+    let admin = common::direct("app").await;
+    admin
+        .batch_execute(&format!(
+            "SET ROLE app_rw; DROP TABLE IF EXISTS {name}; \
+             CREATE TABLE {name} (id int); INSERT INTO {name} VALUES (1), (2), (3)"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Rows in the table, seen directly (bypassing pgwarden); `None` if it is gone.
+async fn rows_of(name: &str) -> Option<i64> {
+    let admin = common::direct("app").await;
+    admin
+        .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+        .await
+        .ok()
+        .map(|row| row.get(0))
+}
+
+fn refused_by(err: &tokio_postgres::Error, rule: &str) {
+    assert_eq!(sqlstate(err).as_deref(), Some("42501"), "{err}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains(&format!("rule {rule}")), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_intact() {
+    guarded_table("guarded").await;
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+
+    // Simple protocol, one statement per message.
+    let cases = [
+        ("DROP TABLE guarded", "guardrail.drop"),
+        ("TRUNCATE guarded", "guardrail.truncate"),
+        ("DELETE FROM guarded", "guardrail.no-where"),
+        ("UPDATE guarded SET id = 0", "guardrail.no-where"),
+        (
+            "WITH d AS (DELETE FROM guarded RETURNING *) SELECT count(*) FROM d",
+            "guardrail.no-where",
+        ),
+        ("EXPLAIN ANALYZE DELETE FROM guarded", "guardrail.no-where"),
+        ("PREPARE wipe AS DELETE FROM guarded", "guardrail.no-where"),
+        (
+            "COPY guarded TO '/tmp/pgwarden-guarded.csv'",
+            "guardrail.server-files",
+        ),
+        (
+            "COPY guarded FROM PROGRAM 'echo 1'",
+            "guardrail.server-files",
+        ),
+        (
+            "SELECT pg_read_file('/etc/hostname')",
+            "guardrail.dangerous-functions",
+        ),
+        (
+            "SELECT ARRAY[pg_ls_dir('.')]",
+            "guardrail.dangerous-functions",
+        ),
+        (
+            "ALTER SYSTEM SET work_mem = '1GB'",
+            "guardrail.alter-system",
+        ),
+    ];
+    for (sql, rule) in cases {
+        let err = client.simple_query(sql).await.unwrap_err();
+        refused_by(&err, rule);
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    // Extended protocol.
+    let err = client
+        .execute("DELETE FROM guarded", &[])
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.no-where");
+    let err = client.prepare("TRUNCATE guarded").await.unwrap_err();
+    refused_by(&err, "guardrail.truncate");
+    assert_eq!(rows_of("guarded").await, Some(3));
+
+    // A multi-statement message: nothing of it runs, not even the statements before.
+    let err = client
+        .simple_query("INSERT INTO guarded VALUES (99); DROP TABLE guarded; SELECT 1")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.drop");
+    let detail = err
+        .as_db_error()
+        .unwrap()
+        .detail()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("statement 2"), "{detail}");
+
+    // A pipeline: the refused statement fails in its slot, the others run.
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1::int", &[]),
+        client.execute("UPDATE guarded SET id = id + 1", &[]),
+        client.query_one("SELECT 3::int", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    refused_by(&b.unwrap_err(), "guardrail.no-where");
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+
+    // Inside a transaction: the refusal aborts it, as a server error would.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .simple_query("INSERT INTO guarded VALUES (100)")
+        .await
+        .unwrap();
+    let err = client.simple_query("TRUNCATE guarded").await.unwrap_err();
+    refused_by(&err, "guardrail.truncate");
+    let aborted = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&aborted).as_deref(), Some("25P02"), "{aborted}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+
+    // Held for approval: refused until approvals exist, with a hint saying so.
+    let err = client
+        .simple_query("DO $$ BEGIN PERFORM 1; END $$")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.code-and-privileges");
+    let db = err.as_db_error().unwrap();
+    assert!(
+        db.message().contains("holds for approval"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        db.hint().unwrap_or_default().contains("approvals"),
+        "{db:?}"
+    );
+
+    // Text PostgreSQL's parser rejects never reaches it; the error is the parser's own.
+    let err = client.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42601"), "{err}");
+
+    // Everything allowed still works, and the table is exactly as it was.
+    client
+        .execute("UPDATE guarded SET id = id WHERE id > 0", &[])
+        .await
+        .unwrap();
+    client
+        .simple_query("SELECT count(*) FROM guarded")
+        .await
+        .unwrap();
+    assert_eq!(rows_of("guarded").await, Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_the_refusal_and_its_meta_commands_pass() {
+    guarded_table("psql_guarded").await;
+    let proxy = Proxy::default().await;
+    let conninfo = proxy.conninfo("alice", ALICE_PASSWORD, "sslmode=require");
+    let out = common::run_tool(
+        &common::psql_path(),
+        &["-X", "-d", &conninfo, "-c", "DROP TABLE psql_guarded"],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR:  pgwarden denied this statement (rule guardrail.drop)"),
+        "{stderr}"
+    );
+    // psql's describe commands send catalog queries: none is refused.
+    for meta in [
+        "\\d",
+        "\\dt+",
+        "\\d psql_guarded",
+        "\\l",
+        "\\du",
+        "\\df",
+        "\\dn",
+        "\\dv",
+        "\\di",
+        "\\x",
+        "\\conninfo",
+    ] {
+        let out = common::run_tool(
+            &common::psql_path(),
+            &["-X", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", meta],
+            &[],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{meta}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(rows_of("psql_guarded").await, Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_on_record_with_their_rule() {
+    let dir = common::harness().dir.join("policy-audit");
+    let _ = std::fs::remove_dir_all(&dir);
+    guarded_table("audited_guarded").await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    client
+        .simple_query("DROP TABLE audited_guarded")
+        .await
+        .unwrap_err();
+    client
+        .simple_query("SELECT count(*) FROM audited_guarded")
+        .await
+        .unwrap();
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records: Vec<serde_json::Value> = pgwarden::audit::list_files(&dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect();
+    let denied = records
+        .iter()
+        .find(|r| r["type"] == "statement" && r["decision"] == "deny")
+        .expect("a denied statement on record");
+    assert_eq!(denied["rule"], "guardrail.drop");
+    assert_eq!(denied["kinds"], serde_json::json!(["drop table"]));
+    assert!(denied["reason"].as_str().unwrap().contains("dropping"));
+    // A refused statement has no outcome: it never ran.
+    assert!(!records.iter().any(|r| r["type"] == "statement.result"
+        && r["session"] == denied["session"]
+        && r["statement"] == denied["statement"]));
+    assert!(records
+        .iter()
+        .any(|r| r["type"] == "statement" && r["decision"] == "allow"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not() {
+    guarded_table("reload_guarded").await;
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+    client
+        .simple_query("SELECT count(*) FROM reload_guarded")
+        .await
+        .unwrap();
+
+    // A rule denying reads of the table, applied to the session that is already open.
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let denying = format!(
+        "{text}\n[[policy.rules]]\nid = \"no-reload-reads\"\ntables = [\"reload_guarded\"]\n\
+         action = \"deny\"\nmessage = \"closed for maintenance\"\n"
+    );
+    std::fs::write(&proxy.config_path, &denying).unwrap();
+    let server = proxy.server.as_ref().unwrap();
+    server.reload(&proxy.config_path).await.unwrap();
+    let err = client
+        .simple_query("SELECT count(*) FROM reload_guarded")
+        .await
+        .unwrap_err();
+    refused_by(&err, "no-reload-reads");
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("closed for maintenance"), "{message}");
+
+    // A broken policy keeps the rules in force.
+    std::fs::write(
+        &proxy.config_path,
+        format!("{denying}\n[[policy.rules]]\nid = \"broken\"\nflags = [\"no_wher\"]\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    let failed = server.reload(&proxy.config_path).await.unwrap_err();
+    assert!(
+        failed.to_string().contains("policy.rules[1].flags"),
+        "{failed}"
+    );
+    let err = client
+        .simple_query("SELECT count(*) FROM reload_guarded")
+        .await
+        .unwrap_err();
+    refused_by(&err, "no-reload-reads");
+
+    // Back to the original file: allowed again.
+    std::fs::write(&proxy.config_path, &text).unwrap();
+    server.reload(&proxy.config_path).await.unwrap();
+    client
+        .simple_query("SELECT count(*) FROM reload_guarded")
+        .await
+        .unwrap();
+}
