@@ -204,10 +204,12 @@ Things to try:
     SELECT full_name, email, card_number FROM customers LIMIT 5;
     \d customers
     \copy orders TO 'orders.csv' CSV HEADER
+    DELETE FROM orders;           -- refused by pgwarden: no WHERE (rule guardrail.no-where)
+    DROP TABLE customers;         -- refused by pgwarden (rule guardrail.drop)
 
-The analyst (password: demo) is read-only upstream:
+The analyst (password: demo) is read-only upstream, so PostgreSQL itself refuses writes:
 
-    PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=analyst" -c 'DELETE FROM orders'
+    PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=analyst" -c 'DELETE FROM orders WHERE id = 1'
 
 Every statement (literals replaced by $n, with rows and errors), login, failed login and
 session is in a hash-chained, signed audit log:
