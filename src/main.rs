@@ -64,6 +64,11 @@ enum Command {
     /// from `SELECT rolpassword FROM pg_authid` works too. Reads the password from the
     /// terminal (twice, without echo) or, when stdin is not a terminal, from its first line.
     HashPassword,
+    /// Test the statement policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Work with audit log directories.
     Audit {
         #[command(subcommand)]
@@ -83,6 +88,37 @@ enum Command {
         /// (non-zero on failure). Used by the test suite.
         #[arg(long)]
         smoke_test: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Show what the gate would do with some SQL: each statement's analysis (kinds, tables,
+    /// functions, settings, flags), its decision and the rule that made it.
+    ///
+    /// Exit status: 0 if the SQL would run, 1 if it would be refused or held, 64 if the
+    /// config is invalid. Nothing connects anywhere.
+    Test {
+        /// The TOML configuration file whose [policy] is tested.
+        #[arg(short, long, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+        /// The person's user name.
+        #[arg(long)]
+        user: String,
+        /// Their groups (comma-separated, or repeat the option).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The database.
+        #[arg(long = "db")]
+        database: String,
+        /// The upstream role (default: the one [[access]] gives them on this database).
+        #[arg(long)]
+        role: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The SQL (several statements allowed), as a client would send it.
+        sql: String,
     },
 }
 
@@ -219,6 +255,28 @@ fn main() -> ExitCode {
             AuditCommand::Pubkey { key } => audit_pubkey(&key),
         },
         Command::CheckConfig { config } => check_config(&config),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    config,
+                    user,
+                    groups,
+                    database,
+                    role,
+                    json,
+                    sql,
+                },
+        } => policy_test(
+            &config,
+            pgwarden::policy::explain::TestSubject {
+                user,
+                groups,
+                database,
+                role,
+            },
+            &sql,
+            json,
+        ),
         Command::Serve { config } => {
             init_logging(cli.log_format);
             // Validate before starting anything (no socket is bound on a bad config).
@@ -423,6 +481,38 @@ fn statement_detail(r: &serde_json::Value, result: Option<&serde_json::Value>) -
         None => {}
     }
     detail
+}
+
+fn policy_test(
+    config: &std::path::Path,
+    who: pgwarden::policy::explain::TestSubject,
+    sql: &str,
+    json: bool,
+) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let report = pgwarden::policy::explain::explain(&config.policy, &config.access, &who, sql);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("pgwarden: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    if report.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn audit_keygen(out: &std::path::Path) -> ExitCode {

@@ -1130,3 +1130,54 @@ async fn demo_smoke_test_passes() {
         .unwrap_or_else(|| panic!("no customer count in: {stdout}"));
     assert!(count > 0);
 }
+
+#[test]
+fn policy_test_explains_each_statement_and_exits_by_the_decision() {
+    let config = common::write_file(
+        "policy-test.toml",
+        "[upstream]\nhost = \"127.0.0.1\"\n[[upstream.roles]]\nname = \"app_rw\"\n\
+         [[access]]\ngroups = [\"dev\"]\ndatabases = [\"app\"]\nroles = [\"app_rw\"]\n\
+         [[policy.rules]]\nid = \"orders-wait\"\nstatements = [\"delete\"]\ntables = [\"orders\"]\n\
+         action = \"approve\"\nmessage = \"deleting orders needs a DBA\"\n",
+    );
+    let config = config.to_str().unwrap();
+    let base = [
+        "policy", "test", "-c", config, "--user", "alice", "--groups", "dev", "--db", "app",
+    ];
+    let with = |sql: &str| {
+        let mut args = base.to_vec();
+        args.push(sql);
+        run(&args)
+    };
+    let allowed = with("SELECT * FROM users WHERE email = 'a@b.c'");
+    let text = String::from_utf8_lossy(&allowed.stdout);
+    assert!(allowed.status.success(), "{text}");
+    assert!(text.contains("as role app_rw"), "{text}");
+    assert!(
+        text.contains("normalized: SELECT * FROM users WHERE email = $1"),
+        "{text}"
+    );
+    assert!(text.contains("users (read)"), "{text}");
+
+    let held = with("SELECT 1; DELETE FROM orders WHERE id = 3");
+    let text = String::from_utf8_lossy(&held.stdout);
+    assert_eq!(held.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("=> approve (orders-wait): deleting orders needs a DBA"),
+        "{text}"
+    );
+
+    let mut json = base.to_vec();
+    json.extend(["--json", "DELETE FROM t"]);
+    let out = run(&json);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["decision"], "deny");
+    assert_eq!(report["rule"], "guardrail.no-where");
+    assert_eq!(report["statements"][0]["flags"]["no_where"], true);
+
+    let broken = with("SELEC 1");
+    let text = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(text.contains("parser rejects"), "{text}");
+}

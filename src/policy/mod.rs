@@ -9,6 +9,7 @@
 //! and the rule.
 
 mod approvals;
+pub mod explain;
 mod guardrails;
 mod rule;
 
