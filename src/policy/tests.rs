@@ -300,3 +300,69 @@ fn globs() {
     assert!(!g("a?c").matches_name("abbc"));
     assert!(Glob::new("").is_err());
 }
+
+/// What psql's meta-commands, drivers and ORMs send while introspecting or setting up a
+/// session: none of it may be refused by the default policy.
+const INTROSPECTION: &[&str] = &[
+    // psql \dt, \d NAME, \du, \l, \df, \dn
+    "SELECT n.nspname as \"Schema\", c.relname as \"Name\", CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'i' THEN 'index' WHEN 'S' THEN 'sequence' WHEN 't' THEN 'TOAST table' WHEN 'f' THEN 'foreign table' WHEN 'p' THEN 'partitioned table' WHEN 'I' THEN 'partitioned index' END as \"Type\", pg_catalog.pg_get_userbyid(c.relowner) as \"Owner\" FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam WHERE c.relkind IN ('r','p','') AND n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_toast' AND n.nspname <> 'information_schema' AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2;",
+    "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname OPERATOR(pg_catalog.~) '^(items)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 3;",
+    "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef), a.attnotnull, (SELECT c.collname FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid AND a.attcollation <> t.typcollation) AS attcollation, a.attidentity, a.attgenerated FROM pg_catalog.pg_attribute a WHERE a.attrelid = '16384' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum;",
+    "SELECT r.rolname, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolconnlimit, r.rolvaliduntil, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) as memberof, r.rolreplication, r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname !~ '^pg_' ORDER BY 1;",
+    "SELECT d.datname as \"Name\", pg_catalog.pg_get_userbyid(d.datdba) as \"Owner\", pg_catalog.pg_encoding_to_char(d.encoding) as \"Encoding\", d.datcollate as \"Collate\", d.datctype as \"Ctype\", pg_catalog.array_to_string(d.datacl, E'\\n') AS \"Access privileges\" FROM pg_catalog.pg_database d ORDER BY 1;",
+    "SELECT n.nspname as \"Schema\", p.proname as \"Name\", pg_catalog.pg_get_function_result(p.oid) as \"Result data type\", pg_catalog.pg_get_function_arguments(p.oid) as \"Argument data types\", CASE p.prokind WHEN 'a' THEN 'agg' WHEN 'w' THEN 'window' WHEN 'p' THEN 'proc' ELSE 'func' END as \"Type\" FROM pg_catalog.pg_proc p LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE pg_catalog.pg_function_is_visible(p.oid) AND n.nspname <> 'pg_catalog' AND n.nspname <> 'information_schema' ORDER BY 1, 2, 4;",
+    "SELECT n.nspname AS \"Name\", pg_catalog.pg_get_userbyid(n.nspowner) AS \"Owner\" FROM pg_catalog.pg_namespace n WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' ORDER BY 1;",
+    "SELECT pg_catalog.pg_size_pretty(pg_catalog.pg_table_size(c.oid)) FROM pg_catalog.pg_class c WHERE c.oid = 16384",
+    // Drivers setting up a session.
+    "SET extra_float_digits = 3",
+    "SET application_name = 'PostgreSQL JDBC Driver'",
+    "SET DateStyle = 'ISO'",
+    "SET client_encoding TO 'UTF8'",
+    "SHOW TRANSACTION ISOLATION LEVEL",
+    "SELECT version()",
+    "select current_schema()",
+    "SELECT pg_catalog.current_setting('server_version_num')",
+    "SELECT oid, typname FROM pg_type WHERE typname IN ('hstore', 'geometry')",
+    "select nextval ('hibernate_sequence')",
+    "SELECT 1 FROM pg_catalog.pg_settings WHERE name = 'standard_conforming_strings'",
+    "BEGIN ISOLATION LEVEL READ COMMITTED",
+    "SAVEPOINT sa_savepoint_1",
+    "RELEASE SAVEPOINT sa_savepoint_1",
+    "DISCARD ALL",
+    "DEALLOCATE ALL",
+    "LISTEN jobs",
+    // ORM reflection (SQLAlchemy, Django, Rails, JDBC metadata).
+    "SELECT pg_catalog.pg_class.relname FROM pg_catalog.pg_class JOIN pg_catalog.pg_namespace ON pg_catalog.pg_namespace.oid = pg_catalog.pg_class.relnamespace WHERE pg_catalog.pg_class.relkind = ANY (ARRAY[$1, $2, $3]) AND pg_catalog.pg_class.relpersistence != $4 AND pg_catalog.pg_table_is_visible(pg_catalog.pg_class.oid) AND pg_catalog.pg_namespace.nspname != $5",
+    "SELECT c.relname, CASE WHEN c.relispartition THEN 'p' WHEN c.relkind IN ('m', 'v') THEN 'v' ELSE 't' END, obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('f', 'm', 'p', 'r', 'v') AND n.nspname NOT IN ('pg_catalog', 'pg_toast') AND pg_catalog.pg_table_is_visible(c.oid)",
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid), a.attnotnull, a.atttypid, a.atttypmod, c.collname, col_description(a.attrelid, a.attnum) AS comment FROM pg_attribute a LEFT JOIN pg_attrdef d ON a.attrelid = d.adrelid AND a.attnum = d.adnum LEFT JOIN pg_type t ON a.atttypid = t.oid LEFT JOIN pg_collation c ON a.attcollation = c.oid AND a.attcollation <> t.typcollation WHERE a.attrelid = '\"users\"'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 AND table_type = 'BASE TABLE'",
+    "SELECT kcu.column_name, ccu.table_name AS foreign_table_name FROM information_schema.table_constraints AS tc JOIN information_schema.key_column_usage AS kcu ON tc.constraint_name = kcu.constraint_name JOIN information_schema.constraint_column_usage AS ccu ON ccu.constraint_name = tc.constraint_name WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_name = $1",
+    "SELECT NULL AS TABLE_CAT, n.nspname AS TABLE_SCHEM, c.relname AS TABLE_NAME FROM pg_catalog.pg_namespace n, pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p') ORDER BY TABLE_SCHEM, TABLE_NAME",
+    "SELECT \"django_migrations\".\"app\", \"django_migrations\".\"name\" FROM \"django_migrations\"",
+    "INSERT INTO \"django_migrations\" (\"app\", \"name\", \"applied\") VALUES ($1, $2, $3) RETURNING \"django_migrations\".\"id\"",
+    "CREATE TABLE IF NOT EXISTS \"schema_migrations\" (\"version\" character varying NOT NULL PRIMARY KEY)",
+    "ALTER TABLE \"orders\" ADD CONSTRAINT \"orders_customer_fk\" FOREIGN KEY (\"customer_id\") REFERENCES \"customers\" (\"id\") DEFERRABLE INITIALLY DEFERRED",
+    "CREATE INDEX \"orders_customer_id_idx\" ON \"orders\" (\"customer_id\")",
+    "UPDATE \"users\" SET \"last_login\" = $1 WHERE \"users\".\"id\" = $2",
+    "DELETE FROM \"sessions\" WHERE \"sessions\".\"expire_date\" < $1",
+    "SELECT COUNT(*) AS \"__count\" FROM \"orders\" WHERE \"orders\".\"status\" = $1",
+    // pgbench's built-in scripts.
+    "UPDATE pgbench_accounts SET abalance = abalance + -3 WHERE aid = 7;",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+    "UPDATE pgbench_tellers SET tbalance = tbalance + -3 WHERE tid = 2;",
+    "UPDATE pgbench_branches SET bbalance = bbalance + -3 WHERE bid = 1;",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (2, 1, 7, -3, CURRENT_TIMESTAMP);",
+    "END;",
+];
+
+#[test]
+fn introspection_and_everyday_traffic_pass_the_default_policy() {
+    let policy = Policy::default();
+    let analyzer = Analyzer::new(256);
+    let dev = ["dev".to_owned()];
+    for sql in INTROSPECTION {
+        let d = decide(&policy, &analyzer, &dev, sql);
+        assert_eq!(d.action, Action::Allow, "{sql}: {d:?}");
+    }
+    assert!(INTROSPECTION.len() >= 40);
+}

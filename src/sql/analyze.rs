@@ -105,20 +105,22 @@ impl Analyzer {
         }
         let normalized = pg_query::normalize(sql).map_err(syntax_error)?;
         if cacheable && normalized.as_str() != sql {
+            // Not remembered under this exact text: texts with literals are mostly one-off
+            // (measured: inserting them costs more than normalizing the rare repeat).
             if let Some(hit) = self.cached(&normalized) {
                 return Ok(hit);
             }
         }
         let analysis = Arc::new(analyze_uncached(sql, normalized)?);
         if cacheable {
-            // Facts read from literal values hold for this exact text only.
-            let key = if analysis.statements.iter().any(|s| s.reads_literals) {
-                sql
-            } else {
-                &analysis.normalized
-            };
             if let Ok(mut cache) = self.cache.lock() {
-                cache.put(Box::from(key), analysis.clone());
+                // The exact text, so that repeating it costs one lookup; and, unless facts
+                // were read from literal values (they then hold for this text only), the
+                // shape, so that other literals find it after normalizing.
+                cache.put(Box::from(sql), analysis.clone());
+                if !analysis.statements.iter().any(|s| s.reads_literals) {
+                    cache.put(Box::from(&*analysis.normalized), analysis.clone());
+                }
             }
         }
         Ok(analysis)
