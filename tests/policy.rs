@@ -303,3 +303,103 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_are_applied_and_locked_and_set_role_stays_within_grants() {
+    guarded_table("settings_guarded").await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: r#"
+[[policy.session]]
+groups = ["dev"]
+settings = { statement_timeout = "12345", default_transaction_read_only = true }
+"#
+        .into(),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    let show = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .expect("a row")
+    };
+    assert_eq!(
+        show(client.simple_query("SHOW statement_timeout").await.unwrap()),
+        "12345ms"
+    );
+    // Read-only by policy: PostgreSQL itself refuses the write.
+    let err = client
+        .simple_query("INSERT INTO settings_guarded VALUES (9)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err}");
+
+    for attempt in [
+        "SET statement_timeout = 0",
+        "SET LOCAL default_transaction_read_only = off",
+        "SELECT set_config('statement_timeout', '0', false)",
+        "SET standard_conforming_strings = off",
+    ] {
+        let err = client.simple_query(attempt).await.unwrap_err();
+        refused_by(&err, "policy.locked-setting");
+    }
+    // RESET returns to the policy's value, so it is allowed.
+    client
+        .simple_query("RESET statement_timeout")
+        .await
+        .unwrap();
+    client.simple_query("DISCARD ALL").await.unwrap();
+    assert_eq!(
+        show(client.simple_query("SHOW statement_timeout").await.unwrap()),
+        "12345ms"
+    );
+    // Other settings stay the session's own business.
+    client.simple_query("SET work_mem = '8MB'").await.unwrap();
+
+    // SET ROLE only toward roles [[access]] grants alice (app_rw), never app_ro.
+    let err = client.simple_query("SET ROLE app_ro").await.unwrap_err();
+    refused_by(&err, "policy.set-role");
+    client.simple_query("SET ROLE app_rw").await.unwrap();
+    client.simple_query("RESET ROLE").await.unwrap();
+    let err = client
+        .simple_query("SET SESSION AUTHORIZATION app_ro")
+        .await
+        .unwrap_err();
+    refused_by(&err, "policy.set-role");
+
+    // A locked setting in the startup packet refuses the login itself.
+    let refused = proxy
+        .try_connect(&proxy.conninfo(
+            "alice",
+            ALICE_PASSWORD,
+            "sslmode=disable options='-c statement_timeout=0'",
+        ))
+        .await;
+    let Err(err) = refused else {
+        panic!("a login overriding a locked setting succeeded")
+    };
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("statement_timeout"),
+        "{err}"
+    );
+    // Unlocked settings in options pass.
+    let ok = proxy
+        .try_connect(&proxy.conninfo(
+            "alice",
+            ALICE_PASSWORD,
+            "sslmode=disable options='-c work_mem=16MB'",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        show(ok.simple_query("SHOW work_mem").await.unwrap()),
+        "16MB"
+    );
+}

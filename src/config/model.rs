@@ -12,7 +12,7 @@ use crate::audit::{
     FsyncPolicy, OnFailure, ParameterAudit, Settings as AuditSettings, StatementText,
 };
 use crate::auth::scram::ScramVerifier;
-use crate::policy::{Action, Policy, RuleSpec};
+use crate::policy::{Action, Policy, RuleSpec, SessionRule, SessionSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,7 @@ struct PolicySection {
     guardrails: bool,
     guardrail_exempt_groups: Vec<String>,
     rules: Vec<RuleSpec>,
+    session: Vec<SessionSpec>,
 }
 
 impl Default for PolicySection {
@@ -48,6 +49,7 @@ impl Default for PolicySection {
             guardrails: true,
             guardrail_exempt_groups: Vec::new(),
             rules: Vec::new(),
+            session: Vec::new(),
         }
     }
 }
@@ -518,7 +520,14 @@ pub fn validate(
     if !p.guardrails {
         warnings.push("policy.guardrails = false: the built-in guardrails are off".into());
     }
-    let policy = Policy::new(
+    let sessions = p
+        .session
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| SessionRule::compile(spec, i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|(i, message)| invalid(format!("policy.session[{i}].settings"), message))?;
+    let mut policy = Policy::new(
         p.rules,
         p.default,
         p.on_parse_error,
@@ -526,6 +535,7 @@ pub fn validate(
         &p.guardrail_exempt_groups,
     )
     .map_err(|e| invalid(format!("policy.rules[{}].{}", e.rule, e.key), e.message))?;
+    policy.sessions = sessions;
 
     Ok(Config {
         path: path.to_owned(),

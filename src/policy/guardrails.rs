@@ -131,7 +131,7 @@ pub fn guardrails(exempt_groups: &[String]) -> Vec<Rule> {
             // The pack is static and covered by tests; a bad entry would be dropped, not
             // crash the proxy.
             let mut rule = Rule::compile_any(spec, index).ok()?;
-            rule.exempt_groups = exempt_groups.to_vec();
+            rule.who.exempt_groups = exempt_groups.to_vec();
             Some(rule)
         })
         .collect()

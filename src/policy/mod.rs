@@ -12,12 +12,14 @@ mod approvals;
 pub mod explain;
 mod guardrails;
 mod rule;
+pub mod session;
 
 use serde::Deserialize;
 
 pub use approvals::{ApprovalAnswer, ApprovalRequest, Approver, NoApprovals};
 pub use guardrails::{guardrails, GUARDRAIL_PRIORITY};
 pub use rule::{Glob, Rule, RuleError, RuleSpec};
+pub use session::{SessionRule, SessionSettings, SessionSpec};
 
 use crate::sql::StatementFacts;
 
@@ -82,6 +84,8 @@ pub struct Policy {
     pub default: Action,
     /// What happens to text PostgreSQL's parser rejects.
     pub on_parse_error: Action,
+    /// `[[policy.session]]`, in file order.
+    pub sessions: Vec<SessionRule>,
 }
 
 impl Default for Policy {
@@ -91,6 +95,7 @@ impl Default for Policy {
             rules: Vec::new(),
             default: Action::Allow,
             on_parse_error: Action::Deny,
+            sessions: Vec::new(),
         })
     }
 }
@@ -126,7 +131,13 @@ impl Policy {
             rules,
             default,
             on_parse_error,
+            sessions: Vec::new(),
         })
+    }
+
+    /// The session settings (values and locks) for someone logging in.
+    pub fn session_settings(&self, subject: &Subject<'_>) -> SessionSettings {
+        session::settings_for(&self.sessions, subject)
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -48,17 +48,38 @@ pub struct RuleError {
     pub message: String,
 }
 
+/// Who a rule applies to: every list given must match (empty = anyone).
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+    /// Groups the rule does not apply to (the guardrails' exemptions).
+    pub exempt_groups: Vec<String>,
+    pub databases: Vec<String>,
+    pub roles: Vec<String>,
+}
+
+impl Who {
+    pub fn matches(&self, subject: &Subject<'_>) -> bool {
+        let listed =
+            |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        listed(&self.users, subject.user)
+            && (self.groups.is_empty() || subject.groups.iter().any(|g| self.groups.contains(g)))
+            && !subject
+                .groups
+                .iter()
+                .any(|g| self.exempt_groups.contains(g))
+            && listed(&self.databases, subject.database)
+            && listed(&self.roles, subject.role)
+    }
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
     pub priority: i32,
-    users: Vec<String>,
-    groups: Vec<String>,
-    /// For the guardrails: groups the rule does not apply to.
-    pub(super) exempt_groups: Vec<String>,
-    databases: Vec<String>,
-    roles: Vec<String>,
+    pub(super) who: Who,
     statements: Vec<String>,
     tables: Vec<Glob>,
     functions: Vec<Glob>,
@@ -107,11 +128,13 @@ impl Rule {
         Ok(Self {
             id: spec.id,
             priority: spec.priority,
-            users: spec.users,
-            groups: spec.groups,
-            exempt_groups: Vec::new(),
-            databases: spec.databases,
-            roles: spec.roles,
+            who: Who {
+                users: spec.users,
+                groups: spec.groups,
+                exempt_groups: Vec::new(),
+                databases: spec.databases,
+                roles: spec.roles,
+            },
             statements: spec
                 .statements
                 .into_iter()
@@ -131,16 +154,7 @@ impl Rule {
     }
 
     pub fn matches(&self, subject: &Subject<'_>, facts: &StatementFacts) -> bool {
-        let listed =
-            |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
-        listed(&self.users, subject.user)
-            && (self.groups.is_empty() || subject.groups.iter().any(|g| self.groups.contains(g)))
-            && !subject
-                .groups
-                .iter()
-                .any(|g| self.exempt_groups.contains(g))
-            && listed(&self.databases, subject.database)
-            && listed(&self.roles, subject.role)
+        self.who.matches(subject)
             && (self.statements.is_empty()
                 || facts
                     .kinds

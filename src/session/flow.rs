@@ -22,9 +22,11 @@ use crate::audit::event::{Actor, QueryText, StatementRecord, Status};
 use crate::audit::{AuditLog, Event, OnFailure, StatementText};
 use crate::auth::Identity;
 use crate::error::{ClientError, SqlState};
+use crate::policy::session::SessionSettings;
 use crate::policy::{Action, ApprovalAnswer, ApprovalRequest, Approver, Decision, Subject};
 use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
 use crate::protocol::{backend, split_i32, views, ProtocolError};
+use crate::sql::facts::SettingValue;
 use crate::sql::{Analysis, AnalysisError, Analyzer, StatementFacts};
 
 use super::relay::Ending;
@@ -52,6 +54,8 @@ pub struct Flow<'a> {
     pub analyzer: &'a Analyzer,
     pub approver: &'a dyn Approver,
     pub audit: Option<StatementAudit<'a>>,
+    /// Session settings from the policy: the locked ones may not change.
+    pub settings: SessionSettings,
     pub state: SessionState,
     pub tracker: Tracker,
     pub upstream_sent_fatal: bool,
@@ -341,7 +345,9 @@ impl Flow<'_> {
         self.analyzer.analyze_encoded(sql, encoding)
     }
 
-    /// The policy's decision on statements, from the configuration current right now.
+    /// The policy's decision on statements, from the configuration current right now; then
+    /// the session's own limits: locked settings, SET ROLE only to granted roles, and no
+    /// statement at all if the server reads strings differently from the parser.
     fn decide(&self, statements: &[StatementFacts]) -> Decision {
         let subject = Subject {
             user: &self.identity.name,
@@ -349,11 +355,86 @@ impl Flow<'_> {
             database: self.database,
             role: self.role,
         };
-        self.snapshot
-            .load()
-            .config
-            .policy
-            .decide(&subject, statements)
+        let snapshot = self.snapshot.load();
+        let decision = snapshot.config.policy.decide(&subject, statements);
+        if decision.action == Action::Deny {
+            return decision;
+        }
+        if self
+            .state
+            .parameters
+            .get(&b"standard_conforming_strings"[..])
+            .is_some_and(|v| v.as_slice() == b"off")
+        {
+            return refuse(
+                "policy.standard-conforming-strings",
+                "the server reads backslashes in strings differently (standard_conforming_strings = off) from the parser pgwarden checks statements with".into(),
+            );
+        }
+        for (index, facts) in statements.iter().enumerate() {
+            if let Some(mut refused) = self.setting_refusal(facts, &snapshot.config.access) {
+                refused.statement = index;
+                return refused;
+            }
+        }
+        decision
+    }
+
+    /// A setting change this session may not make.
+    fn setting_refusal(
+        &self,
+        facts: &StatementFacts,
+        access: &[crate::config::AccessRule],
+    ) -> Option<Decision> {
+        for change in &facts.changes {
+            let name = change.name.as_str();
+            let reset = change.value == SettingValue::Reset;
+            match name {
+                "role" => {
+                    let granted = match &change.value {
+                        SettingValue::Reset => true,
+                        SettingValue::Value(role) => {
+                            role == "none"
+                                || crate::auth::authorize(
+                                    self.identity,
+                                    self.database,
+                                    Some(role),
+                                    access,
+                                )
+                                .is_ok()
+                        }
+                        SettingValue::Unknown => false,
+                    };
+                    if !granted {
+                        return Some(refuse(
+                            "policy.set-role",
+                            "SET ROLE is allowed only to roles [[access]] grants you on this database".into(),
+                        ));
+                    }
+                }
+                "session_authorization" if !reset => {
+                    return Some(refuse(
+                        "policy.set-role",
+                        "SET SESSION AUTHORIZATION is not allowed through pgwarden".into(),
+                    ));
+                }
+                // set_config with a name that is not a constant could name anything.
+                "*" => {
+                    return Some(refuse(
+                        "policy.locked-setting",
+                        "set_config needs a constant setting name through pgwarden".into(),
+                    ));
+                }
+                name if !reset && self.settings.is_locked(name) => {
+                    return Some(refuse(
+                        "policy.locked-setting",
+                        format!("the setting \"{name}\" is locked for you"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Decide analysed text; text the parser rejects follows `policy.on_parse_error`.
@@ -652,6 +733,16 @@ fn statement_record(
         reason: (described.decision.action != Action::Allow)
             .then(|| described.decision.message.clone())
             .flatten(),
+    }
+}
+
+/// A denial by one of the session's own limits (not a configured rule).
+fn refuse(rule: &str, message: String) -> Decision {
+    Decision {
+        action: Action::Deny,
+        rule: Some(rule.to_owned()),
+        message: Some(message),
+        statement: 0,
     }
 }
 

@@ -31,6 +31,7 @@ use crate::auth::{self, AuthError, Grant, Identity};
 use crate::config::{Config, TlsMode};
 use crate::error::{ClientError, SqlState};
 use crate::net::{tls::ALPN_POSTGRESQL, MaybeTls};
+use crate::policy::session::{self, SessionSettings};
 use crate::protocol::frame::{FrameBuffer, FrameLimits};
 use crate::protocol::startup::{self, StartupMessage, StartupPacket, NEWEST_MINOR};
 use crate::protocol::{backend, ProtocolError};
@@ -172,6 +173,8 @@ pub struct Established {
     pub upstream: upstream::Upstream,
     pub identity: Identity,
     pub grant: Grant,
+    /// The policy's session settings (values sent at login, and the locked names).
+    pub settings: SessionSettings,
     /// Keeps the proxy-issued cancel key registered while the session lives.
     pub cancel_key: Registration,
 }
@@ -339,6 +342,7 @@ async fn handshake(
             upstream: parts.upstream,
             identity: parts.identity,
             grant: parts.grant,
+            settings: parts.settings,
             cancel_key: parts.registration,
         })),
         Err(e) => {
@@ -363,6 +367,7 @@ struct Parts {
     upstream: upstream::Upstream,
     identity: Identity,
     grant: Grant,
+    settings: SessionSettings,
     registration: Registration,
 }
 
@@ -415,6 +420,22 @@ async fn establish(
     let database = startup.database();
     let grant = auth::authorize(&identity, &database, None, &config.access)?;
     span.record("role", grant.role.as_str());
+    let settings = config.policy.session_settings(&crate::policy::Subject {
+        user: &identity.name,
+        groups: &identity.groups,
+        database: &grant.database,
+        role: &grant.role,
+    });
+    if let Some(name) = session::locked_in_startup(&startup.parameters, &settings) {
+        return Err(SessionError::Refused(
+            ClientError::fatal(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!("the setting \"{name}\" is locked for you by pgwarden's policy"),
+            )
+            .with_hint("connect without setting it (in options or as a startup parameter)"),
+        ));
+    }
+    let parameters = session::startup_parameters(&startup.parameters, &settings);
 
     let password = match config.upstream.roles.get(&grant.role) {
         Some(password) => password.as_ref(),
@@ -427,7 +448,7 @@ async fn establish(
         &snapshot.upstream,
         &grant,
         password,
-        &startup.parameters,
+        &parameters,
         upstream_limits,
     )
     .await
@@ -482,6 +503,7 @@ async fn establish(
         upstream,
         identity,
         grant,
+        settings,
         registration,
     })
 }

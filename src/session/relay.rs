@@ -152,6 +152,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         upstream,
         identity,
         grant,
+        settings,
         cancel_key: _cancel_key,
     } = session;
     let snapshot = ctx.snapshot.load();
@@ -173,6 +174,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 .and_then(|a| a.parameter_key.as_ref())
                 .map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose().as_bytes())),
         }),
+        settings,
         state: SessionState::new(upstream.transaction_status, upstream.parameters),
         tracker: Tracker::default(),
         upstream_sent_fatal: false,

@@ -56,6 +56,24 @@ impl Flags {
     }
 }
 
+/// One setting change: `SET name = value`, `RESET name`, `set_config('name', 'value', …)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingChange {
+    /// Lower case; `*` when not a constant (set_config with a parameter), `all` for RESET ALL.
+    pub name: String,
+    pub value: SettingValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingValue {
+    /// RESET, SET … TO DEFAULT: back to the session's starting value.
+    Reset,
+    /// One constant value, as written (`SET ROLE admin`: `admin`).
+    Value(String),
+    /// Anything else (a list, a parameter, an expression).
+    Unknown,
+}
+
 /// The facts of one statement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatementFacts {
@@ -67,6 +85,9 @@ pub struct StatementFacts {
     pub functions: Vec<String>,
     /// Settings changed by SET / RESET / set_config (`*` when the name is not a constant).
     pub settings: Vec<String>,
+    /// The same changes with their values, in order.
+    #[serde(skip)]
+    pub changes: Vec<SettingChange>,
     pub flags: Flags,
     /// `PREPARE name AS …`: the name.
     pub prepares: Option<String>,
@@ -170,6 +191,18 @@ impl Walk<'_> {
                         })
                         .and_then(constant_string)
                         .map_or_else(|| "*".to_owned(), |s| s.to_lowercase());
+                    let value = node
+                        .field("args")
+                        .and_then(|args| match args {
+                            Tree::Seq(items) => items.get(1),
+                            _ => None,
+                        })
+                        .and_then(constant_string)
+                        .map_or(SettingValue::Unknown, SettingValue::Value);
+                    self.facts.changes.push(SettingChange {
+                        name: setting.clone(),
+                        value,
+                    });
                     self.facts.settings.push(setting);
                 }
                 self.facts.functions.push(name);
@@ -192,12 +225,40 @@ impl Walk<'_> {
                 self.visit_fields(node, access, &[]);
             }
             Some("VariableSetStmt") => {
+                use pg_query::protobuf::VariableSetKind;
                 let name = node.field("name").and_then(Tree::as_str).unwrap_or("");
-                self.facts.settings.push(if name.is_empty() {
+                let name = if name.is_empty() {
                     "all".to_owned()
                 } else {
                     name.to_lowercase()
+                };
+                let kind = node
+                    .field("kind")
+                    .and_then(Tree::as_int)
+                    .and_then(|k| VariableSetKind::try_from(k as i32).ok());
+                let value = match kind {
+                    Some(
+                        VariableSetKind::VarReset
+                        | VariableSetKind::VarResetAll
+                        | VariableSetKind::VarSetDefault,
+                    ) => SettingValue::Reset,
+                    _ => {
+                        // The value is a literal the normalized text does not keep.
+                        self.facts.reads_literals = true;
+                        match node.field("args") {
+                            Some(Tree::Seq(args)) if args.len() == 1 => args
+                                .first()
+                                .and_then(constant_string)
+                                .map_or(SettingValue::Unknown, SettingValue::Value),
+                            _ => SettingValue::Unknown,
+                        }
+                    }
+                };
+                self.facts.changes.push(SettingChange {
+                    name: name.clone(),
+                    value,
                 });
+                self.facts.settings.push(name);
                 self.visit_fields(node, access, &[]);
             }
             Some("DoStmt") | Some("CallStmt") => {
@@ -626,6 +687,40 @@ mod tests {
             ["search_path"]
         );
         assert_eq!(settings("SELECT set_config($1, 'x', false)"), ["*"]);
+        let changes = |sql: &str| {
+            analyzer.analyze(sql.as_bytes()).unwrap().statements[0]
+                .changes
+                .iter()
+                .map(|c| (c.name.clone(), c.value.clone()))
+                .collect::<Vec<_>>()
+        };
+        use super::SettingValue::{Reset, Unknown, Value};
+        assert_eq!(
+            changes("SET ROLE admin"),
+            [("role".into(), Value("admin".into()))]
+        );
+        // The value is a literal: another role is another cache entry.
+        assert_eq!(
+            changes("SET ROLE other"),
+            [("role".into(), Value("other".into()))]
+        );
+        assert_eq!(changes("RESET ROLE"), [("role".into(), Reset)]);
+        assert_eq!(
+            changes("SET SESSION AUTHORIZATION DEFAULT"),
+            [("session_authorization".into(), Reset)]
+        );
+        assert_eq!(
+            changes("SET statement_timeout TO DEFAULT"),
+            [("statement_timeout".into(), Reset)]
+        );
+        assert_eq!(
+            changes("SET search_path = a, b"),
+            [("search_path".into(), Unknown)]
+        );
+        assert_eq!(
+            changes("SELECT set_config('statement_timeout', '0', false)"),
+            [("statement_timeout".into(), Value("0".into()))]
+        );
     }
 
     #[test]

@@ -1,0 +1,248 @@
+//! Per-identity session settings (`[[policy.session]]`): values pgwarden gives a session when
+//! it logs in upstream, and settings the person may not change afterwards.
+//!
+//! The values go in the upstream startup packet, which makes them the session's *reset*
+//! values: `RESET`, `SET … TO DEFAULT`, `RESET ALL` and `DISCARD ALL` return to them, so
+//! only attempts to set another value need refusing.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::rule::Who;
+use super::Subject;
+
+/// Settings that are always locked, for everyone: with `standard_conforming_strings = off` the
+/// server would read backslashes in strings differently from the parser pgwarden checks
+/// statements with, and a statement could hide another.
+pub const ALWAYS_LOCKED: &[&str] = &["standard_conforming_strings"];
+
+/// `[[policy.session]]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub databases: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Setting name → value, e.g. `{ statement_timeout = "30s" }`.
+    pub settings: BTreeMap<String, toml::Value>,
+    /// Refuse changes to these settings (default true).
+    #[serde(default = "yes")]
+    pub lock: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRule {
+    who: Who,
+    settings: Vec<(String, String)>,
+    lock: bool,
+}
+
+/// What a session starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Name → value, sent upstream at login.
+    pub values: Vec<(String, String)>,
+    /// Names the person may not change (lower case).
+    pub locked: Vec<String>,
+}
+
+impl SessionSettings {
+    pub fn is_locked(&self, name: &str) -> bool {
+        ALWAYS_LOCKED.contains(&name) || self.locked.iter().any(|l| l == name)
+    }
+}
+
+impl SessionRule {
+    pub fn compile(spec: SessionSpec, index: usize) -> Result<Self, (usize, String)> {
+        let mut settings = Vec::new();
+        for (name, value) in spec.settings {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !valid {
+                return Err((index, format!("`{name}` is not a setting name")));
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => if b { "on" } else { "off" }.to_owned(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err((
+                        index,
+                        format!(
+                            "`{name}`: use a string, number or boolean, not {}",
+                            other.type_str()
+                        ),
+                    ))
+                }
+            };
+            if value.contains('\0') {
+                return Err((index, format!("`{name}`: the value contains a NUL byte")));
+            }
+            settings.push((name.to_lowercase(), value));
+        }
+        Ok(Self {
+            who: Who {
+                users: spec.users,
+                groups: spec.groups,
+                exempt_groups: Vec::new(),
+                databases: spec.databases,
+                roles: spec.roles,
+            },
+            settings,
+            lock: spec.lock,
+        })
+    }
+}
+
+/// The settings of every matching entry, in file order; a later entry's value for the same
+/// setting wins, and a setting is locked if any matching entry locks it.
+pub fn settings_for(rules: &[SessionRule], subject: &Subject<'_>) -> SessionSettings {
+    let mut out = SessionSettings::default();
+    for rule in rules.iter().filter(|r| r.who.matches(subject)) {
+        for (name, value) in &rule.settings {
+            match out.values.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value.clone(),
+                None => out.values.push((name.clone(), value.clone())),
+            }
+            if rule.lock && !out.locked.contains(name) {
+                out.locked.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The first locked setting the client's startup packet tries to set, either as a startup
+/// parameter of its own or in `options` (`-c name=value`, `--name=value`).
+pub fn locked_in_startup(
+    parameters: &[(String, Vec<u8>)],
+    settings: &SessionSettings,
+) -> Option<String> {
+    for (name, value) in parameters {
+        let name = name.to_lowercase();
+        if name == "options" {
+            let text = String::from_utf8_lossy(value);
+            if let Some(locked) = option_settings(&text)
+                .into_iter()
+                .find(|n| settings.is_locked(n))
+            {
+                return Some(locked);
+            }
+        } else if settings.is_locked(&name) {
+            return Some(name);
+        }
+    }
+    None
+}
+
+/// Setting names in a libpq `options` string, lower case, dashes as underscores.
+fn option_settings(options: &str) -> Vec<String> {
+    // Words are separated by unescaped whitespace; `\` escapes the next character.
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut names = Vec::new();
+    let mut iter = words.into_iter().peekable();
+    while let Some(word) = iter.next() {
+        let assignment = if word == "-c" {
+            iter.next()
+        } else if let Some(rest) = word.strip_prefix("-c") {
+            Some(rest.to_owned())
+        } else {
+            word.strip_prefix("--").map(str::to_owned)
+        };
+        if let Some(assignment) = assignment {
+            let name = assignment.split('=').next().unwrap_or("").trim();
+            names.push(name.replace('-', "_").to_lowercase());
+        }
+    }
+    names
+}
+
+/// The startup parameters to send upstream: the client's, plus the policy's values for
+/// settings the client did not set itself (the values then are the session's reset values).
+pub fn startup_parameters(
+    parameters: &[(String, Vec<u8>)],
+    settings: &SessionSettings,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = parameters.to_vec();
+    for (name, value) in &settings.values {
+        if !out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            out.push((name.clone(), value.clone().into_bytes()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_settings_are_found_in_startup_parameters_and_options() {
+        let settings = SessionSettings {
+            values: vec![("statement_timeout".into(), "30s".into())],
+            locked: vec!["statement_timeout".into()],
+        };
+        let param = |n: &str, v: &str| (n.to_owned(), v.as_bytes().to_vec());
+        assert_eq!(
+            locked_in_startup(&[param("application_name", "x")], &settings),
+            None
+        );
+        assert_eq!(
+            locked_in_startup(&[param("Statement_Timeout", "0")], &settings).as_deref(),
+            Some("statement_timeout")
+        );
+        for options in [
+            "-c statement_timeout=0",
+            "-cstatement_timeout=0",
+            "--statement-timeout=0",
+            "-c work_mem=64MB -c statement_timeout=0",
+            "-c\\ statement_timeout=0",
+        ] {
+            assert!(
+                locked_in_startup(&[param("options", options)], &settings).is_some(),
+                "{options}"
+            );
+        }
+        assert_eq!(
+            locked_in_startup(&[param("options", "-c work_mem=64MB")], &settings),
+            None
+        );
+        assert!(locked_in_startup(
+            &[param("options", "-c standard_conforming_strings=off")],
+            &SessionSettings::default()
+        )
+        .is_some());
+        let sent = startup_parameters(&[param("application_name", "x")], &settings);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1], param("statement_timeout", "30s"));
+    }
+}
