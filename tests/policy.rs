@@ -403,3 +403,41 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         "16MB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_is_judged_by_the_prepared_body() {
+    guarded_table("prepared_guarded").await;
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+    client
+        .simple_query("PREPARE count_rows AS SELECT count(*) FROM prepared_guarded")
+        .await
+        .unwrap();
+    client.simple_query("EXECUTE count_rows").await.unwrap();
+    // Unknown to pgwarden: refused rather than run blind.
+    let err = client
+        .simple_query("EXECUTE nobody_prepared_this")
+        .await
+        .unwrap_err();
+    refused_by(&err, "policy.unknown-prepared-statement");
+
+    // A rule loaded after the PREPARE applies to the EXECUTE.
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        format!("{text}\n[[policy.rules]]\nid = \"no-counting\"\ntables = [\"prepared_guarded\"]\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&proxy.config_path)
+        .await
+        .unwrap();
+    let err = client.simple_query("EXECUTE count_rows").await.unwrap_err();
+    refused_by(&err, "no-counting");
+    client.simple_query("DEALLOCATE count_rows").await.unwrap();
+    let err = client.simple_query("EXECUTE count_rows").await.unwrap_err();
+    refused_by(&err, "policy.unknown-prepared-statement");
+}

@@ -166,8 +166,12 @@ impl Flow<'_> {
                     self.record_refused(described).await;
                     return Ok(Verdict::Refuse(Expect::Query, refusal));
                 }
+                let analysis = described.analysis.clone();
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
+                        if let Some(analysis) = analysis {
+                            self.state.on_sql_statements(&analysis.statements);
+                        }
                         self.tracker.push(Expect::Query, run);
                         Verdict::Forward
                     }
@@ -260,6 +264,7 @@ impl Flow<'_> {
                     rule,
                     ..Decision::allow()
                 };
+                let prepares = analysis.clone();
                 let described = Described {
                     sql: &sql,
                     analysis,
@@ -271,6 +276,10 @@ impl Flow<'_> {
                 };
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
+                        // A PREPARE or DEALLOCATE sent through Parse takes effect here.
+                        if let Some(analysis) = prepares {
+                            self.state.on_sql_statements(&analysis.statements);
+                        }
                         self.tracker.push(Expect::Execute, run);
                         Verdict::Forward
                     }
@@ -444,6 +453,35 @@ impl Flow<'_> {
         protocol: Protocol<'_>,
     ) -> Ruling {
         match analysis {
+            Ok(analysis) if analysis.statements.iter().any(|s| s.executes.is_some()) => {
+                // EXECUTE name is judged by what it runs; an unknown name is refused (the
+                // server would fail it anyway, and nothing unknown runs).
+                let mut statements = Vec::with_capacity(analysis.statements.len());
+                for facts in analysis.statements.iter() {
+                    match &facts.executes {
+                        None => statements.push(facts.clone()),
+                        Some(name) => match self.state.prepared_body(name) {
+                            Some(body) => statements.push(body),
+                            None => {
+                                let decision = refuse(
+                                    "policy.unknown-prepared-statement",
+                                    format!("prepared statement \"{name}\" is not known to pgwarden in this session; PREPARE it first"),
+                                );
+                                return self.ruling(
+                                    decision,
+                                    protocol,
+                                    Some(&analysis.fingerprint),
+                                );
+                            }
+                        },
+                    }
+                }
+                self.ruling(
+                    self.decide(&statements),
+                    protocol,
+                    Some(&analysis.fingerprint),
+                )
+            }
             Ok(analysis) => self.ruling(
                 self.decide(&analysis.statements),
                 protocol,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::sql::Analysis;
+use crate::sql::{Analysis, StatementFacts};
 
 use crate::protocol::views::{Bind, Parse, Target};
 
@@ -47,6 +47,9 @@ pub struct SessionState {
     /// After a refused extended-protocol message: drop the client's messages up to its
     /// Sync, as the server does after an error.
     pub skip_until_sync: bool,
+    /// SQL-level `PREPARE name AS …`: what each name's body does, so that `EXECUTE name`
+    /// is judged by it.
+    pub sql_prepared: HashMap<String, StatementFacts>,
 }
 
 impl SessionState {
@@ -59,6 +62,7 @@ impl SessionState {
             parameters: parameters.into_iter().collect(),
             statements_seen: 0,
             skip_until_sync: false,
+            sql_prepared: HashMap::new(),
         }
     }
 
@@ -162,6 +166,48 @@ impl SessionState {
                 self.parameters.insert(name.to_vec(), value.to_vec());
             }
         }
+    }
+
+    /// Remember what forwarded statements prepare and deallocate. PostgreSQL keeps the first
+    /// PREPARE of a name until DEALLOCATE (a second one fails), and so does this.
+    pub fn on_sql_statements(&mut self, statements: &[StatementFacts]) {
+        for facts in statements {
+            if let Some(name) = &facts.prepares {
+                self.sql_prepared
+                    .entry(name.clone())
+                    .or_insert_with(|| facts.clone());
+            }
+            match facts.deallocates.as_deref() {
+                Some("*") => {
+                    self.sql_prepared.clear();
+                    self.statements.retain(|name, _| name.is_empty());
+                }
+                Some(name) => {
+                    self.sql_prepared.remove(name);
+                    self.statements.remove(name.as_bytes());
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// What `EXECUTE name` runs: the body of a SQL-level PREPARE, or of a protocol-level
+    /// (Parse) prepared statement of that name, which EXECUTE can run too.
+    pub fn prepared_body(&self, name: &str) -> Option<StatementFacts> {
+        if let Some(facts) = self.sql_prepared.get(name) {
+            let mut body = facts.clone();
+            // Judged as what runs now: EXECUTE of the body's kinds.
+            body.kinds.retain(|k| *k != "prepare");
+            body.kinds.insert(0, "execute");
+            body.prepares = None;
+            body.executes = Some(name.to_owned());
+            return Some(body);
+        }
+        let analysis = self.statements.get(name.as_bytes())?.analysis.as_ref()?;
+        let mut body = analysis.statements.first()?.clone();
+        body.kinds.insert(0, "execute");
+        body.executes = Some(name.to_owned());
+        Some(body)
     }
 
     /// SQL of a named (or the unnamed, `b""`) prepared statement.

@@ -93,6 +93,8 @@ pub struct StatementFacts {
     pub prepares: Option<String>,
     /// `EXECUTE name`: the name of the prepared statement run.
     pub executes: Option<String>,
+    /// `DEALLOCATE name`; `*` for DEALLOCATE ALL and DISCARD ALL.
+    pub deallocates: Option<String>,
     /// Some fact was read from a literal value (`set_config('statement_timeout', …)`): the
     /// facts hold for this text only, not for every statement of the same shape.
     #[serde(skip)]
@@ -269,6 +271,20 @@ impl Walk<'_> {
                 self.facts.flags.dynamic_sql = true;
                 self.facts.executes = node.field("name").and_then(Tree::as_str).map(str::to_owned);
                 self.visit_fields(node, access, &[]);
+            }
+            Some("DeallocateStmt") => {
+                self.facts.deallocates = if node.field("isall").is_some_and(Tree::as_bool) {
+                    Some("*".to_owned())
+                } else {
+                    node.field("name").and_then(Tree::as_str).map(str::to_owned)
+                };
+            }
+            Some("DiscardStmt") => {
+                let all = node.field("target").and_then(Tree::as_int)
+                    == Some(pg_query::protobuf::DiscardMode::DiscardAll as i64);
+                if all {
+                    self.facts.deallocates = Some("*".to_owned());
+                }
             }
             Some("PrepareStmt") => {
                 self.facts.prepares = node.field("name").and_then(Tree::as_str).map(str::to_owned);
