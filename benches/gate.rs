@@ -61,6 +61,7 @@ fn bench_decide(c: &mut Criterion) {
         groups: &groups,
         database: "app",
         role: "app_rw",
+        search_path: &[],
     };
     let mut group = c.benchmark_group("decide");
     for (name, sql) in OLTP {

@@ -441,3 +441,60 @@ async fn execute_is_judged_by_the_prepared_body() {
     let err = client.simple_query("EXECUTE count_rows").await.unwrap_err();
     refused_by(&err, "policy.unknown-prepared-statement");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_names_are_judged_in_the_sessions_search_path() {
+    let admin = common::direct("app").await;
+    admin
+        .batch_execute(
+            "SET ROLE app_rw; CREATE SCHEMA IF NOT EXISTS hidden; \
+             CREATE TABLE IF NOT EXISTS hidden.secrets (id int)",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(ProxyOptions {
+        extra:
+            "[[policy.rules]]\nid = \"hidden-schema\"\ntables = [\"hidden.*\"]\naction = \"deny\"\n"
+                .into(),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    let err = client
+        .simple_query("SELECT * FROM hidden.secrets")
+        .await
+        .unwrap_err();
+    refused_by(&err, "hidden-schema");
+    // Not on the search_path: the name means something else (and does not exist).
+    let err = client
+        .simple_query("SELECT * FROM secrets")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42P01"), "{err}");
+
+    client
+        .simple_query("SET search_path = hidden, public")
+        .await
+        .unwrap();
+    let err = client
+        .simple_query("SELECT * FROM secrets")
+        .await
+        .unwrap_err();
+    refused_by(&err, "hidden-schema");
+    client.simple_query("RESET search_path").await.unwrap();
+    let err = client
+        .simple_query("SELECT * FROM secrets")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42P01"), "{err}");
+
+    client
+        .simple_query("SELECT set_config('search_path', 'HIDDEN', false)")
+        .await
+        .unwrap();
+    let err = client
+        .execute("SELECT * FROM secrets", &[])
+        .await
+        .unwrap_err();
+    refused_by(&err, "hidden-schema");
+}

@@ -62,6 +62,7 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
         groups: &who.groups,
         database: &who.database,
         role: &role,
+        search_path: &[],
     };
     let mut report = Report {
         user: who.user.clone(),

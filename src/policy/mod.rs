@@ -51,6 +51,10 @@ pub struct Subject<'a> {
     pub groups: &'a [String],
     pub database: &'a str,
     pub role: &'a str,
+    /// The session's search_path, resolved (`$user` replaced by the role); unqualified table
+    /// names match rules for any of these schemas. Empty: the default, `public`. `*`: not
+    /// known (set from an expression), so any schema.
+    pub search_path: &'a [String],
 }
 
 /// The decision for a whole message.

@@ -161,10 +161,11 @@ impl Rule {
                     .iter()
                     .any(|kind| self.statements.iter().any(|s| kind_matches(s, kind))))
             && (self.tables.is_empty()
-                || facts
-                    .tables
-                    .iter()
-                    .any(|t| self.tables.iter().any(|g| g.matches_name(&t.name))))
+                || facts.tables.iter().any(|t| {
+                    self.tables
+                        .iter()
+                        .any(|g| g.matches_name_in(&t.name, subject.search_path))
+                }))
             && (self.functions.is_empty()
                 || facts
                     .functions
@@ -204,17 +205,32 @@ impl Glob {
 
     /// Match a name as written in a statement. A pattern without a schema also matches the
     /// unqualified part of a qualified name (`users` matches `public.users`); an unqualified
-    /// name is also tried as `public.<name>`, where the default search_path resolves it
-    /// (`public.users` matches `users`).
-    pub fn matches_name(&self, name: &str) -> bool {
+    /// name is also tried in each schema of `schemas` (the session's search_path; `public`
+    /// when empty; any schema for `*`): `public.users` matches `users`.
+    pub fn matches_name_in(&self, name: &str, schemas: &[String]) -> bool {
         let name = name.to_lowercase();
         if self.matches(&name) {
             return true;
         }
         match name.rsplit_once('.') {
             Some((_, last)) => !self.has_schema() && self.matches(last),
-            None => self.has_schema() && self.matches(&format!("public.{name}")),
+            None if !self.has_schema() => false,
+            None if schemas.is_empty() => self.matches(&format!("public.{name}")),
+            None if schemas.iter().any(|s| s == "*") => {
+                let last = self.pattern.iter().rposition(|&c| c == '.').map(|i| Glob {
+                    pattern: self.pattern[i + 1..].to_vec(),
+                });
+                last.is_some_and(|g| g.matches(&name))
+            }
+            None => schemas
+                .iter()
+                .any(|schema| self.matches(&format!("{schema}.{name}"))),
         }
+    }
+
+    /// [`Self::matches_name_in`] with the default search_path.
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.matches_name_in(name, &[])
     }
 
     fn matches(&self, text: &str) -> bool {

@@ -186,6 +186,34 @@ fn option_settings(options: &str) -> Vec<String> {
     names
 }
 
+/// The search_path a session starts with: from the client's startup packet, else the
+/// policy's session settings, else PostgreSQL's default (`"$user", public`). `*` (any schema)
+/// when it is set in `options`, which pgwarden does not parse for values.
+pub fn initial_search_path(
+    parameters: &[(String, Vec<u8>)],
+    settings: &SessionSettings,
+) -> Option<String> {
+    for (name, value) in parameters {
+        if name.eq_ignore_ascii_case("search_path") {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        if name.eq_ignore_ascii_case("options")
+            && option_settings(&String::from_utf8_lossy(value))
+                .iter()
+                .any(|n| n == "search_path")
+        {
+            return None;
+        }
+    }
+    Some(
+        settings
+            .values
+            .iter()
+            .find(|(n, _)| n == "search_path")
+            .map_or_else(|| "\"$user\", public".to_owned(), |(_, v)| v.clone()),
+    )
+}
+
 /// The startup parameters to send upstream: the client's, plus the policy's values for
 /// settings the client did not set itself (the values then are the session's reset values).
 pub fn startup_parameters(

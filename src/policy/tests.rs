@@ -9,6 +9,7 @@ fn subject<'a>(user: &'a str, groups: &'a [String]) -> Subject<'a> {
         groups,
         database: "app",
         role: "app_rw",
+        search_path: &[],
     }
 }
 
@@ -299,6 +300,12 @@ fn globs() {
     assert!(g("a?c").matches_name("abc"));
     assert!(!g("a?c").matches_name("abbc"));
     assert!(Glob::new("").is_err());
+    let path = ["app".to_owned(), "public".to_owned()];
+    assert!(g("app.users").matches_name_in("users", &path));
+    assert!(g("public.users").matches_name_in("users", &path));
+    assert!(!g("payroll.users").matches_name_in("users", &path));
+    assert!(g("payroll.users").matches_name_in("users", &["*".to_owned()]));
+    assert!(!g("app.users").matches_name_in("app2.users", &path));
 }
 
 /// What psql's meta-commands, drivers and ORMs send while introspecting or setting up a

@@ -170,7 +170,8 @@ impl Flow<'_> {
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
                         if let Some(analysis) = analysis {
-                            self.state.on_sql_statements(&analysis.statements);
+                            self.state
+                                .on_sql_statements(&analysis.statements, self.role);
                         }
                         self.tracker.push(Expect::Query, run);
                         Verdict::Forward
@@ -278,7 +279,8 @@ impl Flow<'_> {
                     Ok(run) => {
                         // A PREPARE or DEALLOCATE sent through Parse takes effect here.
                         if let Some(analysis) = prepares {
-                            self.state.on_sql_statements(&analysis.statements);
+                            self.state
+                                .on_sql_statements(&analysis.statements, self.role);
                         }
                         self.tracker.push(Expect::Execute, run);
                         Verdict::Forward
@@ -363,6 +365,7 @@ impl Flow<'_> {
             groups: &self.identity.groups,
             database: self.database,
             role: self.role,
+            search_path: &self.state.search_path,
         };
         let snapshot = self.snapshot.load();
         let decision = snapshot.config.policy.decide(&subject, statements);
@@ -412,7 +415,7 @@ impl Flow<'_> {
                                 )
                                 .is_ok()
                         }
-                        SettingValue::Unknown => false,
+                        SettingValue::Unknown | SettingValue::List(_) => false,
                     };
                     if !granted {
                         return Some(refuse(

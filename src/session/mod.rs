@@ -175,6 +175,8 @@ pub struct Established {
     pub grant: Grant,
     /// The policy's session settings (values sent at login, and the locked names).
     pub settings: SessionSettings,
+    /// The search_path the session starts with (`*`: unknown).
+    pub search_path: Vec<String>,
     /// Keeps the proxy-issued cancel key registered while the session lives.
     pub cancel_key: Registration,
 }
@@ -343,6 +345,7 @@ async fn handshake(
             identity: parts.identity,
             grant: parts.grant,
             settings: parts.settings,
+            search_path: parts.search_path,
             cancel_key: parts.registration,
         })),
         Err(e) => {
@@ -368,6 +371,7 @@ struct Parts {
     identity: Identity,
     grant: Grant,
     settings: SessionSettings,
+    search_path: Vec<String>,
     registration: Registration,
 }
 
@@ -425,6 +429,7 @@ async fn establish(
         groups: &identity.groups,
         database: &grant.database,
         role: &grant.role,
+        search_path: &[],
     });
     if let Some(name) = session::locked_in_startup(&startup.parameters, &settings) {
         return Err(SessionError::Refused(
@@ -436,6 +441,10 @@ async fn establish(
         ));
     }
     let parameters = session::startup_parameters(&startup.parameters, &settings);
+    let search_path = match session::initial_search_path(&startup.parameters, &settings) {
+        Some(text) => state::parse_search_path(&text, &grant.role),
+        None => vec!["*".to_owned()],
+    };
 
     let password = match config.upstream.roles.get(&grant.role) {
         Some(password) => password.as_ref(),
@@ -504,6 +513,7 @@ async fn establish(
         identity,
         grant,
         settings,
+        search_path,
         registration,
     })
 }

@@ -153,6 +153,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         identity,
         grant,
         settings,
+        search_path,
         cancel_key: _cancel_key,
     } = session;
     let snapshot = ctx.snapshot.load();
@@ -180,6 +181,8 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         upstream_sent_fatal: false,
     };
     drop(snapshot);
+    flow.state.initial_search_path = search_path.clone();
+    flow.state.search_path = search_path;
     let mut client = Peer::new(client, client_reader);
     let mut server = Peer::new(upstream.stream, upstream.reader);
     let mut closing: Option<Ending> = None;

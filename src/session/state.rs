@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::sql::facts::SettingValue;
 use crate::sql::{Analysis, StatementFacts};
 
 use crate::protocol::views::{Bind, Parse, Target};
@@ -50,6 +51,11 @@ pub struct SessionState {
     /// SQL-level `PREPARE name AS …`: what each name's body does, so that `EXECUTE name`
     /// is judged by it.
     pub sql_prepared: HashMap<String, StatementFacts>,
+    /// The schemas unqualified names are looked up in, as far as pgwarden can tell (`*`:
+    /// unknown, any schema): tracked from SET / RESET / set_config of `search_path`.
+    pub search_path: Vec<String>,
+    /// What RESET returns to.
+    pub initial_search_path: Vec<String>,
 }
 
 impl SessionState {
@@ -63,6 +69,8 @@ impl SessionState {
             statements_seen: 0,
             skip_until_sync: false,
             sql_prepared: HashMap::new(),
+            search_path: Vec::new(),
+            initial_search_path: Vec::new(),
         }
     }
 
@@ -170,8 +178,26 @@ impl SessionState {
 
     /// Remember what forwarded statements prepare and deallocate. PostgreSQL keeps the first
     /// PREPARE of a name until DEALLOCATE (a second one fails), and so does this.
-    pub fn on_sql_statements(&mut self, statements: &[StatementFacts]) {
+    pub fn on_sql_statements(&mut self, statements: &[StatementFacts], role: &str) {
         for facts in statements {
+            for change in &facts.changes {
+                match (change.name.as_str(), &change.value) {
+                    ("search_path", SettingValue::List(list)) => {
+                        self.search_path = list.iter().map(|s| resolve_schema(s, role)).collect();
+                    }
+                    ("search_path", SettingValue::Value(text)) => {
+                        self.search_path = parse_search_path(text, role);
+                    }
+                    ("search_path" | "all", SettingValue::Reset) => {
+                        self.search_path = self.initial_search_path.clone();
+                    }
+                    ("search_path" | "*", _) => self.search_path = vec!["*".into()],
+                    _ => {}
+                }
+            }
+            if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
+                self.search_path = self.initial_search_path.clone();
+            }
             if let Some(name) = &facts.prepares {
                 self.sql_prepared
                     .entry(name.clone())
@@ -222,6 +248,29 @@ impl SessionState {
     }
 }
 
+/// `$user` is the session's role; other names as written.
+fn resolve_schema(schema: &str, role: &str) -> String {
+    if schema == "$user" {
+        role.to_owned()
+    } else {
+        schema.to_owned()
+    }
+}
+
+/// A search_path as text (`app, "My Schema", $user`): unquoted names fold to lower case.
+pub fn parse_search_path(text: &str, role: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(
+            |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                Some(quoted) => resolve_schema(&quoted.replace("\"\"", "\""), role),
+                None => resolve_schema(&s.to_lowercase(), role),
+            },
+        )
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +310,10 @@ mod tests {
         s.on_close(Target::Statement, b"s1");
         assert!(s.statement_sql(b"s1").is_none());
         s.on_parameter_status(b"client_encoding", b"LATIN1");
+        assert_eq!(
+            parse_search_path("app, \"My Schema\", $user, PUBLIC", "app_rw"),
+            ["app", "My Schema", "app_rw", "public"]
+        );
         assert_eq!(s.parameters[&b"client_encoding"[..]], b"LATIN1");
     }
 }

@@ -68,8 +68,12 @@ pub struct SettingChange {
 pub enum SettingValue {
     /// RESET, SET … TO DEFAULT: back to the session's starting value.
     Reset,
-    /// One constant value, as written (`SET ROLE admin`: `admin`).
+    /// One constant value, as written (`SET ROLE admin`: `admin`), or the text of a
+    /// set_config value.
     Value(String),
+    /// `SET search_path = a, "B"`: the elements, as the parser read them (unquoted names
+    /// folded to lower case).
+    List(Vec<String>),
     /// Anything else (a list, a parameter, an expression).
     Unknown,
 }
@@ -247,11 +251,15 @@ impl Walk<'_> {
                     _ => {
                         // The value is a literal the normalized text does not keep.
                         self.facts.reads_literals = true;
-                        match node.field("args") {
-                            Some(Tree::Seq(args)) if args.len() == 1 => args
-                                .first()
-                                .and_then(constant_string)
-                                .map_or(SettingValue::Unknown, SettingValue::Value),
+                        let constants: Option<Vec<String>> = match node.field("args") {
+                            Some(Tree::Seq(args)) => args.iter().map(constant_string).collect(),
+                            _ => None,
+                        };
+                        match constants {
+                            Some(list) if name == "search_path" => SettingValue::List(list),
+                            Some(mut list) if list.len() == 1 => {
+                                SettingValue::Value(list.remove(0))
+                            }
                             _ => SettingValue::Unknown,
                         }
                     }
@@ -730,9 +738,13 @@ mod tests {
             [("statement_timeout".into(), Reset)]
         );
         assert_eq!(
-            changes("SET search_path = a, b"),
-            [("search_path".into(), Unknown)]
+            changes("SET search_path = a, \"B\""),
+            [(
+                "search_path".into(),
+                super::SettingValue::List(vec!["a".into(), "B".into()])
+            )]
         );
+        assert_eq!(changes("SET work_mem = 64"), [("work_mem".into(), Unknown)]);
         assert_eq!(
             changes("SELECT set_config('statement_timeout', '0', false)"),
             [("statement_timeout".into(), Value("0".into()))]
