@@ -47,6 +47,11 @@ pub enum AppError {
     Signal(std::io::Error),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    #[error("cannot write the pid file {}: {source}", path.display())]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Everything derived from a config that can fail: checked by `check-config` too.
@@ -284,7 +289,16 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = Config::load(config_path)?;
     let grace = config.server.shutdown_grace;
+    let pid_file = config.server.pid_file.clone();
     let server = Server::start(config).await?;
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            AppError::PidFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
@@ -318,6 +332,56 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
         }
     };
     server.stop(Duration::ZERO, reason).await;
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
     info!("pgwarden stopped");
     Ok(())
+}
+
+/// `pgwarden reload`: check the config file, then ask the running pgwarden (found through
+/// `pid` or `server.pid_file`) to reload it with SIGHUP. Returns the process id signalled.
+pub fn signal_reload(config_path: &Path, pid: Option<i32>) -> Result<i32, ReloadError> {
+    // The same checks as the reload itself: a broken file is reported here, not only in
+    // the server's log.
+    let snapshot = build_snapshot(Config::load(config_path)?)?;
+    let pid = match pid {
+        Some(pid) => pid,
+        None => {
+            let path = snapshot
+                .config
+                .server
+                .pid_file
+                .clone()
+                .ok_or(ReloadError::NoPid)?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ReloadError::PidFile {
+                path: path.clone(),
+                source,
+            })?;
+            text.trim().parse().map_err(|_| ReloadError::BadPid(path))?
+        }
+    };
+    let target = rustix::process::Pid::from_raw(pid).ok_or(ReloadError::NoPid)?;
+    rustix::process::kill_process(target, rustix::process::Signal::HUP)
+        .map_err(|e| ReloadError::Signal(pid, std::io::Error::from(e)))?;
+    Ok(pid)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Setting(#[from] AppError),
+    #[error("which pgwarden? give --pid, or set server.pid_file in the config")]
+    NoPid,
+    #[error("cannot read the pid file {}: {source}", path.display())]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} does not hold a process id", .0.display())]
+    BadPid(std::path::PathBuf),
+    #[error("cannot signal process {0}: {1}")]
+    Signal(i32, std::io::Error),
 }

@@ -64,6 +64,20 @@ enum Command {
     /// from `SELECT rolpassword FROM pg_authid` works too. Reads the password from the
     /// terminal (twice, without echo) or, when stdin is not a terminal, from its first line.
     HashPassword,
+    /// Ask a running pgwarden to reload its configuration (SIGHUP), after checking the file.
+    ///
+    /// The file is validated first, exactly as check-config does (exit 64 with the key and
+    /// line of the problem); only a valid file is signalled. The process is --pid, or the
+    /// one in the config's server.pid_file. The running pgwarden reloads the file it was
+    /// started with: the next statement of every session uses the new policy.
+    Reload {
+        /// The TOML configuration file (the one the running pgwarden uses).
+        #[arg(short, long, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+        /// The pgwarden process (default: read from server.pid_file).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Test the statement policy.
     Policy {
         #[command(subcommand)]
@@ -255,6 +269,23 @@ fn main() -> ExitCode {
             AuditCommand::Pubkey { key } => audit_pubkey(&key),
         },
         Command::CheckConfig { config } => check_config(&config),
+        Command::Reload { config, pid } => match pgwarden::app::signal_reload(&config, pid) {
+            Ok(pid) => {
+                println!("asked pgwarden (pid {pid}) to reload {}", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(
+                e
+                @ (pgwarden::app::ReloadError::Config(_) | pgwarden::app::ReloadError::Setting(_)),
+            ) => {
+                eprintln!("error: {e} (nothing was reloaded)");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(e) => {
+                eprintln!("pgwarden: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Policy {
             command:
                 PolicyCommand::Test {

@@ -1181,3 +1181,56 @@ fn policy_test_explains_each_statement_and_exits_by_the_decision() {
     assert_eq!(broken.status.code(), Some(1));
     assert!(text.contains("parser rejects"), "{text}");
 }
+
+/// `pgwarden reload` checks the file first, then signals the pgwarden in server.pid_file; the
+/// open session gets the new policy at its next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_checks_the_file_then_signals_the_running_pgwarden() {
+    let port = free_port();
+    let pid_file = common::harness().dir.join(format!("pgwarden-{port}.pid"));
+    let base = config_on_port(&Default::default(), port).replacen(
+        "[server]\n",
+        &format!("[server]\npid_file = \"{}\"\n", pid_file.display()),
+        1,
+    );
+    let mut serve = Serve::start(&base, port);
+    let alice = serve.wait_ready().await;
+    assert!(pid_file.exists(), "serve writes its pid file");
+    alice.simple_query("SELECT 1").await.unwrap();
+
+    // A broken file is reported and not signalled.
+    std::fs::write(
+        &serve.config,
+        format!("{base}\n[[policy.rules]]\nid = \"x\"\nflags = [\"nope\"]\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    let out = run(&["reload", "--config", serve.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("policy.rules[0].flags"),
+        "{}",
+        describe(&out)
+    );
+
+    std::fs::write(
+        &serve.config,
+        format!("{base}\n[[policy.rules]]\nid = \"read-only-now\"\nstatements = [\"select\"]\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    let out = run(&["reload", "--config", serve.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    serve.wait_for_log("configuration reloaded").await;
+    let err = alice.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("rule read-only-now"),
+        "{err}"
+    );
+
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}:\n{}", serve.log());
+    assert!(!pid_file.exists(), "serve removes its pid file");
+}

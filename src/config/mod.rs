@@ -44,6 +44,8 @@ pub struct Server {
     pub max_connections: usize,
     pub auth_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Written by `serve`, read by `pgwarden reload`.
+    pub pid_file: Option<PathBuf>,
     pub tls_mode: TlsMode,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

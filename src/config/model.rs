@@ -87,6 +87,8 @@ struct ServerSection {
     max_connections: usize,
     auth_timeout: HumanDuration,
     shutdown_grace: HumanDuration,
+    /// Where `serve` writes its process id (for `pgwarden reload`), relative to the file.
+    pid_file: Option<PathBuf>,
     tls: Option<TlsSection>,
     limits: LimitsSection,
 }
@@ -98,6 +100,7 @@ impl Default for ServerSection {
             max_connections: 1000,
             auth_timeout: HumanDuration(std::time::Duration::from_secs(15)),
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(30)),
+            pid_file: None,
             tls: None,
             limits: LimitsSection::default(),
         }
@@ -281,6 +284,7 @@ pub fn validate(
         max_connections: s.max_connections,
         auth_timeout: s.auth_timeout.0,
         shutdown_grace: s.shutdown_grace.0,
+        pid_file: s.pid_file.map(resolve_path),
         tls_mode,
         tls_cert,
         tls_key,
