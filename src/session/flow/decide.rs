@@ -1,0 +1,264 @@
+//! Deciding statements: analysis in the session's encoding, the policy from the current
+//! configuration, then the session's own limits (locked settings, SET ROLE, prepared bodies).
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::{protocol_name, Flow, Protocol, Ruling};
+use crate::error::{ClientError, SqlState};
+use crate::policy::{Action, ApprovalAnswer, ApprovalRequest, Decision, Subject};
+use crate::sql::facts::SettingValue;
+use crate::sql::{Analysis, AnalysisError, StatementFacts};
+
+impl Flow<'_> {
+    pub(super) fn analyze(&self, sql: &[u8]) -> Result<Arc<Analysis>, AnalysisError> {
+        let encoding = self
+            .state
+            .parameters
+            .get(&b"client_encoding"[..])
+            .map_or(&b"UTF8"[..], Vec::as_slice);
+        self.analyzer.analyze_encoded(sql, encoding)
+    }
+
+    /// The policy's decision on statements, from the configuration current right now; then
+    /// the session's own limits: locked settings, SET ROLE only to granted roles, and no
+    /// statement at all if the server reads strings differently from the parser.
+    pub(super) fn decide(&self, statements: &[StatementFacts]) -> Decision {
+        let subject = Subject {
+            user: &self.identity.name,
+            groups: &self.identity.groups,
+            database: self.database,
+            role: self.role,
+            search_path: &self.state.search_path,
+        };
+        let snapshot = self.snapshot.load();
+        let decision = snapshot.config.policy.decide(&subject, statements);
+        if decision.action == Action::Deny {
+            return decision;
+        }
+        if self
+            .state
+            .parameters
+            .get(&b"standard_conforming_strings"[..])
+            .is_some_and(|v| v.as_slice() == b"off")
+        {
+            return refuse(
+                "policy.standard-conforming-strings",
+                "the server reads backslashes in strings differently (standard_conforming_strings = off) from the parser pgwarden checks statements with".into(),
+            );
+        }
+        for (index, facts) in statements.iter().enumerate() {
+            if let Some(mut refused) = self.setting_refusal(facts, &snapshot.config.access) {
+                refused.statement = index;
+                return refused;
+            }
+        }
+        decision
+    }
+
+    /// A setting change this session may not make.
+    pub(super) fn setting_refusal(
+        &self,
+        facts: &StatementFacts,
+        access: &[crate::config::AccessRule],
+    ) -> Option<Decision> {
+        for change in &facts.changes {
+            let name = change.name.as_str();
+            let reset = change.value == SettingValue::Reset;
+            match name {
+                "role" => {
+                    let granted = match &change.value {
+                        SettingValue::Reset => true,
+                        SettingValue::Value(role) => {
+                            role == "none"
+                                || crate::auth::authorize(
+                                    self.identity,
+                                    self.database,
+                                    Some(role),
+                                    access,
+                                )
+                                .is_ok()
+                        }
+                        SettingValue::Unknown | SettingValue::List(_) => false,
+                    };
+                    if !granted {
+                        return Some(refuse(
+                            "policy.set-role",
+                            "SET ROLE is allowed only to roles [[access]] grants you on this database".into(),
+                        ));
+                    }
+                }
+                "session_authorization" if !reset => {
+                    return Some(refuse(
+                        "policy.set-role",
+                        "SET SESSION AUTHORIZATION is not allowed through pgwarden".into(),
+                    ));
+                }
+                // set_config with a name that is not a constant could name anything.
+                "*" => {
+                    return Some(refuse(
+                        "policy.locked-setting",
+                        "set_config needs a constant setting name through pgwarden".into(),
+                    ));
+                }
+                name if !reset && self.settings.is_locked(name) => {
+                    return Some(refuse(
+                        "policy.locked-setting",
+                        format!("the setting \"{name}\" is locked for you"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Decide analysed text; text the parser rejects follows `policy.on_parse_error`.
+    pub(super) fn rule(
+        &self,
+        analysis: &Result<Arc<Analysis>, AnalysisError>,
+        protocol: Protocol<'_>,
+    ) -> Ruling {
+        match analysis {
+            Ok(analysis) if analysis.statements.iter().any(|s| s.executes.is_some()) => {
+                // EXECUTE name is judged by what it runs; an unknown name is refused (the
+                // server would fail it anyway, and nothing unknown runs).
+                let mut statements = Vec::with_capacity(analysis.statements.len());
+                for facts in analysis.statements.iter() {
+                    match &facts.executes {
+                        None => statements.push(facts.clone()),
+                        Some(name) => match self.state.prepared_body(name) {
+                            Some(body) => statements.push(body),
+                            None => {
+                                let decision = refuse(
+                                    "policy.unknown-prepared-statement",
+                                    format!("prepared statement \"{name}\" is not known to pgwarden in this session; PREPARE it first"),
+                                );
+                                return self.ruling(
+                                    decision,
+                                    protocol,
+                                    Some(&analysis.fingerprint),
+                                );
+                            }
+                        },
+                    }
+                }
+                self.ruling(
+                    self.decide(&statements),
+                    protocol,
+                    Some(&analysis.fingerprint),
+                )
+            }
+            Ok(analysis) => self.ruling(
+                self.decide(&analysis.statements),
+                protocol,
+                Some(&analysis.fingerprint),
+            ),
+            Err(error) => {
+                let on_parse_error = self.snapshot.load().config.policy.on_parse_error;
+                let decision = Decision {
+                    action: on_parse_error,
+                    rule: Some("policy.on_parse_error".into()),
+                    message: Some(error.to_string()),
+                    statement: 0,
+                };
+                if on_parse_error == Action::Allow {
+                    return Ruling {
+                        decision,
+                        refusal: None,
+                    };
+                }
+                let refusal = match error {
+                    AnalysisError::Syntax(message) => ClientError::error(
+                        SqlState::SYNTAX_ERROR,
+                        message.clone(),
+                    )
+                    .with_hint(
+                        "pgwarden checks every statement with PostgreSQL's parser before it runs",
+                    ),
+                    AnalysisError::Encoding => ClientError::error(
+                        SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                        "invalid byte sequence for encoding \"UTF8\"",
+                    ),
+                    AnalysisError::UnsafeEncoding(_) => {
+                        ClientError::error(SqlState::FEATURE_NOT_SUPPORTED, error.to_string())
+                            .with_hint("set client_encoding to UTF8")
+                    }
+                };
+                Ruling {
+                    decision: Decision {
+                        action: Action::Deny,
+                        ..decision
+                    },
+                    refusal: Some(refusal),
+                }
+            }
+        }
+    }
+
+    /// What the client is told when a decision is not to run the statement.
+    pub(super) fn ruling(
+        &self,
+        decision: Decision,
+        protocol: Protocol<'_>,
+        fingerprint: Option<&str>,
+    ) -> Ruling {
+        let refusal = match decision.action {
+            Action::Allow => None,
+            Action::Deny => Some(refusal_for(&decision, "denied")),
+            Action::Approve => {
+                let request = ApprovalRequest {
+                    user: &self.identity.name,
+                    database: self.database,
+                    role: self.role,
+                    rule: decision.rule.as_deref().unwrap_or("policy.default"),
+                    fingerprint,
+                };
+                match self.approver.request(&request) {
+                    ApprovalAnswer::Refused { reason } => {
+                        Some(refusal_for(&decision, "holds for approval").with_hint(reason))
+                    }
+                }
+            }
+        };
+        if refusal.is_some() {
+            info!(
+                rule = decision.rule.as_deref().unwrap_or("default"),
+                action = decision.action.as_str(),
+                protocol = protocol_name(protocol),
+                "statement refused by policy"
+            );
+        }
+        Ruling { decision, refusal }
+    }
+}
+
+/// A denial by one of the session's own limits (not a configured rule).
+fn refuse(rule: &str, message: String) -> Decision {
+    Decision {
+        action: Action::Deny,
+        rule: Some(rule.to_owned()),
+        message: Some(message),
+        statement: 0,
+    }
+}
+
+/// The error a refused statement gets: 42501 (insufficient_privilege) with the rule and its
+/// message, as a server's permission error would read.
+fn refusal_for(decision: &Decision, verb: &str) -> ClientError {
+    let rule = decision.rule.as_deref().unwrap_or("policy.default");
+    let message = match &decision.message {
+        Some(why) => format!("pgwarden {verb} this statement (rule {rule}): {why}"),
+        None => format!("pgwarden {verb} this statement (rule {rule})"),
+    };
+    let error = ClientError::error(SqlState::INSUFFICIENT_PRIVILEGE, message);
+    if decision.statement > 0 {
+        error.with_detail(format!(
+            "statement {} of the message; nothing of the message was run",
+            decision.statement + 1
+        ))
+    } else {
+        error
+    }
+}
