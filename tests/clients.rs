@@ -414,6 +414,24 @@ action = "allow"
         &psql_as_alice(&proxy, &["-At", "-c", check], &[]).await,
     );
     assert_eq!(text, format!("{processed}|t\n"));
+    // The other built-in scripts pass the default policy too (after the check: they move
+    // balances without keeping tellers and branches in step).
+    for (script, mode) in [("select-only", "simple"), ("simple-update", "extended")] {
+        let out = pgbench(
+            &proxy,
+            &["-n", "-b", script, "-T", "2", "-c", "2", "-M", mode],
+        )
+        .await;
+        assert_eq!(
+            number_after(&out, "number of failed transactions:"),
+            0,
+            "{out}"
+        );
+        assert!(
+            number_after(&out, "number of transactions actually processed:") > 0,
+            "{script}:\n{out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
