@@ -64,6 +64,21 @@ struct Pending {
     sqlstate: Option<[u8; 5]>,
 }
 
+impl Pending {
+    /// The outcome of an audited statement (nothing for messages that are not one).
+    fn finish(mut self, skipped: bool) -> Option<Finished> {
+        let run = self.run.take()?;
+        Some(Finished {
+            statement: run.statement,
+            started: run.started,
+            command: self.command,
+            rows: self.rows,
+            sqlstate: self.sqlstate,
+            skipped,
+        })
+    }
+}
+
 /// What to do with a server frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rewrite {
@@ -152,17 +167,8 @@ impl Tracker {
                     if pending.expect == Expect::Sync {
                         break;
                     }
-                    if let Some(mut pending) = self.queue.pop_front() {
-                        if let Some(run) = pending.run.take() {
-                            self.finished.push(Finished {
-                                statement: run.statement,
-                                started: run.started,
-                                command: pending.command,
-                                rows: pending.rows,
-                                sqlstate: pending.sqlstate,
-                                skipped: !first,
-                            });
-                        }
+                    if let Some(done) = self.queue.pop_front().and_then(|p| p.finish(!first)) {
+                        self.finished.push(done);
                     }
                     first = false;
                 }
@@ -172,21 +178,12 @@ impl Tracker {
     }
 
     fn on_ready(&mut self) {
-        while let Some(mut pending) = self.queue.pop_front() {
+        while let Some(pending) = self.queue.pop_front() {
             let ends = matches!(
                 pending.expect,
                 Expect::Sync | Expect::Query | Expect::FunctionCall
             );
-            if let Some(run) = pending.run.take() {
-                self.finished.push(Finished {
-                    statement: run.statement,
-                    started: run.started,
-                    command: pending.command,
-                    rows: pending.rows,
-                    sqlstate: pending.sqlstate,
-                    skipped: !ends,
-                });
-            }
+            self.finished.extend(pending.finish(!ends));
             if ends {
                 break;
             }
@@ -194,17 +191,8 @@ impl Tracker {
     }
 
     fn finish_front(&mut self, skipped: bool) {
-        if let Some(mut pending) = self.queue.pop_front() {
-            if let Some(run) = pending.run.take() {
-                self.finished.push(Finished {
-                    statement: run.statement,
-                    started: run.started,
-                    command: pending.command,
-                    rows: pending.rows,
-                    sqlstate: pending.sqlstate,
-                    skipped,
-                });
-            }
+        if let Some(done) = self.queue.pop_front().and_then(|p| p.finish(skipped)) {
+            self.finished.push(done);
         }
     }
 }
