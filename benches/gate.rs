@@ -2,7 +2,7 @@
 //! never seen; cached: the same text again, or the same shape with other literals) and
 //! deciding it against the default policy (guardrails). Run: `cargo bench --bench gate`.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use pgwarden::policy::{Policy, Subject};
 use pgwarden::sql::Analyzer;
 
@@ -74,4 +74,19 @@ fn bench_decide(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_analysis, bench_decide);
-criterion_main!(benches);
+
+/// On a thread with the stack pgwarden's runtime threads have, so that analysis runs in
+/// place as it does in the proxy (not on a freshly switched stack).
+fn main() {
+    let run = || {
+        benches();
+        criterion::Criterion::default()
+            .configure_from_args()
+            .final_summary();
+    };
+    let thread = std::thread::Builder::new()
+        .stack_size(pgwarden::sql::WORKER_STACK)
+        .spawn(run)
+        .expect("bench thread");
+    thread.join().expect("benchmarks");
+}

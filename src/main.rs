@@ -338,6 +338,9 @@ fn main() -> ExitCode {
 fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Room to analyse deeply nested statements in place (see sql::analyze); address
+        // space only, pages are used as deep as a statement goes.
+        .thread_stack_size(pgwarden::sql::WORKER_STACK)
         .build()
     {
         Ok(rt) => rt,

@@ -498,3 +498,24 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .unwrap_err();
     refused_by(&err, "hidden-schema");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_statements_are_checked_and_too_deep_ones_refused() {
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+    // Generated SQL nests deep: 1500 concatenations is one left-deep tree of 1500 levels.
+    let deep = format!("SELECT length({})", vec!["'x'"; 1500].join(" || "));
+    let rows = client.simple_query(&deep).await.unwrap();
+    let length = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(length.as_deref(), Some("1500"));
+    // Deeper than PostgreSQL's parser goes: refused with the server's own code for it, and
+    // the proxy carries on.
+    let too_deep = format!("SELECT {}", vec!["1"; 100_000].join("+"));
+    let err = client.simple_query(&too_deep).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("54001"), "{err}");
+    client.simple_query("SELECT 1").await.unwrap();
+    proxy.alice().await.simple_query("SELECT 1").await.unwrap();
+}

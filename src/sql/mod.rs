@@ -14,5 +14,7 @@ mod analyze;
 pub mod facts;
 pub mod tree;
 
-pub use analyze::{Access, Analysis, AnalysisError, Analyzer, TableRef};
+pub use analyze::{
+    Access, Analysis, AnalysisError, Analyzer, TableRef, ANALYSIS_STACK, WORKER_STACK,
+};
 pub use facts::{Flags, StatementFacts};

@@ -181,6 +181,13 @@ impl Flow<'_> {
                         SqlState::CHARACTER_NOT_IN_REPERTOIRE,
                         "invalid byte sequence for encoding \"UTF8\"",
                     ),
+                    AnalysisError::TooComplex => ClientError::error(
+                        SqlState::STATEMENT_TOO_COMPLEX,
+                        "the statement is nested too deeply for pgwarden to check",
+                    )
+                    .with_hint(
+                        "simplify the statement (PostgreSQL's own parser has the same limit)",
+                    ),
                     AnalysisError::UnsafeEncoding(_) => {
                         ClientError::error(SqlState::FEATURE_NOT_SUPPORTED, error.to_string())
                             .with_hint("set client_encoding to UTF8")
