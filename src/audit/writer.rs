@@ -152,10 +152,6 @@ impl AuditLog {
         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn is_healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Acquire)
-    }
-
     fn lock(&self) -> Result<MutexGuard<'_, Writer>, AuditError> {
         // A panic while holding the lock leaves the chain position unknown: stop writing.
         self.shared

@@ -144,10 +144,6 @@ impl Policy {
         session::settings_for(&self.sessions, subject)
     }
 
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
     /// Decide one statement: the first matching rule, or the default.
     pub fn decide_statement(&self, subject: &Subject<'_>, facts: &StatementFacts) -> Decision {
         match self.rules.iter().find(|r| r.matches(subject, facts)) {

@@ -236,11 +236,6 @@ impl SessionState {
         Some(body)
     }
 
-    /// SQL of a named (or the unnamed, `b""`) prepared statement.
-    pub fn statement_sql(&self, name: &[u8]) -> Option<&Bytes> {
-        self.statements.get(name).map(|s| &s.sql)
-    }
-
     /// The prepared statement behind a portal, and the portal's statement name.
     pub fn portal_statement(&self, portal: &[u8]) -> Option<(&Portal, Option<&PreparedStatement>)> {
         let portal = self.portals.get(portal)?;
@@ -295,7 +290,7 @@ mod tests {
         );
         s.on_bind(&bind(b"named\0s1\0\0\0\0\0\0\0").unwrap(), None);
         assert_eq!(
-            s.statement_sql(b"s1").unwrap(),
+            &s.statements[&b"s1"[..]].sql,
             &Bytes::from_static(b"select $1")
         );
         assert_eq!(s.portals[&b""[..]].result_formats, vec![1]);
@@ -308,7 +303,7 @@ mod tests {
         s.on_ready_for_query(b'I');
         assert_eq!(s.portals.keys().collect::<Vec<_>>(), vec![&Bytes::new()]);
         s.on_close(Target::Statement, b"s1");
-        assert!(s.statement_sql(b"s1").is_none());
+        assert!(!s.statements.contains_key(&b"s1"[..]));
         s.on_parameter_status(b"client_encoding", b"LATIN1");
         assert_eq!(
             parse_search_path("app, \"My Schema\", $user, PUBLIC", "app_rw"),
