@@ -519,3 +519,33 @@ async fn deeply_nested_statements_are_checked_and_too_deep_ones_refused() {
     client.simple_query("SELECT 1").await.unwrap();
     proxy.alice().await.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_protocol_execute_of_a_prepared_name_is_judged_at_each_run() {
+    guarded_table("portal_guarded").await;
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+    client
+        .simple_query("PREPARE count_portal AS SELECT count(*) FROM portal_guarded")
+        .await
+        .unwrap();
+    // `EXECUTE count_portal` prepared through the extended protocol, run twice.
+    let statement = client.prepare("EXECUTE count_portal").await.unwrap();
+    client.query(&statement, &[]).await.unwrap();
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        format!("{text}\n[[policy.rules]]\nid = \"no-portal-reads\"\ntables = [\"portal_guarded\"]\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&proxy.config_path)
+        .await
+        .unwrap();
+    let err = client.query(&statement, &[]).await.unwrap_err();
+    refused_by(&err, "no-portal-reads");
+    client.simple_query("SELECT 1").await.unwrap();
+}

@@ -260,10 +260,37 @@ impl Flow<'_> {
                         // on record.
                         None => (Bytes::new(), Bytes::new(), None, None, None),
                     };
-                // Decided when it was prepared.
-                let decision = Decision {
-                    rule,
-                    ..Decision::allow()
+                // Decided when it was prepared; a SQL-level EXECUTE inside it is judged again
+                // now, by the body it runs under the rules in force.
+                let executing = analysis
+                    .clone()
+                    .filter(|a| a.statements.iter().any(|s| s.executes.is_some()));
+                let decision = if let Some(executing) = executing {
+                    let ruling = self.rule(
+                        &Ok(executing),
+                        Protocol::Extended {
+                            statement_name: &name,
+                        },
+                    );
+                    if let Some(refusal) = ruling.refusal {
+                        let described = Described {
+                            sql: &sql,
+                            analysis,
+                            protocol: Protocol::Extended {
+                                statement_name: &name,
+                            },
+                            parameters,
+                            decision: &ruling.decision,
+                        };
+                        self.record_refused(described).await;
+                        return Ok(Verdict::Refuse(Expect::Parse, refusal));
+                    }
+                    ruling.decision
+                } else {
+                    Decision {
+                        rule,
+                        ..Decision::allow()
+                    }
                 };
                 let prepares = analysis.clone();
                 let described = Described {
