@@ -33,6 +33,25 @@ fn refused_by(err: &tokio_postgres::Error, rule: &str) {
     assert!(message.contains(&format!("rule {rule}")), "{message}");
 }
 
+/// Write `text` as the proxy's config file and reload it, as SIGHUP would.
+async fn reload_with(proxy: &Proxy, text: &str) -> Result<(), pgwarden::app::AppError> {
+    std::fs::write(&proxy.config_path, text).unwrap();
+    proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&proxy.config_path)
+        .await
+}
+
+/// The proxy's config plus a rule denying everything that touches `table`.
+async fn reload_denying(proxy: &Proxy, base: &str, id: &str, table: &str) {
+    let text = format!(
+        "{base}\n[[policy.rules]]\nid = \"{id}\"\ntables = [\"{table}\"]\naction = \"deny\"\n"
+    );
+    reload_with(proxy, &text).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_intact() {
     guarded_table("guarded").await;
@@ -267,9 +286,7 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
         "{text}\n[[policy.rules]]\nid = \"no-reload-reads\"\ntables = [\"reload_guarded\"]\n\
          action = \"deny\"\nmessage = \"closed for maintenance\"\n"
     );
-    std::fs::write(&proxy.config_path, &denying).unwrap();
-    let server = proxy.server.as_ref().unwrap();
-    server.reload(&proxy.config_path).await.unwrap();
+    reload_with(&proxy, &denying).await.unwrap();
     let err = client
         .simple_query("SELECT count(*) FROM reload_guarded")
         .await
@@ -279,12 +296,10 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
     assert!(message.contains("closed for maintenance"), "{message}");
 
     // A broken policy keeps the rules in force.
-    std::fs::write(
-        &proxy.config_path,
-        format!("{denying}\n[[policy.rules]]\nid = \"broken\"\nflags = [\"no_wher\"]\naction = \"deny\"\n"),
-    )
-    .unwrap();
-    let failed = server.reload(&proxy.config_path).await.unwrap_err();
+    let broken = format!(
+        "{denying}\n[[policy.rules]]\nid = \"broken\"\nflags = [\"no_wher\"]\naction = \"deny\"\n"
+    );
+    let failed = reload_with(&proxy, &broken).await.unwrap_err();
     assert!(
         failed.to_string().contains("policy.rules[1].flags"),
         "{failed}"
@@ -296,8 +311,7 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
     refused_by(&err, "no-reload-reads");
 
     // Back to the original file: allowed again.
-    std::fs::write(&proxy.config_path, &text).unwrap();
-    server.reload(&proxy.config_path).await.unwrap();
+    reload_with(&proxy, &text).await.unwrap();
     client
         .simple_query("SELECT count(*) FROM reload_guarded")
         .await
@@ -423,18 +437,7 @@ async fn execute_is_judged_by_the_prepared_body() {
 
     // A rule loaded after the PREPARE applies to the EXECUTE.
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
-    std::fs::write(
-        &proxy.config_path,
-        format!("{text}\n[[policy.rules]]\nid = \"no-counting\"\ntables = [\"prepared_guarded\"]\naction = \"deny\"\n"),
-    )
-    .unwrap();
-    proxy
-        .server
-        .as_ref()
-        .unwrap()
-        .reload(&proxy.config_path)
-        .await
-        .unwrap();
+    reload_denying(&proxy, &text, "no-counting", "prepared_guarded").await;
     let err = client.simple_query("EXECUTE count_rows").await.unwrap_err();
     refused_by(&err, "no-counting");
     client.simple_query("DEALLOCATE count_rows").await.unwrap();
@@ -533,18 +536,7 @@ async fn an_extended_protocol_execute_of_a_prepared_name_is_judged_at_each_run()
     let statement = client.prepare("EXECUTE count_portal").await.unwrap();
     client.query(&statement, &[]).await.unwrap();
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
-    std::fs::write(
-        &proxy.config_path,
-        format!("{text}\n[[policy.rules]]\nid = \"no-portal-reads\"\ntables = [\"portal_guarded\"]\naction = \"deny\"\n"),
-    )
-    .unwrap();
-    proxy
-        .server
-        .as_ref()
-        .unwrap()
-        .reload(&proxy.config_path)
-        .await
-        .unwrap();
+    reload_denying(&proxy, &text, "no-portal-reads", "portal_guarded").await;
     let err = client.query(&statement, &[]).await.unwrap_err();
     refused_by(&err, "no-portal-reads");
     client.simple_query("SELECT 1").await.unwrap();
