@@ -86,11 +86,18 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
         key: "upstream",
         detail: e.to_string(),
     })?;
+    let issuers =
+        crate::auth::oidc::Issuers::new(&config.oidc).map_err(|detail| AppError::Setting {
+            path: config.path.clone(),
+            key: "auth.oidc",
+            detail,
+        })?;
     Ok(Snapshot {
         config,
         tls,
         channel_binding,
         upstream,
+        issuers: Arc::new(issuers),
     })
 }
 
@@ -118,6 +125,7 @@ impl Server {
             .map(|(log, settings)| (log.clone(), settings.checkpoint_interval));
         let audit = audit.map(|(log, _)| log);
         let snapshot = build_snapshot(config)?;
+        snapshot.issuers.start();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
@@ -132,6 +140,7 @@ impl Server {
             shutdown: Shutdown::default(),
             audit,
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
+            failures: Default::default(),
         });
         if let Some(audit) = &ctx.audit {
             audit
@@ -205,8 +214,14 @@ impl Server {
         for warning in &config.warnings {
             warn!("{warning}");
         }
-        let snapshot = build_snapshot(config)?;
+        let mut snapshot = build_snapshot(config)?;
         let current = self.ctx.snapshot.load();
+        if snapshot.config.oidc == current.config.oidc {
+            // Same issuers: keep their fetched keys (and refreshers).
+            snapshot.issuers = current.issuers.clone();
+        } else {
+            snapshot.issuers.start();
+        }
         let listen = snapshot.config.server.listen;
         if listen != current.config.server.listen {
             warn!(

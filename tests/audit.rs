@@ -5,11 +5,7 @@ mod common;
 
 use common::{sqlstate, Proxy, ProxyOptions, ALICE_PASSWORD};
 
-fn audit_dir(name: &str) -> std::path::PathBuf {
-    let dir = common::harness().dir.join(format!("audit-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use common::{all_records, audit_dir};
 
 /// A pgwarden with the default test config plus `[audit] dir`.
 async fn proxy_auditing_to(dir: &std::path::Path) -> Proxy {
@@ -18,21 +14,6 @@ async fn proxy_auditing_to(dir: &std::path::Path) -> Proxy {
         ..Default::default()
     })
     .await
-}
-
-fn all_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    pgwarden::audit::list_files(dir)
-        .unwrap()
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(dir.join(f))
-                .unwrap()
-                .lines()
-                // A crash's sealed partial line is not JSON; audit verify reports it.
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,17 @@ pub struct Actor {
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
-    /// How the identity was established (`local-scram`, later OIDC methods).
+    /// How the identity was established (`local-scram`, `oidc-password`, `oauthbearer`).
     pub auth_method: String,
+    /// OCSF `uid`: the token's `sub`, for OIDC identities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The issuer that vouched for an OIDC identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `id_token` or `access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
 }
 
 /// The client's address.

@@ -1,12 +1,13 @@
 //! Front-door methods: the authentication exchange with the client, ending in an
-//! [`Identity`]. Local users authenticate with SASL SCRAM-SHA-256; OIDC methods (token as
-//! password, OAUTHBEARER) are further functions here producing the same `Identity`.
+//! [`Identity`]. Local users authenticate with SASL SCRAM-SHA-256; people with an OIDC token,
+//! sent as the password ([`token_password`]) or through SASL OAUTHBEARER.
 
 use std::collections::HashMap;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::oidc::Issuers;
 use super::scram::{ScramExchange, ScramVerifier};
 use super::{AuthError, AuthMethod, Identity};
 use crate::config::LocalUser;
@@ -107,5 +108,33 @@ pub async fn local_scram(
         name: user.to_owned(),
         groups: local.map(|u| u.groups.clone()).unwrap_or_default(),
         method: AuthMethod::LocalScram,
+        oidc: None,
     })
+}
+
+/// AuthenticationCleartextPassword, answered with an OIDC token. The caller has made sure the
+/// connection is encrypted (or that the operator allowed loopback plaintext).
+pub async fn token_password(
+    conn: &mut ClientConn<'_>,
+    issuers: &Issuers,
+    user: &str,
+) -> Result<Identity, AuthError> {
+    backend::authentication_cleartext_password(conn.out);
+    conn.flush().await?;
+    let body = conn.read_auth_message().await?;
+    let (password, rest) =
+        split_cstr(&body).ok_or(AuthError::Malformed("PasswordMessage without terminator"))?;
+    if !rest.is_empty() {
+        return Err(AuthError::Malformed(
+            "PasswordMessage longer than its password",
+        ));
+    }
+    let failed = |error| AuthError::Token {
+        user: user.to_owned(),
+        error,
+    };
+    let text = std::str::from_utf8(password)
+        .map_err(|_| failed(super::oidc::TokenError::Malformed("not UTF-8")))?;
+    let token = issuers.verify(text).await.map_err(failed)?;
+    Ok(Identity::from_token(token, AuthMethod::OidcPassword))
 }

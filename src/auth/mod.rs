@@ -2,11 +2,15 @@
 //!
 //! The front door turns a client's credentials into an [`Identity`]; [`authorize`] then decides
 //! which database and upstream role that identity may use, from the `[[access]]` rules.
-//! Methods: local users with SCRAM-SHA-256 ([`scram`]) today; OIDC tokens plug in as further
-//! [`AuthMethod`]s producing the same `Identity`.
+//! Methods: local users with SCRAM-SHA-256 ([`scram`]); OIDC tokens ([`oidc`]) presented as
+//! the password over TLS or through SASL OAUTHBEARER. All produce the same `Identity`.
 
 pub mod front_door;
+pub mod oidc;
+pub mod rate_limit;
 pub mod scram;
+
+use std::time::SystemTime;
 
 use crate::config::AccessRule;
 use crate::error::{ClientError, SqlState};
@@ -16,12 +20,18 @@ use crate::error::{ClientError, SqlState};
 pub enum AuthMethod {
     /// A `[[auth.local]]` user with SCRAM-SHA-256.
     LocalScram,
+    /// An OIDC token sent as the password (over TLS).
+    OidcPassword,
+    /// An OIDC token through SASL OAUTHBEARER (PostgreSQL 18 clients).
+    OauthBearer,
 }
 
 impl AuthMethod {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::LocalScram => "local-scram",
+            Self::OidcPassword => "oidc-password",
+            Self::OauthBearer => "oauthbearer",
         }
     }
 }
@@ -32,6 +42,33 @@ pub struct Identity {
     pub name: String,
     pub groups: Vec<String>,
     pub method: AuthMethod,
+    /// For OIDC identities: who vouched for them, and until when.
+    pub oidc: Option<OidcIdentity>,
+}
+
+/// What an OIDC token adds to an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    pub subject: String,
+    pub token_kind: oidc::TokenKind,
+    pub expires_at: SystemTime,
+}
+
+impl Identity {
+    pub fn from_token(token: oidc::VerifiedToken, method: AuthMethod) -> Self {
+        Self {
+            name: token.username,
+            groups: token.groups,
+            method,
+            oidc: Some(OidcIdentity {
+                issuer: token.issuer,
+                subject: token.subject,
+                token_kind: token.kind,
+                expires_at: token.expires_at,
+            }),
+        }
+    }
 }
 
 /// Why authentication or authorization failed.
@@ -43,6 +80,17 @@ pub enum AuthError {
         user: String,
         reason: scram::ScramError,
     },
+    /// An OIDC token that was not accepted.
+    #[error("token authentication failed for \"{user}\": {error}")]
+    Token {
+        user: String,
+        error: oidc::TokenError,
+    },
+    /// A token would have crossed the network in clear.
+    #[error("pgwarden accepts sign-in tokens only over an encrypted connection")]
+    TokenNeedsTls,
+    #[error("too many failed sign-in attempts from your address; try again in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("user \"{user}\" may not connect to database \"{database}\"")]
     DatabaseNotAllowed { user: String, database: String },
     #[error("user \"{user}\" may not use role \"{role}\" on database \"{database}\"")]
@@ -66,7 +114,12 @@ pub enum AuthError {
 impl AuthError {
     pub fn to_client(&self) -> ClientError {
         let sqlstate = match self {
-            Self::Failed { .. } => SqlState::INVALID_PASSWORD,
+            Self::Failed { .. } | Self::TokenNeedsTls => SqlState::INVALID_PASSWORD,
+            Self::Token { error, .. } => match error {
+                oidc::TokenError::IssuerUnavailable => SqlState::CANNOT_CONNECT_NOW,
+                _ => SqlState::INVALID_PASSWORD,
+            },
+            Self::RateLimited { .. } => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             Self::DatabaseNotAllowed { .. } | Self::RoleNotAllowed { .. } => {
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             }
@@ -76,7 +129,25 @@ impl AuthError {
             Self::Protocol(e) => e.sqlstate(),
             Self::UnsupportedMechanism(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
         };
-        ClientError::fatal(sqlstate, self.to_string())
+        let error = ClientError::fatal(sqlstate, self.to_string());
+        match self {
+            Self::TokenNeedsTls => error.with_hint(
+                "connect with sslmode=require (or verify-full), e.g. psql \"host=… sslmode=require\"",
+            ),
+            Self::Token { error: e, .. } => match e {
+                oidc::TokenError::Expired | oidc::TokenError::NotYetValid => {
+                    error.with_hint("sign in again: pgwarden login, then PGPASSWORD=\"$(pgwarden token)\"")
+                }
+                oidc::TokenError::IssuerUnavailable => {
+                    error.with_hint("this is temporary; try again shortly")
+                }
+                oidc::TokenError::Malformed(_) => error.with_hint(
+                    "the password must be an OIDC token: PGPASSWORD=\"$(pgwarden token)\" psql …",
+                ),
+                _ => error,
+            },
+            _ => error,
+        }
     }
 }
 
@@ -146,6 +217,7 @@ mod tests {
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             method: AuthMethod::LocalScram,
+            oidc: None,
         }
     }
 

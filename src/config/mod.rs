@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use model::{AccessRule, SslMode, TlsMode};
+pub use model::{AccessRule, PlaintextTokens, SslMode, TlsMode};
 pub use secret::Secret;
 
 use crate::auth::scram::ScramVerifier;
@@ -29,6 +29,10 @@ pub struct Config {
     pub server: Server,
     pub upstream: Upstream,
     pub local_users: HashMap<String, LocalUser>,
+    /// Trusted OIDC issuers (`[[auth.oidc]]`).
+    pub oidc: Vec<crate::auth::oidc::IssuerSettings>,
+    pub plaintext_tokens: PlaintextTokens,
+    pub rate_limit: crate::auth::rate_limit::RateLimitSettings,
     pub access: Vec<AccessRule>,
     /// The audit log, when configured.
     pub audit: Option<crate::audit::Settings>,

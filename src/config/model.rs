@@ -11,6 +11,8 @@ use super::{Config, ConfigError, LocalUser, Secret, Server, Upstream, UpstreamAd
 use crate::audit::{
     FsyncPolicy, OnFailure, ParameterAudit, Settings as AuditSettings, StatementText,
 };
+use crate::auth::oidc::{IssuerSettings, TokenKind};
+use crate::auth::rate_limit::RateLimitSettings;
 use crate::auth::scram::ScramVerifier;
 use crate::policy::{Action, Policy, RuleSpec, SessionRule, SessionSpec};
 
@@ -190,6 +192,60 @@ struct UpstreamRole {
 struct AuthSection {
     #[serde(default)]
     local: Vec<LocalUserSection>,
+    #[serde(default)]
+    oidc: Vec<OidcSection>,
+    /// `"refuse"` (default) or `"loopback"`: tokens as passwords over plaintext TCP.
+    #[serde(default)]
+    plaintext_tokens: Option<PlaintextTokens>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSection>,
+}
+
+/// Whether an OIDC token may be sent as a password without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlaintextTokens {
+    /// Never: the client is told to use `sslmode=require` before it sends anything.
+    #[default]
+    Refuse,
+    /// From loopback addresses only (development).
+    Loopback,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitSection {
+    max_failures: Option<u32>,
+    backoff: Option<HumanDuration>,
+    max_backoff: Option<HumanDuration>,
+}
+
+/// One string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    issuer: String,
+    audience: OneOrMany,
+    username_claim: Option<String>,
+    groups_claim: Option<String>,
+    token_types: Option<Vec<TokenKind>>,
+    leeway: Option<HumanDuration>,
+    #[serde(default)]
+    required_claims: toml::Table,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    allow_http: bool,
+    jwks_refresh: Option<HumanDuration>,
+    jwks_cooldown: Option<HumanDuration>,
+    fetch_timeout: Option<HumanDuration>,
+    scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +442,51 @@ pub fn validate(
         );
     }
 
+    let mut oidc = Vec::new();
+    for (i, section) in file.auth.oidc.into_iter().enumerate() {
+        let settings = oidc_issuer(section, &resolve_path)
+            .map_err(|(key, message)| invalid(format!("auth.oidc[{i}].{key}"), message))?;
+        if oidc
+            .iter()
+            .any(|o: &IssuerSettings| o.issuer == settings.issuer)
+        {
+            return Err(invalid(
+                format!("auth.oidc[{i}].issuer"),
+                format!("issuer `{}` is listed twice", settings.issuer),
+            ));
+        }
+        oidc.push(settings);
+    }
+    if let Some(user) = local_users
+        .keys()
+        .find(|u| !oidc.is_empty() && upstream.roles.contains_key(*u))
+    {
+        warnings.push(format!(
+            "local user `{user}` has the name of an upstream role: a person signing in with a token who asks for that role gets the local user's SCRAM exchange instead"
+        ));
+    }
+    let plaintext_tokens = file.auth.plaintext_tokens.unwrap_or_default();
+    if plaintext_tokens == PlaintextTokens::Loopback {
+        warnings.push(
+            "auth.plaintext_tokens = \"loopback\": tokens from loopback clients may arrive unencrypted".into(),
+        );
+    }
+    let defaults = RateLimitSettings::default();
+    let rate_limit = match file.auth.rate_limit {
+        None => defaults,
+        Some(r) => RateLimitSettings {
+            max_failures: r.max_failures.unwrap_or(defaults.max_failures),
+            first_backoff: r.backoff.map_or(defaults.first_backoff, |d| d.0),
+            max_backoff: r.max_backoff.map_or(defaults.max_backoff, |d| d.0),
+        },
+    };
+    if rate_limit.max_failures > 0 && rate_limit.first_backoff.is_zero() {
+        return Err(invalid(
+            "auth.rate_limit.backoff".into(),
+            "must be more than 0 (set max_failures = 0 to turn rate limiting off)".into(),
+        ));
+    }
+
     for (i, rule) in file.access.iter().enumerate() {
         if rule.users.is_empty() && rule.groups.is_empty() {
             return Err(invalid(
@@ -546,9 +647,102 @@ pub fn validate(
         server,
         upstream,
         local_users,
+        oidc,
+        plaintext_tokens,
+        rate_limit,
         access: file.access,
         audit,
         policy,
         warnings,
+    })
+}
+
+/// Validate one `[[auth.oidc]]` entry. Errors name the key within the entry.
+fn oidc_issuer(
+    s: OidcSection,
+    resolve_path: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<IssuerSettings, (&'static str, String)> {
+    let url = url::Url::parse(&s.issuer)
+        .map_err(|e| ("issuer", format!("`{}` is not a URL: {e}", s.issuer)))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if s.allow_http && loopback => {}
+        "http" if s.allow_http => {
+            return Err((
+                "allow_http",
+                "plain http is only allowed for loopback issuers (development)".into(),
+            ))
+        }
+        "http" => {
+            return Err((
+                "issuer",
+                "must be https (for a loopback development issuer, set allow_http = true)".into(),
+            ))
+        }
+        other => return Err(("issuer", format!("unsupported scheme `{other}`"))),
+    }
+    let audiences = match s.audience {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(list) => list,
+    };
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(("audience", "name at least one non-empty audience".into()));
+    }
+    let token_kinds = s
+        .token_types
+        .unwrap_or_else(|| vec![TokenKind::IdToken, TokenKind::AccessToken]);
+    if token_kinds.is_empty() {
+        return Err(("token_types", "accept at least one token type".into()));
+    }
+    let leeway = s.leeway.map_or(std::time::Duration::from_secs(60), |d| d.0);
+    if leeway > std::time::Duration::from_secs(600) {
+        return Err(("leeway", "at most 10m".into()));
+    }
+    let required_claims = s
+        .required_claims
+        .into_iter()
+        .map(|(name, value)| {
+            serde_json::to_value(value)
+                .map(|v| (name, v))
+                .map_err(|e| ("required_claims", e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fetch_timeout = s
+        .fetch_timeout
+        .map_or(std::time::Duration::from_secs(5), |d| d.0);
+    let jwks_refresh = s
+        .jwks_refresh
+        .map_or(std::time::Duration::from_secs(900), |d| d.0);
+    let jwks_cooldown = s
+        .jwks_cooldown
+        .map_or(std::time::Duration::from_secs(5), |d| d.0);
+    for (key, value) in [
+        ("fetch_timeout", fetch_timeout),
+        ("jwks_refresh", jwks_refresh),
+    ] {
+        if value.is_zero() {
+            return Err((key, "must be more than 0".into()));
+        }
+    }
+    Ok(IssuerSettings {
+        issuer: s.issuer,
+        audiences,
+        username_claim: s.username_claim.unwrap_or_else(|| "email".into()),
+        groups_claim: s.groups_claim.unwrap_or_else(|| "groups".into()),
+        token_kinds,
+        leeway,
+        required_claims,
+        ca: s.ca.map(resolve_path),
+        allow_http: s.allow_http,
+        jwks_refresh,
+        jwks_cooldown,
+        fetch_timeout,
+        scope: s.scope.unwrap_or_else(|| "openid email profile".into()),
     })
 }

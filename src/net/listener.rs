@@ -87,6 +87,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: Task
             peer = %peer,
             tls = tracing::field::Empty,
             user = tracing::field::Empty,
+            identity = tracing::field::Empty,
             db = tracing::field::Empty,
             role = tracing::field::Empty,
         );

@@ -1,5 +1,6 @@
 //! Sockets: the client listener, TLS configurations and the stream type sessions use.
 
+pub mod http;
 pub mod listener;
 pub mod stream;
 pub mod tls;

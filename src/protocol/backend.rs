@@ -50,6 +50,11 @@ pub fn authentication_ok(out: &mut BytesMut) {
     message(out, b'R', |out| out.put_i32(0));
 }
 
+/// AuthenticationCleartextPassword.
+pub fn authentication_cleartext_password(out: &mut BytesMut) {
+    message(out, b'R', |out| out.put_i32(3));
+}
+
 /// AuthenticationSASL with the offered mechanisms.
 pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
     message(out, b'R', |out| {

@@ -28,7 +28,7 @@ use crate::audit::event::{Actor, User};
 use crate::audit::{AuditLog, Event};
 use crate::auth::front_door::{self, ClientConn};
 use crate::auth::{self, AuthError, Grant, Identity};
-use crate::config::{Config, TlsMode};
+use crate::config::{Config, PlaintextTokens, TlsMode};
 use crate::error::{ClientError, SqlState};
 use crate::net::{tls::ALPN_POSTGRESQL, MaybeTls};
 use crate::policy::session::{self, SessionSettings};
@@ -38,8 +38,9 @@ use crate::protocol::{backend, ProtocolError};
 use crate::upstream::cancel::{CancelMap, Registration};
 use crate::upstream::{self, Endpoint, UpstreamError};
 
-/// Largest message accepted from a client before it is authenticated.
-const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+/// Largest message accepted from a client before it is authenticated: a 64 KiB token and
+/// its framing.
+const MAX_AUTH_MESSAGE: usize = crate::auth::oidc::token::MAX_TOKEN_LEN + 1024;
 
 /// A config snapshot together with what is derived from it (TLS acceptor, upstream endpoint).
 pub struct Snapshot {
@@ -48,6 +49,8 @@ pub struct Snapshot {
     /// `tls-server-end-point` data of our certificate, for SCRAM-SHA-256-PLUS.
     pub channel_binding: Option<Vec<u8>>,
     pub upstream: Endpoint,
+    /// Trusted OIDC issuers and their cached keys.
+    pub issuers: Arc<crate::auth::oidc::Issuers>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -74,6 +77,8 @@ pub struct Context {
     pub audit: Option<AuditLog>,
     /// Statement analysis, cached across sessions.
     pub analyzer: crate::sql::Analyzer,
+    /// Failed sign-ins per source address.
+    pub failures: crate::auth::rate_limit::FailureLimiter,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -129,6 +134,9 @@ impl SessionError {
         Some(match self {
             Self::ClientIo(_) => return None,
             Self::Auth(AuthError::Failed { .. }) => "invalid_credentials",
+            Self::Auth(AuthError::Token { error, .. }) => error.category(),
+            Self::Auth(AuthError::TokenNeedsTls) => "plaintext_refused",
+            Self::Auth(AuthError::RateLimited { .. }) => "rate_limited",
             Self::Auth(AuthError::DatabaseNotAllowed { .. }) => "database_not_allowed",
             Self::Auth(AuthError::RoleNotAllowed { .. }) => "role_not_allowed",
             Self::Auth(AuthError::UnsupportedMechanism(_)) => "unsupported_mechanism",
@@ -407,22 +415,52 @@ async fn establish(
         MaybeTls::ServerTls(_) => snapshot.channel_binding.as_deref(),
         _ => None,
     };
+    if let Err(wait) = ctx.failures.check(&config.rate_limit, peer.ip()) {
+        return Err(AuthError::RateLimited {
+            retry_after_s: wait.as_secs().max(1),
+        }
+        .into());
+    }
+    // Local users sign in with SCRAM; anyone else, when issuers are configured, with a token.
+    let use_token = !snapshot.issuers.is_empty() && !config.local_users.contains_key(&user);
+    if use_token
+        && !stream.is_tls()
+        && !(config.plaintext_tokens == PlaintextTokens::Loopback && peer.ip().is_loopback())
+    {
+        return Err(AuthError::TokenNeedsTls.into());
+    }
     let mut conn = ClientConn {
         stream: &mut *stream,
         reader: &mut reader,
         out: &mut out,
     };
-    let result = front_door::local_scram(
-        &mut conn,
-        &config.local_users,
-        &ctx.process_key,
-        binding,
-        &user,
-    )
-    .await;
+    let result = if use_token {
+        front_door::token_password(&mut conn, &snapshot.issuers, &user).await
+    } else {
+        front_door::local_scram(
+            &mut conn,
+            &config.local_users,
+            &ctx.process_key,
+            binding,
+            &user,
+        )
+        .await
+    };
+    match &result {
+        Ok(_) => ctx.failures.succeeded(peer.ip()),
+        Err(AuthError::Failed { .. } | AuthError::Token { .. }) => {
+            ctx.failures.failed(&config.rate_limit, peer.ip())
+        }
+        Err(_) => {}
+    }
     let identity = result?;
+    span.record("identity", identity.name.as_str());
     let database = startup.database();
-    let grant = auth::authorize(&identity, &database, None, &config.access)?;
+    // A person signing in with a token names the upstream role they want as the startup
+    // user; their own name (or nothing) means their default role.
+    let requested_role = (identity.oidc.is_some() && !user.is_empty() && user != identity.name)
+        .then_some(user.as_str());
+    let grant = auth::authorize(&identity, &database, requested_role, &config.access)?;
     span.record("role", grant.role.as_str());
     let settings = config.policy.session_settings(&crate::policy::Subject {
         user: &identity.name,
@@ -525,6 +563,12 @@ fn actor_of(identity: &Identity) -> Actor {
             name: identity.name.clone(),
             groups: identity.groups.clone(),
             auth_method: identity.method.as_str().to_owned(),
+            uid: identity.oidc.as_ref().map(|o| o.subject.clone()),
+            issuer: identity.oidc.as_ref().map(|o| o.issuer.clone()),
+            token_type: identity
+                .oidc
+                .as_ref()
+                .map(|o| o.token_kind.as_str().to_owned()),
         },
     }
 }

@@ -28,11 +28,13 @@ use rand::distr::{Alphanumeric, SampleString};
 mod binaries;
 mod certs;
 mod conf;
+pub mod issuer;
 mod runner;
 mod server;
 
 pub use binaries::PgBinaries;
 pub use certs::{write_test_certificates, TestCertificates};
+pub use issuer::{DevIssuer, KeyAlgorithm};
 pub use server::ThrowawayPostgres;
 
 /// The only address the server listens on; tests and the demo never need more.
@@ -268,7 +270,7 @@ mod tests {
                 }
             })
             .sum();
-        sum % 10 == 0
+        sum.is_multiple_of(10)
     }
 
     #[test]

@@ -114,6 +114,29 @@ pub fn write_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A fresh audit directory for one test.
+pub fn audit_dir(name: &str) -> PathBuf {
+    let dir = harness().dir.join(format!("audit-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Every record in an audit directory, oldest first.
+pub fn all_records(dir: &Path) -> Vec<serde_json::Value> {
+    pgwarden::audit::list_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .lines()
+                // A crash's sealed partial line is not JSON; audit verify reports it.
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -1,0 +1,135 @@
+//! Outbound HTTP(S) for fetching an identity provider's discovery document and keys.
+//!
+//! Every fetch has a timeout and a body-size cap (a provider is a peer like any other), follows
+//! no redirects, and uses rustls with the ring provider (DESIGN §6): the platform's trust
+//! store by default, or only the CA file an operator names.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openidconnect::{HttpRequest, HttpResponse};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls_platform_verifier::BuilderVerifierExt;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: the response is larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("cannot build the request: {0}")]
+    Request(String),
+}
+
+/// An HTTP client for one kind of peer (e.g. one issuer), with its limits.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    max_body: usize,
+}
+
+impl Fetcher {
+    /// `ca`: trust only this PEM bundle instead of the platform's roots.
+    pub fn new(ca: Option<&Path>, timeout: Duration, max_body: usize) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let tls = match ca {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(format!("{}: no PEM certificate found", path.display()));
+                }
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            None => builder
+                .with_platform_verifier()
+                .map_err(|e| format!("cannot load the platform's trusted certificates: {e}"))?
+                .with_no_client_auth(),
+        };
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("pgwarden/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { client, max_body })
+    }
+
+    /// Perform `request`, reading at most `max_body` bytes of the response.
+    pub async fn fetch(&self, request: HttpRequest) -> Result<HttpResponse, FetchError> {
+        let url = request.uri().to_string();
+        let transport = |source| FetchError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let (parts, body) = request.into_parts();
+        let mut response = self
+            .client
+            .request(parts.method, &url)
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport)?;
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_body as u64)
+        {
+            return Err(FetchError::TooLarge {
+                url,
+                limit: self.max_body,
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(FetchError::TooLarge {
+                    url,
+                    limit: self.max_body,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut out = http_response(response.status(), body)?;
+        *out.headers_mut() = response.headers().clone();
+        Ok(out)
+    }
+}
+
+fn http_response(status: reqwest::StatusCode, body: Vec<u8>) -> Result<HttpResponse, FetchError> {
+    openidconnect::http::Response::builder()
+        .status(status.as_u16())
+        .body(body)
+        .map_err(|e| FetchError::Request(e.to_string()))
+}
+
+/// openidconnect's discovery and key-set fetches go through [`Fetcher::fetch`].
+impl<'c> openidconnect::AsyncHttpClient<'c> for Fetcher {
+    type Error = FetchError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, FetchError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.fetch(request))
+    }
+}

@@ -1,0 +1,374 @@
+//! A development OpenID Connect issuer on loopback, for tests and `pgwarden demo`.
+//!
+//! It serves what pgwarden consumes from a real provider: the discovery document
+//! (`/.well-known/openid-configuration`) and the key set (`/jwks`), over HTTPS when given a
+//! certificate. Keys are generated per run (RS256 by default, ES256 and EdDSA on request) and
+//! can be rotated; tokens are signed with the active key by [`DevIssuer::sign`]. It counts the
+//! fetches it serves, so tests can check pgwarden's caching and rate limits from the outside.
+//!
+//! It is not a general-purpose provider: there is no login page and no client registry.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// The key types the issuer can sign with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+struct SigningKey {
+    alg: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Jwk,
+    /// SubjectPublicKeyInfo PEM, for RSA keys.
+    public_pem: Option<String>,
+}
+
+impl SigningKey {
+    fn generate(alg: KeyAlgorithm) -> Result<Self, String> {
+        let kid = format!("dev-{}", Alphanumeric.sample_string(&mut rand::rng(), 12));
+        let (alg, encoding, public_pem) = match alg {
+            KeyAlgorithm::Rs256 => {
+                use rsa::pkcs1::EncodeRsaPrivateKey;
+                use rsa::pkcs8::EncodePublicKey;
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+                    .map_err(|e| e.to_string())?;
+                let der = key.to_pkcs1_der().map_err(|e| e.to_string())?;
+                let pem = key
+                    .to_public_key()
+                    .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+                    .map_err(|e| e.to_string())?;
+                (
+                    Algorithm::RS256,
+                    EncodingKey::from_rsa_der(der.as_bytes()),
+                    Some(pem),
+                )
+            }
+            KeyAlgorithm::Es256 => {
+                let rng = ring::rand::SystemRandom::new();
+                let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &rng,
+                )
+                .map_err(|e| e.to_string())?;
+                (
+                    Algorithm::ES256,
+                    EncodingKey::from_ec_der(pkcs8.as_ref()),
+                    None,
+                )
+            }
+            KeyAlgorithm::EdDsa => {
+                // PKCS#8 v1 for Ed25519: a fixed prefix, then the 32-byte seed.
+                let mut der = ED25519_PKCS8_PREFIX.to_vec();
+                der.extend_from_slice(&rand::random::<[u8; 32]>());
+                (Algorithm::EdDSA, EncodingKey::from_ed_der(&der), None)
+            }
+        };
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| e.to_string())?;
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Ok(Self {
+            alg,
+            kid,
+            encoding,
+            jwk,
+            public_pem,
+        })
+    }
+}
+
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+struct State {
+    issuer: String,
+    /// The one published key, which signs.
+    key: SigningKey,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    discovery_fetches: AtomicU64,
+    jwks_fetches: AtomicU64,
+}
+
+/// A running development issuer. Dropping it stops it.
+pub struct DevIssuer {
+    url: String,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Drop for DevIssuer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl DevIssuer {
+    /// Listen on `addr` (port 0: any free port). With `tls`, the issuer URL is
+    /// `https://localhost:PORT` (the test certificates name `localhost`); without,
+    /// `http://127.0.0.1:PORT`.
+    pub async fn start(
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        alg: KeyAlgorithm,
+    ) -> Result<Self, String> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("bind {addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let url = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://127.0.0.1:{}", addr.port()),
+        };
+        let key = tokio::task::spawn_blocking(move || SigningKey::generate(alg))
+            .await
+            .map_err(|e| e.to_string())??;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                issuer: url.clone(),
+                key,
+            }),
+            discovery_fetches: AtomicU64::new(0),
+            jwks_fetches: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, tls, shared.clone(), stop.clone()));
+        Ok(Self {
+            url,
+            addr,
+            shared,
+            stop,
+        })
+    }
+
+    /// The issuer identifier (`iss`), also the base of the discovery URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn discovery_fetches(&self) -> u64 {
+        self.shared.discovery_fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn jwks_fetches(&self) -> u64 {
+        self.shared.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// The active key's id.
+    pub fn active_kid(&self) -> String {
+        self.with_active(|k| k.kid.clone())
+    }
+
+    /// The active RSA key's public key as PEM (what an HMAC-confusion attacker would use).
+    pub fn public_key_pem(&self) -> Option<String> {
+        self.with_active(|k| k.public_pem.clone())
+    }
+
+    /// Generate a new signing key and publish only it: tokens signed before are no longer
+    /// verifiable, as after a real provider retires a key.
+    pub async fn rotate(&self, alg: KeyAlgorithm) -> Result<(), String> {
+        let key = tokio::task::spawn_blocking(move || SigningKey::generate(alg))
+            .await
+            .map_err(|e| e.to_string())??;
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.key = key;
+        }
+        Ok(())
+    }
+
+    /// Sign `claims` with the active key. `header` fields left `None` (`kid`) get the active
+    /// key's; `alg` is always the key's.
+    pub fn sign(&self, mut header: Header, claims: &Value) -> Result<String, String> {
+        let (alg, kid, encoding) = self.with_active(|k| (k.alg, k.kid.clone(), k.encoding.clone()));
+        header.alg = alg;
+        if header.kid.is_none() {
+            header.kid = Some(kid);
+        }
+        jsonwebtoken::encode(&header, claims, &encoding).map_err(|e| e.to_string())
+    }
+
+    /// An ID token for `person` (claims `sub`, `email`, `groups`…) valid for `ttl_secs`.
+    pub fn id_token(&self, audience: &str, person: &Value, ttl_secs: i64) -> String {
+        let claims = self.standard_claims(audience, person, ttl_secs);
+        self.sign(Header::default(), &claims).unwrap_or_default()
+    }
+
+    /// An RFC 9068 access token for `person`, for the resource `audience`.
+    pub fn access_token(&self, audience: &str, person: &Value, ttl_secs: i64) -> String {
+        let mut claims = self.standard_claims(audience, person, ttl_secs);
+        if let Some(map) = claims.as_object_mut() {
+            map.insert("client_id".into(), json!("pgwarden-cli"));
+            map.insert(
+                "jti".into(),
+                json!(Alphanumeric.sample_string(&mut rand::rng(), 16)),
+            );
+        }
+        let header = Header {
+            typ: Some("at+jwt".into()),
+            ..Header::default()
+        };
+        self.sign(header, &claims).unwrap_or_default()
+    }
+
+    /// `iss`, `aud`, `iat`, `exp` (now + `ttl_secs`, which may be negative), then `person`'s
+    /// claims on top.
+    pub fn standard_claims(&self, audience: &str, person: &Value, ttl_secs: i64) -> Value {
+        let now = unix_now();
+        let mut claims = json!({
+            "iss": self.url,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ttl_secs,
+        });
+        if let (Some(map), Some(extra)) = (claims.as_object_mut(), person.as_object()) {
+            for (k, v) in extra {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        claims
+    }
+
+    fn with_active<T>(&self, f: impl FnOnce(&SigningKey) -> T) -> T {
+        let state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&state.key)
+    }
+}
+
+/// A TLS acceptor for the issuer's HTTPS (the same certificate files as pgwarden's, without
+/// pgwarden's `postgresql` ALPN, which an HTTP client would not offer).
+pub fn https_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsAcceptor, String> {
+    let config = crate::net::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let tcp = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &request)) }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = served => {}
+            }
+        });
+    }
+}
+
+fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Ok(state) = shared.state.lock() else {
+        return respond(StatusCode::INTERNAL_SERVER_ERROR, json!({}));
+    };
+    match (request.method().as_str(), request.uri().path()) {
+        ("GET", "/.well-known/openid-configuration") => {
+            shared.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            let base = &state.issuer;
+            respond(
+                StatusCode::OK,
+                json!({
+                    "issuer": base,
+                    "authorization_endpoint": format!("{base}/authorize"),
+                    "token_endpoint": format!("{base}/token"),
+                    "jwks_uri": format!("{base}/jwks"),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+                    "scopes_supported": ["openid", "email", "profile", "groups"],
+                }),
+            )
+        }
+        ("GET", "/jwks") => {
+            shared.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            let set = JwkSet {
+                keys: vec![state.key.jwk.clone()],
+            };
+            respond(
+                StatusCode::OK,
+                serde_json::to_value(set).unwrap_or_default(),
+            )
+        }
+        _ => respond(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+    }
+}
+
+fn respond(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

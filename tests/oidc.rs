@@ -1,0 +1,548 @@
+//! Signing in with OIDC tokens through real clients. The issuer is the testbed's development
+//! issuer on 127.0.0.1, over HTTPS with the per-run CA, serving discovery and a key set
+//! generated for this run; pgwarden fetches them like it would from a real provider.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{all_records, audit_dir, harness, sqlstate, Proxy, ProxyOptions};
+use pgwarden::testbed::issuer::https_acceptor;
+use pgwarden::testbed::{DevIssuer, KeyAlgorithm};
+use serde_json::{json, Value};
+
+const AUDIENCE: &str = "pgwarden";
+
+async fn start_issuer_at(addr: &str) -> DevIssuer {
+    let h = harness();
+    let tls = https_acceptor(&h.certs.server_cert, &h.certs.server_key).unwrap();
+    DevIssuer::start(addr.parse().unwrap(), Some(tls), KeyAlgorithm::Rs256)
+        .await
+        .unwrap()
+}
+
+async fn start_issuer() -> DevIssuer {
+    start_issuer_at("127.0.0.1:0").await
+}
+
+fn ann() -> Value {
+    json!({"sub": "u-ann", "email": "ann@example.com", "groups": ["engineering", "oncall"]})
+}
+
+/// `[[auth.oidc]]` for `issuer` (plus `issuer_keys` inside that table), an access rule for
+/// group `engineering`, and `extra` after it.
+fn options(issuer_url: &str, issuer_keys: &str, extra: &str) -> ProxyOptions {
+    ProxyOptions {
+        extra: format!(
+            "[[auth.oidc]]\nissuer = \"{issuer_url}\"\naudience = \"{AUDIENCE}\"\nca = \"{ca}\"\n{issuer_keys}\n\n\
+             [[access]]\ngroups = [\"engineering\"]\ndatabases = [\"app\"]\nroles = [\"app_ro\", \"app_rw\"]\n\n{extra}\n",
+            ca = harness().certs.ca_cert.display(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn conninfo(proxy: &Proxy, user: &str, token: &str, sslmode: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode={sslmode}",
+        proxy.port()
+    )
+}
+
+async fn connect(
+    proxy: &Proxy,
+    user: &str,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    proxy
+        .try_connect_tls(&conninfo(proxy, user, token, "require"))
+        .await
+}
+
+async fn current_user(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| format!("{} (hint: {})", e.message(), e.hint().unwrap_or_default()))
+        .unwrap_or_else(|| err.to_string())
+}
+
+fn b64(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_and_access_tokens_sign_people_in_with_their_groups_and_requested_role() {
+    let issuer = start_issuer().await;
+    let dir = audit_dir("oidc-accept");
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "",
+        &format!("[audit]\ndir = \"{}\"\n", dir.display()),
+    ))
+    .await;
+
+    // An ID token; the person's own name as the user means their default role.
+    let id_token = issuer.id_token(AUDIENCE, &ann(), 300);
+    let client = connect(&proxy, "ann@example.com", &id_token).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+    drop(client);
+
+    // An RFC 9068 access token asking for another role the access rules allow.
+    let access_token = issuer.access_token(AUDIENCE, &ann(), 300);
+    let client = connect(&proxy, "app_rw", &access_token).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_rw");
+    drop(client);
+
+    // A role the rules do not give this person.
+    let err = connect(&proxy, "postgres", &access_token)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+
+    // psql with the token in PGPASSWORD, verifying pgwarden's certificate.
+    let out = common::run_tool(
+        &common::psql_path(),
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &proxy.port().to_string(),
+            "-U",
+            "ann@example.com",
+            "-d",
+            "app",
+            "-Atc",
+            "SELECT current_user",
+        ],
+        &[
+            ("PGPASSWORD", &id_token),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", harness().certs.ca_cert.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app_ro");
+    proxy.shutdown(Duration::from_secs(5)).await;
+
+    let records = all_records(&dir);
+    let starts: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "session.start")
+        .collect();
+    assert_eq!(starts.len(), 3, "{starts:#?}");
+    for start in &starts {
+        let user = &start["actor"]["user"];
+        assert_eq!(user["name"], "ann@example.com", "{start}");
+        assert_eq!(user["groups"], json!(["engineering", "oncall"]));
+        assert_eq!(user["uid"], "u-ann");
+        assert_eq!(user["issuer"], issuer.url());
+        assert_eq!(user["auth_method"], "oidc-password");
+    }
+    assert_eq!(starts[0]["actor"]["user"]["token_type"], "id_token");
+    assert_eq!(starts[1]["actor"]["user"]["token_type"], "access_token");
+    assert_eq!(starts[1]["role"], "app_rw");
+    let text = records
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for token in [&id_token, &access_token] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "a token reached the audit log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_serving() {
+    let issuer = start_issuer().await;
+    let dir = audit_dir("oidc-reject");
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "",
+        &format!(
+            "[audit]\ndir = \"{}\"\n[auth.rate_limit]\nmax_failures = 0\n",
+            dir.display()
+        ),
+    ))
+    .await;
+    let now = pgwarden::testbed::issuer::unix_now();
+    let valid = issuer.id_token(AUDIENCE, &ann(), 300);
+    let [header, payload, signature]: [&str; 3] =
+        valid.split('.').collect::<Vec<_>>().try_into().unwrap();
+    let claims = issuer.standard_claims(AUDIENCE, &ann(), 300);
+    let with = |extra: Value| {
+        let mut c = claims.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let sign = |claims: &Value| {
+        issuer
+            .sign(jsonwebtoken::Header::default(), claims)
+            .unwrap()
+    };
+    let hs256_with_public_key = {
+        use hmac::{KeyInit, Mac};
+        let head = b64(&json!({"alg": "HS256", "typ": "JWT", "kid": issuer.active_kid()}));
+        let body = b64(&claims);
+        let pem = issuer.public_key_pem().unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(pem.as_bytes()).unwrap();
+        mac.update(format!("{head}.{body}").as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{head}.{body}.{tag}")
+    };
+    let tampered = format!(
+        "{header}.{}.{signature}",
+        b64(&with(json!({"email": "admin@example.com"})))
+    );
+    assert_ne!(tampered.split('.').nth(1), Some(payload));
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "expired",
+            sign(&with(json!({"exp": now - 3600}))),
+            "expired",
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            sign(&with(json!({"nbf": now + 3600}))),
+            "not valid yet",
+            "token_not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            sign(&with(json!({"iat": now + 3600, "exp": now + 7200}))),
+            "not valid yet",
+            "token_not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            sign(&with(json!({"iss": "https://idp.evil.example"}))),
+            "issuer is not one pgwarden trusts",
+            "unknown_issuer",
+        ),
+        (
+            "issuer with a trailing slash",
+            sign(&with(json!({"iss": format!("{}/", issuer.url())}))),
+            "issuer is not one pgwarden trusts",
+            "unknown_issuer",
+        ),
+        (
+            "wrong audience",
+            sign(&with(json!({"aud": "another-app"}))),
+            "wrong audience",
+            "wrong_audience",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims)
+            ),
+            "algorithm \"none\" is not allowed",
+            "algorithm_not_allowed",
+        ),
+        (
+            "HS256 keyed with the RSA public key",
+            hs256_with_public_key,
+            "algorithm \"HS256\" is not allowed",
+            "algorithm_not_allowed",
+        ),
+        (
+            "unknown kid",
+            issuer
+                .sign(
+                    jsonwebtoken::Header {
+                        kid: Some("no-such-key".into()),
+                        ..Default::default()
+                    },
+                    &claims,
+                )
+                .unwrap(),
+            "key the issuer does not publish",
+            "unknown_key",
+        ),
+        (
+            "tampered payload",
+            tampered,
+            "signature is not valid",
+            "bad_signature",
+        ),
+        (
+            "not a token at all",
+            "hunter2".into(),
+            "not a valid token",
+            "token_malformed",
+        ),
+    ];
+    for (name, token, expected, _) in &cases {
+        let err = connect(&proxy, "ann@example.com", token)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name}: accepted"));
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{name}: {err}");
+        assert!(
+            message(&err).contains(expected),
+            "{name}: {}",
+            message(&err)
+        );
+    }
+    // A token over plaintext is refused before the client sends it.
+    let err = proxy
+        .try_connect(&conninfo(&proxy, "ann@example.com", &valid, "disable"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    assert!(
+        message(&err).contains("sslmode=require"),
+        "{}",
+        message(&err)
+    );
+
+    // Still serving.
+    let client = connect(&proxy, "ann@example.com", &valid).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+    drop(client);
+    proxy.shutdown(Duration::from_secs(5)).await;
+
+    let records = all_records(&dir);
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "auth.failure")
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = cases.iter().map(|c| c.3).collect();
+    expected.push("plaintext_refused");
+    assert_eq!(reasons, expected);
+    let text = records
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.contains(signature), "a token reached the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_can_be_limited_to_one_kind_of_token() {
+    let issuer = start_issuer().await;
+    let access_only = Proxy::start(options(
+        issuer.url(),
+        "token_types = [\"access_token\"]",
+        "",
+    ))
+    .await;
+    let id_token = issuer.id_token(AUDIENCE, &ann(), 300);
+    let access_token = issuer.access_token(AUDIENCE, &ann(), 300);
+    let err = connect(&access_only, "ann@example.com", &id_token)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    assert!(
+        message(&err).contains("id_token tokens are not accepted"),
+        "{}",
+        message(&err)
+    );
+    connect(&access_only, "ann@example.com", &access_token)
+        .await
+        .unwrap();
+
+    let id_only = Proxy::start(options(issuer.url(), "token_types = [\"id_token\"]", "")).await;
+    let err = connect(&id_only, "ann@example.com", &access_token)
+        .await
+        .unwrap_err();
+    assert!(
+        message(&err).contains("access_token tokens are not accepted"),
+        "{}",
+        message(&err)
+    );
+    connect(&id_only, "ann@example.com", &id_token)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_keys_are_picked_up_and_a_flood_of_unknown_kids_fetches_at_most_once() {
+    let issuer = start_issuer().await;
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "jwks_cooldown = \"1s\"",
+        "[auth.rate_limit]\nmax_failures = 0\n",
+    ))
+    .await;
+    let before_rotation = issuer.id_token(AUDIENCE, &ann(), 300);
+    connect(&proxy, "ann@example.com", &before_rotation)
+        .await
+        .unwrap();
+
+    issuer.rotate(KeyAlgorithm::Es256).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after_rotation = issuer.id_token(AUDIENCE, &ann(), 300);
+    let client = connect(&proxy, "ann@example.com", &after_rotation)
+        .await
+        .unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+    // The retired key no longer verifies anything.
+    let err = connect(&proxy, "ann@example.com", &before_rotation)
+        .await
+        .unwrap_err();
+    assert!(
+        message(&err).contains("does not publish"),
+        "{}",
+        message(&err)
+    );
+
+    // Forty logins with made-up key ids, all at once.
+    let fetches_before = issuer.jwks_fetches();
+    let claims = issuer.standard_claims(AUDIENCE, &ann(), 300);
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let token = issuer
+            .sign(
+                jsonwebtoken::Header {
+                    kid: Some(format!("forged-{i}")),
+                    ..Default::default()
+                },
+                &claims,
+            )
+            .unwrap();
+        let conninfo = conninfo(&proxy, "ann@example.com", &token, "require");
+        attempts.spawn(async move {
+            let (client, connection) =
+                tokio_postgres::connect(&conninfo, common::tls_connector()).await?;
+            drop(connection);
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+    }
+    let started = std::time::Instant::now();
+    while let Some(result) = attempts.join_next().await {
+        assert!(result.unwrap().is_err(), "a forged kid was accepted");
+    }
+    let elapsed = started.elapsed();
+    let fetches = issuer.jwks_fetches() - fetches_before;
+    // One fetch per cooldown (1s) at most, plus the one the flood may start with.
+    let allowed = 1 + elapsed.as_secs();
+    assert!(
+        fetches <= allowed,
+        "{fetches} key-set fetches for 40 forged kids in {elapsed:?}"
+    );
+    // And a valid token still gets in.
+    connect(&proxy, "ann@example.com", &after_rotation)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_down_at_start_is_retried_and_logins_work_once_it_is_up() {
+    // A port nobody listens on yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("https://localhost:{}", addr.port());
+    let proxy = Proxy::start(options(&url, "jwks_cooldown = \"200ms\"", "")).await;
+
+    // A well-formed token naming that issuer: it cannot be checked, so it is refused as
+    // temporary (57P03), not as a bad password.
+    let claims = json!({"iss": url, "aud": AUDIENCE, "sub": "x", "exp": pgwarden::testbed::issuer::unix_now() + 300});
+    let unverifiable = format!(
+        "{}.{}.c2ln",
+        b64(&json!({"alg": "RS256", "kid": "k"})),
+        b64(&claims)
+    );
+    let err = connect(&proxy, "ann@example.com", &unverifiable)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
+    assert!(
+        message(&err).contains("cannot be reached"),
+        "{}",
+        message(&err)
+    );
+
+    let issuer = start_issuer_at(&addr.to_string()).await;
+    let token = issuer.id_token(AUDIENCE, &ann(), 300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match connect(&proxy, "ann@example.com", &token).await {
+            Ok(client) => {
+                assert_eq!(current_user(&client).await, "app_ro");
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(sqlstate(&e).as_deref(), Some("57P03"), "{e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("the issuer is up but logins still fail: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_from_one_address_are_slowed_down() {
+    let issuer = start_issuer().await;
+    let dir = audit_dir("oidc-ratelimit");
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "",
+        &format!(
+            "[audit]\ndir = \"{}\"\n[auth.rate_limit]\nmax_failures = 3\nbackoff = \"30s\"\n",
+            dir.display()
+        ),
+    ))
+    .await;
+    for _ in 0..3 {
+        let err = connect(&proxy, "ann@example.com", "not-a-token")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    }
+    // Even a valid token must wait now, and is not even asked for.
+    let valid = issuer.id_token(AUDIENCE, &ann(), 300);
+    let err = connect(&proxy, "ann@example.com", &valid)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    assert!(
+        message(&err).contains("too many failed"),
+        "{}",
+        message(&err)
+    );
+    // Local users from the same address are limited too (it is the address that is suspect).
+    let err = proxy
+        .try_connect(&proxy.conninfo("alice", common::ALICE_PASSWORD, "sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    proxy.shutdown(Duration::from_secs(5)).await;
+    let reasons: Vec<String> = all_records(&dir)
+        .iter()
+        .filter(|r| r["type"] == "auth.failure")
+        .map(|r| r["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "token_malformed",
+            "token_malformed",
+            "token_malformed",
+            "rate_limited",
+            "rate_limited"
+        ]
+    );
+}
