@@ -546,3 +546,185 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
+    let issuer = start_issuer().await;
+    let dir = audit_dir("oidc-expiry");
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "",
+        &format!("[audit]\ndir = \"{}\"\n", dir.display()),
+    ))
+    .await;
+    let connect_watching = |token: String| {
+        let conninfo = conninfo(&proxy, "ann@example.com", &token, "require");
+        async move {
+            let (client, connection) = tokio_postgres::connect(&conninfo, common::tls_connector())
+                .await
+                .unwrap();
+            (client, tokio::spawn(connection))
+        }
+    };
+
+    // Idle when the token expires: the FATAL arrives on its own.
+    let (idle, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 2)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("the session outlived its token")
+        .unwrap();
+    let err = ended.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    assert!(
+        message(&err).contains("sign-in token has expired"),
+        "{}",
+        message(&err)
+    );
+    assert!(idle.is_closed());
+
+    // Busy when it expires: the statement finishes, then the session ends.
+    let (busy, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 2)).await;
+    let started = std::time::Instant::now();
+    let row = busy
+        .query_one("SELECT pg_sleep(4)::text || 'done'", &[])
+        .await
+        .expect("a statement running at expiry completes");
+    assert_eq!(row.get::<_, String>(0), "done");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the session went on after its statement")
+        .unwrap();
+    assert_eq!(sqlstate(&ended.unwrap_err()).as_deref(), Some("28000"));
+
+    // With on_token_expiry = "allow", sessions outlive their token.
+    let allow = Proxy::start(options(
+        issuer.url(),
+        "",
+        "[auth]\non_token_expiry = \"allow\"\n",
+    ))
+    .await;
+    let conninfo = conninfo(
+        &allow,
+        "ann@example.com",
+        &issuer.id_token(AUDIENCE, &ann(), 1),
+        "require",
+    );
+    let client = allow.try_connect_tls(&conninfo).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(current_user(&client).await, "app_ro");
+
+    proxy.shutdown(Duration::from_secs(5)).await;
+    let endings: Vec<String> = all_records(&dir)
+        .iter()
+        .filter(|r| r["type"] == "session.end")
+        .map(|r| r["ending"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(endings, ["sign-in token expired", "sign-in token expired"]);
+}
+
+/// OAUTHBEARER by hand (the machine's psql is 15): the startup asks for it, then
+/// SASLInitialResponse carries `auth=` (empty, or a bearer token).
+async fn oauthbearer_attempt(proxy: &Proxy, auth: &str) -> (tokio::net::TcpStream, (u8, Vec<u8>)) {
+    use common::wire::{self, auth_code, read_message};
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(&wire::startup_packet(
+            wire::PROTOCOL_3_0,
+            &[
+                ("user", b"ann@example.com"),
+                ("database", b"app"),
+                ("options", b"-c pgwarden.auth=oauthbearer"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let offer = read_message(&mut stream).await;
+    assert_eq!(auth_code(&offer), 10);
+    assert_eq!(&offer.1[4..], b"OAUTHBEARER\0\0");
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::sasl_initial_response(
+        "OAUTHBEARER",
+        format!("n,,\x01auth={auth}\x01\x01").as_bytes(),
+        &mut out,
+    )
+    .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let reply = read_message(&mut stream).await;
+    (stream, reply)
+}
+
+/// After a SASLContinue with the RFC 7628 error: check it, acknowledge, return the outcome.
+async fn oauthbearer_error(
+    mut stream: tokio::net::TcpStream,
+    reply: (u8, Vec<u8>),
+    issuer: &str,
+) -> common::wire::Outcome {
+    use tokio::io::AsyncWriteExt;
+    assert_eq!(common::wire::auth_code(&reply), 11);
+    let status: Value = serde_json::from_slice(&reply.1[4..]).unwrap();
+    assert_eq!(status["status"], "invalid_token");
+    assert_eq!(
+        status["openid-configuration"],
+        format!("{issuer}/.well-known/openid-configuration")
+    );
+    assert_eq!(status["scope"], "openid email profile");
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::sasl_response(&[0x01], &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    common::wire::read_until_close(&mut stream, common::wire::WAIT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_answers_discovery_then_accepts_the_token() {
+    use common::wire::{auth_code, error_fields, read_message};
+    use tokio::io::AsyncWriteExt;
+    let issuer = start_issuer().await;
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "",
+        "[auth]\nplaintext_tokens = \"loopback\"\n[auth.rate_limit]\nmax_failures = 0\n",
+    ))
+    .await;
+
+    // 1. No token yet: the discovery round tells the client where to sign in.
+    let (stream, reply) = oauthbearer_attempt(&proxy, "").await;
+    let outcome = oauthbearer_error(stream, reply, issuer.url()).await;
+    let messages = outcome.messages();
+    let (_, body) = messages.iter().find(|(tag, _)| *tag == b'E').unwrap();
+    assert_eq!(error_fields(body)[&b'C'], "28000");
+
+    // 2. The follow-up connection carries the token.
+    let token = issuer.access_token(AUDIENCE, &ann(), 300);
+    let (mut stream, reply) = oauthbearer_attempt(&proxy, &format!("Bearer {token}")).await;
+    assert_eq!(auth_code(&reply), 0, "AuthenticationOk expected");
+    loop {
+        let (tag, body) = read_message(&mut stream).await;
+        assert_ne!(tag, b'E', "{:?}", error_fields(&body));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT current_user", &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let row = loop {
+        let (tag, body) = read_message(&mut stream).await;
+        if tag == b'D' {
+            break body;
+        }
+        assert_ne!(tag, b'E', "{:?}", error_fields(&body));
+    };
+    assert!(row.ends_with(b"app_ro"), "{row:?}");
+
+    // 3. A bad token: the same error status, then 28P01.
+    let expired = issuer.access_token(AUDIENCE, &ann(), -3600);
+    let (stream, reply) = oauthbearer_attempt(&proxy, &format!("Bearer {expired}")).await;
+    let outcome = oauthbearer_error(stream, reply, issuer.url()).await;
+    let messages = outcome.messages();
+    let (_, body) = messages.iter().find(|(tag, _)| *tag == b'E').unwrap();
+    let fields = error_fields(body);
+    assert_eq!(fields[&b'C'], "28P01");
+    assert!(fields[&b'M'].contains("expired"), "{fields:?}");
+}

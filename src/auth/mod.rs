@@ -86,6 +86,9 @@ pub enum AuthError {
         user: String,
         error: oidc::TokenError,
     },
+    /// An OAUTHBEARER client without a token yet (the discovery round).
+    #[error("sign-in required: the client asked where to sign in (OAUTHBEARER discovery)")]
+    TokenRequired,
     /// A token would have crossed the network in clear.
     #[error("pgwarden accepts sign-in tokens only over an encrypted connection")]
     TokenNeedsTls,
@@ -119,7 +122,9 @@ impl AuthError {
                 oidc::TokenError::IssuerUnavailable => SqlState::CANNOT_CONNECT_NOW,
                 _ => SqlState::INVALID_PASSWORD,
             },
-            Self::RateLimited { .. } => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            Self::RateLimited { .. } | Self::TokenRequired => {
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }
             Self::DatabaseNotAllowed { .. } | Self::RoleNotAllowed { .. } => {
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             }

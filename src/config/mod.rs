@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use model::{AccessRule, PlaintextTokens, SslMode, TlsMode};
+pub use model::{AccessRule, OauthBearer, PlaintextTokens, SslMode, TlsMode, TokenExpiry};
 pub use secret::Secret;
 
 use crate::auth::scram::ScramVerifier;
@@ -33,6 +33,8 @@ pub struct Config {
     pub oidc: Vec<crate::auth::oidc::IssuerSettings>,
     pub plaintext_tokens: PlaintextTokens,
     pub rate_limit: crate::auth::rate_limit::RateLimitSettings,
+    pub on_token_expiry: TokenExpiry,
+    pub oauthbearer: OauthBearer,
     pub access: Vec<AccessRule>,
     /// The audit log, when configured.
     pub audit: Option<crate::audit::Settings>,

@@ -199,6 +199,37 @@ struct AuthSection {
     plaintext_tokens: Option<PlaintextTokens>,
     #[serde(default)]
     rate_limit: Option<RateLimitSection>,
+    /// What happens to a session when the person's token expires.
+    #[serde(default)]
+    on_token_expiry: TokenExpiry,
+    /// When SASL OAUTHBEARER is offered instead of asking for the token as a password.
+    #[serde(default)]
+    oauthbearer: OauthBearer,
+}
+
+/// `auth.oauthbearer`: PostgreSQL 18's libpq runs the sign-in itself through OAUTHBEARER, but
+/// older libpq cannot fall back from it, so it is offered only where it is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OauthBearer {
+    /// Never; tokens come as passwords.
+    Off,
+    /// When the client asks: `options='-c pgwarden.auth=oauthbearer'` (the default).
+    #[default]
+    OnRequest,
+    /// To every client signing in with a token (all clients are PostgreSQL 18+).
+    Always,
+}
+
+/// `auth.on_token_expiry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenExpiry {
+    /// End the session with a FATAL between statements (the default).
+    #[default]
+    Terminate,
+    /// Let it run on; only new sessions need a fresh token.
+    Allow,
 }
 
 /// Whether an OIDC token may be sent as a password without TLS.
@@ -650,6 +681,8 @@ pub fn validate(
         oidc,
         plaintext_tokens,
         rate_limit,
+        on_token_expiry: file.auth.on_token_expiry,
+        oauthbearer: file.auth.oauthbearer,
         access: file.access,
         audit,
         policy,

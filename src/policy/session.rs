@@ -150,6 +150,15 @@ pub fn locked_in_startup(
 
 /// Setting names in a libpq `options` string, lower case, dashes as underscores.
 fn option_settings(options: &str) -> Vec<String> {
+    option_assignments(options)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// `(name, value)` of each `-c name=value` / `--name=value` in a libpq `options` string; names
+/// lower case with dashes as underscores.
+pub fn option_assignments(options: &str) -> Vec<(String, String)> {
     // Words are separated by unescaped whitespace; `\` escapes the next character.
     let mut words = Vec::new();
     let mut word = String::new();
@@ -168,7 +177,7 @@ fn option_settings(options: &str) -> Vec<String> {
     if !word.is_empty() {
         words.push(word);
     }
-    let mut names = Vec::new();
+    let mut assignments = Vec::new();
     let mut iter = words.into_iter().peekable();
     while let Some(word) = iter.next() {
         let assignment = if word == "-c" {
@@ -179,11 +188,33 @@ fn option_settings(options: &str) -> Vec<String> {
             word.strip_prefix("--").map(str::to_owned)
         };
         if let Some(assignment) = assignment {
-            let name = assignment.split('=').next().unwrap_or("").trim();
-            names.push(name.replace('-', "_").to_lowercase());
+            let (name, value) = assignment.split_once('=').unwrap_or((&assignment, ""));
+            assignments.push((
+                name.trim().replace('-', "_").to_lowercase(),
+                value.to_owned(),
+            ));
         }
     }
-    names
+    assignments
+}
+
+/// The value a startup packet gives setting `name`: as a parameter of its own, or in
+/// `options`.
+pub fn startup_setting(parameters: &[(String, Vec<u8>)], name: &str) -> Option<String> {
+    for (key, value) in parameters {
+        if key.eq_ignore_ascii_case(name) {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        if key.eq_ignore_ascii_case("options") {
+            if let Some((_, v)) = option_assignments(&String::from_utf8_lossy(value))
+                .into_iter()
+                .find(|(n, _)| n == name)
+            {
+                return Some(v);
+            }
+        }
+    }
+    None
 }
 
 /// The search_path a session starts with: from the client's startup packet, else the

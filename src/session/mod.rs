@@ -28,7 +28,7 @@ use crate::audit::event::{Actor, User};
 use crate::audit::{AuditLog, Event};
 use crate::auth::front_door::{self, ClientConn};
 use crate::auth::{self, AuthError, Grant, Identity};
-use crate::config::{Config, PlaintextTokens, TlsMode};
+use crate::config::{Config, OauthBearer, PlaintextTokens, TlsMode};
 use crate::error::{ClientError, SqlState};
 use crate::net::{tls::ALPN_POSTGRESQL, MaybeTls};
 use crate::policy::session::{self, SessionSettings};
@@ -136,6 +136,7 @@ impl SessionError {
             Self::Auth(AuthError::Failed { .. }) => "invalid_credentials",
             Self::Auth(AuthError::Token { error, .. }) => error.category(),
             Self::Auth(AuthError::TokenNeedsTls) => "plaintext_refused",
+            Self::Auth(AuthError::TokenRequired) => "token_required",
             Self::Auth(AuthError::RateLimited { .. }) => "rate_limited",
             Self::Auth(AuthError::DatabaseNotAllowed { .. }) => "database_not_allowed",
             Self::Auth(AuthError::RoleNotAllowed { .. }) => "role_not_allowed",
@@ -434,7 +435,18 @@ async fn establish(
         reader: &mut reader,
         out: &mut out,
     };
-    let result = if use_token {
+    let oauthbearer = use_token
+        && match config.oauthbearer {
+            OauthBearer::Off => false,
+            OauthBearer::Always => true,
+            OauthBearer::OnRequest => {
+                session::startup_setting(&startup.parameters, "pgwarden.auth")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("oauthbearer"))
+            }
+        };
+    let result = if oauthbearer {
+        front_door::oauthbearer(&mut conn, &snapshot.issuers, &user).await
+    } else if use_token {
         front_door::token_password(&mut conn, &snapshot.issuers, &user).await
     } else {
         front_door::local_scram(

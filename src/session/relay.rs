@@ -20,6 +20,7 @@ use super::state::SessionState;
 use super::track::Tracker;
 use super::{Context, Established, SessionError};
 use crate::audit::{OnFailure, StatementText};
+use crate::config::TokenExpiry;
 use crate::error::{ClientError, SqlState};
 use crate::net::MaybeTls;
 use crate::protocol::backend;
@@ -119,6 +120,8 @@ pub enum Ending {
     UpstreamClosed,
     Shutdown,
     ProtocolError,
+    /// The person's OIDC token expired (`auth.on_token_expiry = "terminate"`).
+    TokenExpired,
 }
 
 impl Ending {
@@ -129,6 +132,7 @@ impl Ending {
             Self::UpstreamClosed => "database server closed the connection",
             Self::Shutdown => "pgwarden shutdown",
             Self::ProtocolError => "protocol error",
+            Self::TokenExpired => "sign-in token expired",
         }
     }
 }
@@ -158,6 +162,18 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     } = session;
     let snapshot = ctx.snapshot.load();
     let audit_settings = snapshot.config.audit.as_ref();
+    // When the person's token expires, the session ends between statements.
+    let token_deadline = identity
+        .oidc
+        .as_ref()
+        .filter(|_| snapshot.config.on_token_expiry == TokenExpiry::Terminate)
+        .map(|oidc| {
+            let left = oidc
+                .expires_at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Instant::now() + left
+        });
     let mut flow = Flow {
         session: id,
         identity: &identity,
@@ -203,6 +219,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     let mut phase = ctx.shutdown.watch();
     // A session that starts while draining ends as soon as it is idle.
     let mut draining = ctx.shutdown.phase() != Phase::Running;
+    let mut token_expired = false;
 
     // Once closing, the last words (an ErrorResponse) get this long to reach a client that
     // may have stopped reading.
@@ -226,6 +243,11 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(closing_deadline.unwrap_or_else(Instant::now).into()), if closing_deadline.is_some() => Ok(None),
+                _ = tokio::time::sleep_until(token_deadline.unwrap_or_else(Instant::now).into()), if token_deadline.is_some() && !token_expired && closing.is_none() => {
+                    token_expired = true;
+                    info!("the sign-in token expired; ending the session between statements");
+                    Ok(flow.state.between_statements().then_some(Ending::TokenExpired))
+                },
                 new_phase = phase.changed(), if closing.is_none() => match new_phase {
                     Phase::Terminating => Ok(Some(Ending::Shutdown)),
                     _ => {
@@ -261,7 +283,11 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                         {
                             Ok(()) => {
                                 flow.record_outcomes();
-                                Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))
+                                if token_expired && flow.state.between_statements() {
+                                    Ok(Some(Ending::TokenExpired))
+                                } else {
+                                    Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))
+                                }
                             }
                             Err(e) => Err(e),
                         }
@@ -280,6 +306,14 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                             SqlState::ADMIN_SHUTDOWN,
                             "terminating connection because pgwarden is shutting down",
                         ),
+                    ),
+                    Ending::TokenExpired => backend::error_response(
+                        &mut client.out,
+                        &ClientError::fatal(
+                            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                            "terminating connection because your sign-in token has expired",
+                        )
+                        .with_hint("sign in again (pgwarden login) and reconnect"),
                     ),
                     Ending::UpstreamClosed if !flow.upstream_sent_fatal => backend::error_response(
                         &mut client.out,

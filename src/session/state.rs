@@ -79,6 +79,11 @@ impl SessionState {
         self.in_flight == 0 && self.transaction_status == b'I'
     }
 
+    /// No statement is running (a transaction may be open).
+    pub fn between_statements(&self) -> bool {
+        self.in_flight == 0
+    }
+
     /// A simple Query replaces the unnamed statement and portal.
     pub fn on_query(&mut self) {
         // Checked first: hashing the key costs more than the common case needs.
