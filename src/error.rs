@@ -118,3 +118,16 @@ impl fmt::Display for ClientError {
         )
     }
 }
+
+/// An error and its sources on one line (libraries such as openidconnect nest the useful
+/// part several levels down).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

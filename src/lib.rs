@@ -40,6 +40,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod login;
 pub mod net;
 pub mod policy;
 pub mod protocol;

@@ -88,6 +88,56 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sign in to your identity provider (OAuth 2.0 device flow) and cache the tokens.
+    ///
+    /// Prints a URL and a code: open the URL in any browser, confirm the code, sign in. The
+    /// tokens are kept in $PGWARDEN_CONFIG_DIR, $XDG_CONFIG_HOME/pgwarden or
+    /// ~/.config/pgwarden (tokens.json, readable only by you). Then:
+    /// PGPASSWORD="$(pgwarden token)" psql "host=pgwarden.example.com sslmode=require user=ROLE"
+    Login {
+        /// The issuer URL (as in pgwarden's [[auth.oidc]] issuer).
+        #[arg(long, env = "PGWARDEN_ISSUER")]
+        issuer: String,
+        /// The OAuth client id registered for pgwarden's command line.
+        #[arg(long, env = "PGWARDEN_CLIENT_ID")]
+        client_id: String,
+        /// Scopes to request (comma-separated, or repeat the option).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "openid,email,profile,offline_access"
+        )]
+        scope: Vec<String>,
+        /// Trust only this CA (PEM) for the issuer's HTTPS, instead of the system's roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Print a valid token from the last `pgwarden login` (refreshed if it is about to expire).
+    ///
+    /// For PGPASSWORD="$(pgwarden token)". Prints the ID token, or the access token with
+    /// --access. Exits non-zero, with the reason on stderr, when there is no usable sign-in.
+    Token {
+        /// Use the sign-in for this issuer (default: the most recent one).
+        #[arg(long, env = "PGWARDEN_ISSUER")]
+        issuer: Option<String>,
+        /// Print the access token instead of the ID token.
+        #[arg(long)]
+        access: bool,
+    },
+    /// Run psql with a fresh token as its password: `pgwarden psql -- "host=… sslmode=require"`.
+    ///
+    /// Everything after `--` goes to psql unchanged; psql's exit status is pgwarden's.
+    Psql {
+        /// Use the sign-in for this issuer (default: the most recent one).
+        #[arg(long, env = "PGWARDEN_ISSUER")]
+        issuer: Option<String>,
+        /// Send the access token instead of the ID token.
+        #[arg(long)]
+        access: bool,
+        /// Arguments for psql.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Start a throwaway PostgreSQL with sample data and pgwarden in front of it, and print
     /// how to connect. Ctrl-C stops both and removes everything.
     ///
@@ -324,6 +374,34 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())
             })
         }
+        Command::Login {
+            issuer,
+            client_id,
+            scope,
+            ca,
+        } => run_async(async move {
+            let request = pgwarden::login::LoginRequest {
+                issuer,
+                client_id,
+                scopes: scope,
+                ca,
+            };
+            pgwarden::login::login(&request, &mut std::io::stderr())
+                .await
+                .map_err(|e| e.to_string())
+        }),
+        Command::Token { issuer, access } => run_async(async move {
+            let token = pgwarden::login::token(issuer.as_deref(), token_choice(access))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{token}");
+            Ok(())
+        }),
+        Command::Psql {
+            issuer,
+            access,
+            args,
+        } => psql(issuer.as_deref(), token_choice(access), &args),
         Command::Demo { listen, smoke_test } => {
             init_logging(cli.log_format);
             run_async(async move {
@@ -331,6 +409,44 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             })
+        }
+    }
+}
+
+fn token_choice(access: bool) -> pgwarden::login::TokenChoice {
+    if access {
+        pgwarden::login::TokenChoice::Access
+    } else {
+        pgwarden::login::TokenChoice::Id
+    }
+}
+
+/// `pgwarden psql`: fetch a token, then run psql with it in PGPASSWORD.
+fn psql(issuer: Option<&str>, choice: pgwarden::login::TokenChoice, args: &[String]) -> ExitCode {
+    let mut token = None;
+    let fetched = run_async(async {
+        token = Some(
+            pgwarden::login::token(issuer, choice)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    });
+    let Some(token) = token else { return fetched };
+    match std::process::Command::new("psql")
+        .args(args)
+        .env("PGPASSWORD", token)
+        .status()
+    {
+        Ok(status) => ExitCode::from(
+            status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1),
+        ),
+        Err(e) => {
+            eprintln!("pgwarden: cannot run psql: {e} (is it installed and on PATH?)");
+            ExitCode::FAILURE
         }
     }
 }

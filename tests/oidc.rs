@@ -31,12 +31,17 @@ fn ann() -> Value {
     json!({"sub": "u-ann", "email": "ann@example.com", "groups": ["engineering", "oncall"]})
 }
 
-/// `[[auth.oidc]]` for `issuer` (plus `issuer_keys` inside that table), an access rule for
-/// group `engineering`, and `extra` after it.
+/// `[[auth.oidc]]` for `issuer` (plus `issuer_keys` inside that table; audience `pgwarden`
+/// unless they set one), an access rule for group `engineering`, and `extra` after it.
 fn options(issuer_url: &str, issuer_keys: &str, extra: &str) -> ProxyOptions {
+    let audience = if issuer_keys.contains("audience =") {
+        String::new()
+    } else {
+        format!("audience = \"{AUDIENCE}\"")
+    };
     ProxyOptions {
         extra: format!(
-            "[[auth.oidc]]\nissuer = \"{issuer_url}\"\naudience = \"{AUDIENCE}\"\nca = \"{ca}\"\n{issuer_keys}\n\n\
+            "[[auth.oidc]]\nissuer = \"{issuer_url}\"\n{audience}\nca = \"{ca}\"\n{issuer_keys}\n\n\
              [[access]]\ngroups = [\"engineering\"]\ndatabases = [\"app\"]\nroles = [\"app_ro\", \"app_rw\"]\n\n{extra}\n",
             ca = harness().certs.ca_cert.display(),
         ),
@@ -727,4 +732,171 @@ async fn oauthbearer_answers_discovery_then_accepts_the_token() {
     let fields = error_fields(body);
     assert_eq!(fields[&b'C'], "28P01");
     assert!(fields[&b'M'].contains("expired"), "{fields:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgwarden_login_runs_the_device_flow_and_pgwarden_token_feeds_psql() {
+    use tokio::io::AsyncBufReadExt;
+    let issuer = start_issuer().await;
+    issuer.add_person("ann", ann());
+    // Tokens that are "about to expire" as soon as they are issued: pgwarden token refreshes.
+    issuer.set_issued_tokens(AUDIENCE, 62);
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "audience = [\"pgwarden\", \"pgwarden-cli\"]",
+        "",
+    ))
+    .await;
+    let config_dir = harness().dir.join("login-config");
+    let _ = std::fs::remove_dir_all(&config_dir);
+    let pgwarden = env!("CARGO_BIN_EXE_pgwarden");
+    let ca = harness().certs.ca_cert.display().to_string();
+
+    let mut login = tokio::process::Command::new(pgwarden)
+        .args([
+            "login",
+            "--issuer",
+            issuer.url(),
+            "--client-id",
+            "pgwarden-cli",
+            "--ca",
+            &ca,
+        ])
+        .env("PGWARDEN_CONFIG_DIR", &config_dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let mut prompt = String::new();
+    let code = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("pgwarden login printed no code")
+            .unwrap()
+            .unwrap_or_else(|| panic!("pgwarden login ended: {prompt}"));
+        prompt.push_str(&line);
+        prompt.push('\n');
+        if let Some(code) = line.strip_prefix("and confirm the code ") {
+            break code.to_owned();
+        }
+    };
+    assert!(
+        prompt.contains(&format!("{}/device?user_code=", issuer.url())),
+        "{prompt}"
+    );
+    // The person approves in their browser: the form the issuer's page posts.
+    let browser = pgwarden::net::http::Fetcher::new(
+        Some(&harness().certs.ca_cert),
+        Duration::from_secs(5),
+        1 << 20,
+    )
+    .unwrap();
+    let approval = openidconnect::http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/device", issuer.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("user_code={code}&person=ann").into_bytes())
+        .unwrap();
+    let page = browser.fetch(approval).await.unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(page.body())
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), login.wait())
+        .await
+        .expect("pgwarden login did not finish after approval")
+        .unwrap();
+    assert!(status.success());
+    let cache = config_dir.join("tokens.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let token_of = |args: &'static [&'static str]| {
+        let config_dir = config_dir.clone();
+        async move {
+            let out = tokio::process::Command::new(pgwarden)
+                .args(args)
+                .env("PGWARDEN_CONFIG_DIR", &config_dir)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let cached = std::fs::read_to_string(&cache).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past "expires within a minute": this refreshes.
+    let id_token = token_of(&["token"]).await;
+    assert!(!cached.contains(&id_token), "the token was not refreshed");
+    let client = connect(&proxy, "ann@example.com", &id_token).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+    let access_token = token_of(&["token", "--access"]).await;
+    let client = connect(&proxy, "app_rw", &access_token).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_rw");
+
+    // pgwarden psql: psql with the token as its password.
+    let psql = common::psql_path();
+    let path = format!(
+        "{}:{}",
+        psql.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new(pgwarden)
+        .args([
+            "psql",
+            "--",
+            "-h",
+            "localhost",
+            "-p",
+            &proxy.port().to_string(),
+            "-U",
+            "ann@example.com",
+            "-d",
+            "app",
+            "-Atc",
+            "SELECT current_user",
+        ])
+        .env("PGWARDEN_CONFIG_DIR", &config_dir)
+        .env("PATH", path)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &ca)
+        .env_remove("PGPASSWORD")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app_ro");
+
+    // Without a sign-in: a clear error, nothing on stdout.
+    let out = tokio::process::Command::new(pgwarden)
+        .arg("token")
+        .env(
+            "PGWARDEN_CONFIG_DIR",
+            harness().dir.join("nobody-signed-in"),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pgwarden login"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::token::jwk_allows;
 use super::{IssuerSettings, TokenError};
+use crate::error::error_chain;
 use crate::net::http::Fetcher;
 
 /// Largest discovery document or key set accepted.
@@ -150,7 +151,7 @@ impl IssuerKeys {
         let issuer = IssuerUrl::new(self.settings.issuer.clone()).map_err(|e| e.to_string())?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.fetcher)
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| error_chain(&e))?;
         if !self.settings.allow_http && metadata.jwks_uri().url().scheme() != "https" {
             return Err(format!(
                 "the discovery document's jwks_uri {} is not https",
@@ -163,18 +164,6 @@ impl IssuerKeys {
             .map_err(|e| format!("the key set is not a JWKS: {e}"))?;
         Ok(KeySet { oidc, jwt })
     }
-}
-
-/// An error and its causes on one line (openidconnect's errors nest the useful part).
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Keep `keys` fresh until it is dropped: fetch now, then every `jwks_refresh`; while the

@@ -6,20 +6,22 @@
 //! can be rotated; tokens are signed with the active key by [`DevIssuer::sign`]. It counts the
 //! fetches it serves, so tests can check pgwarden's caching and rate limits from the outside.
 //!
-//! It is not a general-purpose provider: there is no login page and no client registry.
+//! For `pgwarden login` it also runs the device authorization grant (RFC 8628): a client asks
+//! for a code, a person approves it on `/device` by choosing who they are from the issuer's
+//! list of people (no passwords: this is a development issuer), and the token endpoint then
+//! issues an ID token, an access token and a refresh token. Endpoints are in [`endpoints`].
+//!
+//! It is not a general-purpose provider: any client id is accepted and nobody is checked.
 
-use std::convert::Infallible;
+mod endpoints;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
@@ -105,6 +107,66 @@ struct State {
     issuer: String,
     /// The one published key, which signs.
     key: SigningKey,
+    /// Who can sign in on `/device`: id → claims (`sub`, `email`, `groups`, …).
+    people: BTreeMap<String, Value>,
+    /// `aud` of the access tokens the token endpoint issues.
+    access_audience: String,
+    /// Lifetime of issued tokens.
+    token_ttl_secs: i64,
+    /// Pending device grants by device code.
+    devices: HashMap<String, endpoints::DeviceGrant>,
+    /// Refresh token → (person id, client id).
+    refresh_tokens: HashMap<String, (String, String)>,
+}
+
+impl State {
+    fn sign(&self, mut header: Header, claims: &Value) -> Result<String, String> {
+        header.alg = self.key.alg;
+        if header.kid.is_none() {
+            header.kid = Some(self.key.kid.clone());
+        }
+        jsonwebtoken::encode(&header, claims, &self.key.encoding).map_err(|e| e.to_string())
+    }
+
+    /// `iss`, `aud`, `iat`, `exp` (now + `ttl_secs`, which may be negative), then `person`'s
+    /// claims on top.
+    fn standard_claims(&self, audience: &str, person: &Value, ttl_secs: i64) -> Value {
+        let now = unix_now();
+        let mut claims = json!({
+            "iss": self.issuer,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ttl_secs,
+        });
+        if let (Some(map), Some(extra)) = (claims.as_object_mut(), person.as_object()) {
+            for (k, v) in extra {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        claims
+    }
+
+    fn id_token(&self, audience: &str, person: &Value, ttl_secs: i64) -> String {
+        let claims = self.standard_claims(audience, person, ttl_secs);
+        self.sign(Header::default(), &claims).unwrap_or_default()
+    }
+
+    fn access_token(&self, client_id: &str, person: &Value, ttl_secs: i64) -> String {
+        let mut claims = self.standard_claims(&self.access_audience, person, ttl_secs);
+        if let Some(map) = claims.as_object_mut() {
+            map.insert("client_id".into(), json!(client_id));
+            map.insert("jti".into(), json!(random_code(16)));
+        }
+        let header = Header {
+            typ: Some("at+jwt".into()),
+            ..Header::default()
+        };
+        self.sign(header, &claims).unwrap_or_default()
+    }
+}
+
+fn random_code(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
 struct Shared {
@@ -151,12 +213,22 @@ impl DevIssuer {
             state: Mutex::new(State {
                 issuer: url.clone(),
                 key,
+                people: BTreeMap::new(),
+                access_audience: "pgwarden".into(),
+                token_ttl_secs: 3600,
+                devices: HashMap::new(),
+                refresh_tokens: HashMap::new(),
             }),
             discovery_fetches: AtomicU64::new(0),
             jwks_fetches: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, tls, shared.clone(), stop.clone()));
+        tokio::spawn(endpoints::serve(
+            listener,
+            tls,
+            shared.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             url,
             addr,
@@ -198,71 +270,68 @@ impl DevIssuer {
         let key = tokio::task::spawn_blocking(move || SigningKey::generate(alg))
             .await
             .map_err(|e| e.to_string())??;
-        if let Ok(mut state) = self.shared.state.lock() {
-            state.key = key;
-        }
+        self.with_state(|s| s.key = key);
         Ok(())
     }
 
-    /// Sign `claims` with the active key. `header` fields left `None` (`kid`) get the active
-    /// key's; `alg` is always the key's.
-    pub fn sign(&self, mut header: Header, claims: &Value) -> Result<String, String> {
-        let (alg, kid, encoding) = self.with_active(|k| (k.alg, k.kid.clone(), k.encoding.clone()));
-        header.alg = alg;
-        if header.kid.is_none() {
-            header.kid = Some(kid);
-        }
-        jsonwebtoken::encode(&header, claims, &encoding).map_err(|e| e.to_string())
+    /// Sign `claims` with the active key. `header.kid` left `None` gets the active key's;
+    /// `alg` is always the key's.
+    pub fn sign(&self, header: Header, claims: &Value) -> Result<String, String> {
+        self.with_state(|s| s.sign(header, claims))
     }
 
     /// An ID token for `person` (claims `sub`, `email`, `groups`…) valid for `ttl_secs`.
     pub fn id_token(&self, audience: &str, person: &Value, ttl_secs: i64) -> String {
-        let claims = self.standard_claims(audience, person, ttl_secs);
-        self.sign(Header::default(), &claims).unwrap_or_default()
+        self.with_state(|s| s.id_token(audience, person, ttl_secs))
     }
 
     /// An RFC 9068 access token for `person`, for the resource `audience`.
     pub fn access_token(&self, audience: &str, person: &Value, ttl_secs: i64) -> String {
-        let mut claims = self.standard_claims(audience, person, ttl_secs);
-        if let Some(map) = claims.as_object_mut() {
-            map.insert("client_id".into(), json!("pgwarden-cli"));
-            map.insert(
-                "jti".into(),
-                json!(Alphanumeric.sample_string(&mut rand::rng(), 16)),
-            );
-        }
-        let header = Header {
-            typ: Some("at+jwt".into()),
-            ..Header::default()
-        };
-        self.sign(header, &claims).unwrap_or_default()
+        self.with_state(|s| {
+            let mut claims = s.standard_claims(audience, person, ttl_secs);
+            if let Some(map) = claims.as_object_mut() {
+                map.insert("client_id".into(), json!("pgwarden-cli"));
+                map.insert("jti".into(), json!(random_code(16)));
+            }
+            let header = Header {
+                typ: Some("at+jwt".into()),
+                ..Header::default()
+            };
+            s.sign(header, &claims).unwrap_or_default()
+        })
     }
 
     /// `iss`, `aud`, `iat`, `exp` (now + `ttl_secs`, which may be negative), then `person`'s
     /// claims on top.
     pub fn standard_claims(&self, audience: &str, person: &Value, ttl_secs: i64) -> Value {
-        let now = unix_now();
-        let mut claims = json!({
-            "iss": self.url,
-            "aud": audience,
-            "iat": now,
-            "exp": now + ttl_secs,
-        });
-        if let (Some(map), Some(extra)) = (claims.as_object_mut(), person.as_object()) {
-            for (k, v) in extra {
-                map.insert(k.clone(), v.clone());
-            }
-        }
-        claims
+        self.with_state(|s| s.standard_claims(audience, person, ttl_secs))
     }
 
-    fn with_active<T>(&self, f: impl FnOnce(&SigningKey) -> T) -> T {
-        let state = self
+    /// Someone who can sign in on `/device` (claims must include `sub`).
+    pub fn add_person(&self, id: &str, claims: Value) {
+        self.with_state(|s| s.people.insert(id.to_owned(), claims));
+    }
+
+    /// `aud` of access tokens from the token endpoint (default `pgwarden`), and the lifetime
+    /// of the tokens it issues.
+    pub fn set_issued_tokens(&self, access_audience: &str, ttl_secs: i64) {
+        self.with_state(|s| {
+            s.access_audience = access_audience.to_owned();
+            s.token_ttl_secs = ttl_secs;
+        });
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self
             .shared
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&state.key)
+        f(&mut state)
+    }
+
+    fn with_active<T>(&self, f: impl FnOnce(&SigningKey) -> T) -> T {
+        self.with_state(|s| f(&s.key))
     }
 }
 
@@ -282,93 +351,4 @@ pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
-    loop {
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-        };
-        let shared = shared.clone();
-        let tls = tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &request)) }
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            let served = async {
-                match tls {
-                    Some(acceptor) => {
-                        if let Ok(stream) = acceptor.accept(tcp).await {
-                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                    }
-                    None => {
-                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = served => {}
-            }
-        });
-    }
-}
-
-fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let Ok(state) = shared.state.lock() else {
-        return respond(StatusCode::INTERNAL_SERVER_ERROR, json!({}));
-    };
-    match (request.method().as_str(), request.uri().path()) {
-        ("GET", "/.well-known/openid-configuration") => {
-            shared.discovery_fetches.fetch_add(1, Ordering::SeqCst);
-            let base = &state.issuer;
-            respond(
-                StatusCode::OK,
-                json!({
-                    "issuer": base,
-                    "authorization_endpoint": format!("{base}/authorize"),
-                    "token_endpoint": format!("{base}/token"),
-                    "jwks_uri": format!("{base}/jwks"),
-                    "response_types_supported": ["code"],
-                    "subject_types_supported": ["public"],
-                    "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
-                    "scopes_supported": ["openid", "email", "profile", "groups"],
-                }),
-            )
-        }
-        ("GET", "/jwks") => {
-            shared.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-            let set = JwkSet {
-                keys: vec![state.key.jwk.clone()],
-            };
-            respond(
-                StatusCode::OK,
-                serde_json::to_value(set).unwrap_or_default(),
-            )
-        }
-        _ => respond(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
-    }
-}
-
-fn respond(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
 }

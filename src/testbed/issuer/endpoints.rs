@@ -1,0 +1,341 @@
+//! The development issuer's HTTP endpoints: discovery, keys, the device authorization grant
+//! (RFC 8628) with its approval page, and the token endpoint (device code and refresh token
+//! grants).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::JwkSet;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::{random_code, Shared, State};
+
+/// Largest request body read (forms are tiny).
+const MAX_BODY: usize = 16 * 1024;
+/// How long a device code waits for its approval, and how often clients may poll.
+const DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(600);
+const POLL_INTERVAL_SECS: u64 = 1;
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// A device authorization waiting for (or holding) a person's approval.
+pub struct DeviceGrant {
+    user_code: String,
+    client_id: String,
+    expires: Instant,
+    /// Who approved it, once someone has.
+    person: Option<String>,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let tcp = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, request).await) }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = served => {}
+            }
+        });
+    }
+}
+
+async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = form(request.uri().query().unwrap_or("").as_bytes());
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => form(&body.to_bytes()),
+        Err(_) => return json_response(StatusCode::PAYLOAD_TOO_LARGE, json!({})),
+    };
+    let Ok(mut state) = shared.state.lock() else {
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({}));
+    };
+    match (method, path.as_str()) {
+        (Method::GET, "/.well-known/openid-configuration") => {
+            shared.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            json_response(StatusCode::OK, discovery(&state.issuer))
+        }
+        (Method::GET, "/jwks") => {
+            shared.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            let set = JwkSet {
+                keys: vec![state.key.jwk.clone()],
+            };
+            json_response(
+                StatusCode::OK,
+                serde_json::to_value(set).unwrap_or_default(),
+            )
+        }
+        (Method::POST, "/device_authorization") => device_authorization(&mut state, &body),
+        (Method::GET, "/device") => html_response(
+            StatusCode::OK,
+            &approval_page(&state, query.get("user_code").map_or("", String::as_str)),
+        ),
+        (Method::POST, "/device") => approve(&mut state, &body),
+        (Method::POST, "/token") => token(&mut state, &body),
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+    }
+}
+
+fn discovery(base: &str) -> Value {
+    json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "device_authorization_endpoint": format!("{base}/device_authorization"),
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+        "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
+        "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
+        "token_endpoint_auth_methods_supported": ["none"],
+    })
+}
+
+fn device_authorization(
+    state: &mut State,
+    body: &HashMap<String, String>,
+) -> Response<Full<Bytes>> {
+    let Some(client_id) = body.get("client_id").filter(|c| !c.is_empty()) else {
+        return oauth_error("invalid_client", "client_id is required");
+    };
+    state
+        .devices
+        .retain(|_, grant| grant.expires > Instant::now());
+    let device_code = random_code(32);
+    let user_code = user_code();
+    state.devices.insert(
+        device_code.clone(),
+        DeviceGrant {
+            user_code: user_code.clone(),
+            client_id: client_id.clone(),
+            expires: Instant::now() + DEVICE_CODE_LIFETIME,
+            person: None,
+        },
+    );
+    let base = &state.issuer;
+    json_response(
+        StatusCode::OK,
+        json!({
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": format!("{base}/device"),
+            "verification_uri_complete": format!("{base}/device?user_code={user_code}"),
+            "expires_in": DEVICE_CODE_LIFETIME.as_secs(),
+            "interval": POLL_INTERVAL_SECS,
+        }),
+    )
+}
+
+/// `XXXX-XXXX` from letters people do not confuse.
+fn user_code() -> String {
+    const LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+    let pick = |_| char::from(LETTERS[rand::random_range(0..LETTERS.len())]);
+    let half = || (0..4).map(pick).collect::<String>();
+    format!("{}-{}", half(), half())
+}
+
+fn normalize_user_code(code: &str) -> String {
+    code.chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+fn approve(state: &mut State, body: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    let code = normalize_user_code(body.get("user_code").map_or("", String::as_str));
+    let Some(person) = body.get("person").filter(|p| state.people.contains_key(*p)) else {
+        return html_response(StatusCode::BAD_REQUEST, "<p>Choose who you are.</p>");
+    };
+    let grant = state
+        .devices
+        .values_mut()
+        .find(|g| normalize_user_code(&g.user_code) == code && g.expires > Instant::now());
+    match grant {
+        Some(grant) => {
+            grant.person = Some(person.clone());
+            html_response(
+                StatusCode::OK,
+                &format!(
+                    "<p>Signed in as {}. You can close this page and return to your terminal.</p>",
+                    escape(person)
+                ),
+            )
+        }
+        None => html_response(
+            StatusCode::BAD_REQUEST,
+            "<p>That code is unknown or has expired. Run <code>pgwarden login</code> again.</p>",
+        ),
+    }
+}
+
+fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    let grant_type = body.get("grant_type").map_or("", String::as_str);
+    let (person_id, client_id) = match grant_type {
+        DEVICE_CODE_GRANT => {
+            let Some(code) = body.get("device_code") else {
+                return oauth_error("invalid_request", "device_code is required");
+            };
+            let Some(grant) = state.devices.get(code) else {
+                return oauth_error("invalid_grant", "unknown device code");
+            };
+            if grant.expires <= Instant::now() {
+                state.devices.remove(code);
+                return oauth_error("expired_token", "the device code has expired");
+            }
+            let Some(person) = grant.person.clone() else {
+                return oauth_error("authorization_pending", "waiting for approval");
+            };
+            let client_id = grant.client_id.clone();
+            state.devices.remove(code);
+            (person, client_id)
+        }
+        "refresh_token" => {
+            let Some(entry) = body
+                .get("refresh_token")
+                .and_then(|t| state.refresh_tokens.remove(t))
+            else {
+                return oauth_error("invalid_grant", "unknown refresh token");
+            };
+            entry
+        }
+        _ => return oauth_error("unsupported_grant_type", "use the device code grant"),
+    };
+    let Some(person) = state.people.get(&person_id).cloned() else {
+        return oauth_error("invalid_grant", "that person no longer exists");
+    };
+    let ttl = state.token_ttl_secs;
+    let refresh_token = random_code(40);
+    state
+        .refresh_tokens
+        .insert(refresh_token.clone(), (person_id, client_id.clone()));
+    json_response(
+        StatusCode::OK,
+        json!({
+            "access_token": state.access_token(&client_id, &person, ttl),
+            "id_token": state.id_token(&client_id, &person, ttl),
+            "refresh_token": refresh_token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": "openid email profile groups",
+        }),
+    )
+}
+
+fn approval_page(state: &State, user_code: &str) -> String {
+    let people: String = state
+        .people
+        .iter()
+        .map(|(id, claims)| {
+            let email = claims["email"].as_str().unwrap_or("");
+            let groups = claims["groups"]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            format!(
+                "<label><input type=radio name=person value=\"{id}\"> {id} &lt;{email}&gt; ({groups})</label><br>",
+                id = escape(id),
+                email = escape(email),
+                groups = escape(&groups)
+            )
+        })
+        .collect();
+    format!(
+        "<h1>pgwarden development sign-in</h1>\
+         <form method=post action=/device>\
+         <p>Code: <input name=user_code value=\"{code}\"></p>\
+         <p>Sign in as:<br>{people}</p>\
+         <p><button type=submit>Approve</button></p></form>",
+        code = escape(user_code)
+    )
+}
+
+fn form(bytes: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(bytes).into_owned().collect()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn oauth_error(error: &str, description: &str) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": error, "error_description": description}),
+    )
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    response(status, "application/json", body.to_string())
+}
+
+fn html_response(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    response(
+        status,
+        "text/html; charset=utf-8",
+        format!("<!doctype html><meta charset=utf-8><title>pgwarden sign-in</title>{body}"),
+    )
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
