@@ -104,8 +104,17 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
 /// A running proxy.
 pub struct Server {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     ctx: Arc<Context>,
     tracker: TaskTracker,
+    /// Stops the admin endpoint.
+    admin_stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.admin_stop.cancel();
+    }
 }
 
 impl Server {
@@ -115,6 +124,7 @@ impl Server {
             warn!("{warning}");
         }
         let addr = config.server.listen;
+        let admin_listen = config.admin_listen;
         let audit = match &config.audit {
             None => None,
             Some(settings) => Some((AuditLog::open(settings.clone())?.0, settings.clone())),
@@ -165,6 +175,32 @@ impl Server {
                 }
             });
         }
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin_addr = match admin_listen {
+            None => None,
+            Some(admin) => {
+                let admin_listener =
+                    TcpListener::bind(admin)
+                        .await
+                        .map_err(|source| AppError::Bind {
+                            addr: admin,
+                            source,
+                        })?;
+                let bound = admin_listener
+                    .local_addr()
+                    .map_err(|source| AppError::Bind {
+                        addr: admin,
+                        source,
+                    })?;
+                tokio::spawn(crate::admin::serve(
+                    admin_listener,
+                    ctx.clone(),
+                    admin_stop.clone(),
+                ));
+                info!(listen = %bound, "admin endpoint (/healthz, /readyz) listening");
+                Some(bound)
+            }
+        };
         let tracker = TaskTracker::new();
         tracker.spawn(listener::accept_loop(
             listener,
@@ -174,13 +210,20 @@ impl Server {
         info!(listen = %local_addr, upstream = %ctx.snapshot.load().upstream.describe(), "pgwarden is accepting connections");
         Ok(Self {
             local_addr,
+            admin_addr,
             ctx,
             tracker,
+            admin_stop,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the admin endpoint listens, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Sessions currently holding a proxy-issued cancel key (i.e. logged in).
@@ -282,6 +325,7 @@ impl Server {
                 "sessions did not end; exiting anyway"
             );
         }
+        self.admin_stop.cancel();
         if let Some(audit) = &self.ctx.audit {
             let stop = Event::ProxyStop {
                 reason: stop_reason.to_owned(),

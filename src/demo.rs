@@ -1,5 +1,6 @@
-//! `pgwarden demo`: a throwaway PostgreSQL with sample data, pgwarden in front of it, and
-//! instructions to connect. Everything lives in one temp dir, removed on Ctrl-C.
+//! `pgwarden demo`: a throwaway PostgreSQL with sample data, a development OIDC issuer with two
+//! people (a developer and a DBA), pgwarden in front of it all, and instructions to connect.
+//! Everything lives in one temp dir, removed on Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,13 +11,27 @@ use crate::audit::checkpoint::{PublicKey, SigningKey};
 use crate::audit::verify::verify_dir_with;
 use crate::auth::scram::hash_password;
 use crate::config::Config;
-use crate::testbed::{self, PostgresOptions, TestbedError, ThrowawayPostgres};
+use crate::testbed::{
+    self, DevIssuer, KeyAlgorithm, PostgresOptions, TestbedError, ThrowawayPostgres,
+};
 
-/// The demo's people: (user, password, group, upstream role).
-const DEMO_USERS: [(&str, &str, &str, &str); 2] = [
-    ("developer", "demo", "developers", "app_rw"),
-    ("analyst", "demo", "analysts", "app_ro"),
+/// Upstream roles pgwarden logs in as.
+const UPSTREAM_ROLES: [&str; 2] = ["app_rw", "app_ro"];
+
+/// People who sign in through the development issuer: (id, email, groups).
+const DEMO_PEOPLE: [(&str, &str, &[&str]); 2] = [
+    ("dev", "dev@example.com", &["developers"]),
+    ("dba", "dba@example.com", &["dba", "pii-readers"]),
 ];
+
+/// A local (SCRAM) service account: (user, password, group).
+const SERVICE_ACCOUNT: (&str, &str, &str) = ("report-bot", "demo", "reporting");
+
+/// The client id `pgwarden login` uses against the demo issuer.
+const DEMO_CLIENT_ID: &str = "pgwarden-cli";
+
+/// Lifetime of the ready-made tokens the demo writes to files.
+const READY_TOKEN_TTL_SECS: i64 = 8 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -33,6 +48,8 @@ pub enum DemoError {
     Smoke(String),
     #[error("audit: {0}")]
     Audit(String),
+    #[error("the development issuer: {0}")]
+    Issuer(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -48,17 +65,18 @@ pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> 
         .to_owned();
     let certs = testbed::write_test_certificates(&dir)?;
     let audit = AuditFiles::create(&dir)?;
+    let issuer = start_issuer(&dir).await?;
     let config_path = dir.join("pgwarden.toml");
-    let config_text = demo_config(listen, &postgres, &certs, &audit, &dir)?;
+    let config_text = demo_config(listen, &postgres, &certs, &audit, &issuer.issuer, &dir)?;
     write(&config_path, &config_text)?;
     let config = Config::load(&config_path).map_err(AppError::from)?;
     let server = Server::start(config).await?;
     let addr = server.local_addr();
 
     let result = if smoke_test {
-        smoke(addr, &certs.ca_cert).await
+        smoke(addr, &certs.ca_cert, &issuer).await
     } else {
-        print_tour(addr, &config_path, &certs.ca_cert, &audit);
+        print_tour(addr, &config_path, &certs.ca_cert, &audit, &issuer);
         wait_for_signal().await;
         println!("\nStopping pgwarden and PostgreSQL...");
         Ok(())
@@ -69,10 +87,57 @@ pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> 
     result
 }
 
+/// The development issuer and the ready-made tokens written next to the config.
+struct DemoIssuer {
+    issuer: DevIssuer,
+    /// Person id → file holding an ID token for them.
+    token_files: Vec<(&'static str, PathBuf)>,
+}
+
+async fn start_issuer(dir: &Path) -> Result<DemoIssuer, DemoError> {
+    let issuer = DevIssuer::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        KeyAlgorithm::Rs256,
+    )
+    .await
+    .map_err(DemoError::Issuer)?;
+    let mut token_files = Vec::new();
+    for (id, email, groups) in DEMO_PEOPLE {
+        let claims = serde_json::json!({
+            "sub": format!("demo-{id}"),
+            "email": email,
+            "name": id,
+            "groups": groups,
+        });
+        issuer.add_person(id, claims.clone());
+        let file = dir.join(format!("{id}.token"));
+        write(
+            &file,
+            &issuer.id_token(DEMO_CLIENT_ID, &claims, READY_TOKEN_TTL_SECS),
+        )?;
+        token_files.push((id, file));
+    }
+    Ok(DemoIssuer {
+        issuer,
+        token_files,
+    })
+}
+
+impl DemoIssuer {
+    fn token_file(&self, id: &str) -> PathBuf {
+        self.token_files
+            .iter()
+            .find(|(person, _)| *person == id)
+            .map(|(_, file)| file.clone())
+            .unwrap_or_default()
+    }
+}
+
 fn start_postgres() -> Result<ThrowawayPostgres, TestbedError> {
     let postgres = ThrowawayPostgres::start(PostgresOptions::default())?;
     let mut setup = String::new();
-    for (_, _, _, role) in DEMO_USERS {
+    for role in UPSTREAM_ROLES {
         // Passwords are set when the config is written: only pgwarden ever knows them.
         setup.push_str(&format!("CREATE ROLE {role} LOGIN;\n"));
     }
@@ -133,6 +198,7 @@ fn demo_config(
     postgres: &ThrowawayPostgres,
     certs: &testbed::TestCertificates,
     audit: &AuditFiles,
+    issuer: &DevIssuer,
     dir: &Path,
 ) -> Result<String, DemoError> {
     let mut text = format!(
@@ -140,15 +206,25 @@ fn demo_config(
          [server]\nlisten = \"{listen}\"\n\n\
          [server.tls]\nmode = \"optional\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
          [upstream]\nhost = \"{}\"\nport = {}\nsslmode = \"disable\"\n\n\
-         [audit]\ndir = \"{}\"\nsigning_key = \"file:{}\"\ncheckpoint_interval = \"10s\"\n",
+         [audit]\ndir = \"{}\"\nsigning_key = \"file:{}\"\ncheckpoint_interval = \"10s\"\n\n\
+         # People sign in with tokens from the development issuer (plain http: loopback only).\n\
+         [[auth.oidc]]\nissuer = \"{issuer}\"\naudience = [\"pgwarden\", \"{DEMO_CLIENT_ID}\"]\nallow_http = true\n\n\
+         [[auth.local]]\nname = \"{bot}\"\nscram = \"{verifier}\"\ngroups = [\"{bot_group}\"]\n\n\
+         [[access]]\ngroups = [\"developers\"]\ndatabases = [\"shop\"]\nroles = [\"app_rw\"]\n\n\
+         [[access]]\ngroups = [\"dba\"]\ndatabases = [\"shop\"]\nroles = [\"app_rw\", \"app_ro\"]\n\n\
+         [[access]]\ngroups = [\"{bot_group}\"]\ndatabases = [\"shop\"]\nroles = [\"app_ro\"]\n",
         certs.server_cert.display(),
         certs.server_key.display(),
         postgres.host(),
         postgres.port(),
         audit.dir.display(),
         audit.key.display(),
+        issuer = issuer.url(),
+        bot = SERVICE_ACCOUNT.0,
+        verifier = hash_password(SERVICE_ACCOUNT.1.as_bytes()),
+        bot_group = SERVICE_ACCOUNT.2,
     );
-    for (user, password, group, role) in DEMO_USERS {
+    for role in UPSTREAM_ROLES {
         // The upstream password lives in a file only pgwarden reads.
         let secret = dir.join(format!("{role}.password"));
         let upstream_password = crate::testbed::random_password();
@@ -158,11 +234,8 @@ fn demo_config(
         )?;
         write(&secret, &upstream_password)?;
         text.push_str(&format!(
-            "\n[[upstream.roles]]\nname = \"{role}\"\npassword = \"file:{}\"\n\n\
-             [[auth.local]]\nname = \"{user}\"\nscram = \"{}\"\ngroups = [\"{group}\"]\n\n\
-             [[access]]\ngroups = [\"{group}\"]\ndatabases = [\"shop\"]\nroles = [\"{role}\"]\n",
+            "\n[[upstream.roles]]\nname = \"{role}\"\npassword = \"file:{}\"\n",
             secret.display(),
-            hash_password(password.as_bytes()),
         ));
     }
     Ok(text)
@@ -184,22 +257,29 @@ fn write(path: &Path, text: &str) -> Result<(), DemoError> {
         })
 }
 
-fn print_tour(addr: SocketAddr, config: &Path, ca: &Path, audit: &AuditFiles) {
+fn print_tour(addr: SocketAddr, config: &Path, ca: &Path, audit: &AuditFiles, issuer: &DemoIssuer) {
     let (host, port) = (addr.ip(), addr.port());
     println!(
         r#"
 pgwarden is running on {addr}, in front of a throwaway PostgreSQL with a sample
-`shop` database (customers with fake PII, orders).
+`shop` database (customers with fake PII, orders). People sign in with their identity
+provider; here that is a development issuer at {issuer_url}
+with two people: dev (group developers) and dba (groups dba, pii-readers).
 
-Connect as the developer (password: demo), over TLS verified against the demo CA:
+Sign in as a person, the way your team would (device flow: open the URL it prints and
+choose who you are), then connect with the token as the password:
 
-    psql "host={host} port={port} dbname=shop user=developer sslmode=verify-full sslrootcert={ca}"
+    pgwarden login --issuer {issuer_url} --client-id {client_id}
+    PGPASSWORD="$(pgwarden token)" psql "host={host} port={port} dbname=shop user=dev@example.com sslmode=verify-full sslrootcert={ca}"
 
-or, without typing the password:
+Or skip the browser with the ready-made tokens (valid 8 hours):
 
-    PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=developer sslmode=require"
+    PGPASSWORD="$(cat {dev_token})" psql "host={host} port={port} dbname=shop user=dev@example.com sslmode=require"
+    PGPASSWORD="$(cat {dba_token})" psql "host={host} port={port} dbname=shop user=app_ro sslmode=require"
 
-Things to try:
+(The startup user names the database role you want; your own name means your default role.)
+
+Things to try as dev:
 
     SELECT full_name, email, card_number FROM customers LIMIT 5;
     \d customers
@@ -207,14 +287,14 @@ Things to try:
     DELETE FROM orders;           -- refused by pgwarden: no WHERE (rule guardrail.no-where)
     DROP TABLE customers;         -- refused by pgwarden (rule guardrail.drop)
 
-The analyst (password: demo) is read-only upstream, so PostgreSQL itself refuses writes:
+A service account signs in with a password (SCRAM) instead, and is read-only upstream:
 
-    PGPASSWORD=demo psql "host={host} port={port} dbname=shop user=analyst" -c 'DELETE FROM orders WHERE id = 1'
+    PGPASSWORD={bot_password} psql "host={host} port={port} dbname=shop user={bot} sslmode=require" -c 'DELETE FROM orders WHERE id = 1'
 
 Every statement (literals replaced by $n, with rows and errors), login, failed login and
-session is in a hash-chained, signed audit log:
+session is in a hash-chained, signed audit log, with the person behind it:
 
-    pgwarden audit search {audit_dir} --user developer
+    pgwarden audit search {audit_dir} --user dev@example.com
     pgwarden audit verify {audit_dir} --pubkey {pubkey}
 
 The config pgwarden is using: {config}
@@ -224,6 +304,12 @@ Press Ctrl-C to stop; everything is removed.
         ca = ca.display(),
         audit_dir = audit.dir.display(),
         pubkey = audit.public_key.display(),
+        issuer_url = issuer.issuer.url(),
+        client_id = DEMO_CLIENT_ID,
+        dev_token = issuer.token_file("dev").display(),
+        dba_token = issuer.token_file("dba").display(),
+        bot = SERVICE_ACCOUNT.0,
+        bot_password = SERVICE_ACCOUNT.1,
     );
 }
 
@@ -239,11 +325,27 @@ async fn wait_for_signal() {
     }
 }
 
-/// Run one real query through pgwarden with psql, as the developer, over verified TLS.
-async fn smoke(addr: SocketAddr, ca: &Path) -> Result<(), DemoError> {
+/// Run real queries through pgwarden with psql over verified TLS: as dev with the
+/// ready-made token, and as the service account with its password.
+async fn smoke(addr: SocketAddr, ca: &Path, issuer: &DemoIssuer) -> Result<(), DemoError> {
+    let token = std::fs::read_to_string(issuer.token_file("dev"))
+        .map_err(|e| DemoError::Smoke(format!("cannot read the ready-made token: {e}")))?;
+    let count = psql_count(addr, ca, "dev@example.com", token.trim()).await?;
+    println!("smoke test passed: {count} customers through pgwarden, signed in as dev@example.com");
+    let count = psql_count(addr, ca, SERVICE_ACCOUNT.0, SERVICE_ACCOUNT.1).await?;
+    println!("smoke test passed: {count} customers as the service account");
+    Ok(())
+}
+
+async fn psql_count(
+    addr: SocketAddr,
+    ca: &Path,
+    user: &str,
+    password: &str,
+) -> Result<u32, DemoError> {
     let psql = testbed::PgBinaries::discover()?.tool("psql");
     let conninfo = format!(
-        "host={} port={} dbname=shop user=developer sslmode=verify-full sslrootcert={}",
+        "host={} port={} dbname=shop user={user} sslmode=verify-full sslrootcert={}",
         addr.ip(),
         addr.port(),
         ca.display()
@@ -258,22 +360,18 @@ async fn smoke(addr: SocketAddr, ca: &Path) -> Result<(), DemoError> {
             "SELECT count(*) FROM customers",
             &conninfo,
         ])
-        .env("PGPASSWORD", "demo")
+        .env("PGPASSWORD", password)
         .env_remove("PGSSLMODE")
         .output()
         .await
         .map_err(|e| DemoError::Smoke(format!("cannot run psql: {e}")))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() || stdout.trim().parse::<u32>().map_or(true, |n| n == 0) {
-        return Err(DemoError::Smoke(format!(
-            "psql said: {}{}",
+    match stdout.trim().parse::<u32>() {
+        Ok(n) if output.status.success() && n > 0 => Ok(n),
+        _ => Err(DemoError::Smoke(format!(
+            "psql as {user} said: {}{}",
             stdout.trim(),
             String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        ))),
     }
-    println!(
-        "smoke test passed: {} customers through pgwarden",
-        stdout.trim()
-    );
-    Ok(())
 }

@@ -69,7 +69,7 @@ fn config_on_port(options: &ProxyOptions, port: u16) -> String {
 
 #[test]
 fn help_for_every_command_exits_zero_and_names_the_essentials() {
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (
             &["--help"],
             &[
@@ -103,6 +103,15 @@ fn help_for_every_command_exits_zero_and_names_the_essentials() {
             &["demo", "--help"],
             &["--listen", "--smoke-test", "127.0.0.1:6432"],
         ),
+        (
+            &["login", "--help"],
+            &["--issuer", "--client-id", "device", "tokens.json", "--ca"],
+        ),
+        (
+            &["token", "--help"],
+            &["PGPASSWORD", "--access", "--issuer"],
+        ),
+        (&["psql", "--help"], &["psql", "--"]),
     ];
     for (args, words) in cases {
         let output = run(args);
@@ -1129,6 +1138,9 @@ async fn demo_smoke_test_passes() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no customer count in: {stdout}"));
     assert!(count > 0);
+    // A person signed in with a token from the demo's issuer, a service account with SCRAM.
+    assert!(stdout.contains("signed in as dev@example.com"), "{stdout}");
+    assert!(stdout.contains("as the service account"), "{stdout}");
 }
 
 #[test]

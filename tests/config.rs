@@ -28,7 +28,12 @@ fn the_example_config_is_valid() {
         "ro-secret"
     );
     assert_eq!(config.local_users["ci-bot"].groups, ["ci"]);
-    assert_eq!(config.access.len(), 2);
+    assert_eq!(config.access.len(), 3);
+    assert_eq!(config.oidc.len(), 1);
+    assert_eq!(config.oidc[0].audiences, ["pgwarden"]);
+    assert_eq!(config.oidc[0].required_claims[0].0, "email_verified");
+    assert_eq!(config.rate_limit.max_failures, 5);
+    assert_eq!(config.admin_listen.unwrap().to_string(), "127.0.0.1:9187");
     let audit = config.audit.as_ref().unwrap();
     assert_eq!(audit.dir, dir.join("audit"));
     assert!(audit.signing_key.is_some());
@@ -77,5 +82,59 @@ fn errors_name_the_key_and_line() {
         err.contains("`access[0].roles`") && err.contains("admin"),
         "{err}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn oidc_issuers_must_be_https_unless_a_loopback_development_issuer() {
+    let (dir, text) = example_in_temp_dir("oidc");
+    let path = dir.join("example.toml");
+    let cases = [
+        (
+            text.replace("https://idp.example.com", "http://idp.example.com"),
+            "auth.oidc[0].issuer",
+            "must be https",
+        ),
+        (
+            text.replace("https://idp.example.com", "http://idp.example.com")
+                .replace("# allow_http = false", "allow_http = true"),
+            "auth.oidc[0].allow_http",
+            "only allowed for loopback",
+        ),
+        (
+            text.replace("audience = \"pgwarden\"", "audience = []"),
+            "auth.oidc[0].audience",
+            "at least one",
+        ),
+        (
+            text.replace("leeway = \"60s\"", "leeway = \"1h\""),
+            "auth.oidc[0].leeway",
+            "at most",
+        ),
+        (
+            text.replace("listen = \"127.0.0.1:9187\"", "listen = \"nowhere\""),
+            "admin.listen",
+            "not an address",
+        ),
+    ];
+    for (bad, key, words) in cases {
+        match Config::from_toml(&path, &bad) {
+            Err(ConfigError::Invalid {
+                key: k,
+                message,
+                line,
+                ..
+            }) => {
+                assert_eq!(k, key, "{message}");
+                assert!(message.contains(words), "{key}: {message}");
+                assert!(line.is_some(), "{key}: no line");
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    let loopback = text
+        .replace("https://idp.example.com", "http://127.0.0.1:5556")
+        .replace("# allow_http = false", "allow_http = true");
+    Config::from_toml(&path, &loopback).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -460,7 +460,22 @@ async fn an_issuer_down_at_start_is_retried_and_logins_work_once_it_is_up() {
         .local_addr()
         .unwrap();
     let url = format!("https://localhost:{}", addr.port());
-    let proxy = Proxy::start(options(&url, "jwks_cooldown = \"200ms\"", "")).await;
+    let proxy = Proxy::start(options(
+        &url,
+        "jwks_cooldown = \"200ms\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+    let (status, body) = readyz(admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["identity_providers"][0]["issuer"], url);
+    assert_eq!(body["identity_providers"][0]["ready"], false);
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains(&url),
+        "{body}"
+    );
 
     // A well-formed token naming that issuer: it cannot be checked, so it is refused as
     // temporary (57P03), not as a bad password.
@@ -496,6 +511,21 @@ async fn an_issuer_down_at_start_is_retried_and_logins_work_once_it_is_up() {
             Err(e) => panic!("the issuer is up but logins still fail: {e}"),
         }
     }
+    let (status, body) = readyz(admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["identity_providers"][0]["ready"], true);
+}
+
+/// GET /readyz on the admin endpoint: (status, JSON body).
+async fn readyz(admin: std::net::SocketAddr) -> (u16, Value) {
+    let fetcher = pgwarden::net::http::Fetcher::new(None, Duration::from_secs(5), 1 << 16).unwrap();
+    let request = openidconnect::http::Request::builder()
+        .uri(format!("http://{admin}/readyz"))
+        .body(Vec::new())
+        .unwrap();
+    let response = fetcher.fetch(request).await.unwrap();
+    let body = serde_json::from_slice(response.body()).unwrap();
+    (response.status().as_u16(), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@ use crate::auth::scram::ScramVerifier;
 pub struct Config {
     pub path: PathBuf,
     pub server: Server,
+    /// `[admin] listen`: health and readiness endpoints, when configured.
+    pub admin_listen: Option<SocketAddr>,
     pub upstream: Upstream,
     pub local_users: HashMap<String, LocalUser>,
     /// Trusted OIDC issuers (`[[auth.oidc]]`).

@@ -29,6 +29,14 @@ pub struct ConfigFile {
     audit: Option<AuditSection>,
     #[serde(default)]
     policy: PolicySection,
+    admin: Option<AdminSection>,
+}
+
+/// `[admin]`: the HTTP endpoint for health checks (and, later, operations).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    listen: String,
 }
 
 /// `[policy]` and its `[[policy.rules]]`.
@@ -673,8 +681,22 @@ pub fn validate(
     .map_err(|e| invalid(format!("policy.rules[{}].{}", e.rule, e.key), e.message))?;
     policy.sessions = sessions;
 
+    let admin_listen = match file.admin {
+        None => None,
+        Some(admin) => Some(admin.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin.listen".into(),
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:9187\"",
+                    admin.listen
+                ),
+            )
+        })?),
+    };
+
     Ok(Config {
         path: path.to_owned(),
+        admin_listen,
         server,
         upstream,
         local_users,

@@ -133,3 +133,75 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for Fetcher {
         Box::pin(self.fetch(request))
     }
 }
+
+/// A response body pgwarden's small HTTP servers send.
+pub type Body = http_body_util::Full<bytes::Bytes>;
+
+/// Serve HTTP/1.1 on `listener` (over TLS when given an acceptor) until `stop`, answering each
+/// request with `handler`. For the admin endpoints and the development issuer: small,
+/// internal servers, one task per connection.
+pub async fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: tokio_util::sync::CancellationToken,
+    handler: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    use hyper_util::rt::TokioIo;
+    loop {
+        let tcp = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+        };
+        let handler = handler.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = handler(request);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = served => {}
+            }
+        });
+    }
+}
+
+/// A response with a body and its content type.
+pub fn response(
+    status: hyper::StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Body::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
+}

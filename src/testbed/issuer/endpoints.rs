@@ -3,16 +3,13 @@
 //! grants).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -20,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{random_code, Shared, State};
+use crate::net::http::{self, Body};
 
 /// Largest request body read (forms are tiny).
 const MAX_BODY: usize = 16 * 1024;
@@ -43,44 +41,14 @@ pub async fn serve(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    loop {
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-        };
+    http::serve(listener, tls, stop, move |request| {
         let shared = shared.clone();
-        let tls = tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, request).await) }
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            let served = async {
-                match tls {
-                    Some(acceptor) => {
-                        if let Ok(stream) = acceptor.accept(tcp).await {
-                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                    }
-                    None => {
-                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = served => {}
-            }
-        });
-    }
+        async move { route(&shared, request).await }
+    })
+    .await;
 }
 
-async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = form(request.uri().query().unwrap_or("").as_bytes());
@@ -133,10 +101,7 @@ fn discovery(base: &str) -> Value {
     })
 }
 
-fn device_authorization(
-    state: &mut State,
-    body: &HashMap<String, String>,
-) -> Response<Full<Bytes>> {
+fn device_authorization(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
     let Some(client_id) = body.get("client_id").filter(|c| !c.is_empty()) else {
         return oauth_error("invalid_client", "client_id is required");
     };
@@ -183,7 +148,7 @@ fn normalize_user_code(code: &str) -> String {
         .collect()
 }
 
-fn approve(state: &mut State, body: &HashMap<String, String>) -> Response<Full<Bytes>> {
+fn approve(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
     let code = normalize_user_code(body.get("user_code").map_or("", String::as_str));
     let Some(person) = body.get("person").filter(|p| state.people.contains_key(*p)) else {
         return html_response(StatusCode::BAD_REQUEST, "<p>Choose who you are.</p>");
@@ -210,7 +175,7 @@ fn approve(state: &mut State, body: &HashMap<String, String>) -> Response<Full<B
     }
 }
 
-fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Full<Bytes>> {
+fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
     let grant_type = body.get("grant_type").map_or("", String::as_str);
     let (person_id, client_id) = match grant_type {
         DEVICE_CODE_GRANT => {
@@ -307,35 +272,21 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn oauth_error(error: &str, description: &str) -> Response<Full<Bytes>> {
+fn oauth_error(error: &str, description: &str) -> Response<Body> {
     json_response(
         StatusCode::BAD_REQUEST,
         json!({"error": error, "error_description": description}),
     )
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    response(status, "application/json", body.to_string())
+fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+    http::response(status, "application/json", body.to_string())
 }
 
-fn html_response(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    response(
+fn html_response(status: StatusCode, body: &str) -> Response<Body> {
+    http::response(
         status,
         "text/html; charset=utf-8",
         format!("<!doctype html><meta charset=utf-8><title>pgwarden sign-in</title>{body}"),
     )
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    response.headers_mut().insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
-    response
 }
