@@ -9,24 +9,29 @@
 //! | [`config`] | the TOML model, validation (with key and line in errors), secret references |
 //! | [`net`] | the listener (connection limit, one span per connection), TLS configs, streams |
 //! | [`protocol`] | length-checked framing, startup packets, message views and builders |
-//! | [`auth`] | identities, front-door methods (local SCRAM users), `[[access]]` rules |
+//! | [`auth`] | identities; front-door methods (OIDC tokens as password or OAUTHBEARER, local SCRAM users); OIDC discovery, keys and token verification; `[[access]]` rules; sign-in rate limiting |
 //! | [`upstream`] | logging in to PostgreSQL as the granted role; proxy-issued cancel keys |
-//! | [`session`] | one connection's life: handshake, the relay loop, the gate hook, shutdown phases |
-//! | [`testbed`] | throwaway PostgreSQL servers for the demo, tests and benchmarks |
+//! | [`session`] | one connection's life: handshake, the relay loop, statement flow, shutdown phases |
+//! | [`sql`] | statement analysis with PostgreSQL's parser: facts, fingerprint, normalized text |
+//! | [`policy`] | the rules and guardrails that decide each statement; session settings |
+//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz` |
+//! | [`login`] | the client side: `pgwarden login` (device flow), `token`, `psql` |
+//! | [`testbed`] | throwaway PostgreSQL servers and a development OIDC issuer, for the demo, tests and benchmarks |
 //! | [`demo`] | `pgwarden demo` |
 //! | [`error`] | SQLSTATEs and the ErrorResponse shape every module's errors map to |
 //!
 //! # The path of one statement
 //!
 //! 1. [`net::listener`] accepts the TCP connection and spawns [`session::serve`] in a span
-//!    `conn{id, peer, tls, user, db, role}`.
+//!    `conn{id, peer, tls, user, identity, db, role}`.
 //! 2. The session negotiates TLS, reads the StartupMessage ([`protocol::startup`]),
 //!    authenticates the client ([`auth::front_door`]), picks the upstream role from `[[access]]`, and logs
 //!    in upstream with pgwarden's own credentials ([`upstream::login`]). The client gets a
 //!    proxy-issued cancel key.
-//! 3. [`session::relay::run`] reads client frames ([`protocol::frame`]); each Query, Parse and
-//!    FunctionCall goes through the gate hook ([`session::gate::StatementGate`]) and, when
-//!    allowed, its raw bytes are copied upstream unchanged.
+//! 3. [`session::relay::run`] reads client frames ([`protocol::frame`]); each statement of a
+//!    Query, Parse/Execute or FunctionCall is analysed ([`sql`]), decided ([`policy`]) and
+//!    audited in [`session::flow`] and, when allowed, its raw bytes are copied upstream
+//!    unchanged.
 //! 4. Server frames come back the same way: scanned in place (ReadyForQuery, ParameterStatus
 //!    and errors update [`session::state::SessionState`]) and copied to the client in batches.
 //! 5. Logins, failed logins and session ends are recorded by the [`audit`] writer; a session

@@ -411,6 +411,16 @@ async fn rotated_keys_are_picked_up_and_a_flood_of_unknown_kids_fetches_at_most_
         "{}",
         message(&err)
     );
+    // Ed25519 keys too, for both kinds of token.
+    issuer.rotate(KeyAlgorithm::EdDsa).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for token in [
+        issuer.id_token(AUDIENCE, &ann(), 300),
+        issuer.access_token(AUDIENCE, &ann(), 300),
+    ] {
+        connect(&proxy, "ann@example.com", &token).await.unwrap();
+    }
+    let after_rotation = issuer.id_token(AUDIENCE, &ann(), 300);
 
     // Forty logins with made-up key ids, all at once.
     let fetches_before = issuer.jwks_fetches();

@@ -1,7 +1,7 @@
 //! What happens to each frame on its way through a session: every statement is analysed
 //! with PostgreSQL's own parser, decided by the policy, recorded in the audit log *before*
 //! it is forwarded, and its outcome recorded when the server's answer comes back
-//! ([`super::track`]).
+//! (`session/track.rs`).
 //!
 //! A statement the policy refuses, or that the audit log cannot record (unless
 //! `audit.on_failure = "continue"`), never reaches PostgreSQL: an inert message takes its

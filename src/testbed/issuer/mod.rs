@@ -9,7 +9,7 @@
 //! For `pgwarden login` it also runs the device authorization grant (RFC 8628): a client asks
 //! for a code, a person approves it on `/device` by choosing who they are from the issuer's
 //! list of people (no passwords: this is a development issuer), and the token endpoint then
-//! issues an ID token, an access token and a refresh token. Endpoints are in [`endpoints`].
+//! issues an ID token, an access token and a refresh token. Endpoints are in `endpoints.rs`.
 //!
 //! It is not a general-purpose provider: any client id is accepted and nobody is checked.
 
