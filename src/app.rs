@@ -105,6 +105,7 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
 pub struct Server {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    oauthbearer_addr: Option<SocketAddr>,
     ctx: Arc<Context>,
     tracker: TaskTracker,
     /// Stops the admin endpoint.
@@ -125,6 +126,7 @@ impl Server {
         }
         let addr = config.server.listen;
         let admin_listen = config.admin_listen;
+        let oauthbearer_listen = config.server.oauthbearer_listen;
         let audit = match &config.audit {
             None => None,
             Some(settings) => Some((AuditLog::open(settings.clone())?.0, settings.clone())),
@@ -201,9 +203,25 @@ impl Server {
                 Some(bound)
             }
         };
+        let oauthbearer_listener = match oauthbearer_listen {
+            None => None,
+            Some(addr) => {
+                let bound = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Bind { addr, source })?;
+                if let Ok(local) = bound.local_addr() {
+                    info!(listen = %local, "OAUTHBEARER sign-in (PostgreSQL 18 clients) listening");
+                }
+                Some(bound)
+            }
+        };
+        let oauthbearer_addr = oauthbearer_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
         let tracker = TaskTracker::new();
         tracker.spawn(listener::accept_loop(
             listener,
+            oauthbearer_listener,
             ctx.clone(),
             tracker.clone(),
         ));
@@ -211,6 +229,7 @@ impl Server {
         Ok(Self {
             local_addr,
             admin_addr,
+            oauthbearer_addr,
             ctx,
             tracker,
             admin_stop,
@@ -219,6 +238,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the OAUTHBEARER listener listens, if configured.
+    pub fn oauthbearer_addr(&self) -> Option<SocketAddr> {
+        self.oauthbearer_addr
     }
 
     /// Where the admin endpoint listens, if configured.

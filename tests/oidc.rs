@@ -940,3 +940,44 @@ async fn pgwarden_login_runs_the_device_flow_and_pgwarden_token_feeds_psql() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_listener_offers_oauthbearer_to_every_token_sign_in() {
+    use common::wire::{self, auth_code, read_message};
+    use tokio::io::AsyncWriteExt;
+    let issuer = start_issuer().await;
+    let mut opts = options(
+        issuer.url(),
+        "",
+        "[auth]\nplaintext_tokens = \"loopback\"\n",
+    );
+    opts.server_extra = "oauthbearer_listen = \"127.0.0.1:0\"".into();
+    let proxy = Proxy::start(opts).await;
+    let oauth_port = proxy.server.as_ref().unwrap().oauthbearer_addr().unwrap();
+    let first_request = |addr: std::net::SocketAddr, user: &'static [u8]| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(&wire::startup_packet(
+                wire::PROTOCOL_3_0,
+                &[("user", user), ("database", b"app")],
+            ))
+            .await
+            .unwrap();
+        read_message(&mut stream).await
+    };
+    // No startup option needed on the dedicated port.
+    let offer = first_request(oauth_port, b"ann@example.com").await;
+    assert_eq!(auth_code(&offer), 10);
+    assert_eq!(&offer.1[4..], b"OAUTHBEARER\0\0");
+    // The main port asks for the token as a password (older libpq understands that).
+    let ask = first_request(proxy.addr, b"ann@example.com").await;
+    assert_eq!(
+        auth_code(&ask),
+        3,
+        "AuthenticationCleartextPassword expected"
+    );
+    // Local users keep SCRAM on both.
+    let scram = first_request(oauth_port, b"alice").await;
+    assert_eq!(auth_code(&scram), 10);
+    assert!(scram.1.windows(13).any(|w| w == b"SCRAM-SHA-256"));
+}

@@ -49,6 +49,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: SocketAddr,
+    /// A listener where token sign-ins always use SASL OAUTHBEARER.
+    pub oauthbearer_listen: Option<SocketAddr>,
     pub max_connections: usize,
     pub auth_timeout: Duration,
     pub shutdown_grace: Duration,

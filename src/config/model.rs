@@ -94,6 +94,8 @@ struct AuditSection {
 #[serde(deny_unknown_fields, default)]
 struct ServerSection {
     listen: String,
+    /// A second listener where people signing in with a token always get OAUTHBEARER.
+    oauthbearer_listen: Option<String>,
     max_connections: usize,
     auth_timeout: HumanDuration,
     shutdown_grace: HumanDuration,
@@ -107,6 +109,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:6432".into(),
+            oauthbearer_listen: None,
             max_connections: 1000,
             auth_timeout: HumanDuration(std::time::Duration::from_secs(15)),
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(30)),
@@ -328,6 +331,15 @@ pub fn validate(
             format!("`{}` is not an address like \"127.0.0.1:6432\"", s.listen),
         )
     })?;
+    let oauthbearer_listen = match &s.oauthbearer_listen {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server.oauthbearer_listen".into(),
+                format!("`{text}` is not an address like \"127.0.0.1:6433\""),
+            )
+        })?),
+    };
     if s.max_connections == 0 {
         return Err(invalid(
             "server.max_connections".into(),
@@ -376,6 +388,7 @@ pub fn validate(
     }
     let server = Server {
         listen,
+        oauthbearer_listen,
         max_connections: s.max_connections,
         auth_timeout: s.auth_timeout.0,
         shutdown_grace: s.shutdown_grace.0,

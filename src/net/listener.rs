@@ -41,8 +41,24 @@ impl Drop for SessionSlot {
     }
 }
 
-/// Accept until the graceful shutdown signal; sessions are spawned on `tracker`.
-pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracker) {
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `server.listen`.
+    Main,
+    /// `server.oauthbearer_listen`: people signing in with a token always get OAUTHBEARER.
+    OauthBearer,
+}
+
+/// Accept on `main` (and `oauthbearer`, if bound) until the graceful shutdown signal;
+/// sessions are spawned on `tracker`. Both listeners share the connection limit and the
+/// session ids.
+pub async fn accept_loop(
+    main: TcpListener,
+    oauthbearer: Option<TcpListener>,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+) {
     let sessions = Arc::new(SessionCount::default());
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SESSIONS));
     let next_id = AtomicU64::new(1);
@@ -51,9 +67,15 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: Task
         if ctx.shutdown.phase() != Phase::Running {
             break;
         }
-        let accepted = tokio::select! {
+        let (accepted, door) = tokio::select! {
             _ = phase.changed() => break,
-            accepted = listener.accept() => accepted,
+            accepted = main.accept() => (accepted, Door::Main),
+            accepted = async {
+                match &oauthbearer {
+                    Some(listener) => listener.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => (accepted, Door::OauthBearer),
         };
         let (tcp, peer) = match accepted {
             Ok(conn) => conn,
@@ -94,7 +116,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: Task
         let ctx = ctx.clone();
         tracker.spawn(
             async move {
-                session::serve(ctx, id, tcp, peer, admitted).await;
+                session::serve(ctx, id, tcp, (peer, door), admitted).await;
                 drop(permit);
             }
             .instrument(span),

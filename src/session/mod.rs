@@ -30,6 +30,7 @@ use crate::auth::front_door::{self, ClientConn};
 use crate::auth::{self, AuthError, Grant, Identity};
 use crate::config::{Config, OauthBearer, PlaintextTokens, TlsMode};
 use crate::error::{ClientError, SqlState};
+use crate::net::listener::Door;
 use crate::net::{tls::ALPN_POSTGRESQL, MaybeTls};
 use crate::policy::session::{self, SessionSettings};
 use crate::protocol::frame::{FrameBuffer, FrameLimits};
@@ -192,33 +193,41 @@ pub struct Established {
 
 /// Serve one client connection. `admitted` is false when the connection limit is reached:
 /// the client still gets a proper FATAL (after TLS, so it can read it).
-pub async fn serve(ctx: Arc<Context>, id: u64, tcp: TcpStream, peer: SocketAddr, admitted: bool) {
+pub async fn serve(
+    ctx: Arc<Context>,
+    id: u64,
+    tcp: TcpStream,
+    (peer, door): (SocketAddr, Door),
+    admitted: bool,
+) {
     let snapshot = ctx.snapshot.load_full();
     let timeout = snapshot.config.server.auth_timeout;
-    let established =
-        match tokio::time::timeout(timeout, handshake(&ctx, &snapshot, tcp, id, peer, admitted))
-            .await
-        {
-            Err(_) => {
-                info!(
-                    timeout_ms = timeout.as_millis() as u64,
-                    "authentication timed out; connection closed"
-                );
-                return;
-            }
-            Ok(Ok(None)) => return,
-            Ok(Ok(Some(established))) => established,
-            Ok(Err(e)) => {
-                match &e {
-                    SessionError::ClientIo(err) => {
-                        debug!(error = %err, "client went away during startup")
-                    }
-                    SessionError::Auth(err) => warn!(error = ?err, "authentication failed"),
-                    other => warn!(error = %other, "connection refused"),
+    let established = match tokio::time::timeout(
+        timeout,
+        handshake(&ctx, &snapshot, tcp, id, (peer, door), admitted),
+    )
+    .await
+    {
+        Err(_) => {
+            info!(
+                timeout_ms = timeout.as_millis() as u64,
+                "authentication timed out; connection closed"
+            );
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(established))) => established,
+        Ok(Err(e)) => {
+            match &e {
+                SessionError::ClientIo(err) => {
+                    debug!(error = %err, "client went away during startup")
                 }
-                return;
+                SessionError::Auth(err) => warn!(error = ?err, "authentication failed"),
+                other => warn!(error = %other, "connection refused"),
             }
-        };
+            return;
+        }
+    };
     info!(peer = %peer, "session started");
     let summary = relay::run(&ctx, id, established).await;
     if let Some(audit) = &ctx.audit {
@@ -243,7 +252,7 @@ async fn handshake(
     snapshot: &Snapshot,
     tcp: TcpStream,
     id: u64,
-    peer: SocketAddr,
+    (peer, door): (SocketAddr, Door),
     admitted: bool,
 ) -> Result<Option<Established>, SessionError> {
     let config = &snapshot.config;
@@ -342,7 +351,7 @@ async fn handshake(
         &mut stream,
         buf,
         &startup,
-        (id, peer),
+        (id, peer, door),
         admitted,
     )
     .await
@@ -392,7 +401,7 @@ async fn establish(
     stream: &mut MaybeTls,
     buf: BytesMut,
     startup: &StartupMessage,
-    (id, peer): (u64, SocketAddr),
+    (id, peer, door): (u64, SocketAddr, Door),
     admitted: bool,
 ) -> Result<Parts, SessionError> {
     let config = &snapshot.config;
@@ -436,14 +445,15 @@ async fn establish(
         out: &mut out,
     };
     let oauthbearer = use_token
-        && match config.oauthbearer {
-            OauthBearer::Off => false,
-            OauthBearer::Always => true,
-            OauthBearer::OnRequest => {
-                session::startup_setting(&startup.parameters, "pgwarden.auth")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("oauthbearer"))
-            }
-        };
+        && (door == Door::OauthBearer
+            || match config.oauthbearer {
+                OauthBearer::Off => false,
+                OauthBearer::Always => true,
+                OauthBearer::OnRequest => {
+                    session::startup_setting(&startup.parameters, "pgwarden.auth")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("oauthbearer"))
+                }
+            });
     let result = if oauthbearer {
         front_door::oauthbearer(&mut conn, &snapshot.issuers, &user).await
     } else if use_token {
