@@ -2,10 +2,12 @@
 //!
 //! `login` runs the OAuth 2.0 device authorization grant (RFC 8628) against the company's
 //! identity provider with openidconnect: it prints a code and a URL, the person approves in
-//! a browser, and the tokens land in the user's config dir (`tokens.json`, mode 0600, in a
+//! a browser (or, with `--browser`, the authorization code flow with PKCE on a loopback
+//! redirect), and the tokens land in the user's config dir (`tokens.json`, mode 0600, in a
 //! 0700 directory). `token` prints a token that is valid for at least another minute,
 //! refreshing it with the refresh token when needed, for `PGPASSWORD="$(pgwarden token)"`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,14 +15,15 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
-    CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
-    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
-    CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey,
+    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, ClientId, DeviceAuthorizationUrl, IssuerUrl, OAuth2TokenResponse,
-    ProviderMetadata, RefreshToken, Scope, TokenResponse, TokenUrl,
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationUrl,
+    IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, ProviderMetadata, RedirectUrl,
+    RefreshToken, Scope, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,8 @@ const MIN_VALIDITY: Duration = Duration::from_secs(60);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_RESPONSE: usize = 1 << 20;
 const CACHE_FILE: &str = "tokens.json";
+/// How long the browser flow waits for the redirect.
+const BROWSER_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -117,6 +122,15 @@ type DeviceProviderMetadata = ProviderMetadata<
     CoreSubjectIdentifierType,
 >;
 
+/// How `pgwarden login` gets the person's consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFlow {
+    /// Device authorization grant: a URL and a code, confirmed in any browser.
+    Device,
+    /// Authorization code with PKCE, the browser redirected back to a loopback port.
+    Browser,
+}
+
 /// What `pgwarden login` needs.
 #[derive(Debug, Clone)]
 pub struct LoginRequest {
@@ -124,6 +138,7 @@ pub struct LoginRequest {
     pub client_id: String,
     pub scopes: Vec<String>,
     pub ca: Option<PathBuf>,
+    pub flow: LoginFlow,
 }
 
 fn fetcher(issuer: &str, ca: Option<&Path>) -> Result<Fetcher, LoginError> {
@@ -143,7 +158,7 @@ fn fetcher(issuer: &str, ca: Option<&Path>) -> Result<Fetcher, LoginError> {
     Fetcher::new(ca, FETCH_TIMEOUT, MAX_RESPONSE).map_err(LoginError::Setup)
 }
 
-/// Run the device authorization grant; `prompt` receives what the person must do.
+/// Sign in and cache the tokens; `prompt` receives what the person must do.
 pub async fn login(request: &LoginRequest, prompt: &mut dyn Write) -> Result<(), LoginError> {
     let http = fetcher(&request.issuer, request.ca.as_deref())?;
     let issuer = IssuerUrl::new(request.issuer.clone())
@@ -151,51 +166,14 @@ pub async fn login(request: &LoginRequest, prompt: &mut dyn Write) -> Result<(),
     let metadata = DeviceProviderMetadata::discover_async(issuer, &http)
         .await
         .map_err(|e| LoginError::Provider(error_chain(&e)))?;
-    let device_url = metadata
-        .additional_metadata()
-        .device_authorization_endpoint
-        .clone()
-        .ok_or_else(|| {
-            LoginError::Setup(format!(
-                "{} does not offer the device authorization grant (no device_authorization_endpoint)",
-                request.issuer
-            ))
-        })?;
     let token_endpoint = metadata
         .token_endpoint()
         .map(|u| u.as_str().to_owned())
         .ok_or_else(|| LoginError::Setup("the provider has no token_endpoint".into()))?;
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(request.client_id.clone()),
-        None,
-    )
-    .set_device_authorization_url(device_url);
-    let mut exchange = client.exchange_device_code();
-    for scope in &request.scopes {
-        exchange = exchange.add_scope(Scope::new(scope.clone()));
-    }
-    let details: CoreDeviceAuthorizationResponse = exchange
-        .request_async(&http)
-        .await
-        .map_err(|e| LoginError::Provider(error_chain(&e)))?;
-    let url = details
-        .verification_uri_complete()
-        .map(|u| u.secret().clone())
-        .unwrap_or_else(|| details.verification_uri().to_string());
-    let _ = writeln!(
-        prompt,
-        "To sign in, open {url}\nand confirm the code {code}\n(waiting up to {mins} minutes…)",
-        code = details.user_code().secret(),
-        mins = details.expires_in().as_secs() / 60,
-    );
-    let _ = prompt.flush();
-    let token: CoreTokenResponse = client
-        .exchange_device_access_token(&details)
-        .map_err(|e| LoginError::Setup(e.to_string()))?
-        .request_async(&http, tokio::time::sleep, None)
-        .await
-        .map_err(|e| LoginError::Denied(error_chain(&e)))?;
+    let token = match request.flow {
+        LoginFlow::Device => device_flow(request, metadata, &http, prompt).await?,
+        LoginFlow::Browser => browser_flow(request, metadata, &http, prompt).await?,
+    };
     let stored = StoredLogin {
         issuer: request.issuer.clone(),
         client_id: request.client_id.clone(),
@@ -217,6 +195,159 @@ pub async fn login(request: &LoginRequest, prompt: &mut dyn Write) -> Result<(),
         "Signed in. Use it with: PGPASSWORD=\"$(pgwarden token)\" psql \"host=… sslmode=require\""
     );
     Ok(())
+}
+
+/// The device authorization grant (RFC 8628): a URL and a code to confirm in any browser.
+async fn device_flow(
+    request: &LoginRequest,
+    metadata: DeviceProviderMetadata,
+    http: &Fetcher,
+    prompt: &mut dyn Write,
+) -> Result<CoreTokenResponse, LoginError> {
+    let device_url = metadata
+        .additional_metadata()
+        .device_authorization_endpoint
+        .clone()
+        .ok_or_else(|| {
+            LoginError::Setup(format!(
+                "{} does not offer the device authorization grant (no device_authorization_endpoint); try --browser",
+                request.issuer
+            ))
+        })?;
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(request.client_id.clone()),
+        None,
+    )
+    .set_device_authorization_url(device_url);
+    let mut exchange = client.exchange_device_code();
+    for scope in &request.scopes {
+        exchange = exchange.add_scope(Scope::new(scope.clone()));
+    }
+    let details: CoreDeviceAuthorizationResponse = exchange
+        .request_async(http)
+        .await
+        .map_err(|e| LoginError::Provider(error_chain(&e)))?;
+    let url = details
+        .verification_uri_complete()
+        .map(|u| u.secret().clone())
+        .unwrap_or_else(|| details.verification_uri().to_string());
+    let _ = writeln!(
+        prompt,
+        "To sign in, open {url}\nand confirm the code {code}\n(waiting up to {mins} minutes…)",
+        code = details.user_code().secret(),
+        mins = details.expires_in().as_secs() / 60,
+    );
+    let _ = prompt.flush();
+    client
+        .exchange_device_access_token(&details)
+        .map_err(|e| LoginError::Setup(e.to_string()))?
+        .request_async(http, tokio::time::sleep, None)
+        .await
+        .map_err(|e| LoginError::Denied(error_chain(&e)))
+}
+
+/// The authorization code flow with PKCE (RFC 7636) on a loopback redirect (RFC 8252): the
+/// browser comes back to a one-shot HTTP listener on 127.0.0.1.
+async fn browser_flow(
+    request: &LoginRequest,
+    metadata: DeviceProviderMetadata,
+    http: &Fetcher,
+    prompt: &mut dyn Write,
+) -> Result<CoreTokenResponse, LoginError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| LoginError::Setup(format!("cannot listen on loopback: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| LoginError::Setup(e.to_string()))?
+        .port();
+    let redirect = RedirectUrl::new(format!("http://127.0.0.1:{port}/callback"))
+        .map_err(|e| LoginError::Setup(e.to_string()))?;
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(request.client_id.clone()),
+        None,
+    )
+    .set_redirect_uri(redirect);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut authorize = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .set_pkce_challenge(challenge);
+    for scope in request.scopes.iter().filter(|s| *s != "openid") {
+        authorize = authorize.add_scope(Scope::new(scope.clone()));
+    }
+    let (url, csrf, _nonce) = authorize.url();
+    let _ = writeln!(
+        prompt,
+        "To sign in, open this URL in your browser:\n{url}\n(waiting up to {} minutes…)",
+        BROWSER_WAIT.as_secs() / 60
+    );
+    let _ = prompt.flush();
+
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<HashMap<String, String>>(1);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(crate::net::http::serve(
+        listener,
+        None,
+        stop.clone(),
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let sender = sender.clone();
+            async move {
+                if req.uri().path() != "/callback" {
+                    return crate::net::http::response(
+                        hyper::StatusCode::NOT_FOUND,
+                        "text/plain",
+                        "not found\n".into(),
+                    );
+                }
+                let params: HashMap<String, String> =
+                    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                        .into_owned()
+                        .collect();
+                let _ = sender.try_send(params);
+                crate::net::http::response(
+                    hyper::StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    "<!doctype html><meta charset=utf-8><title>pgwarden</title>\
+                     <p>pgwarden: you can close this page and return to your terminal.</p>"
+                        .into(),
+                )
+            }
+        },
+    ));
+    let params = tokio::time::timeout(BROWSER_WAIT, receiver.recv()).await;
+    stop.cancel();
+    let _ = server.await;
+    let params = params
+        .ok()
+        .flatten()
+        .ok_or_else(|| LoginError::Denied("no answer from the browser in time".into()))?;
+    if let Some(error) = params.get("error") {
+        return Err(LoginError::Denied(format!(
+            "the provider said {error}: {}",
+            params.get("error_description").map_or("", String::as_str)
+        )));
+    }
+    if params.get("state") != Some(csrf.secret()) {
+        return Err(LoginError::Denied(
+            "the browser came back with a different state (possible CSRF); try again".into(),
+        ));
+    }
+    let code = params
+        .get("code")
+        .ok_or_else(|| LoginError::Denied("the browser came back without a code".into()))?;
+    client
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .map_err(|e| LoginError::Setup(e.to_string()))?
+        .set_pkce_verifier(verifier)
+        .request_async(http)
+        .await
+        .map_err(|e| LoginError::Denied(error_chain(&e)))
 }
 
 /// A token from the cache, refreshed if it expires within a minute.

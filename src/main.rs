@@ -111,6 +111,11 @@ enum Command {
         /// Trust only this CA (PEM) for the issuer's HTTPS, instead of the system's roots.
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// Sign in with the authorization code flow + PKCE instead: open the printed URL in a
+        /// browser on this machine; it comes back to a loopback port. (The client must allow
+        /// the redirect URI http://127.0.0.1/callback on any port.)
+        #[arg(long)]
+        browser: bool,
     },
     /// Print a valid token from the last `pgwarden login` (refreshed if it is about to expire).
     ///
@@ -379,12 +384,18 @@ fn main() -> ExitCode {
             client_id,
             scope,
             ca,
+            browser,
         } => run_async(async move {
             let request = pgwarden::login::LoginRequest {
                 issuer,
                 client_id,
                 scopes: scope,
                 ca,
+                flow: if browser {
+                    pgwarden::login::LoginFlow::Browser
+                } else {
+                    pgwarden::login::LoginFlow::Device
+                },
             };
             pgwarden::login::login(&request, &mut std::io::stderr())
                 .await

@@ -981,3 +981,110 @@ async fn a_dedicated_listener_offers_oauthbearer_to_every_token_sign_in() {
     assert_eq!(auth_code(&scram), 10);
     assert!(scram.1.windows(13).any(|w| w == b"SCRAM-SHA-256"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgwarden_login_browser_uses_the_code_flow_with_pkce_on_a_loopback_redirect() {
+    use tokio::io::AsyncBufReadExt;
+    let issuer = start_issuer().await;
+    issuer.add_person("ann", ann());
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "audience = [\"pgwarden\", \"pgwarden-cli\"]",
+        "",
+    ))
+    .await;
+    let config_dir = harness().dir.join("login-browser-config");
+    let _ = std::fs::remove_dir_all(&config_dir);
+    let pgwarden = env!("CARGO_BIN_EXE_pgwarden");
+    let ca = harness().certs.ca_cert.display().to_string();
+    let mut login = tokio::process::Command::new(pgwarden)
+        .args([
+            "login",
+            "--browser",
+            "--issuer",
+            issuer.url(),
+            "--client-id",
+            "pgwarden-cli",
+            "--ca",
+            &ca,
+        ])
+        .env("PGWARDEN_CONFIG_DIR", &config_dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let authorize_url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("pgwarden login printed no URL")
+            .unwrap()
+            .expect("pgwarden login ended early");
+        if line.starts_with(&format!("{}/authorize?", issuer.url())) {
+            break url::Url::parse(&line).unwrap();
+        }
+    };
+    let params: std::collections::HashMap<String, String> =
+        authorize_url.query_pairs().into_owned().collect();
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert!(params["redirect_uri"].starts_with("http://127.0.0.1:"));
+
+    // The browser: the person picks who they are, the issuer redirects to the loopback port.
+    let browser = pgwarden::net::http::Fetcher::new(
+        Some(&harness().certs.ca_cert),
+        Duration::from_secs(5),
+        1 << 20,
+    )
+    .unwrap();
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &params {
+        form.append_pair(k, v);
+    }
+    form.append_pair("person", "ann");
+    let signed_in = browser
+        .fetch(
+            openidconnect::http::Request::builder()
+                .method("POST")
+                .uri(format!("{}/authorize", issuer.url()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.finish().into_bytes())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 302);
+    let location = signed_in.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&params["redirect_uri"]), "{location}");
+    let back = browser
+        .fetch(
+            openidconnect::http::Request::builder()
+                .uri(location)
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    let status = tokio::time::timeout(Duration::from_secs(20), login.wait())
+        .await
+        .expect("pgwarden login did not finish after the redirect")
+        .unwrap();
+    assert!(status.success());
+
+    let out = tokio::process::Command::new(pgwarden)
+        .arg("token")
+        .env("PGWARDEN_CONFIG_DIR", &config_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let client = connect(&proxy, "ann@example.com", token.trim())
+        .await
+        .unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+}

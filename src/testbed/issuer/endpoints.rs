@@ -26,6 +26,16 @@ const DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(600);
 const POLL_INTERVAL_SECS: u64 = 1;
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
+/// An authorization code (code flow with PKCE) waiting to be exchanged.
+pub struct CodeGrant {
+    person: String,
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    nonce: Option<String>,
+    expires: Instant,
+}
+
 /// A device authorization waiting for (or holding) a person's approval.
 pub struct DeviceGrant {
     user_code: String,
@@ -80,6 +90,8 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             &approval_page(&state, query.get("user_code").map_or("", String::as_str)),
         ),
         (Method::POST, "/device") => approve(&mut state, &body),
+        (Method::GET, "/authorize") => authorize_page(&state, &query),
+        (Method::POST, "/authorize") => authorize(&mut state, &body),
         (Method::POST, "/token") => token(&mut state, &body),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     }
@@ -95,7 +107,8 @@ fn discovery(base: &str) -> Value {
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
-        "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
+        "grant_types_supported": [DEVICE_CODE_GRANT, "authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
         "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
         "token_endpoint_auth_methods_supported": ["none"],
     })
@@ -177,6 +190,7 @@ fn approve(state: &mut State, body: &HashMap<String, String>) -> Response<Body> 
 
 fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
     let grant_type = body.get("grant_type").map_or("", String::as_str);
+    let mut nonce = None;
     let (person_id, client_id) = match grant_type {
         DEVICE_CODE_GRANT => {
             let Some(code) = body.get("device_code") else {
@@ -196,6 +210,13 @@ fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
             state.devices.remove(code);
             (person, client_id)
         }
+        "authorization_code" => match redeem_code(state, body) {
+            Ok(grant) => {
+                nonce = grant.nonce;
+                (grant.person, grant.client_id)
+            }
+            Err(description) => return oauth_error("invalid_grant", description),
+        },
         "refresh_token" => {
             let Some(entry) = body
                 .get("refresh_token")
@@ -211,6 +232,10 @@ fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
         return oauth_error("invalid_grant", "that person no longer exists");
     };
     let ttl = state.token_ttl_secs;
+    let mut id_claims = person.clone();
+    if let (Some(nonce), Some(map)) = (nonce, id_claims.as_object_mut()) {
+        map.insert("nonce".into(), json!(nonce));
+    }
     let refresh_token = random_code(40);
     state
         .refresh_tokens
@@ -219,7 +244,7 @@ fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
         StatusCode::OK,
         json!({
             "access_token": state.access_token(&client_id, &person, ttl),
-            "id_token": state.id_token(&client_id, &person, ttl),
+            "id_token": state.id_token(&client_id, &id_claims, ttl),
             "refresh_token": refresh_token,
             "token_type": "Bearer",
             "expires_in": ttl,
@@ -228,8 +253,114 @@ fn token(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
     )
 }
 
-fn approval_page(state: &State, user_code: &str) -> String {
-    let people: String = state
+/// The sign-in page of the code flow: choose a person; the request's parameters ride along.
+fn authorize_page(state: &State, query: &HashMap<String, String>) -> Response<Body> {
+    let hidden: String = [
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+        "nonce",
+    ]
+    .iter()
+    .filter_map(|k| query.get(*k).map(|v| (k, v)))
+    .map(|(k, v)| format!("<input type=hidden name={k} value=\"{}\">", escape(v)))
+    .collect();
+    html_response(
+        StatusCode::OK,
+        &format!(
+            "<h1>pgwarden development sign-in</h1><form method=post action=/authorize>{hidden}\
+             <p>Sign in as:<br>{}</p><p><button type=submit>Sign in</button></p></form>",
+            people_choices(state)
+        ),
+    )
+}
+
+/// Issue a code and send the browser back to the client's loopback redirect URI.
+fn authorize(state: &mut State, body: &HashMap<String, String>) -> Response<Body> {
+    let field = |k: &str| body.get(k).filter(|v| !v.is_empty()).cloned();
+    let Some(person) = field("person").filter(|p| state.people.contains_key(p)) else {
+        return html_response(StatusCode::BAD_REQUEST, "<p>Choose who you are.</p>");
+    };
+    let (Some(client_id), Some(redirect_uri), Some(code_challenge)) = (
+        field("client_id"),
+        field("redirect_uri"),
+        field("code_challenge"),
+    ) else {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            "<p>client_id, redirect_uri and a PKCE code_challenge are required.</p>",
+        );
+    };
+    // Only loopback redirects (RFC 8252 §7.3) and only S256 (RFC 7636 §4.2).
+    let loopback = url::Url::parse(&redirect_uri).is_ok_and(|u| {
+        u.scheme() == "http" && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+    });
+    if !loopback || field("code_challenge_method").as_deref() != Some("S256") {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            "<p>Only loopback redirect URIs with S256 PKCE are accepted.</p>",
+        );
+    }
+    state
+        .codes
+        .retain(|_, grant| grant.expires > Instant::now());
+    let code = random_code(32);
+    state.codes.insert(
+        code.clone(),
+        CodeGrant {
+            person,
+            client_id,
+            redirect_uri: redirect_uri.clone(),
+            code_challenge,
+            nonce: field("nonce"),
+            expires: Instant::now() + Duration::from_secs(120),
+        },
+    );
+    let mut location = url::Url::parse(&redirect_uri).map_or(redirect_uri, |mut url| {
+        url.query_pairs_mut().append_pair("code", &code);
+        if let Some(csrf) = field("state") {
+            url.query_pairs_mut().append_pair("state", &csrf);
+        }
+        url.to_string()
+    });
+    location.retain(|c| c != '\r' && c != '\n');
+    let mut response = html_response(StatusCode::FOUND, "<p>Redirecting…</p>");
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&location) {
+        response
+            .headers_mut()
+            .insert(hyper::header::LOCATION, value);
+    }
+    response
+}
+
+/// Check an authorization code against its redirect URI, client and PKCE verifier.
+fn redeem_code(
+    state: &mut State,
+    body: &HashMap<String, String>,
+) -> Result<CodeGrant, &'static str> {
+    use base64::Engine;
+    use sha2::Digest;
+    let code = body.get("code").map_or("", String::as_str);
+    let Some(grant) = state.codes.remove(code) else {
+        return Err("unknown or used authorization code");
+    };
+    let verifier = body.get("code_verifier").map_or("", String::as_str);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    if grant.expires <= Instant::now()
+        || body.get("redirect_uri") != Some(&grant.redirect_uri)
+        || body.get("client_id") != Some(&grant.client_id)
+        || challenge != grant.code_challenge
+    {
+        return Err("the code, redirect URI, client or PKCE verifier does not match");
+    }
+    Ok(grant)
+}
+
+fn people_choices(state: &State) -> String {
+    state
         .people
         .iter()
         .map(|(id, claims)| {
@@ -250,14 +381,18 @@ fn approval_page(state: &State, user_code: &str) -> String {
                 groups = escape(&groups)
             )
         })
-        .collect();
+        .collect()
+}
+
+fn approval_page(state: &State, user_code: &str) -> String {
     format!(
         "<h1>pgwarden development sign-in</h1>\
          <form method=post action=/device>\
          <p>Code: <input name=user_code value=\"{code}\"></p>\
          <p>Sign in as:<br>{people}</p>\
          <p><button type=submit>Approve</button></p></form>",
-        code = escape(user_code)
+        code = escape(user_code),
+        people = people_choices(state),
     )
 }
 

@@ -9,7 +9,8 @@
 //! For `pgwarden login` it also runs the device authorization grant (RFC 8628): a client asks
 //! for a code, a person approves it on `/device` by choosing who they are from the issuer's
 //! list of people (no passwords: this is a development issuer), and the token endpoint then
-//! issues an ID token, an access token and a refresh token. Endpoints are in `endpoints.rs`.
+//! issues an ID token, an access token and a refresh token. The authorization code flow with
+//! PKCE (`/authorize`, loopback redirect URIs and S256 only) works the same way. Endpoints are in `endpoints.rs`.
 //!
 //! It is not a general-purpose provider: any client id is accepted and nobody is checked.
 
@@ -115,6 +116,8 @@ struct State {
     token_ttl_secs: i64,
     /// Pending device grants by device code.
     devices: HashMap<String, endpoints::DeviceGrant>,
+    /// Authorization codes (code flow with PKCE) by code.
+    codes: HashMap<String, endpoints::CodeGrant>,
     /// Refresh token → (person id, client id).
     refresh_tokens: HashMap<String, (String, String)>,
 }
@@ -217,6 +220,7 @@ impl DevIssuer {
                 access_audience: "pgwarden".into(),
                 token_ttl_secs: 3600,
                 devices: HashMap::new(),
+                codes: HashMap::new(),
                 refresh_tokens: HashMap::new(),
             }),
             discovery_fetches: AtomicU64::new(0),
