@@ -420,62 +420,12 @@ async fn establish(
     };
     let mut reader = FrameBuffer::with_leftover(limits, buf);
     let user = startup.user();
-    // SCRAM-SHA-256-PLUS binds the exchange to our certificate; only meaningful over TLS.
-    let binding = match &*stream {
-        MaybeTls::ServerTls(_) => snapshot.channel_binding.as_deref(),
-        _ => None,
-    };
-    if let Err(wait) = ctx.failures.check(&config.rate_limit, peer.ip()) {
-        return Err(AuthError::RateLimited {
-            retry_after_s: wait.as_secs().max(1),
-        }
-        .into());
-    }
-    // Local users sign in with SCRAM; anyone else, when issuers are configured, with a token.
-    let use_token = !snapshot.issuers.is_empty() && !config.local_users.contains_key(&user);
-    if use_token
-        && !stream.is_tls()
-        && !(config.plaintext_tokens == PlaintextTokens::Loopback && peer.ip().is_loopback())
-    {
-        return Err(AuthError::TokenNeedsTls.into());
-    }
     let mut conn = ClientConn {
         stream: &mut *stream,
         reader: &mut reader,
         out: &mut out,
     };
-    let oauthbearer = use_token
-        && (door == Door::OauthBearer
-            || match config.oauthbearer {
-                OauthBearer::Off => false,
-                OauthBearer::Always => true,
-                OauthBearer::OnRequest => {
-                    session::startup_setting(&startup.parameters, "pgwarden.auth")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("oauthbearer"))
-                }
-            });
-    let result = if oauthbearer {
-        front_door::oauthbearer(&mut conn, &snapshot.issuers, &user).await
-    } else if use_token {
-        front_door::token_password(&mut conn, &snapshot.issuers, &user).await
-    } else {
-        front_door::local_scram(
-            &mut conn,
-            &config.local_users,
-            &ctx.process_key,
-            binding,
-            &user,
-        )
-        .await
-    };
-    match &result {
-        Ok(_) => ctx.failures.succeeded(peer.ip()),
-        Err(AuthError::Failed { .. } | AuthError::Token { .. }) => {
-            ctx.failures.failed(&config.rate_limit, peer.ip())
-        }
-        Err(_) => {}
-    }
-    let identity = result?;
+    let identity = authenticate(ctx, snapshot, &mut conn, startup, peer, door).await?;
     span.record("identity", identity.name.as_str());
     let database = startup.database();
     // A person signing in with a token names the upstream role they want as the startup
@@ -576,6 +526,61 @@ async fn establish(
         search_path,
         registration,
     })
+}
+
+/// Step 2: the rate limit, then the front-door method for this client — SCRAM for local
+/// users, otherwise (when issuers are configured) a token, by OAUTHBEARER or as the password.
+async fn authenticate(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    conn: &mut ClientConn<'_>,
+    startup: &StartupMessage,
+    peer: SocketAddr,
+    door: Door,
+) -> Result<Identity, AuthError> {
+    let config = &snapshot.config;
+    let user = startup.user();
+    if let Err(wait) = ctx.failures.check(&config.rate_limit, peer.ip()) {
+        return Err(AuthError::RateLimited {
+            retry_after_s: wait.as_secs().max(1),
+        });
+    }
+    let tls = conn.stream.is_tls();
+    let use_token = !snapshot.issuers.is_empty() && !config.local_users.contains_key(&user);
+    // A token must not cross the network in clear: refuse before the client sends it.
+    if use_token
+        && !tls
+        && !(config.plaintext_tokens == PlaintextTokens::Loopback && peer.ip().is_loopback())
+    {
+        return Err(AuthError::TokenNeedsTls);
+    }
+    let oauthbearer = use_token
+        && (door == Door::OauthBearer
+            || match config.oauthbearer {
+                OauthBearer::Off => false,
+                OauthBearer::Always => true,
+                OauthBearer::OnRequest => {
+                    session::startup_setting(&startup.parameters, "pgwarden.auth")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("oauthbearer"))
+                }
+            });
+    let result = if oauthbearer {
+        front_door::oauthbearer(conn, &snapshot.issuers, &user).await
+    } else if use_token {
+        front_door::token_password(conn, &snapshot.issuers, &user).await
+    } else {
+        // SCRAM-SHA-256-PLUS binds the exchange to our certificate; only meaningful over TLS.
+        let binding = snapshot.channel_binding.as_deref().filter(|_| tls);
+        front_door::local_scram(conn, &config.local_users, &ctx.process_key, binding, &user).await
+    };
+    match &result {
+        Ok(_) => ctx.failures.succeeded(peer.ip()),
+        Err(AuthError::Failed { .. } | AuthError::Token { .. }) => {
+            ctx.failures.failed(&config.rate_limit, peer.ip())
+        }
+        Err(_) => {}
+    }
+    result
 }
 
 /// Who, for the audit log.
