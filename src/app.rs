@@ -148,7 +148,7 @@ impl Server {
             snapshot: ArcSwap::from_pointee(snapshot),
             cancels: CancelMap::default(),
             process_key: rand::random(),
-            approver: Arc::new(crate::policy::NoApprovals),
+            approvals: crate::approvals::Approvals::default(),
             shutdown: Shutdown::default(),
             audit,
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),

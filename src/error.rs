@@ -10,6 +10,7 @@ use std::fmt;
 pub struct SqlState([u8; 5]);
 
 impl SqlState {
+    pub const SUCCESSFUL_COMPLETION: Self = Self(*b"00000");
     pub const FEATURE_NOT_SUPPORTED: Self = Self(*b"0A000");
     pub const CONNECTION_FAILURE: Self = Self(*b"08006");
     pub const CONNECTION_EXCEPTION: Self = Self(*b"08000");
@@ -20,6 +21,7 @@ impl SqlState {
     pub const PROGRAM_LIMIT_EXCEEDED: Self = Self(*b"54000");
     pub const TOO_MANY_CONNECTIONS: Self = Self(*b"53300");
     pub const ADMIN_SHUTDOWN: Self = Self(*b"57P01");
+    pub const QUERY_CANCELED: Self = Self(*b"57014");
     pub const CANNOT_CONNECT_NOW: Self = Self(*b"57P03");
     pub const INSUFFICIENT_PRIVILEGE: Self = Self(*b"42501");
     pub const SYNTAX_ERROR: Self = Self(*b"42601");
@@ -52,6 +54,8 @@ impl fmt::Display for SqlState {
 /// ErrorResponse severity. Only the ones pgwarden emits itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// In a NoticeResponse, not an error.
+    Notice,
     Error,
     Fatal,
 }
@@ -59,6 +63,7 @@ pub enum Severity {
 impl Severity {
     pub fn as_str(&self) -> &'static str {
         match self {
+            Self::Notice => "NOTICE",
             Self::Error => "ERROR",
             Self::Fatal => "FATAL",
         }
@@ -89,6 +94,17 @@ impl ClientError {
     pub fn error(sqlstate: SqlState, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
+            sqlstate,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// For a NoticeResponse ([`crate::protocol::backend::notice_response`]).
+    pub fn notice(sqlstate: SqlState, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Notice,
             sqlstate,
             message: message.into(),
             detail: None,

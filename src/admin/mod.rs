@@ -5,8 +5,12 @@
 //! - `GET /readyz`: 200 when pgwarden should get traffic, else 503; the JSON body says why
 //!   (draining, an identity provider whose keys could not be fetched yet, …).
 //!
-//! Nothing here changes state, and nothing secret is shown. Later issues add approvals,
-//! sessions and metrics.
+//! - `/approvals…`: held statements, for approvers ([`approvals`]).
+//!
+//! Health endpoints need no credentials and show nothing secret; the approvals API needs an
+//! OIDC token. Metrics and sessions come later.
+
+pub mod approvals;
 
 use std::sync::Arc;
 
@@ -26,6 +30,12 @@ pub async fn serve(
     http::serve(listener, None, stop, move |request| {
         let ctx = ctx.clone();
         async move {
+            if request.uri().path().starts_with("/approvals") {
+                if let Some(response) = approvals::handle(&ctx, request).await {
+                    return response;
+                }
+                return http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+            }
             match (request.method(), request.uri().path()) {
                 (&Method::GET, "/healthz") => {
                     http::response(StatusCode::OK, "text/plain", "ok\n".into())

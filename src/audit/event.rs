@@ -132,6 +132,54 @@ pub enum Event {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         skipped: bool,
     },
+    /// A statement held for approval: the request a person must answer.
+    #[serde(rename = "approval.request")]
+    ApprovalRequest {
+        session: u64,
+        request: String,
+        actor: Arc<Actor>,
+        database: String,
+        role: String,
+        rule: String,
+        /// Normalized like statement records; the approver sees the full text in the API.
+        query: QueryText,
+        expires_at: String,
+    },
+    /// An approver's answer, through the admin API.
+    #[serde(rename = "approval.answer")]
+    ApprovalAnswer {
+        request: String,
+        by: String,
+        by_groups: Vec<String>,
+        approve: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Approved with a grant: the same statement shape runs without waiting this long.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        grant_minutes: Option<u64>,
+        /// The request's status after this answer.
+        request_status: String,
+    },
+    /// A request that ended without enough answers: `expired` or `withdrawn` (cancelled,
+    /// disconnected, session ended).
+    #[serde(rename = "approval.closed")]
+    ApprovalClosed {
+        session: u64,
+        request: String,
+        request_status: String,
+        because: String,
+    },
+    /// A call to the admin API's approvals endpoints (who is in the answer record).
+    #[serde(rename = "admin.call")]
+    AdminCall {
+        /// The verified caller, when the token was accepted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        caller: Option<String>,
+        method: String,
+        path: String,
+        /// The HTTP status returned.
+        status: u16,
+    },
     #[serde(rename = "auth.failure")]
     AuthFailure {
         /// The user name the client claimed.
@@ -173,6 +221,19 @@ pub struct StatementRecord {
     /// Why a refused statement was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A statement that ran after approval: which request, and who approved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalNote>,
+}
+
+/// How an `approve` decision was satisfied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalNote {
+    pub request: String,
+    pub approved_by: Vec<String>,
+    /// Ran under a grant from an earlier request, without waiting.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grant: bool,
 }
 
 /// The statement's text as the log keeps it.
@@ -215,6 +276,12 @@ impl Event {
             Self::SessionEnd { .. } => Some((3002, 2)),
             // 6005 Datastore Activity; 99 Other: the kind of statement is in `kinds`.
             Self::Statement(_) | Self::StatementResult { .. } => Some((6005, 99)),
+            // 3005 User Access Management; 99 Other: access to one statement, granted or not.
+            Self::ApprovalRequest { .. }
+            | Self::ApprovalAnswer { .. }
+            | Self::ApprovalClosed { .. } => Some((3005, 99)),
+            // 6003 API Activity.
+            Self::AdminCall { .. } => Some((6003, 99)),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     pub server: Server,
     /// `[admin] listen`: health and readiness endpoints, when configured.
     pub admin_listen: Option<SocketAddr>,
+    /// `[approvals]`: without it, statements the policy holds are refused.
+    pub approvals: Option<crate::approvals::Settings>,
     pub upstream: Upstream,
     pub local_users: HashMap<String, LocalUser>,
     /// Trusted OIDC issuers (`[[auth.oidc]]`).

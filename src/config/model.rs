@@ -30,6 +30,18 @@ pub struct ConfigFile {
     #[serde(default)]
     policy: PolicySection,
     admin: Option<AdminSection>,
+    approvals: Option<ApprovalsSection>,
+}
+
+/// `[approvals]`: who answers statements the policy holds, and how long they wait.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalsSection {
+    timeout: Option<HumanDuration>,
+    approver_groups: Vec<String>,
+    min_approvals: Option<u32>,
+    max_grant: Option<HumanDuration>,
+    public_url: Option<String>,
 }
 
 /// `[admin]`: the HTTP endpoint for health checks (and, later, operations).
@@ -707,9 +719,52 @@ pub fn validate(
         })?),
     };
 
+    let approvals = match file.approvals {
+        None => None,
+        Some(a) => {
+            if a.approver_groups.is_empty() {
+                return Err(invalid(
+                    "approvals.approver_groups".into(),
+                    "name at least one group whose members may approve".into(),
+                ));
+            }
+            let timeout = a
+                .timeout
+                .map_or(std::time::Duration::from_secs(300), |d| d.0);
+            if timeout.is_zero() || timeout > std::time::Duration::from_secs(24 * 3600) {
+                return Err(invalid(
+                    "approvals.timeout".into(),
+                    "must be more than 0 and at most 24h".into(),
+                ));
+            }
+            let min_approvals = a.min_approvals.unwrap_or(1);
+            if min_approvals == 0 {
+                return Err(invalid(
+                    "approvals.min_approvals".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+            Some(crate::approvals::Settings {
+                timeout,
+                approver_groups: a.approver_groups,
+                min_approvals,
+                max_grant: a
+                    .max_grant
+                    .map_or(std::time::Duration::from_secs(8 * 3600), |d| d.0),
+                public_url: a.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            })
+        }
+    };
+    if approvals.is_none() && policy.holds_for_approval() {
+        warnings.push(
+            "rules say \"approve\" but there is no [approvals] section: those statements are refused".into(),
+        );
+    }
+
     Ok(Config {
         path: path.to_owned(),
         admin_listen,
+        approvals,
         server,
         upstream,
         local_users,

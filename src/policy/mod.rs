@@ -8,7 +8,6 @@
 //! the strictest of their decisions (deny over approve over allow), naming the statement
 //! and the rule.
 
-mod approvals;
 pub mod explain;
 mod guardrails;
 mod rule;
@@ -16,7 +15,6 @@ pub mod session;
 
 use serde::Deserialize;
 
-pub use approvals::{ApprovalAnswer, ApprovalRequest, Approver, NoApprovals};
 pub use guardrails::{guardrails, GUARDRAIL_PRIORITY};
 pub use rule::{Glob, Rule, RuleError, RuleSpec};
 pub use session::{SessionRule, SessionSettings, SessionSpec};
@@ -140,6 +138,23 @@ impl Policy {
     }
 
     /// The session settings (values and locks) for someone logging in.
+    /// The approver groups a rule names for itself, if it does.
+    pub fn approver_groups(&self, rule_id: &str) -> Option<Vec<String>> {
+        self.rules
+            .iter()
+            .find(|r| r.id == rule_id)
+            .and_then(|r| r.approver_groups.clone())
+    }
+
+    /// Whether the configured rules (or the default) can hold a statement for approval.
+    pub fn holds_for_approval(&self) -> bool {
+        self.default == Action::Approve
+            || self
+                .rules
+                .iter()
+                .any(|r| r.action == Action::Approve && !r.id.starts_with("guardrail."))
+    }
+
     pub fn session_settings(&self, subject: &Subject<'_>) -> SessionSettings {
         session::settings_for(&self.sessions, subject)
     }

@@ -37,6 +37,9 @@ pub struct RuleSpec {
     /// Shown to the client when the rule refuses or holds a statement.
     #[serde(default)]
     pub message: Option<String>,
+    /// With `action = "approve"`: who may approve, instead of `approvals.approver_groups`.
+    #[serde(default)]
+    pub approver_groups: Option<Vec<String>>,
 }
 
 /// A problem with a rule, naming it by position and key.
@@ -86,6 +89,7 @@ pub struct Rule {
     flags: Vec<String>,
     pub action: Action,
     pub message: Option<String>,
+    pub approver_groups: Option<Vec<String>>,
 }
 
 impl Rule {
@@ -109,6 +113,18 @@ impl Rule {
         };
         if spec.id.trim().is_empty() {
             return Err(error("id", "must not be empty".into()));
+        }
+        if spec.approver_groups.is_some() && spec.action != Action::Approve {
+            return Err(error(
+                "approver_groups",
+                "only rules with action = \"approve\" have approvers".into(),
+            ));
+        }
+        if spec.approver_groups.as_ref().is_some_and(Vec::is_empty) {
+            return Err(error(
+                "approver_groups",
+                "name at least one group (or leave it out for approvals.approver_groups)".into(),
+            ));
         }
         if let Some(flag) = spec
             .flags
@@ -150,6 +166,7 @@ impl Rule {
             flags: spec.flags,
             action: spec.action,
             message: spec.message,
+            approver_groups: spec.approver_groups,
         })
     }
 

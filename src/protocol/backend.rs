@@ -24,7 +24,16 @@ fn put_cstr(out: &mut BytesMut, s: &[u8]) {
 
 /// ErrorResponse ('E').
 pub fn error_response(out: &mut BytesMut, err: &ClientError) {
-    message(out, b'E', |out| {
+    fields(out, b'E', err);
+}
+
+/// NoticeResponse ('N'): the same fields as an error, at NOTICE severity.
+pub fn notice_response(out: &mut BytesMut, notice: &ClientError) {
+    fields(out, b'N', notice);
+}
+
+fn fields(out: &mut BytesMut, tag: u8, err: &ClientError) {
+    message(out, tag, |out| {
         out.put_u8(b'S');
         put_cstr(out, err.severity.as_str().as_bytes());
         out.put_u8(b'V');

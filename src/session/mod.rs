@@ -71,8 +71,8 @@ pub struct Context {
     pub cancels: CancelMap,
     /// Per-process secret for stable fake SCRAM salts of unknown users.
     pub process_key: [u8; 32],
-    /// Where statements held for approval go.
-    pub approver: Arc<dyn crate::policy::Approver>,
+    /// Statements held for approval, and grants.
+    pub approvals: crate::approvals::Approvals,
     pub shutdown: shutdown::Shutdown,
     /// The audit log, when `[audit]` is configured.
     pub audit: Option<AuditLog>,

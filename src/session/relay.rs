@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use std::sync::Arc;
 
-use super::flow::{Flow, StatementAudit};
+use super::flow::{Flow, Held, StatementAudit};
 use super::shutdown::Phase;
 use super::state::SessionState;
 use super::track::Tracker;
@@ -158,8 +158,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         grant,
         settings,
         search_path,
-        cancel_key: _cancel_key,
+        cancel_key,
     } = session;
+    let mut cancel_requests = cancel_key.requests.clone();
     let snapshot = ctx.snapshot.load();
     let audit_settings = snapshot.config.audit.as_ref();
     // When the person's token expires, the session ends between statements.
@@ -181,7 +182,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         role: &grant.role,
         snapshot: &ctx.snapshot,
         analyzer: &ctx.analyzer,
-        approver: ctx.approver.as_ref(),
+        approvals: &ctx.approvals,
         audit: ctx.audit.as_ref().map(|log| StatementAudit {
             log,
             actor: Arc::new(super::actor_of(&identity)),
@@ -195,6 +196,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         state: SessionState::new(upstream.transaction_status, upstream.parameters),
         tracker: Tracker::default(),
         upstream_sent_fatal: false,
+        held: None,
+        hold_answer: None,
+        to_client: BytesMut::new(),
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();
@@ -206,9 +210,15 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     // Frames the client pipelined behind its last authentication message (and anything the
     // server sent after its first ReadyForQuery) are already buffered: handle them now, not
     // only after the next read, which may never come.
+    // A statement held for approval: no client frame is processed until it is answered.
+    let mut held: Option<Held> = None;
     let mut leftover_step = if !server.inbuf.is_empty() || !client.inbuf.is_empty() {
         let step = match flow.server_frames(&mut server.inbuf, &mut client.out) {
-            Ok(()) => flow.client_frames(&mut client.inbuf, &mut server.out).await,
+            Ok(()) => {
+                let step = flow.client_frames(&mut client.inbuf, &mut server.out).await;
+                take_hold(&mut flow, &mut held, &mut client.out, &mut cancel_requests);
+                step
+            }
             Err(e) => Err(e),
         };
         Some(step)
@@ -235,7 +245,11 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 break ending;
             }
         }
-        let read_client = closing.is_none() && server.out.len() < HIGH_WATER;
+        // While a statement is held, the client is still read (to notice it leaving), up to
+        // a bound, but nothing it sends is processed.
+        let read_client = closing.is_none()
+            && server.out.len() < HIGH_WATER
+            && (held.is_none() || client.inbuf.bytes().len() < HIGH_WATER);
         let read_server = closing.is_none() && client.out.len() < HIGH_WATER;
         let step: Result<Option<Ending>, SessionError> = if let Some(step) = leftover_step.take() {
             step
@@ -262,12 +276,31 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 r = push(&mut server.wr, &server.out), if server.has_output() => {
                     r.map(|n| { server.pushed(n); None }).map_err(SessionError::UpstreamIo)
                 }
+                status = held_outcome(&mut held), if held.is_some() && closing.is_none() => {
+                    let because = "no answer in time";
+                    resume_after_hold(&mut flow, &mut held, status, because, &mut client, &mut server, &mut cancel_requests).await
+                },
+                _ = cancel_requests.changed(), if held.is_some() && closing.is_none() => {
+                    let status = crate::approvals::Status::Withdrawn;
+                    resume_after_hold(&mut flow, &mut held, status, "the client cancelled", &mut client, &mut server, &mut cancel_requests).await
+                },
                 r = client.inbuf.fill(&mut client.rd), if read_client => match r {
                     Ok(0) => Ok(Some(Ending::ClientDisconnected)),
+                    Ok(n) if held.is_some() => {
+                        client.bytes_read += n as u64;
+                        Ok(None)
+                    }
                     Ok(n) => {
                         client.bytes_read += n as u64;
                         match flow.client_frames(&mut client.inbuf, &mut server.out).await {
-                            Ok(ending) => server.try_push().map(|()| ending).map_err(SessionError::UpstreamIo),
+                            Ok(ending) => {
+                                take_hold(&mut flow, &mut held, &mut client.out, &mut cancel_requests);
+                                client
+                                    .try_push()
+                                    .map_err(SessionError::ClientIo)
+                                    .and_then(|()| server.try_push().map_err(SessionError::UpstreamIo))
+                                    .map(|()| ending)
+                            }
                             Err(e) => Err(e),
                         }
                     }
@@ -355,6 +388,17 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         }
     };
 
+    if let Some(pending) = held.take() {
+        let because = match ending {
+            Ending::ClientDisconnected | Ending::ClientTerminated => "the client disconnected",
+            Ending::Shutdown => "pgwarden shut down",
+            Ending::TokenExpired => "the sign-in token expired",
+            _ => "the session ended",
+        };
+        flow.resolve_hold(pending, crate::approvals::Status::Withdrawn, because)
+            .await;
+    }
+
     // Forward whatever the client still sent (e.g. its Terminate) and say goodbye upstream;
     // best effort, the socket closes right after.
     if ending != Ending::UpstreamClosed {
@@ -384,4 +428,59 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         "session ended"
     );
     summary
+}
+
+/// After client frames were processed: pass on what the flow has for the client (the hold
+/// notice), and take over a hold it started.
+fn take_hold(
+    flow: &mut Flow<'_>,
+    held: &mut Option<Held>,
+    client_out: &mut BytesMut,
+    cancel_requests: &mut tokio::sync::watch::Receiver<u64>,
+) {
+    if !flow.to_client.is_empty() {
+        client_out.extend_from_slice(&flow.to_client);
+        flow.to_client.clear();
+    }
+    if let Some(hold) = flow.held.take() {
+        // Only cancel requests from now on withdraw it.
+        cancel_requests.borrow_and_update();
+        *held = Some(hold);
+    }
+}
+
+/// The held statement's request, once it has an outcome.
+///
+/// # Cancel safety
+/// Cancel-safe: [`crate::approvals::Waiter::outcome`] is.
+async fn held_outcome(held: &mut Option<Held>) -> crate::approvals::Status {
+    match held {
+        Some(hold) => hold.waiter.outcome().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The hold is over: record how it ended, then process the held frame (now with its answer)
+/// and whatever the client sent behind it.
+async fn resume_after_hold(
+    flow: &mut Flow<'_>,
+    held: &mut Option<Held>,
+    status: crate::approvals::Status,
+    because: &str,
+    client: &mut Peer,
+    server: &mut Peer,
+    cancel_requests: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<Option<Ending>, SessionError> {
+    let Some(hold) = held.take() else {
+        return Ok(None);
+    };
+    flow.resolve_hold(hold, status, because).await;
+    let ending = flow.client_frames(&mut client.inbuf, &mut server.out).await;
+    // The answer belonged to that one frame.
+    flow.hold_answer = None;
+    let ending = ending?;
+    take_hold(flow, held, &mut client.out, cancel_requests);
+    client.try_push().map_err(SessionError::ClientIo)?;
+    server.try_push().map_err(SessionError::UpstreamIo)?;
+    Ok(ending)
 }

@@ -22,6 +22,9 @@ pub struct PreparedStatement {
     pub analysis: Option<Arc<Analysis>>,
     /// The policy rule that allowed it, if one did.
     pub rule: Option<String>,
+    /// When the rule held it for approval: the approval it was prepared under. Its executions
+    /// in this session run under that approval.
+    pub approval: Option<crate::audit::event::ApprovalNote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +104,7 @@ impl SessionState {
         &mut self,
         parse: &Parse<'_>,
         analyze: impl FnOnce() -> Option<Arc<Analysis>>,
-        rule: Option<String>,
+        (rule, approval): (Option<String>, Option<crate::audit::event::ApprovalNote>),
     ) -> &PreparedStatement {
         // Drivers re-send the same unnamed SQL over and over: keep the stored copy then.
         let unchanged = self
@@ -115,10 +118,12 @@ impl SessionState {
                     sql: Bytes::copy_from_slice(parse.sql),
                     analysis: analyze(),
                     rule,
+                    approval,
                 },
             );
         } else if let Some(existing) = self.statements.get_mut(parse.statement) {
             existing.rule = rule;
+            existing.approval = approval;
         }
         &self.statements[parse.statement]
     }
@@ -286,7 +291,7 @@ mod tests {
                 param_type_count: 1,
             },
             || None,
-            None,
+            (None, None),
         );
         // Unnamed portal, one text parameter "x", binary results; then a named portal.
         s.on_bind(

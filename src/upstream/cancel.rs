@@ -26,6 +26,9 @@ struct Target {
     endpoint: Endpoint,
     process_id: i32,
     secret: Vec<u8>,
+    /// Counts the session's cancel requests, so a statement pgwarden itself is holding (for
+    /// approval) can be cancelled too.
+    requests: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// All live sessions' keys.
@@ -39,6 +42,8 @@ pub struct CancelMap {
 pub struct Registration {
     map: CancelMap,
     pub key: ClientKey,
+    /// Changes with each CancelRequest for this session.
+    pub requests: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Drop for Registration {
@@ -52,10 +57,12 @@ impl Drop for Registration {
 impl CancelMap {
     /// Issue a fresh random key for an upstream backend.
     pub fn register(&self, endpoint: Endpoint, process_id: i32, secret: Vec<u8>) -> Registration {
+        let (requests, receiver) = tokio::sync::watch::channel(0);
         let target = Target {
             endpoint,
             process_id,
             secret,
+            requests: Arc::new(requests),
         };
         let mut rng = rand::rng();
         let mut map = self
@@ -73,6 +80,7 @@ impl CancelMap {
                 return Registration {
                     map: self.clone(),
                     key,
+                    requests: receiver,
                 };
             }
         }
@@ -93,6 +101,7 @@ impl CancelMap {
         let Some(target) = target else {
             return Ok(false);
         };
+        target.requests.send_modify(|count| *count += 1);
         let mut stream = target.endpoint.connect().await?;
         let mut request = BytesMut::new();
         request.extend_from_slice(&(12 + target.secret.len() as i32).to_be_bytes());

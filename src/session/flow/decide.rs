@@ -6,8 +6,10 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::{protocol_name, Flow, Protocol, Ruling};
+use crate::approvals::Status as ApprovalStatus;
+use crate::audit::event::ApprovalNote;
 use crate::error::{ClientError, SqlState};
-use crate::policy::{Action, ApprovalAnswer, ApprovalRequest, Decision, Subject};
+use crate::policy::{Action, Decision, Subject};
 use crate::sql::facts::SettingValue;
 use crate::sql::{Analysis, AnalysisError, StatementFacts};
 
@@ -116,7 +118,7 @@ impl Flow<'_> {
 
     /// Decide analysed text; text the parser rejects follows `policy.on_parse_error`.
     pub(super) fn rule(
-        &self,
+        &mut self,
         analysis: &Result<Arc<Analysis>, AnalysisError>,
         protocol: Protocol<'_>,
     ) -> Ruling {
@@ -167,6 +169,8 @@ impl Flow<'_> {
                     return Ruling {
                         decision,
                         refusal: None,
+                        hold: false,
+                        approval: None,
                     };
                 }
                 let refusal = match error {
@@ -199,35 +203,37 @@ impl Flow<'_> {
                         ..decision
                     },
                     refusal: Some(refusal),
+                    hold: false,
+                    approval: None,
                 }
             }
         }
     }
 
-    /// What the client is told when a decision is not to run the statement.
+    /// What the client is told when a decision is not to run the statement; for `approve`,
+    /// whether it runs (an answer for this very statement, or a grant), waits, or is refused.
     pub(super) fn ruling(
-        &self,
+        &mut self,
         decision: Decision,
         protocol: Protocol<'_>,
         fingerprint: Option<&str>,
     ) -> Ruling {
+        let mut approval = None;
+        let mut hold = false;
         let refusal = match decision.action {
             Action::Allow => None,
             Action::Deny => Some(refusal_for(&decision, "denied")),
-            Action::Approve => {
-                let request = ApprovalRequest {
-                    user: &self.identity.name,
-                    database: self.database,
-                    role: self.role,
-                    rule: decision.rule.as_deref().unwrap_or("policy.default"),
-                    fingerprint,
-                };
-                match self.approver.request(&request) {
-                    ApprovalAnswer::Refused { reason } => {
-                        Some(refusal_for(&decision, "holds for approval").with_hint(reason))
-                    }
+            Action::Approve => match self.approval_for(&decision, fingerprint) {
+                Approval::Run(note) => {
+                    approval = Some(note);
+                    None
                 }
-            }
+                Approval::Hold => {
+                    hold = true;
+                    None
+                }
+                Approval::Refuse(error) => Some(error),
+            },
         };
         if refusal.is_some() {
             info!(
@@ -237,8 +243,79 @@ impl Flow<'_> {
                 "statement refused by policy"
             );
         }
-        Ruling { decision, refusal }
+        Ruling {
+            decision,
+            refusal,
+            hold,
+            approval,
+        }
     }
+
+    fn approval_for(&mut self, decision: &Decision, fingerprint: Option<&str>) -> Approval {
+        let snapshot = self.snapshot.load();
+        let Some(settings) = snapshot.config.approvals.as_ref() else {
+            return Approval::Refuse(refusal_for(decision, "holds for approval").with_hint(
+                "this pgwarden has no [approvals] configured; ask an administrator to run it, or for a rule that allows it",
+            ));
+        };
+        // The answer to this statement's own request, now that it is processed again.
+        if let Some(request) = self.hold_answer.take() {
+            let id = &request.id;
+            return match request.status {
+                ApprovalStatus::Approved => Approval::Run(ApprovalNote {
+                    request: id.clone(),
+                    approved_by: request.approvers(),
+                    grant: false,
+                }),
+                ApprovalStatus::Denied => {
+                    let answer = request.answers.iter().find(|a| !a.approve);
+                    let by = answer.map_or("an approver", |a| a.by.as_str());
+                    let mut error = ClientError::error(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        format!("pgwarden: {by} denied this statement (approval request {id})"),
+                    );
+                    if let Some(reason) = answer.and_then(|a| a.reason.clone()) {
+                        error = error.with_detail(format!("reason: {reason}"));
+                    }
+                    Approval::Refuse(error)
+                }
+                ApprovalStatus::Expired => Approval::Refuse(
+                    ClientError::error(
+                        SqlState::QUERY_CANCELED,
+                        format!(
+                            "pgwarden: approval request {id} was not answered within {}; the statement did not run",
+                            crate::approvals::human(settings.timeout)
+                        ),
+                    )
+                    .with_hint("ask an approver to look at it sooner, then run the statement again"),
+                ),
+                ApprovalStatus::Withdrawn | ApprovalStatus::Pending => Approval::Refuse(
+                    ClientError::error(
+                        SqlState::QUERY_CANCELED,
+                        "canceling statement due to user request",
+                    )
+                    .with_detail(format!("approval request {id} was withdrawn")),
+                ),
+            };
+        }
+        if let Some(grant) =
+            fingerprint.and_then(|f| self.approvals.grant_for(&self.identity.name, f))
+        {
+            return Approval::Run(ApprovalNote {
+                request: grant.request,
+                approved_by: vec![grant.granted_by],
+                grant: true,
+            });
+        }
+        Approval::Hold
+    }
+}
+
+/// What an `approve` decision comes to for one statement.
+enum Approval {
+    Run(ApprovalNote),
+    Hold,
+    Refuse(ClientError),
 }
 
 /// A denial by one of the session's own limits (not a configured rule).

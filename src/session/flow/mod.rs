@@ -16,12 +16,14 @@ use bytes::{Bytes, BytesMut};
 use super::state::SessionState;
 use super::track::{self, Expect, Rewrite, Tracker};
 use super::{SessionError, Snapshot};
+use crate::approvals::{Approvals, Request, Waiter};
 use crate::audit::event::Actor;
+use crate::audit::event::ApprovalNote;
 use crate::audit::{AuditLog, OnFailure, StatementText};
 use crate::auth::Identity;
 use crate::error::ClientError;
 use crate::policy::session::SessionSettings;
-use crate::policy::{Approver, Decision};
+use crate::policy::Decision;
 use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
 use crate::protocol::{backend, split_i32, views, ProtocolError};
 use crate::sql::{Analysis, AnalysisError, Analyzer, StatementFacts};
@@ -52,13 +54,26 @@ pub struct Flow<'a> {
     /// reload applies to the next statement of every session.
     pub snapshot: &'a ArcSwap<Snapshot>,
     pub analyzer: &'a Analyzer,
-    pub approver: &'a dyn Approver,
+    pub approvals: &'a Approvals,
     pub audit: Option<StatementAudit<'a>>,
     /// Session settings from the policy: the locked ones may not change.
     pub settings: SessionSettings,
     pub state: SessionState,
     pub tracker: Tracker,
     pub upstream_sent_fatal: bool,
+    /// A statement just put on hold: the relay waits on it before reading further frames.
+    pub held: Option<Held>,
+    /// The final state of the held statement's request, for when its frame is processed again.
+    pub hold_answer: Option<Request>,
+    /// Messages for the client that do not answer a statement (the hold notice).
+    pub to_client: BytesMut,
+}
+
+/// A statement waiting for approval: its frame stays first in the client buffer.
+#[derive(Debug)]
+pub struct Held {
+    pub request: Request,
+    pub waiter: Waiter,
 }
 
 /// The audit log and how statements go into it.
@@ -77,6 +92,7 @@ struct Described<'s> {
     protocol: Protocol<'s>,
     parameters: Option<Vec<Option<String>>>,
     decision: &'s Decision,
+    approval: Option<&'s ApprovalNote>,
 }
 
 /// The fate of one client frame.
@@ -86,12 +102,39 @@ enum Verdict {
     Drop,
     /// Replaced upstream by an inert message of this shape; the client gets this error.
     Refuse(Expect, ClientError),
+    /// Held for approval: neither forwarded nor consumed until a person answers.
+    Hold(HoldSpec),
+}
+
+/// What a request for approval shows about the held statement.
+struct HoldSpec {
+    statement: String,
+    analysis: Option<Arc<Analysis>>,
+    rule: String,
+}
+
+impl HoldSpec {
+    fn new(sql: &[u8], analysis: Option<Arc<Analysis>>, ruling: &Ruling) -> Self {
+        Self {
+            statement: String::from_utf8_lossy(sql).into_owned(),
+            analysis,
+            rule: ruling
+                .decision
+                .rule
+                .clone()
+                .unwrap_or_else(|| "policy.default".into()),
+        }
+    }
 }
 
 /// Decided, with the refusal a client gets when the decision is not to run it.
 struct Ruling {
     decision: Decision,
     refusal: Option<ClientError>,
+    /// `approve`, not yet answered: the statement waits.
+    hold: bool,
+    /// `approve`, answered yes (or granted): the statement runs.
+    approval: Option<ApprovalNote>,
 }
 
 impl Flow<'_> {
@@ -120,6 +163,14 @@ impl Flow<'_> {
                 Verdict::Drop => {
                     upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
                     run_start = end;
+                }
+                Verdict::Hold(spec) => {
+                    // Everything before the held frame goes; the frame and everything after
+                    // it stay in the buffer, unread, until the answer.
+                    upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                    inbuf.consume(offset);
+                    self.hold(spec).await;
+                    return Ok(None);
                 }
                 Verdict::Refuse(expect, error) => {
                     upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
@@ -155,12 +206,16 @@ impl Flow<'_> {
                 self.state.on_query();
                 let analysis = self.analyze(sql);
                 let ruling = self.rule(&analysis, Protocol::Simple);
+                if ruling.hold {
+                    return Ok(Verdict::Hold(HoldSpec::new(sql, analysis.ok(), &ruling)));
+                }
                 let described = Described {
                     sql,
                     analysis: analysis.ok(),
                     protocol: Protocol::Simple,
                     parameters: None,
                     decision: &ruling.decision,
+                    approval: ruling.approval.as_ref(),
                 };
                 if let Some(refusal) = ruling.refusal {
                     self.record_refused(described).await;
@@ -210,6 +265,13 @@ impl Flow<'_> {
                     );
                     (analysis, ruling)
                 };
+                if ruling.hold {
+                    return Ok(Verdict::Hold(HoldSpec::new(
+                        parse.sql,
+                        analysis.ok(),
+                        &ruling,
+                    )));
+                }
                 if let Some(refusal) = ruling.refusal {
                     // On record as refused; never prepared, so nothing can Execute it.
                     let described = Described {
@@ -220,13 +282,15 @@ impl Flow<'_> {
                         },
                         parameters: None,
                         decision: &ruling.decision,
+                        approval: None,
                     };
                     self.record_refused(described).await;
                     self.state.statements.remove(parse.statement);
                     return Ok(Verdict::Refuse(Expect::Parse, refusal));
                 }
                 let rule = ruling.decision.rule.clone();
-                self.state.on_parse(&parse, || analysis.ok(), rule);
+                self.state
+                    .on_parse(&parse, || analysis.ok(), (rule, ruling.approval));
                 self.tracker.push(Expect::Parse, None);
             }
             b'B' => {
@@ -247,7 +311,7 @@ impl Flow<'_> {
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
                 // Cheap reference-counted copies: the session state is borrowed no further.
-                let (sql, name, analysis, parameters, rule) =
+                let (sql, name, analysis, parameters, rule, approval) =
                     match self.state.portal_statement(portal) {
                         Some((portal, prepared)) => (
                             prepared.map(|p| p.sql.clone()).unwrap_or_default(),
@@ -255,16 +319,18 @@ impl Flow<'_> {
                             prepared.and_then(|p| p.analysis.clone()),
                             portal.parameters.clone(),
                             prepared.and_then(|p| p.rule.clone()),
+                            prepared.and_then(|p| p.approval.clone()),
                         ),
                         // The server answers "portal does not exist"; the attempt is still
                         // on record.
-                        None => (Bytes::new(), Bytes::new(), None, None, None),
+                        None => (Bytes::new(), Bytes::new(), None, None, None, None),
                     };
                 // Decided when it was prepared; a SQL-level EXECUTE inside it is judged again
                 // now, by the body it runs under the rules in force.
                 let executing = analysis
                     .clone()
                     .filter(|a| a.statements.iter().any(|s| s.executes.is_some()));
+                let mut approval = approval;
                 let decision = if let Some(executing) = executing {
                     let ruling = self.rule(
                         &Ok(executing),
@@ -272,6 +338,13 @@ impl Flow<'_> {
                             statement_name: &name,
                         },
                     );
+                    if ruling.hold {
+                        return Ok(Verdict::Hold(HoldSpec::new(
+                            &sql,
+                            analysis.clone(),
+                            &ruling,
+                        )));
+                    }
                     if let Some(refusal) = ruling.refusal {
                         let described = Described {
                             sql: &sql,
@@ -281,13 +354,20 @@ impl Flow<'_> {
                             },
                             parameters,
                             decision: &ruling.decision,
+                            approval: None,
                         };
                         self.record_refused(described).await;
                         return Ok(Verdict::Refuse(Expect::Parse, refusal));
                     }
+                    approval = ruling.approval;
                     ruling.decision
                 } else {
                     Decision {
+                        action: if approval.is_some() {
+                            crate::policy::Action::Approve
+                        } else {
+                            crate::policy::Action::Allow
+                        },
                         rule,
                         ..Decision::allow()
                     }
@@ -301,6 +381,7 @@ impl Flow<'_> {
                     },
                     parameters,
                     decision: &decision,
+                    approval: approval.as_ref(),
                 };
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
@@ -327,7 +408,6 @@ impl Flow<'_> {
                     what: "FunctionCall message",
                     detail: "too short",
                 })?;
-                self.state.in_flight += 1;
                 let protocol = Protocol::FunctionCall {
                     function_oid: oid as u32,
                 };
@@ -337,12 +417,18 @@ impl Flow<'_> {
                     ..StatementFacts::default()
                 };
                 let ruling = self.ruling(self.decide(std::slice::from_ref(&facts)), protocol, None);
+                if ruling.hold {
+                    let text = format!("-- fast-path call of function oid {}", oid as u32);
+                    return Ok(Verdict::Hold(HoldSpec::new(text.as_bytes(), None, &ruling)));
+                }
+                self.state.in_flight += 1;
                 let described = Described {
                     sql: b"",
                     analysis: None,
                     protocol,
                     parameters: None,
                     decision: &ruling.decision,
+                    approval: ruling.approval.as_ref(),
                 };
                 if let Some(refusal) = ruling.refusal {
                     self.record_refused(described).await;

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{protocol_name, Described, Flow, Protocol, StatementAudit};
 use crate::audit::event::{QueryText, StatementRecord, Status};
 use crate::audit::{Event, OnFailure, StatementText};
-use crate::error::ClientError;
+use crate::error::{ClientError, SqlState};
 use crate::policy::Action;
+use crate::protocol::backend;
 use crate::protocol::views;
 use crate::session::track::{Finished, Running};
 
@@ -73,6 +74,111 @@ impl Flow<'_> {
                 }
             },
         }
+    }
+
+    /// Open an approval request for a held statement: on record, the client told how it
+    /// is approved, and the relay given something to wait on.
+    pub(super) async fn hold(&mut self, spec: super::HoldSpec) {
+        let snapshot = self.snapshot.load();
+        let Some(settings) = snapshot.config.approvals.as_ref() else {
+            return;
+        };
+        let analysis = spec.analysis.as_deref();
+        let new = crate::approvals::NewRequest {
+            requester: self.identity.name.clone(),
+            requester_groups: self.identity.groups.clone(),
+            session: self.session,
+            database: self.database.to_owned(),
+            role: self.role.to_owned(),
+            statement: spec.statement,
+            normalized: analysis.map(|a| a.normalized.to_string()),
+            fingerprint: analysis.map(|a| a.fingerprint.to_string()),
+            rule: spec.rule.clone(),
+            intent: None,
+            rule_approver_groups: snapshot.config.policy.approver_groups(&spec.rule),
+        };
+        let (request, waiter) = self.approvals.open(settings, new);
+        info!(request = %request.id, rule = %spec.rule, "statement held for approval");
+        if let Some(audit) = &self.audit {
+            let event = Event::ApprovalRequest {
+                session: self.session,
+                request: request.id.clone(),
+                actor: audit.actor.clone(),
+                database: request.database.clone(),
+                role: request.role.clone(),
+                rule: request.rule.clone(),
+                query: QueryText {
+                    text: analysis.map(|a| a.normalized.clone()),
+                    fingerprint: analysis.map(|a| a.fingerprint.clone()),
+                    parse_error: false,
+                    function_oid: None,
+                },
+                expires_at: request.expires_at.clone(),
+            };
+            if audit.log.record_written(event).await.is_err() {
+                audit.log.count_lost();
+            }
+        }
+        let id = &request.id;
+        let api = settings
+            .public_url
+            .as_deref()
+            .map(|url| format!(" or POST {url}/approvals/{id}/approve"))
+            .unwrap_or_default();
+        let notice = ClientError::notice(
+            SqlState::SUCCESSFUL_COMPLETION,
+            format!(
+                "pgwarden is holding this statement for approval (request {id}, rule {})",
+                spec.rule
+            ),
+        )
+        .with_detail(format!(
+            "An approver in {} approves it with: pgwarden approvals approve {id}{api}",
+            request.approver_groups.join(", "),
+        ))
+        .with_hint(format!(
+            "waiting up to {}; cancel (Ctrl-C) to withdraw the request",
+            crate::approvals::human(settings.timeout)
+        ));
+        backend::notice_response(&mut self.to_client, &notice);
+        self.held = Some(super::Held { request, waiter });
+    }
+
+    /// The held statement's request ended: record an expiry or withdrawal, and keep its final
+    /// state for when the frame is processed again.
+    pub async fn resolve_hold(
+        &mut self,
+        held: super::Held,
+        status: crate::approvals::Status,
+        because: &str,
+    ) {
+        use crate::approvals::Status;
+        let id = held.request.id.clone();
+        let request = match status {
+            Status::Expired | Status::Withdrawn => {
+                let closed = self.approvals.close(&id, status.clone(), because);
+                if let Some(audit) = &self.audit {
+                    let event = Event::ApprovalClosed {
+                        session: self.session,
+                        request: id.clone(),
+                        request_status: status.as_str().to_owned(),
+                        because: because.to_owned(),
+                    };
+                    if audit.log.record_written(event).await.is_err() {
+                        audit.log.count_lost();
+                    }
+                }
+                closed
+            }
+            _ => self.approvals.get(&id),
+        };
+        let mut request = request.unwrap_or(held.request);
+        if matches!(status, Status::Expired | Status::Withdrawn) {
+            // An answer that raced the expiry does not count: the session already gave up.
+            request.status = status;
+        }
+        info!(request = %id, status = request.status.as_str(), "approval request ended");
+        self.hold_answer = Some(request);
     }
 
     /// HMAC of each Bind parameter, when the log records them.
@@ -170,5 +276,6 @@ fn statement_record(
         reason: (described.decision.action != Action::Allow)
             .then(|| described.decision.message.clone())
             .flatten(),
+        approval: described.approval.cloned(),
     }
 }

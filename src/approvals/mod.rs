@@ -1,0 +1,458 @@
+//! Statements held for a person's approval while the client waits.
+//!
+//! When the policy decides `approve`, the session opens a [`Request`] here and waits on it
+//! (see `session/relay.rs`); approvers answer through the admin API (`admin/approvals.rs`).
+//! A request ends approved, denied, expired (nobody answered within `approvals.timeout`) or
+//! withdrawn (the client cancelled or went away). An approver may also grant "this statement
+//! shape, for this person, for N minutes", so the same fingerprint runs without waiting again.
+//!
+//! Rules an approval must satisfy: the approver is not the requester, belongs to one of the
+//! rule's approver groups (or `approvals.approver_groups`), and `min_approvals` different
+//! approvers said yes before the statement runs; one denial ends the request.
+//!
+//! State lives behind [`store::ApprovalStore`]; [`store::MemoryStore`] serves one instance.
+
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use store::{ApprovalStore, MemoryStore};
+
+/// `[approvals]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a held statement waits for an answer.
+    pub timeout: Duration,
+    /// Who may approve, unless a rule names its own `approver_groups`.
+    pub approver_groups: Vec<String>,
+    /// Different approvers needed before a statement runs.
+    pub min_approvals: u32,
+    /// The longest grant an approver may give.
+    pub max_grant: Duration,
+    /// Where the admin API can be reached, for the client's notice and notifications.
+    pub public_url: Option<String>,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Withdrawn,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// A person's answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    pub by: String,
+    pub approve: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+/// One held statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// Short and typable: `ABCD-1234`.
+    pub id: String,
+    pub requester: String,
+    pub requester_groups: Vec<String>,
+    pub session: u64,
+    pub database: String,
+    pub role: String,
+    /// Exactly as sent (approvers must see what would run).
+    pub statement: String,
+    pub normalized: Option<String>,
+    pub fingerprint: Option<String>,
+    pub rule: String,
+    /// The requester's declared intent, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    pub approver_groups: Vec<String>,
+    pub min_approvals: u32,
+    pub created_at: String,
+    pub expires_at: String,
+    pub status: Status,
+    pub answers: Vec<Answer>,
+    /// Why it was withdrawn, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withdrawn_because: Option<String>,
+    #[serde(skip)]
+    pub expires: Option<Instant>,
+}
+
+impl Request {
+    /// The approvers who said yes.
+    pub fn approvers(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter(|a| a.approve)
+            .map(|a| a.by.clone())
+            .collect()
+    }
+}
+
+/// "This statement shape, for this person, until then."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    pub user: String,
+    pub fingerprint: String,
+    pub granted_by: String,
+    pub request: String,
+    #[serde(skip)]
+    pub until: Option<Instant>,
+    pub expires_at: String,
+}
+
+/// Why an approver's call was refused. Each maps to an HTTP status in the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no approval request {0}")]
+    NotFound(String),
+    #[error("request {id} is already {status}")]
+    NotPending { id: String, status: &'static str },
+    #[error("you cannot approve or deny your own request")]
+    OwnRequest,
+    #[error("approving needs membership in one of: {0}")]
+    NotAnApprover(String),
+    #[error("you already answered request {0}")]
+    AlreadyAnswered(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Who is answering: a verified identity from the admin API.
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// What a new request needs from the session.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub requester: String,
+    pub requester_groups: Vec<String>,
+    pub session: u64,
+    pub database: String,
+    pub role: String,
+    pub statement: String,
+    pub normalized: Option<String>,
+    pub fingerprint: Option<String>,
+    pub rule: String,
+    pub intent: Option<String>,
+    /// The rule's approver groups, if it names its own.
+    pub rule_approver_groups: Option<Vec<String>>,
+}
+
+/// The approvals of one pgwarden: the store, shared by every session and the admin API.
+#[derive(Debug, Clone)]
+pub struct Approvals {
+    store: Arc<dyn ApprovalStore>,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self::new(Arc::new(MemoryStore::default()))
+    }
+}
+
+/// How a waiting session learns the outcome.
+#[derive(Debug)]
+pub struct Waiter {
+    pub id: String,
+    status: watch::Receiver<Status>,
+    expires: Instant,
+}
+
+impl Waiter {
+    /// The request's final status: approved, denied or withdrawn as decided elsewhere, or
+    /// `Expired` once the timeout passes.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the status lives in the watch channel; calling again picks it up.
+    pub async fn outcome(&mut self) -> Status {
+        loop {
+            let current = self.status.borrow_and_update().clone();
+            if current != Status::Pending {
+                return current;
+            }
+            tokio::select! {
+                changed = self.status.changed() => if changed.is_err() {
+                    return Status::Withdrawn;
+                },
+                _ = tokio::time::sleep_until(self.expires.into()) => return Status::Expired,
+            }
+        }
+    }
+}
+
+impl Approvals {
+    pub fn new(store: Arc<dyn ApprovalStore>) -> Self {
+        Self { store }
+    }
+
+    /// Open a request and start waiting on it.
+    pub fn open(&self, settings: &Settings, new: NewRequest) -> (Request, Waiter) {
+        let now = SystemTime::now();
+        let expires = Instant::now() + settings.timeout;
+        let request = Request {
+            id: self.store.new_id(),
+            requester: new.requester,
+            requester_groups: new.requester_groups,
+            session: new.session,
+            database: new.database,
+            role: new.role,
+            statement: new.statement,
+            normalized: new.normalized,
+            fingerprint: new.fingerprint,
+            rule: new.rule,
+            intent: new.intent,
+            approver_groups: new
+                .rule_approver_groups
+                .unwrap_or_else(|| settings.approver_groups.clone()),
+            min_approvals: settings.min_approvals.max(1),
+            created_at: rfc3339(now),
+            expires_at: rfc3339(now + settings.timeout),
+            status: Status::Pending,
+            answers: Vec::new(),
+            withdrawn_because: None,
+            expires: Some(expires),
+        };
+        let status = self.store.insert(request.clone());
+        let waiter = Waiter {
+            id: request.id.clone(),
+            status,
+            expires,
+        };
+        (request, waiter)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Request> {
+        self.store.get(&normalize_id(id))
+    }
+
+    /// Pending requests, then the most recent others.
+    pub fn list(&self, pending_only: bool) -> Vec<Request> {
+        self.store.list(pending_only)
+    }
+
+    /// Record `approver`'s answer. Approving with `grant` also lets the same fingerprint run
+    /// for the requester until the grant ends.
+    pub fn answer(
+        &self,
+        id: &str,
+        approver: &Approver,
+        approve: bool,
+        reason: Option<String>,
+        grant: Option<Duration>,
+    ) -> Result<Request, ApprovalError> {
+        let id = normalize_id(id);
+        let updated = self.store.update(&id, &mut |request| {
+            if request.status != Status::Pending {
+                return Err(ApprovalError::NotPending {
+                    id: request.id.clone(),
+                    status: request.status.as_str(),
+                });
+            }
+            if request.requester == approver.name {
+                return Err(ApprovalError::OwnRequest);
+            }
+            if !approver
+                .groups
+                .iter()
+                .any(|g| request.approver_groups.contains(g))
+            {
+                return Err(ApprovalError::NotAnApprover(
+                    request.approver_groups.join(", "),
+                ));
+            }
+            if request.answers.iter().any(|a| a.by == approver.name) {
+                return Err(ApprovalError::AlreadyAnswered(request.id.clone()));
+            }
+            request.answers.push(Answer {
+                by: approver.name.clone(),
+                approve,
+                reason: reason.clone(),
+                at: rfc3339(SystemTime::now()),
+            });
+            if !approve {
+                request.status = Status::Denied;
+            } else if request.approvers().len() as u32 >= request.min_approvals {
+                request.status = Status::Approved;
+            }
+            Ok(())
+        })?;
+        if let (Some(duration), Status::Approved, Some(fingerprint)) =
+            (grant, &updated.status, &updated.fingerprint)
+        {
+            self.store.add_grant(Grant {
+                user: updated.requester.clone(),
+                fingerprint: fingerprint.clone(),
+                granted_by: approver.name.clone(),
+                request: updated.id.clone(),
+                until: Some(Instant::now() + duration),
+                expires_at: rfc3339(SystemTime::now() + duration),
+            });
+        }
+        Ok(updated)
+    }
+
+    /// The session gave up on the request (cancel, disconnect, shutdown) or it timed out.
+    pub fn close(&self, id: &str, status: Status, because: &str) -> Option<Request> {
+        self.store
+            .update(id, &mut |request| {
+                if request.status == Status::Pending {
+                    request.status = status.clone();
+                    if status == Status::Withdrawn {
+                        request.withdrawn_because = Some(because.to_owned());
+                    }
+                }
+                Ok(())
+            })
+            .ok()
+    }
+
+    /// A grant that lets `user` run `fingerprint` now, if there is one.
+    pub fn grant_for(&self, user: &str, fingerprint: &str) -> Option<Grant> {
+        self.store.find_grant(user, fingerprint)
+    }
+}
+
+/// A duration as people write it: `5m`, `90s`.
+pub fn human(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs >= 3600 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Ids are shown as `ABCD-1234`; accept them in any case, with or without the dash.
+fn normalize_id(id: &str) -> String {
+    let compact: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if compact.len() == 8 {
+        format!("{}-{}", &compact[..4], &compact[4..])
+    } else {
+        compact
+    }
+}
+
+pub fn rfc3339(at: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(min: u32) -> Settings {
+        Settings {
+            timeout: Duration::from_secs(60),
+            approver_groups: vec!["dba".into()],
+            min_approvals: min,
+            max_grant: Duration::from_secs(3600),
+            public_url: None,
+        }
+    }
+
+    fn new_request() -> NewRequest {
+        NewRequest {
+            requester: "dev".into(),
+            requester_groups: vec!["developers".into(), "dba".into()],
+            session: 1,
+            database: "shop".into(),
+            role: "app_rw".into(),
+            statement: "DELETE FROM orders WHERE id = 1".into(),
+            normalized: Some("DELETE FROM orders WHERE id = $1".into()),
+            fingerprint: Some("abc".into()),
+            rule: "orders-delete".into(),
+            intent: None,
+            rule_approver_groups: None,
+        }
+    }
+
+    fn who(name: &str, groups: &[&str]) -> Approver {
+        Approver {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn separation_of_duties_and_min_approvals() {
+        let approvals = Approvals::default();
+        let (request, mut waiter) = approvals.open(&settings(2), new_request());
+        let id = request.id.to_lowercase().replace('-', "");
+        assert_eq!(
+            approvals.answer(&id, &who("dev", &["dba"]), true, None, None),
+            Err(ApprovalError::OwnRequest)
+        );
+        assert!(matches!(
+            approvals.answer(&id, &who("eve", &["developers"]), true, None, None),
+            Err(ApprovalError::NotAnApprover(_))
+        ));
+        let once = approvals
+            .answer(&id, &who("dba1", &["dba"]), true, None, None)
+            .unwrap();
+        assert_eq!(once.status, Status::Pending, "two approvals are needed");
+        assert_eq!(
+            approvals.answer(&id, &who("dba1", &["dba"]), true, None, None),
+            Err(ApprovalError::AlreadyAnswered(request.id.clone()))
+        );
+        approvals
+            .answer(
+                &id,
+                &who("dba2", &["dba"]),
+                true,
+                None,
+                Some(Duration::from_secs(60)),
+            )
+            .unwrap();
+        assert_eq!(waiter.outcome().await, Status::Approved);
+        assert!(approvals.grant_for("dev", "abc").is_some());
+        assert!(approvals.grant_for("someone-else", "abc").is_none());
+        assert!(matches!(
+            approvals.answer(&id, &who("dba3", &["dba"]), false, None, None),
+            Err(ApprovalError::NotPending { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_expire() {
+        let approvals = Approvals::default();
+        let short = Settings {
+            timeout: Duration::from_millis(50),
+            ..settings(1)
+        };
+        let (_, mut waiter) = approvals.open(&short, new_request());
+        assert_eq!(waiter.outcome().await, Status::Expired);
+    }
+}

@@ -1,0 +1,575 @@
+//! Statements held for approval, through real clients and the real admin HTTP API: a
+//! developer's statement waits in their session while an approver (signed in with the same
+//! identity provider) answers over HTTP.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{all_records, audit_dir, harness, sqlstate, Proxy, ProxyOptions};
+use pgwarden::net::http::Fetcher;
+use pgwarden::testbed::issuer::https_acceptor;
+use pgwarden::testbed::{DevIssuer, KeyAlgorithm};
+use serde_json::{json, Value};
+
+const AUDIENCE: &str = "pgwarden";
+
+/// The issuer, pgwarden, a table of its own, and tokens for the people involved.
+struct Setup {
+    issuer: DevIssuer,
+    proxy: Proxy,
+    admin: SocketAddr,
+    table: String,
+    audit: std::path::PathBuf,
+}
+
+fn person(name: &str, groups: &[&str]) -> Value {
+    json!({"sub": format!("u-{name}"), "email": format!("{name}@example.com"), "groups": groups})
+}
+
+impl Setup {
+    async fn start(name: &str, approvals: &str) -> Setup {
+        let h = harness();
+        let tls = https_acceptor(&h.certs.server_cert, &h.certs.server_key).unwrap();
+        let issuer = DevIssuer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tls),
+            KeyAlgorithm::Rs256,
+        )
+        .await
+        .unwrap();
+        let table = format!("held_{name}");
+        let direct = common::direct("app").await;
+        direct
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table};\n\
+                 CREATE TABLE {table} (id int PRIMARY KEY, note text);\n\
+                 INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, 20) g;\n\
+                 ALTER TABLE {table} OWNER TO app_rw;"
+            ))
+            .await
+            .unwrap();
+        let audit = audit_dir(&format!("approvals-{name}"));
+        let proxy = Proxy::start(ProxyOptions {
+            extra: format!(
+                "[[auth.oidc]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\nca = \"{ca}\"\n\n\
+                 [auth.rate_limit]\nmax_failures = 0\n\n\
+                 [[access]]\ngroups = [\"developers\", \"dba\"]\ndatabases = [\"app\"]\nroles = [\"app_rw\"]\n\n\
+                 [[policy.rules]]\nid = \"held-deletes\"\nstatements = [\"delete\"]\ntables = [\"{table}\"]\naction = \"approve\"\nmessage = \"deleting from {table} needs a DBA\"\n\n\
+                 [approvals]\napprover_groups = [\"dba\"]\npublic_url = \"http://admin.example\"\n{approvals}\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [audit]\ndir = \"{audit}\"\n",
+                issuer = issuer.url(),
+                ca = h.certs.ca_cert.display(),
+                audit = audit.display(),
+            ),
+            ..Default::default()
+        })
+        .await;
+        let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+        Setup {
+            issuer,
+            proxy,
+            admin,
+            table,
+            audit,
+        }
+    }
+
+    fn token(&self, name: &str, groups: &[&str]) -> String {
+        self.issuer.id_token(AUDIENCE, &person(name, groups), 600)
+    }
+
+    /// A developer's session (as app_rw).
+    async fn developer(&self) -> tokio_postgres::Client {
+        self.connect(&self.token("dev", &["developers"])).await
+    }
+
+    async fn connect(&self, token: &str) -> tokio_postgres::Client {
+        self.proxy
+            .try_connect_tls(&format!(
+                "host=127.0.0.1 port={} dbname=app user=app_rw password={token} sslmode=require",
+                self.proxy.port()
+            ))
+            .await
+            .unwrap()
+    }
+
+    /// Call the admin API as `token`: (HTTP status, JSON body).
+    async fn api(&self, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let fetcher = Fetcher::new(None, Duration::from_secs(10), 1 << 20).unwrap();
+        let request = openidconnect::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            })
+            .unwrap();
+        let response = fetcher.fetch(request).await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Wait until exactly one request is pending, as the DBA sees it; return it.
+    async fn pending(&self, dba: &str) -> Value {
+        for _ in 0..200 {
+            let (status, body) = self
+                .api("GET", "/approvals?status=pending", dba, Value::Null)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            if let Some(first) = body["requests"].as_array().and_then(|r| r.first()) {
+                return first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no request became pending");
+    }
+
+    async fn count(&self, client: &tokio_postgres::Client) -> i64 {
+        client
+            .query_one(&format!("SELECT count(*) FROM {}", self.table), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| format!("{} | {}", e.message(), e.detail().unwrap_or_default()))
+        .unwrap_or_else(|| err.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_statement_runs_in_its_session_once_a_dba_approves() {
+    let s = Setup::start("approve", "").await;
+    let dev = s.developer().await;
+    let dba = s.token("dba", &["dba"]);
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        dev.execute(&format!("DELETE FROM {table} WHERE id = 7"), &[])
+            .await
+            .map(|rows| (rows, dev))
+    });
+    let request = s.pending(&dba).await;
+    assert_eq!(request["requester"], "dev@example.com");
+    assert_eq!(request["rule"], "held-deletes");
+    assert_eq!(
+        request["statement"],
+        format!("DELETE FROM {} WHERE id = 7", s.table)
+    );
+    assert_eq!(request["approver_groups"], json!(["dba"]));
+    assert!(!held.is_finished(), "the statement ran without approval");
+    // Nothing reached PostgreSQL yet.
+    let direct = common::direct("app").await;
+    assert_eq!(s.count(&direct).await, 20);
+
+    let id = request["id"].as_str().unwrap();
+    let (status, answered) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &dba,
+            json!({"reason": "cleanup"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(answered["status"], "approved");
+    let (rows, dev) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the approved statement did not complete")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(s.count(&dev).await, 19, "the session goes on normally");
+
+    s.proxy.shutdown(Duration::from_secs(5)).await;
+    let records = all_records(&s.audit);
+    let of_type = |t: &str| {
+        records
+            .iter()
+            .filter(|r| r["type"] == t)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let requests = of_type("approval.request");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["request"], id);
+    assert_eq!(requests[0]["actor"]["user"]["name"], "dev@example.com");
+    assert!(
+        requests[0]["query"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("$1"),
+        "the audit log keeps the normalized text: {}",
+        requests[0]
+    );
+    let answers = of_type("approval.answer");
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["by"], "dba@example.com");
+    assert_eq!(answers[0]["approve"], true);
+    let executed: Vec<Value> = of_type("statement")
+        .into_iter()
+        .filter(|r| r["approval"]["request"] == id)
+        .collect();
+    assert_eq!(executed.len(), 1, "{records:#?}");
+    assert_eq!(executed[0]["decision"], "approve");
+    assert_eq!(
+        executed[0]["approval"]["approved_by"],
+        json!(["dba@example.com"])
+    );
+    let calls = of_type("admin.call");
+    assert!(calls
+        .iter()
+        .any(|c| c["caller"] == "dba@example.com"
+            && c["path"].as_str().unwrap().ends_with("/approve")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_self_approval_outsiders_and_timeouts() {
+    let s = Setup::start("deny", "timeout = \"3s\"").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev_token = s.token("dev", &["developers"]);
+    let outsider = s.token("eve", &["developers"]);
+
+    let dev = s.developer().await;
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        dev.execute(&format!("DELETE FROM {table} WHERE id = 1"), &[])
+            .await
+            .map_err(|e| (sqlstate(&e), db_message(&e)))
+    });
+    let request = s.pending(&dba).await;
+    let id = request["id"].as_str().unwrap().to_owned();
+    // The requester sees their own request but cannot answer it.
+    let (status, body) = s
+        .api("GET", &format!("/approvals/{id}"), &dev_token, Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &dev_token,
+            Value::Null,
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("own_request")));
+    // Someone outside the approver groups neither sees nor answers it.
+    let (status, _) = s
+        .api("GET", &format!("/approvals/{id}"), &outsider, Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &outsider,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("not_an_approver"))
+    );
+    // No token, a bad token.
+    let (status, _) = s.api("GET", "/approvals", "", Value::Null).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.api("GET", "/approvals", "not-a-token", Value::Null).await;
+    assert_eq!(status, 401);
+    // A denial needs a reason; then the client gets it.
+    let (status, _) = s
+        .api("POST", &format!("/approvals/{id}/deny"), &dba, Value::Null)
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/deny"),
+            &dba,
+            json!({"reason": "use the archive job instead"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (code, message) = held.await.unwrap().unwrap_err();
+    assert_eq!(code.as_deref(), Some("42501"));
+    assert!(
+        message.contains("dba@example.com denied this statement"),
+        "{message}"
+    );
+    assert!(message.contains("use the archive job instead"), "{message}");
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &dba,
+            Value::Null,
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("not_pending")));
+
+    // Nobody answers: the statement fails after the timeout, the session goes on.
+    let dev = s.developer().await;
+    let started = std::time::Instant::now();
+    let err = dev
+        .execute(&format!("DELETE FROM {} WHERE id = 2", s.table), &[])
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(
+        db_message(&err).contains("not answered within 3s"),
+        "{}",
+        db_message(&err)
+    );
+    assert_eq!(s.count(&dev).await, 20, "nothing was deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lets_the_same_shape_run_at_once_until_it_expires() {
+    let s = Setup::start("grant", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = std::sync::Arc::new(s.developer().await);
+    let run = |id: i32| {
+        let dev = dev.clone();
+        let table = s.table.clone();
+        tokio::spawn(async move {
+            dev.execute(&format!("DELETE FROM {table} WHERE id = {id}"), &[])
+                .await
+        })
+    };
+    let first = run(1);
+    let request = s.pending(&dba).await;
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{}/approve", request["id"].as_str().unwrap()),
+            &dba,
+            json!({"grant": "3s"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    // Same shape, other literal: runs at once under the grant.
+    let second = tokio::time::timeout(Duration::from_secs(2), run(2))
+        .await
+        .expect("the granted statement waited")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second, 1);
+    // Too long a grant is refused.
+    let (status, _) = s
+        .api(
+            "POST",
+            "/approvals/XXXX-0000/approve",
+            &dba,
+            json!({"grant": "48h"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    // After the grant: held again.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let third = run(3);
+    let again = s.pending(&dba).await;
+    assert_ne!(again["id"], request["id"]);
+    assert!(!third.is_finished());
+    s.api(
+        "POST",
+        &format!("/approvals/{}/approve", again["id"].as_str().unwrap()),
+        &dba,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(third.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_or_leaving_withdraws_the_request() {
+    let s = Setup::start("withdraw", "").await;
+    let dba = s.token("dba", &["dba"]);
+
+    // CancelRequest (tokio-postgres cancel_query) while held.
+    let dev = s.developer().await;
+    let cancel = dev.cancel_token();
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        let result = dev
+            .execute(&format!("DELETE FROM {table} WHERE id = 1"), &[])
+            .await;
+        (result.map_err(|e| sqlstate(&e)), dev)
+    });
+    let request = s.pending(&dba).await;
+    cancel.cancel_query(common::tls_connector()).await.unwrap();
+    let (result, dev) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("cancel did not end the wait")
+        .unwrap();
+    assert_eq!(result.unwrap_err().as_deref(), Some("57014"));
+    let (_, shown) = s
+        .api(
+            "GET",
+            &format!("/approvals/{}", request["id"].as_str().unwrap()),
+            &dba,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(shown["status"], "withdrawn");
+    assert_eq!(shown["withdrawn_because"], "the client cancelled");
+    assert_eq!(s.count(&dev).await, 20, "the session is still usable");
+
+    // The client goes away while held: its socket closes.
+    let (leaver, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=app user=app_rw password={} sslmode=require",
+            s.proxy.port(),
+            s.token("dev", &["developers"])
+        ),
+        common::tls_connector(),
+    )
+    .await
+    .unwrap();
+    let socket = tokio::spawn(connection);
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        let _ = leaver
+            .execute(&format!("DELETE FROM {table} WHERE id = 2"), &[])
+            .await;
+    });
+    let request = s.pending(&dba).await;
+    held.abort();
+    socket.abort();
+    let id = request["id"].as_str().unwrap();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let (_, shown) = s
+            .api("GET", &format!("/approvals/{id}"), &dba, Value::Null)
+            .await;
+        status = shown["status"].clone();
+        if status == "withdrawn" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "withdrawn");
+    let (status, _) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &dba,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 409, "a withdrawn request cannot be approved");
+    assert_eq!(s.count(&dev).await, 20);
+    s.proxy.shutdown(Duration::from_secs(5)).await;
+    let closed: Vec<Value> = all_records(&s.audit)
+        .into_iter()
+        .filter(|r| r["type"] == "approval.closed")
+        .collect();
+    assert_eq!(closed.len(), 2, "{closed:#?}");
+    assert!(closed.iter().all(|r| r["request_status"] == "withdrawn"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_a_held_statement_keeps_its_order() {
+    let s = Setup::start("pipeline", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = s.developer().await;
+    // tokio-postgres pipelines concurrent queries on one connection.
+    let before = dev.query_one("SELECT 1::int4", &[]);
+    let delete = format!("DELETE FROM {} WHERE id = 5 RETURNING id", s.table);
+    let held = dev.query_one(delete.as_str(), &[]);
+    let count = format!("SELECT count(*)::int4 FROM {}", s.table);
+    let after = dev.query_one(count.as_str(), &[]);
+    let all = async { tokio::join!(before, held, after) };
+    let approve = async {
+        let request = s.pending(&dba).await;
+        s.api(
+            "POST",
+            &format!("/approvals/{}/approve", request["id"].as_str().unwrap()),
+            &dba,
+            Value::Null,
+        )
+        .await
+    };
+    let ((before, held, after), (status, _)) =
+        tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(all, approve)
+        })
+        .await
+        .expect("the pipeline did not finish");
+    assert_eq!(status, 200);
+    assert_eq!(before.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(held.unwrap().get::<_, i32>(0), 5);
+    // The count ran after the delete, as sent.
+    assert_eq!(after.unwrap().get::<_, i32>(0), 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_the_hold_notice_with_the_request_and_how_to_approve() {
+    let s = Setup::start("psql", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let token = s.token("dev", &["developers"]);
+    let port = s.proxy.port().to_string();
+    let sql = format!("DELETE FROM {} WHERE id = 3", s.table);
+    let ca = harness().certs.ca_cert.display().to_string();
+    let psql = tokio::spawn({
+        let (token, port, sql, ca) = (token.clone(), port.clone(), sql.clone(), ca.clone());
+        async move {
+            common::run_tool(
+                &common::psql_path(),
+                &[
+                    "-h",
+                    "localhost",
+                    "-p",
+                    &port,
+                    "-U",
+                    "app_rw",
+                    "-d",
+                    "app",
+                    "-c",
+                    &sql,
+                ],
+                &[
+                    ("PGPASSWORD", &token),
+                    ("PGSSLMODE", "verify-full"),
+                    ("PGSSLROOTCERT", &ca),
+                ],
+            )
+            .await
+        }
+    });
+    let request = s.pending(&dba).await;
+    let id = request["id"].as_str().unwrap().to_owned();
+    s.api(
+        "POST",
+        &format!("/approvals/{id}/approve"),
+        &dba,
+        Value::Null,
+    )
+    .await;
+    let out = psql.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "DELETE 1");
+    assert!(
+        stderr.contains(&format!("NOTICE:  pgwarden is holding this statement for approval (request {id}, rule held-deletes)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pgwarden approvals approve {id}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("http://admin.example/approvals/{id}/approve")),
+        "{stderr}"
+    );
+}
