@@ -143,6 +143,31 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// List and answer statements held for approval, through the admin API.
+    ///
+    /// Uses your token from `pgwarden login`. You see requests you made and those your groups
+    /// may approve; you can never answer your own.
+    Approvals {
+        /// The admin API (pgwarden's [admin] listen).
+        #[arg(
+            long,
+            global = true,
+            env = "PGWARDEN_ADMIN",
+            default_value = "http://127.0.0.1:9187"
+        )]
+        admin: String,
+        /// Use the sign-in for this issuer (default: the most recent one).
+        #[arg(long, global = true, env = "PGWARDEN_ISSUER")]
+        issuer: Option<String>,
+        /// Trust only this CA (PEM) for an https admin API.
+        #[arg(long, global = true)]
+        ca: Option<PathBuf>,
+        /// Print the API's JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Start a throwaway PostgreSQL with sample data and pgwarden in front of it, and print
     /// how to connect. Ctrl-C stops both and removes everything.
     ///
@@ -157,6 +182,34 @@ enum Command {
         /// (non-zero on failure). Used by the test suite.
         #[arg(long)]
         smoke_test: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests (--all: recent ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One request: who, what, which rule, answers so far, the full statement.
+    Show { id: String },
+    /// Let the held statement run.
+    Approve {
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Also let the same statement shape run for this person without waiting, for this
+        /// long (e.g. 30m; at most approvals.max_grant).
+        #[arg(long)]
+        grant: Option<String>,
+    },
+    /// Refuse it; the requester sees the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -413,6 +466,34 @@ fn main() -> ExitCode {
             access,
             args,
         } => psql(issuer.as_deref(), token_choice(access), &args),
+        Command::Approvals {
+            admin,
+            issuer,
+            ca,
+            json,
+            command,
+        } => {
+            use pgwarden::approvals::client::{self, Call, Target};
+            let call = match command {
+                ApprovalsCommand::List { all } => Call::List { all },
+                ApprovalsCommand::Show { id } => Call::Show { id },
+                ApprovalsCommand::Approve { id, reason, grant } => {
+                    Call::Approve { id, reason, grant }
+                }
+                ApprovalsCommand::Deny { id, reason } => Call::Deny { id, reason },
+            };
+            let target = Target {
+                admin,
+                issuer,
+                ca,
+                json,
+            };
+            run_async(async move {
+                let text = client::run(&target, call).await?;
+                println!("{text}");
+                Ok(())
+            })
+        }
         Command::Demo { listen, smoke_test } => {
             init_logging(cli.log_format);
             run_async(async move {

@@ -53,7 +53,7 @@ impl Setup {
         let audit = audit_dir(&format!("approvals-{name}"));
         let proxy = Proxy::start(ProxyOptions {
             extra: format!(
-                "[[auth.oidc]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\nca = \"{ca}\"\n\n\
+                "[[auth.oidc]]\nissuer = \"{issuer}\"\naudience = [\"{AUDIENCE}\", \"pgwarden-cli\"]\nca = \"{ca}\"\n\n\
                  [auth.rate_limit]\nmax_failures = 0\n\n\
                  [[access]]\ngroups = [\"developers\", \"dba\"]\ndatabases = [\"app\"]\nroles = [\"app_rw\"]\n\n\
                  [[policy.rules]]\nid = \"held-deletes\"\nstatements = [\"delete\"]\ntables = [\"{table}\"]\naction = \"approve\"\nmessage = \"deleting from {table} needs a DBA\"\n\n\
@@ -572,4 +572,77 @@ async fn psql_shows_the_hold_notice_with_the_request_and_how_to_approve() {
         stderr.contains(&format!("http://admin.example/approvals/{id}/approve")),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_command_lists_shows_and_answers_with_the_login_token() {
+    let s = Setup::start("cli", "").await;
+    s.issuer.add_person("dba", person("dba", &["dba"]));
+    let config_dir = harness().dir.join("approvals-cli-config");
+    let _ = std::fs::remove_dir_all(&config_dir);
+    common::pgwarden_login(s.issuer.url(), "dba", &config_dir).await;
+    let admin = format!("http://{}", s.admin);
+    let pgwarden = |args: Vec<String>| {
+        let config_dir = config_dir.clone();
+        let admin = admin.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+                .arg("approvals")
+                .args(&args)
+                .args(["--admin", &admin])
+                .env("PGWARDEN_CONFIG_DIR", &config_dir)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, stdout, _) = pgwarden(vec!["list".into()]).await;
+    assert!(ok);
+    assert_eq!(stdout.trim(), "no requests");
+
+    let dev = s.developer().await;
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        dev.execute(&format!("DELETE FROM {table} WHERE id = 9"), &[])
+            .await
+    });
+    let dba = s.token("dba", &["dba"]);
+    let id = s.pending(&dba).await["id"].as_str().unwrap().to_owned();
+    let (ok, stdout, stderr) = pgwarden(vec!["list".into()]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&id) && stdout.contains("dev@example.com"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = pgwarden(vec!["show".into(), id.to_lowercase()]).await;
+    assert!(ok);
+    assert!(
+        stdout.contains(&format!("DELETE FROM {} WHERE id = 9", s.table)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("held-deletes"), "{stdout}");
+    let (ok, _, stderr) = pgwarden(vec![
+        "deny".into(),
+        id.clone(),
+        "--reason".into(),
+        String::new(),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("needs a reason"), "{stderr}");
+    let (ok, stdout, stderr) = pgwarden(vec![
+        "approve".into(),
+        id.clone(),
+        "--reason".into(),
+        "INC-4711".into(),
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), format!("request {id} is now approved"));
+    assert_eq!(held.await.unwrap().unwrap(), 1);
 }

@@ -69,7 +69,7 @@ fn config_on_port(options: &ProxyOptions, port: u16) -> String {
 
 #[test]
 fn help_for_every_command_exits_zero_and_names_the_essentials() {
-    let cases: [(&[&str], &[&str]); 9] = [
+    let cases: [(&[&str], &[&str]); 10] = [
         (
             &["--help"],
             &[
@@ -112,6 +112,17 @@ fn help_for_every_command_exits_zero_and_names_the_essentials() {
             &["PGPASSWORD", "--access", "--issuer"],
         ),
         (&["psql", "--help"], &["psql", "--"]),
+        (
+            &["approvals", "--help"],
+            &[
+                "list",
+                "show",
+                "approve",
+                "deny",
+                "--admin",
+                "pgwarden login",
+            ],
+        ),
     ];
     for (args, words) in cases {
         let output = run(args);

@@ -12,6 +12,7 @@
 //!
 //! State lives behind [`store::ApprovalStore`]; [`store::MemoryStore`] serves one instance.
 
+pub mod client;
 pub mod store;
 
 use std::sync::Arc;

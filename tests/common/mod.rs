@@ -374,3 +374,58 @@ pub async fn run_tool(program: &Path, args: &[&str], env: &[(&str, &str)]) -> st
     cmd.stdin(std::process::Stdio::null());
     cmd.output().await.expect("run tool")
 }
+
+/// `pgwarden login` (device flow) against `issuer` as its person `person`, approving the code
+/// through the issuer's form as a browser would; tokens go to `config_dir`.
+pub async fn pgwarden_login(issuer: &str, person: &str, config_dir: &Path) {
+    use tokio::io::AsyncBufReadExt;
+    let ca = harness().certs.ca_cert.display().to_string();
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args([
+            "login",
+            "--issuer",
+            issuer,
+            "--client-id",
+            "pgwarden-cli",
+            "--ca",
+            &ca,
+        ])
+        .env("PGWARDEN_CONFIG_DIR", config_dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn pgwarden login");
+    let mut lines = tokio::io::BufReader::new(login.stderr.take().expect("stderr")).lines();
+    let code = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("pgwarden login printed no code")
+            .expect("read stderr")
+            .expect("pgwarden login ended early");
+        if let Some(code) = line.strip_prefix("and confirm the code ") {
+            break code.to_owned();
+        }
+    };
+    let browser = pgwarden::net::http::Fetcher::new(
+        Some(&harness().certs.ca_cert),
+        std::time::Duration::from_secs(5),
+        1 << 20,
+    )
+    .expect("http client");
+    let approval = openidconnect::http::Request::builder()
+        .method("POST")
+        .uri(format!("{issuer}/device"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("user_code={code}&person={person}").into_bytes())
+        .expect("request");
+    let page = browser
+        .fetch(approval)
+        .await
+        .expect("approve the device code");
+    assert_eq!(page.status(), 200);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), login.wait())
+        .await
+        .expect("pgwarden login did not finish")
+        .expect("wait");
+    assert!(status.success());
+}

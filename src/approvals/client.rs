@@ -1,0 +1,182 @@
+//! `pgwarden approvals …`: the admin API's approvals endpoints from the command line, with
+//! the token from `pgwarden login`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::login::{self, TokenChoice};
+use crate::net::http::Fetcher;
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub enum Call {
+    List {
+        all: bool,
+    },
+    Show {
+        id: String,
+    },
+    Approve {
+        id: String,
+        reason: Option<String>,
+        grant: Option<String>,
+    },
+    Deny {
+        id: String,
+        reason: String,
+    },
+}
+
+/// Where the admin API is and who is calling.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// e.g. `http://127.0.0.1:9187`.
+    pub admin: String,
+    /// Which cached sign-in to use (default: the most recent).
+    pub issuer: Option<String>,
+    pub ca: Option<std::path::PathBuf>,
+    pub json: bool,
+}
+
+/// Run `call`; the text to print, or an error message.
+pub async fn run(target: &Target, call: Call) -> Result<String, String> {
+    let token = login::token(target.issuer.as_deref(), TokenChoice::Id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base = target.admin.trim_end_matches('/');
+    let (method, path, body) = match &call {
+        Call::List { all } => (
+            "GET",
+            if *all {
+                "/approvals".to_owned()
+            } else {
+                "/approvals?status=pending".to_owned()
+            },
+            None,
+        ),
+        Call::Show { id } => ("GET", format!("/approvals/{id}"), None),
+        Call::Approve { id, reason, grant } => (
+            "POST",
+            format!("/approvals/{id}/approve"),
+            Some(json!({"reason": reason, "grant": grant})),
+        ),
+        Call::Deny { id, reason } => (
+            "POST",
+            format!("/approvals/{id}/deny"),
+            Some(json!({"reason": reason})),
+        ),
+    };
+    let fetcher = Fetcher::new(target.ca.as_deref(), Duration::from_secs(15), 4 << 20)?;
+    let request = openidconnect::http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(
+            body.map(|b| without_nulls(b).to_string().into_bytes())
+                .unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
+    let response = fetcher
+        .fetch(request)
+        .await
+        .map_err(|e| format!("cannot reach the admin API at {base}: {e}"))?;
+    let value: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    if !response.status().is_success() {
+        return Err(value["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {}", response.status())));
+    }
+    if target.json {
+        return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
+    }
+    Ok(match call {
+        Call::List { .. } => list(&value),
+        Call::Show { .. } => show(&value),
+        Call::Approve { .. } | Call::Deny { .. } => format!(
+            "request {} is now {}",
+            value["id"].as_str().unwrap_or("?"),
+            value["status"].as_str().unwrap_or("?")
+        ),
+    })
+}
+
+/// JSON `null`s out of a body (optional fields are left out, not sent as null).
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
+}
+
+fn list(value: &Value) -> String {
+    let requests = value["requests"].as_array().cloned().unwrap_or_default();
+    if requests.is_empty() {
+        return "no requests".into();
+    }
+    let mut out = format!(
+        "{:<10} {:<9} {:<24} {:<20} {:<20} statement\n",
+        "id", "status", "requester", "rule", "expires"
+    );
+    for r in requests {
+        let statement = r["statement"].as_str().unwrap_or("");
+        let short: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+        let short: String = short.chars().take(60).collect();
+        out.push_str(&format!(
+            "{:<10} {:<9} {:<24} {:<20} {:<20} {}\n",
+            r["id"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["requester"].as_str().unwrap_or(""),
+            r["rule"].as_str().unwrap_or(""),
+            r["expires_at"].as_str().unwrap_or(""),
+            short
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+fn show(r: &Value) -> String {
+    let field = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+    let mut out = format!(
+        "request    {}\nstatus     {}\nrequester  {} ({})\ndatabase   {} as {}\nrule       {}\napprovers  {} (needs {})\ncreated    {}\nexpires    {}\n",
+        field("id"),
+        field("status"),
+        field("requester"),
+        r["requester_groups"]
+            .as_array()
+            .map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        field("database"),
+        field("role"),
+        field("rule"),
+        r["approver_groups"]
+            .as_array()
+            .map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        r["min_approvals"],
+        field("created_at"),
+        field("expires_at"),
+    );
+    for answer in r["answers"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "answer     {} by {} at {}{}\n",
+            if answer["approve"] == true {
+                "approved"
+            } else {
+                "denied"
+            },
+            answer["by"].as_str().unwrap_or(""),
+            answer["at"].as_str().unwrap_or(""),
+            answer["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!("\n{}", field("statement")));
+    out
+}
