@@ -72,11 +72,14 @@ pub async fn run(listen: SocketAddr, smoke_test: bool) -> Result<(), DemoError> 
     let config = Config::load(&config_path).map_err(AppError::from)?;
     let server = Server::start(config).await?;
     let addr = server.local_addr();
+    let admin = server
+        .admin_addr()
+        .map_or_else(String::new, |a| format!("http://{a}"));
 
     let result = if smoke_test {
-        smoke(addr, &certs.ca_cert, &issuer).await
+        smoke(addr, &certs.ca_cert, &issuer, &admin).await
     } else {
-        print_tour(addr, &config_path, &certs.ca_cert, &audit, &issuer);
+        print_tour(addr, &config_path, &certs.ca_cert, &audit, &issuer, &admin);
         wait_for_signal().await;
         println!("\nStopping pgwarden and PostgreSQL...");
         Ok(())
@@ -212,7 +215,11 @@ fn demo_config(
          [[auth.local]]\nname = \"{bot}\"\nscram = \"{verifier}\"\ngroups = [\"{bot_group}\"]\n\n\
          [[access]]\ngroups = [\"developers\"]\ndatabases = [\"shop\"]\nroles = [\"app_rw\"]\n\n\
          [[access]]\ngroups = [\"dba\"]\ndatabases = [\"shop\"]\nroles = [\"app_rw\", \"app_ro\"]\n\n\
-         [[access]]\ngroups = [\"{bot_group}\"]\ndatabases = [\"shop\"]\nroles = [\"app_ro\"]\n",
+         [[access]]\ngroups = [\"{bot_group}\"]\ndatabases = [\"shop\"]\nroles = [\"app_ro\"]\n\n\
+         # Developers' deletes from orders wait for a DBA (DELETE without WHERE is refused outright).\n\
+         [[policy.rules]]\nid = \"orders-deletes-need-a-dba\"\ngroups = [\"developers\"]\nstatements = [\"delete\"]\ntables = [\"orders\"]\naction = \"approve\"\nmessage = \"deleting orders needs a DBA's approval\"\n\n\
+         [approvals]\napprover_groups = [\"dba\"]\ntimeout = \"10m\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
         certs.server_cert.display(),
         certs.server_key.display(),
         postgres.host(),
@@ -257,7 +264,14 @@ fn write(path: &Path, text: &str) -> Result<(), DemoError> {
         })
 }
 
-fn print_tour(addr: SocketAddr, config: &Path, ca: &Path, audit: &AuditFiles, issuer: &DemoIssuer) {
+fn print_tour(
+    addr: SocketAddr,
+    config: &Path,
+    ca: &Path,
+    audit: &AuditFiles,
+    issuer: &DemoIssuer,
+    admin: &str,
+) {
     let (host, port) = (addr.ip(), addr.port());
     println!(
         r#"
@@ -286,6 +300,13 @@ Things to try as dev:
     \copy orders TO 'orders.csv' CSV HEADER
     DELETE FROM orders;           -- refused by pgwarden: no WHERE (rule guardrail.no-where)
     DROP TABLE customers;         -- refused by pgwarden (rule guardrail.drop)
+    DELETE FROM orders WHERE id = 1;   -- held: waits for a DBA, pgwarden prints the request id
+
+While dev's DELETE waits, approve it as the DBA from a second terminal:
+
+    export PGWARDEN_ADMIN={admin} PGWARDEN_TOKEN="$(cat {dba_token})"
+    pgwarden approvals list
+    pgwarden approvals approve <request id> --reason "demo"    # dev's DELETE runs now
 
 A service account signs in with a password (SCRAM) instead, and is read-only upstream:
 
@@ -310,6 +331,7 @@ Press Ctrl-C to stop; everything is removed.
         dba_token = issuer.token_file("dba").display(),
         bot = SERVICE_ACCOUNT.0,
         bot_password = SERVICE_ACCOUNT.1,
+        admin = admin,
     );
 }
 
@@ -327,22 +349,104 @@ async fn wait_for_signal() {
 
 /// Run real queries through pgwarden with psql over verified TLS: as dev with the
 /// ready-made token, and as the service account with its password.
-async fn smoke(addr: SocketAddr, ca: &Path, issuer: &DemoIssuer) -> Result<(), DemoError> {
-    let token = std::fs::read_to_string(issuer.token_file("dev"))
-        .map_err(|e| DemoError::Smoke(format!("cannot read the ready-made token: {e}")))?;
-    let count = psql_count(addr, ca, "dev@example.com", token.trim()).await?;
+async fn smoke(
+    addr: SocketAddr,
+    ca: &Path,
+    issuer: &DemoIssuer,
+    admin: &str,
+) -> Result<(), DemoError> {
+    let read = |id: &str| {
+        std::fs::read_to_string(issuer.token_file(id))
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| DemoError::Smoke(format!("cannot read the ready-made token: {e}")))
+    };
+    let token = read("dev")?;
+    let count = psql(
+        addr,
+        ca,
+        "dev@example.com",
+        &token,
+        "SELECT count(*) FROM customers",
+    )
+    .await?
+    .parse::<u32>()
+    .unwrap_or(0);
+    if count == 0 {
+        return Err(DemoError::Smoke("no customers through pgwarden".into()));
+    }
     println!("smoke test passed: {count} customers through pgwarden, signed in as dev@example.com");
-    let count = psql_count(addr, ca, SERVICE_ACCOUNT.0, SERVICE_ACCOUNT.1).await?;
+    let count = psql(
+        addr,
+        ca,
+        SERVICE_ACCOUNT.0,
+        SERVICE_ACCOUNT.1,
+        "SELECT count(*) FROM customers",
+    )
+    .await?;
     println!("smoke test passed: {count} customers as the service account");
+
+    // The held DELETE, approved by the DBA through the admin API, as the tour does it.
+    let delete = psql(
+        addr,
+        ca,
+        "dev@example.com",
+        &token,
+        "DELETE FROM orders WHERE id = (SELECT max(id) FROM orders)",
+    );
+    let approve = async {
+        let target = crate::approvals::client::Target {
+            admin: admin.to_owned(),
+            issuer: None,
+            ca: None,
+            json: true,
+            token: Some(read("dba")?),
+        };
+        for _ in 0..100 {
+            let listed = crate::approvals::client::run(
+                &target,
+                crate::approvals::client::Call::List { all: false },
+            )
+            .await
+            .map_err(DemoError::Smoke)?;
+            let listed: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
+            if let Some(id) = listed["requests"][0]["id"].as_str() {
+                let call = crate::approvals::client::Call::Approve {
+                    id: id.to_owned(),
+                    reason: Some("demo smoke test".into()),
+                    grant: None,
+                };
+                crate::approvals::client::run(&target, call)
+                    .await
+                    .map_err(DemoError::Smoke)?;
+                return Ok(id.to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DemoError::Smoke(
+            "the DELETE was not held for approval".into(),
+        ))
+    };
+    let (deleted, approved) = tokio::join!(delete, approve);
+    let (deleted, id) = (deleted?, approved?);
+    if deleted != "DELETE 1" {
+        return Err(DemoError::Smoke(format!(
+            "the approved DELETE said: {deleted}"
+        )));
+    }
+    println!(
+        "smoke test passed: dev's DELETE was held as request {id}, approved by the DBA, and ran"
+    );
     Ok(())
 }
 
-async fn psql_count(
+/// Run one statement with psql over verified TLS; its output (tuples only).
+async fn psql(
     addr: SocketAddr,
     ca: &Path,
     user: &str,
     password: &str,
-) -> Result<u32, DemoError> {
+    sql: &str,
+) -> Result<String, DemoError> {
     let psql = testbed::PgBinaries::discover()?.tool("psql");
     let conninfo = format!(
         "host={} port={} dbname=shop user={user} sslmode=verify-full sslrootcert={}",
@@ -351,27 +455,19 @@ async fn psql_count(
         ca.display()
     );
     let output = tokio::process::Command::new(psql)
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            "SELECT count(*) FROM customers",
-            &conninfo,
-        ])
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql, &conninfo])
         .env("PGPASSWORD", password)
         .env_remove("PGSSLMODE")
         .output()
         .await
         .map_err(|e| DemoError::Smoke(format!("cannot run psql: {e}")))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    match stdout.trim().parse::<u32>() {
-        Ok(n) if output.status.success() && n > 0 => Ok(n),
-        _ => Err(DemoError::Smoke(format!(
-            "psql as {user} said: {}{}",
-            stdout.trim(),
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(DemoError::Smoke(format!(
+            "psql as {user} said: {stdout}{}",
             String::from_utf8_lossy(&output.stderr).trim()
-        ))),
+        )))
     }
 }

@@ -165,6 +165,9 @@ enum Command {
         /// Print the API's JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+        /// Use this token instead of the one from `pgwarden login` (for scripts).
+        #[arg(long, global = true, env = "PGWARDEN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
@@ -471,6 +474,7 @@ fn main() -> ExitCode {
             issuer,
             ca,
             json,
+            token,
             command,
         } => {
             use pgwarden::approvals::client::{self, Call, Target};
@@ -487,6 +491,7 @@ fn main() -> ExitCode {
                 issuer,
                 ca,
                 json,
+                token,
             };
             run_async(async move {
                 let text = client::run(&target, call).await?;

@@ -1152,6 +1152,11 @@ async fn demo_smoke_test_passes() {
     // A person signed in with a token from the demo's issuer, a service account with SCRAM.
     assert!(stdout.contains("signed in as dev@example.com"), "{stdout}");
     assert!(stdout.contains("as the service account"), "{stdout}");
+    // The held DELETE of the tour, approved by the DBA through the admin API.
+    assert!(
+        stdout.contains("dev's DELETE was held as request") && stdout.contains("and ran"),
+        "{stdout}"
+    );
 }
 
 #[test]

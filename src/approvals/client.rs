@@ -37,13 +37,18 @@ pub struct Target {
     pub issuer: Option<String>,
     pub ca: Option<std::path::PathBuf>,
     pub json: bool,
+    /// A token to use instead of the cached sign-in (automation, break-glass scripts).
+    pub token: Option<String>,
 }
 
 /// Run `call`; the text to print, or an error message.
 pub async fn run(target: &Target, call: Call) -> Result<String, String> {
-    let token = login::token(target.issuer.as_deref(), TokenChoice::Id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let token = match &target.token {
+        Some(token) => token.trim().to_owned(),
+        None => login::token(target.issuer.as_deref(), TokenChoice::Id)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
     let base = target.admin.trim_end_matches('/');
     let (method, path, body) = match &call {
         Call::List { all } => (
