@@ -153,6 +153,7 @@ impl Server {
             audit,
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
             failures: Default::default(),
+            metrics: Default::default(),
         });
         if let Some(audit) = &ctx.audit {
             audit

@@ -191,6 +191,46 @@ async fn a_held_statement_runs_in_its_session_once_a_dba_approves() {
     assert_eq!(rows, 1);
     assert_eq!(s.count(&dev).await, 19, "the session goes on normally");
 
+    // /metrics: Prometheus text, with the decision and the approval counted.
+    let fetcher = Fetcher::new(None, Duration::from_secs(10), 1 << 20).unwrap();
+    let response = fetcher
+        .fetch(
+            openidconnect::http::Request::builder()
+                .uri(format!("http://{}/metrics", s.admin))
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = String::from_utf8(response.body().clone()).unwrap();
+    let mut samples = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        samples.insert(name.to_owned(), value);
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert_eq!(
+        samples[r#"pgwarden_statements_total{decision="approve"}"#], 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        samples[r#"pgwarden_approvals_finished_total{outcome="approved"}"#],
+        1.0
+    );
+    assert_eq!(samples["pgwarden_approvals_pending"], 0.0);
+    assert_eq!(samples["pgwarden_sessions"], 1.0, "{text}");
+    assert!(samples["pgwarden_statement_duration_seconds_count"] >= 1.0);
+    assert_eq!(samples["pgwarden_audit_writable"], 1.0);
+
     s.proxy.shutdown(Duration::from_secs(5)).await;
     let records = all_records(&s.audit);
     let of_type = |t: &str| {
@@ -673,5 +713,181 @@ async fn the_approvals_command_lists_shows_and_answers_with_the_login_token() {
     .await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), format!("request {id} is now approved"));
+    assert_eq!(held.await.unwrap().unwrap(), 1);
+}
+
+/// A webhook receiver on loopback: the bodies POSTed to it.
+async fn webhook() -> (String, tokio::sync::mpsc::Receiver<Value>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(pgwarden::net::http::serve(
+        listener,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+        move |request: hyper::Request<hyper::body::Incoming>| {
+            let sender = sender.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let _ = sender
+                    .send(serde_json::from_slice(&body).unwrap_or(Value::Null))
+                    .await;
+                pgwarden::net::http::response(hyper::StatusCode::OK, "text/plain", "ok".into())
+            }
+        },
+    ));
+    (url, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_are_announced_on_the_webhook() {
+    let (url, mut hook) = webhook().await;
+    let s = Setup::start(
+        "webhook",
+        &format!("notify_webhook = \"{url}\"\nnotify_format = \"slack\""),
+    )
+    .await;
+    let dev = s.developer().await;
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        dev.execute(&format!("DELETE FROM {table} WHERE id = 4"), &[])
+            .await
+    });
+    let announced = tokio::time::timeout(Duration::from_secs(10), hook.recv())
+        .await
+        .expect("nothing was announced")
+        .unwrap();
+    let text = announced["text"].as_str().unwrap();
+    let dba = s.token("dba", &["dba"]);
+    let id = s.pending(&dba).await["id"].as_str().unwrap().to_owned();
+    assert!(text.contains(&id), "{text}");
+    assert!(
+        text.contains("dev@example.com wants to run on app"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("DELETE FROM {} WHERE id = 4", s.table)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pgwarden approvals approve {id}")),
+        "{text}"
+    );
+    s.api(
+        "POST",
+        &format!("/approvals/{id}/approve"),
+        &dba,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(held.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_goes_unready_when_the_database_server_is_down() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = Proxy::start(ProxyOptions {
+        upstream: Some(format!(
+            "host = \"127.0.0.1\"\nport = {closed}\nsslmode = \"disable\"\n"
+        )),
+        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+    let get = |path: &'static str| async move {
+        let fetcher = Fetcher::new(None, Duration::from_secs(10), 1 << 16).unwrap();
+        let response = fetcher
+            .fetch(
+                openidconnect::http::Request::builder()
+                    .uri(format!("http://{admin}{path}"))
+                    .body(Vec::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body()).into_owned(),
+        )
+    };
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["upstream"]["reachable"], false);
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("database server is unreachable"),
+        "{body}"
+    );
+    // Liveness is another matter.
+    assert_eq!(get("/healthz").await.0, 200);
+    // With the server up, ready.
+    let up = Proxy::start(ProxyOptions {
+        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let admin = up.server.as_ref().unwrap().admin_addr().unwrap();
+    let fetcher = Fetcher::new(None, Duration::from_secs(10), 1 << 16).unwrap();
+    let response = fetcher
+        .fetch(
+            openidconnect::http::Request::builder()
+                .uri(format!("http://{admin}/readyz"))
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_glass_token_answers_when_the_identity_provider_cannot() {
+    let secret = "b".repeat(16) + &"7".repeat(24);
+    let file = common::write_file("break-glass.token", &secret);
+    let s = Setup::start(
+        "glass",
+        &format!(
+            "\n[[admin.break_glass]]\nname = \"oncall\"\ntoken = \"file:{}\"\ngroups = [\"dba\"]\n",
+            file.display()
+        ),
+    )
+    .await;
+    let dev = s.developer().await;
+    let table = s.table.clone();
+    let held = tokio::spawn(async move {
+        dev.execute(&format!("DELETE FROM {table} WHERE id = 6"), &[])
+            .await
+    });
+    let request = s.pending(&secret).await;
+    let id = request["id"].as_str().unwrap();
+    let (status, _) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &"x".repeat(40),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 401, "a wrong static token is refused");
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{id}/approve"),
+            &secret,
+            json!({"reason": "IdP down"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["answers"][0]["by"], "break-glass:oncall");
     assert_eq!(held.await.unwrap().unwrap(), 1);
 }

@@ -1,7 +1,8 @@
 //! The approvals API: list, show, approve and deny held statements.
 //!
 //! Callers present an OIDC token from the same issuers as database sign-ins
-//! (`Authorization: Bearer …`, e.g. from `pgwarden token`). Requests are visible to the
+//! (`Authorization: Bearer …`, e.g. from `pgwarden token`), or, when the identity provider is
+//! down, a break-glass token from `[[admin.break_glass]]` (recorded as `break-glass:NAME`). Requests are visible to the
 //! approvers they name and to their requester; answers follow the separation-of-duties rules
 //! in [`crate::approvals`]. Every call is audited (`admin.call`), every answer too
 //! (`approval.answer`). Errors are JSON: `{"error": "...", "message": "..."}`.
@@ -56,15 +57,28 @@ pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Respons
             "send an OIDC token: Authorization: Bearer $(pgwarden token)".into(),
         )),
         Some(token) => {
-            let issuers = ctx.snapshot.load().issuers.clone();
-            issuers
-                .verify(&token)
-                .await
-                .map(|t| Approver {
-                    name: t.username,
-                    groups: t.groups,
-                })
-                .map_err(|e| error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))
+            let snapshot = ctx.snapshot.load_full();
+            // Break-glass tokens first (compared in constant time), then OIDC.
+            let glass = snapshot
+                .config
+                .break_glass
+                .iter()
+                .find(|b| same_secret(b.token.expose(), &token));
+            match glass {
+                Some(glass) => Ok(Approver {
+                    name: format!("break-glass:{}", glass.name),
+                    groups: glass.groups.clone(),
+                }),
+                None => snapshot
+                    .issuers
+                    .verify(&token)
+                    .await
+                    .map(|t| Approver {
+                        name: t.username,
+                        groups: t.groups,
+                    })
+                    .map_err(|e| error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())),
+            }
         }
     };
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
@@ -223,6 +237,17 @@ async fn route(
             "GET /approvals, GET /approvals/ID, POST /approvals/ID/approve, POST /approvals/ID/deny".into(),
         ),
     }
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ: both
+/// are hashed to 32 bytes, and every byte is compared.
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::Digest;
+    let (a, b) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
 }
 
 fn error_code(e: &ApprovalError) -> &'static str {

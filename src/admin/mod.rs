@@ -5,10 +5,12 @@
 //! - `GET /readyz`: 200 when pgwarden should get traffic, else 503; the JSON body says why
 //!   (draining, an identity provider whose keys could not be fetched yet, …).
 //!
+//! - `GET /metrics`: Prometheus (OpenMetrics text) — connections, sessions, sign-in failures,
+//!   statements by decision, statement latency, approvals;
 //! - `/approvals…`: held statements, for approvers ([`approvals`]).
 //!
-//! Health endpoints need no credentials and show nothing secret; the approvals API needs an
-//! OIDC token. Metrics and sessions come later.
+//! Health and metrics need no credentials and show nothing secret (bind the port where only
+//! operators reach it); the approvals API needs an OIDC token.
 
 pub mod approvals;
 
@@ -40,7 +42,8 @@ pub async fn serve(
                 (&Method::GET, "/healthz") => {
                     http::response(StatusCode::OK, "text/plain", "ok\n".into())
                 }
-                (&Method::GET, "/readyz") => readiness(&ctx),
+                (&Method::GET, "/readyz") => readiness(&ctx).await,
+                (&Method::GET, "/metrics") => metrics(&ctx),
                 _ => http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
             }
         }
@@ -48,8 +51,8 @@ pub async fn serve(
     .await;
 }
 
-fn readiness(ctx: &Context) -> hyper::Response<Body> {
-    let snapshot = ctx.snapshot.load();
+async fn readiness(ctx: &Context) -> hyper::Response<Body> {
+    let snapshot = ctx.snapshot.load_full();
     let accepting = ctx.shutdown.phase() == Phase::Running;
     let issuers = snapshot.issuers.status();
     let mut reasons = Vec::new();
@@ -62,11 +65,26 @@ fn readiness(ctx: &Context) -> hyper::Response<Body> {
             issuer.issuer
         ));
     }
+    // The database server: can a connection be opened (TCP, and TLS when configured)?
+    let upstream = match tokio::time::timeout(UPSTREAM_PROBE, snapshot.upstream.connect()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {}s", UPSTREAM_PROBE.as_secs())),
+    };
+    if let Some(e) = &upstream {
+        reasons.push(format!("the database server is unreachable: {e}"));
+    }
+    let audit_writable = ctx.audit.as_ref().map(|log| log.is_healthy());
+    if audit_writable == Some(false) {
+        reasons.push("the audit log cannot be written".to_owned());
+    }
     let ready = reasons.is_empty();
     let body = json!({
         "ready": ready,
         "reasons": reasons,
         "accepting": accepting,
+        "upstream": {"reachable": upstream.is_none(), "error": upstream},
+        "audit": audit_writable.map(|w| json!({"writable": w})),
         "identity_providers": issuers.iter().map(|i| json!({
             "issuer": i.issuer,
             "ready": i.ready,
@@ -80,3 +98,20 @@ fn readiness(ctx: &Context) -> hyper::Response<Body> {
     };
     http::response(status, "application/json", format!("{body}\n"))
 }
+
+fn metrics(ctx: &Context) -> hyper::Response<Body> {
+    let m = &ctx.metrics;
+    m.approvals_pending
+        .set(ctx.approvals.list(true).len() as i64);
+    m.audit_writable.set(i64::from(
+        ctx.audit.as_ref().is_none_or(|log| log.is_healthy()),
+    ));
+    http::response(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        m.encode(),
+    )
+}
+
+/// How long /readyz waits for the database server.
+const UPSTREAM_PROBE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -36,6 +36,84 @@ pub struct Settings {
     pub max_grant: Duration,
     /// Where the admin API can be reached, for the client's notice and notifications.
     pub public_url: Option<String>,
+    /// Where new requests are announced.
+    pub notify: Option<Notify>,
+}
+
+/// `approvals.notify_webhook` and its format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    pub url: String,
+    pub format: NotifyFormat,
+}
+
+/// The body of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyFormat {
+    /// `{"event": "approval.request", "request": {…}, "approve": "…"}`.
+    #[default]
+    Json,
+    /// `{"text": "…"}`, which Slack and compatible chat hooks post as a message.
+    Slack,
+}
+
+/// Announce a new request on the webhook, in the background: a slow or failing hook never
+/// delays the session (the client already has its notice); failures are logged.
+pub fn notify(settings: &Settings, request: &Request) {
+    let Some(notify) = settings.notify.clone() else {
+        return;
+    };
+    let approve = format!("pgwarden approvals approve {}", request.id);
+    let api = settings
+        .public_url
+        .as_deref()
+        .map(|url| format!("{url}/approvals/{}", request.id));
+    let body = match notify.format {
+        NotifyFormat::Json => serde_json::json!({
+            "event": "approval.request",
+            "request": request,
+            "approve": approve,
+            "url": api,
+        }),
+        NotifyFormat::Slack => serde_json::json!({
+            "text": format!(
+                "{} wants to run on {} (as {}), held by rule {} — request {} (expires {}):\n```{}```\nApprove: `{approve}`{}",
+                request.requester,
+                request.database,
+                request.role,
+                request.rule,
+                request.id,
+                request.expires_at,
+                request.statement.chars().take(2000).collect::<String>(),
+                api.map(|u| format!(" or {u}")).unwrap_or_default(),
+            )
+        }),
+    };
+    let id = request.id.clone();
+    tokio::spawn(async move {
+        let result = async {
+            let fetcher = crate::net::http::Fetcher::new(None, Duration::from_secs(5), 64 * 1024)?;
+            let request = openidconnect::http::Request::builder()
+                .method("POST")
+                .uri(&notify.url)
+                .header("content-type", "application/json")
+                .body(body.to_string().into_bytes())
+                .map_err(|e| e.to_string())?;
+            let response = fetcher.fetch(request).await.map_err(|e| e.to_string())?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("HTTP {}", response.status()))
+            }
+        };
+        match result.await {
+            Ok(()) => tracing::info!(request = %id, "approval request announced on the webhook"),
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "could not announce the approval request on the webhook")
+            }
+        }
+    });
 }
 
 /// Where a request stands.
@@ -381,6 +459,7 @@ mod tests {
             min_approvals: min,
             max_grant: Duration::from_secs(3600),
             public_url: None,
+            notify: None,
         }
     }
 

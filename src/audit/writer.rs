@@ -146,6 +146,11 @@ impl AuditLog {
         self.until_synced(seq).await
     }
 
+    /// Whether the last write succeeded (readiness reports it).
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
     /// Count an event the caller could not record and went ahead without (with
     /// `audit.on_failure = "continue"`); the log reports the count once it can write again.
     pub fn count_lost(&self) {

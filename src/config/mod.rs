@@ -29,6 +29,8 @@ pub struct Config {
     pub server: Server,
     /// `[admin] listen`: health and readiness endpoints, when configured.
     pub admin_listen: Option<SocketAddr>,
+    /// `[[admin.break_glass]]`: callers of the approvals API with a static token.
+    pub break_glass: Vec<BreakGlass>,
     /// `[approvals]`: without it, statements the policy holds are refused.
     pub approvals: Option<crate::approvals::Settings>,
     pub upstream: Upstream,
@@ -88,6 +90,14 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Upstream role name → password (none for trust authentication).
     pub roles: HashMap<String, Option<Secret>>,
+}
+
+/// A break-glass caller of the admin API: a name, groups and a static bearer token.
+#[derive(Debug, Clone)]
+pub struct BreakGlass {
+    pub name: String,
+    pub token: Secret,
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

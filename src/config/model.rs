@@ -42,6 +42,10 @@ struct ApprovalsSection {
     min_approvals: Option<u32>,
     max_grant: Option<HumanDuration>,
     public_url: Option<String>,
+    /// POSTed a JSON description of each new request (a chat or paging hook).
+    notify_webhook: Option<String>,
+    /// `"json"` (default) or `"slack"` (a Slack-compatible `{"text": …}` body).
+    notify_format: Option<crate::approvals::NotifyFormat>,
 }
 
 /// `[admin]`: the HTTP endpoint for health checks (and, later, operations).
@@ -49,6 +53,18 @@ struct ApprovalsSection {
 #[serde(deny_unknown_fields)]
 struct AdminSection {
     listen: String,
+    /// Break-glass callers of the approvals API, for when the identity provider is down.
+    #[serde(default)]
+    break_glass: Vec<BreakGlassSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassSection {
+    name: String,
+    /// A secret reference (`env:` / `file:`) to the bearer token.
+    token: String,
+    groups: Vec<String>,
 }
 
 /// `[policy]` and its `[[policy.rules]]`.
@@ -706,17 +722,45 @@ pub fn validate(
     .map_err(|e| invalid(format!("policy.rules[{}].{}", e.rule, e.key), e.message))?;
     policy.sessions = sessions;
 
+    let mut break_glass = Vec::new();
     let admin_listen = match file.admin {
         None => None,
-        Some(admin) => Some(admin.listen.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "admin.listen".into(),
-                format!(
-                    "`{}` is not an address like \"127.0.0.1:9187\"",
-                    admin.listen
-                ),
-            )
-        })?),
+        Some(admin) => {
+            for (i, user) in admin.break_glass.into_iter().enumerate() {
+                let (token, inline) = Secret::resolve(&user.token, &base_dir)
+                    .map_err(|m| invalid(format!("admin.break_glass[{i}].token"), m))?;
+                if inline {
+                    return Err(invalid(
+                        format!("admin.break_glass[{i}].token"),
+                        "must be a reference: \"file:PATH\" or \"env:NAME\"".into(),
+                    ));
+                }
+                if token.expose().len() < 32 {
+                    return Err(invalid(
+                        format!("admin.break_glass[{i}].token"),
+                        "must be at least 32 characters (e.g. openssl rand -hex 32)".into(),
+                    ));
+                }
+                warnings.push(format!(
+                    "admin.break_glass[{i}] (`{}`) can answer approvals without the identity provider; keep its token sealed",
+                    user.name
+                ));
+                break_glass.push(crate::config::BreakGlass {
+                    name: user.name,
+                    token,
+                    groups: user.groups,
+                });
+            }
+            Some(admin.listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "admin.listen".into(),
+                    format!(
+                        "`{}` is not an address like \"127.0.0.1:9187\"",
+                        admin.listen
+                    ),
+                )
+            })?)
+        }
     };
 
     let approvals = match file.approvals {
@@ -752,6 +796,27 @@ pub fn validate(
                     .max_grant
                     .map_or(std::time::Duration::from_secs(8 * 3600), |d| d.0),
                 public_url: a.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                notify: match a.notify_webhook {
+                    None => None,
+                    Some(url) => {
+                        let parsed = url::Url::parse(&url).map_err(|e| {
+                            invalid(
+                                "approvals.notify_webhook".into(),
+                                format!("`{url}` is not a URL: {e}"),
+                            )
+                        })?;
+                        if !matches!(parsed.scheme(), "https" | "http") {
+                            return Err(invalid(
+                                "approvals.notify_webhook".into(),
+                                "must be an http(s) URL".into(),
+                            ));
+                        }
+                        Some(crate::approvals::Notify {
+                            url,
+                            format: a.notify_format.unwrap_or_default(),
+                        })
+                    }
+                },
             })
         }
     };
@@ -764,6 +829,7 @@ pub fn validate(
     Ok(Config {
         path: path.to_owned(),
         admin_listen,
+        break_glass,
         approvals,
         server,
         upstream,

@@ -86,6 +86,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        ctx.metrics.connections.inc();
         let max_connections = ctx.snapshot.load().config.server.max_connections;
         // Held by the session task until it ends: a session slot, or an overflow permit.
         let permit = match sessions.try_take(max_connections) {

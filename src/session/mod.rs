@@ -80,6 +80,7 @@ pub struct Context {
     pub analyzer: crate::sql::Analyzer,
     /// Failed sign-ins per source address.
     pub failures: crate::auth::rate_limit::FailureLimiter,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -229,7 +230,9 @@ pub async fn serve(
         }
     };
     info!(peer = %peer, "session started");
+    ctx.metrics.sessions.inc();
     let summary = relay::run(&ctx, id, established).await;
+    ctx.metrics.sessions.dec();
     if let Some(audit) = &ctx.audit {
         let event = Event::SessionEnd {
             session: id,
@@ -367,6 +370,9 @@ async fn handshake(
             cancel_key: parts.registration,
         })),
         Err(e) => {
+            if let Some(reason) = e.audit_reason() {
+                ctx.metrics.auth_failure(reason);
+            }
             if let (Some(audit), Some(reason)) = (&ctx.audit, e.audit_reason()) {
                 let event = Event::AuthFailure {
                     user: startup.user(),

@@ -55,6 +55,7 @@ pub struct Flow<'a> {
     pub snapshot: &'a ArcSwap<Snapshot>,
     pub analyzer: &'a Analyzer,
     pub approvals: &'a Approvals,
+    pub metrics: &'a crate::metrics::Metrics,
     pub audit: Option<StatementAudit<'a>>,
     /// Session settings from the policy: the locked ones may not change.
     pub settings: SessionSettings,

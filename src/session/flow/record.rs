@@ -19,6 +19,7 @@ impl Flow<'_> {
     /// Put a statement the policy refused on record.
     pub(super) async fn record_refused(&mut self, described: Described<'_>) {
         self.state.statements_seen += 1;
+        self.metrics.statement("deny");
         let Some(audit) = &self.audit else {
             return;
         };
@@ -41,6 +42,7 @@ impl Flow<'_> {
         described: Described<'_>,
     ) -> Result<Option<Running>, ClientError> {
         self.state.statements_seen += 1;
+        self.metrics.statement(described.decision.action.as_str());
         let Some(audit) = &self.audit else {
             return Ok(None);
         };
@@ -99,6 +101,7 @@ impl Flow<'_> {
         };
         let (request, waiter) = self.approvals.open(settings, new);
         info!(request = %request.id, rule = %spec.rule, "statement held for approval");
+        crate::approvals::notify(settings, &request);
         if let Some(audit) = &self.audit {
             let event = Event::ApprovalRequest {
                 session: self.session,
@@ -178,6 +181,7 @@ impl Flow<'_> {
             request.status = status;
         }
         info!(request = %id, status = request.status.as_str(), "approval request ended");
+        self.metrics.approval_finished(request.status.as_str());
         self.hold_answer = Some(request);
     }
 
@@ -204,6 +208,9 @@ impl Flow<'_> {
             return;
         };
         for finished in self.tracker.finished.drain(..) {
+            self.metrics
+                .statement_seconds
+                .observe(finished.started.elapsed().as_secs_f64());
             audit
                 .log
                 .record_later(outcome_record(self.session, finished));

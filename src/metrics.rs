@@ -1,0 +1,141 @@
+//! Prometheus metrics, served as text on the admin endpoint's `GET /metrics`.
+//!
+//! Counters are bumped where things happen (sessions, sign-in failures, statement decisions,
+//! approvals); gauges that are cheaper to read than to keep (pending approvals, audit
+//! writability) are set when scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// `allow`, `deny` or `approve`.
+    pub decision: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The audit category (`token_expired`, `invalid_credentials`, …).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `approved`, `denied`, `expired` or `withdrawn`.
+    pub outcome: String,
+}
+
+/// Every metric pgwarden exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Counter,
+    pub sessions: Gauge,
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    pub statements: Family<DecisionLabel, Counter>,
+    pub statement_seconds: Histogram,
+    pub approvals_pending: Gauge,
+    pub approvals_finished: Family<OutcomeLabel, Counter>,
+    pub audit_writable: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("pgwarden");
+        let connections = Counter::default();
+        let sessions = Gauge::default();
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        let statements = Family::<DecisionLabel, Counter>::default();
+        // 100 µs … ~3.3 min.
+        let statement_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
+        let approvals_pending = Gauge::default();
+        let approvals_finished = Family::<OutcomeLabel, Counter>::default();
+        let audit_writable = Gauge::default();
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections.clone(),
+        );
+        registry.register("sessions", "Sessions logged in now", sessions.clone());
+        registry.register(
+            "auth_failures",
+            "Failed sign-ins, by audit reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "statements",
+            "Statements decided, by decision",
+            statements.clone(),
+        );
+        registry.register(
+            "statement_duration_seconds",
+            "From forwarding a statement to its last response (sessions with [audit])",
+            statement_seconds.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Statements waiting for approval now",
+            approvals_pending.clone(),
+        );
+        registry.register(
+            "approvals_finished",
+            "Approval requests that ended, by outcome",
+            approvals_finished.clone(),
+        );
+        registry.register(
+            "audit_writable",
+            "0 after the audit log failed to write, else 1 (also without [audit])",
+            audit_writable.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            sessions,
+            auth_failures,
+            statements,
+            statement_seconds,
+            approvals_pending,
+            approvals_finished,
+            audit_writable,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn statement(&self, decision: &str) {
+        self.statements
+            .get_or_create(&DecisionLabel {
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn approval_finished(&self, outcome: &str) {
+        self.approvals_finished
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
