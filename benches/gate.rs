@@ -62,6 +62,7 @@ fn bench_decide(c: &mut Criterion) {
         database: "app",
         role: "app_rw",
         search_path: &[],
+        has_intent: false,
     };
     let mut group = c.benchmark_group("decide");
     for (name, sql) in OLTP {

@@ -216,8 +216,9 @@ fn demo_config(
          [[access]]\ngroups = [\"developers\"]\ndatabases = [\"shop\"]\nroles = [\"app_rw\"]\n\n\
          [[access]]\ngroups = [\"dba\"]\ndatabases = [\"shop\"]\nroles = [\"app_rw\", \"app_ro\"]\n\n\
          [[access]]\ngroups = [\"{bot_group}\"]\ndatabases = [\"shop\"]\nroles = [\"app_ro\"]\n\n\
-         # Developers' deletes from orders wait for a DBA (DELETE without WHERE is refused outright).\n\
-         [[policy.rules]]\nid = \"orders-deletes-need-a-dba\"\ngroups = [\"developers\"]\nstatements = [\"delete\"]\ntables = [\"orders\"]\naction = \"approve\"\nmessage = \"deleting orders needs a DBA's approval\"\n\n\
+         # Developers' deletes from orders need a declared intent, then wait for a DBA\n\
+         # (DELETE without WHERE is refused outright).\n\
+         [[policy.rules]]\nid = \"orders-deletes-need-a-dba\"\ngroups = [\"developers\"]\nstatements = [\"delete\"]\ntables = [\"orders\"]\naction = \"approve\"\nrequire_intent = true\nmessage = \"deleting orders needs a DBA's approval\"\n\n\
          [approvals]\napprover_groups = [\"dba\"]\ntimeout = \"10m\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         certs.server_cert.display(),
@@ -300,6 +301,8 @@ Things to try as dev:
     \copy orders TO 'orders.csv' CSV HEADER
     DELETE FROM orders;           -- refused by pgwarden: no WHERE (rule guardrail.no-where)
     DROP TABLE customers;         -- refused by pgwarden (rule guardrail.drop)
+    DELETE FROM orders WHERE id = 1;   -- refused: say why first (rule orders-deletes-need-a-dba)
+    SET pgwarden.intent = 'DEMO-1: duplicate order';
     DELETE FROM orders WHERE id = 1;   -- held: waits for a DBA, pgwarden prints the request id
 
 While dev's DELETE waits, approve it as the DBA from a second terminal:
@@ -307,6 +310,10 @@ While dev's DELETE waits, approve it as the DBA from a second terminal:
     export PGWARDEN_ADMIN={admin} PGWARDEN_TOKEN="$(cat {dba_token})"
     pgwarden approvals list
     pgwarden approvals approve <request id> --reason "demo"    # dev's DELETE runs now
+
+and find it, with its intent, in the audit log:
+
+    pgwarden audit search {audit_dir} --intent DEMO-1
 
 A service account signs in with a password (SCRAM) instead, and is read-only upstream:
 
@@ -385,13 +392,32 @@ async fn smoke(
     .await?;
     println!("smoke test passed: {count} customers as the service account");
 
+    // Without a declared intent, the DELETE is refused outright.
+    match psql(
+        addr,
+        ca,
+        "dev@example.com",
+        &token,
+        "DELETE FROM orders WHERE id = 1",
+    )
+    .await
+    {
+        Err(DemoError::Smoke(message)) if message.contains("needs a declared intent") => {
+            println!("smoke test passed: a DELETE without a declared intent was refused");
+        }
+        other => {
+            return Err(DemoError::Smoke(format!(
+                "a DELETE without intent was not refused for it: {other:?}"
+            )))
+        }
+    }
     // The held DELETE, approved by the DBA through the admin API, as the tour does it.
     let delete = psql(
         addr,
         ca,
         "dev@example.com",
         &token,
-        "DELETE FROM orders WHERE id = (SELECT max(id) FROM orders)",
+        "SET pgwarden.intent = 'DEMO-1: smoke test'; DELETE FROM orders WHERE id = (SELECT max(id) FROM orders)",
     );
     let approve = async {
         let target = crate::approvals::client::Target {
@@ -428,7 +454,7 @@ async fn smoke(
     };
     let (deleted, approved) = tokio::join!(delete, approve);
     let (deleted, id) = (deleted?, approved?);
-    if deleted != "DELETE 1" {
+    if !deleted.ends_with("DELETE 1") {
         return Err(DemoError::Smoke(format!(
             "the approved DELETE said: {deleted}"
         )));

@@ -239,6 +239,9 @@ enum PolicyCommand {
         /// The upstream role (default: the one [[access]] gives them on this database).
         #[arg(long)]
         role: Option<String>,
+        /// The session's declared intent (as SET pgwarden.intent would declare it).
+        #[arg(long)]
+        intent: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -292,6 +295,10 @@ enum AuditCommand {
         /// A table a statement touched.
         #[arg(long)]
         table: Option<String>,
+        /// Statements (and approval requests) whose declared intent contains this text
+        /// (case-insensitive).
+        #[arg(long)]
+        intent: Option<String>,
         /// Case-insensitive text anywhere in the record.
         #[arg(long)]
         text: Option<String>,
@@ -349,6 +356,7 @@ fn main() -> ExitCode {
                 session,
                 decision,
                 table,
+                intent,
                 text,
                 json,
             } => {
@@ -367,6 +375,7 @@ fn main() -> ExitCode {
                             session,
                             decision,
                             table,
+                            intent,
                             text,
                         };
                         audit_search(&dir, &query, json)
@@ -405,6 +414,7 @@ fn main() -> ExitCode {
                     groups,
                     database,
                     role,
+                    intent,
                     json,
                     sql,
                 },
@@ -415,6 +425,7 @@ fn main() -> ExitCode {
                 groups,
                 database,
                 role,
+                intent,
             },
             &sql,
             json,

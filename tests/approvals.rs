@@ -749,6 +749,9 @@ async fn new_requests_are_announced_on_the_webhook() {
     )
     .await;
     let dev = s.developer().await;
+    dev.batch_execute("SET pgwarden.intent = 'INC-77: cleanup'")
+        .await
+        .unwrap();
     let table = s.table.clone();
     let held = tokio::spawn(async move {
         dev.execute(&format!("DELETE FROM {table} WHERE id = 4"), &[])
@@ -760,7 +763,12 @@ async fn new_requests_are_announced_on_the_webhook() {
         .unwrap();
     let text = announced["text"].as_str().unwrap();
     let dba = s.token("dba", &["dba"]);
-    let id = s.pending(&dba).await["id"].as_str().unwrap().to_owned();
+    let request = s.pending(&dba).await;
+    assert_eq!(
+        request["intent"], "INC-77: cleanup",
+        "the approver sees why"
+    );
+    let id = request["id"].as_str().unwrap().to_owned();
     assert!(text.contains(&id), "{text}");
     assert!(
         text.contains("dev@example.com wants to run on app"),

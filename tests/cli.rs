@@ -1152,7 +1152,11 @@ async fn demo_smoke_test_passes() {
     // A person signed in with a token from the demo's issuer, a service account with SCRAM.
     assert!(stdout.contains("signed in as dev@example.com"), "{stdout}");
     assert!(stdout.contains("as the service account"), "{stdout}");
-    // The held DELETE of the tour, approved by the DBA through the admin API.
+    // A DELETE without a declared intent is refused; with one, it is held, approved, run.
+    assert!(
+        stdout.contains("a DELETE without a declared intent was refused"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("dev's DELETE was held as request") && stdout.contains("and ran"),
         "{stdout}"

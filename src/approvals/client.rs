@@ -147,9 +147,10 @@ fn list(value: &Value) -> String {
 fn show(r: &Value) -> String {
     let field = |k: &str| r[k].as_str().unwrap_or("").to_owned();
     let mut out = format!(
-        "request    {}\nstatus     {}\nrequester  {} ({})\ndatabase   {} as {}\nrule       {}\napprovers  {} (needs {})\ncreated    {}\nexpires    {}\n",
+        "request    {}\nstatus     {}\nintent     {}\nrequester  {} ({})\ndatabase   {} as {}\nrule       {}\napprovers  {} (needs {})\ncreated    {}\nexpires    {}\n",
         field("id"),
         field("status"),
+        r["intent"].as_str().unwrap_or("(none declared)"),
         field("requester"),
         r["requester_groups"]
             .as_array()

@@ -78,13 +78,18 @@ pub fn notify(settings: &Settings, request: &Request) {
         }),
         NotifyFormat::Slack => serde_json::json!({
             "text": format!(
-                "{} wants to run on {} (as {}), held by rule {} — request {} (expires {}):\n```{}```\nApprove: `{approve}`{}",
+                "{} wants to run on {} (as {}), held by rule {} — request {} (expires {}){}:\n```{}```\nApprove: `{approve}`{}",
                 request.requester,
                 request.database,
                 request.role,
                 request.rule,
                 request.id,
                 request.expires_at,
+                request
+                    .intent
+                    .as_deref()
+                    .map(|i| format!(", because: {i}"))
+                    .unwrap_or_default(),
                 request.statement.chars().take(2000).collect::<String>(),
                 api.map(|u| format!(" or {u}")).unwrap_or_default(),
             )

@@ -143,6 +143,9 @@ pub enum Event {
         rule: String,
         /// Normalized like statement records; the approver sees the full text in the API.
         query: QueryText,
+        /// The requester's declared intent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        intent: Option<String>,
         expires_at: String,
     },
     /// An approver's answer, through the admin API.
@@ -224,6 +227,15 @@ pub struct StatementRecord {
     /// A statement that ran after approval: which request, and who approved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalNote>,
+    /// Why: the sqlcommenter `intent` tag, else the session's `pgwarden.intent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// Every sqlcommenter tag of the statement (`route`, `controller`, `traceparent`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Arc<crate::sql::comments::Tags>>,
+    /// The OpenTelemetry trace of the caller, from a well-formed `traceparent` tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// How an `approve` decision was satisfied.

@@ -24,6 +24,8 @@ pub struct Query {
     pub decision: Option<String>,
     /// A table a statement touched.
     pub table: Option<String>,
+    /// Case-insensitive substring of a statement's declared intent.
+    pub intent: Option<String>,
     /// Case-insensitive substring of the whole record.
     pub text: Option<String>,
 }
@@ -68,6 +70,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
         }
     }
     let text = query.text.as_ref().map(|t| t.to_lowercase());
+    let intent = query.intent.as_ref().map(|t| t.to_lowercase());
     let mut hits = Vec::new();
     // Outcomes, to show next to their statements: (session, statement) → result.
     let mut results: HashMap<(u64, u64), Value> = HashMap::new();
@@ -105,6 +108,11 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     record["actor"]["user"]["name"] == user.as_str()
                         || record["user"] == user.as_str()
                         || session.is_some_and(|id| sessions.contains(&id))
+                })
+                && intent.as_ref().is_none_or(|wanted| {
+                    record["intent"]
+                        .as_str()
+                        .is_some_and(|i| i.to_lowercase().contains(wanted))
                 })
                 && text
                     .as_ref()

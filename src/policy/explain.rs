@@ -15,6 +15,8 @@ pub struct TestSubject {
     pub database: String,
     /// `None`: the default role `[[access]]` gives this person on this database.
     pub role: Option<String>,
+    /// The session's declared intent (`pgwarden.intent`), if any.
+    pub intent: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +65,9 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
         database: &who.database,
         role: &role,
         search_path: &[],
+        has_intent: who.intent.is_some()
+            || crate::sql::comments::sqlcommenter(sql.as_bytes())
+                .is_some_and(|tags| tags.contains_key("intent")),
     };
     let mut report = Report {
         user: who.user.clone(),

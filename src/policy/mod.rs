@@ -53,6 +53,9 @@ pub struct Subject<'a> {
     /// names match rules for any of these schemas. Empty: the default, `public`. `*`: not
     /// known (set from an expression), so any schema.
     pub search_path: &'a [String],
+    /// Whether the statement comes with a declared intent (`pgwarden.intent` or a
+    /// sqlcommenter `intent` tag).
+    pub has_intent: bool,
 }
 
 /// The decision for a whole message.
@@ -162,6 +165,18 @@ impl Policy {
     /// Decide one statement: the first matching rule, or the default.
     pub fn decide_statement(&self, subject: &Subject<'_>, facts: &StatementFacts) -> Decision {
         match self.rules.iter().find(|r| r.matches(subject, facts)) {
+            Some(rule) if rule.require_intent && !subject.has_intent => Decision {
+                action: Action::Deny,
+                rule: Some(rule.id.clone()),
+                message: Some(format!(
+                    "this statement needs a declared intent{}; declare it first with SET pgwarden.intent = 'TICKET-123: why', or append /*intent='TICKET-123%3A%20why'*/ to the statement",
+                    rule.message
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                )),
+                statement: 0,
+            },
             Some(rule) => Decision {
                 action: rule.action,
                 rule: Some(rule.id.clone()),

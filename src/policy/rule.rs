@@ -40,6 +40,9 @@ pub struct RuleSpec {
     /// With `action = "approve"`: who may approve, instead of `approvals.approver_groups`.
     #[serde(default)]
     pub approver_groups: Option<Vec<String>>,
+    /// Statements this rule matches are refused unless they come with a declared intent.
+    #[serde(default)]
+    pub require_intent: bool,
 }
 
 /// A problem with a rule, naming it by position and key.
@@ -90,6 +93,7 @@ pub struct Rule {
     pub action: Action,
     pub message: Option<String>,
     pub approver_groups: Option<Vec<String>>,
+    pub require_intent: bool,
 }
 
 impl Rule {
@@ -167,6 +171,7 @@ impl Rule {
             action: spec.action,
             message: spec.message,
             approver_groups: spec.approver_groups,
+            require_intent: spec.require_intent,
         })
     }
 

@@ -10,6 +10,7 @@ fn subject<'a>(user: &'a str, groups: &'a [String]) -> Subject<'a> {
         database: "app",
         role: "app_rw",
         search_path: &[],
+        has_intent: false,
     }
 }
 

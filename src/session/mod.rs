@@ -188,6 +188,8 @@ pub struct Established {
     pub settings: SessionSettings,
     /// The search_path the session starts with (`*`: unknown).
     pub search_path: Vec<String>,
+    /// `pgwarden.intent` from the startup packet (options or a parameter).
+    pub intent: Option<String>,
     /// Keeps the proxy-issued cancel key registered while the session lives.
     pub cancel_key: Registration,
 }
@@ -367,6 +369,8 @@ async fn handshake(
             grant: parts.grant,
             settings: parts.settings,
             search_path: parts.search_path,
+            intent: session::startup_setting(&startup.parameters, "pgwarden.intent")
+                .and_then(|i| state::intent(&i)),
             cancel_key: parts.registration,
         })),
         Err(e) => {
@@ -446,6 +450,7 @@ async fn establish(
         database: &grant.database,
         role: &grant.role,
         search_path: &[],
+        has_intent: false,
     });
     if let Some(name) = session::locked_in_startup(&startup.parameters, &settings) {
         return Err(SessionError::Refused(

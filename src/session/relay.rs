@@ -158,6 +158,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         grant,
         settings,
         search_path,
+        intent,
         cancel_key,
     } = session;
     let mut cancel_requests = cancel_key.requests.clone();
@@ -200,10 +201,13 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         held: None,
         hold_answer: None,
         to_client: BytesMut::new(),
+        declared: Default::default(),
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();
     flow.state.search_path = search_path;
+    flow.state.initial_intent = intent.clone();
+    flow.state.intent = intent;
     let mut client = Peer::new(client, client_reader);
     let mut server = Peer::new(upstream.stream, upstream.reader);
     let mut closing: Option<Ending> = None;

@@ -25,6 +25,16 @@ pub struct PreparedStatement {
     /// When the rule held it for approval: the approval it was prepared under. Its executions
     /// in this session run under that approval.
     pub approval: Option<crate::audit::event::ApprovalNote>,
+    /// Its sqlcommenter tags, recorded with each execution.
+    pub tags: Option<Arc<crate::sql::comments::Tags>>,
+}
+
+/// How a Parse was decided, kept with the prepared statement.
+#[derive(Debug, Clone, Default)]
+pub struct Decided {
+    pub rule: Option<String>,
+    pub approval: Option<crate::audit::event::ApprovalNote>,
+    pub tags: Option<Arc<crate::sql::comments::Tags>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +69,10 @@ pub struct SessionState {
     pub search_path: Vec<String>,
     /// What RESET returns to.
     pub initial_search_path: Vec<String>,
+    /// The session's declared intent (`SET pgwarden.intent`), and the one it started with
+    /// (startup options), which RESET returns to.
+    pub intent: Option<String>,
+    pub initial_intent: Option<String>,
 }
 
 impl SessionState {
@@ -74,6 +88,8 @@ impl SessionState {
             sql_prepared: HashMap::new(),
             search_path: Vec::new(),
             initial_search_path: Vec::new(),
+            intent: None,
+            initial_intent: None,
         }
     }
 
@@ -104,8 +120,13 @@ impl SessionState {
         &mut self,
         parse: &Parse<'_>,
         analyze: impl FnOnce() -> Option<Arc<Analysis>>,
-        (rule, approval): (Option<String>, Option<crate::audit::event::ApprovalNote>),
+        decided: Decided,
     ) -> &PreparedStatement {
+        let Decided {
+            rule,
+            approval,
+            tags,
+        } = decided;
         // Drivers re-send the same unnamed SQL over and over: keep the stored copy then.
         let unchanged = self
             .statements
@@ -119,11 +140,13 @@ impl SessionState {
                     analysis: analyze(),
                     rule,
                     approval,
+                    tags,
                 },
             );
         } else if let Some(existing) = self.statements.get_mut(parse.statement) {
             existing.rule = rule;
             existing.approval = approval;
+            existing.tags = tags;
         }
         &self.statements[parse.statement]
     }
@@ -198,10 +221,20 @@ impl SessionState {
                     ("search_path", SettingValue::Value(text)) => {
                         self.search_path = parse_search_path(text, role);
                     }
-                    ("search_path" | "all", SettingValue::Reset) => {
+                    ("all", SettingValue::Reset) => {
+                        self.search_path = self.initial_search_path.clone();
+                        self.intent = self.initial_intent.clone();
+                    }
+                    ("search_path", SettingValue::Reset) => {
                         self.search_path = self.initial_search_path.clone();
                     }
                     ("search_path" | "*", _) => self.search_path = vec!["*".into()],
+                    ("pgwarden.intent", SettingValue::Value(text)) => {
+                        self.intent = intent(text);
+                    }
+                    ("pgwarden.intent", SettingValue::Reset) => {
+                        self.intent = self.initial_intent.clone();
+                    }
                     _ => {}
                 }
             }
@@ -253,6 +286,23 @@ impl SessionState {
     }
 }
 
+/// Longest intent kept, in characters; longer ones are cut (and marked).
+pub const MAX_INTENT: usize = 500;
+
+/// An intent as recorded: trimmed, capped; empty means none.
+pub fn intent(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if text.chars().count() <= MAX_INTENT {
+        return Some(text.to_owned());
+    }
+    let mut cut: String = text.chars().take(MAX_INTENT).collect();
+    cut.push('…');
+    Some(cut)
+}
+
 /// `$user` is the session's role; other names as written.
 fn resolve_schema(schema: &str, role: &str) -> String {
     if schema == "$user" {
@@ -291,7 +341,7 @@ mod tests {
                 param_type_count: 1,
             },
             || None,
-            (None, None),
+            Decided::default(),
         );
         // Unnamed portal, one text parameter "x", binary results; then a named portal.
         s.on_bind(

@@ -11,6 +11,7 @@
 //! reach the log unless `audit.statement_text = "full"`.
 
 mod analyze;
+pub mod comments;
 pub mod facts;
 pub mod tree;
 

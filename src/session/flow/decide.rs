@@ -33,6 +33,7 @@ impl Flow<'_> {
             database: self.database,
             role: self.role,
             search_path: &self.state.search_path,
+            has_intent: self.declared.intent.is_some(),
         };
         let snapshot = self.snapshot.load();
         let decision = snapshot.config.policy.decide(&subject, statements);

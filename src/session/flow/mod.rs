@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
-use super::state::SessionState;
+use super::state::{Decided, SessionState};
 use super::track::{self, Expect, Rewrite, Tracker};
 use super::{SessionError, Snapshot};
 use crate::approvals::{Approvals, Request, Waiter};
@@ -68,6 +68,16 @@ pub struct Flow<'a> {
     pub hold_answer: Option<Request>,
     /// Messages for the client that do not answer a statement (the hold notice).
     pub to_client: BytesMut,
+    /// Why the message being processed runs: its intent and sqlcommenter tags.
+    pub declared: Declared,
+}
+
+/// What a client declared about a statement.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// The sqlcommenter `intent` tag, else the session's `pgwarden.intent`.
+    pub intent: Option<String>,
+    pub tags: Option<Arc<crate::sql::comments::Tags>>,
 }
 
 /// A statement waiting for approval: its frame stays first in the client buffer.
@@ -112,6 +122,30 @@ struct HoldSpec {
     statement: String,
     analysis: Option<Arc<Analysis>>,
     rule: String,
+}
+
+impl Flow<'_> {
+    /// What the client declared about `sql`: its sqlcommenter tags, and its intent — the
+    /// `intent` tag, else a `SET pgwarden.intent` earlier in the same message, else the
+    /// session's.
+    fn declare(&mut self, sql: &[u8], statements: Option<&[StatementFacts]>) {
+        let tags = crate::sql::comments::sqlcommenter(sql).map(Arc::new);
+        let in_message = statements.into_iter().flatten().rev().find_map(|facts| {
+            facts.changes.iter().rev().find_map(|c| match &c.value {
+                crate::sql::facts::SettingValue::Value(v) if c.name == "pgwarden.intent" => {
+                    Some(v.clone())
+                }
+                _ => None,
+            })
+        });
+        let intent = tags
+            .as_ref()
+            .and_then(|t| t.get("intent").cloned())
+            .or(in_message)
+            .and_then(|i| crate::session::state::intent(&i))
+            .or_else(|| self.state.intent.clone());
+        self.declared = Declared { intent, tags };
+    }
 }
 
 impl HoldSpec {
@@ -206,6 +240,7 @@ impl Flow<'_> {
                 let sql = views::query(body)?;
                 self.state.on_query();
                 let analysis = self.analyze(sql);
+                self.declare(sql, analysis.as_ref().ok().map(|a| &a.statements[..]));
                 let ruling = self.rule(&analysis, Protocol::Simple);
                 if ruling.hold {
                     return Ok(Verdict::Hold(HoldSpec::new(sql, analysis.ok(), &ruling)));
@@ -237,6 +272,7 @@ impl Flow<'_> {
             }
             b'P' => {
                 let parse = views::parse(body)?;
+                self.declare(parse.sql, None);
                 let unchanged = self
                     .state
                     .statements
@@ -289,9 +325,12 @@ impl Flow<'_> {
                     self.state.statements.remove(parse.statement);
                     return Ok(Verdict::Refuse(Expect::Parse, refusal));
                 }
-                let rule = ruling.decision.rule.clone();
-                self.state
-                    .on_parse(&parse, || analysis.ok(), (rule, ruling.approval));
+                let decided = Decided {
+                    rule: ruling.decision.rule.clone(),
+                    approval: ruling.approval,
+                    tags: self.declared.tags.clone(),
+                };
+                self.state.on_parse(&parse, || analysis.ok(), decided);
                 self.tracker.push(Expect::Parse, None);
             }
             b'B' => {
@@ -312,7 +351,7 @@ impl Flow<'_> {
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
                 // Cheap reference-counted copies: the session state is borrowed no further.
-                let (sql, name, analysis, parameters, rule, approval) =
+                let (sql, name, analysis, parameters, rule, approval, tags) =
                     match self.state.portal_statement(portal) {
                         Some((portal, prepared)) => (
                             prepared.map(|p| p.sql.clone()).unwrap_or_default(),
@@ -321,11 +360,20 @@ impl Flow<'_> {
                             portal.parameters.clone(),
                             prepared.and_then(|p| p.rule.clone()),
                             prepared.and_then(|p| p.approval.clone()),
+                            prepared.and_then(|p| p.tags.clone()),
                         ),
                         // The server answers "portal does not exist"; the attempt is still
                         // on record.
-                        None => (Bytes::new(), Bytes::new(), None, None, None, None),
+                        None => (Bytes::new(), Bytes::new(), None, None, None, None, None),
                     };
+                self.declared = Declared {
+                    intent: tags
+                        .as_ref()
+                        .and_then(|t| t.get("intent"))
+                        .and_then(|i| crate::session::state::intent(i))
+                        .or_else(|| self.state.intent.clone()),
+                    tags,
+                };
                 // Decided when it was prepared; a SQL-level EXECUTE inside it is judged again
                 // now, by the body it runs under the rules in force.
                 let executing = analysis

@@ -96,7 +96,7 @@ impl Flow<'_> {
             normalized: analysis.map(|a| a.normalized.to_string()),
             fingerprint: analysis.map(|a| a.fingerprint.to_string()),
             rule: spec.rule.clone(),
-            intent: None,
+            intent: self.declared.intent.clone(),
             rule_approver_groups: snapshot.config.policy.approver_groups(&spec.rule),
         };
         let (request, waiter) = self.approvals.open(settings, new);
@@ -116,6 +116,7 @@ impl Flow<'_> {
                     parse_error: false,
                     function_oid: None,
                 },
+                intent: request.intent.clone(),
                 expires_at: request.expires_at.clone(),
             };
             if audit.log.record_written(event).await.is_err() {
@@ -284,5 +285,13 @@ fn statement_record(
             .then(|| described.decision.message.clone())
             .flatten(),
         approval: described.approval.cloned(),
+        intent: flow.declared.intent.clone(),
+        trace_id: flow
+            .declared
+            .tags
+            .as_ref()
+            .and_then(|t| t.get("traceparent"))
+            .and_then(|t| crate::sql::comments::trace_id(t)),
+        tags: flow.declared.tags.clone(),
     }
 }
