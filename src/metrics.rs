@@ -41,6 +41,7 @@ pub struct Metrics {
     pub approvals_pending: Gauge,
     pub approvals_finished: Family<OutcomeLabel, Counter>,
     pub audit_writable: Gauge,
+    pub audit_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +56,7 @@ impl Default for Metrics {
         let approvals_pending = Gauge::default();
         let approvals_finished = Family::<OutcomeLabel, Counter>::default();
         let audit_writable = Gauge::default();
+        let audit_pending = Gauge::default();
         registry.register(
             "connections",
             "Client connections accepted",
@@ -91,6 +93,11 @@ impl Default for Metrics {
             "0 after the audit log failed to write, else 1 (also without [audit])",
             audit_writable.clone(),
         );
+        registry.register(
+            "audit_pending_records",
+            "Audit records sealed but not yet written (the writer's queue)",
+            audit_pending.clone(),
+        );
         Self {
             registry,
             connections,
@@ -101,6 +108,7 @@ impl Default for Metrics {
             approvals_pending,
             approvals_finished,
             audit_writable,
+            audit_pending,
         }
     }
 }

@@ -230,6 +230,7 @@ async fn a_held_statement_runs_in_its_session_once_a_dba_approves() {
     assert_eq!(samples["pgwarden_sessions"], 1.0, "{text}");
     assert!(samples["pgwarden_statement_duration_seconds_count"] >= 1.0);
     assert_eq!(samples["pgwarden_audit_writable"], 1.0);
+    assert!(samples.contains_key("pgwarden_audit_pending_records"));
 
     s.proxy.shutdown(Duration::from_secs(5)).await;
     let records = all_records(&s.audit);

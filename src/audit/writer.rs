@@ -146,6 +146,12 @@ impl AuditLog {
         self.until_synced(seq).await
     }
 
+    /// Records sealed into the chain but not yet written (deferred outcomes waiting to ride
+    /// along with the next write): the writer's queue.
+    pub fn pending(&self) -> u64 {
+        self.lock().map_or(0, |writer| writer.deferred)
+    }
+
     /// Whether the last write succeeded (readiness reports it).
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
