@@ -48,6 +48,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod login;
+pub mod masking;
 pub mod metrics;
 pub mod net;
 pub mod policy;
