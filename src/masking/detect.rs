@@ -185,13 +185,15 @@ fn digit_runs(
             continue;
         }
         let start = i;
-        let mut digits = Vec::with_capacity(max + 1);
+        let mut buffer = [0u8; 32];
+        let mut count = 0;
         let mut end = i;
         let mut j = i;
-        while j < text.len() && digits.len() <= max {
+        while j < text.len() && count <= max && count < buffer.len() {
             let b = text[j];
             if b.is_ascii_digit() {
-                digits.push(b);
+                buffer[count] = b;
+                count += 1;
                 j += 1;
                 end = j;
             } else if (b == b' ' || b == b'-') && j + 1 < text.len() && text[j + 1].is_ascii_digit()
@@ -201,8 +203,9 @@ fn digit_runs(
                 break;
             }
         }
+        let digits = &buffer[..count];
         let bounded = end >= text.len() || !is_word(text[end]);
-        if bounded && (min..=max).contains(&digits.len()) && valid(&digits) {
+        if bounded && (min..=max).contains(&digits.len()) && valid(digits) {
             found.push((start, end));
         }
         i = end.max(start + 1);
@@ -237,11 +240,20 @@ fn luhn(digits: &[u8]) -> bool {
 /// `AAA-GG-SSSS`, with the ranges the SSA never issues excluded.
 fn ssns(text: &[u8]) -> Vec<(usize, usize)> {
     let mut found = Vec::new();
-    if text.len() < 11 {
-        return found;
-    }
-    for start in 0..=text.len() - 11 {
-        let s = &text[start..start + 11];
+    let mut from = 0;
+    // Anchored on the first dash, at offset 3 of the 11 bytes.
+    while let Some(offset) = text
+        .get(from..)
+        .and_then(|t| t.iter().position(|&b| b == b'-'))
+    {
+        let dash = from + offset;
+        from = dash + 1;
+        let Some(start) = dash.checked_sub(3) else {
+            continue;
+        };
+        let Some(s) = text.get(start..start + 11) else {
+            break;
+        };
         let shape = s.iter().enumerate().all(|(i, b)| match i {
             3 | 6 => *b == b'-',
             _ => b.is_ascii_digit(),
@@ -262,6 +274,7 @@ fn ssns(text: &[u8]) -> Vec<(usize, usize)> {
             continue;
         }
         found.push((start, start + 11));
+        from = start + 11;
     }
     found
 }
@@ -440,8 +453,18 @@ fn secrets(text: &[u8]) -> Vec<(usize, usize)> {
     found
 }
 
+/// The first `needle` in `haystack`: a scan for its first byte, then a comparison.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(offset) = haystack.get(from..)?.iter().position(|&b| b == first) {
+        let at = from + offset;
+        if haystack.get(at + 1..at + needle.len()) == Some(rest) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
