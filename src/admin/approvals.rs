@@ -225,7 +225,6 @@ async fn route(
                         ApprovalError::OwnRequest | ApprovalError::NotAnApprover(_) => {
                             StatusCode::FORBIDDEN
                         }
-                        ApprovalError::Invalid(_) => StatusCode::BAD_REQUEST,
                     };
                     error(status, error_code(&e), e.to_string())
                 }
@@ -257,7 +256,6 @@ fn error_code(e: &ApprovalError) -> &'static str {
         ApprovalError::AlreadyAnswered(_) => "already_answered",
         ApprovalError::OwnRequest => "own_request",
         ApprovalError::NotAnApprover(_) => "not_an_approver",
-        ApprovalError::Invalid(_) => "bad_request",
     }
 }
 

@@ -181,8 +181,6 @@ pub struct Request {
     /// Why it was withdrawn, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub withdrawn_because: Option<String>,
-    #[serde(skip)]
-    pub expires: Option<Instant>,
 }
 
 impl Request {
@@ -221,8 +219,6 @@ pub enum ApprovalError {
     NotAnApprover(String),
     #[error("you already answered request {0}")]
     AlreadyAnswered(String),
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// Who is answering: a verified identity from the admin API.
@@ -321,7 +317,6 @@ impl Approvals {
             status: Status::Pending,
             answers: Vec::new(),
             withdrawn_because: None,
-            expires: Some(expires),
         };
         let status = self.store.insert(request.clone());
         let waiter = Waiter {

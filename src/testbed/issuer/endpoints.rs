@@ -71,7 +71,6 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     };
     match (method, path.as_str()) {
         (Method::GET, "/.well-known/openid-configuration") => {
-            shared.discovery_fetches.fetch_add(1, Ordering::SeqCst);
             json_response(StatusCode::OK, discovery(&state.issuer))
         }
         (Method::GET, "/jwks") => {

@@ -3,8 +3,9 @@
 //! It serves what pgwarden consumes from a real provider: the discovery document
 //! (`/.well-known/openid-configuration`) and the key set (`/jwks`), over HTTPS when given a
 //! certificate. Keys are generated per run (RS256 by default, ES256 and EdDSA on request) and
-//! can be rotated; tokens are signed with the active key by [`DevIssuer::sign`]. It counts the
-//! fetches it serves, so tests can check pgwarden's caching and rate limits from the outside.
+//! can be rotated; tokens are signed with the active key by [`DevIssuer::sign`]. It counts
+//! the key-set fetches it serves, so tests can check pgwarden's caching and rate limits from
+//! the outside.
 //!
 //! For `pgwarden login` it also runs the device authorization grant (RFC 8628): a client asks
 //! for a code, a person approves it on `/device` by choosing who they are from the issuer's
@@ -174,14 +175,12 @@ fn random_code(len: usize) -> String {
 
 struct Shared {
     state: Mutex<State>,
-    discovery_fetches: AtomicU64,
     jwks_fetches: AtomicU64,
 }
 
 /// A running development issuer. Dropping it stops it.
 pub struct DevIssuer {
     url: String,
-    addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
 }
@@ -223,7 +222,6 @@ impl DevIssuer {
                 codes: HashMap::new(),
                 refresh_tokens: HashMap::new(),
             }),
-            discovery_fetches: AtomicU64::new(0),
             jwks_fetches: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
@@ -233,25 +231,12 @@ impl DevIssuer {
             shared.clone(),
             stop.clone(),
         ));
-        Ok(Self {
-            url,
-            addr,
-            shared,
-            stop,
-        })
+        Ok(Self { url, shared, stop })
     }
 
     /// The issuer identifier (`iss`), also the base of the discovery URL.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn discovery_fetches(&self) -> u64 {
-        self.shared.discovery_fetches.load(Ordering::SeqCst)
     }
 
     pub fn jwks_fetches(&self) -> u64 {
