@@ -213,8 +213,8 @@ fn digit_runs(
     found
 }
 
-/// The Luhn checksum of payment card numbers.
-fn luhn(digits: &[u8]) -> bool {
+/// The Luhn checksum of payment card numbers (ASCII digits).
+pub fn luhn(digits: &[u8]) -> bool {
     let sum: u32 = digits
         .iter()
         .rev()
