@@ -40,16 +40,7 @@ impl Setup {
         .await
         .unwrap();
         let table = format!("held_{name}");
-        let direct = common::direct("app").await;
-        direct
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table};\n\
-                 CREATE TABLE {table} (id int PRIMARY KEY, note text);\n\
-                 INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, 20) g;\n\
-                 ALTER TABLE {table} OWNER TO app_rw;"
-            ))
-            .await
-            .unwrap();
+        common::fresh_table(&table).await;
         let audit = audit_dir(&format!("approvals-{name}"));
         let proxy = Proxy::start(ProxyOptions {
             extra: format!(

@@ -10,16 +10,7 @@ use serde_json::Value;
 
 async fn start(name: &str) -> (Proxy, std::path::PathBuf, String) {
     let table = format!("intent_{name}");
-    common::direct("app")
-        .await
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table};\n\
-             CREATE TABLE {table} (id int PRIMARY KEY, note text);\n\
-             INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, 20) g;\n\
-             ALTER TABLE {table} OWNER TO app_rw;"
-        ))
-        .await
-        .unwrap();
+    common::fresh_table(&table).await;
     let dir = audit_dir(&format!("intent-{name}"));
     let proxy = Proxy::start(ProxyOptions {
         extra: format!(

@@ -34,6 +34,33 @@ impl ClientConn<'_> {
         Ok(())
     }
 
+    /// Offer SASL `offered`, read the SASLInitialResponse: the mechanism chosen (one of
+    /// `offered`) and the client's initial data, its length checked.
+    async fn sasl_start<'m>(
+        &mut self,
+        offered: &[&'m str],
+    ) -> Result<(&'m str, Vec<u8>), AuthError> {
+        backend::authentication_sasl(self.out, offered);
+        self.flush().await?;
+        let initial = self.read_auth_message().await?;
+        let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
+            "SASLInitialResponse without mechanism",
+        ))?;
+        let Some(mechanism) = offered.iter().find(|m| m.as_bytes() == mechanism) else {
+            return Err(AuthError::UnsupportedMechanism(
+                String::from_utf8_lossy(mechanism).into_owned(),
+            ));
+        };
+        let (len, data) =
+            split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
+        if usize::try_from(len).ok() != Some(data.len()) {
+            return Err(AuthError::Malformed(
+                "SASLInitialResponse length does not match",
+            ));
+        }
+        Ok((mechanism, data.to_vec()))
+    }
+
     /// Read one authentication ('p') message body.
     async fn read_auth_message(&mut self) -> Result<Vec<u8>, AuthError> {
         loop {
@@ -78,26 +105,8 @@ pub async fn local_scram(
         reason,
     };
 
-    let offered = exchange.mechanisms();
-    backend::authentication_sasl(conn.out, offered);
-    conn.flush().await?;
-    let initial = conn.read_auth_message().await?;
-    let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
-        "SASLInitialResponse without mechanism",
-    ))?;
-    let Some(mechanism) = offered.iter().find(|m| m.as_bytes() == mechanism) else {
-        return Err(AuthError::UnsupportedMechanism(
-            String::from_utf8_lossy(mechanism).into_owned(),
-        ));
-    };
-    let (len, data) =
-        split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
-    if usize::try_from(len).ok() != Some(data.len()) {
-        return Err(AuthError::Malformed(
-            "SASLInitialResponse length does not match",
-        ));
-    }
-    let server_first = exchange.client_first(mechanism, data).map_err(failed)?;
+    let (mechanism, initial) = conn.sasl_start(exchange.mechanisms()).await?;
+    let server_first = exchange.client_first(mechanism, &initial).map_err(failed)?;
     backend::authentication_sasl_continue(conn.out, &server_first);
     conn.flush().await?;
     let response = conn.read_auth_message().await?;
@@ -152,25 +161,8 @@ pub async fn oauthbearer(
     issuers: &Issuers,
     user: &str,
 ) -> Result<Identity, AuthError> {
-    backend::authentication_sasl(conn.out, &[OAUTHBEARER]);
-    conn.flush().await?;
-    let initial = conn.read_auth_message().await?;
-    let (mechanism, rest) = split_cstr(&initial).ok_or(AuthError::Malformed(
-        "SASLInitialResponse without mechanism",
-    ))?;
-    if mechanism != OAUTHBEARER.as_bytes() {
-        return Err(AuthError::UnsupportedMechanism(
-            String::from_utf8_lossy(mechanism).into_owned(),
-        ));
-    }
-    let (len, data) =
-        split_i32(rest).ok_or(AuthError::Malformed("SASLInitialResponse without length"))?;
-    if usize::try_from(len).ok() != Some(data.len()) {
-        return Err(AuthError::Malformed(
-            "SASLInitialResponse length does not match",
-        ));
-    }
-    let token = bearer_token(data)?;
+    let (_, initial) = conn.sasl_start(&[OAUTHBEARER]).await?;
+    let token = bearer_token(&initial)?;
     let verified = match token {
         Some(token) => issuers
             .verify(token)

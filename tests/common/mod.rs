@@ -429,3 +429,17 @@ pub async fn pgwarden_login(issuer: &str, person: &str, config_dir: &Path) {
         .expect("wait");
     assert!(status.success());
 }
+
+/// A fresh table `name` (id 1..=20, note) in `app`, owned by app_rw.
+pub async fn fresh_table(name: &str) {
+    direct("app")
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name};\n\
+             CREATE TABLE {name} (id int PRIMARY KEY, note text);\n\
+             INSERT INTO {name} SELECT g, 'row ' || g FROM generate_series(1, 20) g;\n\
+             ALTER TABLE {name} OWNER TO app_rw;"
+        ))
+        .await
+        .expect("create the test table");
+}
