@@ -154,6 +154,7 @@ impl Server {
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
             failures: Default::default(),
             metrics: Default::default(),
+            catalogs: Default::default(),
         });
         if let Some(audit) = &ctx.audit {
             audit

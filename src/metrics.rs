@@ -24,6 +24,13 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaskedLabel {
+    /// `rule` (a masking rule or a value derived from a masked column) or a detector kind
+    /// (`email`, `credit_card`, …).
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// `approved`, `denied`, `expired` or `withdrawn`.
     pub outcome: String,
@@ -42,6 +49,7 @@ pub struct Metrics {
     pub approvals_finished: Family<OutcomeLabel, Counter>,
     pub audit_writable: Gauge,
     pub audit_pending: Gauge,
+    pub masked_values: Family<MaskedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +65,12 @@ impl Default for Metrics {
         let approvals_finished = Family::<OutcomeLabel, Counter>::default();
         let audit_writable = Gauge::default();
         let audit_pending = Gauge::default();
+        let masked_values = Family::<MaskedLabel, Counter>::default();
+        registry.register(
+            "masked_values",
+            "Values masked before reaching a client, by rule or detector",
+            masked_values.clone(),
+        );
         registry.register(
             "connections",
             "Client connections accepted",
@@ -109,6 +123,7 @@ impl Default for Metrics {
             approvals_finished,
             audit_writable,
             audit_pending,
+            masked_values,
         }
     }
 }
@@ -120,6 +135,22 @@ impl Metrics {
                 decision: decision.to_owned(),
             })
             .inc();
+    }
+
+    /// Values one statement's results had masked.
+    pub fn masked(&self, counts: &crate::masking::rewrite::Counts) {
+        if counts.values > 0 {
+            self.masked_values
+                .get_or_create(&MaskedLabel { by: "rule".into() })
+                .inc_by(counts.values);
+        }
+        for (kind, n) in &counts.detected.0 {
+            self.masked_values
+                .get_or_create(&MaskedLabel {
+                    by: kind.as_str().into(),
+                })
+                .inc_by(u64::from(*n));
+        }
     }
 
     pub fn auth_failure(&self, reason: &str) {

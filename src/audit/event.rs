@@ -131,6 +131,9 @@ pub enum Event {
         /// server skipped it.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         skipped: bool,
+        /// What was masked in its results: columns and counts, never values.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        masked: Option<MaskedNote>,
     },
     /// A statement held for approval: the request a person must answer.
     #[serde(rename = "approval.request")]
@@ -236,6 +239,37 @@ pub struct StatementRecord {
     /// The OpenTelemetry trace of the caller, from a well-formed `traceparent` tag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Masked columns the statement filters, joins, groups or sorts on (an inference risk:
+    /// the values never leave, but questions about them are answered).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub masked_filters: Vec<String>,
+}
+
+/// What masking did to one statement's results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MaskedNote {
+    /// `schema.table.column` of the rules applied; `(computed)` for derived columns.
+    pub columns: Vec<String>,
+    /// Values masked by rules (and derived columns).
+    pub values: u64,
+    /// Values the detectors found, by kind.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub detected: std::collections::BTreeMap<&'static str, u32>,
+}
+
+impl MaskedNote {
+    pub fn of(counts: crate::masking::rewrite::Counts) -> Option<Self> {
+        (!counts.is_empty()).then(|| Self {
+            columns: counts.columns.into_iter().collect(),
+            values: counts.values,
+            detected: counts
+                .detected
+                .0
+                .iter()
+                .map(|(kind, n)| (kind.as_str(), *n))
+                .collect(),
+        })
+    }
 }
 
 /// How an `approve` decision was satisfied.

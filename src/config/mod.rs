@@ -46,6 +46,8 @@ pub struct Config {
     pub audit: Option<crate::audit::Settings>,
     /// Which statements run.
     pub policy: crate::policy::Policy,
+    /// `[masking]`: rules, detectors (on by default), exemptions.
+    pub masking: crate::masking::Settings,
     /// Things that are allowed but deserve the operator's attention (logged at start).
     pub warnings: Vec<String>,
 }

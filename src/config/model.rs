@@ -31,6 +31,75 @@ pub struct ConfigFile {
     policy: PolicySection,
     admin: Option<AdminSection>,
     approvals: Option<ApprovalsSection>,
+    #[serde(default)]
+    masking: MaskingSection,
+}
+
+/// `[masking]`, its `[[masking.rules]]` and `[masking.detectors]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MaskingSection {
+    /// Secret reference to the `hash` strategy's key.
+    hash_key: Option<String>,
+    exempt_groups: Vec<String>,
+    exempt_users: Vec<String>,
+    derived_writes: Option<Action>,
+    masked_filters: Option<Action>,
+    catalog_refresh: Option<HumanDuration>,
+    rules: Vec<MaskingRuleSection>,
+    detectors: DetectorsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaskingRuleSection {
+    /// `schema.table` (`public` when unqualified).
+    table: String,
+    column: String,
+    strategy: StrategyName,
+    /// For `partial`: how many trailing characters stay visible.
+    keep: Option<usize>,
+    #[serde(default)]
+    exempt_groups: Vec<String>,
+    #[serde(default)]
+    exempt_users: Vec<String>,
+    #[serde(default)]
+    databases: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DetectorsSection {
+    /// Default: every detector.
+    enabled: Option<Vec<crate::masking::Kind>>,
+    exempt_groups: Vec<String>,
+    /// Per detector, a strategy other than its default.
+    strategies: HashMap<crate::masking::Kind, StrategyName>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StrategyName {
+    Redact,
+    Partial,
+    Email,
+    Hash,
+    Null,
+}
+
+impl StrategyName {
+    fn strategy(self, keep: Option<usize>) -> crate::masking::Strategy {
+        use crate::masking::Strategy;
+        match self {
+            Self::Redact => Strategy::Redact,
+            Self::Partial => Strategy::Partial {
+                keep: keep.unwrap_or(4),
+            },
+            Self::Email => Strategy::Email,
+            Self::Hash => Strategy::Hash,
+            Self::Null => Strategy::Null,
+        }
+    }
 }
 
 /// `[approvals]`: who answers statements the policy holds, and how long they wait.
@@ -826,7 +895,10 @@ pub fn validate(
         );
     }
 
+    let masking = masking_settings(file.masking, &base_dir, &invalid, &mut warnings)?;
+
     Ok(Config {
+        masking,
         path: path.to_owned(),
         admin_listen,
         break_glass,
@@ -843,6 +915,114 @@ pub fn validate(
         audit,
         policy,
         warnings,
+    })
+}
+
+/// Validate `[masking]`.
+fn masking_settings(
+    m: MaskingSection,
+    base_dir: &Path,
+    invalid: &impl Fn(String, String) -> ConfigError,
+    warnings: &mut Vec<String>,
+) -> Result<crate::masking::Settings, ConfigError> {
+    use crate::masking::{Detectors, Kind, Rule, Settings, Strategy};
+    let defaults = Settings::default();
+    let mut rules = Vec::with_capacity(m.rules.len());
+    for (i, r) in m.rules.into_iter().enumerate() {
+        let key = |k: &str| format!("masking.rules[{i}].{k}");
+        let (schema, table) = match r.table.split_once('.') {
+            Some((schema, table)) => (schema.to_owned(), table.to_owned()),
+            None => ("public".to_owned(), r.table.clone()),
+        };
+        // The names go into catalog queries as literals: keep them plain.
+        for (k, name) in [("table", &schema), ("table", &table), ("column", &r.column)] {
+            if name.is_empty() || name.contains(['\'', '\\', '\0', '.']) {
+                return Err(invalid(
+                    key(k),
+                    format!("`{name}` is not a plain name (`schema.table` and a column name, without quotes, backslashes or extra dots)"),
+                ));
+            }
+        }
+        if r.keep.is_some() && !matches!(r.strategy, StrategyName::Partial) {
+            return Err(invalid(
+                key("keep"),
+                "only the \"partial\" strategy keeps characters".into(),
+            ));
+        }
+        rules.push(Rule {
+            schema,
+            table,
+            column: r.column,
+            strategy: r.strategy.strategy(r.keep),
+            exempt_groups: r.exempt_groups,
+            exempt_users: r.exempt_users,
+            databases: r.databases,
+        });
+    }
+    let enabled = m.detectors.enabled.unwrap_or_else(|| Kind::ALL.to_vec());
+    for kind in m.detectors.strategies.keys() {
+        if !enabled.contains(kind) {
+            warnings.push(format!(
+                "masking.detectors.strategies names `{}`, which is not enabled",
+                kind.as_str()
+            ));
+        }
+    }
+    let detectors = Detectors {
+        enabled: enabled
+            .iter()
+            .map(|k| {
+                let strategy = m
+                    .detectors
+                    .strategies
+                    .get(k)
+                    .map_or(k.default_strategy(), |s| s.strategy(None));
+                (*k, strategy)
+            })
+            .collect(),
+    };
+    let uses_hash = rules.iter().any(|r| r.strategy == Strategy::Hash)
+        || detectors.enabled.iter().any(|(_, s)| *s == Strategy::Hash);
+    let hash_key = match m.hash_key {
+        Some(reference) => {
+            let (secret, inline) = Secret::resolve(&reference, base_dir)
+                .map_err(|message| invalid("masking.hash_key".into(), message))?;
+            if secret.expose().len() < 16 {
+                return Err(invalid(
+                    "masking.hash_key".into(),
+                    "must be at least 16 characters".into(),
+                ));
+            }
+            if inline {
+                warnings.push("masking.hash_key is written inline; use \"file:PATH\" or \"env:NAME\"".into());
+            }
+            secret.expose().as_bytes().to_vec()
+        }
+        None if uses_hash => {
+            return Err(invalid(
+                "masking.hash_key".into(),
+                "the \"hash\" strategy needs a key (\"file:PATH\" or \"env:NAME\"), so masked values stay stable across restarts".into(),
+            ))
+        }
+        None => Vec::new(),
+    };
+    let catalog_refresh = m.catalog_refresh.map_or(defaults.catalog_refresh, |d| d.0);
+    if catalog_refresh < std::time::Duration::from_secs(1) {
+        return Err(invalid(
+            "masking.catalog_refresh".into(),
+            "must be at least 1s".into(),
+        ));
+    }
+    Ok(Settings {
+        rules,
+        detectors,
+        exempt_groups: m.exempt_groups,
+        exempt_users: m.exempt_users,
+        detector_exempt_groups: m.detectors.exempt_groups,
+        hash_key,
+        derived_writes: m.derived_writes.unwrap_or(defaults.derived_writes),
+        masked_filters: m.masked_filters.unwrap_or(defaults.masked_filters),
+        catalog_refresh,
     })
 }
 

@@ -2,17 +2,13 @@
 //! `hash`, a secret key), and its result is valid for the column's type or NULL, so clients
 //! and ORMs that parse the value keep working.
 
-use serde::Deserialize;
-
 /// A masking strategy (`strategy = "…"` in rules and detectors).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "strategy")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     /// A fixed mask: `****`.
     Redact,
     /// Keep the last `keep` characters, star the rest: `************4242`.
     Partial {
-        #[serde(default = "default_keep")]
         keep: usize,
     },
     /// Keep the first character and the domain: `j***@example.com`.
@@ -21,10 +17,6 @@ pub enum Strategy {
     Hash,
     /// NULL.
     Null,
-}
-
-fn default_keep() -> usize {
-    4
 }
 
 /// The fixed mask of `redact`.

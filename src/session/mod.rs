@@ -81,6 +81,8 @@ pub struct Context {
     /// Failed sign-ins per source address.
     pub failures: crate::auth::rate_limit::FailureLimiter,
     pub metrics: crate::metrics::Metrics,
+    /// Which columns the masking rules cover, per database.
+    pub catalogs: crate::masking::catalog::Catalogs,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -192,6 +194,8 @@ pub struct Established {
     pub intent: Option<String>,
     /// Keeps the proxy-issued cancel key registered while the session lives.
     pub cancel_key: Registration,
+    /// What this identity may not see (`None`: everything may be seen).
+    pub masking: Option<crate::masking::rewrite::Masking>,
 }
 
 /// Serve one client connection. `admitted` is false when the connection limit is reached:
@@ -372,6 +376,7 @@ async fn handshake(
             intent: session::startup_setting(&startup.parameters, "pgwarden.intent")
                 .and_then(|i| state::intent(&i)),
             cancel_key: parts.registration,
+            masking: parts.masking,
         })),
         Err(e) => {
             if let Some(reason) = e.audit_reason() {
@@ -401,6 +406,7 @@ struct Parts {
     settings: SessionSettings,
     search_path: Vec<String>,
     registration: Registration,
+    masking: Option<crate::masking::rewrite::Masking>,
 }
 
 /// Step 2–3: admission checks, client authentication, access check, upstream login, and the
@@ -474,6 +480,8 @@ async fn establish(
     let upstream_limits = FrameLimits {
         max_message: config.server.max_server_message,
     };
+    let masking =
+        session_masking(ctx, snapshot, &identity, &grant, password, upstream_limits).await?;
     let upstream = match upstream::login(
         &snapshot.upstream,
         &grant,
@@ -529,6 +537,7 @@ async fn establish(
         max_message: config.server.max_client_message,
     });
     Ok(Parts {
+        masking,
         reader,
         upstream,
         identity,
@@ -537,6 +546,39 @@ async fn establish(
         search_path,
         registration,
     })
+}
+
+/// The masking of a session about to start: the database's catalog resolution (loaded
+/// now if need be; a session that cannot know what to mask does not start).
+pub(crate) async fn session_masking(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    identity: &Identity,
+    grant: &Grant,
+    password: Option<&crate::config::Secret>,
+    limits: FrameLimits,
+) -> Result<Option<crate::masking::rewrite::Masking>, SessionError> {
+    let settings = &snapshot.config.masking;
+    let catalog = ctx
+        .catalogs
+        .get(
+            &settings.rules,
+            settings.catalog_refresh,
+            crate::masking::catalog::Login {
+                endpoint: &snapshot.upstream,
+                grant,
+                password,
+                limits,
+            },
+        )
+        .await
+        .map_err(|e| {
+            warn!(error = %e, database = %grant.database, "cannot resolve masked columns");
+            SessionError::Refused(e.to_client())
+        })?;
+    Ok(crate::masking::rewrite::Masking::for_session(
+        settings, catalog, identity,
+    ))
 }
 
 /// Step 2: the rate limit, then the front-door method for this client — SCRAM for local

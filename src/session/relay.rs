@@ -160,6 +160,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         search_path,
         intent,
         cancel_key,
+        masking,
     } = session;
     let mut cancel_requests = cancel_key.requests.clone();
     let snapshot = ctx.snapshot.load();
@@ -202,6 +203,12 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         hold_answer: None,
         to_client: BytesMut::new(),
         declared: Default::default(),
+        masking,
+        catalogs: &ctx.catalogs,
+        catalog_dirty: false,
+        describe_first: None,
+        masked_frame: BytesMut::new(),
+        copy_in: false,
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();

@@ -12,7 +12,11 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use bytes::BufMut;
+
+use crate::sql::Analysis;
 
 use crate::error::ClientError;
 
@@ -27,6 +31,9 @@ pub enum Expect {
     Parse,
     Bind,
     Describe,
+    /// A Describe of the portal about to run that pgwarden added so masking knows the
+    /// columns: its answer goes no further.
+    HiddenDescribe,
     Close,
     Execute,
     Sync,
@@ -51,6 +58,8 @@ pub struct Finished {
     pub rows: u64,
     pub sqlstate: Option<[u8; 5]>,
     pub skipped: bool,
+    /// What was masked in its results.
+    pub masked: crate::masking::rewrite::Counts,
 }
 
 #[derive(Debug)]
@@ -62,9 +71,32 @@ struct Pending {
     rows: u64,
     command: Option<String>,
     sqlstate: Option<[u8; 5]>,
+    /// The statements whose results this message brings (masking needs their lineage).
+    analysis: Option<Arc<Analysis>>,
+    /// Results completed so far (a Query runs one statement after another).
+    results: usize,
+    masked: crate::masking::rewrite::Counts,
+    /// A Sync sent while a COPY FROM STDIN may be taking data: the server ignores it if
+    /// the COPY did start.
+    in_copy: bool,
 }
 
 impl Pending {
+    fn new(expect: Expect, run: Option<Running>, analysis: Option<Arc<Analysis>>) -> Self {
+        Self {
+            expect,
+            run,
+            refusal: None,
+            rows: 0,
+            command: None,
+            sqlstate: None,
+            analysis,
+            results: 0,
+            masked: Default::default(),
+            in_copy: false,
+        }
+    }
+
     /// The outcome of an audited statement (nothing for messages that are not one).
     fn finish(mut self, skipped: bool) -> Option<Finished> {
         let run = self.run.take()?;
@@ -75,6 +107,7 @@ impl Pending {
             rows: self.rows,
             sqlstate: self.sqlstate,
             skipped,
+            masked: self.masked,
         })
     }
 }
@@ -85,6 +118,8 @@ pub enum Rewrite {
     Keep,
     /// Send this error instead of the frame (the refused message's slot).
     Replace(Box<ClientError>),
+    /// The answer to a message the client did not send: not forwarded.
+    Drop,
 }
 
 #[derive(Debug, Default)]
@@ -96,26 +131,45 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn push(&mut self, expect: Expect, run: Option<Running>) {
-        self.queue.push_back(Pending {
-            expect,
-            run,
-            refusal: None,
-            rows: 0,
-            command: None,
-            sqlstate: None,
-        });
+        self.queue.push_back(Pending::new(expect, run, None));
+    }
+
+    /// A message whose results come from `analysis`'s statements.
+    pub fn push_for(
+        &mut self,
+        expect: Expect,
+        run: Option<Running>,
+        analysis: Option<Arc<Analysis>>,
+    ) {
+        self.queue.push_back(Pending::new(expect, run, analysis));
+    }
+
+    /// A Sync sent after the Execute of a COPY FROM STDIN, before its CopyDone or CopyFail.
+    pub fn push_sync_in_copy(&mut self) {
+        let mut pending = Pending::new(Expect::Sync, None, None);
+        pending.in_copy = true;
+        self.queue.push_back(pending);
     }
 
     /// A refused message, replaced upstream by [`write_inert`] with the given shape.
     pub fn push_refused(&mut self, expect: Expect, refusal: ClientError) {
-        self.queue.push_back(Pending {
-            expect,
-            run: None,
-            refusal: Some(Box::new(refusal)),
-            rows: 0,
-            command: None,
-            sqlstate: None,
-        });
+        let mut pending = Pending::new(expect, None, None);
+        pending.refusal = Some(Box::new(refusal));
+        self.queue.push_back(pending);
+    }
+
+    /// The statement the next result belongs to: the analysis of the message being
+    /// answered and the statement's index in it.
+    pub fn current_statement(&self) -> Option<(&Arc<Analysis>, usize)> {
+        let front = self.queue.front()?;
+        Some((front.analysis.as_ref()?, front.results))
+    }
+
+    /// Count what masking did toward the message being answered.
+    pub fn add_masked(&mut self, counts: crate::masking::rewrite::Counts) {
+        if let Some(front) = self.queue.front_mut() {
+            front.masked.merge(counts);
+        }
     }
 
     /// Account for one server frame.
@@ -130,7 +184,15 @@ impl Tracker {
             | (b'n' | b'T', Expect::Describe) => {
                 self.queue.pop_front();
             }
+            (b'n' | b'T', Expect::HiddenDescribe) => {
+                self.queue.pop_front();
+                return Rewrite::Drop;
+            }
+            (b'I', Expect::Query) => front.results += 1,
+            // The COPY started: the Syncs sent during it are ignored by the server.
+            (b'G', Expect::Execute) => self.queue.retain(|p| !p.in_copy),
             (b'C', Expect::Execute | Expect::Query) => {
+                front.results += 1;
                 front.rows += rows_of(body);
                 front.command = Some(command_of(body));
                 if front.expect == Expect::Execute {

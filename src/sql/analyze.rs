@@ -208,7 +208,9 @@ fn analyze_uncached(sql: &str, normalized: String) -> Result<Analysis, AnalysisE
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let tree = Tree::of(&raw.stmt).map_err(|e| AnalysisError::Syntax(e.to_string()))?;
-        statements.push(facts_of(&tree));
+        let mut facts = facts_of(&tree);
+        facts.lineage = super::lineage::Lineage::of(&tree);
+        statements.push(facts);
     }
     let kinds: Vec<&'static str> = statements.iter().map(StatementFacts::kind).collect();
     let mut tables: Vec<TableRef> = statements

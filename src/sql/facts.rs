@@ -103,6 +103,9 @@ pub struct StatementFacts {
     /// facts hold for this text only, not for every statement of the same shape.
     #[serde(skip)]
     pub reads_literals: bool,
+    /// Which names the statement's outputs, written values and filters come from (masking).
+    #[serde(skip)]
+    pub lineage: super::lineage::Lineage,
 }
 
 impl StatementFacts {

@@ -13,6 +13,7 @@
 mod analyze;
 pub mod comments;
 pub mod facts;
+pub mod lineage;
 pub mod tree;
 
 pub use analyze::{

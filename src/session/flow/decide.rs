@@ -57,7 +57,8 @@ impl Flow<'_> {
                 return refused;
             }
         }
-        decision
+        self.masking_decision(statements, &decision)
+            .unwrap_or(decision)
     }
 
     /// A setting change this session may not make.

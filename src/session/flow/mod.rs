@@ -29,7 +29,10 @@ use crate::protocol::{backend, split_i32, views, ProtocolError};
 use crate::sql::{Analysis, AnalysisError, Analyzer, StatementFacts};
 
 mod decide;
+mod masking;
 mod record;
+
+use masking::{write_describe_portal, Masked};
 
 use super::relay::Ending;
 
@@ -70,6 +73,20 @@ pub struct Flow<'a> {
     pub to_client: BytesMut,
     /// Why the message being processed runs: its intent and sqlcommenter tags.
     pub declared: Declared,
+    /// What this identity may not see; `None` when it sees everything.
+    pub masking: Option<crate::masking::rewrite::Masking>,
+    pub catalogs: &'a crate::masking::catalog::Catalogs,
+    /// The session changed the schema: masking's catalog resolution is reloaded before
+    /// its next statement.
+    pub catalog_dirty: bool,
+    /// The Execute just decided runs this portal: a Describe of it goes first, so masking
+    /// knows its columns whatever the client described before.
+    pub describe_first: Option<Vec<u8>>,
+    /// Scratch space for a rewritten server frame.
+    pub masked_frame: BytesMut,
+    /// An Execute of COPY FROM STDIN went out and its CopyDone/CopyFail has not: Syncs sent
+    /// meanwhile may be ignored by the server.
+    pub copy_in: bool,
 }
 
 /// What a client declared about a statement.
@@ -180,6 +197,9 @@ impl Flow<'_> {
         inbuf: &mut FrameBuffer,
         upstream_out: &mut BytesMut,
     ) -> Result<Option<Ending>, SessionError> {
+        if self.masking.is_some() && self.state.between_statements() {
+            self.refresh_masking().await;
+        }
         let limits = inbuf.limits();
         let mut offset = 0;
         // Start of the frames not yet copied: runs of forwarded frames are copied at once.
@@ -194,7 +214,13 @@ impl Flow<'_> {
                 self.client_frame(header, body, &mut ending).await?
             };
             match verdict {
-                Verdict::Forward => {}
+                Verdict::Forward => {
+                    if let Some(portal) = self.describe_first.take() {
+                        upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                        write_describe_portal(upstream_out, &portal);
+                        run_start = offset;
+                    }
+                }
                 Verdict::Drop => {
                     upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
                     run_start = end;
@@ -260,11 +286,11 @@ impl Flow<'_> {
                 let analysis = described.analysis.clone();
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
-                        if let Some(analysis) = analysis {
+                        if let Some(analysis) = &analysis {
                             self.state
                                 .on_sql_statements(&analysis.statements, self.role);
                         }
-                        self.tracker.push(Expect::Query, run);
+                        self.tracker.push_for(Expect::Query, run, analysis);
                         Verdict::Forward
                     }
                     Err(refusal) => Verdict::Refuse(Expect::Query, refusal),
@@ -345,8 +371,15 @@ impl Flow<'_> {
                 self.tracker.push(Expect::Close, None);
             }
             b'D' => {
-                views::target(body, "Describe message")?;
-                self.tracker.push(Expect::Describe, None);
+                let (target, name) = views::target(body, "Describe message")?;
+                let analysis = match target {
+                    views::Target::Portal => self
+                        .state
+                        .portal_statement(name)
+                        .and_then(|(_, prepared)| prepared.and_then(|p| p.analysis.clone())),
+                    _ => None,
+                };
+                self.tracker.push_for(Expect::Describe, None, analysis);
             }
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
@@ -422,6 +455,7 @@ impl Flow<'_> {
                     }
                 };
                 let prepares = analysis.clone();
+                let results_of = analysis.clone();
                 let described = Described {
                     sql: &sql,
                     analysis,
@@ -439,7 +473,20 @@ impl Flow<'_> {
                             self.state
                                 .on_sql_statements(&analysis.statements, self.role);
                         }
-                        self.tracker.push(Expect::Execute, run);
+                        if self.masking.is_some() {
+                            self.tracker
+                                .push_for(Expect::HiddenDescribe, None, results_of.clone());
+                            self.describe_first = Some(portal.to_vec());
+                        }
+                        self.copy_in = results_of.as_ref().is_some_and(|a| {
+                            a.statements.iter().any(|f| {
+                                f.kind() == "copy"
+                                    && f.lineage.copy.is_none()
+                                    && !f.flags.copy_file
+                                    && !f.flags.copy_program
+                            })
+                        });
+                        self.tracker.push_for(Expect::Execute, run, results_of);
                         Verdict::Forward
                     }
                     Err(refusal) => Verdict::Refuse(Expect::Parse, refusal),
@@ -449,7 +496,11 @@ impl Flow<'_> {
                 expect_empty(header, body)?;
                 self.state.on_sync();
                 self.state.skip_until_sync = false;
-                self.tracker.push(Expect::Sync, None);
+                if self.copy_in {
+                    self.tracker.push_sync_in_copy();
+                } else {
+                    self.tracker.push(Expect::Sync, None);
+                }
             }
             b'H' => expect_empty(header, body)?,
             b'F' => {
@@ -493,7 +544,8 @@ impl Flow<'_> {
                 });
             }
             // COPY data from the client: passed through.
-            b'd' | b'c' | b'f' => {}
+            b'd' => {}
+            b'c' | b'f' => self.copy_in = false,
             b'X' => {
                 expect_empty(header, body)?;
                 *ending = Some(Ending::ClientTerminated);
@@ -548,11 +600,28 @@ impl Flow<'_> {
                 }
                 _ => {}
             }
-            if let Rewrite::Replace(error) = self.tracker.on_server(header.tag, body) {
-                client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
-                backend::error_response(client_out, &error);
-                run_start = end;
+            let mut masked = std::mem::take(&mut self.masked_frame);
+            masked.clear();
+            let masking = self.mask_server_frame(header.tag, body, &mut masked);
+            let rewrite = self.tracker.on_server(header.tag, body);
+            match (rewrite, masking) {
+                (Rewrite::Replace(error), _) => {
+                    client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                    backend::error_response(client_out, &error);
+                    run_start = end;
+                }
+                (Rewrite::Drop, _) | (Rewrite::Keep, Masked::Drop) => {
+                    client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                    run_start = end;
+                }
+                (Rewrite::Keep, Masked::Replaced) => {
+                    client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
+                    client_out.extend_from_slice(&masked);
+                    run_start = end;
+                }
+                (Rewrite::Keep, Masked::Keep) => {}
             }
+            self.masked_frame = masked;
             offset = end;
         }
         client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);

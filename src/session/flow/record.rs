@@ -204,6 +204,7 @@ impl Flow<'_> {
         if self.tracker.finished.is_empty() {
             return;
         }
+        self.note_schema_changes();
         let Some(audit) = &self.audit else {
             self.tracker.finished.clear();
             return;
@@ -235,6 +236,7 @@ fn outcome_record(session: u64, finished: Finished) -> Event {
             .sqlstate
             .map(|code| String::from_utf8_lossy(&code).into_owned()),
         skipped: finished.skipped,
+        masked: crate::audit::event::MaskedNote::of(finished.masked),
     }
 }
 
@@ -293,5 +295,6 @@ fn statement_record(
             .and_then(|t| t.get("traceparent"))
             .and_then(|t| crate::sql::comments::trace_id(t)),
         tags: flow.declared.tags.clone(),
+        masked_filters: analysis.map_or_else(Vec::new, |a| flow.masked_filters(&a.statements)),
     }
 }

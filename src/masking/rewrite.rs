@@ -1,0 +1,874 @@
+//! A session's masking: what each result column needs (a [`Plan`], made from the
+//! RowDescription that precedes the rows), and the rewriting of the frames that carry
+//! values to the client — DataRow, CopyData, ErrorResponse, NoticeResponse and
+//! NotificationResponse.
+//!
+//! Binary results are rewritten type-correctly where a masked value exists for the type
+//! (text-like types: the same bytes as text; `json`; `jsonb`: a version byte, then text) and
+//! sent as NULL otherwise — as in text format, where a masked number or date is NULL too.
+//! A row no column of which needs anything is passed through without a copy.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use super::catalog::{Catalog, TableColumn};
+use super::detect::{Detectors, Hits};
+use super::strategy::{self, Strategy, ValueKind};
+use super::{Rule, Settings};
+use crate::auth::Identity;
+use crate::protocol::{split_cstr, split_i16, split_i32};
+use crate::sql::StatementFacts;
+
+/// What happens to one result column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Keep,
+    /// A masked column (or one derived from it): masked whatever its content.
+    Mask {
+        strategy: Strategy,
+        kind: Kind,
+        /// Index into the rules, for the audit record; `None` for computed columns.
+        rule: Option<usize>,
+    },
+    /// Scanned by the detectors.
+    Scan(Kind),
+}
+
+/// How a value of a column is encoded, as far as masking cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Text, or binary of a type whose binary form is its text (text, varchar, name, json).
+    Text(ValueKind),
+    /// Binary `jsonb`: a version byte, then JSON text.
+    JsonbBinary,
+    /// A type with no masked form: NULL.
+    Opaque,
+}
+
+/// Types whose text form the detectors scan: text-like, JSON, XML, records, and arrays of
+/// text-like and JSON types. Never numbers, dates or enums, whose digits a detector could
+/// mistake for a phone number and whose masked text would not parse.
+fn scannable(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        25 | 1043 | 1042 | 19 | 705 | 114 | 3802 | 142 | 2249 | 1009 | 1015 | 1014 | 199 | 3807
+    )
+}
+
+fn kind_of(type_oid: u32, binary: bool) -> Kind {
+    match (ValueKind::of_type(type_oid), binary) {
+        (ValueKind::Other, false) if scannable(type_oid) => Kind::Text(ValueKind::Text),
+        (ValueKind::Other, _) => Kind::Opaque,
+        (ValueKind::Json, true) if type_oid == 3802 => Kind::JsonbBinary,
+        (kind, _) => Kind::Text(kind),
+    }
+}
+
+/// What was masked for the statement in progress (for its audit record): never values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `schema.table.column` of the rules applied; `(computed)` for derived columns.
+    pub columns: BTreeSet<String>,
+    pub values: u64,
+    pub detected: Hits,
+}
+
+impl Counts {
+    pub fn is_empty(&self) -> bool {
+        self.values == 0 && self.detected.0.is_empty()
+    }
+
+    pub fn merge(&mut self, other: Counts) {
+        self.columns.extend(other.columns);
+        self.values += other.values;
+        for (kind, n) in other.detected.0 {
+            match self.detected.0.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, total)) => *total += n,
+                None => self.detected.0.push((kind, n)),
+            }
+        }
+    }
+}
+
+/// The statement a result belongs to, as far as masking cares.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Analysed: its facts (lineage, tables).
+    Statement(&'a StatementFacts),
+    /// Not known (a FETCH from a cursor, an EXECUTE of a prepared statement, a result with
+    /// no analysis): every computed column is treated as derived from masked ones.
+    Unknown,
+}
+
+/// One session's masking state.
+pub struct Masking {
+    catalog: Arc<Catalog>,
+    rules: Arc<[Rule]>,
+    /// Per rule: whether it masks for this identity.
+    active: Vec<bool>,
+    detectors: Detectors,
+    key: Arc<[u8]>,
+    /// The plan of the result in progress.
+    plan: Option<Vec<Column>>,
+    copy: Option<CopyPlan>,
+    /// The statement in progress may read masked data through code pgwarden cannot see
+    /// (DO, CALL, EXECUTE): its messages are withheld.
+    opaque: bool,
+    /// The statement in progress reads a relation with masked columns.
+    touches: bool,
+    pub counts: Counts,
+}
+
+#[derive(Debug)]
+struct CopyPlan {
+    columns: Vec<Column>,
+    csv: bool,
+    /// The next line is the header.
+    header: bool,
+    /// Binary, or options pgwarden does not parse: sensitive output is withheld.
+    refused: bool,
+}
+
+impl Masking {
+    /// Masking for `identity` in a database resolved as `catalog`; `None` when it sees
+    /// everything (exempt from every rule and from the detectors).
+    pub fn for_session(
+        settings: &Settings,
+        catalog: Arc<Catalog>,
+        identity: &Identity,
+    ) -> Option<Self> {
+        let active: Vec<bool> = settings
+            .rules
+            .iter()
+            .map(|r| !settings.exempt_from_rule(identity, r))
+            .collect();
+        let detectors = settings.detectors_for(identity);
+        let any_rule = catalog
+            .columns
+            .values()
+            .any(|m| active.get(m.rule).copied().unwrap_or(true));
+        if !any_rule && detectors.enabled.is_empty() {
+            return None;
+        }
+        Some(Self {
+            catalog,
+            rules: settings.rules.clone().into(),
+            active,
+            detectors,
+            key: settings.hash_key.clone().into(),
+            plan: None,
+            copy: None,
+            opaque: false,
+            touches: false,
+            counts: Counts::default(),
+        })
+    }
+
+    /// Whether any rule masks something for this identity here (and so the gate's derived
+    /// write and filter checks apply).
+    pub fn has_rules(&self) -> bool {
+        self.catalog
+            .columns
+            .values()
+            .any(|m| self.active.get(m.rule).copied().unwrap_or(true))
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The catalog was refreshed.
+    pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.catalog = catalog;
+    }
+
+    /// Whether `facts` reads a relation with masked columns.
+    pub fn touches(&self, facts: &StatementFacts) -> bool {
+        self.has_rules()
+            && facts
+                .tables
+                .iter()
+                .any(|t| self.catalog.is_sensitive_relation(&t.name))
+    }
+
+    /// A statement starts producing results.
+    pub fn begin(&mut self, source: Source<'_>) {
+        self.plan = None;
+        self.copy = None;
+        self.observe(source);
+    }
+
+    /// Which statement the next messages come from (for errors and notices).
+    pub fn observe(&mut self, source: Source<'_>) {
+        let (touches, opaque) = match source {
+            Source::Statement(facts) => (self.touches(facts), facts.flags.dynamic_sql),
+            Source::Unknown => (self.has_rules(), false),
+        };
+        self.touches = touches;
+        self.opaque = opaque && self.has_rules();
+    }
+
+    /// A RowDescription: plan the rows that follow.
+    pub fn on_row_description(&mut self, body: &[u8], source: Source<'_>) {
+        self.begin(source);
+        let Some(fields) = row_fields(body) else {
+            // Unreadable: the rows behind it are withheld (every value NULL).
+            self.plan = Some(vec![
+                Column::Mask {
+                    strategy: Strategy::Null,
+                    kind: Kind::Opaque,
+                    rule: None
+                };
+                usize::from(u16::MAX)
+            ]);
+            return;
+        };
+        let computed = self.computed_taint(source, fields.len());
+        let mut plan = Vec::with_capacity(fields.len());
+        for (i, field) in fields.iter().enumerate() {
+            let kind = kind_of(field.type_oid, field.binary);
+            let masked = (field.table_oid != 0)
+                .then(|| self.catalog.columns.get(&(field.table_oid, field.attnum)))
+                .flatten()
+                .filter(|m| self.active.get(m.rule).copied().unwrap_or(true));
+            let column = if let Some(m) = masked {
+                Column::Mask {
+                    strategy: self
+                        .rules
+                        .get(m.rule)
+                        .map_or(Strategy::Redact, |r| r.strategy),
+                    kind,
+                    rule: Some(m.rule),
+                }
+            } else if (field.table_oid == 0 && computed.get(i).copied().unwrap_or(true))
+                || (field.attnum == 0
+                    && self.has_rules()
+                    && self.catalog.oids.contains(&field.table_oid))
+            {
+                // Derived from a masked column, or a whole row of a relation with one.
+                Column::Mask {
+                    strategy: Strategy::Redact,
+                    kind,
+                    rule: None,
+                }
+            } else if !self.detectors.enabled.is_empty()
+                && scannable(field.type_oid)
+                && kind != Kind::Opaque
+            {
+                Column::Scan(kind)
+            } else {
+                Column::Keep
+            };
+            plan.push(column);
+        }
+        self.plan = plan.iter().any(|c| *c != Column::Keep).then_some(plan);
+    }
+
+    /// Per result column (of `count`), whether a computed one is derived from a masked
+    /// column.
+    fn computed_taint(&self, source: Source<'_>, count: usize) -> Vec<bool> {
+        if !self.touches {
+            return vec![false; count];
+        }
+        let Source::Statement(facts) = source else {
+            return vec![true; count];
+        };
+        let taint = facts.lineage.taint(|n| self.catalog.sensitive_name(n));
+        if taint.star || taint.outputs.len() != count {
+            // Positions do not line up: any derived output masks every computed column.
+            let any = taint.outputs.iter().any(|t| *t) || taint.outputs.len() != count;
+            vec![any; count]
+        } else {
+            taint.outputs
+        }
+    }
+
+    /// The result ended (CommandComplete, an error, ReadyForQuery).
+    pub fn end(&mut self) {
+        self.plan = None;
+        self.copy = None;
+    }
+
+    /// A DataRow: the masked frame to send instead, if anything changes.
+    pub fn data_row(&mut self, body: &[u8], out: &mut BytesMut) -> bool {
+        let Some(plan) = &self.plan else {
+            return false;
+        };
+        let Some((count, mut rest)) = split_i16(body) else {
+            return false;
+        };
+        let mut replaced: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();
+        let mut offset = 2;
+        for i in 0..count.max(0) as usize {
+            let Some((len, after)) = split_i32(rest) else {
+                return false;
+            };
+            let start = offset;
+            let value_len = usize::try_from(len).unwrap_or(0);
+            let Some(value) = (len >= 0).then(|| after.get(..value_len)).flatten() else {
+                if len >= 0 {
+                    return false;
+                }
+                rest = after;
+                offset += 4;
+                continue;
+            };
+            rest = &after[value_len..];
+            offset += 4 + value_len;
+            let column = plan.get(i).copied().unwrap_or(Column::Keep);
+            if let Some(new) = mask_value(
+                column,
+                value,
+                &self.rules,
+                &self.detectors,
+                &self.key,
+                &mut self.counts,
+            ) {
+                replaced.push((start, offset, new));
+            }
+        }
+        if replaced.is_empty() {
+            return false;
+        }
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        let mut at = 0;
+        for (from, to, value) in replaced {
+            out.extend_from_slice(&body[at..from]);
+            match value {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.extend_from_slice(&v);
+                }
+                None => out.put_i32(-1),
+            }
+            at = to;
+        }
+        out.extend_from_slice(&body[at..]);
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        true
+    }
+
+    /// A CopyOutResponse: plan the CopyData lines of `COPY … TO STDOUT`.
+    pub fn on_copy_out(&mut self, body: &[u8], source: Source<'_>) {
+        self.begin(source);
+        let columns_count = body
+            .get(1..3)
+            .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+        let Source::Statement(facts) = source else {
+            self.copy = self.has_rules().then(|| CopyPlan {
+                columns: Vec::new(),
+                csv: false,
+                header: false,
+                refused: true,
+            });
+            return;
+        };
+        let shape = facts.lineage.copy.clone().unwrap_or_default();
+        let table = facts
+            .tables
+            .first()
+            .filter(|_| facts.lineage.outputs.is_empty())
+            .and_then(|t| self.catalog.table(&t.name).cloned());
+        let columns: Vec<Column> = if let Some(table) = table {
+            // COPY table [(columns)]: the catalog knows each column.
+            let chosen: Vec<&TableColumn> = if shape.columns.is_empty() {
+                table.iter().collect()
+            } else {
+                shape
+                    .columns
+                    .iter()
+                    .map(|name| table.iter().find(|c| c.name.eq_ignore_ascii_case(name)))
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default()
+            };
+            chosen
+                .into_iter()
+                .map(|c| match c.masked {
+                    Some(m) if self.active.get(m.rule).copied().unwrap_or(true) => Column::Mask {
+                        strategy: self
+                            .rules
+                            .get(m.rule)
+                            .map_or(Strategy::Redact, |r| r.strategy),
+                        kind: kind_of(c.type_oid, false),
+                        rule: Some(m.rule),
+                    },
+                    _ if scannable(c.type_oid) => Column::Scan(Kind::Text(ValueKind::Text)),
+                    _ => Column::Keep,
+                })
+                .collect()
+        } else {
+            // COPY (query): types are unknown, so derived columns become NULL; every other
+            // field is scanned.
+            self.computed_taint(source, columns_count)
+                .into_iter()
+                .map(|derived| {
+                    if derived {
+                        Column::Mask {
+                            strategy: Strategy::Null,
+                            kind: Kind::Opaque,
+                            rule: None,
+                        }
+                    } else {
+                        Column::Scan(Kind::Text(ValueKind::Text))
+                    }
+                })
+                .collect()
+        };
+        let masks = columns.iter().any(|c| matches!(c, Column::Mask { .. }));
+        let needed = masks
+            || (!self.detectors.enabled.is_empty() && columns.iter().any(|c| *c != Column::Keep));
+        if !needed {
+            return;
+        }
+        self.copy = Some(CopyPlan {
+            columns,
+            csv: shape.csv,
+            header: shape.header,
+            refused: masks && (shape.binary || !shape.plain),
+        });
+    }
+
+    /// Whether the COPY in progress is withheld (binary or unparsed options with masked
+    /// columns): its data is dropped and its completion replaced by an error.
+    pub fn copy_refused(&self) -> bool {
+        self.copy.as_ref().is_some_and(|c| c.refused)
+    }
+
+    /// A CopyData line of COPY TO: the masked frame to send instead, if anything changes.
+    pub fn copy_data(&mut self, body: &[u8], out: &mut BytesMut) -> bool {
+        let Some(copy) = &mut self.copy else {
+            return false;
+        };
+        if copy.refused || copy.header {
+            copy.header = false;
+            return false;
+        }
+        let Ok(line) = std::str::from_utf8(body) else {
+            return false;
+        };
+        let (line, ending) = match line.strip_suffix('\n') {
+            Some(l) => (l, "\n"),
+            None => (line, ""),
+        };
+        let fields = if copy.csv {
+            split_csv(line)
+        } else {
+            line.split('\t')
+                .map(|f| (f != "\\N").then(|| unescape_text(f)))
+                .collect()
+        };
+        let mut changed = false;
+        let mut masked_fields = Vec::with_capacity(fields.len());
+        for (i, field) in fields.into_iter().enumerate() {
+            let column = copy
+                .columns
+                .get(i)
+                .copied()
+                .unwrap_or(Column::Scan(Kind::Text(ValueKind::Text)));
+            let new = field.as_deref().and_then(|value| {
+                mask_value(
+                    column,
+                    value.as_bytes(),
+                    &self.rules,
+                    &self.detectors,
+                    &self.key,
+                    &mut self.counts,
+                )
+            });
+            match new {
+                Some(v) => {
+                    changed = true;
+                    masked_fields.push(v.map(|v| String::from_utf8_lossy(&v).into_owned()));
+                }
+                None => masked_fields.push(field),
+            }
+        }
+        if !changed {
+            return false;
+        }
+        let mut text = String::with_capacity(body.len());
+        for (i, field) in masked_fields.iter().enumerate() {
+            if i > 0 {
+                text.push(if copy.csv { ',' } else { '\t' });
+            }
+            match (field, copy.csv) {
+                (None, true) => {}
+                (None, false) => text.push_str("\\N"),
+                (Some(v), true) => text.push_str(&quote_csv(v)),
+                (Some(v), false) => escape_text(v, &mut text),
+            }
+        }
+        text.push_str(ending);
+        out.put_u8(b'd');
+        out.put_i32(text.len() as i32 + 4);
+        out.extend_from_slice(text.as_bytes());
+        true
+    }
+
+    /// An ErrorResponse or NoticeResponse: the rewritten frame, if anything changes. Values
+    /// the detectors find are masked; for a statement that reads masked relations, quoted
+    /// values and key values are masked and the context dropped; for one that runs code
+    /// pgwarden cannot see (DO, CALL), the message itself is withheld.
+    pub fn error_or_notice(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> bool {
+        let Some(fields) = error_fields(body) else {
+            return false;
+        };
+        let mut changed = false;
+        let mut rewritten: Vec<(u8, String)> = Vec::with_capacity(fields.len());
+        for (code, value) in fields {
+            let text = String::from_utf8_lossy(value);
+            let mut new = text.to_string();
+            if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q' | b'p') {
+                if self.opaque && code != b'p' {
+                    new = match code {
+                        b'M' => "(message withheld by pgwarden: the statement runs code that can read masked data)".into(),
+                        _ => String::new(),
+                    };
+                } else if self.touches {
+                    new = match code {
+                        b'W' | b'q' => String::new(),
+                        _ => scrub_quoted(&new),
+                    };
+                }
+                if let Some(masked) =
+                    self.detectors
+                        .mask(&new, &self.key, &mut self.counts.detected)
+                {
+                    new = masked;
+                }
+            }
+            if new != text {
+                changed = true;
+            }
+            if new.is_empty() && matches!(code, b'D' | b'H' | b'W' | b'q' | b'p') {
+                continue;
+            }
+            rewritten.push((code, new));
+        }
+        if !changed {
+            return false;
+        }
+        let start = out.len();
+        out.put_u8(tag);
+        out.put_i32(0);
+        for (code, value) in rewritten {
+            out.put_u8(code);
+            out.extend_from_slice(value.replace('\0', "").as_bytes());
+            out.put_u8(0);
+        }
+        out.put_u8(0);
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        true
+    }
+
+    /// A NotificationResponse: the payload with what the detectors find masked.
+    pub fn notification(&mut self, body: &[u8], out: &mut BytesMut) -> bool {
+        let Some((pid, rest)) = split_i32(body) else {
+            return false;
+        };
+        let Some((channel, rest)) = split_cstr(rest) else {
+            return false;
+        };
+        let Some((payload, _)) = split_cstr(rest) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(payload);
+        let Some(masked) = self
+            .detectors
+            .mask(&text, &self.key, &mut self.counts.detected)
+        else {
+            return false;
+        };
+        let start = out.len();
+        out.put_u8(b'A');
+        out.put_i32(0);
+        out.put_i32(pid);
+        out.extend_from_slice(channel);
+        out.put_u8(0);
+        out.extend_from_slice(masked.as_bytes());
+        out.put_u8(0);
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        true
+    }
+}
+
+/// The masked form of one non-NULL value: `None` when it stays as it is, `Some(None)` for
+/// NULL.
+fn mask_value(
+    column: Column,
+    value: &[u8],
+    rules: &[Rule],
+    detectors: &Detectors,
+    key: &[u8],
+    counts: &mut Counts,
+) -> Option<Option<Vec<u8>>> {
+    match column {
+        Column::Keep => None,
+        Column::Mask {
+            strategy,
+            kind,
+            rule,
+        } => {
+            counts.values += 1;
+            counts.columns.insert(
+                rule.and_then(|r| rules.get(r))
+                    .map_or_else(|| "(computed)".to_owned(), Rule::column_name),
+            );
+            Some(match kind {
+                Kind::Opaque => None,
+                Kind::Text(value_kind) => {
+                    let text = String::from_utf8_lossy(value);
+                    strategy::apply(strategy, &text, value_kind, key).map(String::into_bytes)
+                }
+                Kind::JsonbBinary => {
+                    let text = String::from_utf8_lossy(value.get(1..).unwrap_or_default());
+                    strategy::apply(strategy, &text, ValueKind::Json, key).map(|masked| {
+                        let mut v = Vec::with_capacity(masked.len() + 1);
+                        v.push(1);
+                        v.extend_from_slice(masked.as_bytes());
+                        v
+                    })
+                }
+            })
+        }
+        Column::Scan(kind) => {
+            let (prefix, text) = match kind {
+                Kind::JsonbBinary => (
+                    value.get(..1).unwrap_or_default(),
+                    value.get(1..).unwrap_or_default(),
+                ),
+                Kind::Text(_) => (&[][..], value),
+                Kind::Opaque => return None,
+            };
+            let text = std::str::from_utf8(text).ok()?;
+            let masked = detectors.mask(text, key, &mut counts.detected)?;
+            let mut v = Vec::with_capacity(prefix.len() + masked.len());
+            v.extend_from_slice(prefix);
+            v.extend_from_slice(masked.as_bytes());
+            Some(Some(v))
+        }
+    }
+}
+
+struct Field {
+    table_oid: u32,
+    attnum: i16,
+    type_oid: u32,
+    binary: bool,
+}
+
+/// The fields of a RowDescription; `None` if it is malformed.
+fn row_fields(body: &[u8]) -> Option<Vec<Field>> {
+    let (count, mut rest) = split_i16(body)?;
+    let mut fields = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count.max(0) {
+        let (_, after) = split_cstr(rest)?;
+        let (table_oid, after) = split_i32(after)?;
+        let (attnum, after) = split_i16(after)?;
+        let (type_oid, after) = split_i32(after)?;
+        let (_, after) = split_i16(after)?;
+        let (_, after) = split_i32(after)?;
+        let (format, after) = split_i16(after)?;
+        fields.push(Field {
+            table_oid: table_oid as u32,
+            attnum,
+            type_oid: type_oid as u32,
+            binary: format == 1,
+        });
+        rest = after;
+    }
+    Some(fields)
+}
+
+/// The fields of an ErrorResponse / NoticeResponse.
+fn error_fields(body: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut fields = Vec::new();
+    let mut rest = body;
+    loop {
+        let (&code, after) = rest.split_first()?;
+        if code == 0 {
+            return Some(fields);
+        }
+        let (value, after) = split_cstr(after)?;
+        fields.push((code, value));
+        rest = after;
+    }
+}
+
+/// Mask the values PostgreSQL quotes in its messages: `"…"` (invalid input syntax for type
+/// integer: "…") and the value part of `Key (email)=(…)`.
+pub fn scrub_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let quote = rest.find('"');
+        let key = rest.find(")=(");
+        match (quote, key) {
+            (Some(q), k) if k.is_none_or(|k| q < k) => {
+                out.push_str(&rest[..=q]);
+                let after = &rest[q + 1..];
+                match after.find('"') {
+                    Some(end) => {
+                        out.push_str(strategy::REDACTED);
+                        out.push('"');
+                        rest = &after[end + 1..];
+                    }
+                    None => {
+                        out.push_str(strategy::REDACTED);
+                        return out;
+                    }
+                }
+            }
+            (_, Some(k)) => {
+                out.push_str(&rest[..k + 3]);
+                let after = &rest[k + 3..];
+                // The values run to the last `)` of the key clause.
+                match after.rfind(')') {
+                    Some(end) => {
+                        out.push_str(strategy::REDACTED);
+                        rest = &after[end..];
+                    }
+                    None => {
+                        out.push_str(strategy::REDACTED);
+                        return out;
+                    }
+                }
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
+    }
+}
+
+/// COPY text format: `\t`, `\n`, `\\` and friends to their characters.
+fn unescape_text(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+fn escape_text(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// One CSV line (default quote `"`, delimiter `,`): unquoted empty fields are NULL.
+fn split_csv(line: &str) -> Vec<Option<String>> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        let mut value = String::new();
+        let mut quoted = false;
+        if chars.peek() == Some(&'"') {
+            quoted = true;
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        value.push('"');
+                    } else {
+                        break;
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        for c in chars.by_ref() {
+            if c == ',' {
+                break;
+            }
+            value.push(c);
+        }
+        let end = chars.peek().is_none();
+        fields.push((quoted || !value.is_empty()).then_some(value));
+        if end {
+            // A trailing delimiter leaves one more (empty) field.
+            if line.ends_with(',')
+                && !fields.is_empty()
+                && fields.len() == line.matches(',').count()
+            {
+                fields.push(None);
+            }
+            return fields;
+        }
+    }
+}
+
+fn quote_csv(value: &str) -> String {
+    if value.is_empty() || value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_and_key_values_are_scrubbed() {
+        assert_eq!(
+            scrub_quoted("invalid input syntax for type integer: \"jane@x.io\""),
+            "invalid input syntax for type integer: \"****\""
+        );
+        assert_eq!(
+            scrub_quoted("Key (email)=(jane@x.io) already exists."),
+            "Key (email)=(****) already exists."
+        );
+        assert_eq!(scrub_quoted("no values here"), "no values here");
+    }
+
+    #[test]
+    fn copy_fields_round_trip() {
+        assert_eq!(
+            split_csv("1,\"a,b\",,\"\",x"),
+            vec![
+                Some("1".into()),
+                Some("a,b".into()),
+                None,
+                Some(String::new()),
+                Some("x".into())
+            ]
+        );
+        assert_eq!(quote_csv("a\"b"), "\"a\"\"b\"");
+        assert_eq!(unescape_text("a\\tb\\\\c"), "a\tb\\c");
+        let mut out = String::new();
+        escape_text("a\tb\\c", &mut out);
+        assert_eq!(out, "a\\tb\\\\c");
+    }
+}

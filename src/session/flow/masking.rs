@@ -1,0 +1,247 @@
+//! Masking in the flow: each server frame that carries values goes through the session's
+//! [`Masking`](crate::masking::rewrite::Masking); the catalog resolution is kept fresh; and
+//! the gate refuses or holds writes derived from masked columns.
+
+use bytes::{BufMut, BytesMut};
+use tracing::warn;
+
+use super::Flow;
+use crate::error::{ClientError, SqlState};
+use crate::masking::rewrite::Source;
+use crate::policy::{Action, Decision};
+use crate::protocol::backend;
+use crate::protocol::frame::FrameLimits;
+use crate::sql::StatementFacts;
+
+/// What masking made of a server frame.
+pub enum Masked {
+    Keep,
+    /// Send the rewritten frame instead.
+    Replaced,
+    /// Send nothing.
+    Drop,
+}
+
+/// A Describe of a portal (`D`, `P`, name).
+pub fn write_describe_portal(out: &mut BytesMut, portal: &[u8]) {
+    out.put_u8(b'D');
+    out.put_i32((4 + 1 + portal.len() + 1) as i32);
+    out.put_u8(b'P');
+    out.put_slice(portal);
+    out.put_u8(0);
+}
+
+/// The statement a result comes from, as masking sees it: cursors and SQL-level EXECUTE run
+/// statements whose lineage is not at hand.
+fn source_of(facts: Option<&StatementFacts>) -> Source<'_> {
+    match facts {
+        Some(f) if f.executes.is_none() && !matches!(f.kind(), "fetch" | "move") => {
+            Source::Statement(f)
+        }
+        _ => Source::Unknown,
+    }
+}
+
+impl Flow<'_> {
+    /// Mask one server frame into `out`.
+    pub(super) fn mask_server_frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Masked {
+        let Some(masking) = self.masking.as_mut() else {
+            return Masked::Keep;
+        };
+        let current = self.tracker.current_statement();
+        let facts = current.and_then(|(analysis, index)| analysis.statements.get(index));
+        let source = source_of(facts);
+        let outcome = match tag {
+            b'T' => {
+                masking.on_row_description(body, source);
+                Masked::Keep
+            }
+            b'H' => {
+                masking.on_copy_out(body, source);
+                if masking.copy_refused() {
+                    Masked::Drop
+                } else {
+                    Masked::Keep
+                }
+            }
+            b'd' | b'c' if masking.copy_refused() => Masked::Drop,
+            b'C' if masking.copy_refused() => {
+                backend::error_response(
+                    out,
+                    &ClientError::error(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        "pgwarden cannot mask this COPY's format, and it includes masked columns",
+                    )
+                    .with_hint("use COPY … TO STDOUT in text or CSV format with default options, or SELECT"),
+                );
+                Masked::Replaced
+            }
+            b'D' if masking.data_row(body, out) => Masked::Replaced,
+            b'd' if masking.copy_data(body, out) => Masked::Replaced,
+            b'E' | b'N' => {
+                masking.observe(source);
+                if masking.error_or_notice(tag, body, out) {
+                    Masked::Replaced
+                } else {
+                    Masked::Keep
+                }
+            }
+            b'A' if masking.notification(body, out) => Masked::Replaced,
+            _ => Masked::Keep,
+        };
+        if matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's') {
+            let counts = std::mem::take(&mut masking.counts);
+            if !counts.is_empty() {
+                self.metrics.masked(&counts);
+            }
+            masking.end();
+            self.tracker.add_masked(counts);
+        }
+        outcome
+    }
+
+    /// Between statements: reload the catalog resolution when this session changed the
+    /// schema or it is due. A failed reload keeps the previous resolution (and says so).
+    pub(super) async fn refresh_masking(&mut self) {
+        let snapshot = self.snapshot.load();
+        let settings = &snapshot.config.masking;
+        let Some(masking) = self.masking.as_mut() else {
+            return;
+        };
+        if self.catalog_dirty {
+            self.catalogs.invalidate(self.database);
+        } else if !masking.catalog().is_due(settings.catalog_refresh)
+            && masking
+                .catalog()
+                .rules_match(&settings.rules, self.database)
+        {
+            return;
+        }
+        self.catalog_dirty = false;
+        let grant = crate::auth::Grant {
+            database: self.database.to_owned(),
+            role: self.role.to_owned(),
+        };
+        let password = snapshot
+            .config
+            .upstream
+            .roles
+            .get(self.role)
+            .and_then(|p| p.as_ref());
+        let login = crate::masking::catalog::Login {
+            endpoint: &snapshot.upstream,
+            grant: &grant,
+            password,
+            limits: FrameLimits {
+                max_message: snapshot.config.server.max_server_message,
+            },
+        };
+        match self
+            .catalogs
+            .get(&settings.rules, settings.catalog_refresh, login)
+            .await
+        {
+            Ok(catalog) => masking.set_catalog(catalog),
+            Err(e) => {
+                warn!(error = %e, "cannot refresh the masked columns; keeping the previous resolution")
+            }
+        }
+    }
+
+    /// Statements that finished: DDL means masking's catalog resolution must be reloaded.
+    pub(super) fn note_schema_changes(&mut self) {
+        if self.masking.is_none() {
+            return;
+        }
+        if self.tracker.finished.iter().any(|f| {
+            f.command.as_deref().is_some_and(|c| {
+                c.starts_with("CREATE")
+                    || c.starts_with("ALTER")
+                    || c.starts_with("DROP")
+                    || c.starts_with("SELECT INTO")
+                    || c == "COMMIT"
+            })
+        }) {
+            self.catalog_dirty = true;
+        }
+    }
+
+    /// The masking checks of the gate: a write derived from masked columns, or a masked
+    /// column used to filter, under `masking.derived_writes` / `masking.masked_filters`.
+    /// Returns a decision stricter than `decision`, if one applies.
+    pub(super) fn masking_decision(
+        &self,
+        statements: &[StatementFacts],
+        decision: &Decision,
+    ) -> Option<Decision> {
+        let masking = self.masking.as_ref()?;
+        if !masking.has_rules() {
+            return None;
+        }
+        let snapshot = self.snapshot.load();
+        let settings = &snapshot.config.masking;
+        let mut strictest: Option<Decision> = None;
+        for (index, facts) in statements.iter().enumerate() {
+            if !masking.touches(facts) {
+                continue;
+            }
+            let taint = facts.lineage.taint(|n| masking.catalog().sensitive_name(n));
+            let mut consider = |action: Action, rule: &str, message: String| {
+                let current = strictest.as_ref().map_or(decision.action, |d| d.action);
+                if strength(action) > strength(current) {
+                    strictest = Some(Decision {
+                        action,
+                        rule: Some(rule.to_owned()),
+                        message: Some(message),
+                        statement: index,
+                    });
+                }
+            };
+            if taint.written {
+                consider(
+                    settings.derived_writes,
+                    "masking.derived_writes",
+                    "the statement writes values derived from masked columns".into(),
+                );
+            }
+            if !taint.filtered.is_empty() {
+                consider(
+                    settings.masked_filters,
+                    "masking.masked_filters",
+                    format!(
+                        "the statement filters, joins, groups or sorts on masked columns ({})",
+                        taint.filtered.join(", ")
+                    ),
+                );
+            }
+        }
+        strictest
+    }
+
+    /// Masked names a statement filters, joins, groups or sorts on (for its audit record).
+    pub(super) fn masked_filters(&self, statements: &[StatementFacts]) -> Vec<String> {
+        let Some(masking) = self.masking.as_ref().filter(|m| m.has_rules()) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = statements
+            .iter()
+            .filter(|f| masking.touches(f))
+            .flat_map(|f| {
+                f.lineage
+                    .taint(|n| masking.catalog().sensitive_name(n))
+                    .filtered
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn strength(action: Action) -> u8 {
+    match action {
+        Action::Allow => 0,
+        Action::Approve => 1,
+        Action::Deny => 2,
+    }
+}

@@ -1,0 +1,601 @@
+//! Column lineage by name: which names each output column, each written value and each
+//! filter of a statement is computed from — so masking can tell `lower(email)` (derived from
+//! a masked column) from `count(*)` (not), however aliases, CTEs, subqueries and set
+//! operations rename things in between.
+//!
+//! Read from PostgreSQL's own parse tree (the one the gate already has), not from a second
+//! SQL parser: every statement the server accepts has a lineage, so there is no "could not
+//! parse, so guess" hole. Names are compared, not catalog objects, which over-approximates:
+//! two unrelated columns both called `email` are both treated as derived from a masked
+//! `email`. Over-masking is the safe direction; a name never makes something *less* masked.
+//!
+//! Every name is lower-cased: a quoted `"Email"` and an unquoted `email` count as the same.
+
+use super::tree::Tree;
+
+/// What one output column is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// An expression: every name it references (column names, and table aliases used as
+    /// whole rows), subqueries included.
+    Expr(Vec<String>),
+    /// `*` or `alias.*`: expands to columns this tree cannot count.
+    Star,
+}
+
+/// The lineage of one statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The columns the statement returns (select list, RETURNING), in order.
+    pub outputs: Vec<Output>,
+    /// Names introduced inside the statement (select-list aliases, CTE and subquery names,
+    /// their column aliases) and the names each is computed from.
+    pub derived: Vec<(String, Vec<String>)>,
+    /// `FROM customers AS c`: (`c`, `customers`).
+    pub aliases: Vec<(String, String)>,
+    /// Names the values written by INSERT / UPDATE / MERGE / CREATE TABLE AS / SELECT INTO,
+    /// or sent by `pg_notify`, are computed from.
+    pub written: Vec<String>,
+    /// Names used in WHERE, JOIN … ON, GROUP BY, HAVING and ORDER BY.
+    pub filtered: Vec<String>,
+    /// For `COPY … TO`: the shape of its output.
+    pub copy: Option<CopyShape>,
+}
+
+/// The output of a `COPY … TO`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyShape {
+    /// `COPY t (a, b)`: the columns, lower-cased; empty for every column.
+    pub columns: Vec<String>,
+    pub csv: bool,
+    pub binary: bool,
+    /// `HEADER`: the first line names the columns.
+    pub header: bool,
+    /// Only FORMAT and HEADER were given: the default delimiter, quote, escape and NULL.
+    pub plain: bool,
+}
+
+/// Which parts of a statement are derived from sensitive names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taint {
+    /// Per output column: derived from a sensitive name (a `*` counts as derived).
+    pub outputs: Vec<bool>,
+    /// Some output is a `*`: output positions do not map to result columns.
+    pub star: bool,
+    /// A written value is derived from a sensitive name.
+    pub written: bool,
+    /// Sensitive names used to filter, sort or group.
+    pub filtered: Vec<String>,
+}
+
+impl Lineage {
+    /// Compute the lineage of one top-level statement.
+    pub fn of(stmt: &Tree) -> Self {
+        let outputs = match stmt.name() {
+            Some("SelectStmt") if !has(stmt, "into_clause") => select_outputs(stmt)
+                .into_iter()
+                .map(|(_, output)| output)
+                .collect(),
+            Some("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => {
+                targets(returning(stmt))
+                    .into_iter()
+                    .map(|(_, output)| output)
+                    .collect()
+            }
+            Some("CopyStmt" | "DeclareCursorStmt" | "PrepareStmt" | "ExplainStmt") => stmt
+                .field("query")
+                .filter(|q| q.name() == Some("SelectStmt"))
+                .map(|q| select_outputs(q).into_iter().map(|(_, o)| o).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let mut lineage = Lineage {
+            outputs,
+            ..Lineage::default()
+        };
+        if stmt.name() == Some("CopyStmt") && !stmt.field("is_from").is_some_and(Tree::as_bool) {
+            lineage.copy = Some(copy_shape(stmt));
+        }
+        lineage.visit(stmt);
+        for list in [&mut lineage.written, &mut lineage.filtered] {
+            list.sort();
+            list.dedup();
+        }
+        lineage
+    }
+
+    /// Which parts are derived from a name `sensitive` says is sensitive (a masked column, a
+    /// sensitive table or view). Aliases of sensitive relations and names derived from
+    /// sensitive ones are sensitive too.
+    pub fn taint(&self, sensitive: impl Fn(&str) -> bool) -> Taint {
+        let mut tainted: Vec<&str> = Vec::new();
+        let is_tainted = |tainted: &[&str], name: &str| sensitive(name) || tainted.contains(&name);
+        for (alias, relation) in &self.aliases {
+            if sensitive(relation) {
+                tainted.push(alias);
+            }
+        }
+        // Derived names feed each other (a CTE over a CTE): repeat until nothing changes.
+        loop {
+            let before = tainted.len();
+            for (name, from) in &self.derived {
+                if !is_tainted(&tainted, name) && from.iter().any(|f| is_tainted(&tainted, f)) {
+                    tainted.push(name);
+                }
+            }
+            if tainted.len() == before {
+                break;
+            }
+        }
+        let any = |names: &[String]| names.iter().any(|n| is_tainted(&tainted, n));
+        Taint {
+            outputs: self
+                .outputs
+                .iter()
+                .map(|o| match o {
+                    Output::Star => true,
+                    Output::Expr(names) => any(names),
+                })
+                .collect(),
+            star: self.outputs.contains(&Output::Star),
+            written: any(&self.written),
+            filtered: self
+                .filtered
+                .iter()
+                .filter(|n| is_tainted(&tainted, n))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn visit(&mut self, node: &Tree) {
+        match node.name() {
+            Some("SelectStmt") => {
+                for (name, output) in select_outputs(node) {
+                    if let (Some(name), Output::Expr(from)) = (name, output) {
+                        self.derived.push((name, from));
+                    }
+                }
+                if has(node, "into_clause") {
+                    self.written.extend(all_outputs(node));
+                }
+                for clause in [
+                    "where_clause",
+                    "group_clause",
+                    "having_clause",
+                    "sort_clause",
+                ] {
+                    if let Some(c) = node.field(clause) {
+                        self.filtered.extend(references(c));
+                    }
+                }
+            }
+            Some("InsertStmt") => {
+                if let Some(select) = node.field("select_stmt") {
+                    self.written.extend(all_outputs(select));
+                }
+            }
+            Some("UpdateStmt") => {
+                for (_, output) in targets(node.field("target_list")) {
+                    if let Output::Expr(from) = output {
+                        self.written.extend(from);
+                    }
+                }
+                if let Some(c) = node.field("where_clause") {
+                    self.filtered.extend(references(c));
+                }
+            }
+            Some("DeleteStmt") => {
+                if let Some(c) = node.field("where_clause") {
+                    self.filtered.extend(references(c));
+                }
+            }
+            Some("MergeStmt") => {
+                if let Some(clauses) = node.field("merge_when_clauses") {
+                    self.written.extend(references(clauses));
+                }
+                if let Some(c) = node.field("join_condition") {
+                    self.filtered.extend(references(c));
+                }
+            }
+            Some("CreateTableAsStmt") => {
+                if let Some(query) = node.field("query") {
+                    self.written.extend(all_outputs(query));
+                }
+            }
+            Some("FuncCall") => {
+                let name = last_name(node.field("funcname"));
+                if name.as_deref() == Some("pg_notify") {
+                    if let Some(args) = node.field("args") {
+                        self.written.extend(references(args));
+                    }
+                }
+            }
+            Some("JoinExpr") => {
+                if let Some(quals) = node.field("quals") {
+                    self.filtered.extend(references(quals));
+                }
+            }
+            Some("RangeVar") => {
+                if let (Some(alias), Some(relation)) = (
+                    alias_name(node),
+                    node.field("relname").and_then(Tree::as_str),
+                ) {
+                    self.aliases.push((alias, relation.to_lowercase()));
+                }
+            }
+            Some("CommonTableExpr") => {
+                if let Some(query) = node.field("ctequery") {
+                    let name = node.field("ctename").and_then(Tree::as_str);
+                    let columns = node.field("aliascolnames");
+                    self.derive_relation(name, columns, query);
+                }
+            }
+            Some("RangeSubselect") => {
+                if let Some(query) = node.field("subquery") {
+                    let alias = node.field("alias");
+                    let name = alias
+                        .and_then(|a| a.field("aliasname"))
+                        .and_then(Tree::as_str);
+                    let columns = alias.and_then(|a| a.field("colnames"));
+                    self.derive_relation(name, columns, query);
+                }
+            }
+            Some("RangeFunction") => {
+                let alias = node.field("alias");
+                if let Some(name) = alias
+                    .and_then(|a| a.field("aliasname"))
+                    .and_then(Tree::as_str)
+                {
+                    let from = references(node);
+                    self.derived.push((name.to_lowercase(), from.clone()));
+                    for column in names(alias.and_then(|a| a.field("colnames"))) {
+                        self.derived.push((column, from.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (_, child) in node.children() {
+            self.visit(child);
+        }
+    }
+
+    /// A CTE or subquery `name(columns) AS (query)`: the name is derived from everything the
+    /// query outputs, each column alias from the output at its position.
+    fn derive_relation(&mut self, name: Option<&str>, columns: Option<&Tree>, query: &Tree) {
+        let outputs = match query.name() {
+            Some("SelectStmt") => select_outputs(query),
+            _ => targets(returning(query)),
+        };
+        let everything: Vec<String> = outputs
+            .iter()
+            .flat_map(|(_, o)| match o {
+                Output::Expr(from) => from.clone(),
+                // `SELECT *` from a subquery: derived from every relation it reads.
+                Output::Star => references(query),
+            })
+            .collect();
+        if let Some(name) = name {
+            self.derived.push((name.to_lowercase(), everything.clone()));
+        }
+        for (i, column) in names(columns).into_iter().enumerate() {
+            let from = match outputs.get(i) {
+                Some((_, Output::Expr(from))) => from.clone(),
+                _ => everything.clone(),
+            };
+            self.derived.push((column, from));
+        }
+    }
+}
+
+fn copy_shape(stmt: &Tree) -> CopyShape {
+    let mut shape = CopyShape {
+        columns: names(stmt.field("attlist")),
+        plain: true,
+        ..CopyShape::default()
+    };
+    for (_, option) in stmt
+        .field("options")
+        .map(Tree::children)
+        .into_iter()
+        .flatten()
+    {
+        let name = option.field("defname").and_then(Tree::as_str).unwrap_or("");
+        let value = option
+            .field("arg")
+            .and_then(|a| {
+                a.field("sval")
+                    .or_else(|| a.field("val").and_then(|v| v.field("sval")))
+            })
+            .and_then(Tree::as_str)
+            .map(str::to_lowercase);
+        match name {
+            "format" => match value.as_deref() {
+                Some("csv") => shape.csv = true,
+                Some("binary") => shape.binary = true,
+                Some("text") => {}
+                _ => shape.plain = false,
+            },
+            "header" => shape.header = true,
+            _ => shape.plain = false,
+        }
+    }
+    shape
+}
+
+/// A `SelectStmt`'s output columns with their names. Set operations combine their branches
+/// position by position (the names come from the left one, as in PostgreSQL); `VALUES` lists
+/// give one column per position.
+fn select_outputs(select: &Tree) -> Vec<(Option<String>, Output)> {
+    if let (Some(left), Some(right)) = (select.field("larg"), select.field("rarg")) {
+        if left.is_present() && right.is_present() {
+            let mut outputs = select_outputs(left);
+            for (i, (_, output)) in select_outputs(right).into_iter().enumerate() {
+                match outputs.get_mut(i) {
+                    Some((_, Output::Expr(from))) => match output {
+                        Output::Expr(more) => from.extend(more),
+                        Output::Star => outputs[i].1 = Output::Star,
+                    },
+                    Some((_, Output::Star)) => {}
+                    None => outputs.push((None, output)),
+                }
+            }
+            return outputs;
+        }
+    }
+    if let Some(Tree::Seq(rows)) = select.field("values_lists") {
+        if !rows.is_empty() {
+            let mut outputs: Vec<(Option<String>, Output)> = Vec::new();
+            for row in rows {
+                let items = match row.field("items") {
+                    Some(Tree::Seq(items)) => items.as_slice(),
+                    _ => &[],
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let from = references(item);
+                    match outputs.get_mut(i) {
+                        Some((_, Output::Expr(all))) => all.extend(from),
+                        _ => outputs.push((Some(format!("column{}", i + 1)), Output::Expr(from))),
+                    }
+                }
+            }
+            return outputs;
+        }
+    }
+    targets(select.field("target_list"))
+}
+
+/// Every name any output of a query is computed from.
+fn all_outputs(query: &Tree) -> Vec<String> {
+    match query.name() {
+        Some("SelectStmt") => select_outputs(query)
+            .into_iter()
+            .flat_map(|(_, o)| match o {
+                Output::Expr(from) => from,
+                Output::Star => references(query),
+            })
+            .collect(),
+        _ => references(query),
+    }
+}
+
+/// A target list (select list, RETURNING): each item's name and what it is computed from.
+fn targets(list: Option<&Tree>) -> Vec<(Option<String>, Output)> {
+    let Some(Tree::Seq(items)) = list else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|target| {
+            let value = target.field("val").unwrap_or(&Tree::Null);
+            if is_star(value) {
+                return (None, Output::Star);
+            }
+            let name = target
+                .field("name")
+                .and_then(Tree::as_str)
+                .filter(|n| !n.is_empty())
+                .map(str::to_lowercase)
+                .or_else(|| implicit_name(value));
+            (name, Output::Expr(references(value)))
+        })
+        .collect()
+}
+
+/// `*` or `alias.*`.
+fn is_star(value: &Tree) -> bool {
+    value.name() == Some("ColumnRef")
+        && value
+            .field("fields")
+            .is_some_and(|f| f.children().any(|(_, part)| part.name() == Some("AStar")))
+}
+
+/// The name PostgreSQL gives an unaliased output column (a simplified FigureColname): the
+/// column's or the function's name; `?column?` for anything else.
+fn implicit_name(value: &Tree) -> Option<String> {
+    match value.name()? {
+        "ColumnRef" => last_name(value.field("fields")),
+        "FuncCall" => last_name(value.field("funcname")),
+        "TypeCast" => value.field("arg").and_then(implicit_name),
+        _ => Some("?column?".to_owned()),
+    }
+    .map(|n| n.to_lowercase())
+}
+
+/// Every name referenced anywhere under `node`, inside subqueries too: column names
+/// (`c.email` gives `email`) and whole rows (`c`, `c.*` give `c`).
+fn references(node: &Tree) -> Vec<String> {
+    let mut found = Vec::new();
+    collect_references(node, &mut found);
+    found
+}
+
+fn collect_references(node: &Tree, found: &mut Vec<String>) {
+    if node.name() == Some("ColumnRef") {
+        let mut parts = names(node.field("fields"));
+        if is_star(node) || parts.len() == 1 {
+            // `c.*`, or `c` alone: the qualifier is a whole row (or a column's name).
+            found.append(&mut parts);
+        } else {
+            // `c.email`, `s.c.email`: the column; which relation it is from does not narrow
+            // anything down, since names are compared anyway.
+            found.extend(parts.pop());
+        }
+        return;
+    }
+    for (_, child) in node.children() {
+        collect_references(child, found);
+    }
+}
+
+/// The strings of a name list (`String` nodes), lower-cased.
+fn names(list: Option<&Tree>) -> Vec<String> {
+    list.map(Tree::children)
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, part)| part.field("sval").and_then(Tree::as_str))
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn last_name(list: Option<&Tree>) -> Option<String> {
+    names(list).pop()
+}
+
+fn alias_name(node: &Tree) -> Option<String> {
+    node.field("alias")?
+        .field("aliasname")?
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// The expressions of a RETURNING clause.
+fn returning(stmt: &Tree) -> Option<&Tree> {
+    stmt.field("returning_clause")?.field("exprs")
+}
+
+fn has(node: &Tree, field: &str) -> bool {
+    node.field(field).is_some_and(Tree::is_present)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lineage(sql: &str) -> Lineage {
+        let parsed = pg_query::parse(sql, 0).unwrap();
+        let stmt = parsed.protobuf.stmts[0].stmt.as_ref().unwrap();
+        Lineage::of(&Tree::of(stmt).unwrap())
+    }
+
+    /// Which outputs of `sql` derive from `customers.email` / `customers.ssn`.
+    fn masked(sql: &str) -> Vec<bool> {
+        lineage(sql)
+            .taint(|n| matches!(n, "email" | "ssn" | "customers"))
+            .outputs
+    }
+
+    #[test]
+    fn outputs_derived_from_sensitive_names_are_found_through_renames() {
+        let cases: &[(&str, &[bool])] = &[
+            ("SELECT id, lower(email) FROM customers", &[false, true]),
+            ("SELECT count(*), 1 FROM customers", &[false, false]),
+            ("SELECT c.email AS e FROM customers c", &[true]),
+            ("SELECT name || email FROM customers", &[true]),
+            ("SELECT substr(email, 2)::bytea FROM customers", &[true]),
+            ("SELECT row_to_json(c) FROM customers c", &[true]),
+            ("SELECT to_jsonb(customers.*) FROM customers", &[true]),
+            ("SELECT c FROM customers c", &[true]),
+            ("SELECT json_agg(x) FROM customers x", &[true]),
+            (
+                "SELECT array_agg(ssn), string_agg(name, ',') FROM customers",
+                &[true, false],
+            ),
+            (
+                "SELECT ROW(id, email), ARRAY[email] FROM customers",
+                &[true, true],
+            ),
+            ("SELECT (SELECT email FROM customers LIMIT 1)", &[true]),
+            (
+                "WITH x AS (SELECT email AS e, id FROM customers) SELECT upper(e), id + 1 FROM x",
+                &[true, false],
+            ),
+            (
+                "WITH x(a, b) AS (SELECT id, email FROM customers) SELECT a * 2, lower(b) FROM x",
+                &[false, true],
+            ),
+            (
+                "SELECT s.v || '' FROM (SELECT email AS v FROM customers) s",
+                &[true],
+            ),
+            ("SELECT t FROM (SELECT email FROM customers) t", &[true]),
+            (
+                "SELECT name FROM people UNION SELECT lower(email) FROM customers",
+                &[true],
+            ),
+            ("SELECT *, 1 FROM customers", &[true, false]),
+            (
+                "DELETE FROM customers WHERE id = 1 RETURNING md5(email)",
+                &[true],
+            ),
+            ("SELECT md5(n) FROM (VALUES ('a')) v(n)", &[false]),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(masked(sql), *expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes_and_filters_derived_from_sensitive_names() {
+        let taint = |sql: &str| lineage(sql).taint(|n| matches!(n, "email" | "customers"));
+        for sql in [
+            "INSERT INTO copy SELECT lower(email) FROM customers",
+            "CREATE TABLE copy AS SELECT email FROM customers",
+            "SELECT email INTO copy FROM customers",
+            "UPDATE people SET note = (SELECT email FROM customers LIMIT 1)",
+            "SELECT pg_notify('ch', email) FROM customers",
+            "WITH w AS (INSERT INTO copy SELECT c.email FROM customers c RETURNING 1) SELECT 1",
+        ] {
+            assert!(taint(sql).written, "{sql}");
+        }
+        for sql in [
+            "INSERT INTO copy SELECT id FROM customers WHERE email LIKE 'a%'",
+            "UPDATE customers SET email = 'x' WHERE id = 1",
+            "SELECT email FROM customers",
+        ] {
+            assert!(!taint(sql).written, "{sql}");
+        }
+        assert_eq!(
+            taint("SELECT id FROM customers WHERE email LIKE 'a%' ORDER BY id").filtered,
+            vec!["email".to_owned()]
+        );
+        assert_eq!(
+            taint("SELECT c.id FROM customers c JOIN o ON o.mail = c.email").filtered,
+            vec!["email".to_owned()]
+        );
+        assert!(taint("SELECT id FROM customers WHERE id = 1")
+            .filtered
+            .is_empty());
+    }
+
+    #[test]
+    fn copy_output_shape() {
+        let shape = |sql: &str| lineage(sql).copy.unwrap();
+        assert_eq!(
+            shape("COPY customers (id, Email) TO STDOUT WITH (FORMAT csv, HEADER)"),
+            CopyShape {
+                columns: vec!["id".into(), "email".into()],
+                csv: true,
+                header: true,
+                plain: true,
+                binary: false
+            }
+        );
+        assert!(shape("COPY customers TO STDOUT CSV HEADER").csv);
+        assert!(shape("COPY customers TO STDOUT (FORMAT binary)").binary);
+        assert!(!shape("COPY customers TO STDOUT (DELIMITER ';')").plain);
+        assert!(lineage("COPY customers FROM STDIN").copy.is_none());
+    }
+}

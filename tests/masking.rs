@@ -1,0 +1,398 @@
+//! Masking through real clients: every byte pgwarden sends a non-exempt identity is
+//! checked for the seeded sensitive values (and their reverse, hex and base64), however the
+//! query is written and whichever channel carries it; an exempt identity sees them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{all_records, audit_dir, sqlstate, Proxy, ProxyOptions, ALICE_PASSWORD, BOB_PASSWORD};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The seeded values: distinctive random tokens in an email and a national ID.
+struct Seed {
+    table: String,
+    email: String,
+    ssn_token: String,
+}
+
+async fn seed(name: &str) -> Seed {
+    let token = format!("tk{:016x}", rand::random::<u64>());
+    let ssn_token = format!("sn{:016x}", rand::random::<u64>());
+    let email = format!("{token}@example.com");
+    let table = format!("mask_{name}");
+    common::direct("app")
+        .await
+        .batch_execute(&format!(
+            "DROP VIEW IF EXISTS {table}_view; DROP TABLE IF EXISTS {table}, {table}_copy;\n\
+             CREATE TABLE {table} (id int PRIMARY KEY, name text, email text NOT NULL, ssn varchar(40), \
+               profile jsonb, note text);\n\
+             INSERT INTO {table} VALUES (1, 'Jane', '{email}', '{ssn_token}', \
+               jsonb_build_object('mail', '{email}'), 'card 4242 4242 4242 4242, mail other.person@example.org'), \
+               (2, 'John', 'john@example.net', '123-45-6789', '{{}}', 'nothing here');\n\
+             CREATE VIEW {table}_view AS SELECT id, name, lower(email) AS contact FROM {table};\n\
+             CREATE TABLE {table}_copy (v text);\n\
+             ALTER TABLE {table} OWNER TO app_rw; ALTER VIEW {table}_view OWNER TO app_rw;\n\
+             ALTER TABLE {table}_copy OWNER TO app_rw;\n\
+             GRANT SELECT ON {table}, {table}_view TO app_ro;"
+        ))
+        .await
+        .expect("seed");
+    Seed {
+        table,
+        email,
+        ssn_token,
+    }
+}
+
+/// Rules for `seed`: email and ssn masked for everyone but the `ops` group (bob).
+fn masking_config(seed: &Seed, audit: Option<&std::path::Path>) -> String {
+    let mut text = format!(
+        "[masking]\nhash_key = \"0123456789abcdef0123\"\n\n\
+         [[masking.rules]]\ntable = \"public.{t}\"\ncolumn = \"email\"\nstrategy = \"email\"\nexempt_groups = [\"ops\"]\n\n\
+         [[masking.rules]]\ntable = \"{t}\"\ncolumn = \"ssn\"\nstrategy = \"redact\"\nexempt_groups = [\"ops\"]\n\n\
+         [masking.detectors]\nexempt_groups = [\"ops\"]\n\n\
+         [policy]\nguardrail_exempt_groups = [\"dev\"]\n\n",
+        t = seed.table
+    );
+    if let Some(dir) = audit {
+        text.push_str(&format!("[audit]\ndir = \"{}\"\n", dir.display()));
+    }
+    text
+}
+
+/// A TCP forwarder in front of pgwarden that records every byte sent to the client.
+async fn tap(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut client_rd, mut client_wr) = client.into_split();
+                let (mut server_rd, mut server_wr) = server.into_split();
+                let up = async {
+                    let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+                    let _ = server_wr.shutdown().await;
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        use tokio::io::AsyncReadExt;
+                        let n = match server_rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if client_wr.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_wr.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn connect_via(addr: SocketAddr, user: &str, password: &str) -> tokio_postgres::Client {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname=app user={user} password={password} sslmode=disable",
+        addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the tap");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The forms of a sensitive value that must never reach a non-exempt client.
+fn forbidden_forms(value: &str) -> Vec<(String, Vec<u8>)> {
+    let reversed: String = value.chars().rev().collect();
+    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    vec![
+        ("raw".into(), value.as_bytes().to_vec()),
+        ("reversed".into(), reversed.into_bytes()),
+        ("hex".into(), hex.into_bytes()),
+        // Without padding: it may be followed by more encoded bytes.
+        (
+            "base64".into(),
+            b64.trim_end_matches('=').as_bytes()[..16].to_vec(),
+        ),
+    ]
+}
+
+fn assert_never_seen(seen: &[u8], secrets: &[&str], context: &str) {
+    for secret in secrets {
+        for (form, bytes) in forbidden_forms(secret) {
+            if let Some(at) = seen
+                .windows(bytes.len())
+                .position(|w| w == bytes.as_slice())
+            {
+                let around = &seen[at.saturating_sub(300)..(at + 100).min(seen.len())];
+                panic!(
+                    "{context}: the {form} form of a masked value reached the client, in:\n{}",
+                    String::from_utf8_lossy(around)
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
+    let seed = seed("forms").await;
+    let t = &seed.table;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let (tap_addr, seen) = tap(proxy.addr).await;
+    let alice = connect_via(tap_addr, "alice", ALICE_PASSWORD).await;
+    let token = seed.email.split('@').next().unwrap().to_owned();
+
+    // Each query runs in the simple protocol (text) and the extended one (binary results).
+    let queries = [
+        format!("SELECT email FROM {t}"),
+        format!("SELECT email AS e, ssn AS s FROM {t}"),
+        format!("SELECT c.email FROM {t} c"),
+        format!("SELECT * FROM {t}"),
+        format!("SELECT lower(email), email || 'x', substr(email, 1, 12), concat('a', email) FROM {t}"),
+        format!("SELECT format('%s', email), email::bytea, md5(email), reverse(email) FROM {t}"),
+        format!("SELECT encode(convert_to(email, 'UTF8'), 'hex'), encode(convert_to(email, 'UTF8'), 'base64') FROM {t}"),
+        format!("SELECT c FROM {t} c"),
+        format!("SELECT row_to_json(c), to_jsonb(c) FROM {t} c"),
+        format!("SELECT json_agg(c) FROM {t} c"),
+        format!("SELECT array_agg(email), string_agg(ssn, ',') FROM {t}"),
+        format!("SELECT ROW(id, email), ARRAY[email] FROM {t}"),
+        format!("SELECT (SELECT email FROM {t} WHERE id = 1)"),
+        format!("WITH x AS (SELECT email AS e FROM {t}) SELECT upper(e) FROM x"),
+        format!("SELECT s.v || '' FROM (SELECT email AS v FROM {t}) s"),
+        format!("SELECT name FROM {t} UNION ALL SELECT email FROM {t}"),
+        format!("SELECT * FROM {t}_view"),
+        format!("SELECT upper(contact) FROM {t}_view"),
+        format!("SELECT profile, profile->>'mail' FROM {t}"),
+    ];
+    for sql in &queries {
+        let rows = alice
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(!rows.is_empty(), "{sql}");
+        let rows = alice
+            .query(sql.as_str(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql} (extended): {e}"));
+        assert!(!rows.is_empty(), "{sql} (extended)");
+    }
+    // A prepared statement, executed twice (the second time without a fresh describe).
+    let prepared = alice
+        .prepare(&format!("SELECT email, id FROM {t} WHERE id = $1"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let row = alice.query_one(&prepared, &[&1i32]).await.unwrap();
+        let email: String = row.get(0);
+        assert_eq!(
+            email,
+            format!("{}***@example.com", &token[..1]),
+            "email strategy"
+        );
+    }
+    // COPY, text and CSV, of the table and of a query.
+    for copy in [
+        format!("COPY {t} TO STDOUT"),
+        format!("COPY {t} TO STDOUT WITH (FORMAT csv, HEADER)"),
+        format!("COPY {t} (email, id) TO STDOUT CSV"),
+        format!("COPY (SELECT lower(email), id FROM {t}) TO STDOUT"),
+        format!("COPY (SELECT * FROM {t}) TO STDOUT (FORMAT csv)"),
+    ] {
+        use futures_util::StreamExt;
+        let stream = alice
+            .copy_out(copy.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{copy}: {e}"));
+        let chunks: Vec<_> = stream.collect().await;
+        assert!(!chunks.is_empty(), "{copy}");
+        for chunk in chunks {
+            chunk.unwrap_or_else(|e| panic!("{copy}: {e}"));
+        }
+    }
+    // Binary COPY cannot be masked: refused.
+    {
+        use futures_util::StreamExt;
+        let result: Result<Vec<_>, _> = match alice
+            .copy_out(format!("COPY {t} TO STDOUT (FORMAT binary)").as_str())
+            .await
+        {
+            Ok(stream) => stream.collect::<Vec<_>>().await.into_iter().collect(),
+            Err(e) => Err(e),
+        };
+        let err = result.expect_err("binary COPY of masked columns is refused");
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+    }
+    // A cursor.
+    alice
+        .batch_execute(&format!(
+            "BEGIN; DECLARE cur CURSOR FOR SELECT email, lower(email) FROM {t}; FETCH ALL FROM cur; CLOSE cur; COMMIT"
+        ))
+        .await
+        .unwrap();
+    // RETURNING.
+    alice
+        .simple_query(&format!(
+            "UPDATE {t} SET name = name WHERE id = 1 RETURNING email, lower(email), ssn"
+        ))
+        .await
+        .unwrap();
+    // An error that echoes the value.
+    let err = alice
+        .simple_query(&format!("SELECT email::int FROM {t}"))
+        .await
+        .expect_err("not an integer");
+    assert_eq!(sqlstate(&err).as_deref(), Some("22P02"));
+    // RAISE NOTICE in a DO block: the message is withheld.
+    alice
+        .batch_execute(&format!(
+            "DO $$ BEGIN RAISE NOTICE 'found %', (SELECT email FROM {t} WHERE id = 1); END $$"
+        ))
+        .await
+        .unwrap();
+    // pg_notify of a masked value is a write derived from it: held for approval, and with
+    // no [approvals] configured, refused.
+    alice.batch_execute("LISTEN masked_channel").await.unwrap();
+    let err = alice
+        .simple_query(&format!(
+            "SELECT pg_notify('masked_channel', email) FROM {t}"
+        ))
+        .await
+        .expect_err("derived write");
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+    // A notification from another session carrying the value: the detectors mask it.
+    common::direct("app")
+        .await
+        .batch_execute(&format!("NOTIFY masked_channel, 'contact {}'", seed.email))
+        .await
+        .unwrap();
+    alice.simple_query("SELECT 1").await.unwrap();
+    // The connection is still healthy after all of it.
+    let n: i64 = alice
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "count(*) is not derived from a masked column");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_never_seen(&seen, &[&seed.email, &token, &seed.ssn_token], "alice");
+    // Detectors: the unconfigured `note` column had a card number and an email.
+    assert!(
+        !seen.windows(19).any(|w| w == b"4242 4242 4242 4242"),
+        "card number"
+    );
+    assert!(
+        !seen.windows(25).any(|w| w == b"other.person@example.org"),
+        "email in note"
+    );
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("message withheld by pgwarden"),
+        "RAISE NOTICE withheld"
+    );
+    assert!(text.contains("Jane"), "unmasked columns pass: {text:.400}");
+
+    // bob (group ops) is exempt and sees the real values.
+    let bob = proxy.connect("bob", BOB_PASSWORD).await;
+    let row = bob
+        .query_one(
+            &format!("SELECT email, ssn, note FROM {t} WHERE id = 1"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), seed.email);
+    assert_eq!(row.get::<_, String>(1), seed.ssn_token);
+    assert!(row.get::<_, String>(2).contains("4242 4242 4242 4242"));
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_keep_their_types_and_the_audit_counts_them() {
+    let seed = seed("types").await;
+    let t = &seed.table;
+    let dir = audit_dir("masking-types");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, Some(&dir)),
+        ..Default::default()
+    })
+    .await;
+    let alice = proxy.alice().await;
+    // Binary results through tokio-postgres decode into their Rust types.
+    let row = alice
+        .query_one(
+            &format!("SELECT email, ssn, profile, lower(email), id FROM {t} WHERE id = 1"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let email: String = row.get(0);
+    assert!(email.ends_with("***@example.com"), "{email}");
+    assert_eq!(row.get::<_, String>(1), "****");
+    let profile: serde_json::Value = row.get(2);
+    assert!(
+        !profile.to_string().contains(&seed.email),
+        "the detectors mask inside JSON"
+    );
+    assert_eq!(row.get::<_, String>(3), "****", "derived column");
+    assert_eq!(row.get::<_, i32>(4), 1);
+    // A write derived from a masked column is refused (approve without [approvals]).
+    let err = alice
+        .execute(&format!("INSERT INTO {t}_copy SELECT email FROM {t}"), &[])
+        .await
+        .expect_err("derived write");
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
+    // Filtering on a masked column runs, and is flagged in the audit record.
+    alice
+        .query(&format!("SELECT id FROM {t} WHERE email LIKE 'tk%'"), &[])
+        .await
+        .unwrap();
+    proxy.shutdown(Duration::from_secs(5)).await;
+
+    let records = all_records(&dir);
+    let result = records
+        .iter()
+        .find(|r| r["type"] == "statement.result" && r["masked"]["values"].as_u64() == Some(3))
+        .unwrap_or_else(|| {
+            panic!("a result with 3 masked values (email, ssn, lower(email)): {records:#?}")
+        });
+    let columns = result["masked"]["columns"].to_string();
+    assert!(columns.contains(&format!("public.{t}.email")), "{columns}");
+    assert!(columns.contains("(computed)"), "{columns}");
+    assert!(result["masked"]["detected"]["email"].as_u64().is_some());
+    assert!(records
+        .iter()
+        .any(|r| r["type"] == "statement" && r["masked_filters"] == serde_json::json!(["email"])));
+    let log =
+        std::fs::read_to_string(dir.read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert!(!log.contains(&seed.email), "never a value in the audit log");
+}
