@@ -204,6 +204,9 @@ fn demo_config(
     issuer: &DevIssuer,
     dir: &Path,
 ) -> Result<String, DemoError> {
+    // The key of the `hash` strategy: masked values stay stable (joinable) across restarts.
+    let masking_key = dir.join("masking.key");
+    write(&masking_key, &crate::testbed::random_password())?;
     let mut text = format!(
         "# Written by `pgwarden demo`; see config/example.toml for every key.\n\
          [server]\nlisten = \"{listen}\"\n\n\
@@ -220,6 +223,13 @@ fn demo_config(
          # (DELETE without WHERE is refused outright).\n\
          [[policy.rules]]\nid = \"orders-deletes-need-a-dba\"\ngroups = [\"developers\"]\nstatements = [\"delete\"]\ntables = [\"orders\"]\naction = \"approve\"\nrequire_intent = true\nmessage = \"deleting orders needs a DBA's approval\"\n\n\
          [approvals]\napprover_groups = [\"dba\"]\ntimeout = \"10m\"\n\n\
+         # Customers' personal data is masked for everyone but pii-readers; the detectors\n\
+         # (on by default) catch personal data in any other column.\n\
+         [masking]\nhash_key = \"file:{masking_key}\"\nexempt_groups = [\"pii-readers\"]\n\n\
+         [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"email\"\nstrategy = \"email\"\n\n\
+         [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"card_number\"\nstrategy = \"partial\"\nkeep = 4\n\n\
+         [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"ssn\"\nstrategy = \"redact\"\n\n\
+         [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"phone\"\nstrategy = \"hash\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         certs.server_cert.display(),
         certs.server_key.display(),
@@ -231,6 +241,7 @@ fn demo_config(
         bot = SERVICE_ACCOUNT.0,
         verifier = hash_password(SERVICE_ACCOUNT.1.as_bytes()),
         bot_group = SERVICE_ACCOUNT.2,
+        masking_key = masking_key.display(),
     );
     for role in UPSTREAM_ROLES {
         // The upstream password lives in a file only pgwarden reads.
@@ -296,7 +307,8 @@ Or skip the browser with the ready-made tokens (valid 8 hours):
 
 Things to try as dev:
 
-    SELECT full_name, email, card_number FROM customers LIMIT 5;
+    SELECT full_name, email, phone, card_number, ssn FROM customers LIMIT 5;   -- masked
+    SELECT lower(email), row_to_json(c) FROM customers c LIMIT 2;             -- masked too
     \d customers
     \copy orders TO 'orders.csv' CSV HEADER
     DELETE FROM orders;           -- refused by pgwarden: no WHERE (rule guardrail.no-where)
@@ -304,6 +316,10 @@ Things to try as dev:
     DELETE FROM orders WHERE id = 1;   -- refused: say why first (rule orders-deletes-need-a-dba)
     SET pgwarden.intent = 'DEMO-1: duplicate order';
     DELETE FROM orders WHERE id = 1;   -- held: waits for a DBA, pgwarden prints the request id
+
+The DBA is a pii-reader and sees the real values:
+
+    PGPASSWORD="$(cat {dba_token})" psql "host={host} port={port} dbname=shop user=app_ro sslmode=require" -c 'SELECT full_name, email, card_number FROM customers LIMIT 5'
 
 While dev's DELETE waits, approve it as the DBA from a second terminal:
 
@@ -382,6 +398,32 @@ async fn smoke(
         return Err(DemoError::Smoke("no customers through pgwarden".into()));
     }
     println!("smoke test passed: {count} customers through pgwarden, signed in as dev@example.com");
+    // Masking: dev sees the shape of the customers' PII, the DBA (a pii-reader) the values.
+    let query =
+        "SELECT email || ' ' || coalesce(card_number, '') FROM customers ORDER BY id LIMIT 1";
+    let masked = psql(addr, ca, "dev@example.com", &token, query).await?;
+    let real = psql(addr, ca, "app_ro", &read("dba")?, query).await?;
+    let real_email = real.split_whitespace().next().unwrap_or_default();
+    if !real_email.contains('@') || masked.contains(real_email) {
+        return Err(DemoError::Smoke(
+            "customers' PII was not masked for dev, or not visible to the DBA".into(),
+        ));
+    }
+    let masked = psql(
+        addr,
+        ca,
+        "dev@example.com",
+        &token,
+        "SELECT email FROM customers ORDER BY id LIMIT 1",
+    )
+    .await?;
+    if !masked.trim().contains("***@") {
+        return Err(DemoError::Smoke("dev's email column was not masked".into()));
+    }
+    println!(
+        "smoke test passed: customers' PII masked for dev ({}), visible to the DBA",
+        masked.trim()
+    );
     let count = psql(
         addr,
         ca,

@@ -12,9 +12,12 @@
 //! | [`auth`] | identities; front-door methods (OIDC tokens as password or OAUTHBEARER, local SCRAM users); OIDC discovery, keys and token verification; `[[access]]` rules; sign-in rate limiting |
 //! | [`upstream`] | logging in to PostgreSQL as the granted role; proxy-issued cancel keys |
 //! | [`session`] | one connection's life: handshake, the relay loop, statement flow, shutdown phases |
-//! | [`sql`] | statement analysis with PostgreSQL's parser: facts, fingerprint, normalized text |
+//! | [`sql`] | statement analysis with PostgreSQL's parser: facts, column lineage, fingerprint, normalized text |
 //! | [`policy`] | the rules and guardrails that decide each statement; session settings |
-//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz` |
+//! | [`approvals`] | statements held for approval: requests, answers, grants; the CLI client |
+//! | [`masking`] | masking rules resolved through the catalog, strategies, content detectors, rewriting what reaches the client |
+//! | [`metrics`] | the Prometheus registry behind `/metrics` |
+//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, the approvals API |
 //! | [`login`] | the client side: `pgwarden login` (device flow), `token`, `psql` |
 //! | [`testbed`] | throwaway PostgreSQL servers and a development OIDC issuer, for the demo, tests and benchmarks |
 //! | [`demo`] | `pgwarden demo` |
@@ -33,7 +36,8 @@
 //!    audited in [`session::flow`] and, when allowed, its raw bytes are copied upstream
 //!    unchanged.
 //! 4. Server frames come back the same way: scanned in place (ReadyForQuery, ParameterStatus
-//!    and errors update [`session::state::SessionState`]) and copied to the client in batches.
+//!    and errors update [`session::state::SessionState`]), masked where the identity may not
+//!    see a value ([`masking::rewrite`]), and copied to the client in batches.
 //! 5. Logins, failed logins and session ends are recorded by the [`audit`] writer; a session
 //!    starts only once its `session.start` record is accepted.
 

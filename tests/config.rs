@@ -13,8 +13,13 @@ fn example_in_temp_dir(test: &str) -> (std::path::PathBuf, String) {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml"))
             .unwrap();
-    // PATH is always set: stands in for APP_RW_PASSWORD without touching the environment.
-    (dir, text.replace("env:APP_RW_PASSWORD", "env:PATH"))
+    // PATH is always set: stands in for APP_RW_PASSWORD and PGWARDEN_MASKING_KEY without
+    // touching the environment.
+    (
+        dir,
+        text.replace("env:APP_RW_PASSWORD", "env:PATH")
+            .replace("env:PGWARDEN_MASKING_KEY", "env:PATH"),
+    )
 }
 
 #[test]
@@ -37,6 +42,12 @@ fn the_example_config_is_valid() {
     let audit = config.audit.as_ref().unwrap();
     assert_eq!(audit.dir, dir.join("audit"));
     assert!(audit.signing_key.is_some());
+    assert_eq!(config.masking.rules.len(), 2);
+    assert_eq!(
+        config.masking.rules[1].strategy,
+        pgwarden::masking::Strategy::Partial { keep: 4 }
+    );
+    assert_eq!(config.masking.detectors.enabled.len(), 6);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -136,5 +147,47 @@ fn oidc_issuers_must_be_https_unless_a_loopback_development_issuer() {
         .replace("https://idp.example.com", "http://127.0.0.1:5556")
         .replace("# allow_http = false", "allow_http = true");
     Config::from_toml(&path, &loopback).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn masking_rules_are_checked_with_the_key_named() {
+    let (dir, text) = example_in_temp_dir("masking");
+    let path = dir.join("example.toml");
+    let cases = [
+        (
+            text.replace("hash_key = \"env:PATH\"", "# no key")
+                .replace("strategy = \"email\"", "strategy = \"hash\""),
+            "masking.hash_key",
+            "needs a key",
+        ),
+        (
+            text.replace(
+                "table = \"public.customers\"",
+                "table = \"public.cust'omers\"",
+            ),
+            "masking.rules[0].table",
+            "not a plain name",
+        ),
+        (
+            text.replace("strategy = \"email\"", "strategy = \"email\"\nkeep = 2"),
+            "masking.rules[0].keep",
+            "only the \"partial\" strategy",
+        ),
+        (
+            text.replace("strategy = \"email\"", "strategy = \"scramble\""),
+            "scramble",
+            "unknown variant",
+        ),
+        (
+            text.replace("\"phone\", \"iban\"", "\"phone\", \"passport\""),
+            "passport",
+            "unknown variant",
+        ),
+    ];
+    for (bad, key, message) in cases {
+        let err = Config::from_toml(&path, &bad).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(message), "{key}: {err}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -396,3 +396,64 @@ async fn masked_values_keep_their_types_and_the_audit_counts_them() {
         std::fs::read_to_string(dir.read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
     assert!(!log.contains(&seed.email), "never a value in the audit log");
 }
+
+/// libpq-style extended protocol (Bind, Describe portal, Execute) and a client that never
+/// describes (Bind, Execute): the rows are masked either way, and the client sees exactly
+/// the RowDescriptions it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_with_and_without_a_describe_of_the_portal() {
+    use common::wire::{alice_login, error_fields, read_message};
+    use postgres_protocol::message::frontend;
+    let seed = seed("wire").await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    alice_login(&mut stream).await;
+    for describe in [true, false] {
+        let mut out = bytes::BytesMut::new();
+        let sql = format!("SELECT id, email FROM {} WHERE id = 1", seed.table);
+        frontend::parse("", &sql, std::iter::empty(), &mut out).unwrap();
+        // Results in binary: id as int4, email as text bytes.
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<&[u8]>>(),
+            |_: Option<&[u8]>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() },
+            [1i16],
+            &mut out,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        if describe {
+            frontend::describe(b'P', "", &mut out).unwrap();
+        }
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let mut descriptions = 0;
+        let mut rows = Vec::new();
+        loop {
+            let (tag, body) = read_message(&mut stream).await;
+            match tag {
+                b'T' => descriptions += 1,
+                b'D' => rows.push(body),
+                b'E' => panic!("{:?}", error_fields(&body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        assert_eq!(descriptions, usize::from(describe), "describe = {describe}");
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        // 2 columns; id: length 4, value 1 (binary int4); then the masked email.
+        assert_eq!(&row[..10], &[0, 2, 0, 0, 0, 4, 0, 0, 0, 1]);
+        let email = String::from_utf8_lossy(&row[14..]);
+        assert!(email.ends_with("***@example.com"), "{email}");
+        assert_never_seen(row, &[&seed.email], "raw extended protocol");
+    }
+    proxy.shutdown(Duration::from_secs(5)).await;
+}

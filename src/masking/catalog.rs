@@ -89,6 +89,18 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// A resolution with these masked columns (each relation named by its OID only): for
+    /// tests and benchmarks that do not read a real catalog.
+    pub fn with_masked_columns(columns: HashMap<(u32, i16), Masked>) -> Self {
+        let oids = columns.keys().map(|(oid, _)| *oid).collect();
+        Self {
+            columns,
+            oids,
+            loaded: Some(Instant::now()),
+            ..Self::default()
+        }
+    }
+
     /// A name (column, relation, alias target) that is sensitive for lineage.
     pub fn sensitive_name(&self, name: &str) -> bool {
         self.names.contains(name) || self.relations.contains(name)
@@ -101,6 +113,11 @@ impl Catalog {
         let lower = written.to_lowercase();
         let relation = lower.rsplit('.').next().unwrap_or(&lower);
         self.relations.contains(relation)
+    }
+
+    /// Whether `rule` was part of this resolution (it applies to the database).
+    pub fn covers(&self, rule: &Rule) -> bool {
+        self.rules.contains(rule)
     }
 
     /// Older than `refresh`: time to reload.

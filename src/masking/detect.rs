@@ -85,6 +85,14 @@ impl Hits {
     }
 }
 
+/// `text` with what any detector finds masked by its default strategy (`None`: nothing
+/// found) — for free text pgwarden itself records, such as intents and sqlcommenter tags.
+pub fn scrub(text: &str) -> Option<String> {
+    static ALL: std::sync::OnceLock<Detectors> = std::sync::OnceLock::new();
+    ALL.get_or_init(Detectors::default)
+        .mask(text, &[], &mut Hits::default())
+}
+
 impl Detectors {
     pub fn none() -> Self {
         Self {

@@ -108,6 +108,8 @@ pub struct Masking {
     rules: Arc<[Rule]>,
     /// Per rule: whether it masks for this identity.
     active: Vec<bool>,
+    /// Some rule masks something for this identity in this database.
+    rules_apply: bool,
     detectors: Detectors,
     key: Arc<[u8]>,
     /// The plan of the result in progress.
@@ -145,17 +147,22 @@ impl Masking {
             .map(|r| !settings.exempt_from_rule(identity, r))
             .collect();
         let detectors = settings.detectors_for(identity);
-        let any_rule = catalog
-            .columns
-            .values()
-            .any(|m| active.get(m.rule).copied().unwrap_or(true));
+        // A rule whose table does not exist yet still counts: it may be created later in
+        // the session, which then reloads the catalog.
+        let any_rule = settings
+            .rules
+            .iter()
+            .zip(&active)
+            .any(|(rule, active)| *active && catalog.covers(rule));
         if !any_rule && detectors.enabled.is_empty() {
             return None;
         }
+        let rules_apply = rules_apply(&catalog, &active);
         Some(Self {
             catalog,
             rules: settings.rules.clone().into(),
             active,
+            rules_apply,
             detectors,
             key: settings.hash_key.clone().into(),
             plan: None,
@@ -169,10 +176,7 @@ impl Masking {
     /// Whether any rule masks something for this identity here (and so the gate's derived
     /// write and filter checks apply).
     pub fn has_rules(&self) -> bool {
-        self.catalog
-            .columns
-            .values()
-            .any(|m| self.active.get(m.rule).copied().unwrap_or(true))
+        self.rules_apply
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -181,6 +185,7 @@ impl Masking {
 
     /// The catalog was refreshed.
     pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.rules_apply = rules_apply(&catalog, &self.active);
         self.catalog = catalog;
     }
 
@@ -597,6 +602,14 @@ impl Masking {
         out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
         true
     }
+}
+
+/// Whether a masked column of `catalog` is masked by a rule active for the identity.
+fn rules_apply(catalog: &Catalog, active: &[bool]) -> bool {
+    catalog
+        .columns
+        .values()
+        .any(|m| active.get(m.rule).copied().unwrap_or(true))
 }
 
 /// The masked form of one non-NULL value: `None` when it stays as it is, `Some(None)` for

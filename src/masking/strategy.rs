@@ -8,9 +8,7 @@ pub enum Strategy {
     /// A fixed mask: `****`.
     Redact,
     /// Keep the last `keep` characters, star the rest: `************4242`.
-    Partial {
-        keep: usize,
-    },
+    Partial { keep: usize },
     /// Keep the first character and the domain: `j***@example.com`.
     Email,
     /// Keyed HMAC-SHA256, hex, stable across sessions (so masked values still join and group).

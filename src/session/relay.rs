@@ -209,6 +209,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         describe_first: None,
         masked_frame: BytesMut::new(),
         copy_in: false,
+        described_portal: None,
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();

@@ -295,6 +295,9 @@ pub fn intent(text: &str) -> Option<String> {
     if text.is_empty() {
         return None;
     }
+    // Intents go to the audit log and to approvers: personal data in them is masked.
+    let scrubbed = crate::masking::detect::scrub(text);
+    let text = scrubbed.as_deref().unwrap_or(text);
     if text.chars().count() <= MAX_INTENT {
         return Some(text.to_owned());
     }
@@ -328,6 +331,16 @@ pub fn parse_search_path(text: &str, role: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn intents_are_trimmed_capped_and_scrubbed_of_personal_data() {
+        assert_eq!(intent("  "), None);
+        assert_eq!(
+            intent(" INC-1: refund jane.doe@example.com ").as_deref(),
+            Some("INC-1: refund j***@example.com")
+        );
+        assert!(intent(&"x".repeat(600)).unwrap().ends_with('…'));
+    }
+
     use super::*;
     use crate::protocol::views::bind;
 

@@ -376,6 +376,33 @@ mod tests {
     }
 
     #[test]
+    fn syncs_sent_during_copy_in_are_ignored_once_the_copy_starts() {
+        // tokio-postgres: Bind, Execute, Sync, CopyData…, CopyDone, Sync; the server ignores
+        // the first Sync because copy-in began.
+        let mut t = Tracker::default();
+        t.push(Expect::Bind, None);
+        t.push(Expect::HiddenDescribe, None);
+        t.push(Expect::Execute, run(1));
+        t.push_sync_in_copy();
+        // CopyDone ends copy-in mode: the next Sync counts.
+        t.push(Expect::Sync, None);
+        t.push(Expect::Describe, None);
+        assert_eq!(t.on_server(b'2', b""), Rewrite::Keep);
+        assert_eq!(
+            t.on_server(b'n', b""),
+            Rewrite::Drop,
+            "pgwarden's own Describe"
+        );
+        t.on_server(b'G', b"");
+        t.on_server(b'C', b"COPY 3\0");
+        t.on_server(b'Z', b"I");
+        assert_eq!(t.finished.len(), 1);
+        // The client's Describe that followed is answered next, not swallowed.
+        assert_eq!(t.on_server(b'n', b""), Rewrite::Keep);
+        assert!(t.queue.is_empty());
+    }
+
+    #[test]
     fn executes_skipped_after_an_error_are_marked() {
         let mut t = Tracker::default();
         t.push(Expect::Bind, None);

@@ -68,6 +68,8 @@ pub fn parse(body: &str) -> Option<Tags> {
         if value.len() > MAX_VALUE || tags.len() >= MAX_PAIRS {
             return None;
         }
+        // Tags go to the audit log: personal data in them is masked like any other.
+        let value = crate::masking::detect::scrub(&value).unwrap_or(value);
         tags.insert(key, value);
         rest = after.trim_start()[end + 1..].trim_start();
         match rest.strip_prefix(',') {

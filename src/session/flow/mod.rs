@@ -87,6 +87,9 @@ pub struct Flow<'a> {
     /// An Execute of COPY FROM STDIN went out and its CopyDone/CopyFail has not: Syncs sent
     /// meanwhile may be ignored by the server.
     pub copy_in: bool,
+    /// The client's previous message was a Describe of this portal: its RowDescription comes
+    /// right before the rows of an Execute of it, so pgwarden need not describe it again.
+    pub described_portal: Option<Vec<u8>>,
 }
 
 /// What a client declared about a statement.
@@ -261,6 +264,7 @@ impl Flow<'_> {
         body: &[u8],
         ending: &mut Option<Ending>,
     ) -> Result<Verdict, SessionError> {
+        let described_portal = self.described_portal.take();
         match header.tag {
             b'Q' => {
                 let sql = views::query(body)?;
@@ -373,10 +377,12 @@ impl Flow<'_> {
             b'D' => {
                 let (target, name) = views::target(body, "Describe message")?;
                 let analysis = match target {
-                    views::Target::Portal => self
-                        .state
-                        .portal_statement(name)
-                        .and_then(|(_, prepared)| prepared.and_then(|p| p.analysis.clone())),
+                    views::Target::Portal => {
+                        self.described_portal = Some(name.to_vec());
+                        self.state
+                            .portal_statement(name)
+                            .and_then(|(_, prepared)| prepared.and_then(|p| p.analysis.clone()))
+                    }
                     _ => None,
                 };
                 self.tracker.push_for(Expect::Describe, None, analysis);
@@ -473,7 +479,7 @@ impl Flow<'_> {
                             self.state
                                 .on_sql_statements(&analysis.statements, self.role);
                         }
-                        if self.masking.is_some() {
+                        if self.masking.is_some() && described_portal.as_deref() != Some(portal) {
                             self.tracker
                                 .push_for(Expect::HiddenDescribe, None, results_of.clone());
                             self.describe_first = Some(portal.to_vec());
