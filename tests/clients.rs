@@ -349,7 +349,15 @@ fn number_after(text: &str, prefix: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_initializes_and_runs_in_every_query_mode() {
-    let proxy = Proxy::default().await;
+    // With masking on (a rule on a column the workload does not read, the detectors on),
+    // and a short catalog refresh so the tables made through another pgwarden are seen.
+    let proxy = Proxy::start(common::ProxyOptions {
+        extra: "[masking]\ncatalog_refresh = \"1s\"\n\n\
+                [[masking.rules]]\ntable = \"pgbench_accounts\"\ncolumn = \"filler\"\nstrategy = \"redact\"\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
     // `pgbench -i` starts with DROP TABLE: the default guardrails refuse it, by rule id…
     let port = proxy.port().to_string();
     let refused = common::run_tool(
@@ -414,6 +422,16 @@ action = "allow"
         &psql_as_alice(&proxy, &["-At", "-c", check], &[]).await,
     );
     assert_eq!(text, format!("{processed}|t\n"));
+    let filler = success(
+        "read a masked column",
+        &psql_as_alice(
+            &proxy,
+            &["-At", "-c", "SELECT filler FROM pgbench_accounts LIMIT 1"],
+            &[],
+        )
+        .await,
+    );
+    assert_eq!(filler, "****\n", "the masking rule applied");
     // The other built-in scripts pass the default policy too (after the check: they move
     // balances without keeping tellers and branches in step).
     for (script, mode) in [("select-only", "simple"), ("simple-update", "extended")] {

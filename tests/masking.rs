@@ -257,6 +257,14 @@ async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
         ))
         .await
         .unwrap();
+    // SQL-level PREPARE / EXECUTE.
+    alice
+        .batch_execute(&format!(
+            "PREPARE by_id AS SELECT email, upper(email) FROM {t} WHERE id = $1"
+        ))
+        .await
+        .unwrap();
+    alice.batch_execute("EXECUTE by_id(1)").await.unwrap();
     // RETURNING.
     alice
         .simple_query(&format!(
@@ -342,7 +350,7 @@ async fn masked_values_keep_their_types_and_the_audit_counts_them() {
     let t = &seed.table;
     let dir = audit_dir("masking-types");
     let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, Some(&dir)),
+        extra: masking_config(&seed, Some(&dir)) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         ..Default::default()
     })
     .await;
@@ -365,6 +373,28 @@ async fn masked_values_keep_their_types_and_the_audit_counts_them() {
     );
     assert_eq!(row.get::<_, String>(3), "****", "derived column");
     assert_eq!(row.get::<_, i32>(4), 1);
+    // /metrics counts them, by rule and by detector.
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+    let fetcher =
+        pgwarden::net::http::Fetcher::new(None, Duration::from_secs(10), 1 << 20).unwrap();
+    let response = fetcher
+        .fetch(
+            openidconnect::http::Request::builder()
+                .uri(format!("http://{admin}/metrics"))
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(response.body().clone()).unwrap();
+    assert!(
+        metrics.contains("pgwarden_masked_values_total{by=\"rule\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgwarden_masked_values_total{by=\"email\"} 1"),
+        "{metrics}"
+    );
     // A write derived from a masked column is refused (approve without [approvals]).
     let err = alice
         .execute(&format!("INSERT INTO {t}_copy SELECT email FROM {t}"), &[])
@@ -455,5 +485,50 @@ async fn extended_protocol_with_and_without_a_describe_of_the_portal() {
         assert!(email.ends_with("***@example.com"), "{email}");
         assert_never_seen(row, &[&seed.email], "raw extended protocol");
     }
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Strict deployments: filtering on a masked column is refused, not just recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtering_on_a_masked_column_can_be_refused() {
+    let seed = seed("filters").await;
+    let t = &seed.table;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None).replace(
+            "[masking]\n",
+            "[masking]\nmasked_filters = \"deny\"\nderived_writes = \"allow\"\n",
+        ),
+        ..Default::default()
+    })
+    .await;
+    let alice = proxy.alice().await;
+    for sql in [
+        format!("SELECT id FROM {t} WHERE email LIKE 'tk%'"),
+        format!("SELECT count(*) FROM {t} GROUP BY ssn"),
+        format!("SELECT id FROM {t} ORDER BY email"),
+    ] {
+        let err = alice.simple_query(&sql).await.expect_err(&sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{sql}: {err}");
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(message.contains("masking.masked_filters"), "{message}");
+    }
+    // Not a filter on a masked column: runs. And with derived_writes = "allow", a copy of
+    // masked values is the operator's call.
+    alice
+        .simple_query(&format!("SELECT email FROM {t} WHERE id = 1"))
+        .await
+        .unwrap();
+    alice
+        .execute(&format!("INSERT INTO {t}_copy SELECT email FROM {t}"), &[])
+        .await
+        .unwrap();
+    // The exempt identity is not restricted.
+    let bob = proxy.connect("bob", BOB_PASSWORD).await;
+    bob.simple_query(&format!("SELECT id FROM {t} WHERE email LIKE 'tk%'"))
+        .await
+        .unwrap();
     proxy.shutdown(Duration::from_secs(5)).await;
 }
