@@ -121,7 +121,9 @@ fn masking(rules: bool, detectors: bool) -> Masking {
         &identity,
     )
     .expect("masking applies");
-    masking.on_row_description(&row_description(), Source::Unknown);
+    masking
+        .on_row_description(&row_description(), Source::Unknown)
+        .expect("a well-formed RowDescription");
     masking
 }
 
@@ -142,7 +144,8 @@ fn bench_data_rows(c: &mut Criterion) {
                 out.clear();
                 let mut rewritten = 0;
                 for row in &rows {
-                    rewritten += usize::from(masking.data_row(std::hint::black_box(row), &mut out));
+                    let changed = masking.data_row(std::hint::black_box(row), &mut out);
+                    rewritten += usize::from(changed == Ok(true));
                 }
                 rewritten
             })

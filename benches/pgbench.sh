@@ -20,6 +20,9 @@
 #              (fsync = batch; a statement record before and a result record after every
 #              statement) and a masking rule on a table the workload does not touch,
 #              reported against the audit-less pgwarden, and verify its log at the end [1]
+#   BULK_ROWS  rows of a table read whole with one SELECT through each target (direct,
+#              pgwarden without masking, pgwarden masking one column of every row and
+#              scanning the text columns with the detectors); 0 skips it [1000000]
 #   PGBOUNCER  1: also measure pgbouncer (session pooling, SCRAM both ways; installed by
 #              scripts/deps.sh --with-pgbouncer) as a reference for what any extra hop
 #              costs on this machine [1 if pgbouncer is installed, else 0]
@@ -202,11 +205,14 @@ say "pgbench -i -s $SCALE"
     cat "$tmp/pgbench-init.log" >&2
     die "pgbench -i failed"
   }
-# A table with a masked column, which the workload never reads (masking's per-result cost
-# without masked values; the content detectors are on by default in every pgwarden).
+# A table with a masked column, which the pgbench workload never reads (masking's
+# per-result cost without masked values), and which the bulk SELECT reads whole.
+BULK_ROWS=${BULK_ROWS:-1000000}
+say "pii_customers: $BULK_ROWS rows"
 "$psql" -X -q -h 127.0.0.1 -p "$pg_port" -U "$BENCH_USER" -d "$BENCH_DB" \
-  -c 'CREATE TABLE IF NOT EXISTS pii_customers (id int PRIMARY KEY, email text)' >/dev/null ||
-  die "cannot create pii_customers"
+  -c 'CREATE TABLE pii_customers (id int PRIMARY KEY, full_name text, email text)' \
+  -c "INSERT INTO pii_customers SELECT g, 'Customer number ' || g, 'customer.' || g || '@example.com' FROM generate_series(1, $BULK_ROWS) g" \
+  >/dev/null || die "cannot create pii_customers"
 
 # --- pgwarden ----------------------------------------------------------------
 
@@ -281,7 +287,9 @@ EOF
 }
 
 proxy_port=$(free_port) || die "no free port"
-start_pgwarden "$proxy_port" "" plain
+# The relay alone: no audit, no masking (the content detectors are on by default).
+start_pgwarden "$proxy_port" "[masking.detectors]
+enabled = []" plain
 plain_pid=$started_pid
 
 AUDIT=${AUDIT:-1}
@@ -369,6 +377,15 @@ median1() { # like median, one decimal
     }'
 }
 
+median_secs() { # like median, three decimals
+  printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
+    awk '{ a[NR] = $1 } END {
+      if (NR == 0) print "fail"
+      else if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]
+      else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
+    }'
+}
+
 median() {
   printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
     awk '{ a[NR] = $1 } END {
@@ -412,6 +429,48 @@ for mode in $MODES; do
     done
   done
 done
+
+# --- bulk SELECT ------------------------------------------------------------------
+
+# Seconds for psql to fetch the whole of pii_customers through port $1, or "fail".
+bulk_one() { # port
+  local start end
+  start=$(date +%s.%N)
+  if "$psql" -X -q -A -t -o /dev/null -h 127.0.0.1 -p "$1" -U "$BENCH_USER" -d "$BENCH_DB" \
+    -c 'SELECT * FROM pii_customers' 2>>"$raw"; then
+    end=$(date +%s.%N)
+    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", b - a }'
+  else
+    echo fail
+  fi
+}
+
+declare -A bulk
+bulk_targets=(direct pgwarden)
+if ((AUDIT)); then bulk_targets+=(audit); fi
+if ((BULK_ROWS > 0)); then
+  for ((r = 1; r <= ROUNDS; r++)); do
+    line="bulk SELECT round $r/$ROUNDS:"
+    for target in "${bulk_targets[@]}"; do
+      secs=$(bulk_one "${port[$target]}")
+      [[ $secs == fail ]] && failures=$((failures + 1))
+      bulk[$target]+=" $secs"
+      line+=" $target ${secs}s"
+    done
+    say "$line"
+  done
+  # The masking pgwarden really masked: its result differs from the direct one.
+  direct_row=$("$psql" -X -q -A -t -h 127.0.0.1 -p "$pg_port" -U "$BENCH_USER" -d "$BENCH_DB" \
+    -c 'SELECT email FROM pii_customers WHERE id = 1')
+  if ((AUDIT)); then
+    masked_row=$("$psql" -X -q -A -t -h 127.0.0.1 -p "$audit_port" -U "$BENCH_USER" -d "$BENCH_DB" \
+      -c 'SELECT email FROM pii_customers WHERE id = 1')
+    if [[ $masked_row == "$direct_row" ]]; then
+      failures=$((failures + 1))
+      say "bulk SELECT: the masking pgwarden returned the real email"
+    fi
+  fi
+fi
 
 # --- report --------------------------------------------------------------------
 
@@ -465,6 +524,22 @@ fi
       echo "$row"
     done
   done
+  if ((BULK_ROWS > 0)); then
+    echo
+    echo "bulk SELECT * of $BULK_ROWS rows (id, full_name, email) with psql, median seconds:"
+    # shellcheck disable=SC2086
+    bd=$(median_secs ${bulk[direct]})
+    # shellcheck disable=SC2086
+    bp=$(median_secs ${bulk[pgwarden]})
+    line=$(printf '  direct %ss, pgwarden without masking %ss (%s)' "$bd" "$bp" "$(ratio "$bd" "$bp")")
+    if ((AUDIT)); then
+      # shellcheck disable=SC2086
+      ba=$(median_secs ${bulk[audit]})
+      line+=$(printf ', all features (email masked in every row, detectors on) %ss (%s)' "$ba" "$(ratio "$bd" "$ba")")
+    fi
+    echo "$line"
+    echo "  (ratio: direct time / time, 1.00 = as fast as direct)"
+  fi
   if [[ -n $audit_line ]]; then
     echo
     echo "$audit_line"

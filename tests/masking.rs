@@ -532,3 +532,70 @@ async fn filtering_on_a_masked_column_can_be_refused() {
         .unwrap();
     proxy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A reload that adds a rule applies to the next statement of sessions already open, and
+/// a table created after the session started is masked once it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_added_by_a_reload_and_tables_created_later_are_masked_in_open_sessions() {
+    let seed = seed("reload").await;
+    let t = &seed.table;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: "[policy]\nguardrail_exempt_groups = [\"dev\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let alice = proxy.alice().await;
+    let ssn = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let query = format!("SELECT ssn FROM {t} WHERE id = 1");
+    assert_eq!(
+        ssn(alice.simple_query(&query).await.unwrap()),
+        seed.ssn_token,
+        "no rule yet"
+    );
+
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let later = format!("{t}_later");
+    let rules = masking_config(&seed, None)
+        .replace("[policy]\nguardrail_exempt_groups = [\"dev\"]\n\n", "")
+        + &format!(
+            "[[masking.rules]]\ntable = \"{later}\"\ncolumn = \"secret\"\nstrategy = \"redact\"\n"
+        );
+    std::fs::write(&proxy.config_path, format!("{text}\n{rules}")).unwrap();
+    proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&proxy.config_path)
+        .await
+        .unwrap();
+    assert_eq!(
+        ssn(alice.simple_query(&query).await.unwrap()),
+        "****",
+        "after the reload"
+    );
+
+    // A table the rule names, created in this session: masked from the next statement.
+    alice
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {later}; CREATE TABLE {later} (secret text); INSERT INTO {later} VALUES ('{}')",
+            seed.ssn_token
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        ssn(alice
+            .simple_query(&format!("SELECT secret FROM {later}"))
+            .await
+            .unwrap()),
+        "****",
+        "the DDL reloaded the catalog"
+    );
+    proxy.shutdown(Duration::from_secs(5)).await;
+}

@@ -125,14 +125,6 @@ impl Catalog {
         self.loaded.is_none_or(|at| at.elapsed() >= refresh)
     }
 
-    /// Resolved for the rules `rules` has for `database`.
-    pub fn rules_match(&self, rules: &[Rule], database: &str) -> bool {
-        rules
-            .iter()
-            .filter(|r| r.applies_to(database))
-            .eq(self.rules.iter())
-    }
-
     /// The columns of a table with masked columns, for COPY.
     pub fn table(&self, written: &str) -> Option<&Arc<[TableColumn]>> {
         let lower = written.to_lowercase();

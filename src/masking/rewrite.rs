@@ -45,6 +45,9 @@ enum Kind {
     JsonbBinary,
     /// A type with no masked form: NULL.
     Opaque,
+    /// A COPY field of a type pgwarden does not know: scanned unless it looks like a number
+    /// (a 16-digit id is not a card number; rewriting it would corrupt the export).
+    Untyped,
 }
 
 /// Types whose text form the detectors scan: text-like, JSON, XML, records, and arrays of
@@ -57,14 +60,32 @@ fn scannable(type_oid: u32) -> bool {
     )
 }
 
+/// How a value of the type is masked as a whole: text-like and JSON types have a masked
+/// form; anything else (numbers, dates, arrays, records, XML) becomes NULL.
 fn kind_of(type_oid: u32, binary: bool) -> Kind {
     match (ValueKind::of_type(type_oid), binary) {
-        (ValueKind::Other, false) if scannable(type_oid) => Kind::Text(ValueKind::Text),
         (ValueKind::Other, _) => Kind::Opaque,
         (ValueKind::Json, true) if type_oid == 3802 => Kind::JsonbBinary,
         (kind, _) => Kind::Text(kind),
     }
 }
+
+/// How a value of the type is scanned by the detectors (which mask inside it): also
+/// arrays, records and XML in text format, whose syntax a masked substring keeps intact.
+fn scan_kind(type_oid: u32, binary: bool) -> Option<Kind> {
+    if !scannable(type_oid) {
+        return None;
+    }
+    match kind_of(type_oid, binary) {
+        Kind::Opaque if !binary => Some(Kind::Text(ValueKind::Text)),
+        Kind::Opaque => None,
+        kind => Some(kind),
+    }
+}
+
+/// A message pgwarden cannot read safely: the session ends rather than pass it unmasked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
 
 /// What was masked for the statement in progress (for its audit record): never values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -216,20 +237,9 @@ impl Masking {
     }
 
     /// A RowDescription: plan the rows that follow.
-    pub fn on_row_description(&mut self, body: &[u8], source: Source<'_>) {
+    pub fn on_row_description(&mut self, body: &[u8], source: Source<'_>) -> Result<(), Malformed> {
         self.begin(source);
-        let Some(fields) = row_fields(body) else {
-            // Unreadable: the rows behind it are withheld (every value NULL).
-            self.plan = Some(vec![
-                Column::Mask {
-                    strategy: Strategy::Null,
-                    kind: Kind::Opaque,
-                    rule: None
-                };
-                usize::from(u16::MAX)
-            ]);
-            return;
-        };
+        let fields = row_fields(body).ok_or(Malformed("RowDescription"))?;
         let computed = self.computed_taint(source, fields.len());
         let mut plan = Vec::with_capacity(fields.len());
         for (i, field) in fields.iter().enumerate() {
@@ -258,17 +268,17 @@ impl Masking {
                     kind,
                     rule: None,
                 }
-            } else if !self.detectors.enabled.is_empty()
-                && scannable(field.type_oid)
-                && kind != Kind::Opaque
+            } else if let Some(scan) = scan_kind(field.type_oid, field.binary)
+                .filter(|_| !self.detectors.enabled.is_empty())
             {
-                Column::Scan(kind)
+                Column::Scan(scan)
             } else {
                 Column::Keep
             };
             plan.push(column);
         }
         self.plan = plan.iter().any(|c| *c != Column::Keep).then_some(plan);
+        Ok(())
     }
 
     /// Per result column (of `count`), whether a computed one is derived from a masked
@@ -280,6 +290,10 @@ impl Masking {
         let Source::Statement(facts) = source else {
             return vec![true; count];
         };
+        if facts.kind() == "explain" {
+            // A plan, not rows: it shows expressions, never values.
+            return vec![false; count];
+        }
         let taint = facts.lineage.taint(|n| self.catalog.sensitive_name(n));
         if taint.star || taint.outputs.len() != count {
             // Positions do not line up: any derived output masks every computed column.
@@ -296,33 +310,30 @@ impl Masking {
         self.copy = None;
     }
 
-    /// A DataRow: the masked frame to send instead, if anything changes.
-    pub fn data_row(&mut self, body: &[u8], out: &mut BytesMut) -> bool {
+    /// A DataRow: writes the masked frame to send instead and says so, if anything changes.
+    pub fn data_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<bool, Malformed> {
         let Some(plan) = &self.plan else {
-            return false;
+            return Ok(false);
         };
-        let Some((count, mut rest)) = split_i16(body) else {
-            return false;
-        };
+        let malformed = Malformed("DataRow");
+        let (count, mut rest) = split_i16(body).ok_or(malformed)?;
+        if count < 0 || count as usize != plan.len() {
+            return Err(malformed);
+        }
         let mut replaced: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();
         let mut offset = 2;
-        for i in 0..count.max(0) as usize {
-            let Some((len, after)) = split_i32(rest) else {
-                return false;
-            };
+        for column in plan.iter().copied() {
+            let (len, after) = split_i32(rest).ok_or(malformed)?;
             let start = offset;
-            let value_len = usize::try_from(len).unwrap_or(0);
-            let Some(value) = (len >= 0).then(|| after.get(..value_len)).flatten() else {
-                if len >= 0 {
-                    return false;
-                }
+            if len < 0 {
                 rest = after;
                 offset += 4;
                 continue;
-            };
+            }
+            let value_len = len as usize;
+            let value = after.get(..value_len).ok_or(malformed)?;
             rest = &after[value_len..];
             offset += 4 + value_len;
-            let column = plan.get(i).copied().unwrap_or(Column::Keep);
             if let Some(new) = mask_value(
                 column,
                 value,
@@ -334,8 +345,11 @@ impl Masking {
                 replaced.push((start, offset, new));
             }
         }
+        if !rest.is_empty() {
+            return Err(malformed);
+        }
         if replaced.is_empty() {
-            return false;
+            return Ok(false);
         }
         let start = out.len();
         out.put_u8(b'D');
@@ -355,7 +369,7 @@ impl Masking {
         out.extend_from_slice(&body[at..]);
         let len = (out.len() - start - 1) as i32;
         out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-        true
+        Ok(true)
     }
 
     /// A CopyOutResponse: plan the CopyData lines of `COPY … TO STDOUT`.
@@ -419,7 +433,7 @@ impl Masking {
                             rule: None,
                         }
                     } else {
-                        Column::Scan(Kind::Text(ValueKind::Text))
+                        Column::Scan(Kind::Untyped)
                     }
                 })
                 .collect()
@@ -474,7 +488,7 @@ impl Masking {
                 .columns
                 .get(i)
                 .copied()
-                .unwrap_or(Column::Scan(Kind::Text(ValueKind::Text)));
+                .unwrap_or(Column::Scan(Kind::Untyped));
             let new = field.as_deref().and_then(|value| {
                 mask_value(
                     column,
@@ -635,7 +649,7 @@ fn mask_value(
                     .map_or_else(|| "(computed)".to_owned(), Rule::column_name),
             );
             Some(match kind {
-                Kind::Opaque => None,
+                Kind::Opaque | Kind::Untyped => None,
                 Kind::Text(value_kind) => {
                     let text = String::from_utf8_lossy(value);
                     strategy::apply(strategy, &text, value_kind, key).map(String::into_bytes)
@@ -658,6 +672,8 @@ fn mask_value(
                     value.get(1..).unwrap_or_default(),
                 ),
                 Kind::Text(_) => (&[][..], value),
+                Kind::Untyped if looks_numeric(value) => return None,
+                Kind::Untyped => (&[][..], value),
                 Kind::Opaque => return None,
             };
             let text = std::str::from_utf8(text).ok()?;
@@ -668,6 +684,14 @@ fn mask_value(
             Some(Some(v))
         }
     }
+}
+
+/// `-12`, `3.5`, `1e9`: how numbers look in COPY text.
+fn looks_numeric(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
 }
 
 struct Field {
@@ -852,6 +876,148 @@ fn quote_csv(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthMethod;
+    use crate::masking::catalog::Masked;
+
+    const TABLE: u32 = 16_384;
+
+    /// (id int4, email text, profile jsonb binary, tags text[]) with `email` masked.
+    fn session(binary: bool) -> Masking {
+        let settings = Settings {
+            rules: vec![Rule {
+                schema: "public".into(),
+                table: "customers".into(),
+                column: "email".into(),
+                strategy: Strategy::Email,
+                exempt_groups: vec!["pii".into()],
+                exempt_users: Vec::new(),
+                databases: Vec::new(),
+            }],
+            ..Settings::default()
+        };
+        let mut columns = std::collections::HashMap::new();
+        columns.insert(
+            (TABLE, 2),
+            Masked {
+                rule: 0,
+                type_oid: 25,
+            },
+        );
+        let identity = Identity {
+            name: "dev".into(),
+            groups: vec!["dev".into()],
+            method: AuthMethod::LocalScram,
+            oidc: None,
+        };
+        let mut masking = Masking::for_session(
+            &settings,
+            Arc::new(Catalog::with_masked_columns(columns)),
+            &identity,
+        )
+        .unwrap();
+        let mut body = BytesMut::new();
+        body.put_i16(4);
+        for (name, attnum, type_oid) in [
+            ("id", 1, 23),
+            ("email", 2, 25),
+            ("profile", 3, 3802),
+            ("tags", 4, 1009),
+        ] {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_u32(TABLE);
+            body.put_i16(attnum);
+            body.put_u32(type_oid);
+            body.put_i16(-1);
+            body.put_i32(-1);
+            body.put_i16(i16::from(binary));
+        }
+        masking.on_row_description(&body, Source::Unknown).unwrap();
+        masking
+    }
+
+    fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        body.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    body.put_i32(v.len() as i32);
+                    body.put_slice(v);
+                }
+                None => body.put_i32(-1),
+            }
+        }
+        body.to_vec()
+    }
+
+    #[test]
+    fn data_rows_are_masked_type_correctly_in_text_and_binary() {
+        let mut text = session(false);
+        let mut out = BytesMut::new();
+        let original = row(&[
+            Some(b"7"),
+            Some(b"jane@example.com"),
+            Some(br#"{"m": "joe@example.org"}"#),
+            Some(b"{a,call +1 202 555 0101}"),
+        ]);
+        assert_eq!(text.data_row(&original, &mut out), Ok(true));
+        assert_eq!(
+            &out[5..],
+            row(&[
+                Some(b"7"),
+                Some(b"j***@example.com"),
+                Some(br#"{"m": "j***@example.org"}"#),
+                Some(b"{a,call ***********0101}"),
+            ])
+            .as_slice()
+        );
+        assert_eq!(text.counts.values, 1);
+
+        // Binary: jsonb keeps its version byte; a text array is not scanned.
+        let mut binary = session(true);
+        out.clear();
+        let original = row(&[
+            Some(&[0, 0, 0, 7]),
+            None,
+            Some(b"\x01{\"m\": \"joe@example.org\"}"),
+            Some(b"opaque array bytes"),
+        ]);
+        assert_eq!(binary.data_row(&original, &mut out), Ok(true));
+        assert_eq!(
+            &out[5..],
+            row(&[
+                Some(&[0, 0, 0, 7]),
+                None,
+                Some(b"\x01{\"m\": \"j***@example.org\"}"),
+                Some(b"opaque array bytes"),
+            ])
+            .as_slice()
+        );
+        // Nothing to mask: no copy.
+        out.clear();
+        let clean = row(&[Some(&[0, 0, 0, 1]), None, None, None]);
+        assert_eq!(binary.data_row(&clean, &mut out), Ok(false));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn malformed_rows_are_refused_not_passed() {
+        let mut masking = session(false);
+        let mut out = BytesMut::new();
+        // Fewer columns than described, a length past the end, trailing bytes.
+        let short = row(&[Some(b"1"), Some(b"jane@example.com")]);
+        let mut past_end = row(&[Some(b"1"), Some(b"x"), None, None]);
+        past_end[2..6].copy_from_slice(&100i32.to_be_bytes());
+        let mut trailing = row(&[Some(b"1"), Some(b"x"), None, None]);
+        trailing.push(0);
+        for bad in [short, past_end, trailing] {
+            assert_eq!(masking.data_row(&bad, &mut out), Err(Malformed("DataRow")));
+        }
+        assert!(masking
+            .on_row_description(&[0, 1, b'x'], Source::Unknown)
+            .is_err());
+    }
 
     #[test]
     fn quoted_values_and_key_values_are_scrubbed() {

@@ -34,7 +34,7 @@ pub struct Lineage {
     /// `FROM customers AS c`: (`c`, `customers`).
     pub aliases: Vec<(String, String)>,
     /// Names the values written by INSERT / UPDATE / MERGE / CREATE TABLE AS / SELECT INTO,
-    /// or sent by `pg_notify`, are computed from.
+    /// shown by CREATE VIEW, or sent by `pg_notify`, are computed from.
     pub written: Vec<String>,
     /// Names used in WHERE, JOIN … ON, GROUP BY, HAVING and ORDER BY.
     pub filtered: Vec<String>,
@@ -198,7 +198,9 @@ impl Lineage {
                     self.filtered.extend(references(c));
                 }
             }
-            Some("CreateTableAsStmt") => {
+            // A view (or table) built from masked columns would show them under another
+            // name.
+            Some("CreateTableAsStmt" | "ViewStmt") => {
                 if let Some(query) = node.field("query") {
                     self.written.extend(all_outputs(query));
                 }
@@ -554,6 +556,8 @@ mod tests {
             "INSERT INTO copy SELECT lower(email) FROM customers",
             "CREATE TABLE copy AS SELECT email FROM customers",
             "SELECT email INTO copy FROM customers",
+            "CREATE VIEW v AS SELECT id, lower(email) FROM customers",
+            "CREATE MATERIALIZED VIEW v AS SELECT c FROM customers c",
             "UPDATE people SET note = (SELECT email FROM customers LIMIT 1)",
             "SELECT pg_notify('ch', email) FROM customers",
             "WITH w AS (INSERT INTO copy SELECT c.email FROM customers c RETURNING 1) SELECT 1",

@@ -2,12 +2,14 @@
 //! [`Masking`](crate::masking::rewrite::Masking); the catalog resolution is kept fresh; and
 //! the gate refuses or holds writes derived from masked columns.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
 use super::Flow;
 use crate::error::{ClientError, SqlState};
-use crate::masking::rewrite::Source;
+use crate::masking::rewrite::{Masking, Source};
 use crate::policy::{Action, Decision};
 use crate::protocol::backend;
 use crate::protocol::frame::FrameLimits;
@@ -20,6 +22,8 @@ pub enum Masked {
     Replaced,
     /// Send nothing.
     Drop,
+    /// Not readable: the session ends rather than pass it on unmasked.
+    Malformed(&'static str),
 }
 
 /// A Describe of a portal (`D`, `P`, name).
@@ -52,10 +56,10 @@ impl Flow<'_> {
         let facts = current.and_then(|(analysis, index)| analysis.statements.get(index));
         let source = source_of(facts);
         let outcome = match tag {
-            b'T' => {
-                masking.on_row_description(body, source);
-                Masked::Keep
-            }
+            b'T' => match masking.on_row_description(body, source) {
+                Ok(()) => Masked::Keep,
+                Err(malformed) => Masked::Malformed(malformed.0),
+            },
             b'H' => {
                 masking.on_copy_out(body, source);
                 if masking.copy_refused() {
@@ -76,7 +80,11 @@ impl Flow<'_> {
                 );
                 Masked::Replaced
             }
-            b'D' if masking.data_row(body, out) => Masked::Replaced,
+            b'D' => match masking.data_row(body, out) {
+                Ok(true) => Masked::Replaced,
+                Ok(false) => Masked::Keep,
+                Err(malformed) => Masked::Malformed(malformed.0),
+            },
             b'd' if masking.copy_data(body, out) => Masked::Replaced,
             b'E' | b'N' => {
                 masking.observe(source);
@@ -100,24 +108,29 @@ impl Flow<'_> {
         outcome
     }
 
-    /// Between statements: reload the catalog resolution when this session changed the
-    /// schema or it is due. A failed reload keeps the previous resolution (and says so).
+    /// Between statements: after a config reload, rebuild the session's masking from the
+    /// new settings (a reload applies to the next statement, as for the policy); otherwise
+    /// reload the catalog resolution when this session changed the schema or it is due. A
+    /// failed reload keeps the previous masking (and says so).
     pub(super) async fn refresh_masking(&mut self) {
         let snapshot = self.snapshot.load();
         let settings = &snapshot.config.masking;
-        let Some(masking) = self.masking.as_mut() else {
-            return;
-        };
-        if self.catalog_dirty {
-            self.catalogs.invalidate(self.database);
-        } else if !masking.catalog().is_due(settings.catalog_refresh)
-            && masking
-                .catalog()
-                .rules_match(&settings.rules, self.database)
-        {
-            return;
+        let config = Arc::as_ptr(&snapshot) as usize;
+        let reconfigure = config != self.masking_config;
+        if !reconfigure {
+            let Some(masking) = self.masking.as_ref() else {
+                return;
+            };
+            // Schema changes are visible to pgwarden's connection once committed.
+            let dirty = self.catalog_dirty && self.state.transaction_status == b'I';
+            if !dirty && !masking.catalog().is_due(settings.catalog_refresh) {
+                return;
+            }
         }
-        self.catalog_dirty = false;
+        if self.catalog_dirty && self.state.transaction_status == b'I' {
+            self.catalogs.invalidate(self.database);
+            self.catalog_dirty = false;
+        }
         let grant = crate::auth::Grant {
             database: self.database.to_owned(),
             role: self.role.to_owned(),
@@ -136,31 +149,40 @@ impl Flow<'_> {
                 max_message: snapshot.config.server.max_server_message,
             },
         };
-        match self
+        let catalog = match self
             .catalogs
             .get(&settings.rules, settings.catalog_refresh, login)
             .await
         {
-            Ok(catalog) => masking.set_catalog(catalog),
+            Ok(catalog) => catalog,
             Err(e) => {
-                warn!(error = %e, "cannot refresh the masked columns; keeping the previous resolution")
+                warn!(error = %e, "cannot refresh the masked columns; keeping the previous resolution");
+                return;
             }
+        };
+        if reconfigure {
+            let counts = self
+                .masking
+                .as_mut()
+                .map(|m| std::mem::take(&mut m.counts))
+                .unwrap_or_default();
+            self.masking = Masking::for_session(settings, catalog, self.identity);
+            if let Some(masking) = self.masking.as_mut() {
+                masking.counts = counts;
+            }
+            self.masking_config = config;
+        } else if let Some(masking) = self.masking.as_mut() {
+            masking.set_catalog(catalog);
         }
     }
 
-    /// Statements that finished: DDL means masking's catalog resolution must be reloaded.
-    pub(super) fn note_schema_changes(&mut self) {
-        if self.masking.is_none() {
-            return;
-        }
-        if self.tracker.finished.iter().any(|f| {
-            f.command.as_deref().is_some_and(|c| {
-                c.starts_with("CREATE")
-                    || c.starts_with("ALTER")
-                    || c.starts_with("DROP")
-                    || c.starts_with("SELECT INTO")
-                    || c == "COMMIT"
-            })
+    /// A statement about to run changes the schema: masking's catalog resolution is
+    /// reloaded once it is done (and committed: pgwarden's own connection cannot see it
+    /// before).
+    pub(super) fn note_schema_change(&mut self, statements: &[StatementFacts]) {
+        if statements.iter().any(|f| {
+            let kind = f.kind();
+            kind.starts_with("create") || kind.starts_with("alter") || kind.starts_with("drop")
         }) {
             self.catalog_dirty = true;
         }

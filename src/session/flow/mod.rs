@@ -75,6 +75,8 @@ pub struct Flow<'a> {
     pub declared: Declared,
     /// What this identity may not see; `None` when it sees everything.
     pub masking: Option<crate::masking::rewrite::Masking>,
+    /// Which configuration `masking` was built from (the address of its snapshot).
+    pub masking_config: usize,
     pub catalogs: &'a crate::masking::catalog::Catalogs,
     /// The session changed the schema: masking's catalog resolution is reloaded before
     /// its next statement.
@@ -200,7 +202,7 @@ impl Flow<'_> {
         inbuf: &mut FrameBuffer,
         upstream_out: &mut BytesMut,
     ) -> Result<Option<Ending>, SessionError> {
-        if self.masking.is_some() && self.state.between_statements() {
+        if self.state.between_statements() {
             self.refresh_masking().await;
         }
         let limits = inbuf.limits();
@@ -293,6 +295,7 @@ impl Flow<'_> {
                         if let Some(analysis) = &analysis {
                             self.state
                                 .on_sql_statements(&analysis.statements, self.role);
+                            self.note_schema_change(&analysis.statements);
                         }
                         self.tracker.push_for(Expect::Query, run, analysis);
                         Verdict::Forward
@@ -478,6 +481,7 @@ impl Flow<'_> {
                         if let Some(analysis) = prepares {
                             self.state
                                 .on_sql_statements(&analysis.statements, self.role);
+                            self.note_schema_change(&analysis.statements);
                         }
                         if self.masking.is_some() && described_portal.as_deref() != Some(portal) {
                             self.tracker
@@ -609,6 +613,12 @@ impl Flow<'_> {
             let mut masked = std::mem::take(&mut self.masked_frame);
             masked.clear();
             let masking = self.mask_server_frame(header.tag, body, &mut masked);
+            if let Masked::Malformed(what) = masking {
+                return Err(SessionError::UpstreamProtocol(ProtocolError::Malformed {
+                    what,
+                    detail: "cannot be read to mask it",
+                }));
+            }
             let rewrite = self.tracker.on_server(header.tag, body);
             match (rewrite, masking) {
                 (Rewrite::Replace(error), _) => {
@@ -625,7 +635,7 @@ impl Flow<'_> {
                     client_out.extend_from_slice(&masked);
                     run_start = end;
                 }
-                (Rewrite::Keep, Masked::Keep) => {}
+                (Rewrite::Keep, Masked::Keep | Masked::Malformed(_)) => {}
             }
             self.masked_frame = masked;
             offset = end;

@@ -204,7 +204,6 @@ impl Flow<'_> {
         if self.tracker.finished.is_empty() {
             return;
         }
-        self.note_schema_changes();
         let Some(audit) = &self.audit else {
             self.tracker.finished.clear();
             return;
