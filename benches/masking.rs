@@ -117,7 +117,10 @@ fn masking(rules: bool, detectors: bool) -> Masking {
     };
     let mut masking = Masking::for_session(
         &settings,
-        Arc::new(Catalog::with_masked_columns(columns)),
+        Arc::new(Catalog::with_masked_columns(
+            settings.rules.clone(),
+            columns,
+        )),
         &identity,
     )
     .expect("masking applies");

@@ -159,7 +159,7 @@ impl Server {
         if let Some(audit) = &ctx.audit {
             audit
                 .record(Event::ProxyStart {
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    version: crate::VERSION.to_owned(),
                     listen: local_addr.to_string(),
                 })
                 .await?;

@@ -43,6 +43,14 @@
 
 #![forbid(unsafe_code)]
 
+/// The version and the git revision built from (`0.1.0 (1a2b3c4d5e6f)`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PGWARDEN_GIT_REV"),
+    ")"
+);
+
 pub mod admin;
 pub mod app;
 pub mod approvals;

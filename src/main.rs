@@ -19,7 +19,7 @@ const EXIT_CONFIG: u8 = 64;
 /// authenticates them, logs in to the real server with credentials only it holds, and relays
 /// every statement through one decision point.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, propagate_version = true)]
+#[command(version = pgwarden::VERSION, about, long_about, propagate_version = true)]
 struct Cli {
     /// Log format: human-readable lines, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "PGWARDEN_LOG_FORMAT")]

@@ -166,7 +166,22 @@ fn usage_errors_exit_two() {
 
 #[test]
 fn version_is_printed() {
-    let expected = format!("pgwarden {}\n", env!("CARGO_PKG_VERSION"));
+    // With the git revision it was built from: this checkout's HEAD.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| text(&o.stdout).trim().to_owned(),
+        );
+    assert_eq!(
+        pgwarden::VERSION,
+        format!("{} ({head})", env!("CARGO_PKG_VERSION"))
+    );
+    let expected = format!("pgwarden {}\n", pgwarden::VERSION);
     for args in [&["--version"][..], &["-V"]] {
         let output = run(args);
         assert!(output.status.success(), "{}", describe(&output));
@@ -177,7 +192,7 @@ fn version_is_printed() {
     assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(
         text(&output.stdout),
-        format!("pgwarden-serve {}\n", env!("CARGO_PKG_VERSION"))
+        format!("pgwarden-serve {}\n", pgwarden::VERSION)
     );
 }
 

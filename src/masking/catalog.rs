@@ -89,11 +89,12 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// A resolution with these masked columns (each relation named by its OID only): for
-    /// tests and benchmarks that do not read a real catalog.
-    pub fn with_masked_columns(columns: HashMap<(u32, i16), Masked>) -> Self {
+    /// A resolution of `rules` to these masked columns (each relation named by its OID
+    /// only): for tests and benchmarks that do not read a real catalog.
+    pub fn with_masked_columns(rules: Vec<Rule>, columns: HashMap<(u32, i16), Masked>) -> Self {
         let oids = columns.keys().map(|(oid, _)| *oid).collect();
         Self {
+            rules,
             columns,
             oids,
             loaded: Some(Instant::now()),

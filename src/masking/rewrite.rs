@@ -911,7 +911,10 @@ mod tests {
         };
         let mut masking = Masking::for_session(
             &settings,
-            Arc::new(Catalog::with_masked_columns(columns)),
+            Arc::new(Catalog::with_masked_columns(
+                settings.rules.clone(),
+                columns,
+            )),
             &identity,
         )
         .unwrap();

@@ -1,0 +1,183 @@
+//! What operators read stays true: the configuration reference (README.md) documents every
+//! key the code accepts — each field of each config struct must appear in the reference
+//! table, so adding a key without documenting it fails here — and the deployment files in
+//! `deploy/` are valid.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Config structs and where they live in the TOML file (`[[x]]`: an array of tables).
+const SECTIONS: &[(&str, &str)] = &[
+    ("ConfigFile", ""),
+    ("ServerSection", "server"),
+    ("TlsSection", "server.tls"),
+    ("LimitsSection", "server.limits"),
+    ("UpstreamSection", "upstream"),
+    ("UpstreamRole", "[[upstream.roles]]"),
+    ("AuthSection", "auth"),
+    ("RateLimitSection", "auth.rate_limit"),
+    ("OidcSection", "[[auth.oidc]]"),
+    ("LocalUserSection", "[[auth.local]]"),
+    ("AccessRule", "[[access]]"),
+    ("AuditSection", "audit"),
+    ("PolicySection", "policy"),
+    ("RuleSpec", "[[policy.rules]]"),
+    ("SessionSpec", "[[policy.session]]"),
+    ("AdminSection", "admin"),
+    ("BreakGlassSection", "[[admin.break_glass]]"),
+    ("ApprovalsSection", "approvals"),
+    ("MaskingSection", "masking"),
+    ("MaskingRuleSection", "[[masking.rules]]"),
+    ("DetectorsSection", "masking.detectors"),
+];
+
+const SOURCES: &[&str] = &[
+    "src/config/model.rs",
+    "src/policy/rule.rs",
+    "src/policy/session.rs",
+];
+
+/// Deserialize structs of a source file: name → TOML field names.
+fn structs(source: &str) -> BTreeMap<String, Vec<String>> {
+    let mut found = BTreeMap::new();
+    let lines: Vec<&str> = source.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let derives_deserialize =
+            lines[i].trim_start().starts_with("#[derive(") && lines[i].contains("Deserialize");
+        i += 1;
+        if !derives_deserialize {
+            continue;
+        }
+        // Skip further attributes to the item.
+        while i < lines.len() && lines[i].trim_start().starts_with("#[") {
+            i += 1;
+        }
+        let Some(item) = lines.get(i) else { break };
+        let item = item.trim_start().trim_start_matches("pub ");
+        let Some(name) = item
+            .strip_prefix("struct ")
+            .and_then(|rest| rest.split([' ', '{', '(']).next())
+        else {
+            continue;
+        };
+        let mut fields = Vec::new();
+        let mut rename = None;
+        i += 1;
+        while i < lines.len() && lines[i].trim() != "}" {
+            let line = lines[i].trim();
+            if let Some(r) = line
+                .split("rename = \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            {
+                rename = Some(r.to_owned());
+            }
+            if !line.starts_with("//") && !line.starts_with("#[") {
+                let line = line.trim_start_matches("pub ");
+                if let Some((field, ty)) = line.split_once(':') {
+                    let field = field.trim();
+                    let nested = SECTIONS.iter().any(|(s, _)| ty.contains(s));
+                    if !nested && field.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                        fields.push(rename.take().unwrap_or_else(|| field.to_owned()));
+                    }
+                    rename = None;
+                }
+            }
+            i += 1;
+        }
+        found.insert(name.to_owned(), fields);
+    }
+    found
+}
+
+#[test]
+fn every_config_key_is_in_the_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // First cells of the reference table's rows.
+    let cells: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split(" | ").next())
+        .collect();
+    assert!(cells.len() > 40, "no reference table found in README.md");
+    let mut missing = Vec::new();
+    let mut unmapped = Vec::new();
+    let mut checked = 0;
+    for source in SOURCES {
+        let text = std::fs::read_to_string(root.join(source)).unwrap();
+        for (name, fields) in structs(&text) {
+            let Some((_, prefix)) = SECTIONS.iter().find(|(s, _)| *s == name) else {
+                // Deserialize structs that are not sections (e.g. a value's inner shape)
+                // must be listed here too, with an empty prefix if they have no keys.
+                unmapped.push(format!("{source}: {name}"));
+                continue;
+            };
+            for field in fields {
+                checked += 1;
+                let documented = cells.iter().any(|cell| {
+                    if prefix.starts_with("[[") {
+                        cell.contains(&format!("`{prefix}`"))
+                            && cell.contains(&format!("`{field}`"))
+                    } else {
+                        cell.contains(&format!("`{prefix}.{field}`"))
+                            || (cell.contains(&format!("`{prefix}."))
+                                && cell.contains(&format!("`{field}`")))
+                    }
+                });
+                if !documented {
+                    missing.push(if prefix.starts_with("[[") {
+                        format!("{prefix} {field}")
+                    } else {
+                        format!("{prefix}.{field}")
+                    });
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} keys found: is the parser still right?"
+    );
+    assert!(
+        unmapped.is_empty(),
+        "config structs the reference test does not know (add them to SECTIONS): {unmapped:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "config keys missing from README.md's configuration reference: {missing:#?}"
+    );
+}
+
+/// The systemd unit in deploy/ is one systemd accepts (when systemd-analyze is installed).
+#[test]
+fn the_systemd_unit_verifies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Ok(status) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed: the unit is not verified here");
+        return;
+    };
+    assert!(status.status.success());
+    let unit = std::fs::read_to_string(root.join("deploy/pgwarden.service")).unwrap();
+    // The unit names the installed binary; verify it against the one just built.
+    let unit = unit.replace("/usr/local/bin/pgwarden", env!("CARGO_BIN_EXE_pgwarden"));
+    let dir = std::env::temp_dir().join(format!("pgwarden-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgwarden.service");
+    std::fs::write(&path, unit).unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let messages = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && messages.trim().is_empty(),
+        "{messages}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
