@@ -20,6 +20,9 @@
 #   libclang + clang headers  libclang-dev (bindgen, for pg_query's build)
 #   pkg-config                pkg-config
 #   chattr                    e2fsprogs (audit tests: an immutable directory stops even root)
+#   ShellCheck                shellcheck (deployment scripts are checked by the tests)
+#   npm (and node)            npm (the tests install dclint, a compose-file validator, with it)
+#   openssl                   openssl (the tests run the compose demo's certificate script)
 #   pgbouncer                 pgbouncer (/usr/sbin/pgbouncer)
 set -euo pipefail
 
@@ -114,6 +117,11 @@ check_all() {
   command -v pkg-config >/dev/null 2>&1 || need pkg-config
   # chattr: the audit tests make a directory immutable to simulate a disk that refuses writes.
   command -v chattr >/dev/null 2>&1 || need e2fsprogs
+  # Deployment files: scripts pass shellcheck, docker-compose.yml passes dclint (from npm),
+  # the compose demo's certificates are made with openssl.
+  command -v shellcheck >/dev/null 2>&1 || need shellcheck
+  command -v npm >/dev/null 2>&1 || need npm
+  command -v openssl >/dev/null 2>&1 || need openssl
   if ((with_pgbouncer)); then have_pgbouncer || need pgbouncer; fi
 }
 

@@ -171,6 +171,18 @@ enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// Ask a running pgwarden whether it should get traffic (GET /readyz on its admin
+    /// endpoint): exit 0 when ready, 1 with the reasons otherwise.
+    ///
+    /// For container health checks and exec probes, where no HTTP client is installed.
+    Ready {
+        /// The admin endpoint (pgwarden's [admin] listen).
+        #[arg(long, env = "PGWARDEN_ADMIN", default_value = "http://127.0.0.1:9187")]
+        admin: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Start a throwaway PostgreSQL with sample data and pgwarden in front of it, and print
     /// how to connect. Ctrl-C stops both and removes everything.
     ///
@@ -510,6 +522,34 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Ready { admin, timeout } => run_async(async move {
+            let fetcher = pgwarden::net::http::Fetcher::new(
+                None,
+                std::time::Duration::from_secs(timeout),
+                64 * 1024,
+            )
+            .map_err(|e| e.to_string())?;
+            let url = format!("{}/readyz", admin.trim_end_matches('/'));
+            let request = openidconnect::http::Request::builder()
+                .uri(&url)
+                .body(Vec::new())
+                .map_err(|e| format!("{url}: {e}"))?;
+            let response = fetcher
+                .fetch(request)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let body = String::from_utf8_lossy(response.body());
+            if response.status().is_success() {
+                println!("{}", body.trim());
+                Ok(())
+            } else {
+                Err(format!(
+                    "not ready ({}): {}",
+                    response.status(),
+                    body.trim()
+                ))
+            }
+        }),
         Command::Demo { listen, smoke_test } => {
             init_logging(cli.log_format);
             run_async(async move {

@@ -223,6 +223,24 @@ async fn a_held_statement_runs_in_its_session_once_a_dba_approves() {
     assert_eq!(samples["pgwarden_audit_writable"], 1.0);
     assert!(samples.contains_key("pgwarden_audit_pending_records"));
 
+    // `pgwarden ready` (the container health check) asks /readyz.
+    let ready = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["ready", "--admin", &format!("http://{}", s.admin)])
+        .output()
+        .await
+        .unwrap();
+    assert!(ready.status.success(), "{ready:?}");
+    assert!(
+        String::from_utf8_lossy(&ready.stdout).contains("\"ready\""),
+        "{ready:?}"
+    );
+    let unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["ready", "--admin", "http://127.0.0.1:1", "--timeout", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!unreachable.status.success());
+
     s.proxy.shutdown(Duration::from_secs(5)).await;
     let records = all_records(&s.audit);
     let of_type = |t: &str| {

@@ -181,3 +181,164 @@ fn the_systemd_unit_verifies() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Run a program; its output when it succeeded, else a panic with everything it said.
+fn run_ok(program: &str, args: &[&str], envs: &[(&str, &str)], dir: &Path) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); scripts/deps.sh installs what the tests need")
+        });
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{said}"
+    );
+    said
+}
+
+/// The scripts in deploy/ and scripts/ pass shellcheck.
+#[test]
+fn shell_scripts_pass_shellcheck() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut scripts = Vec::new();
+    for dir in ["deploy/compose", "scripts", "benches", ".ci"] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "sh") || text.starts_with("#!/") {
+                scripts.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(scripts.len() >= 5, "{scripts:?}");
+    let args: Vec<&str> = scripts.iter().map(String::as_str).collect();
+    run_ok("shellcheck", &args, &[], root);
+}
+
+/// docker-compose.yml passes the compose-spec schema (dclint, installed from npm under
+/// target/ when missing), and the config pgwarden runs with in it is valid — with the
+/// certificates the compose demo's own script makes. There is no Docker engine here: this is
+/// what can be checked without one.
+#[test]
+fn the_compose_demo_files_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tools = root.join("target/tools");
+    let dclint = tools.join("node_modules/.bin/dclint");
+    if !dclint.exists() {
+        std::fs::create_dir_all(&tools).unwrap();
+        run_ok(
+            "npm",
+            &[
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                tools.to_str().unwrap(),
+                "dclint@3.1.0",
+            ],
+            &[],
+            root,
+        );
+    }
+    run_ok(
+        dclint.to_str().unwrap(),
+        &["-q", "docker-compose.yml"],
+        &[],
+        root,
+    );
+
+    // The certificates, made by the script the `certs` service runs.
+    let dir = std::env::temp_dir().join(format!("pgwarden-compose-{}", std::process::id()));
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    run_ok(
+        "sh",
+        &["deploy/compose/make-certs.sh"],
+        &[("CERTS_DIR", certs.to_str().unwrap())],
+        root,
+    );
+    for file in [
+        "ca.pem",
+        "keycloak.pem",
+        "keycloak.key",
+        "pgwarden.pem",
+        "pgwarden.key",
+    ] {
+        assert!(certs.join(file).exists(), "{file} not made");
+    }
+    // pgwarden's compose config, with the paths of this machine.
+    let config = std::fs::read_to_string(root.join("deploy/compose/pgwarden.toml"))
+        .unwrap()
+        .replace("/certs/", &format!("{}/", certs.display()))
+        .replace(
+            "/var/lib/pgwarden/audit",
+            dir.join("audit").to_str().unwrap(),
+        );
+    let config_path = dir.join("pgwarden.toml");
+    std::fs::write(&config_path, config).unwrap();
+    run_ok(
+        env!("CARGO_BIN_EXE_pgwarden"),
+        &["check-config", "--config", config_path.to_str().unwrap()],
+        &[
+            ("APP_RW_PASSWORD", "x"),
+            ("APP_RO_PASSWORD", "y"),
+            ("PGWARDEN_MASKING_KEY", "a-masking-key-of-some-length"),
+        ],
+        root,
+    );
+
+    // The Keycloak realm gives the people the groups pgwarden's config names.
+    let realm: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/compose/keycloak/pgwarden-realm.json")).unwrap(),
+    )
+    .unwrap();
+    let groups_of = |user: &str| -> Vec<String> {
+        realm["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == user)
+            .unwrap()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap().trim_start_matches('/').to_owned())
+            .collect()
+    };
+    assert_eq!(groups_of("dev"), ["developers"]);
+    assert_eq!(groups_of("dba"), ["dba", "pii-readers"]);
+    let client = &realm["clients"][0];
+    assert_eq!(client["clientId"], "pgwarden-cli");
+    assert_eq!(
+        client["attributes"]["oauth2.device.authorization.grant.enabled"],
+        "true"
+    );
+
+    // The image builds what the Dockerfile copies.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let sources: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for source in &sources[..sources.len() - 1] {
+            assert!(
+                root.join(source).exists(),
+                "the Dockerfile copies {source}, which is missing"
+            );
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
