@@ -9,8 +9,11 @@
 #   DURATION   seconds per pgbench run [10]
 #   ROUNDS     direct/proxy pairs per cell; the table shows medians [2]
 #   SCALE      pgbench -i scale factor [10]
-#   MODES      pgbench -M protocols ["simple extended prepared"]
-#   CLIENTS    client counts ["1 8"]; threads = min(clients, 2)
+#   WORKLOADS  pgbench built-in script:protocol pairs
+#              ["select-only:simple select-only:extended select-only:prepared tpcb-like:simple"]
+#   CLIENTS    client counts ["1 8 32"]; threads = min(clients, 2)
+#   CONNECT    clients for a connection-setup run (pgbench -C: a new connection, with
+#              SCRAM, per select-only transaction); empty skips it ["8"]
 #   PGWARDEN_BIN  use this binary instead of building target/release/pgwarden
 #   RUST_LOG   pgwarden's log filter [warn]
 #   UPSTREAM   tcp: pgwarden (and pgbouncer) reach PostgreSQL over TCP on 127.0.0.1, like the
@@ -23,14 +26,14 @@
 #   BULK_ROWS  rows of a table read whole with one SELECT through each target (direct,
 #              pgwarden without masking, pgwarden masking one column of every row and
 #              scanning the text columns with the detectors); 0 skips it [1000000]
-#   PGBOUNCER  1: also measure pgbouncer (session pooling, SCRAM both ways; installed by
-#              scripts/deps.sh --with-pgbouncer) as a reference for what any extra hop
-#              costs on this machine [1 if pgbouncer is installed, else 0]
+#   PGBOUNCER  1: also measure pgbouncer (session pooling, SCRAM both ways; installed with
+#              scripts/deps.sh --with-pgbouncer when missing) as a reference for what any
+#              extra hop costs on this machine [1]
 #
-# Both sides use TCP on 127.0.0.1 and SCRAM; each pgbench client logs in once
-# (no -C), so the numbers measure the relay, not login cost. The workload is
-# `pgbench -S` (one primary-key SELECT per transaction), the worst case for a
-# proxy's per-message overhead. "cpu µs" is pgwarden's own CPU time (user + system) per
+# Both sides use TCP on 127.0.0.1 and SCRAM; apart from the -C run each pgbench client
+# logs in once, so the numbers measure the relay, not login cost. select-only (`-S`, one
+# primary-key SELECT per transaction) is the worst case for a proxy's per-message
+# overhead; tpcb-like adds writes (and an audit record pair per statement). "cpu µs" is pgwarden's own CPU time (user + system) per
 # transaction, steadier than tps on a box where pgbench, PostgreSQL and the proxies share
 # the cores. The table is also written to
 # target/bench/pgbench-<date>.txt, the raw pgbench output next to it (.log).
@@ -42,8 +45,9 @@ cd "$root"
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
-MODES=${MODES:-simple extended prepared}
-CLIENTS=${CLIENTS:-1 8}
+WORKLOADS=${WORKLOADS:-select-only:simple select-only:extended select-only:prepared tpcb-like:simple}
+CLIENTS=${CLIENTS:-1 8 32}
+CONNECT=${CONNECT-8}
 for v in DURATION ROUNDS SCALE; do
   if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
     echo "pgbench.sh: $v must be a positive integer, got '${!v}'" >&2
@@ -309,7 +313,13 @@ fi
 # --- pgbouncer (reference) ------------------------------------------------------
 
 pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-PGBOUNCER=${PGBOUNCER:-$([[ -x $pgbouncer_bin ]] && echo 1 || echo 0)}
+PGBOUNCER=${PGBOUNCER:-1}
+if ((PGBOUNCER)) && [[ ! -x $pgbouncer_bin ]]; then
+  say "pgbouncer is missing: scripts/deps.sh --with-pgbouncer"
+  "$root/scripts/deps.sh" --with-pgbouncer >&2 ||
+    die "cannot install pgbouncer (run the command above, or PGBOUNCER=0 to skip it)"
+  pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+fi
 targets=(direct pgwarden)
 if ((AUDIT)); then targets+=(audit); fi
 if ((PGBOUNCER)); then
@@ -352,17 +362,22 @@ out=target/bench/pgbench-$stamp.txt
 raw=target/bench/pgbench-$stamp.log
 : >"$raw"
 
-# Runs pgbench once; prints its tps (without initial connection time) or "fail".
-run_one() { # target port mode clients
-  local target=$1 port=$2 mode=$3 c=$4 j output tps
+# Runs pgbench once; prints its tps or "fail". A workload is script:protocol, or
+# "connect" (select-only with a new connection per transaction).
+run_one() { # target port workload clients
+  local target=$1 port=$2 workload=$3 c=$4 j output tps script mode extra=()
   j=$((c < 2 ? c : 2))
+  if [[ $workload == connect ]]; then
+    script=select-only mode=simple extra=(-C)
+  else
+    script=${workload%%:*} mode=${workload#*:}
+  fi
   {
-    echo "### $target mode=$mode clients=$c threads=$j duration=${DURATION}s"
+    echo "### $target $script mode=$mode ${extra[*]} clients=$c threads=$j duration=${DURATION}s"
   } >>"$raw"
-  if output=$("$pgbench" -S -n -M "$mode" -c "$c" -j "$j" -T "$DURATION" \
-    -h 127.0.0.1 -p "$port" -U "$BENCH_USER" "$BENCH_DB" 2>&1); then
-    tps=$(printf '%s\n' "$output" |
-      awk '/^tps = / && /(without initial connection time|excluding connections establishing)/ {print $3; exit}')
+  if output=$("$pgbench" -b "$script" ${extra[@]+"${extra[@]}"} -n -M "$mode" -c "$c" -j "$j" \
+    -T "$DURATION" -h 127.0.0.1 -p "$port" -U "$BENCH_USER" "$BENCH_DB" 2>&1); then
+    tps=$(printf '%s\n' "$output" | awk '/^tps = / {print $3; exit}')
   fi
   printf '%s\n\n' "$output" >>"$raw"
   echo "${tps:-fail}"
@@ -408,25 +423,30 @@ pid_of[pgwarden]=$plain_pid
 pid_of[audit]=${audit_pid:-}
 port[pgbouncer]=${bouncer_port:-}
 failures=0
-for mode in $MODES; do
-  for c in $CLIENTS; do
-    for ((r = 1; r <= ROUNDS; r++)); do
-      line="$mode c=$c round $r/$ROUNDS:"
-      for target in "${targets[@]}"; do
-        pid=${pid_of[$target]:-}
-        [[ -n $pid ]] && before=$(cpu_seconds "$pid")
-        tps=$(run_one "$target" "${port[$target]}" "$mode" "$c")
-        if [[ -n $pid && $tps != fail ]]; then
-          # pgwarden's own CPU per transaction, in µs: steadier than tps on a busy box.
-          cpu[$mode,$c,$target]+=" $(awk -v a="$before" -v b="$(cpu_seconds "$pid")" -v t="$tps" -v d="$DURATION" \
-            'BEGIN { printf "%.1f", (b - a) * 1e6 / (t * d) }')"
-        fi
-        [[ $tps == fail ]] && failures=$((failures + 1))
-        results[$mode,$c,$target]+=" $tps"
-        line+=" $target $tps"
-      done
-      say "$line"
+# The cells of the table: workload,clients.
+cells=()
+for workload in $WORKLOADS; do
+  for c in $CLIENTS; do cells+=("$workload,$c"); done
+done
+for c in $CONNECT; do cells+=("connect,$c"); done
+for cell in "${cells[@]}"; do
+  workload=${cell%,*} c=${cell##*,}
+  for ((r = 1; r <= ROUNDS; r++)); do
+    line="$workload c=$c round $r/$ROUNDS:"
+    for target in "${targets[@]}"; do
+      pid=${pid_of[$target]:-}
+      [[ -n $pid ]] && before=$(cpu_seconds "$pid")
+      tps=$(run_one "$target" "${port[$target]}" "$workload" "$c")
+      if [[ -n $pid && $tps != fail ]]; then
+        # pgwarden's own CPU per transaction, in µs: steadier than tps on a busy box.
+        cpu[$cell,$target]+=" $(awk -v a="$before" -v b="$(cpu_seconds "$pid")" -v t="$tps" -v d="$DURATION" \
+          'BEGIN { printf "%.1f", (b - a) * 1e6 / (t * d) }')"
+      fi
+      [[ $tps == fail ]] && failures=$((failures + 1))
+      results[$cell,$target]+=" $tps"
+      line+=" $target $tps"
     done
+    say "$line"
   done
 done
 
@@ -493,36 +513,42 @@ fi
   echo "machine:  $(uname -srm), $(nproc) CPUs"
   echo "postgres: $("$bindir/postgres" --version), fsync=off, scale $SCALE"
   echo "upstream: ${UPSTREAM:-tcp} (how the proxies reach PostgreSQL)"
-  echo "pgbench:  -S -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
+  echo "pgbench:  -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
+  echo "columns:  pgwarden = the relay alone; all features = gate + audit (batch) + masking rule +"
+  echo "          detectors; ratios are to direct; cpu µs = pgwarden's own CPU per transaction"
   echo
-  header=$(printf '%-9s %7s %12s %12s %8s %9s' mode clients "direct tps" "pgwarden tps" "ratio" "cpu µs")
-  if ((AUDIT)); then header+=$(printf ' %12s %12s %9s' "+audit tps" "vs pgwarden" "cpu µs"); fi
-  if ((PGBOUNCER)); then header+=$(printf ' %14s %8s' "pgbouncer tps" "ratio"); fi
+  header=$(printf '%-12s %-9s %7s %10s %10s %6s %7s' workload mode clients direct pgwarden ratio "cpu µs")
+  if ((AUDIT)); then header+=$(printf ' %13s %6s %7s' "all features" ratio "cpu µs"); fi
+  if ((PGBOUNCER)); then header+=$(printf ' %10s %6s' pgbouncer ratio); fi
   echo "$header"
   ratio() { awk -v p="$1" -v d="$2" 'BEGIN { if (p == "fail" || d == "fail" || d == 0) print "-"; else printf "%.2f", p / d }'; }
-  for mode in $MODES; do
-    for c in $CLIENTS; do
-      # shellcheck disable=SC2086 # the lists are space-separated numbers
-      dm=$(median ${results[$mode,$c,direct]})
+  for cell in "${cells[@]}"; do
+    workload=${cell%,*} c=${cell##*,}
+    if [[ $workload == connect ]]; then
+      script="connect (-C)" mode=simple
+    else
+      script=${workload%%:*} mode=${workload#*:}
+    fi
+    # shellcheck disable=SC2086 # the lists are space-separated numbers
+    dm=$(median ${results[$cell,direct]})
+    # shellcheck disable=SC2086
+    pm=$(median ${results[$cell,pgwarden]})
+    # shellcheck disable=SC2086
+    pc=$(median1 ${cpu[$cell,pgwarden]:-fail})
+    row=$(printf '%-12s %-9s %7s %10s %10s %6s %7s' "$script" "$mode" "$c" "$dm" "$pm" "$(ratio "$pm" "$dm")" "$pc")
+    if ((AUDIT)); then
       # shellcheck disable=SC2086
-      pm=$(median ${results[$mode,$c,pgwarden]})
+      am=$(median ${results[$cell,audit]})
       # shellcheck disable=SC2086
-      pc=$(median1 ${cpu[$mode,$c,pgwarden]:-fail})
-      row=$(printf '%-9s %7s %12s %12s %8s %9s' "$mode" "$c" "$dm" "$pm" "$(ratio "$pm" "$dm")" "$pc")
-      if ((AUDIT)); then
-        # shellcheck disable=SC2086
-        am=$(median ${results[$mode,$c,audit]})
-        # shellcheck disable=SC2086
-        ac=$(median1 ${cpu[$mode,$c,audit]:-fail})
-        row+=$(printf ' %12s %12s %9s' "$am" "$(ratio "$am" "$pm")" "$ac")
-      fi
-      if ((PGBOUNCER)); then
-        # shellcheck disable=SC2086
-        bm=$(median ${results[$mode,$c,pgbouncer]})
-        row+=$(printf ' %14s %8s' "$bm" "$(ratio "$bm" "$dm")")
-      fi
-      echo "$row"
-    done
+      ac=$(median1 ${cpu[$cell,audit]:-fail})
+      row+=$(printf ' %13s %6s %7s' "$am" "$(ratio "$am" "$dm")" "$ac")
+    fi
+    if ((PGBOUNCER)); then
+      # shellcheck disable=SC2086
+      bm=$(median ${results[$cell,pgbouncer]})
+      row+=$(printf ' %10s %6s' "$bm" "$(ratio "$bm" "$dm")")
+    fi
+    echo "$row"
   done
   if ((BULK_ROWS > 0)); then
     echo

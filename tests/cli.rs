@@ -1281,3 +1281,82 @@ async fn reload_command_checks_the_file_then_signals_the_running_pgwarden() {
     assert!(status.success(), "exit status {status}:\n{}", serve.log());
     assert!(!pid_file.exists(), "serve removes its pid file");
 }
+
+/// A session signed in with a token, and a sign-in with a forged one, at debug level in
+/// both log formats: the logs say who signed in, never the token (nor its signature).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_never_contain_the_tokens_people_sign_in_with() {
+    let issuer = pgwarden::testbed::DevIssuer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        pgwarden::testbed::KeyAlgorithm::Es256,
+    )
+    .await
+    .unwrap();
+    let claims = serde_json::json!({"sub": "u-zoe", "email": "zoe@example.com", "groups": ["dev"]});
+    let token = issuer.id_token("pgwarden", &claims, 300);
+    let signature = token.rsplit('.').next().unwrap().to_owned();
+    // The same claims, signed by a key the issuer never published.
+    let forged = {
+        let other = pgwarden::testbed::DevIssuer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            pgwarden::testbed::KeyAlgorithm::Es256,
+        )
+        .await
+        .unwrap();
+        other
+            .sign(
+                jsonwebtoken::Header::default(),
+                &issuer.standard_claims("pgwarden", &claims, 300),
+            )
+            .unwrap()
+    };
+    for format in ["pretty", "json"] {
+        let port = free_port();
+        let options = ProxyOptions {
+            extra: format!(
+                "[[auth.oidc]]\nissuer = \"{}\"\naudience = \"pgwarden\"\nallow_http = true\n\n\
+                 [auth]\nplaintext_tokens = \"loopback\"\n",
+                issuer.url()
+            ),
+            ..Default::default()
+        };
+        let mut serve = Serve::start_with(
+            &config_on_port(&options, port),
+            port,
+            &["--log-format", format],
+        );
+        serve.wait_ready().await;
+        let conninfo = |password: &str| {
+            format!(
+                "host=127.0.0.1 port={port} dbname=app user=zoe@example.com password={password} sslmode=disable"
+            )
+        };
+        let (client, connection) =
+            tokio_postgres::connect(&conninfo(&token), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("token sign-in: {e}\n{}", serve.log()));
+        tokio::spawn(connection);
+        client.simple_query("SELECT 1").await.unwrap();
+        drop(client);
+        let refused = tokio_postgres::connect(&conninfo(&forged), tokio_postgres::NoTls).await;
+        assert!(refused.is_err(), "a forged token was accepted");
+        serve.wait_for_log("zoe@example.com").await;
+        serve.signal("TERM");
+        let status = serve.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "exit status {status}:\n{}", serve.log());
+        let log = serve.log();
+        for (what, secret) in [
+            ("token", token.as_str()),
+            ("signature", signature.as_str()),
+            ("forged token", forged.as_str()),
+        ] {
+            assert!(
+                !log.contains(secret),
+                "the {what} is in the {format} log:\n{log}"
+            );
+        }
+        serve.assert_log_has_no_secrets();
+    }
+}
