@@ -120,11 +120,9 @@ impl Analyzer {
                 return Ok(hit);
             }
         }
-        let normalized = pg_query::normalize(sql).map_err(syntax_error)?;
-        if cacheable && normalized.as_str() != sql {
-            // Not remembered under this exact text: texts with literals are mostly one-off
-            // (measured: inserting them costs more than normalizing the rare repeat).
-            if let Some(hit) = self.cached(&normalized) {
+        let Shape { normalized, key } = shape(sql)?;
+        if cacheable && key != sql {
+            if let Some(hit) = self.cached(&key) {
                 return Ok(hit);
             }
         }
@@ -138,7 +136,7 @@ impl Analyzer {
                 // shape, so that other literals find it after normalizing.
                 cache.put(Box::from(sql), analysis.clone());
                 if !analysis.statements.iter().any(|s| s.reads_literals) {
-                    cache.put(Box::from(&*analysis.normalized), analysis.clone());
+                    cache.put(key.into_boxed_str(), analysis.clone());
                 }
             }
         }
@@ -190,6 +188,76 @@ fn decode<'a>(sql: &'a [u8], client_encoding: &[u8]) -> Result<Cow<'a, str>, Ana
     Ok(Cow::Owned(sql.iter().map(|&b| b as char).collect()))
 }
 
+/// A statement's text with its literals taken out, from PostgreSQL's own scanner (lexing
+/// only: no parse, which is what makes a cache hit for a new literal cheap).
+struct Shape {
+    /// Every literal (number, string, bit string) replaced by `$n`, numbered after the
+    /// highest parameter already in the text; everything else exactly as written.
+    normalized: String,
+    /// The cache key of the shape: like `normalized`, but each literal is marked with its
+    /// token kind, so that texts the grammar could read differently (`FETCH 5` and `FETCH
+    /// 5.5`) never share an analysis.
+    key: String,
+}
+
+fn shape(sql: &str) -> Result<Shape, AnalysisError> {
+    use pg_query::protobuf::Token;
+    // Nothing to scan. (pg_query builds a slice from a null pointer for zero tokens: never
+    // let it.)
+    if sql.trim().is_empty() {
+        return Ok(Shape {
+            normalized: sql.to_owned(),
+            key: sql.to_owned(),
+        });
+    }
+    let tokens = pg_query::scan_tokens(sql).map_err(syntax_error)?;
+    let text = |start: i32, end: i32| {
+        usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(s, e)| sql.get(s..e))
+            .ok_or_else(|| AnalysisError::Syntax("the statement could not be scanned".into()))
+    };
+    let mut number = 0u32;
+    for token in tokens.iter().filter(|t| t.token == Token::Param as i32) {
+        let param = text(token.start, token.end)?;
+        if let Ok(n) = param.trim_start_matches('$').parse::<u32>() {
+            number = number.max(n);
+        }
+    }
+    let mut normalized = String::with_capacity(sql.len() + 8);
+    let mut key = String::with_capacity(sql.len() + 8);
+    let mut at = 0;
+    for token in &tokens {
+        let kind = match Token::try_from(token.token) {
+            Ok(Token::Iconst) => 'i',
+            Ok(Token::Fconst) => 'f',
+            Ok(Token::Sconst) => 's',
+            Ok(Token::Usconst) => 'u',
+            Ok(Token::Bconst) => 'b',
+            Ok(Token::Xconst) => 'x',
+            _ => continue,
+        };
+        let start = usize::try_from(token.start).unwrap_or(usize::MAX);
+        let gap = text(i32::try_from(at).unwrap_or(i32::MAX), token.start)?;
+        normalized.push_str(gap);
+        key.push_str(gap);
+        number += 1;
+        normalized.push('$');
+        normalized.push_str(&number.to_string());
+        // NUL never occurs in statement text (the protocol ends strings with it).
+        key.push('\0');
+        key.push(kind);
+        at = usize::try_from(token.end).unwrap_or(start);
+    }
+    let rest = sql
+        .get(at..)
+        .ok_or_else(|| AnalysisError::Syntax("the statement could not be scanned".into()))?;
+    normalized.push_str(rest);
+    key.push_str(rest);
+    Ok(Shape { normalized, key })
+}
+
 fn syntax_error(e: pg_query::Error) -> AnalysisError {
     let message = match e {
         pg_query::Error::Parse(message) => message,
@@ -238,6 +306,34 @@ mod tests {
             .iter()
             .map(|t| (t.name.as_str(), t.access))
             .collect()
+    }
+
+    #[test]
+    fn shapes_come_from_the_scanner() {
+        let shaped = shape("SELECT 'a', 1, -1.5, B'1', X'ff', E'\\n', $1 /* 7 */").unwrap();
+        assert_eq!(
+            shaped.normalized,
+            "SELECT $2, $3, -$4, $5, $6, $7, $1 /* 7 */"
+        );
+        // Different literal kinds are different shapes; equal kinds, one shape.
+        assert_ne!(
+            shape("FETCH 5 FROM c").unwrap().key,
+            shape("FETCH 5.5 FROM c").unwrap().key
+        );
+        assert_eq!(
+            shape("FETCH 5 FROM c").unwrap().key,
+            shape("FETCH 6 FROM c").unwrap().key
+        );
+        // Comments and spacing are kept: they are part of what the audit log shows.
+        assert_ne!(
+            shape("SELECT 1 /*a*/").unwrap().key,
+            shape("SELECT 1 /*b*/").unwrap().key
+        );
+        for blank in ["", "  \n"] {
+            assert_eq!(shape(blank).unwrap().normalized, blank);
+            assert!(Analyzer::new(4).analyze(blank.as_bytes()).is_ok());
+        }
+        assert!(shape("SELECT 'unterminated").is_err());
     }
 
     #[test]
