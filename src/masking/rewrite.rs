@@ -467,32 +467,34 @@ impl Masking {
             copy.header = false;
             return false;
         }
-        let Ok(line) = std::str::from_utf8(body) else {
-            return false;
+        // Bytes, not text: a session in another client_encoding gets its other fields back
+        // exactly as the server sent them.
+        let (line, ending) = match body.strip_suffix(b"\n") {
+            Some(line) => (line, &b"\n"[..]),
+            None => (body, &b""[..]),
         };
-        let (line, ending) = match line.strip_suffix('\n') {
-            Some(l) => (l, "\n"),
-            None => (line, ""),
-        };
-        let fields = if copy.csv {
+        let fields: Vec<(&[u8], Option<Vec<u8>>)> = if copy.csv {
             split_csv(line)
         } else {
-            line.split('\t')
-                .map(|f| (f != "\\N").then(|| unescape_text(f)))
+            line.split(|&b| b == b'\t')
+                .map(|f| (f, (f != b"\\N").then(|| unescape_text(f))))
                 .collect()
         };
         let mut changed = false;
-        let mut masked_fields = Vec::with_capacity(fields.len());
-        for (i, field) in fields.into_iter().enumerate() {
+        let mut rebuilt = Vec::with_capacity(body.len() + 16);
+        for (i, (raw, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                rebuilt.push(if copy.csv { b',' } else { b'\t' });
+            }
             let column = copy
                 .columns
                 .get(i)
                 .copied()
                 .unwrap_or(Column::Scan(Kind::Untyped));
-            let new = field.as_deref().and_then(|value| {
+            let new = value.as_deref().and_then(|value| {
                 mask_value(
                     column,
-                    value.as_bytes(),
+                    value,
                     &self.rules,
                     &self.detectors,
                     &self.key,
@@ -500,32 +502,30 @@ impl Masking {
                 )
             });
             match new {
-                Some(v) => {
+                None => rebuilt.extend_from_slice(raw),
+                Some(None) => {
                     changed = true;
-                    masked_fields.push(v.map(|v| String::from_utf8_lossy(&v).into_owned()));
+                    if !copy.csv {
+                        rebuilt.extend_from_slice(b"\\N");
+                    }
                 }
-                None => masked_fields.push(field),
+                Some(Some(v)) => {
+                    changed = true;
+                    if copy.csv {
+                        quote_csv(&v, &mut rebuilt);
+                    } else {
+                        escape_text(&v, &mut rebuilt);
+                    }
+                }
             }
         }
         if !changed {
             return false;
         }
-        let mut text = String::with_capacity(body.len());
-        for (i, field) in masked_fields.iter().enumerate() {
-            if i > 0 {
-                text.push(if copy.csv { ',' } else { '\t' });
-            }
-            match (field, copy.csv) {
-                (None, true) => {}
-                (None, false) => text.push_str("\\N"),
-                (Some(v), true) => text.push_str(&quote_csv(v)),
-                (Some(v), false) => escape_text(v, &mut text),
-            }
-        }
-        text.push_str(ending);
+        rebuilt.extend_from_slice(ending);
         out.put_u8(b'd');
-        out.put_i32(text.len() as i32 + 4);
-        out.extend_from_slice(text.as_bytes());
+        out.put_i32(rebuilt.len() as i32 + 4);
+        out.extend_from_slice(&rebuilt);
         true
     }
 
@@ -786,90 +786,104 @@ pub fn scrub_quoted(text: &str) -> String {
     }
 }
 
-/// COPY text format: `\t`, `\n`, `\\` and friends to their characters.
-fn unescape_text(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let mut chars = field.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
+/// COPY text format: `\t`, `\n`, `\\` and friends to the bytes they stand for.
+fn unescape_text(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter().copied();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
             continue;
         }
-        match chars.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some('v') => out.push('\u{b}'),
+        match bytes.next() {
+            Some(b't') => out.push(b'\t'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'b') => out.push(0x08),
+            Some(b'f') => out.push(0x0c),
+            Some(b'v') => out.push(0x0b),
             Some(other) => out.push(other),
-            None => out.push('\\'),
+            None => out.push(b'\\'),
         }
     }
     out
 }
 
-fn escape_text(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
+fn escape_text(value: &[u8], out: &mut Vec<u8>) {
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
         }
     }
 }
 
-/// One CSV line (default quote `"`, delimiter `,`): unquoted empty fields are NULL.
-fn split_csv(line: &str) -> Vec<Option<String>> {
+/// One CSV line (default quote `"`, delimiter `,`): each field's bytes as sent, and its
+/// value (`None`: NULL, an unquoted empty field).
+fn split_csv(line: &[u8]) -> Vec<(&[u8], Option<Vec<u8>>)> {
     let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
+    let mut at = 0;
     loop {
-        let mut value = String::new();
+        let start = at;
+        let mut value = Vec::new();
         let mut quoted = false;
-        if chars.peek() == Some(&'"') {
+        if line.get(at) == Some(&b'"') {
             quoted = true;
-            chars.next();
-            while let Some(c) = chars.next() {
-                if c == '"' {
-                    if chars.peek() == Some(&'"') {
-                        chars.next();
-                        value.push('"');
+            at += 1;
+            while let Some(&b) = line.get(at) {
+                at += 1;
+                if b == b'"' {
+                    if line.get(at) == Some(&b'"') {
+                        value.push(b'"');
+                        at += 1;
                     } else {
                         break;
                     }
                 } else {
-                    value.push(c);
+                    value.push(b);
                 }
             }
         }
-        for c in chars.by_ref() {
-            if c == ',' {
+        while let Some(&b) = line.get(at) {
+            if b == b',' {
                 break;
             }
-            value.push(c);
+            value.push(b);
+            at += 1;
         }
-        let end = chars.peek().is_none();
-        fields.push((quoted || !value.is_empty()).then_some(value));
-        if end {
-            // A trailing delimiter leaves one more (empty) field.
-            if line.ends_with(',')
-                && !fields.is_empty()
-                && fields.len() == line.matches(',').count()
-            {
-                fields.push(None);
-            }
+        let raw = &line[start..at];
+        fields.push((raw, (quoted || !value.is_empty()).then_some(value)));
+        if at >= line.len() {
+            return fields;
+        }
+        // Past the delimiter; a trailing one leaves an empty (NULL) last field.
+        at += 1;
+        if at == line.len() {
+            fields.push((&line[at..], None));
             return fields;
         }
     }
 }
 
-fn quote_csv(value: &str) -> String {
-    if value.is_empty() || value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
+fn quote_csv(value: &[u8], out: &mut Vec<u8>) {
+    if value.is_empty()
+        || value
+            .iter()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
+        out.push(b'"');
+        for &b in value {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
     } else {
-        value.to_owned()
+        out.extend_from_slice(value);
     }
 }
 
@@ -1037,20 +1051,42 @@ mod tests {
 
     #[test]
     fn copy_fields_round_trip() {
+        let fields = split_csv(b"1,\"a,b\",,\"\",x");
+        let values: Vec<Option<&[u8]>> = fields.iter().map(|(_, v)| v.as_deref()).collect();
         assert_eq!(
-            split_csv("1,\"a,b\",,\"\",x"),
-            vec![
-                Some("1".into()),
-                Some("a,b".into()),
-                None,
-                Some(String::new()),
-                Some("x".into())
-            ]
+            values,
+            [Some(&b"1"[..]), Some(b"a,b"), None, Some(b""), Some(b"x")]
         );
-        assert_eq!(quote_csv("a\"b"), "\"a\"\"b\"");
-        assert_eq!(unescape_text("a\\tb\\\\c"), "a\tb\\c");
-        let mut out = String::new();
-        escape_text("a\tb\\c", &mut out);
-        assert_eq!(out, "a\\tb\\\\c");
+        assert_eq!(fields[1].0, b"\"a,b\"", "the bytes as sent");
+        assert_eq!(split_csv(b"1,").len(), 2);
+        let mut out = Vec::new();
+        quote_csv(b"a\"b", &mut out);
+        assert_eq!(out, b"\"a\"\"b\"");
+        assert_eq!(unescape_text(b"a\\tb\\\\c"), b"a\tb\\c");
+        let mut out = Vec::new();
+        escape_text(b"a\tb\\c", &mut out);
+        assert_eq!(out, b"a\\tb\\\\c");
+    }
+
+    #[test]
+    fn copy_lines_in_another_encoding_keep_their_other_bytes() {
+        let mut masking = session(false);
+        masking.copy = Some(CopyPlan {
+            columns: vec![
+                Column::Keep,
+                Column::Mask {
+                    strategy: Strategy::Email,
+                    kind: Kind::Text(ValueKind::Text),
+                    rule: Some(0),
+                },
+            ],
+            csv: false,
+            header: false,
+            refused: false,
+        });
+        // LATIN1 "é" (0xE9) in the first field; the email is masked, the rest untouched.
+        let mut out = BytesMut::new();
+        assert!(masking.copy_data(b"caf\xe9\tjane@example.com\n", &mut out));
+        assert_eq!(&out[5..], b"caf\xe9\tj***@example.com\n");
     }
 }

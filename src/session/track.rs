@@ -209,6 +209,15 @@ impl Tracker {
 
     fn on_error(&mut self, body: &[u8]) -> Rewrite {
         let sqlstate = sqlstate_of(body);
+        // pgwarden's own Describe of a portal failing (e.g. the portal does not exist) is
+        // the failure of the Execute it precedes: the error belongs to that statement.
+        if self
+            .queue
+            .front()
+            .is_some_and(|p| p.expect == Expect::HiddenDescribe)
+        {
+            self.queue.pop_front();
+        }
         let Some(front) = self.queue.front_mut() else {
             return Rewrite::Keep;
         };
@@ -400,6 +409,26 @@ mod tests {
         // The client's Describe that followed is answered next, not swallowed.
         assert_eq!(t.on_server(b'n', b""), Rewrite::Keep);
         assert!(t.queue.is_empty());
+    }
+
+    #[test]
+    fn an_error_at_pgwardens_describe_is_the_executes_error() {
+        let mut t = Tracker::default();
+        t.push(Expect::HiddenDescribe, None);
+        t.push(Expect::Execute, run(1));
+        t.push(Expect::Sync, None);
+        assert_eq!(
+            t.on_server(b'E', b"SERROR\0C34000\0Mportal does not exist\0\0"),
+            Rewrite::Keep,
+            "the client sees the error"
+        );
+        t.on_server(b'Z', b"I");
+        let outcome: Vec<_> = t
+            .finished
+            .iter()
+            .map(|f| (f.statement, f.sqlstate, f.skipped))
+            .collect();
+        assert_eq!(outcome, [(1, Some(*b"34000"), false)]);
     }
 
     #[test]
