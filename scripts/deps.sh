@@ -23,6 +23,8 @@
 #   ShellCheck                shellcheck (deployment scripts are checked by the tests)
 #   npm (and node)            npm (the tests install dclint, a compose-file validator, with it)
 #   openssl                   openssl (the tests run the compose demo's certificate script)
+#   python3 -m venv           python3-venv (the client matrix installs drivers from PyPI into
+#                             a venv under target/)
 #   pgbouncer                 pgbouncer (/usr/sbin/pgbouncer)
 set -euo pipefail
 
@@ -122,6 +124,7 @@ check_all() {
   command -v shellcheck >/dev/null 2>&1 || need shellcheck
   command -v npm >/dev/null 2>&1 || need npm
   command -v openssl >/dev/null 2>&1 || need openssl
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need python3-venv
   if ((with_pgbouncer)); then have_pgbouncer || need pgbouncer; fi
 }
 

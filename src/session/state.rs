@@ -10,10 +10,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::sql::facts::SettingValue;
+use crate::sql::facts::{CursorUse, SettingValue};
 use crate::sql::{Analysis, StatementFacts};
 
 use crate::protocol::views::{Bind, Parse, Target};
+
+/// Most cursors whose DECLARE a session remembers.
+const MAX_CURSORS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedStatement {
@@ -64,6 +67,9 @@ pub struct SessionState {
     /// SQL-level `PREPARE name AS …`: what each name's body does, so that `EXECUTE name`
     /// is judged by it.
     pub sql_prepared: HashMap<String, StatementFacts>,
+    /// Open SQL-level cursors and the DECLARE that made each (what FETCH returns comes
+    /// from its query: masking needs its lineage).
+    pub cursors: HashMap<String, StatementFacts>,
     /// The schemas unqualified names are looked up in, as far as pgwarden can tell (`*`:
     /// unknown, any schema): tracked from SET / RESET / set_config of `search_path`.
     pub search_path: Vec<String>,
@@ -86,6 +92,7 @@ impl SessionState {
             statements_seen: 0,
             skip_until_sync: false,
             sql_prepared: HashMap::new(),
+            cursors: HashMap::new(),
             search_path: Vec::new(),
             initial_search_path: Vec::new(),
             intent: None,
@@ -240,6 +247,21 @@ impl SessionState {
             }
             if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
                 self.search_path = self.initial_search_path.clone();
+            }
+            match &facts.cursor {
+                Some(CursorUse::Declare(name)) => {
+                    // Bounded: a session declaring without end forgets the oldest lineage,
+                    // and masking treats those cursors' computed columns as derived.
+                    if self.cursors.len() >= MAX_CURSORS {
+                        self.cursors.clear();
+                    }
+                    self.cursors.insert(name.clone(), facts.clone());
+                }
+                Some(CursorUse::Close(name)) if name == "*" => self.cursors.clear(),
+                Some(CursorUse::Close(name)) => {
+                    self.cursors.remove(name);
+                }
+                _ => {}
             }
             if let Some(name) = &facts.prepares {
                 self.sql_prepared

@@ -78,6 +78,14 @@ pub enum SettingValue {
     Unknown,
 }
 
+/// What a statement does with a cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorUse {
+    Declare(String),
+    Fetch(String),
+    Close(String),
+}
+
 /// The facts of one statement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatementFacts {
@@ -99,6 +107,10 @@ pub struct StatementFacts {
     pub executes: Option<String>,
     /// `DEALLOCATE name`; `*` for DEALLOCATE ALL and DISCARD ALL.
     pub deallocates: Option<String>,
+    /// Cursors: `DECLARE name`, `FETCH`/`MOVE … name`, `CLOSE name` (`*` for CLOSE ALL and
+    /// DISCARD ALL).
+    #[serde(skip)]
+    pub cursor: Option<CursorUse>,
     /// Some fact was read from a literal value (`set_config('statement_timeout', …)`): the
     /// facts hold for this text only, not for every statement of the same shape.
     #[serde(skip)]
@@ -295,7 +307,24 @@ impl Walk<'_> {
                     == Some(pg_query::protobuf::DiscardMode::DiscardAll as i64);
                 if all {
                     self.facts.deallocates = Some("*".to_owned());
+                    self.facts.cursor = Some(CursorUse::Close("*".to_owned()));
                 }
+            }
+            Some(cursor @ ("DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt")) => {
+                let name = node
+                    .field("portalname")
+                    .and_then(Tree::as_str)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned);
+                self.facts.cursor = match (cursor, name) {
+                    ("DeclareCursorStmt", Some(name)) => Some(CursorUse::Declare(name)),
+                    ("FetchStmt", Some(name)) => Some(CursorUse::Fetch(name)),
+                    ("ClosePortalStmt", name) => {
+                        Some(CursorUse::Close(name.unwrap_or_else(|| "*".to_owned())))
+                    }
+                    _ => None,
+                };
+                self.visit_fields(node, access, &[]);
             }
             Some("PrepareStmt") => {
                 self.facts.prepares = node.field("name").and_then(Tree::as_str).map(str::to_owned);

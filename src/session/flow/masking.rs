@@ -13,6 +13,8 @@ use crate::masking::rewrite::{Masking, Source};
 use crate::policy::{Action, Decision};
 use crate::protocol::backend;
 use crate::protocol::frame::FrameLimits;
+use crate::session::state::SessionState;
+use crate::sql::facts::CursorUse;
 use crate::sql::StatementFacts;
 
 /// What masking made of a server frame.
@@ -35,15 +37,26 @@ pub fn write_describe_portal(out: &mut BytesMut, portal: &[u8]) {
     out.put_u8(0);
 }
 
-/// The statement a result comes from, as masking sees it: cursors and SQL-level EXECUTE run
-/// statements whose lineage is not at hand.
-fn source_of(facts: Option<&StatementFacts>) -> Source<'_> {
-    match facts {
-        Some(f) if f.executes.is_none() && !matches!(f.kind(), "fetch" | "move") => {
-            Source::Statement(f)
-        }
-        _ => Source::Unknown,
+/// The statement a result comes from, as masking sees it: FETCH returns what its cursor's
+/// DECLARE selects, SQL-level EXECUTE what its PREPARE does; a cursor or statement pgwarden
+/// does not know is `Unknown` (every computed column masked).
+fn source_of<'a>(facts: Option<&'a StatementFacts>, state: &'a SessionState) -> Source<'a> {
+    let Some(facts) = facts else {
+        return Source::Unknown;
+    };
+    if let Some(CursorUse::Fetch(name)) = &facts.cursor {
+        return state
+            .cursors
+            .get(name)
+            .map_or(Source::Unknown, Source::Statement);
     }
+    if let Some(name) = &facts.executes {
+        return state
+            .sql_prepared
+            .get(name)
+            .map_or(Source::Unknown, Source::Statement);
+    }
+    Source::Statement(facts)
 }
 
 impl Flow<'_> {
@@ -54,7 +67,7 @@ impl Flow<'_> {
         };
         let current = self.tracker.current_statement();
         let facts = current.and_then(|(analysis, index)| analysis.statements.get(index));
-        let source = source_of(facts);
+        let source = source_of(facts, &self.state);
         let outcome = match tag {
             b'T' => match masking.on_row_description(body, source) {
                 Ok(()) => Masked::Keep,

@@ -1,0 +1,117 @@
+"""psycopg 3 through pgwarden: driven by tests/client_matrix.rs.
+
+Environment: PROXY_DSN (pgwarden, as a developer whose `email` column is masked),
+DIRECT_DSN (PostgreSQL itself), TABLE (seeded: id, name, email), SECRET_EMAIL (the real
+value of row 1's email). Every check raises on failure; the last line printed is "ok".
+"""
+
+import os
+import threading
+import time
+
+import psycopg
+from psycopg import errors
+
+PROXY = os.environ["PROXY_DSN"]
+DIRECT = os.environ["DIRECT_DSN"]
+TABLE = os.environ["TABLE"]
+SECRET = os.environ["SECRET_EMAIL"]
+
+
+def check(condition, what):
+    if not condition:
+        raise AssertionError(what)
+
+
+def rows(dsn, query, cursor_factory=None, binary=False):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.cursor() if cursor_factory is None else cursor_factory(conn)
+        cur.execute(query, binary=binary)
+        return cur.fetchall()
+
+
+with psycopg.connect(PROXY, autocommit=True) as conn:
+    check(conn.info.parameter_status("server_version"), "server_version reported")
+    check(conn.pgconn.ssl_in_use, "TLS to pgwarden")
+
+    # Simple (client-side binding) and extended protocol, text and binary results: the same
+    # rows as a direct connection for columns that are not masked.
+    query = f"SELECT id, name, now() IS NOT NULL AS t FROM {TABLE} ORDER BY id"
+    direct = rows(DIRECT, query)
+    for factory in (None, psycopg.ClientCursor):
+        for binary in (False, True):
+            if factory is psycopg.ClientCursor and binary:
+                continue
+            got = rows(PROXY, query, factory, binary)
+            check(got == direct, f"{factory} binary={binary}: {got} != {direct}")
+
+    # A masked column loads as an ordinary string, in text and in binary.
+    for binary in (False, True):
+        (email,) = conn.execute(
+            f"SELECT email FROM {TABLE} WHERE id = %s", (1,), binary=binary
+        ).fetchone()
+        check(isinstance(email, str) and email.endswith("***@example.com"), f"masked: {email}")
+        check(email != SECRET, "the real value reached the developer")
+
+    # Pipeline mode: several statements in flight; a refused one surfaces as the normal
+    # error and the pipeline goes on after its sync.
+    with conn.pipeline():
+        c1 = conn.execute("SELECT 1")
+        c2 = conn.execute(f"SELECT count(*) FROM {TABLE}")
+    check(c1.fetchone() == (1,) and c2.fetchone()[0] == 2, "pipeline results")
+    try:
+        with conn.pipeline():
+            conn.execute(f"DROP TABLE {TABLE}")
+        raise AssertionError("DROP TABLE went through")
+    except errors.InsufficientPrivilege as e:
+        check("pgwarden" in str(e) and "guardrail" in str(e), f"pgwarden's message: {e}")
+    check(conn.execute("SELECT 1").fetchone() == (1,), "usable after a refusal")
+
+    # A refusal outside a pipeline: the driver's own error type, the session stays usable.
+    try:
+        conn.execute(f"DELETE FROM {TABLE}")
+        raise AssertionError("DELETE without WHERE went through")
+    except errors.InsufficientPrivilege as e:
+        check("no_where" in str(e) or "WHERE" in str(e), f"{e}")
+    check(conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 2, "rows kept")
+
+    # COPY in and out.
+    conn.execute("CREATE TEMP TABLE copied (id int, note text)")
+    with conn.cursor().copy("COPY copied FROM STDIN") as copy:
+        for i in range(1000):
+            copy.write_row((i, f"note {i}"))
+    out = []
+    with conn.cursor().copy("COPY copied TO STDOUT") as copy:
+        for row in copy.rows():
+            out.append(row)
+    check(len(out) == 1000 and out[999] == ("999", "note 999"), f"copy out: {out[-1:]}")
+
+    # Server-side cursor (DECLARE/FETCH), in a transaction.
+    with psycopg.connect(PROXY) as tx:
+        with tx.cursor(name="server_side") as cur:
+            cur.itersize = 7
+            cur.execute("SELECT g FROM generate_series(1, 100) g")
+            check(sum(r[0] for r in cur) == 5050, "server-side cursor")
+        tx.commit()
+
+    # LISTEN / NOTIFY from another session.
+    conn.execute("LISTEN matrix_channel")
+    with psycopg.connect(DIRECT, autocommit=True) as other:
+        other.execute("NOTIFY matrix_channel, 'hello'")
+    got = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
+    check(got == ["hello"], f"notifications: {got}")
+
+    # conn.cancel() of a long query: it ends with QueryCanceled, quickly.
+    timer = threading.Timer(0.5, conn.cancel)
+    timer.start()
+    started = time.monotonic()
+    try:
+        conn.execute("SELECT pg_sleep(20)")
+        raise AssertionError("pg_sleep was not cancelled")
+    except errors.QueryCanceled:
+        check(time.monotonic() - started < 10, "the cancel took too long")
+    finally:
+        timer.cancel()
+    check(conn.execute("SELECT 1").fetchone() == (1,), "usable after a cancel")
+
+print("ok")
