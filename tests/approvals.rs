@@ -820,20 +820,7 @@ async fn readyz_goes_unready_when_the_database_server_is_down() {
     .await;
     let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
     let get = |path: &'static str| async move {
-        let fetcher = Fetcher::new(None, Duration::from_secs(10), 1 << 16).unwrap();
-        let response = fetcher
-            .fetch(
-                openidconnect::http::Request::builder()
-                    .uri(format!("http://{admin}{path}"))
-                    .body(Vec::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            String::from_utf8_lossy(response.body()).into_owned(),
-        )
+        common::http_get(&format!("http://{admin}{path}")).await
     };
     let (status, body) = get("/readyz").await;
     assert_eq!(status, 503, "{body}");

@@ -375,18 +375,8 @@ async fn masked_values_keep_their_types_and_the_audit_counts_them() {
     assert_eq!(row.get::<_, i32>(4), 1);
     // /metrics counts them, by rule and by detector.
     let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
-    let fetcher =
-        pgwarden::net::http::Fetcher::new(None, Duration::from_secs(10), 1 << 20).unwrap();
-    let response = fetcher
-        .fetch(
-            openidconnect::http::Request::builder()
-                .uri(format!("http://{admin}/metrics"))
-                .body(Vec::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(response.body().clone()).unwrap();
+    let (status, metrics) = common::http_get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200);
     assert!(
         metrics.contains("pgwarden_masked_values_total{by=\"rule\"} 3"),
         "{metrics}"

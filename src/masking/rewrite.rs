@@ -18,7 +18,7 @@ use super::detect::{Detectors, Hits};
 use super::strategy::{self, Strategy, ValueKind};
 use super::{Rule, Settings};
 use crate::auth::Identity;
-use crate::protocol::{split_cstr, split_i16, split_i32};
+use crate::protocol::{backend, split_cstr, split_i16, split_i32};
 use crate::sql::StatementFacts;
 
 /// What happens to one result column.
@@ -351,24 +351,22 @@ impl Masking {
         if replaced.is_empty() {
             return Ok(false);
         }
-        let start = out.len();
-        out.put_u8(b'D');
-        out.put_i32(0);
-        let mut at = 0;
-        for (from, to, value) in replaced {
-            out.extend_from_slice(&body[at..from]);
-            match value {
-                Some(v) => {
-                    out.put_i32(v.len() as i32);
-                    out.extend_from_slice(&v);
+        backend::message(out, b'D', |out| {
+            let mut at = 0;
+            for (from, to, value) in replaced {
+                out.extend_from_slice(&body[at..from]);
+                match value {
+                    // A masked value is never longer than the limits allow a message to be.
+                    Some(v) => {
+                        out.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                        out.extend_from_slice(&v);
+                    }
+                    None => out.put_i32(-1),
                 }
-                None => out.put_i32(-1),
+                at = to;
             }
-            at = to;
-        }
-        out.extend_from_slice(&body[at..]);
-        let len = (out.len() - start - 1) as i32;
-        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&body[at..]);
+        });
         Ok(true)
     }
 
@@ -523,9 +521,7 @@ impl Masking {
             return false;
         }
         rebuilt.extend_from_slice(ending);
-        out.put_u8(b'd');
-        out.put_i32(rebuilt.len() as i32 + 4);
-        out.extend_from_slice(&rebuilt);
+        backend::message(out, b'd', |out| out.extend_from_slice(&rebuilt));
         true
     }
 
@@ -538,51 +534,53 @@ impl Masking {
             return false;
         };
         let mut changed = false;
-        let mut rewritten: Vec<(u8, String)> = Vec::with_capacity(fields.len());
+        // Fields nothing changes keep their bytes (a session's own client_encoding).
+        let mut rewritten: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = Vec::with_capacity(fields.len());
         for (code, value) in fields {
-            let text = String::from_utf8_lossy(value);
-            let mut new = text.to_string();
-            if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q' | b'p') {
-                if self.opaque && code != b'p' {
-                    new = match code {
-                        b'M' => "(message withheld by pgwarden: the statement runs code that can read masked data)".into(),
-                        _ => String::new(),
-                    };
-                } else if self.touches {
-                    new = match code {
-                        b'W' | b'q' => String::new(),
-                        _ => scrub_quoted(&new),
-                    };
-                }
-                if let Some(masked) =
-                    self.detectors
-                        .mask(&new, &self.key, &mut self.counts.detected)
-                {
-                    new = masked;
-                }
-            }
-            if new != text {
-                changed = true;
-            }
-            if new.is_empty() && matches!(code, b'D' | b'H' | b'W' | b'q' | b'p') {
+            if !matches!(code, b'M' | b'D' | b'H' | b'W' | b'q' | b'p') {
+                rewritten.push((code, value.into()));
                 continue;
             }
-            rewritten.push((code, new));
+            let text = String::from_utf8_lossy(value);
+            let mut new = if self.opaque && code != b'p' {
+                match code {
+                    b'M' => "(message withheld by pgwarden: the statement runs code that can read masked data)".into(),
+                    _ => String::new(),
+                }
+            } else if self.touches {
+                match code {
+                    b'W' | b'q' => String::new(),
+                    _ => scrub_quoted(&text),
+                }
+            } else {
+                text.to_string()
+            };
+            if let Some(masked) = self
+                .detectors
+                .mask(&new, &self.key, &mut self.counts.detected)
+            {
+                new = masked;
+            }
+            if new == text {
+                rewritten.push((code, value.into()));
+                continue;
+            }
+            changed = true;
+            if new.is_empty() && code != b'M' {
+                continue;
+            }
+            rewritten.push((code, new.into_bytes().into()));
         }
         if !changed {
             return false;
         }
-        let start = out.len();
-        out.put_u8(tag);
-        out.put_i32(0);
-        for (code, value) in rewritten {
-            out.put_u8(code);
-            out.extend_from_slice(value.replace('\0', "").as_bytes());
+        backend::message(out, tag, |out| {
+            for (code, value) in &rewritten {
+                out.put_u8(*code);
+                backend::put_cstr(out, value);
+            }
             out.put_u8(0);
-        }
-        out.put_u8(0);
-        let len = (out.len() - start - 1) as i32;
-        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        });
         true
     }
 
@@ -604,16 +602,11 @@ impl Masking {
         else {
             return false;
         };
-        let start = out.len();
-        out.put_u8(b'A');
-        out.put_i32(0);
-        out.put_i32(pid);
-        out.extend_from_slice(channel);
-        out.put_u8(0);
-        out.extend_from_slice(masked.as_bytes());
-        out.put_u8(0);
-        let len = (out.len() - start - 1) as i32;
-        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        backend::message(out, b'A', |out| {
+            out.put_i32(pid);
+            backend::put_cstr(out, channel);
+            backend::put_cstr(out, masked.as_bytes());
+        });
         true
     }
 }
@@ -1066,6 +1059,26 @@ mod tests {
         let mut out = Vec::new();
         escape_text(b"a\tb\\c", &mut out);
         assert_eq!(out, b"a\\tb\\\\c");
+    }
+
+    #[test]
+    fn errors_on_masked_tables_lose_quoted_values_and_keep_other_bytes() {
+        let mut masking = session(false);
+        masking.observe(Source::Unknown);
+        let body = b"SERROR\0C22P02\0Minvalid input syntax for type integer: \"jane@x.io\"\0Dcaf\xe9\0Wcontext\0\0";
+        let mut out = BytesMut::new();
+        assert!(masking.error_or_notice(b'E', body, &mut out));
+        let expected =
+            b"SERROR\0C22P02\0Minvalid input syntax for type integer: \"****\"\0Dcaf\xe9\0\0";
+        assert_eq!(
+            &out[5..],
+            expected,
+            "context dropped, LATIN1 detail untouched"
+        );
+        assert_eq!(
+            usize::try_from(i32::from_be_bytes([out[1], out[2], out[3], out[4]])).unwrap(),
+            out.len() - 1
+        );
     }
 
     #[test]

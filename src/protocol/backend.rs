@@ -6,17 +6,18 @@ use bytes::{BufMut, BytesMut};
 use crate::error::ClientError;
 
 /// Append `tag`, a length placeholder, the body written by `body`, then patch the length.
-fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+pub fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out.put_u8(tag);
     let len_at = out.len();
     out.put_i32(0);
     body(out);
-    // Messages we build are small (bounded by our own strings), far below i32::MAX.
+    // Messages we build are bounded by our own strings or by a server message we rewrite
+    // (at most server.limits.max_server_message), far below i32::MAX.
     let len = i32::try_from(out.len() - len_at).unwrap_or(i32::MAX);
     out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+pub fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     // A NUL inside would end the field early and shift every later field: drop it.
     out.extend(s.iter().copied().filter(|&b| b != 0));
     out.put_u8(0);

@@ -443,3 +443,23 @@ pub async fn fresh_table(name: &str) {
         .await
         .expect("create the test table");
 }
+
+/// GET `url` with pgwarden's own HTTP client: (status, body as text).
+pub async fn http_get(url: &str) -> (u16, String) {
+    let fetcher =
+        pgwarden::net::http::Fetcher::new(None, std::time::Duration::from_secs(10), 1 << 20)
+            .unwrap();
+    let response = fetcher
+        .fetch(
+            openidconnect::http::Request::builder()
+                .uri(url)
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (
+        response.status().as_u16(),
+        String::from_utf8_lossy(response.body()).into_owned(),
+    )
+}
