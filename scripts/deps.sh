@@ -25,6 +25,9 @@
 #   openssl                   openssl (the tests run the compose demo's certificate script)
 #   python3 -m venv           python3-venv (the client matrix installs drivers from PyPI into
 #                             a venv under target/)
+#   java, postgresql.jar      default-jre-headless, libpostgresql-jdbc-java (the client matrix runs
+#                             a pgjdbc program with /usr/share/java/postgresql.jar)
+#   node                      nodejs (node-postgres in the client matrix; npm brings it)
 #   pgbouncer                 pgbouncer (/usr/sbin/pgbouncer)
 set -euo pipefail
 
@@ -125,6 +128,9 @@ check_all() {
   command -v npm >/dev/null 2>&1 || need npm
   command -v openssl >/dev/null 2>&1 || need openssl
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need python3-venv
+  # The client matrix: pgjdbc needs Java and the driver jar from Debian.
+  command -v java >/dev/null 2>&1 || need default-jre-headless
+  [[ -f /usr/share/java/postgresql.jar ]] || need libpostgresql-jdbc-java
   if ((with_pgbouncer)); then have_pgbouncer || need pgbouncer; fi
 }
 

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::{all_records, audit_dir, harness, sqlstate, Proxy, ProxyOptions};
 use pgwarden::net::http::Fetcher;
-use pgwarden::testbed::issuer::https_acceptor;
-use pgwarden::testbed::{DevIssuer, KeyAlgorithm};
+use pgwarden::testbed::DevIssuer;
 use serde_json::{json, Value};
 
 const AUDIENCE: &str = "pgwarden";
@@ -31,14 +30,7 @@ fn person(name: &str, groups: &[&str]) -> Value {
 impl Setup {
     async fn start(name: &str, approvals: &str) -> Setup {
         let h = harness();
-        let tls = https_acceptor(&h.certs.server_cert, &h.certs.server_key).unwrap();
-        let issuer = DevIssuer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            Some(tls),
-            KeyAlgorithm::Rs256,
-        )
-        .await
-        .unwrap();
+        let issuer = common::https_issuer().await;
         let table = format!("held_{name}");
         common::fresh_table(&table).await;
         let audit = audit_dir(&format!("approvals-{name}"));
@@ -89,24 +81,7 @@ impl Setup {
 
     /// Call the admin API as `token`: (HTTP status, JSON body).
     async fn api(&self, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let fetcher = Fetcher::new(None, Duration::from_secs(10), 1 << 20).unwrap();
-        let request = openidconnect::http::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.admin))
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(if body.is_null() {
-                Vec::new()
-            } else {
-                body.to_string().into_bytes()
-            })
-            .unwrap();
-        let response = fetcher.fetch(request).await.unwrap();
-        let status = response.status().as_u16();
-        (
-            status,
-            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
-        )
+        common::admin_api(self.admin, method, path, token, body).await
     }
 
     /// Wait until exactly one request is pending, as the DBA sees it; return it.

@@ -9,23 +9,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{all_records, audit_dir, harness, sqlstate, Proxy, ProxyOptions};
-use pgwarden::testbed::issuer::https_acceptor;
-use pgwarden::testbed::{DevIssuer, KeyAlgorithm};
+use pgwarden::testbed::KeyAlgorithm;
 use serde_json::{json, Value};
 
 const AUDIENCE: &str = "pgwarden";
-
-async fn start_issuer_at(addr: &str) -> DevIssuer {
-    let h = harness();
-    let tls = https_acceptor(&h.certs.server_cert, &h.certs.server_key).unwrap();
-    DevIssuer::start(addr.parse().unwrap(), Some(tls), KeyAlgorithm::Rs256)
-        .await
-        .unwrap()
-}
-
-async fn start_issuer() -> DevIssuer {
-    start_issuer_at("127.0.0.1:0").await
-}
 
 fn ann() -> Value {
     json!({"sub": "u-ann", "email": "ann@example.com", "groups": ["engineering", "oncall"]})
@@ -86,7 +73,7 @@ fn b64(value: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn id_and_access_tokens_sign_people_in_with_their_groups_and_requested_role() {
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let dir = audit_dir("oidc-accept");
     let proxy = Proxy::start(options(
         issuer.url(),
@@ -173,7 +160,7 @@ async fn id_and_access_tokens_sign_people_in_with_their_groups_and_requested_rol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_serving() {
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let dir = audit_dir("oidc-reject");
     let proxy = Proxy::start(options(
         issuer.url(),
@@ -345,7 +332,7 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_can_be_limited_to_one_kind_of_token() {
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let access_only = Proxy::start(options(
         issuer.url(),
         "token_types = [\"access_token\"]",
@@ -383,7 +370,7 @@ async fn an_issuer_can_be_limited_to_one_kind_of_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_keys_are_picked_up_and_a_flood_of_unknown_kids_fetches_at_most_once() {
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let proxy = Proxy::start(options(
         issuer.url(),
         "jwks_cooldown = \"1s\"",
@@ -505,7 +492,7 @@ async fn an_issuer_down_at_start_is_retried_and_logins_work_once_it_is_up() {
         message(&err)
     );
 
-    let issuer = start_issuer_at(&addr.to_string()).await;
+    let issuer = common::https_issuer_at(&addr.to_string()).await;
     let token = issuer.id_token(AUDIENCE, &ann(), 300);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -540,7 +527,7 @@ async fn readyz(admin: std::net::SocketAddr) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_from_one_address_are_slowed_down() {
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let dir = audit_dir("oidc-ratelimit");
     let proxy = Proxy::start(options(
         issuer.url(),
@@ -594,7 +581,7 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let dir = audit_dir("oidc-expiry");
     let proxy = Proxy::start(options(
         issuer.url(),
@@ -725,7 +712,7 @@ async fn oauthbearer_error(
 async fn oauthbearer_answers_discovery_then_accepts_the_token() {
     use common::wire::{auth_code, error_fields, read_message};
     use tokio::io::AsyncWriteExt;
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let proxy = Proxy::start(options(
         issuer.url(),
         "",
@@ -777,7 +764,7 @@ async fn oauthbearer_answers_discovery_then_accepts_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgwarden_login_runs_the_device_flow_and_pgwarden_token_feeds_psql() {
     use tokio::io::AsyncBufReadExt;
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     issuer.add_person("ann", ann());
     // Tokens that are "about to expire" as soon as they are issued: pgwarden token refreshes.
     issuer.set_issued_tokens(AUDIENCE, 62);
@@ -945,7 +932,7 @@ async fn pgwarden_login_runs_the_device_flow_and_pgwarden_token_feeds_psql() {
 async fn a_dedicated_listener_offers_oauthbearer_to_every_token_sign_in() {
     use common::wire::{self, auth_code, read_message};
     use tokio::io::AsyncWriteExt;
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     let mut opts = options(
         issuer.url(),
         "",
@@ -985,7 +972,7 @@ async fn a_dedicated_listener_offers_oauthbearer_to_every_token_sign_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgwarden_login_browser_uses_the_code_flow_with_pkce_on_a_loopback_redirect() {
     use tokio::io::AsyncBufReadExt;
-    let issuer = start_issuer().await;
+    let issuer = common::https_issuer().await;
     issuer.add_person("ann", ann());
     let proxy = Proxy::start(options(
         issuer.url(),

@@ -1,38 +1,28 @@
-"""psycopg 3 through pgwarden: driven by tests/client_matrix.rs.
-
-Environment: PROXY_DSN (pgwarden, as a developer whose `email` column is masked),
-DIRECT_DSN (PostgreSQL itself), TABLE (seeded: id, name, email), SECRET_EMAIL (the real
-value of row 1's email). Every check raises on failure; the last line printed is "ok".
+"""psycopg 3 through pgwarden: driven by tests/client_matrix.rs (see matrix_common.py for the
+environment). Every check raises on failure; the last line printed is "ok".
 """
 
-import os
 import threading
 import time
 
 import psycopg
 from psycopg import errors
 
-PROXY = os.environ["PROXY_DSN"]
-DIRECT = os.environ["DIRECT_DSN"]
-TABLE = os.environ["TABLE"]
-SECRET = os.environ["SECRET_EMAIL"]
+from matrix_common import DIRECT, HELD_ID, PROXY, TABLE, check, masked_email
 
 
-def check(condition, what):
-    if not condition:
-        raise AssertionError(what)
-
-
-def rows(dsn, query, cursor_factory=None, binary=False):
-    with psycopg.connect(dsn, autocommit=True) as conn:
+def rows(params, query, cursor_factory=None, binary=False):
+    with psycopg.connect(**params, autocommit=True) as conn:
         cur = conn.cursor() if cursor_factory is None else cursor_factory(conn)
         cur.execute(query, binary=binary)
         return cur.fetchall()
 
 
-with psycopg.connect(PROXY, autocommit=True) as conn:
+with psycopg.connect(**PROXY, autocommit=True) as conn:
     check(conn.info.parameter_status("server_version"), "server_version reported")
     check(conn.pgconn.ssl_in_use, "TLS to pgwarden")
+    user = conn.execute("SELECT current_user").fetchone()[0]
+    check(user == "app_rw", f"signed in upstream as {user}")
 
     # Simple (client-side binding) and extended protocol, text and binary results: the same
     # rows as a direct connection for columns that are not masked.
@@ -50,8 +40,15 @@ with psycopg.connect(PROXY, autocommit=True) as conn:
         (email,) = conn.execute(
             f"SELECT email FROM {TABLE} WHERE id = %s", (1,), binary=binary
         ).fetchone()
-        check(isinstance(email, str) and email.endswith("***@example.com"), f"masked: {email}")
-        check(email != SECRET, "the real value reached the developer")
+        check(masked_email(email), f"masked: {email}")
+
+    # Server-side prepared statements (psycopg prepares after prepare_threshold executions;
+    # prepare=True at once): the mask holds on every execution.
+    for i in range(8):
+        (email,) = conn.execute(
+            f"SELECT email FROM {TABLE} WHERE id = %s", (1,), prepare=i % 2 == 0
+        ).fetchone()
+        check(masked_email(email), f"masked when prepared: {email}")
 
     # Pipeline mode: several statements in flight; a refused one surfaces as the normal
     # error and the pipeline goes on after its sync.
@@ -75,6 +72,11 @@ with psycopg.connect(PROXY, autocommit=True) as conn:
         check("no_where" in str(e) or "WHERE" in str(e), f"{e}")
     check(conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 2, "rows kept")
 
+    # A held statement waits for the DBA, then completes in this session.
+    conn.execute(f"INSERT INTO {TABLE} VALUES (%s, 'held', 'held@example.org')", (HELD_ID,))
+    cur = conn.execute(f"DELETE FROM {TABLE} WHERE id = %s", (HELD_ID,))
+    check(cur.rowcount == 1, f"held DELETE: {cur.rowcount} rows")
+
     # COPY in and out.
     conn.execute("CREATE TEMP TABLE copied (id int, note text)")
     with conn.cursor().copy("COPY copied FROM STDIN") as copy:
@@ -87,7 +89,7 @@ with psycopg.connect(PROXY, autocommit=True) as conn:
     check(len(out) == 1000 and out[999] == ("999", "note 999"), f"copy out: {out[-1:]}")
 
     # Server-side cursor (DECLARE/FETCH), in a transaction.
-    with psycopg.connect(PROXY) as tx:
+    with psycopg.connect(**PROXY) as tx:
         with tx.cursor(name="server_side") as cur:
             cur.itersize = 7
             cur.execute("SELECT g FROM generate_series(1, 100) g")
@@ -96,7 +98,7 @@ with psycopg.connect(PROXY, autocommit=True) as conn:
 
     # LISTEN / NOTIFY from another session.
     conn.execute("LISTEN matrix_channel")
-    with psycopg.connect(DIRECT, autocommit=True) as other:
+    with psycopg.connect(**DIRECT, autocommit=True) as other:
         other.execute("NOTIFY matrix_channel, 'hello'")
     got = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
     check(got == ["hello"], f"notifications: {got}")

@@ -463,3 +463,55 @@ pub async fn http_get(url: &str) -> (u16, String) {
         String::from_utf8_lossy(response.body()).into_owned(),
     )
 }
+
+/// The testbed's development OIDC issuer on 127.0.0.1:0, over HTTPS with the per-run CA.
+pub async fn https_issuer() -> pgwarden::testbed::DevIssuer {
+    https_issuer_at("127.0.0.1:0").await
+}
+
+/// The development issuer at a chosen address (tests that restart it on the same port).
+pub async fn https_issuer_at(addr: &str) -> pgwarden::testbed::DevIssuer {
+    let h = harness();
+    let tls = pgwarden::testbed::issuer::https_acceptor(&h.certs.server_cert, &h.certs.server_key)
+        .expect("issuer TLS");
+    pgwarden::testbed::DevIssuer::start(
+        addr.parse().expect("issuer address"),
+        Some(tls),
+        pgwarden::testbed::KeyAlgorithm::Rs256,
+    )
+    .await
+    .expect("start the development issuer")
+}
+
+/// Call pgwarden's admin API at `admin` as `token`: (HTTP status, JSON body or null).
+pub async fn admin_api(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let fetcher =
+        pgwarden::net::http::Fetcher::new(None, std::time::Duration::from_secs(10), 1 << 20)
+            .expect("http client");
+    let request = openidconnect::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        })
+        .expect("request");
+    let response = fetcher
+        .fetch(request)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(response.body()).unwrap_or(serde_json::Value::Null),
+    )
+}
