@@ -63,6 +63,7 @@ fn bench_decide(c: &mut Criterion) {
         role: "app_rw",
         search_path: &[],
         has_intent: false,
+        own_backends: &[],
     };
     let mut group = c.benchmark_group("decide");
     for (name, sql) in OLTP {

@@ -1185,7 +1185,8 @@ fn policy_test_explains_each_statement_and_exits_by_the_decision() {
         "[upstream]\nhost = \"127.0.0.1\"\n[[upstream.roles]]\nname = \"app_rw\"\n\
          [[access]]\ngroups = [\"dev\"]\ndatabases = [\"app\"]\nroles = [\"app_rw\"]\n\
          [[policy.rules]]\nid = \"orders-wait\"\nstatements = [\"delete\"]\ntables = [\"orders\"]\n\
-         action = \"approve\"\nmessage = \"deleting orders needs a DBA\"\n",
+         action = \"approve\"\nmessage = \"deleting orders needs a DBA\"\n\
+         [[policy.session]]\ngroups = [\"dev\"]\nsettings = { statement_timeout = \"30s\" }\n",
     );
     let config = config.to_str().unwrap();
     let base = [
@@ -1222,6 +1223,40 @@ fn policy_test_explains_each_statement_and_exits_by_the_decision() {
     assert_eq!(report["decision"], "deny");
     assert_eq!(report["rule"], "guardrail.no-where");
     assert_eq!(report["statements"][0]["flags"]["no_where"], true);
+
+    // The session's own limits, as a live session would apply them.
+    let limited = |sql: &str| {
+        let mut args = base.to_vec();
+        args.extend(["--json", sql]);
+        let out = run(&args);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), report)
+    };
+    let (code, report) = limited("SET statement_timeout = 0");
+    assert_eq!(code, Some(1));
+    assert_eq!(report["rule"], "policy.locked-setting", "{report}");
+    assert_eq!(
+        report["session_settings"][0],
+        "statement_timeout = 30s (locked)"
+    );
+    let (code, report) = limited("SET ROLE postgres");
+    assert_eq!(code, Some(1));
+    assert_eq!(report["rule"], "policy.set-role", "{report}");
+    assert_eq!(limited("SET ROLE app_rw").0, Some(0));
+    let (code, report) = limited("EXECUTE cleanup");
+    assert_eq!(code, Some(1));
+    assert_eq!(report["rule"], "policy.unknown-prepared-statement");
+    // A body PREPAREd earlier in the text is what EXECUTE is judged by.
+    let (code, report) =
+        limited("PREPARE cleanup AS DELETE FROM orders WHERE id = $1; EXECUTE cleanup(3)");
+    assert_eq!(code, Some(1));
+    assert_eq!(report["rule"], "orders-wait", "{report}");
+    assert_eq!(report["statements"][1]["decision"], "approve");
+    let text = String::from_utf8_lossy(&with("SHOW statement_timeout").stdout).into_owned();
+    assert!(
+        text.contains("session settings: statement_timeout = 30s (locked)"),
+        "{text}"
+    );
 
     let broken = with("SELEC 1");
     let text = String::from_utf8_lossy(&broken.stdout);

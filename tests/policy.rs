@@ -541,3 +541,93 @@ async fn an_extended_protocol_execute_of_a_prepared_name_is_judged_at_each_run()
     refused_by(&err, "no-portal-reads");
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+/// pg_cancel_backend / pg_terminate_backend: a person may signal their own sessions through
+/// pgwarden (by process id, as `pg_backend_pid()` shows it), nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_may_cancel_and_terminate_their_own_sessions_only() {
+    let proxy = Proxy::default().await;
+    let busy = proxy.alice().await;
+    let pid: i32 = busy
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sleeping = tokio::spawn(async move {
+        let result = busy.batch_execute("SELECT pg_sleep(30)").await;
+        (result, busy)
+    });
+    // Wait until the sleep is running.
+    let admin = common::direct("postgres").await;
+    for _ in 0..100 {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query = 'SELECT pg_sleep(30)'",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Someone else (bob, another person on another role) may not, however it is written.
+    let bob = proxy.connect("bob", common::BOB_PASSWORD).await;
+    for sql in [
+        format!("SELECT pg_cancel_backend({pid})"),
+        format!("SELECT pg_terminate_backend({pid})"),
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity".to_owned(),
+    ] {
+        let err = bob.batch_execute(&sql).await.unwrap_err();
+        refused_by(&err, "guardrail.other-sessions");
+    }
+    // Neither may alice signal a backend that is not one of her sessions, or one she names
+    // by a computed value (pgwarden cannot tell whose it is).
+    let alice = proxy.alice().await;
+    let bobs_pid: i32 = bob
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for sql in [
+        format!("SELECT pg_terminate_backend({bobs_pid})"),
+        format!("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {pid}"),
+    ] {
+        let err = alice.batch_execute(&sql).await.unwrap_err();
+        refused_by(&err, "guardrail.other-sessions");
+    }
+    assert!(
+        !sleeping.is_finished(),
+        "a refused cancel reached the server"
+    );
+
+    // Alice cancels her own sleeping session from another one of hers.
+    let cancelled: bool = alice
+        .query_one(&format!("SELECT pg_cancel_backend({pid})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cancelled);
+    let (result, busy) = tokio::time::timeout(std::time::Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancelled sleep did not end")
+        .unwrap();
+    assert_eq!(
+        sqlstate(&result.unwrap_err()).as_deref(),
+        Some("57014"),
+        "query_canceled"
+    );
+    busy.batch_execute("SELECT 1").await.unwrap();
+    // And may end it.
+    let terminated: bool = alice
+        .query_one(&format!("SELECT pg_terminate_backend({pid})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    bob.batch_execute("SELECT 1").await.unwrap();
+    proxy.shutdown(std::time::Duration::from_secs(5)).await;
+}

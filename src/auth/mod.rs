@@ -56,6 +56,16 @@ pub struct OidcIdentity {
 }
 
 impl Identity {
+    /// Who this is across sessions: the issuer and subject of an OIDC person (their name
+    /// may change), the name of a local user. Sessions with the same owner belong to the
+    /// same person, e.g. for cancelling one from another.
+    pub fn owner(&self) -> String {
+        match &self.oidc {
+            Some(oidc) => format!("oidc {} {}", oidc.issuer, oidc.subject),
+            None => format!("local {}", self.name),
+        }
+    }
+
     pub fn from_token(token: oidc::VerifiedToken, method: AuthMethod) -> Self {
         Self {
             name: token.username,

@@ -1,9 +1,18 @@
 //! `pgwarden policy test`: what the gate would do with some SQL, and why — the analysis of
 //! each statement, its decision and the rule that made it.
+//!
+//! The SQL is judged as the first thing a fresh session of that person sends: the rules, then
+//! the session's own limits (settings `[[policy.session]]` locks, SET ROLE within
+//! `[[access]]`, EXECUTE only of names PREPAREd earlier in the same text). What needs a live
+//! session is not simulated: its search_path (the default is assumed), masking's catalog
+//! (derived writes), other sessions (every signalled backend is someone else's).
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use super::{Action, Decision, Policy, Subject};
+use crate::auth::{authorize, AuthMethod, Identity};
 use crate::config::AccessRule;
 use crate::sql::{Analyzer, StatementFacts};
 
@@ -25,6 +34,9 @@ pub struct Report {
     pub groups: Vec<String>,
     pub database: String,
     pub role: String,
+    /// The session settings `[[policy.session]]` gives this person: "name = value", with
+    /// " (locked)" when they may not change it.
+    pub session_settings: Vec<String>,
     pub statements: Vec<StatementReport>,
     /// The decision for the message as a whole (the strictest).
     pub decision: &'static str,
@@ -68,12 +80,27 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
         has_intent: who.intent.is_some()
             || crate::sql::comments::sqlcommenter(sql.as_bytes())
                 .is_some_and(|tags| tags.contains_key("intent")),
+        // No live sessions here: every signalled backend counts as another session's.
+        own_backends: &[],
     };
+    let settings = policy.session_settings(&subject);
     let mut report = Report {
         user: who.user.clone(),
         groups: who.groups.clone(),
         database: who.database.clone(),
         role: role.clone(),
+        session_settings: settings
+            .values
+            .iter()
+            .map(|(name, value)| {
+                let locked = if settings.is_locked(name) {
+                    " (locked)"
+                } else {
+                    ""
+                };
+                format!("{name} = {value}{locked}")
+            })
+            .collect(),
         statements: Vec::new(),
         decision: policy.on_parse_error.as_str(),
         rule: None,
@@ -92,8 +119,31 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
     let texts: Vec<String> = pg_query::split_with_parser(sql)
         .map(|parts| parts.into_iter().map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
+    let person = Identity {
+        name: who.user.clone(),
+        groups: who.groups.clone(),
+        method: AuthMethod::LocalScram,
+        oidc: None,
+    };
+    let may_use_role = |role: &str| authorize(&person, &who.database, Some(role), access).is_ok();
+    let mut prepared: HashMap<&str, &StatementFacts> = HashMap::new();
+    let mut strictest: Option<Decision> = None;
     for (index, facts) in analysis.statements.iter().enumerate() {
-        let decision = policy.decide_statement(&subject, facts);
+        let executed = facts
+            .executes
+            .as_deref()
+            .map(|name| prepared.get(name).map(|body| body.as_executed(name)));
+        let decision = match &executed {
+            Some(None) => refusal(
+                "policy.unknown-prepared-statement",
+                "the prepared statement is not PREPAREd earlier in this text (a live session would have to know it)",
+            ),
+            Some(Some(body)) => decide_with_limits(policy, &subject, body, &settings, &may_use_role),
+            None => decide_with_limits(policy, &subject, facts, &settings, &may_use_role),
+        };
+        if let Some(name) = &facts.prepares {
+            prepared.insert(name, facts);
+        }
         let text = texts.get(index).cloned().unwrap_or_default();
         let normalized = pg_query::normalize(&text).unwrap_or_default();
         report.statements.push(StatementReport {
@@ -101,19 +151,56 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
             normalized,
             facts: facts.clone(),
             decision: decision.action.as_str(),
-            rule: decision.rule,
+            rule: decision.rule.clone(),
         });
+        // The strictest decision, the first among equals, as for a message in a session.
+        if strictest
+            .as_ref()
+            .is_none_or(|s| decision.action > s.action)
+        {
+            strictest = Some(Decision {
+                statement: index,
+                ..decision
+            });
+        }
     }
     let Decision {
         action,
         rule,
         message,
         ..
-    } = policy.decide(&subject, &analysis.statements);
+    } = strictest.unwrap_or_else(Decision::allow);
     report.decision = action.as_str();
     report.rule = rule;
     report.message = message;
     report
+}
+
+/// The rules' decision, then the session's limits on setting changes.
+fn decide_with_limits(
+    policy: &Policy,
+    subject: &Subject<'_>,
+    facts: &StatementFacts,
+    settings: &super::SessionSettings,
+    may_use_role: &dyn Fn(&str) -> bool,
+) -> Decision {
+    let decision = policy.decide_statement(subject, facts);
+    if decision.action == Action::Deny {
+        return decision;
+    }
+    match super::session::setting_refusal(facts, settings, may_use_role) {
+        Some((rule, message)) => refusal(rule, &message),
+        None => decision,
+    }
+}
+
+fn refusal(rule: &str, message: &str) -> Decision {
+    Decision {
+        action: Action::Deny,
+        rule: Some(rule.to_owned()),
+        message: Some(message.to_owned()),
+        statement: 0,
+    }
 }
 
 impl Report {
@@ -138,6 +225,12 @@ impl Report {
                 &self.role
             }
         );
+        if !self.session_settings.is_empty() {
+            out.push_str(&format!(
+                "session settings: {}\n",
+                self.session_settings.join(", ")
+            ));
+        }
         if let Some(error) = &self.parse_error {
             out.push_str(&format!(
                 "\nPostgreSQL's parser rejects the text: {error}\n\n=> {} (policy.on_parse_error)\n",

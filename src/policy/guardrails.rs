@@ -9,8 +9,8 @@ use super::Action;
 /// Guardrails are tried at this priority (user rules default to 0).
 pub const GUARDRAIL_PRIORITY: i32 = 100;
 
-/// Functions that read or write the server's files, reach other servers, or act on other
-/// sessions.
+/// Functions that read or write the server's files, reach other servers, or act on the
+/// server itself. (Signalling other sessions is `guardrail.other-sessions`.)
 const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_read_file",
     "pg_read_binary_file",
@@ -20,8 +20,6 @@ const DANGEROUS_FUNCTIONS: &[&str] = &[
     "lo_import",
     "lo_export",
     "dblink*",
-    "pg_terminate_backend",
-    "pg_cancel_backend",
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_promote",
@@ -83,7 +81,15 @@ const PACK: &[Guardrail] = &[
         functions: DANGEROUS_FUNCTIONS,
         flags: &[],
         action: Action::Deny,
-        message: "this function reaches the server's files, other servers or other sessions, and is not allowed through pgwarden",
+        message: "this function reaches the server's files or other servers, or acts on the server itself, and is not allowed through pgwarden",
+    },
+    Guardrail {
+        id: "guardrail.other-sessions",
+        statements: &[],
+        functions: &[],
+        flags: &["signals_other_sessions"],
+        action: Action::Deny,
+        message: "pg_cancel_backend and pg_terminate_backend may signal only your own sessions through pgwarden; give the process id as a number (SELECT pg_backend_pid() in that session)",
     },
     Guardrail {
         id: "guardrail.function-call",

@@ -53,6 +53,10 @@ pub struct Subject<'a> {
     /// names match rules for any of these schemas. Empty: the default, `public`. `*`: not
     /// known (set from an expression), so any schema.
     pub search_path: &'a [String],
+    /// The upstream process ids of this identity's own sessions through pgwarden (this one
+    /// included): `pg_cancel_backend`/`pg_terminate_backend` of these are not "other
+    /// sessions". Filled only when a statement signals a backend.
+    pub own_backends: &'a [i32],
     /// Whether the statement comes with a declared intent (`pgwarden.intent` or a
     /// sqlcommenter `intent` tag).
     pub has_intent: bool,

@@ -133,11 +133,15 @@ impl Rule {
         if let Some(flag) = spec
             .flags
             .iter()
-            .find(|f| !Flags::NAMES.contains(&f.as_str()))
+            .find(|f| !Flags::NAMES.contains(&f.as_str()) && !SUBJECT_FLAGS.contains(&f.as_str()))
         {
             return Err(error(
                 "flags",
-                format!("unknown flag `{flag}` (known: {})", Flags::NAMES.join(", ")),
+                format!(
+                    "unknown flag `{flag}` (known: {}, {})",
+                    Flags::NAMES.join(", "),
+                    SUBJECT_FLAGS.join(", ")
+                ),
             ));
         }
         let globs = |key, list: Vec<String>| {
@@ -193,7 +197,24 @@ impl Rule {
                     .functions
                     .iter()
                     .any(|f| self.functions.iter().any(|g| g.matches_name(f))))
-            && (self.flags.is_empty() || self.flags.iter().any(|f| facts.flags.has(f)))
+            && (self.flags.is_empty() || self.flags.iter().any(|f| flag_holds(f, subject, facts)))
+    }
+}
+
+/// Flags that depend on who is asking as well as on the statement.
+pub const SUBJECT_FLAGS: [&str; 1] = ["signals_other_sessions"];
+
+/// Whether `flag` holds for a statement: the statement's own flags, and
+/// `signals_other_sessions` (`pg_cancel_backend`/`pg_terminate_backend` of a backend that is
+/// not one of the asker's sessions through pgwarden, or of a process id not written as a
+/// constant).
+fn flag_holds(flag: &str, subject: &Subject<'_>, facts: &StatementFacts) -> bool {
+    match flag {
+        "signals_other_sessions" => facts
+            .signals
+            .iter()
+            .any(|pid| pid.is_none_or(|pid| !subject.own_backends.contains(&pid))),
+        _ => facts.flags.has(flag),
     }
 }
 

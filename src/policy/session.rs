@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use super::rule::Who;
 use super::Subject;
+use crate::sql::facts::SettingValue;
+use crate::sql::StatementFacts;
 
 /// Settings that are always locked, for everyone: with `standard_conforming_strings = off` the
 /// server would read backslashes in strings differently from the parser pgwarden checks
@@ -123,6 +125,57 @@ pub fn settings_for(rules: &[SessionRule], subject: &Subject<'_>) -> SessionSett
         }
     }
     out
+}
+
+/// The first setting change in `facts` a session with `settings` may not make: the rule id
+/// and the message for the client. `may_use_role` says whether `[[access]]` grants the
+/// person a role on this database (SET ROLE stays within those).
+pub fn setting_refusal(
+    facts: &StatementFacts,
+    settings: &SessionSettings,
+    may_use_role: &dyn Fn(&str) -> bool,
+) -> Option<(&'static str, String)> {
+    for change in &facts.changes {
+        let name = change.name.as_str();
+        let reset = change.value == SettingValue::Reset;
+        match name {
+            "role" => {
+                let granted = match &change.value {
+                    SettingValue::Reset => true,
+                    SettingValue::Value(role) => role == "none" || may_use_role(role),
+                    SettingValue::Unknown | SettingValue::List(_) => false,
+                };
+                if !granted {
+                    return Some((
+                        "policy.set-role",
+                        "SET ROLE is allowed only to roles [[access]] grants you on this database"
+                            .into(),
+                    ));
+                }
+            }
+            "session_authorization" if !reset => {
+                return Some((
+                    "policy.set-role",
+                    "SET SESSION AUTHORIZATION is not allowed through pgwarden".into(),
+                ));
+            }
+            // set_config with a name that is not a constant could name anything.
+            "*" => {
+                return Some((
+                    "policy.locked-setting",
+                    "set_config needs a constant setting name through pgwarden".into(),
+                ));
+            }
+            name if !reset && settings.is_locked(name) => {
+                return Some((
+                    "policy.locked-setting",
+                    format!("the setting \"{name}\" is locked for you"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The first locked setting the client's startup packet tries to set, either as a startup

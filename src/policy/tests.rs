@@ -11,6 +11,7 @@ fn subject<'a>(user: &'a str, groups: &'a [String]) -> Subject<'a> {
         role: "app_rw",
         search_path: &[],
         has_intent: false,
+        own_backends: &[],
     }
 }
 
@@ -105,7 +106,12 @@ fn guardrails_by_default() {
         (
             "SELECT pg_terminate_backend(42)",
             Action::Deny,
-            Some("guardrail.dangerous-functions"),
+            Some("guardrail.other-sessions"),
+        ),
+        (
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity",
+            Action::Deny,
+            Some("guardrail.other-sessions"),
         ),
         (
             "DO $$ BEGIN END $$",
@@ -142,6 +148,57 @@ fn guardrails_by_default() {
     let d = decide(&policy, &analyzer, &dev, "SELECT 1; SELECT 2; DROP TABLE t");
     assert_eq!(d.statement, 2);
     assert!(d.message.unwrap().contains("dropping tables"));
+}
+
+#[test]
+fn signalling_is_allowed_for_your_own_sessions_only() {
+    let policy = Policy::default();
+    let analyzer = Analyzer::new(64);
+    let groups = ["dev".to_owned()];
+    let decide_with = |own: &[i32], sql: &str| {
+        let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
+        let mut who = subject("alice", &groups);
+        who.own_backends = own;
+        policy.decide(&who, &analysis.statements)
+    };
+    let own = [4242, 77];
+    assert_eq!(
+        decide_with(&own, "SELECT pg_cancel_backend(4242)").action,
+        Action::Allow
+    );
+    assert_eq!(
+        decide_with(
+            &own,
+            "SELECT pg_terminate_backend(77), pg_cancel_backend(4242)"
+        )
+        .action,
+        Action::Allow
+    );
+    for refused in [
+        "SELECT pg_cancel_backend(4243)",
+        "SELECT pg_terminate_backend(77), pg_terminate_backend(1)",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = 77",
+        "SELECT pg_cancel_backend($1)",
+    ] {
+        let decision = decide_with(&own, refused);
+        assert_eq!(decision.action, Action::Deny, "{refused}");
+        assert_eq!(decision.rule.as_deref(), Some("guardrail.other-sessions"));
+    }
+    // A rule may use the flag too, and one above the guardrails lets a group through.
+    let mut dba = spec("dba-signals", Action::Allow);
+    dba.priority = 150;
+    dba.groups = vec!["dba".into()];
+    dba.flags = vec!["signals_other_sessions".into()];
+    let policy = Policy::new(vec![dba], Action::Allow, Action::Deny, true, &[]).unwrap();
+    let analysis = analyzer.analyze(b"SELECT pg_terminate_backend(1)").unwrap();
+    let dbas = ["dba".to_owned()];
+    assert_eq!(
+        policy
+            .decide(&subject("dora", &dbas), &analysis.statements)
+            .rule
+            .as_deref(),
+        Some("dba-signals")
+    );
 }
 
 #[test]

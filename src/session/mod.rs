@@ -457,6 +457,7 @@ async fn establish(
         role: &grant.role,
         search_path: &[],
         has_intent: false,
+        own_backends: &[],
     });
     if let Some(name) = session::locked_in_startup(&startup.parameters, &settings) {
         return Err(SessionError::Refused(
@@ -517,6 +518,7 @@ async fn establish(
         snapshot.upstream.clone(),
         upstream.process_id,
         upstream.secret.clone(),
+        identity.owner(),
     );
 
     backend::authentication_ok(&mut out);

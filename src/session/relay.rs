@@ -186,6 +186,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         snapshot: &ctx.snapshot,
         analyzer: &ctx.analyzer,
         approvals: &ctx.approvals,
+        cancels: &ctx.cancels,
         metrics: &ctx.metrics,
         audit: ctx.audit.as_ref().map(|log| StatementAudit {
             log,

@@ -286,19 +286,10 @@ impl SessionState {
     /// (Parse) prepared statement of that name, which EXECUTE can run too.
     pub fn prepared_body(&self, name: &str) -> Option<StatementFacts> {
         if let Some(facts) = self.sql_prepared.get(name) {
-            let mut body = facts.clone();
-            // Judged as what runs now: EXECUTE of the body's kinds.
-            body.kinds.retain(|k| *k != "prepare");
-            body.kinds.insert(0, "execute");
-            body.prepares = None;
-            body.executes = Some(name.to_owned());
-            return Some(body);
+            return Some(facts.as_executed(name));
         }
         let analysis = self.statements.get(name.as_bytes())?.analysis.as_ref()?;
-        let mut body = analysis.statements.first()?.clone();
-        body.kinds.insert(0, "execute");
-        body.executes = Some(name.to_owned());
-        Some(body)
+        Some(analysis.statements.first()?.as_executed(name))
     }
 
     /// The prepared statement behind a portal, and the portal's statement name.

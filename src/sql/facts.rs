@@ -111,6 +111,10 @@ pub struct StatementFacts {
     /// DISCARD ALL).
     #[serde(skip)]
     pub cursor: Option<CursorUse>,
+    /// Backends signalled by `pg_cancel_backend` / `pg_terminate_backend`, one per call: the
+    /// process id when it is a constant, `None` when it is computed (a column, a subquery).
+    #[serde(skip)]
+    pub signals: Vec<Option<i32>>,
     /// Some fact was read from a literal value (`set_config('statement_timeout', …)`): the
     /// facts hold for this text only, not for every statement of the same shape.
     #[serde(skip)]
@@ -123,6 +127,17 @@ pub struct StatementFacts {
 impl StatementFacts {
     pub fn kind(&self) -> &'static str {
         self.kinds.first().copied().unwrap_or("other")
+    }
+
+    /// What `EXECUTE name` runs, judged as what runs now: these facts (of `PREPARE name AS
+    /// body`, or of the body itself) as an EXECUTE of the body's kinds.
+    pub fn as_executed(&self, name: &str) -> StatementFacts {
+        let mut body = self.clone();
+        body.kinds.retain(|k| *k != "prepare");
+        body.kinds.insert(0, "execute");
+        body.prepares = None;
+        body.executes = Some(name.to_owned());
+        body
     }
 }
 
@@ -225,6 +240,19 @@ impl Walk<'_> {
                         value,
                     });
                     self.facts.settings.push(setting);
+                }
+                let unqualified = name.rsplit('.').next().unwrap_or(&name);
+                if matches!(unqualified, "pg_cancel_backend" | "pg_terminate_backend") {
+                    self.facts.reads_literals = true;
+                    let pid = node
+                        .field("args")
+                        .and_then(|args| match args {
+                            Tree::Seq(items) => items.first(),
+                            _ => None,
+                        })
+                        .and_then(constant_int)
+                        .and_then(|pid| i32::try_from(pid).ok());
+                    self.facts.signals.push(pid);
                 }
                 self.facts.functions.push(name);
                 self.visit_fields(node, Access::Read, &["funcname"]);
@@ -423,6 +451,22 @@ fn constant_string(node: &Tree) -> Option<String> {
             .as_str()
             .map(str::to_owned),
         "TypeCast" => constant_string(node.field("arg")?),
+        _ => None,
+    }
+}
+
+/// An integer constant (`42`, `'42'`, `42::int`).
+fn constant_int(node: &Tree) -> Option<i64> {
+    match node.name()? {
+        "AConst" => {
+            let val = node.field("val")?;
+            match val.name()? {
+                // protobuf leaves a zero out.
+                "Integer" => Some(val.field("ival").and_then(Tree::as_int).unwrap_or(0)),
+                _ => val.field("sval")?.as_str()?.trim().parse().ok(),
+            }
+        }
+        "TypeCast" => constant_int(node.field("arg")?),
         _ => None,
     }
 }
@@ -781,6 +825,36 @@ mod tests {
             changes("SELECT set_config('statement_timeout', '0', false)"),
             [("statement_timeout".into(), Value("0".into()))]
         );
+    }
+
+    #[test]
+    fn signalled_backends_are_read_from_constants() {
+        let analyzer = Analyzer::new(16);
+        let signals = |sql: &str| {
+            analyzer.analyze(sql.as_bytes()).unwrap().statements[0]
+                .signals
+                .clone()
+        };
+        assert_eq!(signals("SELECT pg_cancel_backend(4242)"), [Some(4242)]);
+        // Another pid in the same shape is another cache entry.
+        assert_eq!(signals("SELECT pg_cancel_backend(77)"), [Some(77)]);
+        assert_eq!(
+            signals("SELECT pg_catalog.pg_terminate_backend('12'::int, 1000)"),
+            [Some(12)]
+        );
+        assert_eq!(
+            signals("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
+            [None]
+        );
+        assert_eq!(signals("SELECT pg_cancel_backend($1)"), [None]);
+        // The parser folds the sign in (and -1 is nobody's session).
+        assert_eq!(signals("SELECT pg_cancel_backend(-1)"), [Some(-1)]);
+        assert_eq!(signals("SELECT pg_cancel_backend(99999999999)"), [None]);
+        assert_eq!(
+            signals("SELECT pg_cancel_backend(1), pg_cancel_backend(pg_backend_pid())"),
+            [Some(1), None]
+        );
+        assert!(signals("SELECT pg_backend_pid()").is_empty());
     }
 
     #[test]

@@ -26,6 +26,8 @@ struct Target {
     endpoint: Endpoint,
     process_id: i32,
     secret: Vec<u8>,
+    /// Whose session it is ([`crate::auth::Identity::owner`]).
+    owner: String,
     /// Counts the session's cancel requests, so a statement pgwarden itself is holding (for
     /// approval) can be cancelled too.
     requests: Arc<tokio::sync::watch::Sender<u64>>,
@@ -55,13 +57,20 @@ impl Drop for Registration {
 }
 
 impl CancelMap {
-    /// Issue a fresh random key for an upstream backend.
-    pub fn register(&self, endpoint: Endpoint, process_id: i32, secret: Vec<u8>) -> Registration {
+    /// Issue a fresh random key for an upstream backend of `owner`'s session.
+    pub fn register(
+        &self,
+        endpoint: Endpoint,
+        process_id: i32,
+        secret: Vec<u8>,
+        owner: String,
+    ) -> Registration {
         let (requests, receiver) = tokio::sync::watch::channel(0);
         let target = Target {
             endpoint,
             process_id,
             secret,
+            owner,
             requests: Arc::new(requests),
         };
         let mut rng = rand::rng();
@@ -117,6 +126,18 @@ impl CancelMap {
         })
         .await;
         Ok(true)
+    }
+
+    /// The upstream process ids of `owner`'s live sessions.
+    pub fn backends_of(&self, owner: &str) -> Vec<i32> {
+        let map = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.values()
+            .filter(|target| target.owner == owner)
+            .map(|target| target.process_id)
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -10,7 +10,6 @@ use crate::approvals::Status as ApprovalStatus;
 use crate::audit::event::ApprovalNote;
 use crate::error::{ClientError, SqlState};
 use crate::policy::{Action, Decision, Subject};
-use crate::sql::facts::SettingValue;
 use crate::sql::{Analysis, AnalysisError, StatementFacts};
 
 impl Flow<'_> {
@@ -27,7 +26,13 @@ impl Flow<'_> {
     /// the session's own limits: locked settings, SET ROLE only to granted roles, and no
     /// statement at all if the server reads strings differently from the parser.
     pub(super) fn decide(&self, statements: &[StatementFacts]) -> Decision {
+        let own_backends = if statements.iter().any(|s| !s.signals.is_empty()) {
+            self.cancels.backends_of(&self.identity.owner())
+        } else {
+            Vec::new()
+        };
         let subject = Subject {
+            own_backends: &own_backends,
             user: &self.identity.name,
             groups: &self.identity.groups,
             database: self.database,
@@ -67,55 +72,11 @@ impl Flow<'_> {
         facts: &StatementFacts,
         access: &[crate::config::AccessRule],
     ) -> Option<Decision> {
-        for change in &facts.changes {
-            let name = change.name.as_str();
-            let reset = change.value == SettingValue::Reset;
-            match name {
-                "role" => {
-                    let granted = match &change.value {
-                        SettingValue::Reset => true,
-                        SettingValue::Value(role) => {
-                            role == "none"
-                                || crate::auth::authorize(
-                                    self.identity,
-                                    self.database,
-                                    Some(role),
-                                    access,
-                                )
-                                .is_ok()
-                        }
-                        SettingValue::Unknown | SettingValue::List(_) => false,
-                    };
-                    if !granted {
-                        return Some(refuse(
-                            "policy.set-role",
-                            "SET ROLE is allowed only to roles [[access]] grants you on this database".into(),
-                        ));
-                    }
-                }
-                "session_authorization" if !reset => {
-                    return Some(refuse(
-                        "policy.set-role",
-                        "SET SESSION AUTHORIZATION is not allowed through pgwarden".into(),
-                    ));
-                }
-                // set_config with a name that is not a constant could name anything.
-                "*" => {
-                    return Some(refuse(
-                        "policy.locked-setting",
-                        "set_config needs a constant setting name through pgwarden".into(),
-                    ));
-                }
-                name if !reset && self.settings.is_locked(name) => {
-                    return Some(refuse(
-                        "policy.locked-setting",
-                        format!("the setting \"{name}\" is locked for you"),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        None
+        let may_use_role = |role: &str| {
+            crate::auth::authorize(self.identity, self.database, Some(role), access).is_ok()
+        };
+        crate::policy::session::setting_refusal(facts, &self.settings, &may_use_role)
+            .map(|(rule, message)| refuse(rule, message))
     }
 
     /// Decide analysed text; text the parser rejects follows `policy.on_parse_error`.

@@ -58,6 +58,8 @@ pub struct Flow<'a> {
     pub snapshot: &'a ArcSwap<Snapshot>,
     pub analyzer: &'a Analyzer,
     pub approvals: &'a Approvals,
+    /// Every session's upstream backend, for telling this person's sessions from others'.
+    pub cancels: &'a crate::upstream::cancel::CancelMap,
     pub metrics: &'a crate::metrics::Metrics,
     pub audit: Option<StatementAudit<'a>>,
     /// Session settings from the policy: the locked ones may not change.
