@@ -107,6 +107,25 @@ public class JdbcMatrix {
                 }
             }
 
+            // With a fetch size in a transaction, pgjdbc reads the portal a few rows at a time
+            // (Execute with a row limit, PortalSuspended in between): every batch is masked.
+            conn.setAutoCommit(false);
+            try (PreparedStatement ps = conn.prepareStatement("SELECT g, c.email FROM generate_series(1, 25) g "
+                    + "CROSS JOIN " + TABLE + " c WHERE c.id = ? ORDER BY g")) {
+                ps.setFetchSize(4);
+                ps.setInt(1, 1);
+                int rows = 0;
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        check(maskedEmail(rs.getString(2)), "masked in batch at row " + rs.getInt(1));
+                        rows++;
+                    }
+                }
+                check(rows == 25, "fetched rows " + rows);
+            }
+            conn.commit();
+            conn.setAutoCommit(true);
+
             // Refusals are SQLExceptions with pgwarden's message; the connection stays usable.
             expectRefused(st, "DROP TABLE " + TABLE);
             expectRefused(st, "SELECT pg_read_file('/etc/hostname')");

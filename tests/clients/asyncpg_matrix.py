@@ -129,6 +129,23 @@ async def main():
         check("pgwarden" in str(e), f"pgwarden's message: {e}")
     check(await conn.fetchval("SELECT 1") == 1, "usable after a refused COPY")
 
+    # A cursor fetches a portal a few rows at a time (Execute with a row limit, the portal
+    # suspended in between): every batch of the masked column comes out masked.
+    query = (
+        f"SELECT g, c.email FROM generate_series(1, 25) g "
+        f"CROSS JOIN {TABLE} c WHERE c.id = 1 ORDER BY g"
+    )
+    async with conn.transaction():
+        emails = [r["email"] async for r in conn.cursor(query, prefetch=4)]
+    check(len(emails) == 25 and all(masked_email(e) for e in emails), f"cursor: {emails[:3]}")
+
+    # executemany: many Bind/Execute in one pipeline.
+    await conn.execute("CREATE TEMP TABLE many (id int, email text)")
+    await conn.executemany(
+        "INSERT INTO many VALUES ($1, $2)", [(i, f"user{i}@example.org") for i in range(500)]
+    )
+    check(await conn.fetchval("SELECT count(*) FROM many") == 500, "executemany")
+
     # A pool of connections, used concurrently.
     pool = await asyncpg.create_pool(
         host=PROXY["host"], port=PROXY["port"], database=PROXY["dbname"],

@@ -74,6 +74,10 @@ check(mine == theirs, f"{mine} != {theirs}")
 jane = Customer.objects.get(pk=1)
 check(masked_email(jane.email), f"masked: {jane.email}")
 check(Note.objects.select_related("customer").filter(customer_id=2).count() == 4, "join")
+# .iterator() streams through a server-side cursor (DECLARE, FETCH in chunks).
+with transaction.atomic():
+    streamed = list(Customer.objects.filter(pk__lte=2).order_by("pk").iterator(chunk_size=1))
+check([c.pk for c in streamed] == [1, 2] and masked_email(streamed[0].email), "iterator")
 
 # A refusal is Django's ProgrammingError with pgwarden's message; the connection goes on.
 try:

@@ -84,6 +84,27 @@ async function main() {
   const masked = await conn.query(`SELECT email FROM ${TABLE} WHERE id = $1`, [1]);
   check(maskedEmail(masked.rows[0].email), `masked: ${masked.rows[0].email}`);
 
+  // Binary results (node-postgres asks for them per query): the masked column as well.
+  const binary = await conn.query({
+    text: `SELECT id, email, $1::int8 AS big FROM ${TABLE} WHERE id = 1`,
+    values: [7],
+    binary: true,
+  });
+  check(binary.rows[0].id === 1 && String(binary.rows[0].big) === '7', `binary: ${JSON.stringify(binary.rows[0])}`);
+  const binaryEmail = Buffer.isBuffer(binary.rows[0].email) ? binary.rows[0].email.toString() : binary.rows[0].email;
+  check(maskedEmail(binaryEmail), `binary masked: ${binaryEmail}`);
+
+  // An error inside a transaction aborts it, as PostgreSQL would; ROLLBACK recovers.
+  await conn.query('BEGIN');
+  await expectRefused(conn, `DROP TABLE ${TABLE}`);
+  try {
+    await conn.query('SELECT 1');
+    throw new Error('the aborted transaction went on');
+  } catch (e) {
+    check(e.code === '25P02', `in failed transaction: ${e.code}`);
+  }
+  await conn.query('ROLLBACK');
+
   // Refusals are ordinary errors with pgwarden's message; the client stays usable.
   await expectRefused(conn, `DROP TABLE ${TABLE}`);
   await expectRefused(conn, 'SELECT pg_read_file($1)', ['/etc/hostname']);

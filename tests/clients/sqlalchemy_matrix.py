@@ -86,6 +86,13 @@ with Session(proxy) as session:
     jane.name = "Jane"
     session.commit()
 
+    # Streaming with yield_per (a server-side cursor: DECLARE, then FETCH in batches).
+    streamed = session.scalars(
+        select(Customer).where(Customer.id <= 2).order_by(Customer.id).execution_options(yield_per=1)
+    ).all()
+    check([c.id for c in streamed] == [1, 2] and masked_email(streamed[0].email), "yield_per")
+    session.commit()
+
     # A refusal is SQLAlchemy's ProgrammingError (42501 underneath) with pgwarden's
     # message; after a rollback the session goes on.
     try:
