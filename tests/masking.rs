@@ -225,6 +225,14 @@ async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
         format!("COPY {t} (email, id) TO STDOUT CSV"),
         format!("COPY (SELECT lower(email), id FROM {t}) TO STDOUT"),
         format!("COPY (SELECT * FROM {t}) TO STDOUT (FORMAT csv)"),
+        format!("COPY (SELECT id, email, ssn FROM {t} c WHERE id > 0) TO STDOUT"),
+        format!("COPY (SELECT c.email, c.name FROM {t} c) TO STDOUT (FORMAT csv)"),
+        // `*` shifts positions: were the bare `id`s taken for columns 2–4, email and ssn
+        // would pass as if they were ids.
+        format!("COPY (SELECT *, id, id, id FROM {t}) TO STDOUT"),
+        format!("COPY (SELECT id, * FROM {t}) TO STDOUT"),
+        format!("COPY (SELECT (c).*, id, id, id FROM {t} c) TO STDOUT"),
+        format!("COPY (SELECT email FROM (SELECT ssn AS email FROM {t}) s) TO STDOUT"),
     ] {
         use futures_util::StreamExt;
         let stream = alice
@@ -236,6 +244,23 @@ async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
         for chunk in chunks {
             chunk.unwrap_or_else(|e| panic!("{copy}: {e}"));
         }
+    }
+    // A bare column of a query over one table gets its rule's strategy, as in a SELECT.
+    {
+        use futures_util::StreamExt;
+        let copied: Vec<u8> = alice
+            .copy_out(format!("COPY (SELECT id, email FROM {t} WHERE id = 1) TO STDOUT").as_str())
+            .await
+            .unwrap()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flat_map(|chunk| chunk.unwrap().to_vec())
+            .collect();
+        assert_eq!(
+            String::from_utf8(copied).unwrap(),
+            format!("1\t{}***@example.com\n", &token[..1])
+        );
     }
     // Binary COPY cannot be masked: refused.
     {

@@ -391,6 +391,25 @@ impl Masking {
             .first()
             .filter(|_| facts.lineage.outputs.is_empty())
             .and_then(|t| self.catalog.table(&t.name).cloned());
+        // COPY (SELECT a, b FROM one_table): the columns bare references name.
+        let queried = facts
+            .tables
+            .first()
+            // The positions line up only if nothing expanded into several columns.
+            .filter(|_| facts.tables.len() == 1 && shape.query_columns.len() == columns_count)
+            .and_then(|t| self.catalog.table(&t.name).cloned());
+        let known = |c: &TableColumn| match c.masked {
+            Some(m) if self.active.get(m.rule).copied().unwrap_or(true) => Column::Mask {
+                strategy: self
+                    .rules
+                    .get(m.rule)
+                    .map_or(Strategy::Redact, |r| r.strategy),
+                kind: kind_of(c.type_oid, false),
+                rule: Some(m.rule),
+            },
+            _ if scannable(c.type_oid) => Column::Scan(Kind::Text(ValueKind::Text)),
+            _ => Column::Keep,
+        };
         let columns: Vec<Column> = if let Some(table) = table {
             // COPY table [(columns)]: the catalog knows each column.
             let chosen: Vec<&TableColumn> = if shape.columns.is_empty() {
@@ -403,28 +422,29 @@ impl Masking {
                     .collect::<Option<Vec<_>>>()
                     .unwrap_or_default()
             };
-            chosen
-                .into_iter()
-                .map(|c| match c.masked {
-                    Some(m) if self.active.get(m.rule).copied().unwrap_or(true) => Column::Mask {
-                        strategy: self
-                            .rules
-                            .get(m.rule)
-                            .map_or(Strategy::Redact, |r| r.strategy),
-                        kind: kind_of(c.type_oid, false),
-                        rule: Some(m.rule),
-                    },
-                    _ if scannable(c.type_oid) => Column::Scan(Kind::Text(ValueKind::Text)),
-                    _ => Column::Keep,
-                })
-                .collect()
+            chosen.into_iter().map(known).collect()
         } else {
-            // COPY (query): types are unknown, so derived columns become NULL; every other
-            // field is scanned.
+            // COPY (query): a bare column of its one table is known like the table's own;
+            // for anything else types are unknown, so derived columns become NULL and every
+            // other field is scanned.
             self.computed_taint(source, columns_count)
                 .into_iter()
-                .map(|derived| {
-                    if derived {
+                .enumerate()
+                .map(|(i, derived)| {
+                    let column = shape
+                        .query_columns
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|name| {
+                            queried
+                                .as_ref()?
+                                .iter()
+                                .find(|c| c.name.eq_ignore_ascii_case(&name))
+                        });
+                    if let Some(column) = column {
+                        known(column)
+                    } else if derived {
                         Column::Mask {
                             strategy: Strategy::Null,
                             kind: Kind::Opaque,

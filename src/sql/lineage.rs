@@ -53,6 +53,11 @@ pub struct CopyShape {
     pub header: bool,
     /// Only FORMAT and HEADER were given: the default delimiter, quote, escape and NULL.
     pub plain: bool,
+    /// `COPY (SELECT …) TO` over one plain table (one relation in FROM; no WITH, set
+    /// operation or VALUES): per output, the column a bare column reference names (`email`,
+    /// `c.email`), `None` for anything computed. Empty for any other query, and for
+    /// `COPY table`.
+    pub query_columns: Vec<Option<String>>,
 }
 
 /// Which parts of a statement are derived from sensitive names.
@@ -295,6 +300,10 @@ fn copy_shape(stmt: &Tree) -> CopyShape {
     let mut shape = CopyShape {
         columns: names(stmt.field("attlist")),
         plain: true,
+        query_columns: stmt
+            .field("query")
+            .map(bare_columns_of_one_table)
+            .unwrap_or_default(),
         ..CopyShape::default()
     };
     for (_, option) in stmt
@@ -324,6 +333,59 @@ fn copy_shape(stmt: &Tree) -> CopyShape {
         }
     }
     shape
+}
+
+/// See [`CopyShape::query_columns`]. With one relation in FROM, a bare column reference can
+/// only name one of its columns (or, when no column has that name, the whole row — which
+/// then matches no column and stays computed).
+fn bare_columns_of_one_table(query: &Tree) -> Vec<Option<String>> {
+    let one_relation = match query.field("from_clause") {
+        Some(Tree::Seq(items)) => items.len() == 1 && items[0].name() == Some("RangeVar"),
+        _ => false,
+    };
+    let values = matches!(query.field("values_lists"), Some(Tree::Seq(rows)) if !rows.is_empty());
+    if query.name() != Some("SelectStmt")
+        || !one_relation
+        || values
+        || has(query, "with_clause")
+        || has(query, "larg")
+        || has(query, "rarg")
+    {
+        return Vec::new();
+    }
+    let Some(Tree::Seq(targets)) = query.field("target_list") else {
+        return Vec::new();
+    };
+    // A `*` or `(row).*` expands to a number of columns the tree does not know: positions
+    // would not line up with the output's.
+    let expands = |value: &Tree| {
+        is_star(value)
+            || (value.name() == Some("AIndirection")
+                && value
+                    .field("indirection")
+                    .is_some_and(|i| i.children().any(|(_, part)| part.name() == Some("AStar"))))
+    };
+    if targets.iter().any(|t| t.field("val").is_none_or(expands)) {
+        return Vec::new();
+    }
+    targets
+        .iter()
+        .map(|target| {
+            let value = target.field("val")?;
+            if value.name() != Some("ColumnRef") {
+                return None;
+            }
+            let fields = match value.field("fields") {
+                Some(Tree::Seq(fields)) => fields,
+                _ => return None,
+            };
+            // Every part a name (`c.*` has an A_Star).
+            if fields.iter().any(|f| f.name() != Some("String")) {
+                return None;
+            }
+            last_name(value.field("fields"))
+        })
+        .collect()
 }
 
 /// A `SelectStmt`'s output columns with their names. Set operations combine their branches
@@ -594,12 +656,40 @@ mod tests {
                 csv: true,
                 header: true,
                 plain: true,
-                binary: false
+                binary: false,
+                query_columns: Vec::new(),
             }
         );
         assert!(shape("COPY customers TO STDOUT CSV HEADER").csv);
         assert!(shape("COPY customers TO STDOUT (FORMAT binary)").binary);
         assert!(!shape("COPY customers TO STDOUT (DELIMITER ';')").plain);
         assert!(lineage("COPY customers FROM STDIN").copy.is_none());
+        // A query over one plain table: bare column references are known columns.
+        let name = |n: &str| Some(n.to_owned());
+        assert_eq!(
+            shape("COPY (SELECT id, c.email, lower(email), c, 1 FROM customers c WHERE id > 2) TO STDOUT")
+                .query_columns,
+            vec![name("id"), name("email"), None, name("c"), None]
+        );
+        for computed in [
+            "COPY (SELECT email FROM customers JOIN orders USING (id)) TO STDOUT",
+            "COPY (SELECT email FROM (SELECT name AS email FROM customers) s) TO STDOUT",
+            "COPY (WITH s AS (SELECT 1) SELECT email FROM customers) TO STDOUT",
+            "COPY (SELECT email FROM customers UNION SELECT email FROM customers) TO STDOUT",
+            "COPY (SELECT email FROM customers, orders) TO STDOUT",
+            "COPY (VALUES (1)) TO STDOUT",
+            "COPY customers TO STDOUT",
+        ] {
+            assert!(shape(computed).query_columns.is_empty(), "{computed}");
+        }
+        // `*` shifts positions: nothing is known then.
+        for star in [
+            "COPY (SELECT c.* FROM customers c) TO STDOUT",
+            "COPY (SELECT *, id FROM customers) TO STDOUT",
+            "COPY (SELECT id, * FROM customers) TO STDOUT",
+            "COPY (SELECT (c).*, id FROM customers c) TO STDOUT",
+        ] {
+            assert!(shape(star).query_columns.is_empty(), "{star}");
+        }
     }
 }

@@ -115,14 +115,17 @@ with psycopg.connect(**PROXY, autocommit=True) as conn:
         "INSERT INTO many VALUES (%s, %s)", [(i, f"user{i}@example.org") for i in range(500)]
     )
     check(conn.execute("SELECT count(*) FROM many").fetchone()[0] == 500, "executemany")
-    # (COPY of the table: its masked column gets its strategy; COPY (query): the column's
-    # type is not known there, so a masked name's field is NULL, as docs/masking.md says.)
+    # (COPY of the table, or of a query's bare column: the masked column gets its strategy;
+    # a value computed from it in COPY (query) is NULL, its type unknown there, as
+    # docs/masking.md says.)
     with conn.cursor().copy(f"COPY {TABLE} (id, email) TO STDOUT") as copy:
         copied = dict(copy.rows())
     check(masked_email(copied["1"]), f"COPY of the table: {copied}")
-    with conn.cursor().copy(f"COPY (SELECT id, email FROM {TABLE} ORDER BY id) TO STDOUT") as copy:
+    query = f"SELECT id, email, lower(email) FROM {TABLE} ORDER BY id"
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT") as copy:
         copied = list(copy.rows())
-    check(copied[0] == ("1", None), f"COPY (query): {copied[0]}")
+    check(copied[0][0] == "1" and masked_email(copied[0][1]), f"COPY (query): {copied[0]}")
+    check(copied[0][2] is None, f"COPY (query), computed: {copied[0]}")
 
     # LISTEN / NOTIFY from another session.
     conn.execute("LISTEN matrix_channel")
