@@ -383,32 +383,21 @@ run_one() { # target port workload clients
   echo "${tps:-fail}"
 }
 
-median1() { # like median, one decimal
+# The median of numbers ("fail" entries skipped): median_fmt DECIMALS EMPTY NUMBERS...,
+# printing EMPTY when there are none.
+median_fmt() {
+  local decimals=$1 empty=$2
+  shift 2
   printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
-    awk '{ a[NR] = $1 } END {
-      if (NR == 0) print "-"
-      else if (NR % 2) printf "%.1f\n", a[(NR + 1) / 2]
-      else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
+    awk -v d="$decimals" -v empty="$empty" '{ a[NR] = $1 } END {
+      if (NR == 0) print empty
+      else if (NR % 2) printf "%.*f\n", d, a[(NR + 1) / 2]
+      else printf "%.*f\n", d, (a[NR / 2] + a[NR / 2 + 1]) / 2
     }'
 }
-
-median_secs() { # like median, three decimals
-  printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
-    awk '{ a[NR] = $1 } END {
-      if (NR == 0) print "fail"
-      else if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]
-      else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
-    }'
-}
-
-median() {
-  printf '%s\n' "$@" | grep -v '^fail$' | sort -g |
-    awk '{ a[NR] = $1 } END {
-      if (NR == 0) print "fail"
-      else if (NR % 2) printf "%.0f\n", a[(NR + 1) / 2]
-      else printf "%.0f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
-    }'
-}
+median() { median_fmt 0 fail "$@"; }   # tps
+median1() { median_fmt 1 - "$@"; }     # cpu µs
+median_secs() { median_fmt 3 fail "$@"; }
 
 # CPU seconds (user + system) a process has used so far.
 cpu_seconds() { # pid
