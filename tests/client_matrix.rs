@@ -341,44 +341,34 @@ fn script(name: &str) -> String {
     format!("tests/clients/{name}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg3() {
+/// A Python client's program (`tests/clients/<script>`) on the shared venv.
+async fn python_client(client: &str, script_name: &str) {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let matrix = Matrix::start("psycopg").await;
+    let matrix = Matrix::start(client).await;
     matrix
-        .run_program(&python, &[&script("psycopg_matrix.py")], &[])
+        .run_program(&python, &[&script(script_name)], &[])
         .await;
     matrix.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3() {
+    python_client("psycopg", "psycopg_matrix.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg() {
-    let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let matrix = Matrix::start("asyncpg").await;
-    matrix
-        .run_program(&python, &[&script("asyncpg_matrix.py")], &[])
-        .await;
-    matrix.shutdown().await;
+    python_client("asyncpg", "asyncpg_matrix.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy() {
-    let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let matrix = Matrix::start("sqlalchemy").await;
-    matrix
-        .run_program(&python, &[&script("sqlalchemy_matrix.py")], &[])
-        .await;
-    matrix.shutdown().await;
+    python_client("sqlalchemy", "sqlalchemy_matrix.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django() {
-    let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let matrix = Matrix::start("django").await;
-    matrix
-        .run_program(&python, &[&script("django_matrix.py")], &[])
-        .await;
-    matrix.shutdown().await;
+    python_client("django", "django_matrix.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

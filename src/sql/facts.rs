@@ -217,22 +217,17 @@ impl Walk<'_> {
             }
             Some("FuncCall") => {
                 let name = qualified_name(node.field("funcname"));
+                // The call's n-th argument.
+                let arg = |n: usize| match node.field("args") {
+                    Some(Tree::Seq(items)) => items.get(n),
+                    _ => None,
+                };
                 if name == "set_config" || name == "pg_catalog.set_config" {
                     self.facts.reads_literals = true;
-                    let setting = node
-                        .field("args")
-                        .and_then(|args| match args {
-                            Tree::Seq(items) => items.first(),
-                            _ => None,
-                        })
+                    let setting = arg(0)
                         .and_then(constant_string)
                         .map_or_else(|| "*".to_owned(), |s| s.to_lowercase());
-                    let value = node
-                        .field("args")
-                        .and_then(|args| match args {
-                            Tree::Seq(items) => items.get(1),
-                            _ => None,
-                        })
+                    let value = arg(1)
                         .and_then(constant_string)
                         .map_or(SettingValue::Unknown, SettingValue::Value);
                     self.facts.changes.push(SettingChange {
@@ -244,12 +239,7 @@ impl Walk<'_> {
                 let unqualified = name.rsplit('.').next().unwrap_or(&name);
                 if matches!(unqualified, "pg_cancel_backend" | "pg_terminate_backend") {
                     self.facts.reads_literals = true;
-                    let pid = node
-                        .field("args")
-                        .and_then(|args| match args {
-                            Tree::Seq(items) => items.first(),
-                            _ => None,
-                        })
+                    let pid = arg(0)
                         .and_then(constant_int)
                         .and_then(|pid| i32::try_from(pid).ok());
                     self.facts.signals.push(pid);
