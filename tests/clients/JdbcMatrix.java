@@ -177,12 +177,25 @@ public class JdbcMatrix {
                 check(rs.next() && rs.getString("COLUMN_NAME").equals("id"), "getPrimaryKeys");
             }
 
-            // Statement.cancel() from another thread ends a long query with 57014.
+            // Statement.cancel() from another thread ends a long query with 57014; it goes once
+            // the server shows the sleep running.
+            int backend;
+            try (ResultSet rs = st.executeQuery("SELECT pg_backend_pid()")) {
+                check(rs.next(), "backend pid");
+                backend = rs.getInt(1);
+            }
             long started = System.nanoTime();
             try (Statement sleeper = conn.createStatement()) {
                 Thread canceller = new Thread(() -> {
-                    try {
-                        Thread.sleep(500);
+                    try (PreparedStatement running = other.prepareStatement("SELECT count(*) FROM pg_stat_activity "
+                            + "WHERE pid = ? AND state = 'active' AND query LIKE 'SELECT pg_sleep%'")) {
+                        running.setInt(1, backend);
+                        for (int i = 0; i < 200; i++) {
+                            try (ResultSet rs = running.executeQuery()) {
+                                if (rs.next() && rs.getLong(1) > 0) break;
+                            }
+                            Thread.sleep(50);
+                        }
                         sleeper.cancel();
                     } catch (Exception e) {
                         throw new RuntimeException(e);

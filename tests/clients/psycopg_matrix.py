@@ -134,9 +134,26 @@ with psycopg.connect(**PROXY, autocommit=True) as conn:
     got = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
     check(got == ["hello"], f"notifications: {got}")
 
-    # conn.cancel() of a long query: it ends with QueryCanceled, quickly.
-    timer = threading.Timer(0.5, conn.cancel)
-    timer.start()
+    # conn.cancel() of a long query: it ends with QueryCanceled, quickly. The cancel goes
+    # once the server shows the sleep running (a cancel before that would have nothing to
+    # cancel).
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    def cancel_when_running():
+        with psycopg.connect(**DIRECT, autocommit=True) as watcher:
+            for _ in range(200):
+                running = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+                    " AND query LIKE 'SELECT pg_sleep%%'",
+                    (backend,),
+                ).fetchone()[0]
+                if running:
+                    break
+                time.sleep(0.05)
+        conn.cancel()
+
+    canceller = threading.Thread(target=cancel_when_running)
+    canceller.start()
     started = time.monotonic()
     try:
         conn.execute("SELECT pg_sleep(20)")
@@ -144,7 +161,7 @@ with psycopg.connect(**PROXY, autocommit=True) as conn:
     except errors.QueryCanceled:
         check(time.monotonic() - started < 10, "the cancel took too long")
     finally:
-        timer.cancel()
+        canceller.join()
     check(conn.execute("SELECT 1").fetchone() == (1,), "usable after a cancel")
 
 print("ok")
