@@ -94,6 +94,8 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
     for (sql, rule) in cases {
         let err = client.simple_query(sql).await.unwrap_err();
         refused_by(&err, rule);
+        let hint = err.as_db_error().unwrap().hint().unwrap_or_default();
+        assert!(hint.contains("guardrail_exempt_groups"), "{sql}: {hint}");
         client.simple_query("SELECT 1").await.unwrap();
     }
     // Extended protocol.
@@ -142,7 +144,7 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
     assert_eq!(sqlstate(&aborted).as_deref(), Some("25P02"), "{aborted}");
     client.batch_execute("ROLLBACK").await.unwrap();
 
-    // Held for approval: refused until approvals exist, with a hint saying so.
+    // Held for approval: this pgwarden has no [approvals], so refused, with a hint saying so.
     let err = client
         .simple_query("DO $$ BEGIN PERFORM 1; END $$")
         .await

@@ -299,7 +299,13 @@ fn refusal_for(decision: &Decision, verb: &str) -> ClientError {
         Some(why) => format!("pgwarden {verb} this statement (rule {rule}): {why}"),
         None => format!("pgwarden {verb} this statement (rule {rule})"),
     };
-    let error = ClientError::error(SqlState::INSUFFICIENT_PRIVILEGE, message);
+    let mut error = ClientError::error(SqlState::INSUFFICIENT_PRIVILEGE, message);
+    if verb == "denied" && rule.starts_with("guardrail.") {
+        // Who can change it, and how to see what decides.
+        error = error.with_hint(
+            "this is one of pgwarden's built-in guardrails; an administrator can let some people past it with a rule above priority 100 or [policy] guardrail_exempt_groups (docs/policy.md), and `pgwarden policy test` shows which rule decides a statement",
+        );
+    }
     if decision.statement > 0 {
         error.with_detail(format!(
             "statement {} of the message; nothing of the message was run",
