@@ -9,13 +9,10 @@ from decimal import Decimal
 import django
 from django.conf import settings
 
-from matrix_common import DIRECT, HELD_ID, PROXY, TABLE, check, masked_email
+from matrix_common import DIRECT, HELD_ID, PROXY, TABLE, check, masked_email, tls_options
 
 
 def database(params):
-    options = {"sslmode": params["sslmode"]}
-    if "sslrootcert" in params:
-        options["sslrootcert"] = params["sslrootcert"]
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": params["dbname"],
@@ -23,7 +20,7 @@ def database(params):
         "PASSWORD": params["password"],
         "HOST": params["host"],
         "PORT": params["port"],
-        "OPTIONS": options,
+        "OPTIONS": tls_options(params),
     }
 
 

@@ -34,6 +34,11 @@ DIRECT = {
 }
 
 
+def tls_options(params):
+    """libpq's TLS settings from PROXY or DIRECT (for drivers configured by keywords)."""
+    return {k: params[k] for k in ("sslmode", "sslrootcert") if k in params}
+
+
 def check(condition, what):
     if not condition:
         raise AssertionError(what)

@@ -8,13 +8,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from matrix_common import DIRECT, HELD_ID, PROXY, TABLE, check, masked_email
+from matrix_common import DIRECT, HELD_ID, PROXY, TABLE, check, masked_email, tls_options
 
 
 def engine(params):
-    query = {"sslmode": params["sslmode"]}
-    if "sslrootcert" in params:
-        query["sslrootcert"] = params["sslrootcert"]
     url = URL.create(
         "postgresql+psycopg",
         username=params["user"],
@@ -22,7 +19,7 @@ def engine(params):
         host=params["host"],
         port=params["port"],
         database=params["dbname"],
-        query=query,
+        query=tls_options(params),
     )
     return create_engine(url, pool_size=2)
 
