@@ -14,6 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export RUST_BACKTRACE=1
 if [[ ${CI:-} == true ]]; then
   export CARGO_TERM_COLOR=never
+  # A fresh clone builds once: incremental state would only take disk (over 1 GB).
+  export CARGO_INCREMENTAL=0
 fi
 
 scripts/deps.sh
