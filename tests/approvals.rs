@@ -416,6 +416,81 @@ async fn a_grant_lets_the_same_shape_run_at_once_until_it_expires() {
     assert_eq!(third.await.unwrap().unwrap(), 1);
 }
 
+/// A grant covers one shape exactly. libpg_query's fingerprint, which grants were once keyed
+/// on, gives an aliased DELETE the same value whatever table it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_does_not_stretch_to_another_table_under_the_same_alias() {
+    let other = "held_scope_other";
+    common::fresh_table(other).await;
+    let s = Setup::start(
+        "scope",
+        &format!(
+            "\n[[policy.rules]]\nid = \"held-other\"\nstatements = [\"delete\"]\ntables = [\"{other}\"]\naction = \"approve\"\n"
+        ),
+    )
+    .await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = std::sync::Arc::new(s.developer().await);
+    let run = |sql: String| {
+        let dev = dev.clone();
+        tokio::spawn(async move { dev.execute(&sql, &[]).await })
+    };
+    let first = run(format!("DELETE FROM {} t WHERE t.id = 1", s.table));
+    let request = s.pending(&dba).await;
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{}/approve", request["id"].as_str().unwrap()),
+            &dba,
+            json!({"grant": "10m"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    // The same shape in other spelling and literals runs at once under the grant…
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        run(format!(
+            "delete from {} T\n where T.ID = 2 -- and again",
+            s.table.to_uppercase()
+        )),
+    )
+    .await
+    .expect("the granted statement waited")
+    .unwrap()
+    .unwrap();
+    assert_eq!(again, 1);
+    // …another table under the same alias is held…
+    let stretched = run(format!("DELETE FROM {other} t WHERE t.id = 1"));
+    let held = s.pending(&dba).await;
+    assert_ne!(held["id"], request["id"]);
+    assert_eq!(held["rule"], "held-other");
+    assert!(!stretched.is_finished(), "ran under another table's grant");
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{}/deny", held["id"].as_str().unwrap()),
+            &dba,
+            json!({"reason": "not that table"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let err = stretched.await.unwrap().unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("42501"),
+        "{}",
+        db_message(&err)
+    );
+    let direct = common::direct("app").await;
+    let left: i64 = direct
+        .query_one(&format!("SELECT count(*) FROM {other}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 20, "nothing was deleted from {other}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_or_leaving_withdraws_the_request() {
     let s = Setup::start("withdraw", "").await;

@@ -160,6 +160,10 @@ pub struct Request {
     /// Short and typable: `ABCD-1234`.
     pub id: String,
     pub requester: String,
+    /// Who the requester is across sessions ([`crate::auth::Identity::owner`]), whom a
+    /// grant is for.
+    #[serde(skip)]
+    pub requester_owner: String,
     pub requester_groups: Vec<String>,
     pub session: u64,
     pub database: String,
@@ -194,11 +198,22 @@ impl Request {
     }
 }
 
-/// "This statement shape, for this person, until then."
+/// What a grant covers: one statement shape, for one person, in one database as one role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantScope {
+    /// [`crate::auth::Identity::owner`]: the OIDC issuer and subject, or the local user (a
+    /// display name can be shared or change).
+    pub owner: String,
+    pub database: String,
+    pub role: String,
+    /// [`crate::sql::Analysis::fingerprint`] of the whole message.
+    pub fingerprint: String,
+}
+
+/// "This statement shape, for this person, there, until then."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {
-    pub user: String,
-    pub fingerprint: String,
+    pub scope: GrantScope,
     pub granted_by: String,
     pub request: String,
     #[serde(skip)]
@@ -232,6 +247,7 @@ pub struct Approver {
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     pub requester: String,
+    pub requester_owner: String,
     pub requester_groups: Vec<String>,
     pub session: u64,
     pub database: String,
@@ -299,6 +315,7 @@ impl Approvals {
         let request = Request {
             id: self.store.new_id(),
             requester: new.requester,
+            requester_owner: new.requester_owner,
             requester_groups: new.requester_groups,
             session: new.session,
             database: new.database,
@@ -386,8 +403,12 @@ impl Approvals {
             (grant, &updated.status, &updated.fingerprint)
         {
             self.store.add_grant(Grant {
-                user: updated.requester.clone(),
-                fingerprint: fingerprint.clone(),
+                scope: GrantScope {
+                    owner: updated.requester_owner.clone(),
+                    database: updated.database.clone(),
+                    role: updated.role.clone(),
+                    fingerprint: fingerprint.clone(),
+                },
                 granted_by: approver.name.clone(),
                 request: updated.id.clone(),
                 until: Some(Instant::now() + duration),
@@ -412,9 +433,9 @@ impl Approvals {
             .ok()
     }
 
-    /// A grant that lets `user` run `fingerprint` now, if there is one.
-    pub fn grant_for(&self, user: &str, fingerprint: &str) -> Option<Grant> {
-        self.store.find_grant(user, fingerprint)
+    /// A grant that covers exactly `scope` now, if there is one.
+    pub fn grant_for(&self, scope: &GrantScope) -> Option<Grant> {
+        self.store.find_grant(scope)
     }
 }
 
@@ -466,6 +487,7 @@ mod tests {
     fn new_request() -> NewRequest {
         NewRequest {
             requester: "dev".into(),
+            requester_owner: "local dev".into(),
             requester_groups: vec!["developers".into(), "dba".into()],
             session: 1,
             database: "shop".into(),
@@ -517,8 +539,34 @@ mod tests {
             )
             .unwrap();
         assert_eq!(waiter.outcome().await, Status::Approved);
-        assert!(approvals.grant_for("dev", "abc").is_some());
-        assert!(approvals.grant_for("someone-else", "abc").is_none());
+        let scope = GrantScope {
+            owner: "local dev".into(),
+            database: "shop".into(),
+            role: "app_rw".into(),
+            fingerprint: "abc".into(),
+        };
+        assert!(approvals.grant_for(&scope).is_some());
+        // Only that person, database, role and shape.
+        for other in [
+            GrantScope {
+                owner: "local someone-else".into(),
+                ..scope.clone()
+            },
+            GrantScope {
+                database: "other".into(),
+                ..scope.clone()
+            },
+            GrantScope {
+                role: "app_admin".into(),
+                ..scope.clone()
+            },
+            GrantScope {
+                fingerprint: "abd".into(),
+                ..scope.clone()
+            },
+        ] {
+            assert!(approvals.grant_for(&other).is_none(), "{other:?}");
+        }
         assert!(matches!(
             approvals.answer(&id, &who("dba3", &["dba"]), false, None, None),
             Err(ApprovalError::NotPending { .. })

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::{ApprovalError, Grant, Request, Status};
+use super::{ApprovalError, Grant, GrantScope, Request, Status};
 
 /// Finished requests kept for listing, at most.
 const KEEP_FINISHED: usize = 1000;
@@ -28,8 +28,8 @@ pub trait ApprovalStore: Send + Sync + std::fmt::Debug {
         change: &mut dyn FnMut(&mut Request) -> Result<(), ApprovalError>,
     ) -> Result<Request, ApprovalError>;
     fn add_grant(&self, grant: Grant);
-    /// An unexpired grant for `user` and `fingerprint`.
-    fn find_grant(&self, user: &str, fingerprint: &str) -> Option<Grant>;
+    /// An unexpired grant covering exactly `scope`.
+    fn find_grant(&self, scope: &GrantScope) -> Option<Grant>;
 }
 
 #[derive(Debug)]
@@ -161,14 +161,12 @@ impl ApprovalStore for MemoryStore {
         inner.grants.push(grant);
     }
 
-    fn find_grant(&self, user: &str, fingerprint: &str) -> Option<Grant> {
+    fn find_grant(&self, scope: &GrantScope) -> Option<Grant> {
         let now = Instant::now();
         self.lock()
             .grants
             .iter()
-            .find(|g| {
-                g.user == user && g.fingerprint == fingerprint && g.until.is_some_and(|u| u > now)
-            })
+            .find(|g| g.scope == *scope && g.until.is_some_and(|u| u > now))
             .cloned()
     }
 }

@@ -3,6 +3,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
+use sha2::{Digest, Sha256};
 
 use super::facts::{facts_of, StatementFacts};
 use super::tree::Tree;
@@ -30,8 +31,11 @@ pub const WORKER_STACK: usize = ANALYSIS_STACK + 64 * 1024 * 1024;
 pub struct Analysis {
     /// The text with every literal replaced by a `$n` placeholder.
     pub normalized: Arc<str>,
-    /// libpg_query's fingerprint (16 hex digits): equal for statements that differ only in
-    /// literal values, whitespace or comments.
+    /// pgwarden's fingerprint of the text's shape (32 hex digits): equal for statements that
+    /// differ only in literal values, spacing, comments or the case of keywords and unquoted
+    /// names. Approval grants are keyed on it, so it is a cryptographic hash of the whole
+    /// token stream (see `fingerprint` below), not libpg_query's fingerprint (which deliberately
+    /// equates different tables and argument orders).
     pub fingerprint: Arc<str>,
     /// One kind per statement, in order (`select`, `insert`, `create table`, …).
     pub kinds: Arc<[&'static str]>,
@@ -120,14 +124,18 @@ impl Analyzer {
                 return Ok(hit);
             }
         }
-        let Shape { normalized, key } = shape(sql)?;
+        let Shape {
+            normalized,
+            key,
+            tokens,
+        } = shape(sql)?;
         if cacheable && key != sql {
             if let Some(hit) = self.cached(&key) {
                 return Ok(hit);
             }
         }
         let analysis = Arc::new(stacker::maybe_grow(ANALYSIS_STACK, ANALYSIS_STACK, || {
-            analyze_uncached(sql, normalized)
+            analyze_uncached(sql, normalized, fingerprint(sql, &tokens))
         })?);
         if cacheable {
             if let Ok(mut cache) = self.cache.lock() {
@@ -198,6 +206,49 @@ struct Shape {
     /// token kind, so that texts the grammar could read differently (`FETCH 5` and `FETCH
     /// 5.5`) never share an analysis.
     key: String,
+    /// The scanner's tokens, for the fingerprint (computed only when the shape is new).
+    tokens: Vec<pg_query::protobuf::ScanToken>,
+}
+
+/// The fingerprint of a scanned text: the first 128 bits of SHA-256 over its token stream,
+/// in hex. Literals count by their kind only, keywords and unquoted names lowercased (as
+/// PostgreSQL folds them), everything else as written; comments and spacing not at all.
+/// 128 bits, so that no one can craft two statements with one fingerprint (a harmless one
+/// to get approved with a grant, another to run under it) in any feasible time.
+fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> String {
+    use pg_query::protobuf::{KeywordKind, Token};
+    let mut hash = Sha256::new();
+    for token in tokens {
+        let text = usize::try_from(token.start)
+            .ok()
+            .zip(usize::try_from(token.end).ok())
+            .and_then(|(s, e)| sql.get(s..e))
+            .unwrap_or_default();
+        let word = token.token == Token::Ident as i32
+            || token.keyword_kind != KeywordKind::NoKeyword as i32;
+        // Each token is a tag byte, its text, and NUL (which statement text never holds):
+        // no two token streams hash the same bytes.
+        match Token::try_from(token.token) {
+            Ok(Token::SqlComment | Token::CComment) => continue,
+            Ok(Token::Iconst) => hash.update(b"Li"),
+            Ok(Token::Fconst) => hash.update(b"Lf"),
+            Ok(Token::Sconst) => hash.update(b"Ls"),
+            Ok(Token::Usconst) => hash.update(b"Lu"),
+            Ok(Token::Bconst) => hash.update(b"Lb"),
+            Ok(Token::Xconst) => hash.update(b"Lx"),
+            // Quoted names (`"Name"`, `U&"…"`) count as written.
+            _ if word && !text.contains('"') => {
+                hash.update(b"W");
+                hash.update(text.to_ascii_lowercase().as_bytes());
+            }
+            _ => {
+                hash.update(b"T");
+                hash.update(text.as_bytes());
+            }
+        }
+        hash.update([0]);
+    }
+    crate::audit::record::hex(&hash.finalize()[..16])
 }
 
 fn shape(sql: &str) -> Result<Shape, AnalysisError> {
@@ -208,6 +259,7 @@ fn shape(sql: &str) -> Result<Shape, AnalysisError> {
         return Ok(Shape {
             normalized: sql.to_owned(),
             key: sql.to_owned(),
+            tokens: Vec::new(),
         });
     }
     let tokens = pg_query::scan_tokens(sql).map_err(syntax_error)?;
@@ -255,7 +307,11 @@ fn shape(sql: &str) -> Result<Shape, AnalysisError> {
         .ok_or_else(|| AnalysisError::Syntax("the statement could not be scanned".into()))?;
     normalized.push_str(rest);
     key.push_str(rest);
-    Ok(Shape { normalized, key })
+    Ok(Shape {
+        normalized,
+        key,
+        tokens,
+    })
 }
 
 fn syntax_error(e: pg_query::Error) -> AnalysisError {
@@ -270,9 +326,12 @@ fn syntax_error(e: pg_query::Error) -> AnalysisError {
     AnalysisError::Syntax(message)
 }
 
-fn analyze_uncached(sql: &str, normalized: String) -> Result<Analysis, AnalysisError> {
+fn analyze_uncached(
+    sql: &str,
+    normalized: String,
+    fingerprint: String,
+) -> Result<Analysis, AnalysisError> {
     let parsed = pg_query::parse(sql, 0).map_err(syntax_error)?;
-    let fingerprint = pg_query::fingerprint(sql, 0, 0).map_err(syntax_error)?.hex;
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let tree = Tree::of(&raw.stmt).map_err(|e| AnalysisError::Syntax(e.to_string()))?;
@@ -359,7 +418,7 @@ mod tests {
             .analyze(b"update accounts  set balance = 99 where id = 8")
             .unwrap();
         assert_eq!(a.fingerprint, b.fingerprint);
-        assert_eq!(a.fingerprint.len(), 16);
+        assert_eq!(a.fingerprint.len(), 32);
         assert!(Arc::ptr_eq(&a, &b) || a.normalized != b.normalized);
         let c = analyzer
             .analyze(b"UPDATE accounts SET balance = 2 WHERE id = 9")
@@ -368,6 +427,80 @@ mod tests {
         assert_eq!(tables(&a), [("accounts", Access::Write)]);
         let other = analyzer.analyze(b"DELETE FROM accounts").unwrap();
         assert_ne!(a.fingerprint, other.fingerprint);
+    }
+
+    /// An approval grant lets every statement with the approved fingerprint run without
+    /// asking again: two statements may share one only if they differ in literal values,
+    /// spacing, comments or the case of keywords and unquoted names, nothing else.
+    #[test]
+    fn a_fingerprint_covers_everything_but_literals_spacing_comments_and_case() {
+        let analyzer = Analyzer::new(64);
+        let print = |sql: &str| {
+            analyzer
+                .analyze(sql.as_bytes())
+                .unwrap()
+                .fingerprint
+                .clone()
+        };
+        let same = [
+            (
+                "DELETE FROM orders o WHERE o.id = 5",
+                "delete  from ORDERS o\n where O.ID = 77 -- cleanup",
+            ),
+            (
+                "SELECT * FROM t WHERE name = 'x' /* why */",
+                "SELECT * FROM t WHERE name = E'y'",
+            ),
+            ("SELECT $1, 2.5", "select $1,3.75"),
+            ("SELECT 1; SELECT 2", "SELECT 3;SELECT 4"),
+        ];
+        for (a, b) in same {
+            assert_eq!(print(a), print(b), "{a} | {b}");
+        }
+        // libpg_query's fingerprint gives each of these pairs one value (it mirrors
+        // pg_stat_statements' query jumbling: aliased relations hashed by alias, schemas
+        // dropped in DML, digit runs dropped from table names, some lists sorted, nodes
+        // deeper than 100 ignored); a grant must not stretch from one to the other.
+        let deep = |leaf: &str| format!("SELECT {}{leaf}{}", "(".repeat(120), ")".repeat(120));
+        let different = [
+            (
+                "DELETE FROM orders o WHERE o.id = 5".to_owned(),
+                "DELETE FROM customers o WHERE o.id = 5".to_owned(),
+            ),
+            (
+                "DELETE FROM staging.users WHERE id = 1".to_owned(),
+                "DELETE FROM prod.users WHERE id = 1".to_owned(),
+            ),
+            (
+                "DELETE FROM orders_2024 WHERE id = 1".to_owned(),
+                "DELETE FROM orders_2025 WHERE id = 1".to_owned(),
+            ),
+            (
+                "INSERT INTO users (name, role) VALUES ($1, $2)".to_owned(),
+                "INSERT INTO users (role, name) VALUES ($1, $2)".to_owned(),
+            ),
+            (
+                "SELECT set_config('a', 'b', false)".to_owned(),
+                "SELECT set_config('a', 'b', true)".to_owned(),
+            ),
+            (
+                "SELECT f(a, b) FROM t".to_owned(),
+                "SELECT f(b, a) FROM t".to_owned(),
+            ),
+            (
+                "SELECT a, a FROM t".to_owned(),
+                "SELECT a FROM t".to_owned(),
+            ),
+            (
+                "SELECT \"Name\" FROM t".to_owned(),
+                "SELECT name FROM t".to_owned(),
+            ),
+            (deep("x"), deep("pg_read_file('/etc/passwd')")),
+            ("SELECT 1".to_owned(), "SELECT -1".to_owned()),
+        ];
+        for (a, b) in &different {
+            assert_ne!(print(a), print(b), "{a} | {b}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::{protocol_name, Flow, Protocol, Ruling};
-use crate::approvals::Status as ApprovalStatus;
+use crate::approvals::{GrantScope, Status as ApprovalStatus};
 use crate::audit::event::ApprovalNote;
 use crate::error::{ClientError, SqlState};
 use crate::policy::{Action, Decision, Subject};
@@ -261,9 +261,13 @@ impl Flow<'_> {
                 ),
             };
         }
-        if let Some(grant) =
-            fingerprint.and_then(|f| self.approvals.grant_for(&self.identity.name, f))
-        {
+        let scope = fingerprint.map(|f| GrantScope {
+            owner: self.identity.owner(),
+            database: self.database.to_owned(),
+            role: self.role.to_owned(),
+            fingerprint: f.to_owned(),
+        });
+        if let Some(grant) = scope.and_then(|scope| self.approvals.grant_for(&scope)) {
             return Approval::Run(ApprovalNote {
                 request: grant.request,
                 approved_by: vec![grant.granted_by],

@@ -88,6 +88,7 @@ impl Flow<'_> {
         let analysis = spec.analysis.as_deref();
         let new = crate::approvals::NewRequest {
             requester: self.identity.name.clone(),
+            requester_owner: self.identity.owner(),
             requester_groups: self.identity.groups.clone(),
             session: self.session,
             database: self.database.to_owned(),
