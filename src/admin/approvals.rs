@@ -67,6 +67,7 @@ pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Respons
             match glass {
                 Some(glass) => Ok(Approver {
                     name: format!("break-glass:{}", glass.name),
+                    owner: format!("break-glass {}", glass.name),
                     groups: glass.groups.clone(),
                 }),
                 None => snapshot
@@ -74,6 +75,7 @@ pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Respons
                     .verify(&token)
                     .await
                     .map(|t| Approver {
+                        owner: crate::auth::oidc_owner(&t.issuer, &t.subject),
                         name: t.username,
                         groups: t.groups,
                     })

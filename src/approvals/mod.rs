@@ -148,6 +148,9 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Answer {
     pub by: String,
+    /// Who answered across names ([`Approver::owner`]).
+    #[serde(skip)]
+    pub by_owner: String,
     pub approve: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -240,6 +243,10 @@ pub enum ApprovalError {
 #[derive(Debug, Clone)]
 pub struct Approver {
     pub name: String,
+    /// Who this is whatever their display name ([`crate::auth::Identity::owner`]): the
+    /// OIDC issuer and subject, or the break-glass entry. Separation of duties compares
+    /// this, since an identity provider may let people change the claim names come from.
+    pub owner: String,
     pub groups: Vec<String>,
 }
 
@@ -371,7 +378,7 @@ impl Approvals {
                     status: request.status.as_str(),
                 });
             }
-            if request.requester == approver.name {
+            if request.requester_owner == approver.owner || request.requester == approver.name {
                 return Err(ApprovalError::OwnRequest);
             }
             if !approver
@@ -383,11 +390,16 @@ impl Approvals {
                     request.approver_groups.join(", "),
                 ));
             }
-            if request.answers.iter().any(|a| a.by == approver.name) {
+            if request
+                .answers
+                .iter()
+                .any(|a| a.by_owner == approver.owner || a.by == approver.name)
+            {
                 return Err(ApprovalError::AlreadyAnswered(request.id.clone()));
             }
             request.answers.push(Answer {
                 by: approver.name.clone(),
+                by_owner: approver.owner.clone(),
                 approve,
                 reason: reason.clone(),
                 at: rfc3339(SystemTime::now()),
@@ -504,8 +516,45 @@ mod tests {
     fn who(name: &str, groups: &[&str]) -> Approver {
         Approver {
             name: name.into(),
+            owner: crate::auth::oidc_owner("https://idp", &format!("sub-{name}")),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         }
+    }
+
+    /// Separation of duties holds for the person, not the name: someone whose identity
+    /// provider lets them rename themselves is still the requester, and still one approver.
+    #[test]
+    fn a_new_display_name_is_still_the_same_person() {
+        let approvals = Approvals::default();
+        let requester = crate::auth::oidc_owner("https://idp", "sub-dev");
+        let (request, _waiter) = approvals.open(
+            &settings(2),
+            NewRequest {
+                requester_owner: requester.clone(),
+                ..new_request()
+            },
+        );
+        let renamed = Approver {
+            name: "dev-renamed".into(),
+            owner: requester,
+            groups: vec!["dba".into()],
+        };
+        assert_eq!(
+            approvals.answer(&request.id, &renamed, true, None, None),
+            Err(ApprovalError::OwnRequest)
+        );
+        let dba = who("dba1", &["dba"]);
+        approvals
+            .answer(&request.id, &dba, true, None, None)
+            .unwrap();
+        let dba_renamed = Approver {
+            name: "dba1-renamed".into(),
+            ..dba
+        };
+        assert_eq!(
+            approvals.answer(&request.id, &dba_renamed, true, None, None),
+            Err(ApprovalError::AlreadyAnswered(request.id.clone()))
+        );
     }
 
     #[tokio::test]

@@ -55,13 +55,18 @@ pub struct OidcIdentity {
     pub expires_at: SystemTime,
 }
 
+/// [`Identity::owner`] of an OIDC person.
+pub fn oidc_owner(issuer: &str, subject: &str) -> String {
+    format!("oidc {issuer} {subject}")
+}
+
 impl Identity {
     /// Who this is across sessions: the issuer and subject of an OIDC person (their name
     /// may change), the name of a local user. Sessions with the same owner belong to the
     /// same person, e.g. for cancelling one from another.
     pub fn owner(&self) -> String {
         match &self.oidc {
-            Some(oidc) => format!("oidc {} {}", oidc.issuer, oidc.subject),
+            Some(oidc) => oidc_owner(&oidc.issuer, &oidc.subject),
             None => format!("local {}", self.name),
         }
     }
