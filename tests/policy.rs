@@ -418,6 +418,48 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         show(ok.simple_query("SHOW work_mem").await.unwrap()),
         "16MB"
     );
+
+    // The startup packet can set `role` too, which PostgreSQL applies before the first
+    // statement: judged as SET ROLE is. app_rw is a member of app_power, which [[access]]
+    // does not grant alice.
+    common::direct("app")
+        .await
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_power') \
+             THEN CREATE ROLE app_power NOLOGIN; END IF; END $$; GRANT app_power TO app_rw;",
+        )
+        .await
+        .unwrap();
+    for options in [
+        "options='-c role=app_power'",
+        "options='--role=app_power'",
+        "options='-c session_authorization=app_ro'",
+        "options='-c work_mem=1MB -crole=app_power'",
+    ] {
+        let refused = proxy
+            .try_connect(&proxy.conninfo(
+                "alice",
+                ALICE_PASSWORD,
+                &format!("sslmode=disable {options}"),
+            ))
+            .await;
+        let Err(err) = refused else {
+            panic!("a login with {options} succeeded")
+        };
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{options}: {err}");
+    }
+    let own_role = proxy
+        .try_connect(&proxy.conninfo(
+            "alice",
+            ALICE_PASSWORD,
+            "sslmode=disable options='-c role=app_rw'",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        show(own_role.simple_query("SELECT current_user").await.unwrap()),
+        "app_rw"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,6 +201,43 @@ pub fn locked_in_startup(
     None
 }
 
+/// Every setting a startup packet assigns, as `(name, value)` with lower-case names: its
+/// parameters (other than the connection's own `user`, `database`, `options`, …) and the
+/// `-c` assignments in `options`. PostgreSQL applies all of them, later ones winning.
+fn startup_assignments(parameters: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in parameters {
+        let value = String::from_utf8_lossy(value);
+        if name.eq_ignore_ascii_case("options") {
+            out.extend(option_assignments(&value));
+        } else {
+            out.push((name.to_lowercase(), value.into_owned()));
+        }
+    }
+    out
+}
+
+/// A role change the startup packet asks for that the person may not make: the message for
+/// the client. `role` is judged as SET ROLE is (only toward roles `[[access]]` grants, via
+/// `may_use_role`); `session_authorization` is never allowed. PostgreSQL applies startup
+/// settings before the first statement, so the gate would not see them otherwise.
+pub fn role_change_in_startup(
+    parameters: &[(String, Vec<u8>)],
+    may_use_role: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    startup_assignments(parameters)
+        .into_iter()
+        .find_map(|(name, value)| match name.as_str() {
+            "role" if value != "none" && !may_use_role(&value) => Some(format!(
+                "the startup setting role={value} is not allowed: [[access]] does not grant you that role on this database"
+            )),
+            "session_authorization" => {
+                Some("the startup setting session_authorization is not allowed through pgwarden".into())
+            }
+            _ => None,
+        })
+}
+
 /// Setting names in a libpq `options` string, lower case, dashes as underscores.
 fn option_settings(options: &str) -> Vec<String> {
     option_assignments(options)

@@ -468,6 +468,15 @@ async fn establish(
             .with_hint("connect without setting it (in options or as a startup parameter)"),
         ));
     }
+    let may_use_role = |role: &str| {
+        auth::authorize(&identity, &grant.database, Some(role), &config.access).is_ok()
+    };
+    if let Some(message) = session::role_change_in_startup(&startup.parameters, &may_use_role) {
+        return Err(SessionError::Refused(
+            ClientError::fatal(SqlState::INSUFFICIENT_PRIVILEGE, message)
+                .with_hint("connect without it; SET ROLE to a role [[access]] grants you works after connecting"),
+        ));
+    }
     let parameters = session::startup_parameters(&startup.parameters, &settings);
     let search_path = match session::initial_search_path(&startup.parameters, &settings) {
         Some(text) => state::parse_search_path(&text, &grant.role),
