@@ -144,6 +144,96 @@ async fn upstream_login_with_md5_cleartext_trust_and_unix_socket() {
 }
 
 #[tokio::test]
+async fn upstream_auth_methods_limit_what_the_server_may_ask_for() {
+    let h = harness();
+    let scram_only = format!(
+        "host = \"{}\"\nport = {}\nsslmode = \"disable\"\nauth_methods = [\"scram-sha-256\"]\n",
+        h.pg.host(),
+        h.pg.port()
+    );
+    for (role, password) in [
+        ("md5_user", Some("md5-pw")),
+        ("clear_user", Some("clear-pw")),
+        ("trust_user", None),
+    ] {
+        let err = login_upstream_as(role, password, Some(scram_only.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{role}: {err}");
+    }
+}
+
+/// A server that is not PostgreSQL (someone in the middle of an unverified connection):
+/// answers the startup packet with `first`, then, if pgwarden answers, with `then`.
+/// Returns the `[upstream]` lines and what pgwarden sent after `first` (None: it hung up).
+async fn impostor(
+    first: Vec<u8>,
+    then: Vec<u8>,
+) -> (String, tokio::task::JoinHandle<Option<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let len = conn.read_i32().await.unwrap();
+        let mut startup = vec![0; usize::try_from(len).unwrap() - 4];
+        conn.read_exact(&mut startup).await.unwrap();
+        conn.write_all(&first).await.unwrap();
+        let mut answer = vec![0; 5];
+        if conn.read_exact(&mut answer).await.is_err() {
+            return None;
+        }
+        let len = i32::from_be_bytes(answer[1..5].try_into().unwrap());
+        let mut rest = vec![0; usize::try_from(len).unwrap() - 4];
+        conn.read_exact(&mut rest).await.unwrap();
+        answer.extend(rest);
+        conn.write_all(&then).await.unwrap();
+        let mut more = [0u8; 1];
+        let _ = conn.read(&mut more).await;
+        Some(answer)
+    });
+    let upstream = format!("host = \"127.0.0.1\"\nport = {port}\nsslmode = \"disable\"\n");
+    (upstream, task)
+}
+
+fn auth_request(code: i32, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'R'];
+    out.extend((8 + data.len() as i32).to_be_bytes());
+    out.extend(code.to_be_bytes());
+    out.extend(data);
+    out
+}
+
+#[tokio::test]
+async fn an_impostor_server_gets_no_password_and_cannot_skip_scram() {
+    let ready = [b'Z', 0, 0, 0, 5, b'I'];
+    // Asked for the password itself where only SCRAM is allowed: pgwarden hangs up.
+    let (upstream, server) = impostor(auth_request(3, &[]), Vec::new()).await;
+    let upstream = format!("{upstream}auth_methods = [\"scram-sha-256\"]\n");
+    let err = login_upstream_as("fake_role", Some("the-real-secret"), Some(upstream))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
+    assert_eq!(
+        server.await.unwrap(),
+        None,
+        "pgwarden answered a password request"
+    );
+
+    // Starts SCRAM, then says "OK" without proving it knows the password.
+    let mut ok = auth_request(0, &[]);
+    ok.extend(ready);
+    let (upstream, server) = impostor(auth_request(10, b"SCRAM-SHA-256\0\0"), ok).await;
+    let err = login_upstream_as("fake_role", Some("the-real-secret"), Some(upstream))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
+    let sent = server.await.unwrap().expect("the SCRAM first message");
+    assert_eq!(sent[0], b'p');
+    assert!(!String::from_utf8_lossy(&sent).contains("the-real-secret"));
+}
+
+#[tokio::test]
 async fn refused_upstream_credentials_are_reported_without_the_secret() {
     let err = login_upstream_as("md5_user", Some("wrong-upstream-secret"), None)
         .await

@@ -52,6 +52,43 @@ fn the_example_config_is_valid() {
 }
 
 #[test]
+fn upstream_auth_methods_default_to_scram_only_where_the_server_could_be_impersonated() {
+    use pgwarden::config::UpstreamAuth;
+    let (dir, text) = example_in_temp_dir("upstream-auth");
+    let path = dir.join("example.toml");
+    let methods = |text: &str| {
+        Config::from_toml(&path, text)
+            .unwrap()
+            .upstream
+            .auth_methods
+    };
+    assert_eq!(methods(&text), UpstreamAuth::ALL, "loopback");
+    let remote = text.replace("host = \"127.0.0.1\"", "host = \"db.internal\"");
+    assert_eq!(
+        methods(&remote.replace("sslmode = \"disable\"", "sslmode = \"require\"")),
+        [UpstreamAuth::ScramSha256]
+    );
+    assert_eq!(methods(&remote), [UpstreamAuth::ScramSha256], "plaintext");
+    let verified = remote.replace(
+        "sslmode = \"disable\"",
+        "sslmode = \"verify-full\"\nca = \"ca.pem\"",
+    );
+    assert_eq!(methods(&verified), UpstreamAuth::ALL);
+    let chosen = remote.replace(
+        "# auth_methods = [\"scram-sha-256\"]",
+        "auth_methods = [\"md5\", \"scram-sha-256\"]",
+    );
+    assert_eq!(
+        methods(&chosen),
+        [UpstreamAuth::Md5, UpstreamAuth::ScramSha256]
+    );
+    let none = remote.replace("# auth_methods = [\"scram-sha-256\"]", "auth_methods = []");
+    let err = Config::from_toml(&path, &none).unwrap_err().to_string();
+    assert!(err.contains("upstream.auth_methods"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn errors_name_the_key_and_line() {
     let (dir, text) = example_in_temp_dir("errors");
     let bad = text.replace("max_connections = 1000", "max_connections = 0");

@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use model::{AccessRule, OauthBearer, PlaintextTokens, SslMode, TlsMode, TokenExpiry};
+pub use model::{
+    AccessRule, OauthBearer, PlaintextTokens, SslMode, TlsMode, TokenExpiry, UpstreamAuth,
+};
 pub use secret::Secret;
 
 use crate::auth::scram::ScramVerifier;
@@ -90,6 +92,8 @@ pub struct Upstream {
     /// Name checked against the server certificate with `verify-full` (default: host).
     pub server_name: Option<String>,
     pub connect_timeout: Duration,
+    /// The authentication methods the server may ask for.
+    pub auth_methods: Vec<UpstreamAuth>,
     /// Upstream role name → password (none for trust authentication).
     pub roles: HashMap<String, Option<Secret>>,
 }

@@ -265,6 +265,7 @@ struct UpstreamSection {
     server_name: Option<String>,
     #[serde(default = "default_connect_timeout")]
     connect_timeout: HumanDuration,
+    auth_methods: Option<Vec<UpstreamAuth>>,
     #[serde(default)]
     roles: Vec<UpstreamRole>,
 }
@@ -286,6 +287,35 @@ pub enum SslMode {
     Require,
     /// Encrypt, verify the certificate chain against `ca` and the host name.
     VerifyFull,
+}
+
+/// How the upstream server may ask pgwarden to prove a role's password (libpq's
+/// `require_auth` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// SCRAM-SHA-256: the password never crosses the wire, and the server proves it knows it.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5: a replayable hash of the password crosses the wire.
+    Md5,
+    /// The password itself crosses the wire.
+    Password,
+    /// No authentication at all.
+    None,
+}
+
+impl UpstreamAuth {
+    pub const ALL: [UpstreamAuth; 4] = [Self::ScramSha256, Self::Md5, Self::Password, Self::None];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ScramSha256 => "scram-sha-256",
+            Self::Md5 => "md5",
+            Self::Password => "password",
+            Self::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,6 +565,21 @@ pub fn validate(
             "sslmode = \"verify-full\" needs `ca` (a PEM file)".into(),
         ));
     }
+    // A server nobody can impersonate (on this machine, or with its certificate verified)
+    // may use any method; otherwise only SCRAM, so that whoever sits in the middle of an
+    // unverified connection cannot ask for the password itself (`password`, `md5`) or
+    // skip authentication (`none`).
+    let auth_methods = match u.auth_methods {
+        Some(methods) if methods.is_empty() => {
+            return Err(invalid(
+                "upstream.auth_methods".into(),
+                "must name at least one method".into(),
+            ))
+        }
+        Some(methods) => methods,
+        None if local_upstream || sslmode == SslMode::VerifyFull => UpstreamAuth::ALL.to_vec(),
+        None => vec![UpstreamAuth::ScramSha256],
+    };
     let mut roles = HashMap::new();
     for (i, role) in u.roles.into_iter().enumerate() {
         if roles.contains_key(&role.name) {
@@ -564,6 +609,7 @@ pub fn validate(
         ca: u.ca.map(resolve_path),
         server_name: u.server_name,
         connect_timeout: u.connect_timeout.0,
+        auth_methods,
         roles,
     };
 

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Endpoint, UpstreamError};
 use crate::auth::Grant;
-use crate::config::Secret;
+use crate::config::{Secret, UpstreamAuth};
 use crate::net::MaybeTls;
 use crate::protocol::frame::{FrameBuffer, FrameLimits};
 use crate::protocol::{split_cstr, split_i32, views, ProtocolError};
@@ -49,6 +49,17 @@ pub async fn login(
     let mut params = Vec::new();
     let mut key = None;
     let mut scram: Option<ScramSha256> = None;
+    // Whether the server asked for anything, and whether a SCRAM exchange ended with its
+    // proof: AuthenticationOk is accepted only after a method `upstream.auth_methods` allows.
+    let mut asked = false;
+    let mut scram_proven = false;
+    let allow = |method: UpstreamAuth| {
+        if endpoint.auth_methods.contains(&method) {
+            Ok(())
+        } else {
+            Err(UpstreamError::AuthNotAllowed(method.name()))
+        }
+    };
     loop {
         let Some(header) = reader.peek()? else {
             if reader.fill(&mut stream).await? == 0 {
@@ -64,13 +75,20 @@ pub async fn login(
                     what: "authentication request",
                     detail: "too short",
                 })?;
+                // Once SCRAM has started, nothing but its own next steps may follow.
+                if scram.is_some() && !matches!(code, 11 | 12) && !(code == 0 && scram_proven) {
+                    return Err(UpstreamError::ScramIncomplete);
+                }
                 match code {
+                    0 if !asked => allow(UpstreamAuth::None)?,
                     0 => {}
                     3 => {
+                        allow(UpstreamAuth::Password)?;
                         let pw = password.ok_or_else(|| UpstreamError::NoPassword(role.into()))?;
                         frontend::password_message(pw.expose().as_bytes(), &mut out)?;
                     }
                     5 => {
+                        allow(UpstreamAuth::Md5)?;
                         let pw = password.ok_or_else(|| UpstreamError::NoPassword(role.into()))?;
                         let salt: [u8; 4] =
                             data.try_into().map_err(|_| ProtocolError::Malformed {
@@ -85,6 +103,7 @@ pub async fn login(
                         frontend::password_message(hash.as_bytes(), &mut out)?;
                     }
                     10 => {
+                        allow(UpstreamAuth::ScramSha256)?;
                         let pw = password.ok_or_else(|| UpstreamError::NoPassword(role.into()))?;
                         if !mechanisms(data).any(|m| m == SCRAM_SHA_256.as_bytes()) {
                             return Err(UpstreamError::UnsupportedAuth(
@@ -112,6 +131,7 @@ pub async fn login(
                             phase: "login",
                         })?;
                         client.finish(data).map_err(UpstreamError::Scram)?;
+                        scram_proven = true;
                     }
                     2 => return Err(UpstreamError::UnsupportedAuth("Kerberos V5")),
                     6 => return Err(UpstreamError::UnsupportedAuth("SCM credential")),
@@ -119,6 +139,7 @@ pub async fn login(
                     9 => return Err(UpstreamError::UnsupportedAuth("SSPI")),
                     _ => return Err(UpstreamError::UnsupportedAuth("an unknown method")),
                 }
+                asked = true;
             }
             b'E' => {
                 let fields = views::error_fields(body)?;

@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::config::{Config, SslMode, UpstreamAddr};
+use crate::config::{Config, SslMode, UpstreamAddr, UpstreamAuth};
 use crate::error::{ClientError, SqlState};
 use crate::net::{tls, MaybeTls};
 
@@ -45,6 +45,10 @@ pub enum UpstreamError {
     Refused { sqlstate: String, message: String },
     #[error("the database server asked for {0} authentication, which pgwarden does not support")]
     UnsupportedAuth(&'static str),
+    #[error("the database server asked for {0} authentication, which upstream.auth_methods does not allow")]
+    AuthNotAllowed(&'static str),
+    #[error("the database server accepted the login without completing SCRAM (it never proved it knows the password)")]
+    ScramIncomplete,
     #[error("the database server asked for a password but none is configured for role \"{0}\"")]
     NoPassword(String),
     #[error("SCRAM authentication with the database server failed: {0}")]
@@ -94,6 +98,8 @@ impl UpstreamError {
 pub struct Endpoint {
     pub addr: UpstreamAddr,
     pub connect_timeout: Duration,
+    /// What the server may ask for at login (`upstream.auth_methods`).
+    pub auth_methods: Vec<UpstreamAuth>,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
@@ -118,6 +124,7 @@ impl Endpoint {
         Ok(Self {
             addr: up.addr.clone(),
             connect_timeout: up.connect_timeout,
+            auth_methods: up.auth_methods.clone(),
             tls,
         })
     }
