@@ -233,6 +233,13 @@ async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
         format!("COPY (SELECT id, * FROM {t}) TO STDOUT"),
         format!("COPY (SELECT (c).*, id, id, id FROM {t} c) TO STDOUT"),
         format!("COPY (SELECT email FROM (SELECT ssn AS email FROM {t}) s) TO STDOUT"),
+        // No header line: the first line is data like the others.
+        format!("COPY (SELECT string_agg(ssn || ':' || email, ';') FROM {t}) TO STDOUT (FORMAT csv, HEADER false)"),
+        format!("COPY {t} TO STDOUT (FORMAT csv, HEADER 'off')"),
+        // A quoted option value is a literal to the scanner: the second must not reuse the
+        // first's analysis (and split tab-separated lines as CSV).
+        format!("COPY {t} TO STDOUT (FORMAT 'csv')"),
+        format!("COPY {t} TO STDOUT (FORMAT 'text')"),
     ] {
         use futures_util::StreamExt;
         let stream = alice
@@ -244,6 +251,22 @@ async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
         for chunk in chunks {
             chunk.unwrap_or_else(|e| panic!("{copy}: {e}"));
         }
+    }
+    // The rows a data-changing statement returns, copied out (and rolled back).
+    {
+        use futures_util::StreamExt;
+        alice.batch_execute("BEGIN").await.unwrap();
+        let copy = format!("COPY (DELETE FROM {t} WHERE id > 0 RETURNING email, ssn) TO STDOUT");
+        let chunks: Vec<_> = alice
+            .copy_out(copy.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{copy}: {e}"))
+            .collect()
+            .await;
+        for chunk in chunks {
+            chunk.unwrap_or_else(|e| panic!("{copy}: {e}"));
+        }
+        alice.batch_execute("ROLLBACK").await.unwrap();
     }
     // A bare column of a query over one table gets its rule's strategy, as in a SELECT.
     {

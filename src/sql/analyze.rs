@@ -503,6 +503,32 @@ mod tests {
         }
     }
 
+    /// Facts read from option values that are literals to the scanner hold for that text
+    /// only: never shared by shape.
+    #[test]
+    fn quoted_option_values_are_not_shared_by_shape() {
+        let analyzer = Analyzer::new(16);
+        let off = analyzer
+            .analyze(b"EXPLAIN (ANALYZE 'off') DELETE FROM orders WHERE id = 1")
+            .unwrap();
+        assert!(!off.statements[0].flags.explain_analyze);
+        let on = analyzer
+            .analyze(b"EXPLAIN (ANALYZE 'on') DELETE FROM orders WHERE id = 1")
+            .unwrap();
+        assert!(on.statements[0].flags.explain_analyze);
+        assert_eq!(on.statements[0].kinds, ["explain", "delete"]);
+        let csv = analyzer
+            .analyze(b"COPY t TO STDOUT (FORMAT 'csv')")
+            .unwrap();
+        let text = analyzer
+            .analyze(b"COPY t TO STDOUT (FORMAT 'text')")
+            .unwrap();
+        assert_ne!(
+            csv.statements[0].lineage.copy,
+            text.statements[0].lineage.copy
+        );
+    }
+
     #[test]
     fn kinds_and_tables_cover_common_statements() {
         let analyzer = Analyzer::new(16);

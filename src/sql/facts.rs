@@ -248,6 +248,7 @@ impl Walk<'_> {
                 self.visit_fields(node, Access::Read, &["funcname"]);
             }
             Some("CopyStmt") => {
+                self.facts.reads_literals |= options_have_values(node);
                 let from = node.field("is_from").is_some_and(Tree::as_bool);
                 if node.field("is_program").is_some_and(Tree::as_bool) {
                     self.facts.flags.copy_program = true;
@@ -353,6 +354,7 @@ impl Walk<'_> {
                 self.visit_fields(node, access, &[]);
             }
             Some("ExplainStmt") => {
+                self.facts.reads_literals |= options_have_values(node);
                 let analyze = node.field("options").is_some_and(|options| {
                     options.children().any(|(_, option)| {
                         // `ANALYZE` alone, or with anything but an explicit false.
@@ -461,8 +463,20 @@ fn constant_int(node: &Tree) -> Option<i64> {
     }
 }
 
-/// `true`/`false`/`on`/`off` in an EXPLAIN option.
-fn constant_bool(node: &Tree) -> Option<bool> {
+/// Whether an EXPLAIN or COPY statement gives any option a value. Facts and masking read
+/// those values (`ANALYZE 'off'`, `FORMAT 'csv'`, `HEADER false`), and a quoted one is a
+/// literal to the scanner, so the statement's shape does not pin it: its analysis must not
+/// be shared by shape.
+fn options_have_values(node: &Tree) -> bool {
+    node.field("options").is_some_and(|options| {
+        options
+            .children()
+            .any(|(_, option)| option.field("arg").is_some_and(Tree::is_present))
+    })
+}
+
+/// `true`/`false`/`on`/`off` in an EXPLAIN or COPY option.
+pub(super) fn constant_bool(node: &Tree) -> Option<bool> {
     let text = match node.name()? {
         "String" => node.field("sval")?.as_str()?.to_owned(),
         "Boolean" => return Some(node.field("boolval").is_some_and(Tree::as_bool)),

@@ -73,27 +73,30 @@ pub struct Taint {
     pub filtered: Vec<String>,
 }
 
+/// The result columns of `stmt`, with what each is derived from.
+fn outputs_of(stmt: &Tree) -> Vec<Output> {
+    match stmt.name() {
+        Some("SelectStmt") if !has(stmt, "into_clause") => select_outputs(stmt)
+            .into_iter()
+            .map(|(_, output)| output)
+            .collect(),
+        Some("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => targets(returning(stmt))
+            .into_iter()
+            .map(|(_, output)| output)
+            .collect(),
+        // The statement inside returns the rows: `COPY (DELETE … RETURNING email) TO
+        // STDOUT` as much as `COPY (SELECT …)`.
+        Some("CopyStmt" | "DeclareCursorStmt" | "PrepareStmt" | "ExplainStmt") => {
+            stmt.field("query").map(outputs_of).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
 impl Lineage {
     /// Compute the lineage of one top-level statement.
     pub fn of(stmt: &Tree) -> Self {
-        let outputs = match stmt.name() {
-            Some("SelectStmt") if !has(stmt, "into_clause") => select_outputs(stmt)
-                .into_iter()
-                .map(|(_, output)| output)
-                .collect(),
-            Some("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => {
-                targets(returning(stmt))
-                    .into_iter()
-                    .map(|(_, output)| output)
-                    .collect()
-            }
-            Some("CopyStmt" | "DeclareCursorStmt" | "PrepareStmt" | "ExplainStmt") => stmt
-                .field("query")
-                .filter(|q| q.name() == Some("SelectStmt"))
-                .map(|q| select_outputs(q).into_iter().map(|(_, o)| o).collect())
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let outputs = outputs_of(stmt);
         let mut lineage = Lineage {
             outputs,
             ..Lineage::default()
@@ -328,7 +331,16 @@ fn copy_shape(stmt: &Tree) -> CopyShape {
                 Some("text") => {}
                 _ => shape.plain = false,
             },
-            "header" => shape.header = true,
+            // `HEADER`, `HEADER true`, `HEADER MATCH`: a first line of names; `HEADER
+            // false`: none (that first line is data and must be masked).
+            "header" => match option.field("arg").filter(|arg| arg.is_present()) {
+                None => shape.header = true,
+                Some(arg) => match super::facts::constant_bool(arg) {
+                    Some(header) => shape.header = header,
+                    None if value.as_deref() == Some("match") => shape.header = true,
+                    None => shape.plain = false,
+                },
+            },
             _ => shape.plain = false,
         }
     }
