@@ -386,6 +386,23 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         .unwrap_err();
     refused_by(&err, "policy.set-role");
 
+    // Encodings whose multi-byte characters can end in an ASCII quote cannot be switched
+    // to: a statement pipelined behind the SET would be read differently by pgwarden and
+    // by PostgreSQL.
+    for attempt in [
+        "SET client_encoding TO 'SJIS'",
+        "SET NAMES 'big5'",
+        "SET client_encoding = 'Shift_JIS'",
+        "SELECT set_config('client_encoding', 'WIN936', false)",
+    ] {
+        let err = client.simple_query(attempt).await.unwrap_err();
+        refused_by(&err, "policy.client-encoding");
+    }
+    client
+        .simple_query("SET client_encoding TO 'LATIN1'; RESET client_encoding")
+        .await
+        .unwrap();
+
     // A locked setting in the startup packet refuses the login itself.
     let refused = proxy
         .try_connect(&proxy.conninfo(

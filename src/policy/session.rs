@@ -153,6 +153,23 @@ pub fn setting_refusal(
                     ));
                 }
             }
+            // pgwarden reads the statements that follow in the encoding the server last
+            // reported, and in these encodings a multi-byte character can end in an ASCII
+            // quote or backslash: a statement sent right after the SET (in a pipeline,
+            // before the server's ParameterStatus) could hide another from the gate.
+            "client_encoding" => {
+                let checkable = match &change.value {
+                    SettingValue::Reset => true,
+                    SettingValue::Value(name) => !crate::sql::is_unsafe_encoding(name),
+                    SettingValue::Unknown | SettingValue::List(_) => false,
+                };
+                if !checkable {
+                    return Some((
+                        "policy.client-encoding",
+                        "pgwarden cannot check statements in that client_encoding (SJIS, BIG5, GBK, UHC, GB18030 and JOHAB are refused; use UTF8)".into(),
+                    ));
+                }
+            }
             "session_authorization" if !reset => {
                 return Some((
                     "policy.set-role",

@@ -157,16 +157,38 @@ impl Analyzer {
 }
 
 /// Client encodings in which a byte of a multi-byte character can look like an ASCII quote
-/// or backslash: their text cannot be checked without a full conversion.
+/// or backslash (with every alias PostgreSQL accepts for them, in its cleaned form: lower
+/// case, letters and digits only): text in them cannot be checked without a full
+/// conversion.
 const UNSAFE_ENCODINGS: &[&str] = &[
-    "SJIS",
-    "SHIFT_JIS_2004",
-    "BIG5",
-    "GBK",
-    "UHC",
-    "GB18030",
-    "JOHAB",
+    "sjis",
+    "shiftjis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "shiftjis2004",
+    "big5",
+    "win950",
+    "windows950",
+    "gbk",
+    "win936",
+    "windows936",
+    "uhc",
+    "win949",
+    "windows949",
+    "gb18030",
+    "johab",
 ];
+
+/// Whether `name` is (an alias of) a client encoding pgwarden cannot check statements in.
+pub fn is_unsafe_encoding(name: &str) -> bool {
+    let cleaned: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    UNSAFE_ENCODINGS.contains(&cleaned.as_str())
+}
 
 /// The text to analyse. PostgreSQL's syntax is ASCII; in every server-safe encoding bytes
 /// above 0x7F only occur inside identifiers, strings and comments, so mapping each of them
@@ -185,10 +207,7 @@ fn decode<'a>(sql: &'a [u8], client_encoding: &[u8]) -> Result<Cow<'a, str>, Ana
             .map(Cow::Borrowed)
             .map_err(|_| AnalysisError::Encoding);
     }
-    if UNSAFE_ENCODINGS
-        .iter()
-        .any(|e| e.replace('_', "") == encoding)
-    {
+    if is_unsafe_encoding(&encoding) {
         return Err(AnalysisError::UnsafeEncoding(
             String::from_utf8_lossy(client_encoding).into_owned(),
         ));

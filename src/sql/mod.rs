@@ -17,6 +17,7 @@ pub mod lineage;
 pub mod tree;
 
 pub use analyze::{
-    Access, Analysis, AnalysisError, Analyzer, TableRef, ANALYSIS_STACK, WORKER_STACK,
+    is_unsafe_encoding, Access, Analysis, AnalysisError, Analyzer, TableRef, ANALYSIS_STACK,
+    WORKER_STACK,
 };
 pub use facts::{Flags, StatementFacts};
