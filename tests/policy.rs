@@ -90,6 +90,10 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
             "ALTER SYSTEM SET work_mem = '1GB'",
             "guardrail.alter-system",
         ),
+        (
+            "SELECT query_to_xml('DROP TABLE guarded', false, false, '')",
+            "guardrail.sql-text-functions",
+        ),
     ];
     for (sql, rule) in cases {
         let err = client.simple_query(sql).await.unwrap_err();

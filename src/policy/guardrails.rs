@@ -25,6 +25,19 @@ const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_promote",
 ];
 
+/// Functions that run SQL given as text, or read a table, schema, database or cursor named
+/// in a string: the gate never sees that SQL, and masking never sees those columns.
+const SQL_TEXT_FUNCTIONS: &[&str] = &[
+    "query_to_xml*",
+    "query_to_xmlschema",
+    "table_to_xml*",
+    "schema_to_xml*",
+    "database_to_xml*",
+    "cursor_to_xml*",
+    "ts_stat",
+    "ts_rewrite",
+];
+
 struct Guardrail {
     id: &'static str,
     statements: &'static [&'static str],
@@ -92,6 +105,14 @@ const PACK: &[Guardrail] = &[
         message: "pg_cancel_backend and pg_terminate_backend may signal only your own sessions through pgwarden; give the process id as a number (SELECT pg_backend_pid() in that session)",
     },
     Guardrail {
+        id: "guardrail.sql-text-functions",
+        statements: &[],
+        functions: SQL_TEXT_FUNCTIONS,
+        flags: &[],
+        action: Action::Deny,
+        message: "this function runs a query, or reads a table or cursor, named in a string, which pgwarden cannot check or mask; run the query itself",
+    },
+    Guardrail {
         id: "guardrail.function-call",
         statements: &["function call"],
         functions: &[],
@@ -108,6 +129,9 @@ const PACK: &[Guardrail] = &[
             "alter function",
             "create rule",
             "create trigger",
+            "create operator",
+            "create cast",
+            "create aggregate",
             "grant",
             "revoke",
         ],

@@ -109,6 +109,36 @@ fn guardrails_by_default() {
             Some("guardrail.other-sessions"),
         ),
         (
+            "SELECT query_to_xml('SELECT pg_terminate_backend(pid) FROM pg_stat_activity', false, false, '')",
+            Action::Deny,
+            Some("guardrail.sql-text-functions"),
+        ),
+        (
+            "SELECT pg_catalog.table_to_xml('customers', true, false, '')",
+            Action::Deny,
+            Some("guardrail.sql-text-functions"),
+        ),
+        (
+            "SELECT * FROM ts_stat('SELECT to_tsvector(email) FROM customers')",
+            Action::Deny,
+            Some("guardrail.sql-text-functions"),
+        ),
+        (
+            "CREATE OPERATOR pg_temp.### (FUNCTION = pg_terminate_backend, RIGHTARG = int)",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "CREATE CAST (int AS text) WITH FUNCTION f(int)",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "CREATE AGGREGATE agg (int) (SFUNC = f, STYPE = int)",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity",
             Action::Deny,
             Some("guardrail.other-sessions"),

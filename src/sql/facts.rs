@@ -587,7 +587,14 @@ pub fn kind_of(node: &Tree) -> &'static str {
         "AlterOwnerStmt" => "alter owner",
         "RefreshMatViewStmt" => "refresh materialized view",
         "CommentStmt" => "comment",
-        "DefineStmt" => "create",
+        // An operator, cast or aggregate calls a function with no function call in the
+        // statements that use it: code, like CREATE FUNCTION.
+        "DefineStmt" => match object_type("kind") {
+            Some(ObjectType::ObjectAggregate) => "create aggregate",
+            Some(ObjectType::ObjectOperator) => "create operator",
+            _ => "create",
+        },
+        "CreateCastStmt" => "create cast",
         "DropStmt" => match object_type("remove_type") {
             Some(ObjectType::ObjectTable) => "drop table",
             Some(ObjectType::ObjectView) => "drop view",
