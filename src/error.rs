@@ -25,6 +25,8 @@ impl SqlState {
     pub const CANNOT_CONNECT_NOW: Self = Self(*b"57P03");
     pub const INSUFFICIENT_PRIVILEGE: Self = Self(*b"42501");
     pub const SYNTAX_ERROR: Self = Self(*b"42601");
+    pub const DUPLICATE_PREPARED_STATEMENT: Self = Self(*b"42P05");
+    pub const INVALID_SQL_STATEMENT_NAME: Self = Self(*b"26000");
     pub const STATEMENT_TOO_COMPLEX: Self = Self(*b"54001");
     pub const CHARACTER_NOT_IN_REPERTOIRE: Self = Self(*b"22021");
     pub const IO_ERROR: Self = Self(*b"58030");

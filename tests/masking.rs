@@ -326,6 +326,13 @@ async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
         .await
         .expect_err("not an integer");
     assert_eq!(sqlstate(&err).as_deref(), Some("22P02"));
+    // An error whose DETAIL quotes the value in a shape of its own (an XML parser's input
+    // line).
+    let err = alice
+        .simple_query(&format!("SELECT ('<' || ssn)::xml FROM {t} WHERE id = 1"))
+        .await
+        .expect_err("not XML");
+    assert_eq!(sqlstate(&err).as_deref(), Some("2200N"), "{err}");
     // RAISE NOTICE in a DO block: the message is withheld.
     alice
         .batch_execute(&format!(
@@ -523,6 +530,135 @@ async fn extended_protocol_with_and_without_a_describe_of_the_portal() {
         assert!(email.ends_with("***@example.com"), "{email}");
         assert_never_seen(row, &[&seed.email], "raw extended protocol");
     }
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// What pgwarden knows of a session's prepared statements must be what PostgreSQL has:
+/// a second Parse of a name is refused (PostgreSQL keeps the first), and a Bind to a name
+/// pgwarden does not know (a SQL-level PREPARE) is refused rather than run unjudged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
+    use common::wire::{alice_login, error_fields, read_message};
+    use postgres_protocol::message::frontend;
+    let seed = seed("swap").await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    alice_login(&mut stream).await;
+    // Until ReadyForQuery: the messages' tags, the error codes, the DataRows.
+    async fn exchange(
+        stream: &mut TcpStream,
+        out: bytes::BytesMut,
+    ) -> (Vec<u8>, Vec<String>, Vec<Vec<u8>>) {
+        stream.write_all(&out).await.unwrap();
+        let (mut tags, mut codes, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let (tag, body) = read_message(stream).await;
+            tags.push(tag);
+            match tag {
+                b'E' => codes.push(error_fields(&body)[&b'C'].clone()),
+                b'D' => rows.push(body),
+                b'Z' => return (tags, codes, rows),
+                _ => {}
+            }
+        }
+    }
+    let bind_execute = |statement: &str, out: &mut bytes::BytesMut| {
+        frontend::bind(
+            "",
+            statement,
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<&[u8]>>(),
+            |_: Option<&[u8]>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() },
+            std::iter::empty::<i16>(),
+            out,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        frontend::execute("", 0, out).unwrap();
+        frontend::sync(out);
+    };
+    let mut out = bytes::BytesMut::new();
+    let sql = format!(
+        "SELECT translate(email, '@.', '#,') FROM {} WHERE id = 1",
+        seed.table
+    );
+    frontend::parse("s", &sql, std::iter::empty(), &mut out).unwrap();
+    frontend::sync(&mut out);
+    let (_, codes, _) = exchange(&mut stream, out).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("s", "SELECT 'x'::text", std::iter::empty(), &mut out).unwrap();
+    frontend::sync(&mut out);
+    let (_, codes, _) = exchange(&mut stream, out).await;
+    assert_eq!(codes, ["42P05"]);
+    // "s" is still the translate(): masked as a value computed from email.
+    let mut out = bytes::BytesMut::new();
+    bind_execute("s", &mut out);
+    let (_, codes, rows) = exchange(&mut stream, out).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(rows.len(), 1);
+    let local_part = seed.email.split('@').next().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rows[0]).contains(local_part),
+        "a value derived from email came back in clear"
+    );
+    // A Parse the server rejects defines nothing: the name can be used again.
+    let mut out = bytes::BytesMut::new();
+    frontend::parse(
+        "t",
+        "SELECT * FROM no_such_table_here",
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    frontend::sync(&mut out);
+    let (_, codes, _) = exchange(&mut stream, out).await;
+    assert_eq!(codes, ["42P01"]);
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("t", &sql, std::iter::empty(), &mut out).unwrap();
+    bind_execute("t", &mut out);
+    let (_, codes, rows) = exchange(&mut stream, out).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(rows.len(), 1);
+    assert!(!String::from_utf8_lossy(&rows[0]).contains(local_part));
+    // A DEALLOCATE that never ran (its message failed first) leaves "s" defined on the
+    // server: a new "s" is refused there, and pgwarden does not take it either.
+    let mut out = bytes::BytesMut::new();
+    frontend::query("SELECT 1/0; DEALLOCATE s", &mut out).unwrap();
+    let (_, codes, _) = exchange(&mut stream, out).await;
+    assert_eq!(codes, ["22012"]);
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("s", "SELECT 'x'::text", std::iter::empty(), &mut out).unwrap();
+    bind_execute("s", &mut out);
+    let (_, codes, rows) = exchange(&mut stream, out).await;
+    assert_eq!(codes, ["42P05"]);
+    assert!(rows.is_empty());
+    let mut out = bytes::BytesMut::new();
+    bind_execute("s", &mut out);
+    let (_, codes, rows) = exchange(&mut stream, out).await;
+    assert_eq!(codes, ["26000"], "pgwarden no longer knows what \"s\" is");
+    assert!(rows.is_empty());
+    // A SQL-level PREPARE is not a protocol statement pgwarden knows: Bind to it is refused.
+    let mut out = bytes::BytesMut::new();
+    frontend::query(
+        &format!(
+            "PREPARE p AS SELECT translate(email, '@.', '#,') FROM {} WHERE id = 1",
+            seed.table
+        ),
+        &mut out,
+    )
+    .unwrap();
+    let (_, codes, _) = exchange(&mut stream, out).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    let mut out = bytes::BytesMut::new();
+    bind_execute("p", &mut out);
+    let (_, codes, rows) = exchange(&mut stream, out).await;
+    assert_eq!(codes, ["26000"]);
+    assert!(rows.is_empty());
     proxy.shutdown(Duration::from_secs(5)).await;
 }
 

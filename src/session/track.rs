@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 
 use crate::sql::Analysis;
 
@@ -79,6 +79,9 @@ struct Pending {
     /// A Sync sent while a COPY FROM STDIN may be taking data: the server ignores it if
     /// the COPY did start.
     in_copy: bool,
+    /// A Parse that defined a statement in pgwarden's session state (name, text): undone if
+    /// the server does not define it.
+    defines: Option<(Bytes, Bytes)>,
 }
 
 impl Pending {
@@ -94,6 +97,7 @@ impl Pending {
             results: 0,
             masked: Default::default(),
             in_copy: false,
+            defines: None,
         }
     }
 
@@ -127,6 +131,10 @@ pub struct Tracker {
     queue: VecDeque<Pending>,
     /// Outcomes ready to be recorded.
     pub finished: Vec<Finished>,
+    /// Statements pgwarden recorded at their Parse that the server did not define (the
+    /// Parse failed, or was skipped after an earlier error): (name, text), for the session
+    /// to forget.
+    pub undefined: Vec<(Bytes, Bytes)>,
 }
 
 impl Tracker {
@@ -142,6 +150,13 @@ impl Tracker {
         analysis: Option<Arc<Analysis>>,
     ) {
         self.queue.push_back(Pending::new(expect, run, analysis));
+    }
+
+    /// A Parse that defines statement `name` as `sql` in the session state.
+    pub fn push_parse(&mut self, name: Bytes, sql: Bytes) {
+        let mut pending = Pending::new(Expect::Parse, None, None);
+        pending.defines = Some((name, sql));
+        self.queue.push_back(pending);
     }
 
     /// A Sync sent after the Execute of a COPY FROM STDIN, before its CopyDone or CopyFail.
@@ -238,7 +253,11 @@ impl Tracker {
                     if pending.expect == Expect::Sync {
                         break;
                     }
-                    if let Some(done) = self.queue.pop_front().and_then(|p| p.finish(!first)) {
+                    let Some(mut pending) = self.queue.pop_front() else {
+                        break;
+                    };
+                    self.undefined.extend(pending.defines.take());
+                    if let Some(done) = pending.finish(!first) {
                         self.finished.push(done);
                     }
                     first = false;
@@ -249,7 +268,8 @@ impl Tracker {
     }
 
     fn on_ready(&mut self) {
-        while let Some(pending) = self.queue.pop_front() {
+        while let Some(mut pending) = self.queue.pop_front() {
+            self.undefined.extend(pending.defines.take());
             let ends = matches!(
                 pending.expect,
                 Expect::Sync | Expect::Query | Expect::FunctionCall

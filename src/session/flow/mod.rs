@@ -21,7 +21,7 @@ use crate::audit::event::Actor;
 use crate::audit::event::ApprovalNote;
 use crate::audit::{AuditLog, OnFailure, StatementText};
 use crate::auth::Identity;
-use crate::error::ClientError;
+use crate::error::{ClientError, SqlState};
 use crate::policy::session::SessionSettings;
 use crate::policy::Decision;
 use crate::protocol::frame::{peek_frame, FrameBuffer, FrameHeader, HEADER_LEN};
@@ -308,11 +308,22 @@ impl Flow<'_> {
             b'P' => {
                 let parse = views::parse(body)?;
                 self.declare(parse.sql, None);
-                let unchanged = self
-                    .state
-                    .statements
-                    .get(parse.statement)
-                    .is_some_and(|s| s.sql == parse.sql);
+                let existing = self.state.statements.get(parse.statement);
+                let unchanged = existing.is_some_and(|s| s.sql == parse.sql);
+                // PostgreSQL refuses to redefine a named statement and keeps the first one;
+                // so does pgwarden, before anything else, so that what it judges and masks
+                // for the name stays what the server runs.
+                if existing.is_some() && !unchanged && !parse.statement.is_empty() {
+                    let name = String::from_utf8_lossy(parse.statement);
+                    return Ok(Verdict::Refuse(
+                        Expect::Parse,
+                        ClientError::error(
+                            SqlState::DUPLICATE_PREPARED_STATEMENT,
+                            format!("prepared statement \"{name}\" already exists"),
+                        ),
+                    ));
+                }
+                let existed = existing.is_some();
                 let (analysis, ruling) = if unchanged {
                     // Drivers re-send the same text for the same name: decide it again (the
                     // policy may have been reloaded), but without a second analysis.
@@ -357,7 +368,11 @@ impl Flow<'_> {
                         approval: None,
                     };
                     self.record_refused(described).await;
-                    self.state.statements.remove(parse.statement);
+                    // The server drops the unnamed statement when a Parse of it fails, and
+                    // keeps a named one it already has.
+                    if parse.statement.is_empty() || !existed {
+                        self.state.statements.remove(parse.statement);
+                    }
                     return Ok(Verdict::Refuse(Expect::Parse, refusal));
                 }
                 let decided = Decided {
@@ -366,10 +381,37 @@ impl Flow<'_> {
                     tags: self.declared.tags.clone(),
                 };
                 self.state.on_parse(&parse, || analysis.ok(), decided);
-                self.tracker.push(Expect::Parse, None);
+                // A new definition holds once the server has it too (ParseComplete); the
+                // server re-parses the unnamed statement every time.
+                if parse.statement.is_empty() || !existed {
+                    self.tracker.push_parse(
+                        Bytes::copy_from_slice(parse.statement),
+                        Bytes::copy_from_slice(parse.sql),
+                    );
+                } else {
+                    self.tracker.push(Expect::Parse, None);
+                }
             }
             b'B' => {
                 let bind = views::bind(body)?;
+                // Every statement pgwarden lets run was judged at its Parse; one it does not
+                // know (a SQL-level PREPARE, whose name the protocol shares) would run
+                // unjudged and unmasked.
+                if !self.state.statements.contains_key(bind.statement) {
+                    let name = String::from_utf8_lossy(bind.statement);
+                    let mut error = ClientError::error(
+                        SqlState::INVALID_SQL_STATEMENT_NAME,
+                        format!(
+                            "prepared statement \"{name}\" does not exist in pgwarden's session"
+                        ),
+                    );
+                    if !bind.statement.is_empty() {
+                        error = error.with_hint(
+                            "a statement PREPAREd in SQL runs through pgwarden with EXECUTE, not with a protocol Bind",
+                        );
+                    }
+                    return Ok(Verdict::Refuse(Expect::Parse, error));
+                }
                 let parameters = self.hash_parameters(&bind);
                 self.state.on_bind(&bind, parameters);
                 self.tracker.push(Expect::Bind, None);
@@ -622,6 +664,16 @@ impl Flow<'_> {
                 }));
             }
             let rewrite = self.tracker.on_server(header.tag, body);
+            for (name, sql) in self.tracker.undefined.drain(..) {
+                if self
+                    .state
+                    .statements
+                    .get(&name)
+                    .is_some_and(|s| s.sql == sql)
+                {
+                    self.state.statements.remove(&name);
+                }
+            }
             match (rewrite, masking) {
                 (Rewrite::Replace(error), _) => {
                     client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
