@@ -362,6 +362,7 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         "SET LOCAL default_transaction_read_only = off",
         "SELECT set_config('statement_timeout', '0', false)",
         "SET standard_conforming_strings = off",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
     ] {
         let err = client.simple_query(attempt).await.unwrap_err();
         refused_by(&err, "policy.locked-setting");

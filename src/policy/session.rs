@@ -183,16 +183,37 @@ pub fn setting_refusal(
                     "set_config needs a constant setting name through pgwarden".into(),
                 ));
             }
-            name if !reset && settings.is_locked(name) => {
-                return Some((
-                    "policy.locked-setting",
-                    format!("the setting \"{name}\" is locked for you"),
-                ));
+            name if !reset => {
+                if let Some(locked) = settings_changed_by(name)
+                    .iter()
+                    .find(|n| settings.is_locked(n))
+                {
+                    return Some((
+                        "policy.locked-setting",
+                        format!("the setting \"{locked}\" is locked for you"),
+                    ));
+                }
             }
             _ => {}
         }
     }
     None
+}
+
+/// The settings a SET of `name` changes: itself, or what an old alias or a statement of
+/// its own stands for.
+fn settings_changed_by(name: &str) -> Vec<&str> {
+    match name {
+        "sort_mem" => vec!["work_mem"],
+        "vacuum_mem" => vec!["maintenance_work_mem"],
+        // SET SESSION CHARACTERISTICS AS TRANSACTION …
+        "session characteristics" | "session_characteristics" => vec![
+            "default_transaction_isolation",
+            "default_transaction_read_only",
+            "default_transaction_deferrable",
+        ],
+        name => vec![name],
+    }
 }
 
 /// The first locked setting the client's startup packet tries to set, either as a startup
