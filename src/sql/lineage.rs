@@ -182,6 +182,15 @@ impl Lineage {
                 if let Some(select) = node.field("select_stmt") {
                     self.written.extend(all_outputs(select));
                 }
+                // INSERT … ON CONFLICT DO UPDATE SET col = …
+                let conflict_set = node
+                    .field("on_conflict_clause")
+                    .and_then(|c| c.field("target_list"));
+                for (_, output) in targets(conflict_set) {
+                    if let Output::Expr(from) = output {
+                        self.written.extend(from);
+                    }
+                }
             }
             Some("UpdateStmt") => {
                 for (_, output) in targets(node.field("target_list")) {
@@ -215,7 +224,19 @@ impl Lineage {
             }
             Some("FuncCall") => {
                 let name = last_name(node.field("funcname"));
-                if name.as_deref() == Some("pg_notify") {
+                // Functions that keep their arguments where they can be read back later
+                // (a notification, a setting, a large object, the WAL).
+                if matches!(
+                    name.as_deref(),
+                    Some(
+                        "pg_notify"
+                            | "set_config"
+                            | "lo_from_bytea"
+                            | "lo_put"
+                            | "lowrite"
+                            | "pg_logical_emit_message"
+                    )
+                ) {
                     if let Some(args) = node.field("args") {
                         self.written.extend(references(args));
                     }
@@ -634,6 +655,9 @@ mod tests {
             "CREATE MATERIALIZED VIEW v AS SELECT c FROM customers c",
             "UPDATE people SET note = (SELECT email FROM customers LIMIT 1)",
             "SELECT pg_notify('ch', email) FROM customers",
+            "SELECT set_config('x.y', email, false) FROM customers WHERE id = 5",
+            "SELECT lo_from_bytea(0, email::bytea) FROM customers",
+            "INSERT INTO people (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET note = (SELECT email FROM customers LIMIT 1)",
             "WITH w AS (INSERT INTO copy SELECT c.email FROM customers c RETURNING 1) SELECT 1",
         ] {
             assert!(taint(sql).written, "{sql}");
