@@ -218,24 +218,34 @@ impl SessionState {
 
     /// Remember what forwarded statements prepare and deallocate. PostgreSQL keeps the first
     /// PREPARE of a name until DEALLOCATE (a second one fails), and so does this.
-    pub fn on_sql_statements(&mut self, statements: &[StatementFacts], role: &str) {
+    ///
+    /// `certain`: the statements take effect once sent. Otherwise (inside a transaction,
+    /// after other statements of the message, in a pipeline) a rollback or an earlier error
+    /// may undo or skip them, so a new search_path is added to the old one: names are then
+    /// matched in the schemas of both.
+    pub fn on_sql_statements(&mut self, statements: &[StatementFacts], role: &str, certain: bool) {
         for facts in statements {
             for change in &facts.changes {
-                match (change.name.as_str(), &change.value) {
+                let new_path = match (change.name.as_str(), &change.value) {
                     ("search_path", SettingValue::List(list)) => {
-                        self.search_path = list.iter().map(|s| resolve_schema(s, role)).collect();
+                        Some(list.iter().map(|s| resolve_schema(s, role)).collect())
                     }
                     ("search_path", SettingValue::Value(text)) => {
-                        self.search_path = parse_search_path(text, role);
+                        Some(parse_search_path(text, role))
                     }
+                    ("all" | "search_path", SettingValue::Reset) => {
+                        Some(self.initial_search_path.clone())
+                    }
+                    ("search_path" | "*", _) => Some(vec!["*".into()]),
+                    _ => None,
+                };
+                if let Some(path) = new_path {
+                    self.set_search_path(path, certain);
+                }
+                match (change.name.as_str(), &change.value) {
                     ("all", SettingValue::Reset) => {
-                        self.search_path = self.initial_search_path.clone();
                         self.intent = self.initial_intent.clone();
                     }
-                    ("search_path", SettingValue::Reset) => {
-                        self.search_path = self.initial_search_path.clone();
-                    }
-                    ("search_path" | "*", _) => self.search_path = vec!["*".into()],
                     ("pgwarden.intent", SettingValue::Value(text)) => {
                         self.intent = intent(text);
                     }
@@ -246,7 +256,7 @@ impl SessionState {
                 }
             }
             if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
-                self.search_path = self.initial_search_path.clone();
+                self.set_search_path(self.initial_search_path.clone(), certain);
             }
             match &facts.cursor {
                 Some(CursorUse::Declare(name)) => {
@@ -278,6 +288,18 @@ impl SessionState {
                     self.statements.remove(name.as_bytes());
                 }
                 None => {}
+            }
+        }
+    }
+
+    fn set_search_path(&mut self, path: Vec<String>, certain: bool) {
+        if certain {
+            self.search_path = path;
+            return;
+        }
+        for schema in path {
+            if !self.search_path.contains(&schema) {
+                self.search_path.push(schema);
             }
         }
     }

@@ -295,8 +295,13 @@ impl Flow<'_> {
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
                         if let Some(analysis) = &analysis {
+                            // Takes effect for sure only as the one statement of a Query
+                            // sent with no transaction open and nothing else in flight.
+                            let certain = analysis.statements.len() == 1
+                                && self.state.transaction_status == b'I'
+                                && self.state.in_flight == 1;
                             self.state
-                                .on_sql_statements(&analysis.statements, self.role);
+                                .on_sql_statements(&analysis.statements, self.role, certain);
                             self.note_schema_change(&analysis.statements);
                         }
                         self.tracker.push_for(Expect::Query, run, analysis);
@@ -523,8 +528,10 @@ impl Flow<'_> {
                     Ok(run) => {
                         // A PREPARE or DEALLOCATE sent through Parse takes effect here.
                         if let Some(analysis) = prepares {
+                            // Up to its Sync the pipeline is one transaction, which a later
+                            // error rolls back: never certain.
                             self.state
-                                .on_sql_statements(&analysis.statements, self.role);
+                                .on_sql_statements(&analysis.statements, self.role, false);
                             self.note_schema_change(&analysis.statements);
                         }
                         if self.masking.is_some() && described_portal.as_deref() != Some(portal) {
