@@ -625,8 +625,8 @@ async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
     assert!(codes.is_empty(), "{codes:?}");
     assert_eq!(rows.len(), 1);
     assert!(!String::from_utf8_lossy(&rows[0]).contains(local_part));
-    // A DEALLOCATE that never ran (its message failed first) leaves "s" defined on the
-    // server: a new "s" is refused there, and pgwarden does not take it either.
+    // A DEALLOCATE that never ran (its message failed first) leaves "s" defined, on the
+    // server and in pgwarden: a new "s" is refused, and "s" is still the translate().
     let mut out = bytes::BytesMut::new();
     frontend::query("SELECT 1/0; DEALLOCATE s", &mut out).unwrap();
     let (_, codes, _) = exchange(&mut stream, out).await;
@@ -640,8 +640,37 @@ async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
     let mut out = bytes::BytesMut::new();
     bind_execute("s", &mut out);
     let (_, codes, rows) = exchange(&mut stream, out).await;
-    assert_eq!(codes, ["26000"], "pgwarden no longer knows what \"s\" is");
-    assert!(rows.is_empty());
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(rows.len(), 1);
+    assert!(!String::from_utf8_lossy(&rows[0]).contains(local_part));
+    // The same in SQL: a PREPARE the server rejects defines nothing, and a DEALLOCATE that
+    // never ran (its message failed first) leaves the statement as it was.
+    let translated = format!(
+        "SELECT translate(email, '@.', '#,') FROM {} WHERE id = 1",
+        seed.table
+    );
+    for (sql, code) in [
+        (
+            "PREPARE q AS SELECT 'x'::text FROM no_such_table_here".to_owned(),
+            Some("42P01"),
+        ),
+        (format!("PREPARE q AS {translated}"), None),
+        ("EXECUTE q".to_owned(), None),
+        ("SELECT 1/0; DEALLOCATE q".to_owned(), Some("22012")),
+        ("PREPARE q AS SELECT 'x'::text".to_owned(), Some("42P05")),
+        ("EXECUTE q".to_owned(), None),
+    ] {
+        let mut out = bytes::BytesMut::new();
+        frontend::query(&sql, &mut out).unwrap();
+        let (_, codes, rows) = exchange(&mut stream, out).await;
+        assert_eq!(codes, code.into_iter().collect::<Vec<_>>(), "{sql}");
+        for row in rows {
+            assert!(
+                !String::from_utf8_lossy(&row).contains(local_part),
+                "{sql}: a value derived from email came back in clear"
+            );
+        }
+    }
     // A SQL-level PREPARE is not a protocol statement pgwarden knows: Bind to it is refused.
     let mut out = bytes::BytesMut::new();
     frontend::query(

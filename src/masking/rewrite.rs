@@ -1092,15 +1092,18 @@ mod tests {
     fn errors_on_masked_tables_lose_quoted_values_and_keep_other_bytes() {
         let mut masking = session(false);
         masking.observe(Source::Unknown);
-        let body = b"SERROR\0C22P02\0Minvalid input syntax for type integer: \"jane@x.io\"\0Dcaf\xe9\0Wcontext\0\0";
+        let body = b"SERROR\0C22P02\0Minvalid input syntax for type integer: \"jane@x.io\"\0Hcaf\xe9\0Dline 1: <jane\0Wcontext\0\0";
         let mut out = BytesMut::new();
         assert!(masking.error_or_notice(b'E', body, &mut out));
-        let expected =
-            b"SERROR\0C22P02\0Minvalid input syntax for type integer: \"****\"\0Dcaf\xe9\0\0";
+        let mut expected =
+            b"SERROR\0C22P02\0Minvalid input syntax for type integer: \"****\"\0Hcaf\xe9\0D"
+                .to_vec();
+        expected.extend_from_slice(WITHHELD_DETAIL.as_bytes());
+        expected.extend_from_slice(b"\0\0");
         assert_eq!(
             &out[5..],
-            expected,
-            "context dropped, LATIN1 detail untouched"
+            &expected[..],
+            "context dropped, detail withheld, LATIN1 hint untouched"
         );
         assert_eq!(
             usize::try_from(i32::from_be_bytes([out[1], out[2], out[3], out[4]])).unwrap(),

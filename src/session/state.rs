@@ -18,6 +18,15 @@ use crate::protocol::views::{Bind, Parse, Target};
 /// Most cursors whose DECLARE a session remembers.
 const MAX_CURSORS: usize = 256;
 
+/// The session's named things before a message changed them (see
+/// [`SessionState::on_sql_statements`]).
+#[derive(Debug)]
+pub struct NamesBefore {
+    sql_prepared: HashMap<String, StatementFacts>,
+    cursors: HashMap<String, StatementFacts>,
+    statements: HashMap<Bytes, PreparedStatement>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedStatement {
     pub sql: Bytes,
@@ -223,7 +232,47 @@ impl SessionState {
     /// after other statements of the message, in a pipeline) a rollback or an earlier error
     /// may undo or skip them, so a new search_path is added to the old one: names are then
     /// matched in the schemas of both.
-    pub fn on_sql_statements(&mut self, statements: &[StatementFacts], role: &str, certain: bool) {
+    ///
+    /// Returns what the named things (prepared statements, cursors) were before, when the
+    /// statements change any: if the server does not run them all, [`Self::undo`] puts the
+    /// names back as they were and applies only the statements that did run.
+    pub fn on_sql_statements(
+        &mut self,
+        statements: &[StatementFacts],
+        role: &str,
+        certain: bool,
+    ) -> Option<Box<NamesBefore>> {
+        let changes_names = statements
+            .iter()
+            .any(|f| f.prepares.is_some() || f.deallocates.is_some() || f.cursor.is_some());
+        let before = changes_names.then(|| {
+            Box::new(NamesBefore {
+                sql_prepared: self.sql_prepared.clone(),
+                cursors: self.cursors.clone(),
+                statements: self.statements.clone(),
+            })
+        });
+        self.apply_sql_statements(statements, role, certain);
+        before
+    }
+
+    /// The server ran only the first `ran` of `statements` (an error stopped the rest):
+    /// put the names back as they were before them, then apply what did run.
+    pub fn undo(
+        &mut self,
+        before: NamesBefore,
+        statements: &[StatementFacts],
+        ran: usize,
+        role: &str,
+    ) {
+        self.sql_prepared = before.sql_prepared;
+        self.cursors = before.cursors;
+        self.statements = before.statements;
+        let ran = &statements[..ran.min(statements.len())];
+        self.apply_sql_statements(ran, role, false);
+    }
+
+    fn apply_sql_statements(&mut self, statements: &[StatementFacts], role: &str, certain: bool) {
         for facts in statements {
             for change in &facts.changes {
                 let new_path = match (change.name.as_str(), &change.value) {

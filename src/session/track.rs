@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
+use crate::session::state::NamesBefore;
 use crate::sql::Analysis;
 
 use crate::error::ClientError;
@@ -82,6 +83,9 @@ struct Pending {
     /// A Parse that defined a statement in pgwarden's session state (name, text): undone if
     /// the server does not define it.
     defines: Option<(Bytes, Bytes)>,
+    /// The session's named things before this message's SQL statements changed them: put
+    /// back if an error stops them.
+    names_before: Option<Box<NamesBefore>>,
 }
 
 impl Pending {
@@ -98,6 +102,7 @@ impl Pending {
             masked: Default::default(),
             in_copy: false,
             defines: None,
+            names_before: None,
         }
     }
 
@@ -135,6 +140,9 @@ pub struct Tracker {
     /// Parse failed, or was skipped after an earlier error): (name, text), for the session
     /// to forget.
     pub undefined: Vec<(Bytes, Bytes)>,
+    /// Messages whose SQL statements an error stopped: the names before them, the
+    /// statements, and how many of them ran, for the session to put right.
+    pub stopped: Vec<(Box<NamesBefore>, Arc<Analysis>, usize)>,
 }
 
 impl Tracker {
@@ -150,6 +158,19 @@ impl Tracker {
         analysis: Option<Arc<Analysis>>,
     ) {
         self.queue.push_back(Pending::new(expect, run, analysis));
+    }
+
+    /// A message running SQL statements that changed the session's named things.
+    pub fn push_changing_names(
+        &mut self,
+        expect: Expect,
+        run: Option<Running>,
+        analysis: Option<Arc<Analysis>>,
+        names_before: Option<Box<NamesBefore>>,
+    ) {
+        let mut pending = Pending::new(expect, run, analysis);
+        pending.names_before = names_before;
+        self.queue.push_back(pending);
     }
 
     /// A Parse that defines statement `name` as `sql` in the session state.
@@ -241,6 +262,11 @@ impl Tracker {
             // The ReadyForQuery that follows ends these.
             Expect::Query | Expect::FunctionCall => {
                 front.sqlstate = front.sqlstate.or(sqlstate);
+                if let (Some(before), Some(analysis)) =
+                    (front.names_before.take(), front.analysis.clone())
+                {
+                    self.stopped.push((before, analysis, front.results));
+                }
             }
             // An error at Sync (e.g. a deferred constraint at the implicit commit) answers
             // no statement still in flight.
@@ -257,6 +283,11 @@ impl Tracker {
                         break;
                     };
                     self.undefined.extend(pending.defines.take());
+                    if let (Some(before), Some(analysis)) =
+                        (pending.names_before.take(), pending.analysis.clone())
+                    {
+                        self.stopped.push((before, analysis, 0));
+                    }
                     if let Some(done) = pending.finish(!first) {
                         self.finished.push(done);
                     }

@@ -294,17 +294,26 @@ impl Flow<'_> {
                 let analysis = described.analysis.clone();
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
+                        let mut names_before = None;
                         if let Some(analysis) = &analysis {
                             // Takes effect for sure only as the one statement of a Query
                             // sent with no transaction open and nothing else in flight.
                             let certain = analysis.statements.len() == 1
                                 && self.state.transaction_status == b'I'
                                 && self.state.in_flight == 1;
-                            self.state
-                                .on_sql_statements(&analysis.statements, self.role, certain);
+                            names_before = self.state.on_sql_statements(
+                                &analysis.statements,
+                                self.role,
+                                certain,
+                            );
                             self.note_schema_change(&analysis.statements);
                         }
-                        self.tracker.push_for(Expect::Query, run, analysis);
+                        self.tracker.push_changing_names(
+                            Expect::Query,
+                            run,
+                            analysis,
+                            names_before,
+                        );
                         Verdict::Forward
                     }
                     Err(refusal) => Verdict::Refuse(Expect::Query, refusal),
@@ -527,11 +536,15 @@ impl Flow<'_> {
                 return Ok(match self.run_statement(described).await {
                     Ok(run) => {
                         // A PREPARE or DEALLOCATE sent through Parse takes effect here.
+                        let mut names_before = None;
                         if let Some(analysis) = prepares {
                             // Up to its Sync the pipeline is one transaction, which a later
                             // error rolls back: never certain.
-                            self.state
-                                .on_sql_statements(&analysis.statements, self.role, false);
+                            names_before = self.state.on_sql_statements(
+                                &analysis.statements,
+                                self.role,
+                                false,
+                            );
                             self.note_schema_change(&analysis.statements);
                         }
                         if self.masking.is_some() && described_portal.as_deref() != Some(portal) {
@@ -547,7 +560,12 @@ impl Flow<'_> {
                                     && !f.flags.copy_program
                             })
                         });
-                        self.tracker.push_for(Expect::Execute, run, results_of);
+                        self.tracker.push_changing_names(
+                            Expect::Execute,
+                            run,
+                            results_of,
+                            names_before,
+                        );
                         Verdict::Forward
                     }
                     Err(refusal) => Verdict::Refuse(Expect::Parse, refusal),
@@ -680,6 +698,10 @@ impl Flow<'_> {
                 {
                     self.state.statements.remove(&name);
                 }
+            }
+            for (before, analysis, ran) in self.tracker.stopped.drain(..) {
+                self.state
+                    .undo(*before, &analysis.statements, ran, self.role);
             }
             match (rewrite, masking) {
                 (Rewrite::Replace(error), _) => {
