@@ -81,6 +81,13 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
             (Some(TlsAcceptor::from(acceptor)), binding)
         }
     };
+    if let Some((cert, key)) = &config.admin_tls {
+        tls::server_config(cert, key).map_err(|e| AppError::Setting {
+            path: config.path.clone(),
+            key: "admin.tls",
+            detail: e.to_string(),
+        })?;
+    }
     let upstream = Endpoint::from_config(&config).map_err(|e| AppError::Setting {
         path: config.path.clone(),
         key: "upstream",
@@ -126,6 +133,18 @@ impl Server {
         }
         let addr = config.server.listen;
         let admin_listen = config.admin_listen;
+        // A certificate the operator named that cannot be loaded stops the start, as for
+        // the server's own TLS.
+        let admin_tls = match &config.admin_tls {
+            None => None,
+            Some((cert, key)) => Some(TlsAcceptor::from(tls::server_config(cert, key).map_err(
+                |e| AppError::Setting {
+                    path: config.path.clone(),
+                    key: "admin.tls",
+                    detail: e.to_string(),
+                },
+            )?)),
+        };
         let oauthbearer_listen = config.server.oauthbearer_listen;
         let audit = match &config.audit {
             None => None,
@@ -196,12 +215,14 @@ impl Server {
                         addr: admin,
                         source,
                     })?;
+                let scheme = if admin_tls.is_some() { "https" } else { "http" };
                 tokio::spawn(crate::admin::serve(
                     admin_listener,
+                    admin_tls,
                     ctx.clone(),
                     admin_stop.clone(),
                 ));
-                info!(listen = %bound, "admin endpoint (/healthz, /readyz) listening");
+                info!(listen = %bound, scheme, "admin endpoint (/healthz, /readyz, /approvals) listening");
                 Some(bound)
             }
         };

@@ -491,6 +491,57 @@ async fn a_grant_does_not_stretch_to_another_table_under_the_same_alias() {
     assert_eq!(left, 20, "nothing was deleted from {other}");
 }
 
+/// With `[admin.tls]` the admin API is HTTPS (a token is a database credential too); the
+/// command-line client never sends one in clear off this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_https_and_tokens_never_travel_in_clear() {
+    let h = harness();
+    let s = Setup::start(
+        "https",
+        &format!(
+            "\n[admin.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            h.certs.server_cert.display(),
+            h.certs.server_key.display()
+        ),
+    )
+    .await;
+    let dba = s.token("dba", &["dba"]);
+    let fetcher = Fetcher::new(Some(&h.certs.ca_cert), Duration::from_secs(10), 1 << 20).unwrap();
+    let request = openidconnect::http::Request::builder()
+        .uri(format!("https://localhost:{}/approvals", s.admin.port()))
+        .header("authorization", format!("Bearer {dba}"))
+        .body(Vec::new())
+        .unwrap();
+    let response = fetcher.fetch(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // Health checks may stay plain HTTP on the same port.
+    let plain = openidconnect::http::Request::builder()
+        .uri(format!("http://127.0.0.1:{}/healthz", s.admin.port()))
+        .body(Vec::new())
+        .unwrap();
+    assert_eq!(fetcher.fetch(plain).await.unwrap().status().as_u16(), 200);
+
+    let target = |admin: &str| pgwarden::approvals::client::Target {
+        admin: admin.to_owned(),
+        issuer: None,
+        ca: Some(h.certs.ca_cert.clone()),
+        json: true,
+        token: Some(dba.clone()),
+    };
+    let list = pgwarden::approvals::client::Call::List { all: true };
+    let err =
+        pgwarden::approvals::client::run(&target("http://pgwarden.example:9187"), list.clone())
+            .await
+            .unwrap_err();
+    assert!(err.contains("in clear"), "{err}");
+    pgwarden::approvals::client::run(
+        &target(&format!("https://localhost:{}", s.admin.port())),
+        list,
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_or_leaving_withdraws_the_request() {
     let s = Setup::start("withdraw", "").await;

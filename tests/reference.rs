@@ -24,6 +24,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RuleSpec", "[[policy.rules]]"),
     ("SessionSpec", "[[policy.session]]"),
     ("AdminSection", "admin"),
+    ("AdminTlsSection", "admin.tls"),
     ("BreakGlassSection", "[[admin.break_glass]]"),
     ("ApprovalsSection", "approvals"),
     ("MaskingSection", "masking"),

@@ -50,7 +50,18 @@ pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Respons
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned());
+    // A token that crossed the network in clear is not taken (whoever saw it could sign
+    // in to the database with it): TLS, or a caller on this machine.
+    let private = request
+        .extensions()
+        .get::<crate::net::http::Transport>()
+        .is_some_and(|t| t.is_private());
     let caller = match bearer {
+        Some(_) if !private => Err(error(
+            StatusCode::FORBIDDEN,
+            "insecure_transport",
+            "bearer tokens are accepted only over HTTPS ([admin.tls]) or from this machine".into(),
+        )),
         None => Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -26,10 +26,11 @@ use crate::session::Context;
 /// Serve the admin endpoints on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Context>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    http::serve(listener, None, stop, move |request| {
+    http::serve(listener, tls, stop, move |request| {
         let ctx = ctx.clone();
         async move {
             if request.uri().path().starts_with("/approvals") {

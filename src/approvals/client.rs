@@ -41,6 +41,29 @@ pub struct Target {
     pub token: Option<String>,
 }
 
+/// The token is a credential for the database too: it goes over plain HTTP only to this
+/// machine.
+fn refuse_cleartext(base: &str) -> Result<(), String> {
+    let Ok(url) = url::Url::parse(base) else {
+        return Err(format!(
+            "`{base}` is not a URL like https://pgwarden.internal:9187"
+        ));
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to send your token to {base} in clear: use https:// (the server's [admin.tls]), or http:// only to this machine"
+        ))
+    }
+}
+
 /// Run `call`; the text to print, or an error message.
 pub async fn run(target: &Target, call: Call) -> Result<String, String> {
     let token = match &target.token {
@@ -50,6 +73,7 @@ pub async fn run(target: &Target, call: Call) -> Result<String, String> {
             .map_err(|e| e.to_string())?,
     };
     let base = target.admin.trim_end_matches('/');
+    refuse_cleartext(base)?;
     let (method, path, body) = match &call {
         Call::List { all } => (
             "GET",

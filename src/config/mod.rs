@@ -31,6 +31,8 @@ pub struct Config {
     pub server: Server,
     /// `[admin] listen`: health and readiness endpoints, when configured.
     pub admin_listen: Option<SocketAddr>,
+    /// `[admin.tls]` certificate and key (PEM): the admin API over HTTPS.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
     /// `[[admin.break_glass]]`: callers of the approvals API with a static token.
     pub break_glass: Vec<BreakGlass>,
     /// `[approvals]`: without it, statements the policy holds are refused.

@@ -122,9 +122,19 @@ struct ApprovalsSection {
 #[serde(deny_unknown_fields)]
 struct AdminSection {
     listen: String,
+    /// Serve the admin API over TLS: without it, bearer tokens are accepted only from
+    /// loopback peers.
+    tls: Option<AdminTlsSection>,
     /// Break-glass callers of the approvals API, for when the identity provider is down.
     #[serde(default)]
     break_glass: Vec<BreakGlassSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminTlsSection {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -838,9 +848,13 @@ pub fn validate(
     policy.sessions = sessions;
 
     let mut break_glass = Vec::new();
+    let mut admin_tls = None;
     let admin_listen = match file.admin {
         None => None,
         Some(admin) => {
+            admin_tls = admin
+                .tls
+                .map(|tls| (resolve_path(tls.cert), resolve_path(tls.key)));
             for (i, user) in admin.break_glass.into_iter().enumerate() {
                 let (token, inline) = Secret::resolve(&user.token, &base_dir)
                     .map_err(|m| invalid(format!("admin.break_glass[{i}].token"), m))?;
@@ -947,6 +961,7 @@ pub fn validate(
         masking,
         path: path.to_owned(),
         admin_listen,
+        admin_tls,
         break_glass,
         approvals,
         server,

@@ -140,6 +140,24 @@ pub type Body = http_body_util::Full<bytes::Bytes>;
 /// Serve HTTP/1.1 on `listener` (over TLS when given an acceptor) until `stop`, answering each
 /// request with `handler`. For the admin endpoints and the development issuer: small,
 /// internal servers, one task per connection.
+/// How a request reached the server, in its extensions: whom it came from and whether
+/// over TLS (the admin API takes bearer tokens only over TLS or from loopback).
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+}
+
+impl Transport {
+    /// Safe for credentials: encrypted, or not leaving this machine.
+    pub fn is_private(&self) -> bool {
+        self.tls || self.peer.ip().is_loopback()
+    }
+}
+
+/// How long a connection may stay silent before its first byte says TLS or not.
+const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve<F, Fut>(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -154,15 +172,38 @@ pub async fn serve<F, Fut>(
         let tcp = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(_) => continue,
             },
         };
+        let (tcp, peer) = tcp;
         let handler = handler.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            // With TLS configured, a connection that opens with a TLS handshake record
+            // (0x16) gets TLS; others plain HTTP, which health checks use and which the
+            // handler sees as such (`Transport::tls`). A client that sends nothing is
+            // dropped with the connection.
+            let mut first = [0u8; 1];
+            let tls = match tls {
+                Some(acceptor) => {
+                    let peeked =
+                        tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await;
+                    match peeked {
+                        Ok(Ok(1)) if first[0] == 0x16 => Some(acceptor),
+                        Ok(Ok(1)) => None,
+                        _ => return,
+                    }
+                }
+                None => None,
+            };
+            let transport = Transport {
+                peer,
+                tls: tls.is_some(),
+            };
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(transport);
                 let response = handler(request);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
@@ -204,4 +245,22 @@ pub fn response(
         hyper::header::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Transport;
+
+    #[test]
+    fn credentials_travel_only_encrypted_or_on_this_machine() {
+        let at = |peer: &str, tls: bool| Transport {
+            peer: peer.parse().unwrap(),
+            tls,
+        };
+        assert!(at("127.0.0.1:5000", false).is_private());
+        assert!(at("[::1]:5000", false).is_private());
+        assert!(at("10.0.0.7:5000", true).is_private());
+        assert!(!at("10.0.0.7:5000", false).is_private());
+        assert!(!at("[2001:db8::1]:5000", false).is_private());
+    }
 }
