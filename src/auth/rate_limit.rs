@@ -1,7 +1,14 @@
 //! Failed sign-ins are rate-limited per source address: after `max_failures` failures in a
-//! row, the address must wait before its next attempt, the wait doubling with each further
-//! failure up to `max_backoff`. A success clears the address. Refused attempts are refused
-//! before any credential is read, so guessing costs the attacker time, not pgwarden CPU.
+//! row from an address, its next attempt must wait, the wait doubling with each further
+//! failure up to `max_backoff`. Refused attempts are refused before any credential is read,
+//! so guessing costs the attacker time, not pgwarden CPU.
+//!
+//! The failures are kept per claimed user, and a success takes away only that user's: a
+//! person who mistyped and then signed in is forgiven, but signing in as oneself does not
+//! wipe out guesses at someone else's password. Once an address has failures, attempts still
+//! running count as failures too, so a burst of parallel guesses cannot all pass the check
+//! before any of them fails (while a pool opening many connections with the right password
+//! is never held up). Failures long past (twice `max_backoff`) are forgotten.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,13 +34,36 @@ impl Default for RateLimitSettings {
     }
 }
 
-/// Addresses tracked at most; beyond this the oldest entries are forgotten first.
+/// Addresses tracked at most; beyond this the oldest are forgotten first.
 const MAX_TRACKED: usize = 100_000;
 
-#[derive(Debug, Clone, Copy)]
+/// Users whose failures are kept apart per address; failures of further users go to one
+/// share that no success takes away.
+const MAX_USERS_PER_ADDRESS: usize = 32;
+
+#[derive(Debug, Default)]
 struct Failures {
-    count: u32,
-    last: Instant,
+    /// Failures per claimed user (`None`: the share of users beyond the limit).
+    by_user: HashMap<Option<String>, u32>,
+    /// Attempts started and not finished.
+    running: u32,
+    last: Option<Instant>,
+}
+
+impl Failures {
+    fn count(&self) -> u32 {
+        self.by_user
+            .values()
+            .fold(0, |sum, n| sum.saturating_add(*n))
+    }
+
+    /// The failures to judge the next attempt by.
+    fn effective(&self) -> u32 {
+        match self.count() {
+            0 => 0,
+            n => n.saturating_add(self.running),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,47 +72,137 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
-    /// `Err(wait)` if `addr` must wait before trying again.
-    pub fn check(&self, settings: &RateLimitSettings, addr: IpAddr) -> Result<(), Duration> {
-        let Ok(map) = self.by_address.lock() else {
-            return Ok(());
-        };
-        let Some(failures) = map.get(&addr) else {
-            return Ok(());
-        };
-        match backoff(settings, failures.count) {
-            Some(wait) if failures.last.elapsed() < wait => Err(wait - failures.last.elapsed()),
-            _ => Ok(()),
-        }
+    /// Start an attempt by `user` from `addr`: `Err(wait)` if it must wait first. The
+    /// attempt ends with [`Attempt::finish`], or when dropped unfinished (a client that gives
+    /// up, an authentication timeout) as neither success nor failure.
+    pub fn attempt<'a>(
+        &'a self,
+        settings: &RateLimitSettings,
+        addr: IpAddr,
+        user: &str,
+    ) -> Result<Attempt<'a>, Duration> {
+        self.begin(settings, addr)?;
+        Ok(Attempt {
+            limiter: self,
+            settings: *settings,
+            addr,
+            user: user.to_owned(),
+            finished: false,
+        })
     }
 
-    pub fn failed(&self, settings: &RateLimitSettings, addr: IpAddr) {
+    fn begin(&self, settings: &RateLimitSettings, addr: IpAddr) -> Result<(), Duration> {
+        if settings.max_failures == 0 {
+            return Ok(());
+        }
+        let Ok(mut map) = self.by_address.lock() else {
+            return Ok(());
+        };
+        if let Some(failures) = map.get_mut(&addr) {
+            let since = failures.last.map_or(Duration::MAX, |t| t.elapsed());
+            if since > settings.max_backoff * 2 {
+                failures.by_user.clear();
+            }
+            if let Some(wait) = backoff(settings, failures.effective()) {
+                if since < wait {
+                    return Err(wait - since);
+                }
+            }
+        } else {
+            make_room(&mut map, settings);
+        }
+        let failures = map.entry(addr).or_default();
+        failures.running = failures.running.saturating_add(1);
+        Ok(())
+    }
+
+    /// An attempt by `user` from `addr` ended.
+    fn finish(&self, settings: &RateLimitSettings, addr: IpAddr, user: &str, outcome: Outcome) {
         if settings.max_failures == 0 {
             return;
         }
         let Ok(mut map) = self.by_address.lock() else {
             return;
         };
-        if map.len() >= MAX_TRACKED && !map.contains_key(&addr) {
-            // Forget addresses whose backoff is long over; if none, the oldest one.
-            map.retain(|_, f| f.last.elapsed() < settings.max_backoff * 2);
-            if map.len() >= MAX_TRACKED {
-                if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.last).map(|(a, _)| *a) {
-                    map.remove(&oldest);
-                }
+        let Some(failures) = map.get_mut(&addr) else {
+            return;
+        };
+        failures.running = failures.running.saturating_sub(1);
+        match outcome {
+            Outcome::SignedIn => {
+                failures.by_user.remove(&Some(user.to_owned()));
             }
+            Outcome::Refused => {
+                let key = if failures.by_user.len() < MAX_USERS_PER_ADDRESS
+                    || failures.by_user.contains_key(&Some(user.to_owned()))
+                {
+                    Some(user.to_owned())
+                } else {
+                    None
+                };
+                let n = failures.by_user.entry(key).or_insert(0);
+                *n = n.saturating_add(1);
+                failures.last = Some(Instant::now());
+            }
+            Outcome::Other => {}
         }
-        let entry = map.entry(addr).or_insert(Failures {
-            count: 0,
-            last: Instant::now(),
-        });
-        entry.count = entry.count.saturating_add(1);
-        entry.last = Instant::now();
-    }
-
-    pub fn succeeded(&self, addr: IpAddr) {
-        if let Ok(mut map) = self.by_address.lock() {
+        if failures.running == 0 && failures.by_user.is_empty() {
             map.remove(&addr);
+        }
+    }
+}
+
+/// How a sign-in attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    SignedIn,
+    /// The credentials were wrong: counts towards the limit.
+    Refused,
+    /// Anything else (a protocol error, a client that gave up).
+    Other,
+}
+
+/// A sign-in attempt in progress (see [`FailureLimiter::attempt`]).
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    limiter: &'a FailureLimiter,
+    settings: RateLimitSettings,
+    addr: IpAddr,
+    user: String,
+    finished: bool,
+}
+
+impl Attempt<'_> {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.finished = true;
+        self.limiter
+            .finish(&self.settings, self.addr, &self.user, outcome);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.limiter
+                .finish(&self.settings, self.addr, &self.user, Outcome::Other);
+        }
+    }
+}
+
+/// Keep the map bounded before adding an address: forget addresses whose failures are long
+/// over; if none, the one that failed longest ago.
+fn make_room(map: &mut HashMap<IpAddr, Failures>, settings: &RateLimitSettings) {
+    if map.len() < MAX_TRACKED {
+        return;
+    }
+    map.retain(|_, f| {
+        f.running > 0
+            || f.last
+                .is_some_and(|t| t.elapsed() < settings.max_backoff * 2)
+    });
+    if map.len() >= MAX_TRACKED {
+        if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.last).map(|(a, _)| *a) {
+            map.remove(&oldest);
         }
     }
 }
@@ -118,13 +238,44 @@ mod tests {
         assert_eq!(backoff(&s, 50), Some(Duration::from_secs(10)));
         let limiter = FailureLimiter::default();
         let addr: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..3 {
-            assert!(limiter.check(&s, addr).is_ok());
-            limiter.failed(&s, addr);
+        let attempt = |addr: IpAddr, user: &str, outcome: Outcome| {
+            limiter.attempt(&s, addr, user)?.finish(outcome);
+            Ok::<(), Duration>(())
+        };
+        // A pool opening many connections at once with the right password: never held up.
+        let pool: Vec<_> = (0..10)
+            .map(|_| limiter.attempt(&s, addr, "pool").unwrap())
+            .collect();
+        pool.into_iter().for_each(|a| a.finish(Outcome::SignedIn));
+        // Two guesses at alice's password, then mallory signs in as herself: alice's
+        // guesses still count, and the third failure makes the address wait.
+        for _ in 0..2 {
+            assert!(attempt(addr, "alice", Outcome::Refused).is_ok());
         }
-        assert!(limiter.check(&s, addr).is_err());
-        assert!(limiter.check(&s, "192.0.2.2".parse().unwrap()).is_ok());
-        limiter.succeeded(addr);
-        assert!(limiter.check(&s, addr).is_ok());
+        assert!(attempt(addr, "mallory", Outcome::SignedIn).is_ok());
+        assert!(attempt(addr, "alice", Outcome::Refused).is_ok());
+        assert!(limiter.attempt(&s, addr, "alice").is_err());
+        assert!(
+            limiter.attempt(&s, addr, "mallory").is_err(),
+            "the address waits"
+        );
+        assert!(attempt("192.0.2.2".parse().unwrap(), "alice", Outcome::Refused).is_ok());
+        // A typo, then the right password: forgiven.
+        let typo: IpAddr = "192.0.2.5".parse().unwrap();
+        for _ in 0..2 {
+            assert!(attempt(typo, "bob", Outcome::Refused).is_ok());
+            assert!(attempt(typo, "bob", Outcome::SignedIn).is_ok());
+        }
+        assert!(limiter.attempt(&s, typo, "bob").is_ok());
+        // Once an address has failures, attempts still running count: parallel guesses stop.
+        let other: IpAddr = "192.0.2.4".parse().unwrap();
+        assert!(attempt(other, "carol", Outcome::Refused).is_ok());
+        let first = limiter.attempt(&s, other, "carol").unwrap();
+        let second = limiter.attempt(&s, other, "carol").unwrap();
+        assert!(limiter.attempt(&s, other, "carol").is_err());
+        // An attempt abandoned midway is neither a success nor a failure.
+        drop(first);
+        second.finish(Outcome::Other);
+        assert!(limiter.attempt(&s, other, "carol").is_ok());
     }
 }

@@ -604,11 +604,12 @@ async fn authenticate(
 ) -> Result<Identity, AuthError> {
     let config = &snapshot.config;
     let user = startup.user();
-    if let Err(wait) = ctx.failures.check(&config.rate_limit, peer.ip()) {
-        return Err(AuthError::RateLimited {
+    let attempt = ctx
+        .failures
+        .attempt(&config.rate_limit, peer.ip(), &user)
+        .map_err(|wait| AuthError::RateLimited {
             retry_after_s: wait.as_secs().max(1),
-        });
-    }
+        })?;
     let tls = conn.stream.is_tls();
     let use_token = !snapshot.issuers.is_empty() && !config.local_users.contains_key(&user);
     // A token must not cross the network in clear: refuse before the client sends it.
@@ -637,13 +638,12 @@ async fn authenticate(
         let binding = snapshot.channel_binding.as_deref().filter(|_| tls);
         front_door::local_scram(conn, &config.local_users, &ctx.process_key, binding, &user).await
     };
-    match &result {
-        Ok(_) => ctx.failures.succeeded(peer.ip()),
-        Err(AuthError::Failed { .. } | AuthError::Token { .. }) => {
-            ctx.failures.failed(&config.rate_limit, peer.ip())
-        }
-        Err(_) => {}
-    }
+    use crate::auth::rate_limit::Outcome;
+    attempt.finish(match &result {
+        Ok(_) => Outcome::SignedIn,
+        Err(AuthError::Failed { .. } | AuthError::Token { .. }) => Outcome::Refused,
+        Err(_) => Outcome::Other,
+    });
     result
 }
 
