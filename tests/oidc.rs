@@ -525,6 +525,47 @@ async fn readyz(admin: std::net::SocketAddr) -> (u16, Value) {
     (response.status().as_u16(), body)
 }
 
+/// The user name rules match on must belong to one person: not an e-mail address the
+/// provider has not verified, not a local user's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_addresses_and_local_user_names_do_not_name_a_person() {
+    let issuer = common::https_issuer().await;
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "",
+        "[auth.rate_limit]\nmax_failures = 0\n",
+    ))
+    .await;
+    let unverified = issuer.id_token(
+        AUDIENCE,
+        &json!({"sub": "u-x", "email": "ann@example.com", "email_verified": false, "groups": ["engineering"]}),
+        300,
+    );
+    let err = connect(&proxy, "app_ro", &unverified).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    // "alice" is a local user of this pgwarden; a token naming someone "alice" is refused.
+    let impostor = issuer.id_token(
+        AUDIENCE,
+        &json!({"sub": "u-y", "email": "alice", "groups": ["engineering"]}),
+        300,
+    );
+    let err = connect(&proxy, "app_ro", &impostor).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    assert!(
+        message(&err).contains("local pgwarden user"),
+        "{}",
+        message(&err)
+    );
+    // A verified address signs in.
+    let verified = issuer.id_token(
+        AUDIENCE,
+        &json!({"sub": "u-z", "email": "ann@example.com", "email_verified": true, "groups": ["engineering"]}),
+        300,
+    );
+    let client = connect(&proxy, "app_ro", &verified).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_from_one_address_are_slowed_down() {
     let issuer = common::https_issuer().await;

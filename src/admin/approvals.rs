@@ -140,7 +140,7 @@ async fn route(
         .map(|a| a.approver_groups.clone())
         .unwrap_or_default();
     let may_see = |r: &approvals::Request| {
-        r.requester == caller.name
+        r.requester_owner == caller.owner
             || caller
                 .groups
                 .iter()

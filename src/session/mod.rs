@@ -638,6 +638,19 @@ async fn authenticate(
         let binding = snapshot.channel_binding.as_deref().filter(|_| tls);
         front_door::local_scram(conn, &config.local_users, &ctx.process_key, binding, &user).await
     };
+    // A token's user name that is also a local user's would make `users = [...]` in access,
+    // policy and masking rules match both people.
+    let result = match result {
+        Ok(identity)
+            if identity.oidc.is_some() && config.local_users.contains_key(&identity.name) =>
+        {
+            Err(AuthError::Token {
+                user: identity.name,
+                error: crate::auth::oidc::TokenError::LocalNameConflict,
+            })
+        }
+        other => other,
+    };
     use crate::auth::rate_limit::Outcome;
     attempt.finish(match &result {
         Ok(_) => Outcome::SignedIn,

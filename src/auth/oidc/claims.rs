@@ -31,6 +31,16 @@ pub fn string(claims: &Map<String, Value>, path: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether the claim at `path` is present and false (`false`, or the string `"false"` some
+/// providers send).
+pub fn says_false(claims: &Map<String, Value>, path: &str) -> bool {
+    match lookup(claims, path) {
+        Some(Value::Bool(b)) => !b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("false"),
+        _ => false,
+    }
+}
+
 /// Groups from an array of strings, or from one string separated by spaces or commas.
 pub fn groups(claims: &Map<String, Value>, path: &str) -> Vec<String> {
     let mut groups: Vec<String> = match lookup(claims, path) {

@@ -91,6 +91,8 @@ pub enum TokenError {
     ClaimMismatch(String),
     #[error("the identity provider cannot be reached to verify the token")]
     IssuerUnavailable,
+    #[error("the token's user name is the name of a local pgwarden user; one cannot stand for the other")]
+    LocalNameConflict,
 }
 
 impl TokenError {
@@ -110,6 +112,7 @@ impl TokenError {
             Self::MissingClaim(_) => "missing_claim",
             Self::ClaimMismatch(_) => "claim_mismatch",
             Self::IssuerUnavailable => "issuer_unavailable",
+            Self::LocalNameConflict => "local_name_conflict",
         }
     }
 }
@@ -186,6 +189,11 @@ impl Issuers {
         claims::check_required(&token.claims, &settings.required_claims)?;
         let subject = claims::string(&token.claims, "sub")
             .ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
+        // An address the provider says it has not verified is anyone's to claim.
+        if settings.username_claim == "email" && claims::says_false(&token.claims, "email_verified")
+        {
+            return Err(TokenError::ClaimMismatch("email_verified".into()));
+        }
         let username = claims::string(&token.claims, &settings.username_claim)
             .unwrap_or_else(|| subject.clone());
         Ok(VerifiedToken {
