@@ -174,6 +174,7 @@ impl Server {
             failures: Default::default(),
             metrics: Default::default(),
             catalogs: Default::default(),
+            upstream_probe: Default::default(),
         });
         if let Some(audit) = &ctx.audit {
             audit

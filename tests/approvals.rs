@@ -936,6 +936,33 @@ async fn readyz_goes_unready_when_the_database_server_is_down() {
     );
     // Liveness is another matter.
     assert_eq!(get("/healthz").await.0, 200);
+    // The endpoint needs no credentials, so it probes the database server at most once a
+    // second however often it is asked.
+    let counter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let counted = counter.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = counter.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let probed = Proxy::start(ProxyOptions {
+        upstream: Some(format!(
+            "host = \"127.0.0.1\"\nport = {counted}\nsslmode = \"disable\"\n"
+        )),
+        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let probed_admin = probed.server.as_ref().unwrap().admin_addr().unwrap();
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        common::http_get(&format!("http://{probed_admin}/readyz")).await;
+    }
+    let probes = accepted.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!((1..=2).contains(&probes), "{probes} probes for 20 requests");
     // With the server up, ready.
     let up = Proxy::start(ProxyOptions {
         extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),

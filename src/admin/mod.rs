@@ -66,11 +66,23 @@ async fn readiness(ctx: &Context) -> hyper::Response<Body> {
             issuer.issuer
         ));
     }
-    // The database server: can a connection be opened (TCP, and TLS when configured)?
-    let upstream = match tokio::time::timeout(UPSTREAM_PROBE, snapshot.upstream.connect()).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {}s", UPSTREAM_PROBE.as_secs())),
+    // The database server: can a connection be opened (TCP, and TLS when configured)? At
+    // most one probe a second, whoever asks how often: the endpoint needs no credentials.
+    let upstream = {
+        let mut last = ctx.upstream_probe.lock().await;
+        match &*last {
+            Some((at, result)) if at.elapsed() < PROBE_REUSE => result.clone(),
+            _ => {
+                let result =
+                    match tokio::time::timeout(UPSTREAM_PROBE, snapshot.upstream.connect()).await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!("no answer within {}s", UPSTREAM_PROBE.as_secs())),
+                    };
+                *last = Some((std::time::Instant::now(), result.clone()));
+                result
+            }
+        }
     };
     if let Some(e) = &upstream {
         reasons.push(format!("the database server is unreachable: {e}"));
@@ -113,6 +125,9 @@ fn metrics(ctx: &Context) -> hyper::Response<Body> {
         m.encode(),
     )
 }
+
+/// How long a /readyz probe of the database server answers later requests too.
+const PROBE_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long /readyz waits for the database server.
 const UPSTREAM_PROBE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -83,6 +83,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Which columns the masking rules cover, per database.
     pub catalogs: crate::masking::catalog::Catalogs,
+    /// The last /readyz probe of the database server: when, and its error if any.
+    pub upstream_probe: tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
