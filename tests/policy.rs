@@ -517,7 +517,9 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
     admin
         .batch_execute(
             "SET ROLE app_rw; CREATE SCHEMA IF NOT EXISTS hidden; \
-             CREATE TABLE IF NOT EXISTS hidden.secrets (id int)",
+             CREATE TABLE IF NOT EXISTS hidden.secrets (id int); \
+             CREATE TABLE IF NOT EXISTS hidden.twin (id int); \
+             CREATE TABLE IF NOT EXISTS public.twin (id int)",
         )
         .await
         .unwrap();
@@ -534,6 +536,18 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .await
         .unwrap_err();
     refused_by(&err, "hidden-schema");
+    // A statement prepared under one search_path and executed under another: PostgreSQL
+    // plans it again (public.twin, then hidden.twin), and so it is judged again.
+    let twin = client.prepare("SELECT * FROM twin").await.unwrap();
+    client.query(&twin, &[]).await.unwrap();
+    client
+        .simple_query("SET search_path = hidden, public")
+        .await
+        .unwrap();
+    let err = client.query(&twin, &[]).await.unwrap_err();
+    refused_by(&err, "hidden-schema");
+    client.simple_query("RESET search_path").await.unwrap();
+    client.query(&twin, &[]).await.unwrap();
     // Not on the search_path: the name means something else (and does not exist).
     let err = client
         .simple_query("SELECT * FROM secrets")

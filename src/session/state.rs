@@ -39,6 +39,9 @@ pub struct PreparedStatement {
     pub approval: Option<crate::audit::event::ApprovalNote>,
     /// Its sqlcommenter tags, recorded with each execution.
     pub tags: Option<Arc<crate::sql::comments::Tags>>,
+    /// The session's search_path when it was judged: PostgreSQL plans it again under a new
+    /// one, and its unqualified names may then be other tables.
+    pub search_path: Vec<String>,
 }
 
 /// How a Parse was decided, kept with the prepared statement.
@@ -157,12 +160,14 @@ impl SessionState {
                     rule,
                     approval,
                     tags,
+                    search_path: self.search_path.clone(),
                 },
             );
         } else if let Some(existing) = self.statements.get_mut(parse.statement) {
             existing.rule = rule;
             existing.approval = approval;
             existing.tags = tags;
+            existing.search_path.clone_from(&self.search_path);
         }
         &self.statements[parse.statement]
     }

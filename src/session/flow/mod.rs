@@ -451,7 +451,7 @@ impl Flow<'_> {
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
                 // Cheap reference-counted copies: the session state is borrowed no further.
-                let (sql, name, analysis, parameters, rule, approval, tags) =
+                let (sql, name, analysis, parameters, rule, approval, tags, path_changed) =
                     match self.state.portal_statement(portal) {
                         Some((portal, prepared)) => (
                             prepared.map(|p| p.sql.clone()).unwrap_or_default(),
@@ -461,10 +461,20 @@ impl Flow<'_> {
                             prepared.and_then(|p| p.rule.clone()),
                             prepared.and_then(|p| p.approval.clone()),
                             prepared.and_then(|p| p.tags.clone()),
+                            prepared.is_some_and(|p| p.search_path != self.state.search_path),
                         ),
                         // The server answers "portal does not exist"; the attempt is still
                         // on record.
-                        None => (Bytes::new(), Bytes::new(), None, None, None, None, None),
+                        None => (
+                            Bytes::new(),
+                            Bytes::new(),
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            false,
+                        ),
                     };
                 self.declared = Declared {
                     intent: tags
@@ -474,11 +484,13 @@ impl Flow<'_> {
                         .or_else(|| self.state.intent.clone()),
                     tags,
                 };
-                // Decided when it was prepared; a SQL-level EXECUTE inside it is judged again
-                // now, by the body it runs under the rules in force.
+                // Decided when it was prepared; judged again now, under the rules in force,
+                // if it is a SQL-level EXECUTE (by the body it runs), or if the search_path
+                // changed since (the server plans it again, and its unqualified names may
+                // now be other tables).
                 let executing = analysis
                     .clone()
-                    .filter(|a| a.statements.iter().any(|s| s.executes.is_some()));
+                    .filter(|a| path_changed || a.statements.iter().any(|s| s.executes.is_some()));
                 let mut approval = approval;
                 let decision = if let Some(executing) = executing {
                     let ruling = self.rule(
