@@ -99,6 +99,21 @@ impl Setup {
         panic!("no request became pending");
     }
 
+    /// Wait for the one pending request and approve it as `dba` with `body`; the request.
+    async fn approve_pending(&self, dba: &str, body: Value) -> Value {
+        let request = self.pending(dba).await;
+        let (status, answer) = self
+            .api(
+                "POST",
+                &format!("/approvals/{}/approve", request["id"].as_str().unwrap()),
+                dba,
+                body,
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        request
+    }
+
     async fn count(&self, client: &tokio_postgres::Client) -> i64 {
         client
             .query_one(&format!("SELECT count(*) FROM {}", self.table), &[])
@@ -372,16 +387,7 @@ async fn a_grant_lets_the_same_shape_run_at_once_until_it_expires() {
         })
     };
     let first = run(1);
-    let request = s.pending(&dba).await;
-    let (status, body) = s
-        .api(
-            "POST",
-            &format!("/approvals/{}/approve", request["id"].as_str().unwrap()),
-            &dba,
-            json!({"grant": "3s"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let request = s.approve_pending(&dba, json!({"grant": "3s"})).await;
     assert_eq!(first.await.unwrap().unwrap(), 1);
     // Same shape, other literal: runs at once under the grant.
     let second = tokio::time::timeout(Duration::from_secs(2), run(2))
@@ -436,16 +442,7 @@ async fn a_grant_does_not_stretch_to_another_table_under_the_same_alias() {
         tokio::spawn(async move { dev.execute(&sql, &[]).await })
     };
     let first = run(format!("DELETE FROM {} t WHERE t.id = 1", s.table));
-    let request = s.pending(&dba).await;
-    let (status, body) = s
-        .api(
-            "POST",
-            &format!("/approvals/{}/approve", request["id"].as_str().unwrap()),
-            &dba,
-            json!({"grant": "10m"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let request = s.approve_pending(&dba, json!({"grant": "10m"})).await;
     assert_eq!(first.await.unwrap().unwrap(), 1);
     // The same shape in other spelling and literals runs at once under the grant…
     let again = tokio::time::timeout(

@@ -49,6 +49,19 @@ async fn seed(name: &str) -> Seed {
     }
 }
 
+/// A seeded table, pgwarden masking it, and a raw wire connection logged in as alice.
+async fn wire_session(name: &str) -> (Seed, Proxy, TcpStream) {
+    let seed = seed(name).await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    common::wire::alice_login(&mut stream).await;
+    (seed, proxy, stream)
+}
+
 /// Rules for `seed`: email and ssn masked for everyone but the `ops` group (bob).
 fn masking_config(seed: &Seed, audit: Option<&std::path::Path>) -> String {
     let mut text = format!(
@@ -477,16 +490,9 @@ async fn masked_values_keep_their_types_and_the_audit_counts_them() {
 /// the RowDescriptions it asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_with_and_without_a_describe_of_the_portal() {
-    use common::wire::{alice_login, error_fields, read_message};
+    use common::wire::{error_fields, read_message};
     use postgres_protocol::message::frontend;
-    let seed = seed("wire").await;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    alice_login(&mut stream).await;
+    let (seed, proxy, mut stream) = wire_session("wire").await;
     for describe in [true, false] {
         let mut out = bytes::BytesMut::new();
         let sql = format!("SELECT id, email FROM {} WHERE id = 1", seed.table);
@@ -538,16 +544,9 @@ async fn extended_protocol_with_and_without_a_describe_of_the_portal() {
 /// pgwarden does not know (a SQL-level PREPARE) is refused rather than run unjudged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
-    use common::wire::{alice_login, error_fields, read_message};
+    use common::wire::{error_fields, read_message};
     use postgres_protocol::message::frontend;
-    let seed = seed("swap").await;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    alice_login(&mut stream).await;
+    let (seed, proxy, mut stream) = wire_session("swap").await;
     // Until ReadyForQuery: the messages' tags, the error codes, the DataRows.
     async fn exchange(
         stream: &mut TcpStream,
