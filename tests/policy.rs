@@ -511,6 +511,15 @@ async fn execute_is_judged_by_the_prepared_body() {
     refused_by(&err, "policy.unknown-prepared-statement");
 }
 
+/// RESET search_path once nothing else is in flight. tokio-postgres reports a refusal as
+/// soon as its ErrorResponse arrives, before the ReadyForQuery: a SET sent in that window is
+/// one pgwarden cannot be sure takes effect (it widens the tracked path instead), so first a
+/// round trip that ends with a ReadyForQuery.
+async fn reset_search_path(client: &tokio_postgres::Client) {
+    client.simple_query("SELECT 1").await.unwrap();
+    client.simple_query("RESET search_path").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unqualified_names_are_judged_in_the_sessions_search_path() {
     let admin = common::direct("app").await;
@@ -546,7 +555,7 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .unwrap();
     let err = client.query(&twin, &[]).await.unwrap_err();
     refused_by(&err, "hidden-schema");
-    client.simple_query("RESET search_path").await.unwrap();
+    reset_search_path(&client).await;
     client.query(&twin, &[]).await.unwrap();
     // Not on the search_path: the name means something else (and does not exist).
     let err = client
@@ -573,7 +582,7 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .await
         .unwrap_err();
     refused_by(&err, "hidden-schema");
-    client.simple_query("RESET search_path").await.unwrap();
+    reset_search_path(&client).await;
     let err = client
         .simple_query("SELECT * FROM secrets")
         .await
