@@ -511,15 +511,6 @@ async fn execute_is_judged_by_the_prepared_body() {
     refused_by(&err, "policy.unknown-prepared-statement");
 }
 
-/// RESET search_path once nothing else is in flight. tokio-postgres reports a refusal as
-/// soon as its ErrorResponse arrives, before the ReadyForQuery: a SET sent in that window is
-/// one pgwarden cannot be sure takes effect (it widens the tracked path instead), so first a
-/// round trip that ends with a ReadyForQuery.
-async fn reset_search_path(client: &tokio_postgres::Client) {
-    client.simple_query("SELECT 1").await.unwrap();
-    client.simple_query("RESET search_path").await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unqualified_names_are_judged_in_the_sessions_search_path() {
     let admin = common::direct("app").await;
@@ -555,7 +546,47 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .unwrap();
     let err = client.query(&twin, &[]).await.unwrap_err();
     refused_by(&err, "hidden-schema");
-    reset_search_path(&client).await;
+    // Pipelined behind a failing statement, a RESET is uncertain when sent; its own clean
+    // ReadyForQuery outside a transaction makes the search_path exact again.
+    {
+        use common::wire::{alice_login, error_fields, read_message};
+        use postgres_protocol::message::frontend;
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        alice_login(&mut stream).await;
+        let mut errors = Vec::new();
+        let batches: [&[&str]; 3] = [
+            &["SET search_path = hidden, public"],
+            &["SELECT 1/0", "RESET search_path"],
+            &["SELECT * FROM twin"],
+        ];
+        for batch in batches {
+            // The Queries of a batch in one write: each sent before the last is answered.
+            let mut out = bytes::BytesMut::new();
+            for sql in batch {
+                frontend::query(sql, &mut out).unwrap();
+            }
+            stream.write_all(&out).await.unwrap();
+            let mut ready = 0;
+            while ready < batch.len() {
+                let (tag, body) = read_message(&mut stream).await;
+                match tag {
+                    b'E' => errors.push(error_fields(&body)[&b'C'].clone()),
+                    b'Z' => ready += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(
+            errors,
+            ["22012"],
+            "twin read as public.twin after the RESET"
+        );
+    }
+    // tokio-postgres reports the refusal before its ReadyForQuery, so this RESET may reach
+    // pgwarden while that message is still in flight: pgwarden cannot be sure at once that
+    // the RESET takes effect, and is once its own ReadyForQuery comes back, idle and clean.
+    client.simple_query("RESET search_path").await.unwrap();
     client.query(&twin, &[]).await.unwrap();
     // Not on the search_path: the name means something else (and does not exist).
     let err = client
@@ -582,7 +613,7 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .await
         .unwrap_err();
     refused_by(&err, "hidden-schema");
-    reset_search_path(&client).await;
+    client.simple_query("RESET search_path").await.unwrap();
     let err = client
         .simple_query("SELECT * FROM secrets")
         .await

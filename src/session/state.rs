@@ -346,6 +346,38 @@ impl SessionState {
         }
     }
 
+    /// The search_path a message leaves for certain once it has run without error, outside
+    /// any transaction: one statement, no transaction control, whose last search_path change
+    /// is not for the transaction only. `None` when it changes none, or not that surely.
+    pub fn search_path_set_by(
+        &self,
+        statements: &[StatementFacts],
+        role: &str,
+    ) -> Option<Vec<String>> {
+        let [facts] = statements else {
+            return None;
+        };
+        if facts.kinds.contains(&"transaction") {
+            return None;
+        }
+        let change = facts
+            .changes
+            .iter()
+            .rfind(|c| matches!(c.name.as_str(), "search_path" | "all" | "*"))?;
+        if change.local {
+            return None;
+        }
+        Some(match (change.name.as_str(), &change.value) {
+            ("search_path", SettingValue::List(list)) => {
+                list.iter().map(|s| resolve_schema(s, role)).collect()
+            }
+            ("search_path", SettingValue::Value(text)) => parse_search_path(text, role),
+            ("all" | "search_path", SettingValue::Reset) => self.initial_search_path.clone(),
+            ("all", _) => return None,
+            _ => vec!["*".into()],
+        })
+    }
+
     fn set_search_path(&mut self, path: Vec<String>, certain: bool) {
         if certain {
             self.search_path = path;

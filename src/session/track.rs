@@ -86,6 +86,8 @@ struct Pending {
     /// The session's named things before this message's SQL statements changed them: put
     /// back if an error stops them.
     names_before: Option<Box<NamesBefore>>,
+    /// The search_path this Query leaves if it runs without error outside a transaction.
+    sets_path: Option<Vec<String>>,
 }
 
 impl Pending {
@@ -103,6 +105,7 @@ impl Pending {
             in_copy: false,
             defines: None,
             names_before: None,
+            sets_path: None,
         }
     }
 
@@ -143,6 +146,9 @@ pub struct Tracker {
     /// Messages whose SQL statements an error stopped: the names before them, the
     /// statements, and how many of them ran, for the session to put right.
     pub stopped: Vec<(Box<NamesBefore>, Arc<Analysis>, usize)>,
+    /// A search_path now known for certain: a Query that set it ran without error, outside
+    /// a transaction, with nothing sent after it still unanswered.
+    pub settled_path: Option<Vec<String>>,
 }
 
 impl Tracker {
@@ -171,6 +177,14 @@ impl Tracker {
         let mut pending = Pending::new(expect, run, analysis);
         pending.names_before = names_before;
         self.queue.push_back(pending);
+    }
+
+    /// The Query just pushed leaves `path` as the search_path if it runs without error
+    /// outside a transaction.
+    pub fn sets_path(&mut self, path: Vec<String>) {
+        if let Some(last) = self.queue.back_mut() {
+            last.sets_path = Some(path);
+        }
     }
 
     /// A Parse that defines statement `name` as `sql` in the session state.
@@ -237,7 +251,7 @@ impl Tracker {
             }
             (b'I' | b's', Expect::Execute) => self.finish_front(false),
             (b'E', _) => return self.on_error(body),
-            (b'Z', _) => self.on_ready(),
+            (b'Z', _) => self.on_ready(body.first().copied()),
             _ => {}
         }
         Rewrite::Keep
@@ -298,9 +312,14 @@ impl Tracker {
         rewrite
     }
 
-    fn on_ready(&mut self) {
+    fn on_ready(&mut self, status: Option<u8>) {
         while let Some(mut pending) = self.queue.pop_front() {
             self.undefined.extend(pending.defines.take());
+            if let Some(path) = pending.sets_path.take() {
+                if pending.sqlstate.is_none() && status == Some(b'I') && self.queue.is_empty() {
+                    self.settled_path = Some(path);
+                }
+            }
             let ends = matches!(
                 pending.expect,
                 Expect::Sync | Expect::Query | Expect::FunctionCall

@@ -62,6 +62,8 @@ pub struct SettingChange {
     /// Lower case; `*` when not a constant (set_config with a parameter), `all` for RESET ALL.
     pub name: String,
     pub value: SettingValue,
+    /// For the current transaction only (SET LOCAL, set_config(…, true)), or maybe so.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,9 +232,12 @@ impl Walk<'_> {
                     let value = arg(1)
                         .and_then(constant_string)
                         .map_or(SettingValue::Unknown, SettingValue::Value);
+                    // Session-wide only with a constant false.
+                    let local = arg(2).and_then(constant_bool) != Some(false);
                     self.facts.changes.push(SettingChange {
                         name: setting.clone(),
                         value,
+                        local,
                     });
                     self.facts.settings.push(setting);
                 }
@@ -301,6 +306,7 @@ impl Walk<'_> {
                 self.facts.changes.push(SettingChange {
                     name: name.clone(),
                     value,
+                    local: node.field("is_local").is_some_and(Tree::as_bool),
                 });
                 self.facts.settings.push(name);
                 self.visit_fields(node, access, &[]);

@@ -308,12 +308,18 @@ impl Flow<'_> {
                             );
                             self.note_schema_change(&analysis.statements);
                         }
+                        let settles = analysis
+                            .as_ref()
+                            .and_then(|a| self.state.search_path_set_by(&a.statements, self.role));
                         self.tracker.push_changing_names(
                             Expect::Query,
                             run,
                             analysis,
                             names_before,
                         );
+                        if let Some(path) = settles {
+                            self.tracker.sets_path(path);
+                        }
                         Verdict::Forward
                     }
                     Err(refusal) => Verdict::Refuse(Expect::Query, refusal),
@@ -710,6 +716,9 @@ impl Flow<'_> {
                 {
                     self.state.statements.remove(&name);
                 }
+            }
+            if let Some(path) = self.tracker.settled_path.take() {
+                self.state.search_path = path;
             }
             for (before, analysis, ran) in self.tracker.stopped.drain(..) {
                 self.state
