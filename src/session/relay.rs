@@ -212,6 +212,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         describe_first: None,
         masked_frame: BytesMut::new(),
         copy_in: false,
+        copy_started: false,
         described_portal: None,
     };
     drop(snapshot);

@@ -149,6 +149,8 @@ pub struct Tracker {
     /// A search_path now known for certain: a Query that set it ran without error, outside
     /// a transaction, with nothing sent after it still unanswered.
     pub settled_path: Option<Vec<String>>,
+    /// Syncs dropped because the server ignores them during COPY FROM STDIN.
+    pub ignored_syncs: usize,
 }
 
 impl Tracker {
@@ -240,7 +242,11 @@ impl Tracker {
             }
             (b'I', Expect::Query) => front.results += 1,
             // The COPY started: the Syncs sent during it are ignored by the server.
-            (b'G', Expect::Execute) => self.queue.retain(|p| !p.in_copy),
+            (b'G', Expect::Execute | Expect::Query) => {
+                let before = self.queue.len();
+                self.queue.retain(|p| !p.in_copy);
+                self.ignored_syncs += before - self.queue.len();
+            }
             (b'C', Expect::Execute | Expect::Query) => {
                 front.results += 1;
                 front.rows += rows_of(body);

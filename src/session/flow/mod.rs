@@ -91,6 +91,9 @@ pub struct Flow<'a> {
     /// An Execute of COPY FROM STDIN went out and its CopyDone/CopyFail has not: Syncs sent
     /// meanwhile may be ignored by the server.
     pub copy_in: bool,
+    /// The server said CopyInResponse and the COPY has not ended: a Sync the client sends
+    /// now is ignored by the server, and no ReadyForQuery will answer it.
+    pub copy_started: bool,
     /// The client's previous message was a Describe of this portal: its RowDescription comes
     /// right before the rows of an Execute of it, so pgwarden need not describe it again.
     pub described_portal: Option<Vec<u8>>,
@@ -311,6 +314,8 @@ impl Flow<'_> {
                         let settles = analysis
                             .as_ref()
                             .and_then(|a| self.state.search_path_set_by(&a.statements, self.role));
+                        // The server ignores Syncs while a COPY FROM STDIN takes data.
+                        self.copy_in = analysis.as_deref().is_some_and(starts_copy_in);
                         self.tracker.push_changing_names(
                             Expect::Query,
                             run,
@@ -570,14 +575,7 @@ impl Flow<'_> {
                                 .push_for(Expect::HiddenDescribe, None, results_of.clone());
                             self.describe_first = Some(portal.to_vec());
                         }
-                        self.copy_in = results_of.as_ref().is_some_and(|a| {
-                            a.statements.iter().any(|f| {
-                                f.kind() == "copy"
-                                    && f.lineage.copy.is_none()
-                                    && !f.flags.copy_file
-                                    && !f.flags.copy_program
-                            })
-                        });
+                        self.copy_in = results_of.as_deref().is_some_and(starts_copy_in);
                         self.tracker.push_changing_names(
                             Expect::Execute,
                             run,
@@ -591,6 +589,9 @@ impl Flow<'_> {
             }
             b'S' => {
                 expect_empty(header, body)?;
+                if self.copy_started {
+                    return Ok(Verdict::Forward);
+                }
                 self.state.on_sync();
                 self.state.skip_until_sync = false;
                 if self.copy_in {
@@ -642,7 +643,10 @@ impl Flow<'_> {
             }
             // COPY data from the client: passed through.
             b'd' => {}
-            b'c' | b'f' => self.copy_in = false,
+            b'c' | b'f' => {
+                self.copy_in = false;
+                self.copy_started = false;
+            }
             b'X' => {
                 expect_empty(header, body)?;
                 *ending = Some(Ending::ClientTerminated);
@@ -674,7 +678,11 @@ impl Flow<'_> {
             let end = offset + header.wire_len();
             let body = &inbuf.bytes()[offset + HEADER_LEN..end];
             match header.tag {
+                b'G' => self.copy_started = true,
+                // The COPY ended (done, failed, or never started).
+                b'C' => self.copy_started = false,
                 b'Z' => {
+                    self.copy_started = false;
                     let status = *body.first().ok_or(SessionError::UpstreamProtocol(
                         ProtocolError::Malformed {
                             what: "ReadyForQuery",
@@ -689,6 +697,7 @@ impl Flow<'_> {
                     self.state.on_parameter_status(name, value);
                 }
                 b'E' => {
+                    self.copy_started = false;
                     let fields =
                         views::error_fields(body).map_err(SessionError::UpstreamProtocol)?;
                     self.upstream_sent_fatal |= fields
@@ -717,6 +726,10 @@ impl Flow<'_> {
                     self.state.statements.remove(&name);
                 }
             }
+            // Syncs sent during a COPY FROM STDIN that the server ignored: no ReadyForQuery
+            // will answer them.
+            let ignored = std::mem::take(&mut self.tracker.ignored_syncs);
+            self.state.in_flight = self.state.in_flight.saturating_sub(ignored);
             if let Some(path) = self.tracker.settled_path.take() {
                 self.state.search_path = path;
             }
@@ -748,6 +761,17 @@ impl Flow<'_> {
         inbuf.consume(offset);
         Ok(())
     }
+}
+
+/// Whether running `analysis` may start a COPY FROM STDIN (a COPY without an output shape,
+/// to or from no file or program).
+fn starts_copy_in(analysis: &Analysis) -> bool {
+    analysis.statements.iter().any(|f| {
+        f.kind() == "copy"
+            && f.lineage.copy.is_none()
+            && !f.flags.copy_file
+            && !f.flags.copy_program
+    })
 }
 
 fn protocol_name(protocol: Protocol<'_>) -> &'static str {
