@@ -888,14 +888,19 @@ fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> Exit
             "signed: {} checkpoint(s) verified, the last covering seq {seq}; {} record(s) after it are not covered by a signature",
             report.checkpoints, report.unsigned_tail
         ),
-        (true, None) => println!("signed: no checkpoint found; no record is covered by a signature"),
+        (true, None) => println!(
+            "PROBLEM: no signed checkpoint: nothing proves these records were not rewritten from the start"
+        ),
         (false, _) if report.checkpoints > 0 => println!(
             "signed: {} checkpoint(s) found but not verified (pass --pubkey)",
             report.checkpoints
         ),
         (false, _) => {}
     }
-    if report.is_clean() {
+    // Asked to check signatures, a log without a single signed checkpoint proves nothing:
+    // anyone can recompute a plain hash chain.
+    let unsigned = public_key.is_some() && report.last_checkpoint.is_none() && report.records > 0;
+    if report.is_clean() && !unsigned {
         println!(
             "OK: {} records in {} files ({range}), chain intact; last hash {}",
             report.records,
@@ -906,7 +911,7 @@ fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> Exit
     } else {
         println!(
             "FAILED: {} problem(s) in {} records, {} files ({range})",
-            report.problems.len(),
+            report.problems.len() + usize::from(unsigned),
             report.records,
             report.files
         );

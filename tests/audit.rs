@@ -230,6 +230,31 @@ async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() 
         stdout.contains("checkpoint(s) verified") && stdout.contains("0 record(s) after it"),
         "{stdout}"
     );
+    // Without a single signed checkpoint a log proves nothing (anyone can recompute a plain
+    // hash chain): asked to check signatures, verify fails.
+    let unsigned_dir = audit_dir("unsigned-log");
+    let unsigned = Proxy::start(ProxyOptions {
+        extra: format!("[audit]\ndir = \"{}\"\n", unsigned_dir.display()),
+        ..Default::default()
+    })
+    .await;
+    unsigned
+        .alice()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    unsigned.shutdown(std::time::Duration::from_secs(2)).await;
+    let out = pgwarden(&[
+        "audit",
+        "verify",
+        unsigned_dir.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("no signed checkpoint"), "{stdout}");
 }
 
 /// `chattr` flips the immutable attribute, which stops writes even by root (tests run as
