@@ -90,6 +90,19 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
     );
     assert!(stdout.starts_with("OK: "), "{stdout}");
 
+    // A second run of pgwarden on the same directory numbers its sessions from 1 again:
+    // bob's session with alice's number is not hers.
+    let alice_session = start["session"].as_u64().unwrap();
+    let again = proxy_auditing_to(&dir).await;
+    for _ in 0..alice_session {
+        let bob = again.connect("bob", common::BOB_PASSWORD).await;
+        bob.simple_query("SELECT count(*) FROM items")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    again.shutdown(std::time::Duration::from_secs(2)).await;
+
     // Reviewers find the person's activity across files, including the session's end
     // (which names no one: it is linked by the session id).
     let found = pgwarden(&[

@@ -51,6 +51,15 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
             source: e,
         })
     };
+    // Session ids start again at 1 in every run of pgwarden: a session is (run, id), the run
+    // counted by the proxy.start records before it.
+    let mut run = 0u64;
+    let mut next_run = |record: &Value| {
+        if record["type"] == "proxy.start" {
+            run += 1;
+        }
+        run
+    };
     // Sessions of the user, so their session.end (which carries no identity) matches too.
     let mut sessions = HashSet::new();
     if let Some(user) = &query.user {
@@ -59,31 +68,37 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                 let Ok(record) = serde_json::from_str::<Value>(line) else {
                     continue;
                 };
+                let run = next_run(&record);
                 if record["type"] == "session.start"
                     && record["actor"]["user"]["name"] == user.as_str()
                 {
                     if let Some(id) = record["session"].as_u64() {
-                        sessions.insert(id);
+                        sessions.insert((run, id));
                     }
                 }
             }
         }
     }
+    let mut run = 0u64;
     let text = query.text.as_ref().map(|t| t.to_lowercase());
     let intent = query.intent.as_ref().map(|t| t.to_lowercase());
     let mut hits = Vec::new();
-    // Outcomes, to show next to their statements: (session, statement) → result.
-    let mut results: HashMap<(u64, u64), Value> = HashMap::new();
+    // Outcomes, to show next to their statements: (run, session, statement) → result.
+    let mut results: HashMap<(u64, u64, u64), Value> = HashMap::new();
+    let mut runs = Vec::new();
     for name in &files {
         for (index, line) in read(name)?.lines().enumerate() {
             let Ok(record) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
+            if record["type"] == "proxy.start" {
+                run += 1;
+            }
             let time = record["time"].as_u64().unwrap_or(0);
             let session = record["session"].as_u64();
             if record["type"] == "statement.result" {
                 if let (Some(session), Some(statement)) = (session, record["statement"].as_u64()) {
-                    results.insert((session, statement), record.clone());
+                    results.insert((run, session, statement), record.clone());
                 }
             }
             let matches = query.since.is_none_or(|since| time >= since)
@@ -107,7 +122,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                 && query.user.as_ref().is_none_or(|user| {
                     record["actor"]["user"]["name"] == user.as_str()
                         || record["user"] == user.as_str()
-                        || session.is_some_and(|id| sessions.contains(&id))
+                        || session.is_some_and(|id| sessions.contains(&(run, id)))
                 })
                 && intent.as_ref().is_none_or(|wanted| {
                     record["intent"]
@@ -118,6 +133,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     .as_ref()
                     .is_none_or(|t| line.to_lowercase().contains(t));
             if matches {
+                runs.push(run);
                 hits.push(Hit {
                     file: name.clone(),
                     line: index + 1,
@@ -128,13 +144,13 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
             }
         }
     }
-    for hit in &mut hits {
+    for (hit, run) in hits.iter_mut().zip(runs) {
         if hit.record["type"] == "statement" {
             if let (Some(session), Some(statement)) = (
                 hit.record["session"].as_u64(),
                 hit.record["statement"].as_u64(),
             ) {
-                hit.result = results.remove(&(session, statement));
+                hit.result = results.remove(&(run, session, statement));
             }
         }
     }
