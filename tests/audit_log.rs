@@ -210,6 +210,20 @@ async fn a_crash_mid_write_is_sealed_and_the_chain_continues() {
         text.contains("\"type\":\"log.recovered\"") && text.contains("\"torn_bytes\":28"),
         "{text}"
     );
+    // The excuse covers exactly that line: another line in its place (another length), or
+    // a second unchecked line before it, is a problem.
+    let original = std::fs::read_to_string(dir.join(&last)).unwrap();
+    let partial = "{\"seq\":999,\"time\":1,\"prev_ha";
+    for forged in [
+        original.replace(partial, "{\"type\":\"statement\",\"actor\":\"bob\"}"),
+        original.replace(partial, &format!("{{\"type\":\"statement\"}}\n{partial}")),
+    ] {
+        std::fs::write(dir.join(&last), &forged).unwrap();
+        let report = verify_dir(&dir).unwrap();
+        assert!(!report.is_clean(), "{:?}", report.notes);
+    }
+    std::fs::write(dir.join(&last), original).unwrap();
+    assert!(verify_dir(&dir).unwrap().is_clean());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -41,8 +41,9 @@ pub struct Hit {
     pub result: Option<Value>,
 }
 
-/// All matching records, oldest first. Lines that are not JSON (a crash's sealed partial
-/// line) are skipped: `audit verify` is the tool that reports them.
+/// All matching records, oldest first. Lines that are not a record whose own hash holds (a
+/// crash's sealed partial line, an edited line) are skipped: `audit verify` is the tool that
+/// reports them, and the chain around them.
 pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
     let files = list_files(dir)?;
     let read = |name: &String| {
@@ -65,7 +66,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
     if let Some(user) = &query.user {
         for name in &files {
             for line in read(name)?.lines() {
-                let Ok(record) = serde_json::from_str::<Value>(line) else {
+                let Some(record) = checked(line) else {
                     continue;
                 };
                 let run = next_run(&record);
@@ -88,7 +89,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
     let mut runs = Vec::new();
     for name in &files {
         for (index, line) in read(name)?.lines().enumerate() {
-            let Ok(record) = serde_json::from_str::<Value>(line) else {
+            let Some(record) = checked(line) else {
                 continue;
             };
             if record["type"] == "proxy.start" {
@@ -155,6 +156,12 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
         }
     }
     Ok(hits)
+}
+
+/// A line as a record, if its hash holds.
+fn checked(line: &str) -> Option<Value> {
+    super::record::check(line).ok()?;
+    serde_json::from_str(line).ok()
 }
 
 /// Parse a point in time for `--since`/`--until`: `2026-11-27`, `2026-11-27T06:30`,

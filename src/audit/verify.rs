@@ -70,6 +70,8 @@ struct Chain<'a> {
     #[serde(default)]
     file: Option<String>,
     #[serde(default)]
+    torn_bytes: Option<u64>,
+    #[serde(default)]
     covers_seq: Option<u64>,
     #[serde(default)]
     covers_hash: Option<&'a str>,
@@ -121,21 +123,26 @@ pub fn verify_dir_with(dir: &Path, public_key: Option<&PublicKey>) -> Result<Rep
             )),
             None => {}
         }
+        let raw_lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        let mut excused_in_file = false;
         for (index, line) in lines.iter().enumerate() {
             let number = index + 1;
             let hash = match record::check(line) {
                 Ok(hash) => hash,
                 Err(e) => {
-                    // A crash's partial line, sealed at start-up, is followed by a
-                    // `log.recovered` record naming this file.
+                    // A crash's partial line, sealed at start-up, is followed by a genuine
+                    // `log.recovered` record naming this file and the line's length: right
+                    // after it, or first in the next file when it ends this one. Once per
+                    // file, so that no run of unchecked lines can pass as crashes.
+                    // In bytes as written (a crash can cut a character in two).
+                    let torn = raw_lines.get(index).map_or(line.len(), |raw| raw.len());
                     let sealed = lines
                         .get(index + 1)
-                        .and_then(|next| serde_json::from_str::<Chain>(next).ok())
-                        .is_some_and(|c| {
-                            c.kind == "log.recovered" && c.file.as_deref() == Some(name.as_str())
-                        });
-                    let sealed_elsewhere = index + 1 == lines.len();
-                    if sealed || (sealed_elsewhere && recovered_later(dir, &files, name)) {
+                        .is_some_and(|next| recovers(next, name, torn));
+                    let sealed_elsewhere =
+                        index + 1 == lines.len() && recovered_later(dir, &files, name, torn);
+                    if (sealed || sealed_elsewhere) && !excused_in_file {
+                        excused_in_file = true;
                         report.notes.push(problem(
                             number,
                             "partial record from a crash, sealed at restart".into(),
@@ -256,9 +263,20 @@ fn check_checkpoint(
     Ok(())
 }
 
-/// Whether a later file carries the `log.recovered` record for a partial line at the end of
-/// `name` (the writer starts a new file after sealing).
-fn recovered_later(dir: &Path, files: &[String], name: &str) -> bool {
+/// Whether `line` is a genuine (hash-valid) `log.recovered` record for a partial line of
+/// `torn` bytes in file `name`.
+fn recovers(line: &str, name: &str, torn: usize) -> bool {
+    record::check(line).is_ok()
+        && serde_json::from_str::<Chain>(line).is_ok_and(|c| {
+            c.kind == "log.recovered"
+                && c.file.as_deref() == Some(name)
+                && c.torn_bytes == Some(torn as u64)
+        })
+}
+
+/// Whether the next file starts with the `log.recovered` record for a partial line of
+/// `torn` bytes at the end of `name` (the writer starts a new file after sealing).
+fn recovered_later(dir: &Path, files: &[String], name: &str, torn: usize) -> bool {
     let Some(position) = files.iter().position(|f| f == name) else {
         return false;
     };
@@ -268,8 +286,5 @@ fn recovered_later(dir: &Path, files: &[String], name: &str) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join(next)) else {
         return false;
     };
-    text.lines().take(2).any(|line| {
-        serde_json::from_str::<Chain>(line)
-            .is_ok_and(|c| c.kind == "log.recovered" && c.file.as_deref() == Some(name))
-    })
+    text.lines().take(2).any(|line| recovers(line, name, torn))
 }
