@@ -772,3 +772,48 @@ async fn with_on_failure_continue_statements_run_and_the_loss_is_counted() {
         .expect("a log.write_failed record");
     assert!(gap["lost_events"].as_u64().unwrap() >= 2, "{gap}");
 }
+
+/// Cancel requests are on record: from where, and whether one reached a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_are_audited() {
+    use tokio::io::AsyncWriteExt;
+    let dir = audit_dir("cancels");
+    let proxy = proxy_auditing_to(&dir).await;
+    let client = proxy.alice().await;
+    let cancel = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30.25)").await });
+    // Cancel once the server shows the sleep running (a fixed delay could come before it).
+    let direct = common::direct("app").await;
+    for _ in 0..100 {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30.25)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    // A guessed key: ignored, and on record.
+    let mut guess = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    packet.extend([0, 0, 0, 7, 1, 2, 3, 4]);
+    guess.write_all(&packet).await.unwrap();
+    drop(guess);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let mut forwarded: Vec<bool> = all_records(&dir)
+        .iter()
+        .filter(|r| r["type"] == "cancel.request")
+        .map(|r| r["forwarded"].as_bool().unwrap())
+        .collect();
+    forwarded.sort();
+    assert_eq!(forwarded, [false, true]);
+}

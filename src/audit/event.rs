@@ -186,6 +186,13 @@ pub enum Event {
         /// The HTTP status returned.
         status: u16,
     },
+    /// A CancelRequest: from where, and whether its key named a live session and was passed
+    /// on to that session's server process.
+    #[serde(rename = "cancel.request")]
+    CancelRequest {
+        src_endpoint: Endpoint,
+        forwarded: bool,
+    },
     #[serde(rename = "auth.failure")]
     AuthFailure {
         /// The user name the client claimed.
@@ -321,7 +328,9 @@ impl Event {
             Self::SessionStart { .. } | Self::AuthFailure { .. } => Some((3002, 1)),
             Self::SessionEnd { .. } => Some((3002, 2)),
             // 6005 Datastore Activity; 99 Other: the kind of statement is in `kinds`.
-            Self::Statement(_) | Self::StatementResult { .. } => Some((6005, 99)),
+            Self::Statement(_) | Self::StatementResult { .. } | Self::CancelRequest { .. } => {
+                Some((6005, 99))
+            }
             // 3005 User Access Management; 99 Other: access to one statement, granted or not.
             Self::ApprovalRequest { .. }
             | Self::ApprovalAnswer { .. }

@@ -333,17 +333,26 @@ async fn handshake(
                 };
             }
             StartupPacket::Cancel(request) => {
-                match ctx
+                let outcome = ctx
                     .cancels
                     .cancel(request.process_id, &request.secret)
-                    .await
-                {
+                    .await;
+                match &outcome {
                     Ok(true) => info!("cancel request forwarded"),
                     Ok(false) => warn!(
                         process_id = request.process_id,
                         "cancel request with an unknown key ignored"
                     ),
                     Err(e) => warn!(error = %e, "cancel request could not be forwarded"),
+                }
+                if let Some(audit) = &ctx.audit {
+                    let event = Event::CancelRequest {
+                        src_endpoint: peer.into(),
+                        forwarded: outcome.is_ok_and(|forwarded| forwarded),
+                    };
+                    if let Err(e) = audit.record(event).await {
+                        warn!(error = %e, "could not audit a cancel request");
+                    }
                 }
                 return Ok(None);
             }
