@@ -14,6 +14,7 @@ use crate::sql::facts::{CursorUse, SettingValue};
 use crate::sql::{Analysis, StatementFacts};
 
 use crate::protocol::views::{Bind, Parse, Target};
+use crate::session::track::Correction;
 
 /// Most cursors whose DECLARE a session remembers.
 const MAX_CURSORS: usize = 256;
@@ -261,15 +262,25 @@ impl SessionState {
         before
     }
 
+    /// Take in what the server's answer showed (see [`Correction`]).
+    pub fn correct(&mut self, correction: Correction, role: &str) {
+        match correction {
+            Correction::Undefined(name, sql) => {
+                if self.statements.get(&name).is_some_and(|s| s.sql == sql) {
+                    self.statements.remove(&name);
+                }
+            }
+            Correction::Stopped(before, analysis, ran) => {
+                self.undo(*before, &analysis.statements, ran, role);
+            }
+            Correction::SettledPath(path) => self.search_path = path,
+            Correction::IgnoredSyncs(n) => self.in_flight = self.in_flight.saturating_sub(n),
+        }
+    }
+
     /// The server ran only the first `ran` of `statements` (an error stopped the rest):
     /// put the names back as they were before them, then apply what did run.
-    pub fn undo(
-        &mut self,
-        before: NamesBefore,
-        statements: &[StatementFacts],
-        ran: usize,
-        role: &str,
-    ) {
+    fn undo(&mut self, before: NamesBefore, statements: &[StatementFacts], ran: usize, role: &str) {
         self.sql_prepared = before.sql_prepared;
         self.cursors = before.cursors;
         self.statements = before.statements;

@@ -139,18 +139,25 @@ pub struct Tracker {
     queue: VecDeque<Pending>,
     /// Outcomes ready to be recorded.
     pub finished: Vec<Finished>,
-    /// Statements pgwarden recorded at their Parse that the server did not define (the
-    /// Parse failed, or was skipped after an earlier error): (name, text), for the session
-    /// to forget.
-    pub undefined: Vec<(Bytes, Bytes)>,
-    /// Messages whose SQL statements an error stopped: the names before them, the
-    /// statements, and how many of them ran, for the session to put right.
-    pub stopped: Vec<(Box<NamesBefore>, Arc<Analysis>, usize)>,
+    /// What the server's answers showed the session state must be told (it was updated
+    /// when the messages were sent): see [`Correction`].
+    pub corrections: Vec<Correction>,
+}
+
+/// What the session state, updated when a message was sent, learns from the server's answer.
+#[derive(Debug)]
+pub enum Correction {
+    /// A statement recorded at its Parse (name, text) that the server did not define: the
+    /// Parse failed, or was skipped after an earlier error.
+    Undefined(Bytes, Bytes),
+    /// A message whose SQL statements an error stopped: the names before them, the
+    /// statements, and how many of them ran.
+    Stopped(Box<NamesBefore>, Arc<Analysis>, usize),
     /// A search_path now known for certain: a Query that set it ran without error, outside
     /// a transaction, with nothing sent after it still unanswered.
-    pub settled_path: Option<Vec<String>>,
-    /// Syncs dropped because the server ignores them during COPY FROM STDIN.
-    pub ignored_syncs: usize,
+    SettledPath(Vec<String>),
+    /// Syncs the server ignored (sent during COPY FROM STDIN): no ReadyForQuery answers them.
+    IgnoredSyncs(usize),
 }
 
 impl Tracker {
@@ -245,7 +252,10 @@ impl Tracker {
             (b'G', Expect::Execute | Expect::Query) => {
                 let before = self.queue.len();
                 self.queue.retain(|p| !p.in_copy);
-                self.ignored_syncs += before - self.queue.len();
+                let ignored = before - self.queue.len();
+                if ignored > 0 {
+                    self.corrections.push(Correction::IgnoredSyncs(ignored));
+                }
             }
             (b'C', Expect::Execute | Expect::Query) => {
                 front.results += 1;
@@ -285,7 +295,9 @@ impl Tracker {
                 if let (Some(before), Some(analysis)) =
                     (front.names_before.take(), front.analysis.clone())
                 {
-                    self.stopped.push((before, analysis, front.results));
+                    let ran = front.results;
+                    self.corrections
+                        .push(Correction::Stopped(before, analysis, ran));
                 }
             }
             // An error at Sync (e.g. a deferred constraint at the implicit commit) answers
@@ -302,11 +314,14 @@ impl Tracker {
                     let Some(mut pending) = self.queue.pop_front() else {
                         break;
                     };
-                    self.undefined.extend(pending.defines.take());
+                    if let Some((name, sql)) = pending.defines.take() {
+                        self.corrections.push(Correction::Undefined(name, sql));
+                    }
                     if let (Some(before), Some(analysis)) =
                         (pending.names_before.take(), pending.analysis.clone())
                     {
-                        self.stopped.push((before, analysis, 0));
+                        self.corrections
+                            .push(Correction::Stopped(before, analysis, 0));
                     }
                     if let Some(done) = pending.finish(!first) {
                         self.finished.push(done);
@@ -320,10 +335,12 @@ impl Tracker {
 
     fn on_ready(&mut self, status: Option<u8>) {
         while let Some(mut pending) = self.queue.pop_front() {
-            self.undefined.extend(pending.defines.take());
+            if let Some((name, sql)) = pending.defines.take() {
+                self.corrections.push(Correction::Undefined(name, sql));
+            }
             if let Some(path) = pending.sets_path.take() {
                 if pending.sqlstate.is_none() && status == Some(b'I') && self.queue.is_empty() {
-                    self.settled_path = Some(path);
+                    self.corrections.push(Correction::SettledPath(path));
                 }
             }
             let ends = matches!(

@@ -716,26 +716,8 @@ impl Flow<'_> {
                 }));
             }
             let rewrite = self.tracker.on_server(header.tag, body);
-            for (name, sql) in self.tracker.undefined.drain(..) {
-                if self
-                    .state
-                    .statements
-                    .get(&name)
-                    .is_some_and(|s| s.sql == sql)
-                {
-                    self.state.statements.remove(&name);
-                }
-            }
-            // Syncs sent during a COPY FROM STDIN that the server ignored: no ReadyForQuery
-            // will answer them.
-            let ignored = std::mem::take(&mut self.tracker.ignored_syncs);
-            self.state.in_flight = self.state.in_flight.saturating_sub(ignored);
-            if let Some(path) = self.tracker.settled_path.take() {
-                self.state.search_path = path;
-            }
-            for (before, analysis, ran) in self.tracker.stopped.drain(..) {
-                self.state
-                    .undo(*before, &analysis.statements, ran, self.role);
+            for correction in self.tracker.corrections.drain(..) {
+                self.state.correct(correction, self.role);
             }
             match (rewrite, masking) {
                 (Rewrite::Replace(error), _) => {
