@@ -2,7 +2,8 @@
 //! authentication, memory under a flood of bad connections and under a client that never
 //! reads, the authentication timeout, the connection limit (and cancels and floods at it),
 //! GSSENCRequest, protocol version negotiation, replication requests, startup parameters that
-//! change what was authorized, and messages pipelined behind the login.
+//! change what was authorized, messages pipelined behind the login, and a server that answers
+//! what was never asked.
 //!
 //! Every case asserts what the client is told (an ErrorResponse with severity FATAL and the
 //! expected SQLSTATE) and/or that the connection is closed within a bounded wait, and that a
@@ -1183,4 +1184,107 @@ async fn a_query_pipelined_behind_the_final_scram_message_is_answered() {
          it sits in pgwarden's buffer until the client sends more bytes"
     );
     assert!(row.expect("no row").ends_with(b"pipelined"));
+}
+
+/// A server on the other end that logs pgwarden in without a password (trust), answers the
+/// first Query properly, then sends `stray` as if it answered something more.
+async fn upstream_that_answers_more(stray: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let len = conn.read_i32().await.unwrap();
+        let mut startup = vec![0; usize::try_from(len).unwrap() - 4];
+        conn.read_exact(&mut startup).await.unwrap();
+        let mut login = frame(b'R', &0i32.to_be_bytes());
+        for (name, value) in [
+            ("server_version", "15.0"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("standard_conforming_strings", "on"),
+            ("integer_datetimes", "on"),
+        ] {
+            login.extend(frame(b'S', format!("{name}\0{value}\0").as_bytes()));
+        }
+        login.extend(frame(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+        login.extend(frame(b'Z', b"I"));
+        conn.write_all(&login).await.unwrap();
+        loop {
+            let (tag, _) = read_message_untimed(&mut conn).await;
+            if tag != b'Q' {
+                return;
+            }
+            // One text column "v", one row "fine", then the stray message.
+            let mut column = b"v\0".to_vec();
+            column.extend(0i32.to_be_bytes()); // table OID
+            column.extend(0i16.to_be_bytes()); // attribute number
+            column.extend(25i32.to_be_bytes()); // type: text
+            column.extend((-1i16).to_be_bytes());
+            column.extend((-1i32).to_be_bytes());
+            column.extend(0i16.to_be_bytes()); // text format
+            let mut answer = frame(b'T', &[&1i16.to_be_bytes()[..], &column].concat());
+            answer.extend(frame(
+                b'D',
+                &[&1i16.to_be_bytes()[..], &4i32.to_be_bytes(), b"fine"].concat(),
+            ));
+            answer.extend(frame(b'C', b"SELECT 1\0"));
+            answer.extend(frame(b'Z', b"I"));
+            answer.extend(&stray);
+            if conn.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    });
+    let upstream = format!("host = \"127.0.0.1\"\nport = {port}\nsslmode = \"disable\"\n");
+    (upstream, task)
+}
+
+#[tokio::test]
+async fn an_upstream_answer_to_nothing_sent_ends_the_session_unseen() {
+    let _shared = EXCLUSIVE.read().await;
+    const SECRET: &[u8] = b"jane.secret@example.com";
+    let stray_row = frame(
+        b'D',
+        &[
+            &1i16.to_be_bytes()[..],
+            &(SECRET.len() as i32).to_be_bytes(),
+            SECRET,
+        ]
+        .concat(),
+    );
+    for (what, stray) in [
+        ("a DataRow after ReadyForQuery", stray_row),
+        ("a second ReadyForQuery", frame(b'Z', b"I")),
+        ("an unknown message type", frame(b'?', b"")),
+    ] {
+        let (upstream, server) = upstream_that_answers_more(stray).await;
+        let proxy = Proxy::start(ProxyOptions {
+            upstream: Some(upstream),
+            ..Default::default()
+        })
+        .await;
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        alice_login(&mut tcp).await;
+        tcp.write_all(&frame(b'Q', b"SELECT 'fine'\0"))
+            .await
+            .unwrap();
+        let outcome = read_until_close(&mut tcp, WAIT).await;
+        assert!(
+            !outcome.bytes.windows(SECRET.len()).any(|w| w == SECRET),
+            "{what}: the stray row reached the client"
+        );
+        let messages = outcome.messages();
+        let tags: Vec<u8> = messages.iter().map(|(tag, _)| *tag).collect();
+        // The real answer may or may not come first (it is dropped with the stray message
+        // when both arrive in one read); the session ends either way.
+        assert!(
+            tags.split_last()
+                .is_some_and(|(last, answer)| *last == b'E' && b"TDCZ".starts_with(answer)),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&tags)
+        );
+        outcome.assert_fatal("08006");
+        server.abort();
+        proxy.shutdown(Duration::from_secs(1)).await;
+    }
 }

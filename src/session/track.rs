@@ -231,6 +231,37 @@ impl Tracker {
         }
     }
 
+    /// Whether a server message of type `tag` may come now: it answers the message at the
+    /// front of the queue, or it may come at any time (notices, notifications, parameter
+    /// changes, errors). Anything else means pgwarden no longer knows which message a
+    /// response answers, so masking would apply the wrong statement's columns and the audit
+    /// would credit the wrong statement: the caller ends the session instead.
+    pub fn fits(&self, tag: u8) -> bool {
+        use Expect::*;
+        if matches!(tag, b'N' | b'A' | b'S' | b'E') {
+            return true;
+        }
+        let Some(front) = self.queue.front() else {
+            return false;
+        };
+        match tag {
+            b'1' => front.expect == Parse,
+            b'2' => front.expect == Bind,
+            b'3' => front.expect == Close,
+            b't' => front.expect == Describe,
+            b'n' => matches!(front.expect, Describe | HiddenDescribe),
+            b'T' => matches!(front.expect, Describe | HiddenDescribe | Query),
+            // Rows, results and COPY (both directions start here; data and done for COPY TO).
+            b'D' | b'C' | b'I' | b'G' | b'H' | b'd' | b'c' => {
+                matches!(front.expect, Execute | Query)
+            }
+            b's' => front.expect == Execute,
+            b'V' => front.expect == FunctionCall,
+            b'Z' => matches!(front.expect, Sync | Query | FunctionCall),
+            _ => false,
+        }
+    }
+
     /// Account for one server frame.
     pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Rewrite {
         let Some(front) = self.queue.front_mut() else {
@@ -522,6 +553,34 @@ mod tests {
             .map(|f| (f.statement, f.sqlstate, f.skipped))
             .collect();
         assert_eq!(outcome, [(1, Some(*b"34000"), false)]);
+    }
+
+    #[test]
+    fn only_answers_to_what_was_sent_fit() {
+        let mut t = Tracker::default();
+        // Nothing in flight: only what the server may send at any time.
+        for tag in [b'N', b'A', b'S', b'E'] {
+            assert!(t.fits(tag), "{}", tag as char);
+        }
+        for tag in [b'D', b'T', b'C', b'Z', b'1', b'G', b'K', b'R', b'W', b'x'] {
+            assert!(!t.fits(tag), "{} with nothing in flight", tag as char);
+        }
+        t.push(Expect::Parse, None);
+        t.push(Expect::Describe, None);
+        t.push(Expect::Execute, run(1));
+        t.push(Expect::Sync, None);
+        assert!(!t.fits(b'2') && !t.fits(b'D') && !t.fits(b'Z'));
+        t.on_server(b'1', b"");
+        assert!(t.fits(b't') && t.fits(b'T') && !t.fits(b'D'));
+        t.on_server(b't', b"");
+        t.on_server(b'T', b"");
+        assert!(t.fits(b'D') && t.fits(b's') && !t.fits(b'T') && !t.fits(b'Z'));
+        t.on_server(b'C', b"SELECT 1\0");
+        assert!(t.fits(b'Z') && !t.fits(b'D'));
+        t.on_server(b'Z', b"I");
+        assert!(!t.fits(b'Z'), "a second ReadyForQuery for one Sync");
+        t.push(Expect::FunctionCall, None);
+        assert!(t.fits(b'V') && !t.fits(b'D'));
     }
 
     #[test]

@@ -677,6 +677,13 @@ impl Flow<'_> {
         {
             let end = offset + header.wire_len();
             let body = &inbuf.bytes()[offset + HEADER_LEN..end];
+            // Checked before masking, which reads the columns of the statement answered.
+            if !self.tracker.fits(header.tag) {
+                return Err(SessionError::UpstreamProtocol(ProtocolError::Unexpected {
+                    tag: header.tag,
+                    phase: "the session (it answers no message the client sent)",
+                }));
+            }
             match header.tag {
                 b'G' => self.copy_started = true,
                 // The COPY ended (done, failed, or never started).
