@@ -268,7 +268,8 @@ enum AuditCommand {
     ///
     /// Checks every record's hash, that seq increases by one, that each record links to the
     /// one before (prev_hash), across file boundaries too, and that no file is missing or
-    /// truncated. Prints the first bad record of each break as file:line with the reason.
+    /// truncated. Prints the first bad record of each break as file:line with the reason,
+    /// and the last signed checkpoint as an anchor to keep for the next review.
     /// Exit status: 0 clean, 1 problems found, 2 the directory cannot be read.
     Verify {
         /// The audit directory ([audit] dir in the config).
@@ -277,6 +278,12 @@ enum AuditCommand {
         /// output). Without it, checkpoints are checked for position but not signature.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// A record the log must still hold, as SEQ:HASH: an anchor pgwarden logged at a
+        /// signed checkpoint ("audit checkpoint written") or an earlier verify printed.
+        /// Catches the removal of the newest files together with their checkpoints.
+        /// Repeatable.
+        #[arg(long = "anchor", value_name = "SEQ:HASH")]
+        anchors: Vec<pgwarden::audit::verify::Anchor>,
     },
     /// Find records by who, when and what, across rotated files.
     ///
@@ -357,7 +364,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::HashPassword => hash_password(),
         Command::Audit { command } => match command {
-            AuditCommand::Verify { dir, pubkey } => audit_verify(&dir, pubkey.as_deref()),
+            AuditCommand::Verify {
+                dir,
+                pubkey,
+                anchors,
+            } => audit_verify(&dir, pubkey.as_deref(), &anchors),
             AuditCommand::Keygen { out } => audit_keygen(&out),
             AuditCommand::Search {
                 dir,
@@ -857,7 +868,11 @@ fn audit_pubkey(key: &std::path::Path) -> ExitCode {
     }
 }
 
-fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> ExitCode {
+fn audit_verify(
+    dir: &std::path::Path,
+    pubkey: Option<&std::path::Path>,
+    anchors: &[pgwarden::audit::verify::Anchor],
+) -> ExitCode {
     let public_key = match pubkey.map(pgwarden::audit::checkpoint::PublicKey::load) {
         None => None,
         Some(Ok(key)) => Some(key),
@@ -866,7 +881,7 @@ fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> Exit
             return ExitCode::from(2);
         }
     };
-    let report = match pgwarden::audit::verify::verify_dir_with(dir, public_key.as_ref()) {
+    let report = match pgwarden::audit::verify::verify_dir_with(dir, public_key.as_ref(), anchors) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("pgwarden: {e}");
@@ -884,10 +899,15 @@ fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> Exit
         _ => "no records".to_owned(),
     };
     match (public_key.is_some(), report.last_checkpoint) {
-        (true, Some(seq)) => println!(
-            "signed: {} checkpoint(s) verified, the last covering seq {seq}; {} record(s) after it are not covered by a signature",
-            report.checkpoints, report.unsigned_tail
-        ),
+        (true, Some(seq)) => {
+            println!(
+                "signed: {} checkpoint(s) verified, the last covering seq {seq}; {} record(s) after it are not covered by a signature",
+                report.checkpoints, report.unsigned_tail
+            );
+            if let Some(anchor) = &report.last_checkpoint_record {
+                println!("anchor: {anchor} (keep it elsewhere; a later `audit verify --anchor {anchor}` fails if the log no longer reaches it)");
+            }
+        }
         (true, None) => println!(
             "PROBLEM: no signed checkpoint: nothing proves these records were not rewritten from the start"
         ),
@@ -896,6 +916,12 @@ fn audit_verify(dir: &std::path::Path, pubkey: Option<&std::path::Path>) -> Exit
             report.checkpoints
         ),
         (false, _) => {}
+    }
+    if !anchors.is_empty() && report.is_clean() {
+        println!(
+            "anchored: the {} record(s) given with --anchor are in the log, unchanged",
+            anchors.len()
+        );
     }
     // Asked to check signatures, a log without a single signed checkpoint proves nothing:
     // anyone can recompute a plain hash chain.

@@ -270,7 +270,7 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
     drop(log);
     thread.join().unwrap();
 
-    let report = verify_dir_with(&dir, Some(&public)).unwrap();
+    let report = verify_dir_with(&dir, Some(&public), &[]).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.checkpoints, 2);
     // The ten events after the second checkpoint (plus any file.start among them).
@@ -302,7 +302,7 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
         verify_dir(&forged).unwrap().is_clean(),
         "without the key the rewrite is consistent"
     );
-    let report = verify_dir_with(&forged, Some(&public)).unwrap();
+    let report = verify_dir_with(&forged, Some(&public), &[]).unwrap();
     assert!(
         report
             .problems
@@ -315,12 +315,44 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
     // A log signed with someone else's key is not accepted either.
     let other = SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap();
     let other_public = PublicKey::parse(&other.public_key()).unwrap();
-    let report = verify_dir_with(&dir, Some(&other_public)).unwrap();
+    let report = verify_dir_with(&dir, Some(&other_public), &[]).unwrap();
     assert!(
         report.problems[0].message.contains("another key"),
         "{:?}",
         report.problems
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_that_starts_a_new_file_signs_its_file_start() {
+    // A checkpoint after every record: some of them fall due when the file is full, and
+    // the file.start the rotation writes first is the record they must sign.
+    let dir = temp_dir("checkpoint-rotation");
+    let pem = SigningKey::generate_pem().unwrap();
+    let public = PublicKey::parse(&SigningKey::from_pem(&pem).unwrap().public_key()).unwrap();
+    let mut signed = settings(&dir);
+    signed.signing_key = Some(pgwarden::config::Secret::resolve(&pem, &dir).unwrap().0);
+    let (log, thread) = AuditLog::open(signed).unwrap();
+    for i in 0..120 {
+        log.record(failure(i)).await.unwrap();
+        log.checkpoint().await.unwrap();
+    }
+    log.flush().await.unwrap();
+    drop(log);
+    thread.join().unwrap();
+    let first_records: Vec<String> = list_files(&dir)
+        .unwrap()
+        .iter()
+        .map(|name| lines(&dir.join(name))[1].clone())
+        .collect();
+    assert!(
+        first_records.iter().any(|r| r.contains("\"checkpoint\"")),
+        "no file starts with a checkpoint after its file.start: the case is not exercised"
+    );
+    let report = verify_dir_with(&dir, Some(&public), &[]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.checkpoints, 120);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

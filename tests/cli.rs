@@ -1395,3 +1395,119 @@ async fn serve_logs_never_contain_the_tokens_people_sign_in_with() {
         serve.assert_log_has_no_secrets();
     }
 }
+
+/// Run `pgwarden audit verify DIR --pubkey KEY [--anchor A]…`; (success, stdout).
+fn verify_with(dir: &Path, pubkey: &Path, anchors: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "audit",
+        "verify",
+        dir.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ];
+    for anchor in anchors {
+        args.extend(["--anchor", anchor]);
+    }
+    let output = run(&args);
+    (output.status.success(), text(&output.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_checkpoint_anchors_that_catch_the_newest_files_removed() {
+    let h = harness();
+    let dir = common::audit_dir("anchored");
+    let key = h.dir.join(format!("anchor-key-{}.pem", std::process::id()));
+    let _ = std::fs::remove_file(&key);
+    let made = run(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(made.status.success(), "{}", describe(&made));
+    let pubkey = common::write_file("anchor.pub", &text(&made.stdout));
+    let port = free_port();
+    let options = ProxyOptions {
+        extra: format!(
+            "[audit]\ndir = \"{}\"\nsigning_key = \"file:{}\"\ncheckpoint_interval = \"100ms\"\nrotate_size = \"4KiB\"\n",
+            dir.display(),
+            key.display()
+        ),
+        ..Default::default()
+    };
+    let mut serve = Serve::start_with(
+        &config_on_port(&options, port),
+        port,
+        &["--log-format", "json"],
+    );
+    let client = serve.wait_ready().await;
+    // Enough records for several files, with checkpoints in between.
+    for round in 0..6 {
+        for i in 0..10 {
+            client
+                .simple_query(&format!("SELECT {round} + {i}"))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(client);
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}:\n{}", serve.log());
+
+    // Every signed checkpoint is logged with its anchor; the last one is the shutdown's.
+    let anchors: Vec<String> = serve
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["message"] == "audit checkpoint written")
+        .map(|entry| entry["anchor"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(anchors.len() >= 3, "{anchors:?}\n{}", serve.log());
+    let last = anchors.last().unwrap().as_str();
+    let (ok, said) = verify_with(&dir, &pubkey, &[anchors[0].as_str(), last]);
+    assert!(ok, "{said}");
+    assert!(said.contains("anchored: the 2 record(s)"), "{said}");
+    // verify prints the same anchor for the next review.
+    assert!(said.contains(&format!("anchor: {last} ")), "{said}");
+
+    // Someone removes the newest file, checkpoints and all: the rest is a consistent log,
+    // and only the anchor kept elsewhere shows it is short.
+    let files = pgwarden::audit::list_files(&dir).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    let cut = common::audit_dir("anchored-cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    for name in &files[..files.len() - 1] {
+        std::fs::copy(dir.join(name), cut.join(name)).unwrap();
+    }
+    let (ok, said) = verify_with(&cut, &pubkey, &[]);
+    assert!(
+        ok,
+        "without an anchor the shorter log still verifies: {said}"
+    );
+    let (ok, said) = verify_with(&cut, &pubkey, &[last]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "anchored record {last} is not in the log: the log ends at seq"
+        )),
+        "{said}"
+    );
+
+    // A record rewritten in place (the chain recomputed after it) is not the anchored one.
+    let (seq, _) = last.split_once(':').unwrap();
+    let forged = format!("{seq}:{}", "0".repeat(64));
+    let (ok, said) = verify_with(&dir, &pubkey, &[&forged]);
+    assert!(!ok, "{said}");
+    assert!(said.contains("is not the record anchored as"), "{said}");
+    // A malformed anchor is a usage error.
+    let output = run(&[
+        "audit",
+        "verify",
+        dir.to_str().unwrap(),
+        "--anchor",
+        "12:xyz",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains("64 hex digits"),
+        "{}",
+        describe(&output)
+    );
+}

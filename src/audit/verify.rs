@@ -4,7 +4,8 @@
 //! exactly one; each `prev_hash` equal to the hash of the record before (so no record was
 //! removed, inserted or reordered, across file boundaries too); each file starting with a
 //! `file.start` that names the file before it; the first record starting the chain; no
-//! partial last line. The first record of each break is reported as `file:line` with the
+//! partial last line; and that records known from outside the log ([`Anchor`]s) are still
+//! there, unchanged. The first record of each break is reported as `file:line` with the
 //! reason.
 
 use std::path::Path;
@@ -15,7 +16,7 @@ use super::checkpoint::PublicKey;
 use super::record::{self, GENESIS};
 use super::{list_files, AuditError};
 
-/// One finding, at a 1-based line of a file.
+/// One finding, at a 1-based line of a file (line 0: the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub file: String,
@@ -25,7 +26,50 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        match (self.file.as_str(), self.line) {
+            ("", _) => write!(f, "{}", self.message),
+            // About the file as a whole, not one line of it.
+            (file, 0) => write!(f, "{file}: {}", self.message),
+            (file, line) => write!(f, "{file}:{line}: {}", self.message),
+        }
+    }
+}
+
+/// A record known from outside the log: its seq and hash, as pgwarden logs them at every
+/// signed checkpoint and `audit verify` prints them. Kept elsewhere (a log collector, a
+/// ticket, an earlier review), it proves the log once reached that far: removing the newest
+/// files together with their checkpoints leaves a log that is consistent in itself, but no
+/// longer holds the anchored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    /// `SEQ:HASH`, the hash as 64 hex digits.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (seq, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("anchor {text:?} is not SEQ:HASH"))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("anchor {text:?}: {seq:?} is not a sequence number"))?;
+        let hash = hash.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "anchor {text:?}: the hash must be 64 hex digits (a record's \"hash\")"
+            ));
+        }
+        Ok(Self { seq, hash })
     }
 }
 
@@ -45,8 +89,8 @@ pub struct Report {
     pub checkpoints: u64,
     /// Seq of the record the last valid checkpoint covers.
     pub last_checkpoint: Option<u64>,
-    /// Seq of the last valid checkpoint record itself.
-    last_checkpoint_record: Option<u64>,
+    /// The last valid checkpoint record itself: an [`Anchor`] to keep for later reviews.
+    pub last_checkpoint_record: Option<Anchor>,
     /// Records after the last valid checkpoint: not covered by any signature, so their
     /// truncation could not be detected.
     pub unsigned_tail: u64,
@@ -84,12 +128,18 @@ struct Chain<'a> {
 /// Verify every audit file in `dir` (checkpoint signatures are not checked; see
 /// [`verify_dir_with`]).
 pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
-    verify_dir_with(dir, None)
+    verify_dir_with(dir, None, &[])
 }
 
-/// Verify every audit file in `dir`, and checkpoint signatures with `public_key`.
-pub fn verify_dir_with(dir: &Path, public_key: Option<&PublicKey>) -> Result<Report, AuditError> {
+/// Verify every audit file in `dir`, checkpoint signatures with `public_key`, and that every
+/// one of `anchors` is in the log.
+pub fn verify_dir_with(
+    dir: &Path,
+    public_key: Option<&PublicKey>,
+    anchors: &[Anchor],
+) -> Result<Report, AuditError> {
     let mut report = Report::default();
+    let mut anchors_found = vec![false; anchors.len()];
     // What the next record must carry; `None` right after a break (resynchronize there).
     let mut expected: Option<(u64, String)> = None;
     let mut previous_file: Option<String> = None;
@@ -208,12 +258,27 @@ pub fn verify_dir_with(dir: &Path, public_key: Option<&PublicKey>) -> Result<Rep
                     ));
                 }
             }
+            for (anchor, found) in anchors.iter().zip(&mut anchors_found) {
+                if anchor.seq != chain.seq {
+                    continue;
+                }
+                *found = true;
+                if anchor.hash != hash {
+                    report.problems.push(problem(
+                        number,
+                        format!("seq {} is not the record anchored as {anchor}: the log was rewritten from here on", chain.seq),
+                    ));
+                }
+            }
             if chain.kind == "checkpoint" {
                 match check_checkpoint(&chain, expected.as_ref(), public_key) {
                     Ok(()) => {
                         report.checkpoints += 1;
                         report.last_checkpoint = chain.covers_seq;
-                        report.last_checkpoint_record = Some(chain.seq);
+                        report.last_checkpoint_record = Some(Anchor {
+                            seq: chain.seq,
+                            hash: hash.clone(),
+                        });
                     }
                     Err(message) => report.problems.push(problem(number, message)),
                 }
@@ -226,7 +291,29 @@ pub fn verify_dir_with(dir: &Path, public_key: Option<&PublicKey>) -> Result<Rep
     }
     if let Some(last) = report.last_seq {
         // The checkpoint record carries the signature; what follows it is unsigned.
-        report.unsigned_tail = last - report.last_checkpoint_record.unwrap_or(0);
+        report.unsigned_tail = last - report.last_checkpoint_record.as_ref().map_or(0, |a| a.seq);
+    }
+    for (anchor, _) in anchors
+        .iter()
+        .zip(anchors_found)
+        .filter(|(_, found)| !found)
+    {
+        let (file, why) = match report.last_seq {
+            Some(last) if anchor.seq > last => (
+                files.last().cloned().unwrap_or_default(),
+                format!("the log ends at seq {last}: the newest records were removed"),
+            ),
+            Some(_) => (
+                files.first().cloned().unwrap_or_default(),
+                "that part of the chain is missing".to_owned(),
+            ),
+            None => (String::new(), "the log is empty".to_owned()),
+        };
+        report.problems.push(Finding {
+            file,
+            line: 0,
+            message: format!("anchored record {anchor} is not in the log: {why}"),
+        });
     }
     Ok(report)
 }
