@@ -167,11 +167,17 @@ impl Lineage {
                 if has(node, "into_clause") {
                     self.written.extend(all_outputs(node));
                 }
+                // Every clause whose values shape which rows come back, and how many:
+                // `LIMIT (SELECT ascii(email) …)` counts out a value as surely as a WHERE.
                 for clause in [
                     "where_clause",
                     "group_clause",
                     "having_clause",
                     "sort_clause",
+                    "distinct_clause",
+                    "window_clause",
+                    "limit_count",
+                    "limit_offset",
                 ] {
                     if let Some(c) = node.field(clause) {
                         self.filtered.extend(references(c));
@@ -677,6 +683,15 @@ mod tests {
             taint("SELECT c.id FROM customers c JOIN o ON o.mail = c.email").filtered,
             vec!["email".to_owned()]
         );
+        for sql in [
+            "SELECT id FROM customers LIMIT (SELECT ascii(email) FROM customers WHERE id = 1)",
+            "SELECT id FROM customers OFFSET (SELECT length(email) FROM customers LIMIT 1)",
+            "SELECT DISTINCT ON (email) id FROM customers",
+            "SELECT id, rank() OVER w FROM customers WINDOW w AS (ORDER BY email)",
+            "SELECT c.id FROM customers c, LATERAL (SELECT 1 WHERE c.email LIKE 'a%') x",
+        ] {
+            assert_eq!(taint(sql).filtered, vec!["email".to_owned()], "{sql}");
+        }
         assert!(taint("SELECT id FROM customers WHERE id = 1")
             .filtered
             .is_empty());
