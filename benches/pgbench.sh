@@ -80,7 +80,7 @@ as_pg() {
   fi
 }
 
-stop_pgwarden() { # pid
+stop_process() { # pid: TERM, then KILL after 5 s
   local pid=$1
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null
@@ -98,9 +98,14 @@ cleanup() {
   set +e
   local pid
   for pid in "${pgwarden_pids[@]}"; do
-    stop_pgwarden "$pid"
+    stop_process "$pid"
   done
   if [[ -n $pgbouncer_pid ]]; then
+    # The background job is a shell (and runuser, as root) around pgbouncer, and a TERM to
+    # it does not reach pgbouncer: stop pgbouncer itself, by the pid it wrote.
+    if [[ -s $tmp/pgbouncer.pid ]]; then
+      stop_process "$(cat "$tmp/pgbouncer.pid")"
+    fi
     kill -TERM "$pgbouncer_pid" 2>/dev/null
     wait "$pgbouncer_pid" 2>/dev/null
   fi
@@ -338,6 +343,7 @@ pool_mode = session
 default_pool_size = 64
 max_client_conn = 1000
 logfile = $tmp/pgbouncer.log
+pidfile = $tmp/pgbouncer.pid
 INI
   printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$tmp/pgbouncer.users"
   if ((EUID == 0)); then chown postgres: "$tmp/pgbouncer.ini" "$tmp/pgbouncer.users"; fi
@@ -486,7 +492,7 @@ fi
 audit_line=""
 if ((AUDIT)); then
   # Stop the auditing pgwarden (its final checkpoint) and check the chain it wrote.
-  stop_pgwarden "$audit_pid"
+  stop_process "$audit_pid"
   records=$(cat "$tmp"/audit/*.jsonl | wc -l)
   if verdict=$("$pgwarden" audit verify "$tmp/audit" 2>&1); then
     audit_line="audit log: $records records, $(printf '%s\n' "$verdict" | head -1)"
