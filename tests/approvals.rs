@@ -1021,3 +1021,77 @@ async fn a_break_glass_token_answers_when_the_identity_provider_cannot() {
     assert_eq!(body["answers"][0]["by"], "break-glass:oncall");
     assert_eq!(held.await.unwrap().unwrap(), 1);
 }
+
+/// An approval answers the statement that was held, and nothing else: if that statement is
+/// decided differently when it comes back (here a reload denies it meanwhile), the
+/// statement pipelined behind it still needs its own approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_not_spent_on_the_statement_behind_the_held_one() {
+    use common::wire::{alice_login, error_fields, read_message};
+    use tokio::io::AsyncWriteExt;
+    let s = Setup::start("spent", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let frame = |sql: &str| {
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+        out
+    };
+    let mut stream = tokio::net::TcpStream::connect(s.proxy.addr).await.unwrap();
+    alice_login(&mut stream).await;
+    // One write: a held DELETE, then a DO block (held by the guardrails) that deletes too.
+    let mut both = frame(&format!("DELETE FROM {} WHERE id = 7", s.table));
+    both.extend(frame(&format!(
+        "DO $$ BEGIN DELETE FROM {} WHERE id = 8; END $$",
+        s.table
+    )));
+    stream.write_all(&both).await.unwrap();
+    let first = s.pending(&dba).await;
+    // While it waits, a reload denies deletes from the table outright.
+    let config = std::fs::read_to_string(&s.proxy.config_path).unwrap();
+    let denying = format!(
+        "{config}\n[[policy.rules]]\nid = \"no-deletes\"\npriority = 50\nstatements = [\"delete\"]\ntables = [\"{}\"]\naction = \"deny\"\n",
+        s.table
+    );
+    std::fs::write(&s.proxy.config_path, denying).unwrap();
+    s.proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&s.proxy.config_path)
+        .await
+        .unwrap();
+    let (status, answer) = s
+        .api(
+            "POST",
+            &format!("/approvals/{}/approve", first["id"].as_str().unwrap()),
+            &dba,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // The DELETE is now refused by the new rule...
+    let refused = loop {
+        let (tag, body) = read_message(&mut stream).await;
+        match tag {
+            b'E' => break error_fields(&body),
+            b'Z' => panic!("the DELETE ran"),
+            _ => {}
+        }
+    };
+    assert_eq!(refused.get(&b'C').map(String::as_str), Some("42501"));
+    // ...and the DO block waits for an approval of its own.
+    let second = loop {
+        let request = s.pending(&dba).await;
+        if request["id"] != first["id"] {
+            break request;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(second["rule"], "guardrail.code-and-privileges");
+    let direct = common::direct("app").await;
+    assert_eq!(
+        s.count(&direct).await,
+        20,
+        "a statement ran without approval"
+    );
+}

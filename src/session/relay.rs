@@ -492,10 +492,9 @@ async fn resume_after_hold(
         return Ok(None);
     };
     flow.resolve_hold(hold, status, because).await;
-    let ending = flow.client_frames(&mut client.inbuf, &mut server.out).await;
-    // The answer belonged to that one frame.
-    flow.hold_answer = None;
-    let ending = ending?;
+    let ending = flow
+        .client_frames(&mut client.inbuf, &mut server.out)
+        .await?;
     take_hold(flow, held, &mut client.out, cancel_requests);
     client.try_push().map_err(SessionError::ClientIo)?;
     server.try_push().map_err(SessionError::UpstreamIo)?;

@@ -223,6 +223,9 @@ impl Flow<'_> {
             } else {
                 self.client_frame(header, body, &mut ending).await?
             };
+            // An approval answers the held frame, which comes first after a hold: whatever
+            // that frame was decided this time, no frame behind it may use the answer.
+            self.hold_answer = None;
             match verdict {
                 Verdict::Forward => {
                     if let Some(portal) = self.describe_first.take() {
