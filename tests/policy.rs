@@ -363,10 +363,27 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         "SELECT set_config('statement_timeout', '0', false)",
         "SET standard_conforming_strings = off",
         "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        // pg_settings turns an UPDATE into set_config; any qualification is set_config.
+        "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
+        "SELECT app.pg_catalog.set_config('statement_timeout', '0', false)",
+        // A transaction's own mode overrides the locked default.
+        "BEGIN READ WRITE",
+        "START TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE",
+        "BEGIN; SET TRANSACTION READ WRITE",
+        "SET transaction_read_only = off",
     ] {
         let err = client.simple_query(attempt).await.unwrap_err();
         refused_by(&err, "policy.locked-setting");
     }
+    // Setting a locked setting to the value it is locked at changes nothing: allowed (JDBC's
+    // setReadOnly(true) sends the first).
+    client
+        .simple_query(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; \
+             BEGIN READ ONLY; COMMIT; SET standard_conforming_strings = on",
+        )
+        .await
+        .unwrap();
     // RESET returns to the policy's value, so it is allowed.
     client
         .simple_query("RESET statement_timeout")

@@ -23,6 +23,18 @@ const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_promote",
+    // adminpack (PostgreSQL 16 and older): writes and removes server files.
+    "pg_file_write",
+    "pg_file_sync",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_logdir_ls",
+    // Replication slots: logical decoding reads every table's changes.
+    "pg_logical_slot_*",
+    "pg_create_*_replication_slot",
+    "pg_copy_*_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_replication_slot_advance",
 ];
 
 /// Functions that run SQL given as text, or read a table, schema, database or cursor named
@@ -36,6 +48,10 @@ const SQL_TEXT_FUNCTIONS: &[&str] = &[
     "cursor_to_xml*",
     "ts_stat",
     "ts_rewrite",
+    // tablefunc, xml2 (trusted extensions a database owner may install).
+    "crosstab*",
+    "connectby",
+    "xpath_table",
 ];
 
 struct Guardrail {
@@ -50,11 +66,17 @@ struct Guardrail {
 const PACK: &[Guardrail] = &[
     Guardrail {
         id: "guardrail.drop",
-        statements: &["drop table", "drop schema", "drop database", "drop materialized view"],
+        statements: &[
+            "drop table",
+            "drop schema",
+            "drop database",
+            "drop materialized view",
+            "drop owned",
+        ],
         functions: &[],
         flags: &[],
         action: Action::Deny,
-        message: "dropping tables, schemas or databases is not allowed through pgwarden",
+        message: "dropping tables, schemas, databases or everything a role owns is not allowed through pgwarden",
     },
     Guardrail {
         id: "guardrail.truncate",
@@ -134,11 +156,33 @@ const PACK: &[Guardrail] = &[
             "create aggregate",
             "grant",
             "revoke",
+            "create role",
+            "alter role",
+            "drop role",
+            "reassign owned",
+            "alter default privileges",
+            "create extension",
         ],
         functions: &[],
         flags: &[],
         action: Action::Approve,
         message: "code and privilege changes need approval",
+    },
+    Guardrail {
+        id: "guardrail.other-servers",
+        statements: &[
+            "create foreign table",
+            "create server",
+            "create foreign data wrapper",
+            "create user mapping",
+            "import foreign schema",
+            "create subscription",
+            "create publication",
+        ],
+        functions: &[],
+        flags: &[],
+        action: Action::Approve,
+        message: "a way to read or write data outside this database (foreign tables and servers, replication) needs approval",
     },
 ];
 

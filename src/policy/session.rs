@@ -62,6 +62,32 @@ impl SessionSettings {
     pub fn is_locked(&self, name: &str) -> bool {
         ALWAYS_LOCKED.contains(&name) || self.locked.iter().any(|l| l == name)
     }
+
+    /// Whether setting `name` to `value` keeps the value it is locked at (`SET
+    /// default_transaction_read_only = on` in a session locked read-only changes nothing).
+    fn keeps(&self, name: &str, value: &SettingValue) -> bool {
+        let SettingValue::Value(value) = value else {
+            return false;
+        };
+        let locked = match self.values.iter().find(|(n, _)| n == name) {
+            Some((_, locked)) => locked.as_str(),
+            None if name == "standard_conforming_strings" => "on",
+            None => return false,
+        };
+        match (as_bool(locked), as_bool(value)) {
+            (Some(a), Some(b)) => a == b,
+            _ => locked.trim().eq_ignore_ascii_case(value.trim()),
+        }
+    }
+}
+
+/// A setting value PostgreSQL reads as a boolean.
+fn as_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" | "t" | "y" => Some(true),
+        "off" | "false" | "no" | "0" | "f" | "n" => Some(false),
+        _ => None,
+    }
 }
 
 impl SessionRule {
@@ -176,17 +202,18 @@ pub fn setting_refusal(
                     "SET SESSION AUTHORIZATION is not allowed through pgwarden".into(),
                 ));
             }
-            // set_config with a name that is not a constant could name anything.
+            // set_config with a name that is not a constant, or a write to pg_settings,
+            // could change anything.
             "*" => {
                 return Some((
                     "policy.locked-setting",
-                    "set_config needs a constant setting name through pgwarden".into(),
+                    "pgwarden cannot tell which setting this changes: use SET, or set_config with a constant setting name".into(),
                 ));
             }
             name if !reset => {
                 if let Some(locked) = settings_changed_by(name)
                     .iter()
-                    .find(|n| settings.is_locked(n))
+                    .find(|n| settings.is_locked(n) && !settings.keeps(n, &change.value))
                 {
                     return Some((
                         "policy.locked-setting",
@@ -206,12 +233,18 @@ fn settings_changed_by(name: &str) -> Vec<&str> {
     match name {
         "sort_mem" => vec!["work_mem"],
         "vacuum_mem" => vec!["maintenance_work_mem"],
-        // SET SESSION CHARACTERISTICS AS TRANSACTION …
-        "session characteristics" | "session_characteristics" => vec![
+        // SET SESSION CHARACTERISTICS AS TRANSACTION … or SET TRANSACTION … whose modes
+        // were not read one by one.
+        "session characteristics" | "session_characteristics" | "transaction" => vec![
             "default_transaction_isolation",
             "default_transaction_read_only",
             "default_transaction_deferrable",
         ],
+        // A transaction's own mode (BEGIN READ WRITE, SET TRANSACTION …, SET
+        // transaction_read_only): it overrides the session's default for that transaction.
+        "transaction_isolation" => vec!["default_transaction_isolation"],
+        "transaction_read_only" => vec!["default_transaction_read_only"],
+        "transaction_deferrable" => vec!["default_transaction_deferrable"],
         name => vec![name],
     }
 }

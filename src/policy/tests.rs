@@ -158,6 +158,71 @@ fn guardrails_by_default() {
             Action::Approve,
             Some("guardrail.code-and-privileges"),
         ),
+        (
+            "DROP OWNED BY CURRENT_USER CASCADE",
+            Action::Deny,
+            Some("guardrail.drop"),
+        ),
+        (
+            "CREATE SCHEMA s GRANT ALL ON TABLE public.payroll TO PUBLIC",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER GROUP app_admin ADD USER bob",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "CREATE ROLE x IN ROLE app_admin",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "REASSIGN OWNED BY app_rw TO bob",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "CREATE EXTENSION tablefunc",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "CREATE FOREIGN TABLE f (a text) SERVER files OPTIONS (program 'id')",
+            Action::Approve,
+            Some("guardrail.other-servers"),
+        ),
+        (
+            "IMPORT FOREIGN SCHEMA public FROM SERVER other INTO mine",
+            Action::Approve,
+            Some("guardrail.other-servers"),
+        ),
+        (
+            "SELECT * FROM crosstab('SELECT a, b, c FROM payroll.salaries') AS t(a text, b int)",
+            Action::Deny,
+            Some("guardrail.sql-text-functions"),
+        ),
+        (
+            "SELECT * FROM connectby('payroll.salaries', 'id', 'boss', '1', 0) AS t(id int, boss int, level int)",
+            Action::Deny,
+            Some("guardrail.sql-text-functions"),
+        ),
+        (
+            "SELECT data FROM pg_logical_slot_get_changes('s', NULL, NULL)",
+            Action::Deny,
+            Some("guardrail.dangerous-functions"),
+        ),
+        (
+            "SELECT pg_file_write('/tmp/x', 'y', false)",
+            Action::Deny,
+            Some("guardrail.dangerous-functions"),
+        ),
         // The strictest statement of a message decides it.
         (
             "SELECT 1; DROP TABLE t; DO $$ BEGIN END $$",

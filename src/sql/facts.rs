@@ -158,8 +158,17 @@ pub fn facts_of(stmt: &Tree) -> StatementFacts {
     let mut walk = Walk {
         facts: &mut facts,
         in_cte: false,
+        nested: false,
+        not_run: false,
     };
     walk.visit(stmt, access);
+    // Each kind once, the statement's own first.
+    let mut seen = Vec::with_capacity(facts.kinds.len());
+    facts.kinds.retain(|kind| {
+        let first = !seen.contains(kind);
+        seen.push(*kind);
+        first
+    });
     facts.tables.sort();
     facts.tables.dedup();
     facts.functions.sort();
@@ -172,10 +181,21 @@ pub fn facts_of(stmt: &Tree) -> StatementFacts {
 struct Walk<'f> {
     facts: &'f mut StatementFacts,
     in_cte: bool,
+    /// The top-level statement was entered: statements met from now on are nested.
+    nested: bool,
+    /// Inside a plain EXPLAIN: what it shows is not run.
+    not_run: bool,
 }
 
 impl Walk<'_> {
     fn visit(&mut self, node: &Tree, access: Access) {
+        let nested = std::mem::replace(&mut self.nested, true);
+        // What a statement does inside another counts as a kind of it too, so that a rule
+        // on `delete` sees the DELETE in a CTE, a COPY (…) or a MERGE, and a rule on
+        // `select` sees the query of a COPY, a cursor, a view or CREATE TABLE AS.
+        if !self.not_run {
+            added_kinds(node, nested, &mut self.facts.kinds);
+        }
         match node.name() {
             Some("RangeVar") => {
                 let schema = node
@@ -201,6 +221,11 @@ impl Walk<'_> {
                     self.facts.flags.no_where = true;
                 }
                 if let Some(relation) = node.field("relation") {
+                    // pg_settings has a rule that turns an UPDATE into set_config(name,
+                    // setting, false): a write to it can change any setting.
+                    if relation.field("relname").and_then(Tree::as_str) == Some("pg_settings") {
+                        self.changes_any_setting();
+                    }
                     self.visit(relation, Access::Write);
                 }
                 self.visit_fields(node, Access::Read, &["relation"]);
@@ -224,7 +249,9 @@ impl Walk<'_> {
                     Some(Tree::Seq(items)) => items.get(n),
                     _ => None,
                 };
-                if name == "set_config" || name == "pg_catalog.set_config" {
+                let unqualified = name.rsplit('.').next().unwrap_or(&name);
+                // Whatever the qualification: `app.pg_catalog.set_config` is the same function.
+                if unqualified == "set_config" {
                     self.facts.reads_literals = true;
                     let setting = arg(0)
                         .and_then(constant_string)
@@ -241,7 +268,6 @@ impl Walk<'_> {
                     });
                     self.facts.settings.push(setting);
                 }
-                let unqualified = name.rsplit('.').next().unwrap_or(&name);
                 if matches!(unqualified, "pg_cancel_backend" | "pg_terminate_backend") {
                     self.facts.reads_literals = true;
                     let pid = arg(0)
@@ -303,12 +329,39 @@ impl Walk<'_> {
                         }
                     }
                 };
-                self.facts.changes.push(SettingChange {
-                    name: name.clone(),
-                    value,
-                    local: node.field("is_local").is_some_and(Tree::as_bool),
-                });
-                self.facts.settings.push(name);
+                let local = node.field("is_local").is_some_and(Tree::as_bool);
+                // SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION: one change
+                // per mode, so that locks are checked mode by mode.
+                let per_mode = match name.as_str() {
+                    "transaction" => Some(""),
+                    "session characteristics" => Some("default_"),
+                    _ => None,
+                };
+                let modes = per_mode.map(|prefix| transaction_modes(node.field("args"), prefix));
+                match modes {
+                    Some(modes) if !modes.is_empty() => {
+                        for change in modes {
+                            self.facts.settings.push(change.name.clone());
+                            self.facts.changes.push(change);
+                        }
+                    }
+                    _ => {
+                        self.facts.changes.push(SettingChange {
+                            name: name.clone(),
+                            value,
+                            local,
+                        });
+                        self.facts.settings.push(name);
+                    }
+                }
+                self.visit_fields(node, access, &[]);
+            }
+            // BEGIN / START TRANSACTION with modes: they override the session's defaults.
+            Some("TransactionStmt") => {
+                for change in transaction_modes(node.field("options"), "") {
+                    self.facts.settings.push(change.name.clone());
+                    self.facts.changes.push(change);
+                }
                 self.visit_fields(node, access, &[]);
             }
             Some("DoStmt") | Some("CallStmt") => {
@@ -377,10 +430,59 @@ impl Walk<'_> {
                         self.facts.kinds.push(kind_of(query));
                     }
                 }
+                let not_run = !analyze || self.not_run;
+                let outer = std::mem::replace(&mut self.not_run, not_run);
+                self.visit_fields(node, access, &[]);
+                self.not_run = outer;
+            }
+            Some("MergeWhenClause") => {
+                use pg_query::protobuf::CmdType;
+                let command = node
+                    .field("command_type")
+                    .and_then(Tree::as_int)
+                    .and_then(|t| CmdType::try_from(t as i32).ok());
+                if !self.not_run {
+                    match command {
+                        Some(CmdType::CmdUpdate) => self.facts.kinds.push("update"),
+                        Some(CmdType::CmdInsert) => self.facts.kinds.push("insert"),
+                        Some(CmdType::CmdDelete) => self.facts.kinds.push("delete"),
+                        _ => {}
+                    }
+                }
+                self.visit_fields(node, access, &[]);
+            }
+            // Role membership given or taken away with the role's other options (CREATE
+            // ROLE … IN ROLE / ROLE / ADMIN, ALTER GROUP … ADD / DROP USER): a GRANT.
+            Some(role @ ("CreateRoleStmt" | "AlterRoleStmt")) => {
+                let membership = node.field("options").is_some_and(|options| {
+                    options.children().any(|(_, option)| {
+                        matches!(
+                            option.field("defname").and_then(Tree::as_str),
+                            Some("addroleto" | "rolemembers" | "adminmembers")
+                        )
+                    })
+                });
+                if membership {
+                    let removes = role == "AlterRoleStmt"
+                        && node.field("action").and_then(Tree::as_int) == Some(-1);
+                    self.facts
+                        .kinds
+                        .push(if removes { "revoke" } else { "grant" });
+                }
                 self.visit_fields(node, access, &[]);
             }
             _ => self.visit_fields(node, access, &[]),
         }
+    }
+
+    /// A change of settings that cannot be named (refused as `*`).
+    fn changes_any_setting(&mut self) {
+        self.facts.changes.push(SettingChange {
+            name: "*".to_owned(),
+            value: SettingValue::Unknown,
+            local: false,
+        });
+        self.facts.settings.push("*".to_owned());
     }
 
     fn visit_fields(&mut self, node: &Tree, access: Access, skip: &[&str]) {
@@ -502,6 +604,76 @@ pub(super) fn constant_bool(node: &Tree) -> Option<bool> {
     }
 }
 
+/// Transaction modes (`READ WRITE`, `ISOLATION LEVEL …`, `DEFERRABLE`) as setting changes:
+/// `transaction_read_only` and so on, with `prefix` (`default_` for SESSION
+/// CHARACTERISTICS). Booleans become `on`/`off`.
+fn transaction_modes(options: Option<&Tree>, prefix: &str) -> Vec<SettingChange> {
+    let Some(options) = options else {
+        return Vec::new();
+    };
+    options
+        .children()
+        .filter_map(|(_, option)| {
+            let mode = option.field("defname").and_then(Tree::as_str)?;
+            if !mode.starts_with("transaction_") {
+                return None;
+            }
+            let arg = option.field("arg");
+            // READ ONLY / READ WRITE and DEFERRABLE are integer constants in the tree.
+            let on = arg.and_then(|a| constant_bool(a).or_else(|| constant_int(a).map(|n| n != 0)));
+            let value = match on {
+                Some(on) => SettingValue::Value(if on { "on" } else { "off" }.to_owned()),
+                None => arg
+                    .and_then(constant_string)
+                    .map_or(SettingValue::Unknown, SettingValue::Value),
+            };
+            Some(SettingChange {
+                name: format!("{prefix}{mode}"),
+                value,
+                local: prefix.is_empty(),
+            })
+        })
+        .collect()
+}
+
+/// The kinds a statement adds besides its own: DML nested anywhere (a CTE, `COPY (DELETE
+/// …)`, a rule's action), the query a COPY, cursor, view, CREATE TABLE AS, SELECT INTO or
+/// INSERT … SELECT reads, and the statements of a CREATE SCHEMA. A subquery in an
+/// expression adds nothing: the statement around it is what it serves.
+fn added_kinds(node: &Tree, nested: bool, kinds: &mut Vec<&'static str>) {
+    let Some(name) = node.name() else { return };
+    if nested
+        && matches!(
+            name,
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
+        )
+    {
+        kinds.push(kind_of(node));
+    }
+    let reads = |query: Option<&Tree>| {
+        query.is_some_and(|q| {
+            q.name() == Some("SelectStmt") && !q.field("values_lists").is_some_and(Tree::is_present)
+        })
+    };
+    match name {
+        "CopyStmt" | "DeclareCursorStmt" | "CreateTableAsStmt" | "ViewStmt"
+            if reads(node.field("query")) =>
+        {
+            kinds.push("select");
+        }
+        "InsertStmt" if reads(node.field("select_stmt")) => kinds.push("select"),
+        "SelectStmt" if node.field("into_clause").is_some_and(Tree::is_present) => {
+            kinds.push("select");
+        }
+        "CreateSchemaStmt" => {
+            if let Some(elements) = node.field("schema_elts") {
+                kinds.extend(elements.children().map(|(_, element)| kind_of(element)));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A short, stable name for what a statement node does.
 pub fn kind_of(node: &Tree) -> &'static str {
     use pg_query::protobuf::ObjectType;
@@ -601,6 +773,16 @@ pub fn kind_of(node: &Tree) -> &'static str {
             _ => "create",
         },
         "CreateCastStmt" => "create cast",
+        "DropOwnedStmt" => "drop owned",
+        "ReassignOwnedStmt" => "reassign owned",
+        "AlterDefaultPrivilegesStmt" => "alter default privileges",
+        "CreateForeignTableStmt" => "create foreign table",
+        "CreateForeignServerStmt" | "AlterForeignServerStmt" => "create server",
+        "CreateFdwStmt" | "AlterFdwStmt" => "create foreign data wrapper",
+        "CreateUserMappingStmt" | "AlterUserMappingStmt" => "create user mapping",
+        "ImportForeignSchemaStmt" => "import foreign schema",
+        "CreateSubscriptionStmt" | "AlterSubscriptionStmt" => "create subscription",
+        "CreatePublicationStmt" | "AlterPublicationStmt" => "create publication",
         "DropStmt" => match object_type("remove_type") {
             Some(ObjectType::ObjectTable) => "drop table",
             Some(ObjectType::ObjectView) => "drop view",
@@ -662,7 +844,7 @@ mod tests {
         ("SELECT count(*) FILTER (WHERE x > 0) OVER (PARTITION BY y) FROM t", "select", &["t:read"], &["count"], &[]),
         // Writes.
         ("INSERT INTO t VALUES (1)", "insert", &["t:write"], &[], &[]),
-        ("INSERT INTO s.t (a) SELECT a FROM u ON CONFLICT (a) DO UPDATE SET a = excluded.a", "insert", &["s.t:write", "u:read"], &[], &[]),
+        ("INSERT INTO s.t (a) SELECT a FROM u ON CONFLICT (a) DO UPDATE SET a = excluded.a", "insert;select", &["s.t:write", "u:read"], &[], &[]),
         ("INSERT INTO t VALUES (1) RETURNING *", "insert", &["t:write"], &[], &[]),
         ("UPDATE t SET a = 1 WHERE id = 2", "update", &["t:write"], &[], &[]),
         ("UPDATE t SET a = 1", "update", &["t:write"], &[], &["no_where"]),
@@ -671,24 +853,24 @@ mod tests {
         ("DELETE FROM t", "delete", &["t:write"], &[], &["no_where"]),
         ("DELETE FROM ONLY t USING u WHERE t.id = u.id", "delete", &["t:write", "u:read"], &[], &[]),
         ("DELETE FROM t WHERE CURRENT OF c", "delete", &["t:write"], &[], &[]),
-        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "select", &["d:read", "t:write"], &[], &["no_where", "data_modifying_cte"]),
-        ("WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) INSERT INTO archive SELECT * FROM d", "insert", &["archive:write", "d:read", "t:write"], &[], &["data_modifying_cte"]),
-        ("WITH u AS (UPDATE t SET a = 1 RETURNING id) SELECT count(*) FROM u", "select", &["t:write", "u:read"], &["count"], &["no_where", "data_modifying_cte"]),
-        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.a)", "merge", &["s:read", "t:write"], &[], &[]),
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "select;delete", &["d:read", "t:write"], &[], &["no_where", "data_modifying_cte"]),
+        ("WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) INSERT INTO archive SELECT * FROM d", "insert;select;delete", &["archive:write", "d:read", "t:write"], &[], &["data_modifying_cte"]),
+        ("WITH u AS (UPDATE t SET a = 1 RETURNING id) SELECT count(*) FROM u", "select;update", &["t:write", "u:read"], &["count"], &["no_where", "data_modifying_cte"]),
+        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.a)", "merge;update;insert", &["s:read", "t:write"], &[], &[]),
         ("TRUNCATE t, u", "truncate", &["t:write", "u:write"], &[], &[]),
-        ("SELECT * INTO new_t FROM t", "create table", &["new_t:ddl", "t:read"], &[], &[]),
+        ("SELECT * INTO new_t FROM t", "create table;select", &["new_t:ddl", "t:read"], &[], &[]),
         // COPY.
         ("COPY t FROM STDIN", "copy", &["t:write"], &[], &[]),
         ("COPY t TO STDOUT", "copy", &["t:read"], &[], &[]),
-        ("COPY (SELECT * FROM t) TO STDOUT WITH CSV", "copy", &["t:read"], &[], &[]),
+        ("COPY (SELECT * FROM t) TO STDOUT WITH CSV", "copy;select", &["t:read"], &[], &[]),
         ("COPY t FROM PROGRAM 'curl evil'", "copy", &["t:write"], &[], &["copy_program"]),
         ("COPY t TO '/tmp/out.csv'", "copy", &["t:read"], &[], &["copy_file"]),
         ("COPY t FROM '/etc/passwd'", "copy", &["t:write"], &[], &["copy_file"]),
         // DDL.
         ("CREATE TABLE t (id int PRIMARY KEY REFERENCES u (id))", "create table", &["t:ddl", "u:ddl"], &[], &[]),
-        ("CREATE TABLE t AS SELECT * FROM u", "create table", &["t:ddl", "u:read"], &[], &[]),
-        ("CREATE MATERIALIZED VIEW mv AS SELECT * FROM u", "create materialized view", &["mv:ddl", "u:read"], &[], &[]),
-        ("CREATE VIEW v AS SELECT a FROM t", "create view", &["t:read", "v:ddl"], &[], &[]),
+        ("CREATE TABLE t AS SELECT * FROM u", "create table;select", &["t:ddl", "u:read"], &[], &[]),
+        ("CREATE MATERIALIZED VIEW mv AS SELECT * FROM u", "create materialized view;select", &["mv:ddl", "u:read"], &[], &[]),
+        ("CREATE VIEW v AS SELECT a FROM t", "create view;select", &["t:read", "v:ddl"], &[], &[]),
         ("CREATE INDEX CONCURRENTLY i ON t (a)", "create index", &["t:ddl"], &[], &[]),
         ("ALTER TABLE t ADD COLUMN b int", "alter table", &["t:ddl"], &[], &[]),
         ("ALTER INDEX i RENAME TO j", "rename", &["i:ddl"], &[], &[]),
@@ -704,7 +886,7 @@ mod tests {
         ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "create function", &[], &[], &[]),
         ("CREATE PROCEDURE p() LANGUAGE sql AS $$ DELETE FROM t $$", "create procedure", &[], &[], &[]),
         ("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", "create trigger", &["t:ddl"], &[], &[]),
-        ("CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u", "create rule", &["t:ddl", "u:write"], &[], &["no_where"]),
+        ("CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u", "create rule;delete", &["t:ddl", "u:write"], &[], &["no_where"]),
         ("CREATE EXTENSION dblink", "create extension", &[], &[], &[]),
         ("CREATE ROLE r LOGIN", "create role", &[], &[], &[]),
         ("ALTER ROLE r SUPERUSER", "alter role", &[], &[], &[]),
@@ -739,7 +921,7 @@ mod tests {
         ("REINDEX TABLE t", "reindex", &["t:ddl"], &[], &[]),
         ("CLUSTER t USING i", "cluster", &["t:ddl"], &[], &[]),
         ("CHECKPOINT", "checkpoint", &[], &[], &[]),
-        ("DECLARE c CURSOR FOR SELECT * FROM t", "declare", &["t:read"], &[], &[]),
+        ("DECLARE c CURSOR FOR SELECT * FROM t", "declare;select", &["t:read"], &[], &[]),
         ("FETCH 10 FROM c", "fetch", &[], &[], &[]),
         ("CLOSE c", "close", &[], &[], &[]),
         // Code whose statements are not visible.
@@ -759,6 +941,34 @@ mod tests {
         ("SELECT 'DROP TABLE t; --'", "select", &[], &[], &[]),
         ("SELECT $$; DELETE FROM t; $$", "select", &[], &[], &[]),
         ("SELECT E'\\'; DELETE FROM t; --'", "select", &[], &[], &[]),
+        // What other statements do inside them.
+        ("DROP OWNED BY CURRENT_USER CASCADE", "drop owned", &[], &[], &[]),
+        (
+            "CREATE SCHEMA s GRANT ALL ON TABLE public.payroll TO PUBLIC",
+            "create schema;grant",
+            &["public.payroll:ddl"],
+            &[],
+            &[],
+        ),
+        ("ALTER GROUP admins ADD USER bob", "alter role;grant", &[], &[], &[]),
+        ("ALTER GROUP admins DROP USER bob", "alter role;revoke", &[], &[], &[]),
+        ("CREATE ROLE x IN ROLE admins", "create role;grant", &[], &[], &[]),
+        (
+            "COPY (DELETE FROM t WHERE id = 1 RETURNING id) TO STDOUT",
+            "copy;delete",
+            &["t:write"],
+            &[],
+            &[],
+        ),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "merge;delete",
+            &["s:read", "t:write"],
+            &[],
+            &[],
+        ),
+        // A plain EXPLAIN runs nothing.
+        ("EXPLAIN DELETE FROM t WHERE id = 1", "explain", &["t:write"], &[], &[]),
     ];
 
     #[test]
@@ -804,6 +1014,22 @@ mod tests {
             ["search_path"]
         );
         assert_eq!(settings("SELECT set_config($1, 'x', false)"), ["*"]);
+        assert_eq!(
+            settings("SELECT app.pg_catalog.set_config('statement_timeout', '0', false)"),
+            ["statement_timeout"]
+        );
+        assert_eq!(
+            settings("UPDATE pg_catalog.pg_settings SET setting = 'off' WHERE name = 'x'"),
+            ["*"]
+        );
+        assert_eq!(
+            settings("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE"),
+            ["transaction_isolation", "transaction_read_only"]
+        );
+        assert_eq!(
+            settings("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            ["default_transaction_read_only"]
+        );
         let changes = |sql: &str| {
             analyzer.analyze(sql.as_bytes()).unwrap().statements[0]
                 .changes
