@@ -554,6 +554,13 @@ impl Masking {
             return false;
         };
         let mut changed = false;
+        // A notice, or a PL/pgSQL error (RAISE EXCEPTION is P0001), raised while the
+        // statement reads masked data says whatever the code put in it, quoted or not.
+        let raised = self.touches
+            && (tag == b'N'
+                || fields
+                    .iter()
+                    .any(|(code, value)| *code == b'C' && value.starts_with(b"P0")));
         // Fields nothing changes keep their bytes (a session's own client_encoding).
         let mut rewritten: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = Vec::with_capacity(fields.len());
         for (code, value) in fields {
@@ -562,9 +569,10 @@ impl Masking {
                 continue;
             }
             let text = String::from_utf8_lossy(value);
-            let mut new = if self.opaque && code != b'p' {
+            let mut new = if (self.opaque || raised) && code != b'p' {
                 match code {
-                    b'M' => "(message withheld by pgwarden: the statement runs code that can read masked data)".into(),
+                    b'M' if self.opaque => "(message withheld by pgwarden: the statement runs code that can read masked data)".into(),
+                    b'M' => "(message withheld by pgwarden: raised by code while the statement reads masked data)".into(),
                     _ => String::new(),
                 }
             } else if self.touches {
@@ -771,7 +779,9 @@ pub fn scrub_quoted(text: &str) -> String {
             (Some(q), k) if k.is_none_or(|k| q < k) => {
                 out.push_str(&rest[..=q]);
                 let after = &rest[q + 1..];
-                match after.find('"') {
+                // PostgreSQL does not escape a `"` inside the value it quotes: everything to
+                // the last quote may be the value.
+                match after.rfind('"') {
                     Some(end) => {
                         out.push_str(strategy::REDACTED);
                         out.push('"');

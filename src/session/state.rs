@@ -174,6 +174,9 @@ impl SessionState {
     }
 
     pub fn on_bind(&mut self, bind: &Bind<'_>, parameters: Option<Vec<Option<String>>>) {
+        // Portals and SQL cursors share one namespace: a portal of this name is not the
+        // cursor an earlier DECLARE made (FETCH from it returns this statement's rows).
+        self.forget_cursor(bind.portal);
         if let Some(portal) = self.portals.get_mut(bind.portal) {
             if portal.statement != bind.statement {
                 portal.statement = Bytes::copy_from_slice(bind.statement);
@@ -195,12 +198,27 @@ impl SessionState {
 
     pub fn on_close(&mut self, target: Target, name: &[u8]) {
         match target {
-            Target::Statement => self.statements.remove(name),
+            Target::Statement => {
+                self.statements.remove(name);
+                // A SQL PREPARE of that name is the same server object, closed too.
+                if let Ok(name) = std::str::from_utf8(name) {
+                    self.sql_prepared.remove(name);
+                }
+            }
             Target::Portal => {
                 self.portals.remove(name);
-                None
+                self.forget_cursor(name);
             }
-        };
+        }
+    }
+
+    fn forget_cursor(&mut self, portal: &[u8]) {
+        if self.cursors.is_empty() {
+            return;
+        }
+        if let Ok(name) = std::str::from_utf8(portal) {
+            self.cursors.remove(name);
+        }
     }
 
     /// Sync, Query and FunctionCall each get exactly one ReadyForQuery.

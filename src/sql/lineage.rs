@@ -40,6 +40,10 @@ pub struct Lineage {
     pub filtered: Vec<String>,
     /// For `COPY … TO`: the shape of its output.
     pub copy: Option<CopyShape>,
+    /// Names fed to functions in FROM (`jsonb_each_text(to_jsonb(c))`, `unnest(…)`,
+    /// XMLTABLE): their output columns have names the tree cannot know (`value`, `key`),
+    /// so when any of these is sensitive, every output and every write is.
+    pub opaque: Vec<String>,
 }
 
 /// The output of a `COPY … TO`.
@@ -136,17 +140,18 @@ impl Lineage {
             }
         }
         let any = |names: &[String]| names.iter().any(|n| is_tainted(&tainted, n));
+        let opaque = any(&self.opaque);
         Taint {
             outputs: self
                 .outputs
                 .iter()
                 .map(|o| match o {
                     Output::Star => true,
-                    Output::Expr(names) => any(names),
+                    Output::Expr(names) => opaque || any(names),
                 })
                 .collect(),
             star: self.outputs.contains(&Output::Star),
-            written: any(&self.written),
+            written: any(&self.written) || (opaque && !self.written.is_empty()),
             filtered: self
                 .filtered
                 .iter()
@@ -258,7 +263,14 @@ impl Lineage {
                     alias_name(node),
                     node.field("relname").and_then(Tree::as_str),
                 ) {
-                    self.aliases.push((alias, relation.to_lowercase()));
+                    let relation = relation.to_lowercase();
+                    // `FROM customers AS c(i, n, e)`: the columns under new names; which
+                    // is which needs the catalog, so each counts as the whole table.
+                    let columns = node.field("alias").and_then(|a| a.field("colnames"));
+                    for column in names(columns) {
+                        self.derived.push((column, vec![relation.clone()]));
+                    }
+                    self.aliases.push((alias, relation));
                 }
             }
             Some("CommonTableExpr") => {
@@ -280,17 +292,20 @@ impl Lineage {
             }
             Some("RangeFunction") => {
                 let alias = node.field("alias");
+                let from = references(node);
                 if let Some(name) = alias
                     .and_then(|a| a.field("aliasname"))
                     .and_then(Tree::as_str)
                 {
-                    let from = references(node);
                     self.derived.push((name.to_lowercase(), from.clone()));
                     for column in names(alias.and_then(|a| a.field("colnames"))) {
                         self.derived.push((column, from.clone()));
                     }
                 }
+                self.opaque.extend(from);
             }
+            // XMLTABLE / JSON_TABLE: columns computed from the document passed in.
+            Some("RangeTableFunc" | "JsonTable") => self.opaque.extend(references(node)),
             _ => {}
         }
         for (_, child) in node.children() {
@@ -378,8 +393,16 @@ fn copy_shape(stmt: &Tree) -> CopyShape {
 /// only name one of its columns (or, when no column has that name, the whole row — which
 /// then matches no column and stays computed).
 fn bare_columns_of_one_table(query: &Tree) -> Vec<Option<String>> {
+    // One table, under its own column names (`AS c(a, b)` renames them).
     let one_relation = match query.field("from_clause") {
-        Some(Tree::Seq(items)) => items.len() == 1 && items[0].name() == Some("RangeVar"),
+        Some(Tree::Seq(items)) => {
+            items.len() == 1
+                && items[0].name() == Some("RangeVar")
+                && !items[0]
+                    .field("alias")
+                    .and_then(|a| a.field("colnames"))
+                    .is_some_and(Tree::is_present)
+        }
         _ => false,
     };
     let values = matches!(query.field("values_lists"), Some(Tree::Seq(rows)) if !rows.is_empty());
@@ -397,14 +420,10 @@ fn bare_columns_of_one_table(query: &Tree) -> Vec<Option<String>> {
     };
     // A `*` or `(row).*` expands to a number of columns the tree does not know: positions
     // would not line up with the output's.
-    let expands = |value: &Tree| {
-        is_star(value)
-            || (value.name() == Some("AIndirection")
-                && value
-                    .field("indirection")
-                    .is_some_and(|i| i.children().any(|(_, part)| part.name() == Some("AStar"))))
-    };
-    if targets.iter().any(|t| t.field("val").is_none_or(expands)) {
+    if targets
+        .iter()
+        .any(|t| t.field("val").is_none_or(|v| is_star(v) || expands(v)))
+    {
         return Vec::new();
     }
     targets
@@ -492,7 +511,7 @@ fn targets(list: Option<&Tree>) -> Vec<(Option<String>, Output)> {
         .iter()
         .map(|target| {
             let value = target.field("val").unwrap_or(&Tree::Null);
-            if is_star(value) {
+            if is_star(value) || expands(value) {
                 return (None, Output::Star);
             }
             let name = target
@@ -506,6 +525,15 @@ fn targets(list: Option<&Tree>) -> Vec<(Option<String>, Output)> {
         .collect()
 }
 
+/// `(row).*` (an indirection ending in `*`): as many columns as the row has, which may be
+/// none or several.
+fn expands(value: &Tree) -> bool {
+    value.name() == Some("AIndirection")
+        && value
+            .field("indirection")
+            .is_some_and(|i| i.children().any(|(_, part)| part.name() == Some("AStar")))
+}
+
 /// `*` or `alias.*`.
 fn is_star(value: &Tree) -> bool {
     value.name() == Some("ColumnRef")
@@ -517,11 +545,44 @@ fn is_star(value: &Tree) -> bool {
 /// The name PostgreSQL gives an unaliased output column (a simplified FigureColname): the
 /// column's or the function's name; `?column?` for anything else.
 fn implicit_name(value: &Tree) -> Option<String> {
+    use pg_query::protobuf::{AExprKind, MinMaxOp, SubLinkType};
+    let name = |n: &str| Some(n.to_owned());
+    let is = |field: &str, wanted: i32| {
+        value.field(field).and_then(Tree::as_int) == Some(i64::from(wanted))
+    };
     match value.name()? {
         "ColumnRef" => last_name(value.field("fields")),
         "FuncCall" => last_name(value.field("funcname")),
-        "TypeCast" => value.field("arg").and_then(implicit_name),
-        _ => Some("?column?".to_owned()),
+        "TypeCast" | "CollateClause" => value.field("arg").and_then(implicit_name),
+        // `(x).field`, `x[1]`: the field's name, else what is indexed.
+        "AIndirection" => match value.field("indirection").and_then(|i| match i {
+            Tree::Seq(parts) => parts.last(),
+            _ => None,
+        }) {
+            Some(last) if last.name() == Some("String") => {
+                last.field("sval").and_then(Tree::as_str).map(str::to_owned)
+            }
+            _ => value.field("arg").and_then(implicit_name),
+        },
+        "CoalesceExpr" => name("coalesce"),
+        "CaseExpr" => name("case"),
+        "MinMaxExpr" if is("op", MinMaxOp::IsLeast as i32) => name("least"),
+        "MinMaxExpr" => name("greatest"),
+        "AExpr" if is("kind", AExprKind::AexprNullif as i32) => name("nullif"),
+        "RowExpr" => name("row"),
+        "AArrayExpr" => name("array"),
+        "GroupingFunc" => name("grouping"),
+        "XmlExpr" | "XmlSerialize" => name("xmlelement"),
+        // `(SELECT lower(x))` is named after its own first output; EXISTS and ARRAY(…)
+        // after themselves.
+        "SubLink" if is("sub_link_type", SubLinkType::ExistsSublink as i32) => name("exists"),
+        "SubLink" if is("sub_link_type", SubLinkType::ArraySublink as i32) => name("array"),
+        "SubLink" => value
+            .field("subselect")
+            .and_then(|q| q.field("target_list"))
+            .and_then(|list| targets(Some(list)).into_iter().next())
+            .and_then(|(name, _)| name),
+        _ => name("?column?"),
     }
     .map(|n| n.to_lowercase())
 }
@@ -535,6 +596,17 @@ fn references(node: &Tree) -> Vec<String> {
 }
 
 fn collect_references(node: &Tree, found: &mut Vec<String>) {
+    // `SELECT *` (or `TABLE t`): every column of what it reads, so the relations themselves.
+    if node.name() == Some("SelectStmt")
+        && node.field("target_list").is_some_and(|list| {
+            list.children()
+                .any(|(_, t)| t.field("val").is_some_and(|v| is_star(v) || expands(v)))
+        })
+    {
+        if let Some(from) = node.field("from_clause") {
+            collect_relations(from, found);
+        }
+    }
     if node.name() == Some("ColumnRef") {
         let mut parts = names(node.field("fields"));
         if is_star(node) || parts.len() == 1 {
@@ -549,6 +621,29 @@ fn collect_references(node: &Tree, found: &mut Vec<String>) {
     }
     for (_, child) in node.children() {
         collect_references(child, found);
+    }
+}
+
+/// The names of the relations a FROM clause reads, and their aliases.
+fn collect_relations(node: &Tree, found: &mut Vec<String>) {
+    match node.name() {
+        Some("RangeVar") => {
+            found.extend(
+                node.field("relname")
+                    .and_then(Tree::as_str)
+                    .map(str::to_lowercase),
+            );
+            found.extend(alias_name(node));
+        }
+        Some("RangeSubselect" | "RangeFunction" | "RangeTableFunc") => {
+            found.extend(alias_name(node));
+            collect_references(node, found);
+        }
+        _ => {
+            for (_, child) in node.children() {
+                collect_relations(child, found);
+            }
+        }
     }
 }
 

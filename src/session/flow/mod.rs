@@ -338,10 +338,15 @@ impl Flow<'_> {
                 self.declare(parse.sql, None);
                 let existing = self.state.statements.get(parse.statement);
                 let unchanged = existing.is_some_and(|s| s.sql == parse.sql);
+                // A SQL PREPARE made the name too (one namespace on the server).
+                let sql_prepared = !parse.statement.is_empty()
+                    && std::str::from_utf8(parse.statement)
+                        .is_ok_and(|name| self.state.sql_prepared.contains_key(name));
                 // PostgreSQL refuses to redefine a named statement and keeps the first one;
                 // so does pgwarden, before anything else, so that what it judges and masks
                 // for the name stays what the server runs.
-                if existing.is_some() && !unchanged && !parse.statement.is_empty() {
+                if (existing.is_some() && !unchanged && !parse.statement.is_empty()) || sql_prepared
+                {
                     let name = String::from_utf8_lossy(parse.statement);
                     return Ok(Verdict::Refuse(
                         Expect::Parse,
