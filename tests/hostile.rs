@@ -1209,7 +1209,8 @@ async fn upstream_that_answers_more(stray: Vec<u8>) -> (String, tokio::task::Joi
         login.extend(frame(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
         login.extend(frame(b'Z', b"I"));
         conn.write_all(&login).await.unwrap();
-        loop {
+        // pgwarden's own SHOW search_path at login, answered properly; then the client's.
+        for query in 0.. {
             let (tag, _) = read_message_untimed(&mut conn).await;
             if tag != b'Q' {
                 return;
@@ -1229,7 +1230,9 @@ async fn upstream_that_answers_more(stray: Vec<u8>) -> (String, tokio::task::Joi
             ));
             answer.extend(frame(b'C', b"SELECT 1\0"));
             answer.extend(frame(b'Z', b"I"));
-            answer.extend(&stray);
+            if query > 0 {
+                answer.extend(&stray);
+            }
             if conn.write_all(&answer).await.is_err() {
                 return;
             }

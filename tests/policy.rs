@@ -457,6 +457,19 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         show(ok.simple_query("SHOW work_mem").await.unwrap()),
         "16MB"
     );
+    // The server's other switches set settings under names pgwarden does not check (-S is
+    // work_mem): refused.
+    let Err(err) = proxy
+        .try_connect(&proxy.conninfo(
+            "alice",
+            ALICE_PASSWORD,
+            "sslmode=disable options='-S 1000000'",
+        ))
+        .await
+    else {
+        panic!("a login with -S in options succeeded")
+    };
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
 
     // The startup packet can set `role` too, which PostgreSQL applies before the first
     // statement: judged as SET ROLE is. app_rw is a member of app_power, which [[access]]
@@ -526,6 +539,49 @@ async fn execute_is_judged_by_the_prepared_body() {
     client.simple_query("DEALLOCATE count_rows").await.unwrap();
     let err = client.simple_query("EXECUTE count_rows").await.unwrap_err();
     refused_by(&err, "policy.unknown-prepared-statement");
+
+    // A protocol-level statement that is itself `EXECUTE name`: SQL EXECUTE of it runs the
+    // inner body, and is judged by it under the rules of the moment.
+    let proxy = Proxy::default().await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    use common::wire::{alice_login, error_fields, read_message};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    alice_login(&mut stream).await;
+    let mut exchange = async |out: bytes::BytesMut, answers: usize| {
+        stream.write_all(&out).await.unwrap();
+        let mut errors = Vec::new();
+        let mut ready = 0;
+        while ready < answers {
+            let (tag, body) = read_message(&mut stream).await;
+            match tag {
+                b'E' => errors.push(error_fields(&body)[&b'C'].clone()),
+                b'Z' => ready += 1,
+                _ => {}
+            }
+        }
+        errors
+    };
+    let mut out = bytes::BytesMut::new();
+    frontend::query(
+        "PREPARE inner_count AS SELECT count(*) FROM prepared_guarded",
+        &mut out,
+    )
+    .unwrap();
+    frontend::parse(
+        "outer_count",
+        "EXECUTE inner_count",
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    frontend::sync(&mut out);
+    assert_eq!(exchange(out, 2).await, Vec::<String>::new());
+    reload_denying(&proxy, &text, "no-counting-now", "prepared_guarded").await;
+    let mut out = bytes::BytesMut::new();
+    frontend::query("EXECUTE outer_count", &mut out).unwrap();
+    assert_eq!(exchange(out, 1).await, ["42501"], "EXECUTE outer_count ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,6 +702,44 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
         .await
         .unwrap_err();
     refused_by(&err, "hidden-schema");
+
+    // None of these changes the session's path (a SET LOCAL outside a transaction, a
+    // set_config no row calls or for the transaction only, a SET an error stops, an ALTER
+    // ROLE … SET, which is for later sessions): hidden stays possible.
+    client
+        .simple_query("SET search_path = hidden, public")
+        .await
+        .unwrap();
+    for attempt in [
+        "SET LOCAL search_path = public",
+        "SELECT set_config('search_path', 'public', true)",
+        "SELECT set_config('search_path', 'public', false) WHERE false",
+        "SELECT 1/0; SET search_path = public",
+        "ALTER ROLE nobody_has_this_name SET search_path = public",
+    ] {
+        let _ = client.simple_query(attempt).await;
+        let err = client
+            .simple_query("SELECT * FROM secrets")
+            .await
+            .unwrap_err();
+        refused_by(&err, "hidden-schema");
+    }
+
+    // A role's own default search_path (set outside pgwarden) is what its sessions start
+    // with: pgwarden asks the server at login.
+    admin
+        .batch_execute(
+            "RESET ROLE; ALTER ROLE app_ro IN DATABASE app SET search_path = hidden, public",
+        )
+        .await
+        .unwrap();
+    let bob = proxy.connect("bob", common::BOB_PASSWORD).await;
+    let refused = bob.simple_query("SELECT * FROM secrets").await;
+    admin
+        .batch_execute("ALTER ROLE app_ro IN DATABASE app RESET search_path")
+        .await
+        .unwrap();
+    refused_by(&refused.unwrap_err(), "hidden-schema");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

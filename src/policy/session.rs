@@ -249,27 +249,42 @@ fn settings_changed_by(name: &str) -> Vec<&str> {
     }
 }
 
-/// The first locked setting the client's startup packet tries to set, either as a startup
-/// parameter of its own or in `options` (`-c name=value`, `--name=value`).
+/// The first locked setting the client's startup packet tries to set to another value,
+/// either as a startup parameter of its own or in `options` (`-c name=value`,
+/// `--name=value`), old aliases included (`sort_mem` is `work_mem`).
 pub fn locked_in_startup(
     parameters: &[(String, Vec<u8>)],
     settings: &SessionSettings,
 ) -> Option<String> {
-    for (name, value) in parameters {
-        let name = name.to_lowercase();
-        if name == "options" {
-            let text = String::from_utf8_lossy(value);
-            if let Some(locked) = option_settings(&text)
+    startup_assignments(parameters)
+        .into_iter()
+        .find_map(|(name, value)| {
+            let value = SettingValue::Value(value);
+            settings_changed_by(&name)
                 .into_iter()
-                .find(|n| settings.is_locked(n))
-            {
-                return Some(locked);
+                .find(|n| settings.is_locked(n) && !settings.keeps(n, &value))
+                .map(str::to_owned)
+        })
+}
+
+/// A word in the startup `options` other than `-c name=value` / `--name=value`: the
+/// server's other command-line switches set settings too (`-S` is work_mem, `-e` DateStyle,
+/// `-f` the planner's methods), under no name pgwarden checks, so they are refused.
+pub fn unsupported_option(parameters: &[(String, Vec<u8>)]) -> Option<String> {
+    parameters
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("options"))
+        .find_map(|(_, value)| {
+            let mut words = option_words(&String::from_utf8_lossy(value)).into_iter();
+            while let Some(word) = words.next() {
+                if word == "-c" {
+                    words.next();
+                } else if !(word.starts_with("-c") || word.starts_with("--")) {
+                    return Some(word);
+                }
             }
-        } else if settings.is_locked(&name) {
-            return Some(name);
-        }
-    }
-    None
+            None
+        })
 }
 
 /// Every setting a startup packet assigns, as `(name, value)` with lower-case names: its
@@ -309,35 +324,10 @@ pub fn role_change_in_startup(
         })
 }
 
-/// Setting names in a libpq `options` string, lower case, dashes as underscores.
-fn option_settings(options: &str) -> Vec<String> {
-    option_assignments(options)
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
-}
-
 /// `(name, value)` of each `-c name=value` / `--name=value` in a libpq `options` string; names
 /// lower case with dashes as underscores.
 pub fn option_assignments(options: &str) -> Vec<(String, String)> {
-    // Words are separated by unescaped whitespace; `\` escapes the next character.
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => word.extend(chars.next()),
-            c if c.is_whitespace() => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
+    let words = option_words(options);
     let mut assignments = Vec::new();
     let mut iter = words.into_iter().peekable();
     while let Some(word) = iter.next() {
@@ -359,6 +349,29 @@ pub fn option_assignments(options: &str) -> Vec<(String, String)> {
     assignments
 }
 
+/// The words of a libpq `options` string: separated by unescaped whitespace; `\` escapes
+/// the next character.
+fn option_words(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
 /// The value a startup packet gives setting `name`: as a parameter of its own, or in
 /// `options`.
 pub fn startup_setting(parameters: &[(String, Vec<u8>)], name: &str) -> Option<String> {
@@ -376,34 +389,6 @@ pub fn startup_setting(parameters: &[(String, Vec<u8>)], name: &str) -> Option<S
         }
     }
     None
-}
-
-/// The search_path a session starts with: from the client's startup packet, else the
-/// policy's session settings, else PostgreSQL's default (`"$user", public`). `*` (any schema)
-/// when it is set in `options`, which pgwarden does not parse for values.
-pub fn initial_search_path(
-    parameters: &[(String, Vec<u8>)],
-    settings: &SessionSettings,
-) -> Option<String> {
-    for (name, value) in parameters {
-        if name.eq_ignore_ascii_case("search_path") {
-            return Some(String::from_utf8_lossy(value).into_owned());
-        }
-        if name.eq_ignore_ascii_case("options")
-            && option_settings(&String::from_utf8_lossy(value))
-                .iter()
-                .any(|n| n == "search_path")
-        {
-            return None;
-        }
-    }
-    Some(
-        settings
-            .values
-            .iter()
-            .find(|(n, _)| n == "search_path")
-            .map_or_else(|| "\"$user\", public".to_owned(), |(_, v)| v.clone()),
-    )
 }
 
 /// The startup parameters to send upstream: the client's, plus the policy's values for
@@ -461,6 +446,32 @@ mod tests {
             &SessionSettings::default()
         )
         .is_some());
+        // The locked value itself changes nothing.
+        assert_eq!(
+            locked_in_startup(&[param("options", "-c statement_timeout=30s")], &settings),
+            None
+        );
+        // Old aliases are the setting.
+        let work_mem = SessionSettings {
+            values: vec![("work_mem".into(), "4MB".into())],
+            locked: vec!["work_mem".into()],
+        };
+        assert_eq!(
+            locked_in_startup(&[param("options", "-c sort_mem=1000000")], &work_mem).as_deref(),
+            Some("work_mem")
+        );
+        // The server's other switches set settings under no name: refused whatever is locked.
+        for (options, switch) in [("-S 1000000", Some("-S")), ("-c work_mem=1 -e", Some("-e"))] {
+            assert_eq!(
+                unsupported_option(&[param("options", options)]).as_deref(),
+                switch,
+                "{options}"
+            );
+        }
+        assert_eq!(
+            unsupported_option(&[param("options", "-c a=1 --b=2 -cc=3 -c\\ d=4")]),
+            None
+        );
         let sent = startup_parameters(&[param("application_name", "x")], &settings);
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[1], param("statement_timeout", "30s"));

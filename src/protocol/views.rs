@@ -162,6 +162,22 @@ pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     }
 }
 
+/// DataRow ('D' from the server) of exactly one column: its value, `None` for NULL.
+pub fn data_row_single(body: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
+    const WHAT: &str = "DataRow message";
+    match split_i16(body) {
+        Some((1, rest)) => {
+            let (len, value) = split_i32(rest).ok_or(malformed(WHAT, "too short"))?;
+            match usize::try_from(len) {
+                Err(_) if len == -1 && value.is_empty() => Ok(None),
+                Ok(len) if len == value.len() => Ok(Some(value)),
+                _ => Err(malformed(WHAT, "bad value length")),
+            }
+        }
+        _ => Err(malformed(WHAT, "not one column")),
+    }
+}
+
 /// The fields of an ErrorResponse or NoticeResponse, by field type byte.
 pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &[u8])>, ProtocolError> {
     const WHAT: &str = "ErrorResponse message";

@@ -470,6 +470,15 @@ async fn establish(
         has_intent: false,
         own_backends: &[],
     });
+    if let Some(switch) = session::unsupported_option(&startup.parameters) {
+        return Err(SessionError::Refused(
+            ClientError::fatal(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("pgwarden does not accept the switch \"{switch}\" in options"),
+            )
+            .with_hint("options may hold -c name=value and --name=value only"),
+        ));
+    }
     if let Some(name) = session::locked_in_startup(&startup.parameters, &settings) {
         return Err(SessionError::Refused(
             ClientError::fatal(
@@ -489,10 +498,6 @@ async fn establish(
         ));
     }
     let parameters = session::startup_parameters(&startup.parameters, &settings);
-    let search_path = match session::initial_search_path(&startup.parameters, &settings) {
-        Some(text) => state::parse_search_path(&text, &grant.role),
-        None => vec!["*".to_owned()],
-    };
 
     let password = match config.upstream.roles.get(&grant.role) {
         Some(password) => password.as_ref(),
@@ -503,20 +508,30 @@ async fn establish(
     };
     let masking =
         session_masking(ctx, snapshot, &identity, &grant, password, upstream_limits).await?;
-    let upstream = match upstream::login(
-        &snapshot.upstream,
-        &grant,
-        password,
-        &parameters,
-        upstream_limits,
-    )
-    .await
-    {
-        Ok(upstream) => upstream,
+    let login = async {
+        let mut upstream = upstream::login(
+            &snapshot.upstream,
+            &grant,
+            password,
+            &parameters,
+            upstream_limits,
+        )
+        .await?;
+        // The search_path the session starts with, as the server has it: a role's or the
+        // database's default (ALTER ROLE … SET) counts as much as the startup packet.
+        let search_path = upstream.show("search_path").await?;
+        Ok::<_, UpstreamError>((upstream, search_path))
+    };
+    let (upstream, search_path) = match login.await {
+        Ok(logged_in) => logged_in,
         Err(e) => {
             warn!(error = %e, upstream = %snapshot.upstream.describe(), "upstream login failed");
             return Err(e.into());
         }
+    };
+    let search_path = match search_path {
+        Some(text) => state::parse_search_path(&String::from_utf8_lossy(&text), &grant.role),
+        None => vec!["*".to_owned()],
     };
     if let Some(audit) = &ctx.audit {
         // Nothing runs unaudited: no session until its session.start record is on disk.

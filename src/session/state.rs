@@ -252,10 +252,10 @@ impl SessionState {
     /// Remember what forwarded statements prepare and deallocate. PostgreSQL keeps the first
     /// PREPARE of a name until DEALLOCATE (a second one fails), and so does this.
     ///
-    /// `certain`: the statements take effect once sent. Otherwise (inside a transaction,
-    /// after other statements of the message, in a pipeline) a rollback or an earlier error
-    /// may undo or skip them, so a new search_path is added to the old one: names are then
-    /// matched in the schemas of both.
+    /// A search_path change is added to the path tracked so far (names then match in the
+    /// schemas of both): an error, a rollback or a SET LOCAL may keep it from taking effect.
+    /// It replaces the path only once the server's answer shows it held
+    /// ([`Correction::SettledPath`]).
     ///
     /// Returns what the named things (prepared statements, cursors) were before, when the
     /// statements change any: if the server does not run them all, [`Self::undo`] puts the
@@ -264,7 +264,6 @@ impl SessionState {
         &mut self,
         statements: &[StatementFacts],
         role: &str,
-        certain: bool,
     ) -> Option<Box<NamesBefore>> {
         let changes_names = statements
             .iter()
@@ -276,7 +275,7 @@ impl SessionState {
                 statements: self.statements.clone(),
             })
         });
-        self.apply_sql_statements(statements, role, certain);
+        self.apply_sql_statements(statements, role);
         before
     }
 
@@ -303,10 +302,10 @@ impl SessionState {
         self.cursors = before.cursors;
         self.statements = before.statements;
         let ran = &statements[..ran.min(statements.len())];
-        self.apply_sql_statements(ran, role, false);
+        self.apply_sql_statements(ran, role);
     }
 
-    fn apply_sql_statements(&mut self, statements: &[StatementFacts], role: &str, certain: bool) {
+    fn apply_sql_statements(&mut self, statements: &[StatementFacts], role: &str) {
         for facts in statements {
             for change in &facts.changes {
                 let new_path = match (change.name.as_str(), &change.value) {
@@ -323,7 +322,7 @@ impl SessionState {
                     _ => None,
                 };
                 if let Some(path) = new_path {
-                    self.set_search_path(path, certain);
+                    self.widen_search_path(path);
                 }
                 match (change.name.as_str(), &change.value) {
                     ("all", SettingValue::Reset) => {
@@ -339,7 +338,7 @@ impl SessionState {
                 }
             }
             if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
-                self.set_search_path(self.initial_search_path.clone(), certain);
+                self.widen_search_path(self.initial_search_path.clone());
             }
             match &facts.cursor {
                 Some(CursorUse::Declare(name)) => {
@@ -386,7 +385,9 @@ impl SessionState {
         let [facts] = statements else {
             return None;
         };
-        if facts.kinds.contains(&"transaction") {
+        // A SET or RESET itself: set_config in a query runs only for the rows it is called
+        // on (maybe none), and ALTER ROLE/DATABASE … SET changes later sessions, not this one.
+        if !matches!(facts.kind(), "set" | "reset") {
             return None;
         }
         let change = facts
@@ -407,11 +408,10 @@ impl SessionState {
         })
     }
 
-    fn set_search_path(&mut self, path: Vec<String>, certain: bool) {
-        if certain {
-            self.search_path = path;
-            return;
-        }
+    /// A search_path change the server may or may not make (it is settled by
+    /// [`Correction::SettledPath`] once its answer shows it held): names then match in the
+    /// schemas of both paths.
+    fn widen_search_path(&mut self, path: Vec<String>) {
         for schema in path {
             if !self.search_path.contains(&schema) {
                 self.search_path.push(schema);
@@ -422,11 +422,26 @@ impl SessionState {
     /// What `EXECUTE name` runs: the body of a SQL-level PREPARE, or of a protocol-level
     /// (Parse) prepared statement of that name, which EXECUTE can run too.
     pub fn prepared_body(&self, name: &str) -> Option<StatementFacts> {
+        self.prepared_body_within(name, 4)
+    }
+
+    /// A protocol-level statement can itself be `EXECUTE other`: what runs then is the
+    /// other's body, followed `hops` names deep (a longer chain, or a loop, is unknown).
+    fn prepared_body_within(&self, name: &str, hops: usize) -> Option<StatementFacts> {
         if let Some(facts) = self.sql_prepared.get(name) {
             return Some(facts.as_executed(name));
         }
         let analysis = self.statements.get(name.as_bytes())?.analysis.as_ref()?;
-        Some(analysis.statements.first()?.as_executed(name))
+        let facts = analysis.statements.first()?;
+        match &facts.executes {
+            None => Some(facts.as_executed(name)),
+            Some(inner) if hops > 0 => {
+                let mut body = self.prepared_body_within(inner, hops - 1)?;
+                body.executes = Some(name.to_owned());
+                Some(body)
+            }
+            Some(_) => None,
+        }
     }
 
     /// The prepared statement behind a portal, and the portal's statement name.

@@ -201,6 +201,54 @@ pub async fn login(
     }
 }
 
+impl Upstream {
+    /// The current value of a setting (`SHOW name`), asked once the login is done and
+    /// before the client's first message: what the session starts with, however it was set
+    /// (the role's or the database's defaults, `options`, the policy). `None` when the
+    /// server does not say (an error). Notices and parameter changes go to the greeting.
+    pub async fn show(&mut self, setting: &str) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let mut out = BytesMut::new();
+        frontend::query(&format!("SHOW {setting}"), &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut value = None;
+        loop {
+            let Some(header) = self.reader.peek()? else {
+                if self.reader.fill(&mut self.stream).await? == 0 {
+                    return Err(UpstreamError::ClosedDuringLogin);
+                }
+                continue;
+            };
+            let body = self.reader.body(header);
+            match header.tag {
+                // One text column, one row.
+                b'D' => {
+                    value = views::data_row_single(body)?.map(<[u8]>::to_vec);
+                }
+                b'S' | b'N' => self
+                    .greeting
+                    .extend_from_slice(&self.reader.bytes()[..header.wire_len()]),
+                b'T' | b'C' | b'E' => {}
+                b'Z' => {
+                    self.transaction_status = *body.first().ok_or(ProtocolError::Malformed {
+                        what: "ReadyForQuery",
+                        detail: "no status",
+                    })?;
+                    self.reader.consume(header.wire_len());
+                    return Ok(value);
+                }
+                tag => {
+                    return Err(ProtocolError::Unexpected {
+                        tag,
+                        phase: "upstream login (SHOW)",
+                    }
+                    .into())
+                }
+            }
+            self.reader.consume(header.wire_len());
+        }
+    }
+}
+
 fn mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
         let (name, rest) = split_cstr(data)?;

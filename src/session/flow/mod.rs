@@ -302,16 +302,13 @@ impl Flow<'_> {
                     Ok(run) => {
                         let mut names_before = None;
                         if let Some(analysis) = &analysis {
-                            // Takes effect for sure only as the one statement of a Query
-                            // sent with no transaction open and nothing else in flight.
-                            let certain = analysis.statements.len() == 1
-                                && self.state.transaction_status == b'I'
-                                && self.state.in_flight == 1;
-                            names_before = self.state.on_sql_statements(
-                                &analysis.statements,
-                                self.role,
-                                certain,
-                            );
+                            // A search_path change is not certain until the server has run
+                            // it without error (a SET LOCAL outside a transaction, a failing
+                            // SET, a set_config that no row calls change nothing): the path
+                            // is widened now, and settled when the answer shows it held.
+                            names_before = self
+                                .state
+                                .on_sql_statements(&analysis.statements, self.role);
                             self.note_schema_change(&analysis.statements);
                         }
                         let settles = analysis
@@ -569,13 +566,9 @@ impl Flow<'_> {
                         // A PREPARE or DEALLOCATE sent through Parse takes effect here.
                         let mut names_before = None;
                         if let Some(analysis) = prepares {
-                            // Up to its Sync the pipeline is one transaction, which a later
-                            // error rolls back: never certain.
-                            names_before = self.state.on_sql_statements(
-                                &analysis.statements,
-                                self.role,
-                                false,
-                            );
+                            names_before = self
+                                .state
+                                .on_sql_statements(&analysis.statements, self.role);
                             self.note_schema_change(&analysis.statements);
                         }
                         if self.masking.is_some() && described_portal.as_deref() != Some(portal) {
