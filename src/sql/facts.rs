@@ -220,6 +220,21 @@ impl Walk<'_> {
                 {
                     self.facts.flags.no_where = true;
                 }
+                // MERGE … ON true (a join condition that names no column matches every
+                // row): its UPDATE or DELETE actions change every row of the target.
+                if dml == "MergeStmt"
+                    && !node.field("join_condition").is_some_and(names_a_column)
+                    && node.field("merge_when_clauses").is_some_and(|clauses| {
+                        clauses.children().any(|(_, clause)| {
+                            use pg_query::protobuf::CmdType;
+                            let command = clause.field("command_type").and_then(Tree::as_int);
+                            command == Some(CmdType::CmdUpdate as i64)
+                                || command == Some(CmdType::CmdDelete as i64)
+                        })
+                    })
+                {
+                    self.facts.flags.no_where = true;
+                }
                 if let Some(relation) = node.field("relation") {
                     // pg_settings has a rule that turns an UPDATE into set_config(name,
                     // setting, false): a write to it can change any setting.
@@ -604,6 +619,11 @@ pub(super) fn constant_bool(node: &Tree) -> Option<bool> {
     }
 }
 
+/// Whether a column is referenced anywhere under `node`.
+fn names_a_column(node: &Tree) -> bool {
+    node.name() == Some("ColumnRef") || node.children().any(|(_, child)| names_a_column(child))
+}
+
 /// Transaction modes (`READ WRITE`, `ISOLATION LEVEL …`, `DEFERRABLE`) as setting changes:
 /// `transaction_read_only` and so on, with `prefix` (`default_` for SESSION
 /// CHARACTERISTICS). Booleans become `on`/`off`.
@@ -966,6 +986,20 @@ mod tests {
             &["s:read", "t:write"],
             &[],
             &[],
+        ),
+        (
+            "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+            "merge;delete",
+            &["s:read", "t:write"],
+            &[],
+            &["no_where"],
+        ),
+        (
+            "MERGE INTO t USING s ON 1 = 1 WHEN MATCHED THEN UPDATE SET a = 1",
+            "merge;update",
+            &["s:read", "t:write"],
+            &[],
+            &["no_where"],
         ),
         // A plain EXPLAIN runs nothing.
         ("EXPLAIN DELETE FROM t WHERE id = 1", "explain", &["t:write"], &[], &[]),
