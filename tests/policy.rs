@@ -871,3 +871,57 @@ async fn people_may_cancel_and_terminate_their_own_sessions_only() {
     bob.batch_execute("SELECT 1").await.unwrap();
     proxy.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+/// Rules for a role apply once the session runs as it: after SET ROLE, and to the statements
+/// after a SET ROLE in the same message; a SET of the search_path earlier in a message counts
+/// for the names after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_role_and_search_path_in_a_message_count_for_what_follows() {
+    guarded_table("role_guarded").await;
+    let admin = common::direct("app").await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_power') \
+             THEN CREATE ROLE app_power NOLOGIN; END IF; END $$; GRANT app_power TO app_rw; \
+             SET ROLE app_rw; CREATE SCHEMA IF NOT EXISTS hidden; \
+             CREATE TABLE IF NOT EXISTS hidden.secrets (id int); RESET ROLE; \
+             GRANT DELETE ON role_guarded TO app_power;",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(ProxyOptions {
+        extra: "[[upstream.roles]]\nname = \"app_power\"\n\n\
+                [[access]]\nusers = [\"alice\"]\ndatabases = [\"app\"]\nroles = [\"app_power\"]\n\n\
+                [[policy.rules]]\nid = \"power-deletes\"\nroles = [\"app_power\"]\nstatements = [\"delete\"]\naction = \"deny\"\n\n\
+                [[policy.rules]]\nid = \"hidden-schema\"\ntables = [\"hidden.*\"]\naction = \"deny\"\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    // As app_rw: allowed.
+    client
+        .simple_query("DELETE FROM role_guarded WHERE id = 1")
+        .await
+        .unwrap();
+    client.simple_query("SET ROLE app_power").await.unwrap();
+    let err = client
+        .simple_query("DELETE FROM role_guarded WHERE id = 2")
+        .await
+        .unwrap_err();
+    refused_by(&err, "power-deletes");
+    client.simple_query("RESET ROLE").await.unwrap();
+    client
+        .simple_query("DELETE FROM role_guarded WHERE id = 2")
+        .await
+        .unwrap();
+    // In one message: the statements after the SET are judged as they will run.
+    for message in [
+        "SET ROLE app_power; DELETE FROM role_guarded WHERE id = 3",
+        "SET search_path = hidden, public; SELECT * FROM secrets",
+    ] {
+        let err = client.simple_query(message).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{message}: {err}");
+    }
+    assert_eq!(rows_of("role_guarded").await, Some(1));
+}

@@ -194,6 +194,9 @@ pub struct Established {
     pub search_path: Vec<String>,
     /// `pgwarden.intent` from the startup packet (options or a parameter).
     pub intent: Option<String>,
+    /// The role the session starts running as: its startup `role` (already judged), else
+    /// the granted one.
+    pub current_role: String,
     /// Keeps the proxy-issued cancel key registered while the session lives.
     pub cancel_key: Registration,
     /// What this identity may not see (`None`: everything may be seen).
@@ -377,6 +380,9 @@ async fn handshake(
     .await
     {
         Ok(parts) => Ok(Some(Established {
+            current_role: session::startup_setting(&startup.parameters, "role")
+                .filter(|role| !role.is_empty() && role != "none")
+                .unwrap_or_else(|| parts.grant.role.clone()),
             client: stream,
             client_reader: parts.reader,
             upstream: parts.upstream,

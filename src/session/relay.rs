@@ -159,6 +159,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         settings,
         search_path,
         intent,
+        current_role,
         cancel_key,
         masking,
     } = session;
@@ -218,6 +219,8 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();
     flow.state.search_path = search_path;
+    flow.state.login_role.clone_from(&grant.role);
+    flow.state.roles = vec![current_role];
     flow.state.initial_intent = intent.clone();
     flow.state.intent = intent;
     let mut client = Peer::new(client, client_reader);

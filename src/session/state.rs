@@ -14,7 +14,7 @@ use crate::sql::facts::{CursorUse, SettingValue};
 use crate::sql::{Analysis, StatementFacts};
 
 use crate::protocol::views::{Bind, Parse, Target};
-use crate::session::track::Correction;
+use crate::session::track::{Correction, Settled};
 
 /// Most cursors whose DECLARE a session remembers.
 const MAX_CURSORS: usize = 256;
@@ -92,6 +92,12 @@ pub struct SessionState {
     /// (startup options), which RESET returns to.
     pub intent: Option<String>,
     pub initial_intent: Option<String>,
+    /// The roles the session may be running as: the one it logged in with (or its startup
+    /// `role`), and any SET ROLE the server may have made. Widened when a change is sent,
+    /// settled like the search_path; rules are applied for each (the strictest wins).
+    pub roles: Vec<String>,
+    /// What RESET ROLE and SET ROLE NONE return to.
+    pub login_role: String,
 }
 
 impl SessionState {
@@ -110,6 +116,8 @@ impl SessionState {
             initial_search_path: Vec::new(),
             intent: None,
             initial_intent: None,
+            roles: Vec::new(),
+            login_role: String::new(),
         }
     }
 
@@ -290,7 +298,14 @@ impl SessionState {
             Correction::Stopped(before, analysis, ran) => {
                 self.undo(*before, &analysis.statements, ran, role);
             }
-            Correction::SettledPath(path) => self.search_path = path,
+            Correction::Settled(settled) => {
+                if let Some(path) = settled.search_path {
+                    self.search_path = path;
+                }
+                if let Some(role) = settled.role {
+                    self.roles = vec![role];
+                }
+            }
             Correction::IgnoredSyncs(n) => self.in_flight = self.in_flight.saturating_sub(n),
         }
     }
@@ -305,25 +320,71 @@ impl SessionState {
         self.apply_sql_statements(ran, role);
     }
 
-    fn apply_sql_statements(&mut self, statements: &[StatementFacts], role: &str) {
+    /// Add to `path` and `roles` the search_paths and roles `statements` may leave the
+    /// session with (each change may or may not take effect: both stay possible).
+    pub fn widen_for(
+        &self,
+        statements: &[StatementFacts],
+        role: &str,
+        path: &mut Vec<String>,
+        roles: &mut Vec<String>,
+    ) {
+        fn widen(list: &mut Vec<String>, more: Vec<String>) {
+            for item in more {
+                if !list.contains(&item) {
+                    list.push(item);
+                }
+            }
+        }
         for facts in statements {
             for change in &facts.changes {
-                let new_path = match (change.name.as_str(), &change.value) {
-                    ("search_path", SettingValue::List(list)) => {
-                        Some(list.iter().map(|s| resolve_schema(s, role)).collect())
-                    }
-                    ("search_path", SettingValue::Value(text)) => {
-                        Some(parse_search_path(text, role))
-                    }
-                    ("all" | "search_path", SettingValue::Reset) => {
-                        Some(self.initial_search_path.clone())
-                    }
-                    ("search_path" | "*", _) => Some(vec!["*".into()]),
-                    _ => None,
-                };
-                if let Some(path) = new_path {
-                    self.widen_search_path(path);
+                if let Some(new_path) = self.path_after(change, role) {
+                    widen(path, new_path);
                 }
+                widen(roles, self.role_after(change).into_iter().collect());
+            }
+            if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
+                widen(path, self.initial_search_path.clone());
+                widen(roles, vec![self.login_role.clone()]);
+            }
+        }
+    }
+
+    /// Whether `statements` may change the search_path or the role.
+    pub fn may_change_path_or_role(statements: &[StatementFacts]) -> bool {
+        statements.iter().any(|f| {
+            f.changes
+                .iter()
+                .any(|c| matches!(c.name.as_str(), "search_path" | "role" | "all" | "*"))
+                || f.kinds.first() == Some(&"discard")
+        })
+    }
+
+    /// The search_path a setting change sets, if it sets one.
+    fn path_after(
+        &self,
+        change: &crate::sql::facts::SettingChange,
+        role: &str,
+    ) -> Option<Vec<String>> {
+        match (change.name.as_str(), &change.value) {
+            ("search_path", SettingValue::List(list)) => {
+                Some(list.iter().map(|s| resolve_schema(s, role)).collect())
+            }
+            ("search_path", SettingValue::Value(text)) => Some(parse_search_path(text, role)),
+            ("all" | "search_path", SettingValue::Reset) => Some(self.initial_search_path.clone()),
+            ("search_path" | "*", _) => Some(vec!["*".into()]),
+            _ => None,
+        }
+    }
+
+    fn apply_sql_statements(&mut self, statements: &[StatementFacts], role: &str) {
+        let mut path = std::mem::take(&mut self.search_path);
+        let mut roles = std::mem::take(&mut self.roles);
+        self.widen_for(statements, role, &mut path, &mut roles);
+        self.search_path = path;
+        self.roles = roles;
+        for facts in statements {
+            for change in &facts.changes {
                 match (change.name.as_str(), &change.value) {
                     ("all", SettingValue::Reset) => {
                         self.intent = self.initial_intent.clone();
@@ -336,9 +397,6 @@ impl SessionState {
                     }
                     _ => {}
                 }
-            }
-            if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
-                self.widen_search_path(self.initial_search_path.clone());
             }
             match &facts.cursor {
                 Some(CursorUse::Declare(name)) => {
@@ -374,48 +432,32 @@ impl SessionState {
         }
     }
 
-    /// The search_path a message leaves for certain once it has run without error, outside
-    /// any transaction: one statement, no transaction control, whose last search_path change
-    /// is not for the transaction only. `None` when it changes none, or not that surely.
-    pub fn search_path_set_by(
-        &self,
-        statements: &[StatementFacts],
-        role: &str,
-    ) -> Option<Vec<String>> {
+    /// The search_path and role a message leaves for certain once it has run without error,
+    /// outside any transaction: one SET or RESET (set_config in a query runs only for the
+    /// rows it is called on, maybe none; ALTER ROLE/DATABASE … SET changes later sessions),
+    /// not for the transaction only. `None` when it changes neither, or not that surely.
+    pub fn settled_by(&self, statements: &[StatementFacts], role: &str) -> Option<Settled> {
         let [facts] = statements else {
             return None;
         };
-        // A SET or RESET itself: set_config in a query runs only for the rows it is called
-        // on (maybe none), and ALTER ROLE/DATABASE … SET changes later sessions, not this one.
         if !matches!(facts.kind(), "set" | "reset") {
             return None;
         }
-        let change = facts
-            .changes
-            .iter()
-            .rfind(|c| matches!(c.name.as_str(), "search_path" | "all" | "*"))?;
-        if change.local {
-            return None;
-        }
-        Some(match (change.name.as_str(), &change.value) {
-            ("search_path", SettingValue::List(list)) => {
-                list.iter().map(|s| resolve_schema(s, role)).collect()
-            }
-            ("search_path", SettingValue::Value(text)) => parse_search_path(text, role),
-            ("all" | "search_path", SettingValue::Reset) => self.initial_search_path.clone(),
-            ("all", _) => return None,
-            _ => vec!["*".into()],
-        })
+        let change = facts.changes.last().filter(|c| !c.local)?;
+        let settled = Settled {
+            search_path: self.path_after(change, role),
+            role: self.role_after(change),
+        };
+        (settled != Settled::default()).then_some(settled)
     }
 
-    /// A search_path change the server may or may not make (it is settled by
-    /// [`Correction::SettledPath`] once its answer shows it held): names then match in the
-    /// schemas of both paths.
-    fn widen_search_path(&mut self, path: Vec<String>) {
-        for schema in path {
-            if !self.search_path.contains(&schema) {
-                self.search_path.push(schema);
-            }
+    /// The role a setting change leaves the session running as, if it changes it.
+    fn role_after(&self, change: &crate::sql::facts::SettingChange) -> Option<String> {
+        match (change.name.as_str(), &change.value) {
+            ("role", SettingValue::Value(role)) if role != "none" => Some(role.clone()),
+            ("role", SettingValue::Value(_) | SettingValue::Reset)
+            | ("all", SettingValue::Reset) => Some(self.login_role.clone()),
+            _ => None,
         }
     }
 

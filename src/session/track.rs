@@ -86,8 +86,8 @@ struct Pending {
     /// The session's named things before this message's SQL statements changed them: put
     /// back if an error stops them.
     names_before: Option<Box<NamesBefore>>,
-    /// The search_path this Query leaves if it runs without error outside a transaction.
-    sets_path: Option<Vec<String>>,
+    /// What this Query leaves for certain if it runs without error outside a transaction.
+    settles: Option<Settled>,
 }
 
 impl Pending {
@@ -105,7 +105,7 @@ impl Pending {
             in_copy: false,
             defines: None,
             names_before: None,
-            sets_path: None,
+            settles: None,
         }
     }
 
@@ -153,11 +153,18 @@ pub enum Correction {
     /// A message whose SQL statements an error stopped: the names before them, the
     /// statements, and how many of them ran.
     Stopped(Box<NamesBefore>, Arc<Analysis>, usize),
-    /// A search_path now known for certain: a Query that set it ran without error, outside
-    /// a transaction, with nothing sent after it still unanswered.
-    SettledPath(Vec<String>),
+    /// A search_path or role now known for certain: a Query that set it ran without error,
+    /// outside a transaction, with nothing sent after it still unanswered.
+    Settled(Settled),
     /// Syncs the server ignored (sent during COPY FROM STDIN): no ReadyForQuery answers them.
     IgnoredSyncs(usize),
+}
+
+/// What a lone SET or RESET leaves the session with once the server has run it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub search_path: Option<Vec<String>>,
+    pub role: Option<String>,
 }
 
 impl Tracker {
@@ -188,11 +195,11 @@ impl Tracker {
         self.queue.push_back(pending);
     }
 
-    /// The Query just pushed leaves `path` as the search_path if it runs without error
+    /// The Query just pushed leaves this search_path and/or role if it runs without error
     /// outside a transaction.
-    pub fn sets_path(&mut self, path: Vec<String>) {
+    pub fn settles(&mut self, settled: Settled) {
         if let Some(last) = self.queue.back_mut() {
-            last.sets_path = Some(path);
+            last.settles = Some(settled);
         }
     }
 
@@ -369,9 +376,9 @@ impl Tracker {
             if let Some((name, sql)) = pending.defines.take() {
                 self.corrections.push(Correction::Undefined(name, sql));
             }
-            if let Some(path) = pending.sets_path.take() {
+            if let Some(settled) = pending.settles.take() {
                 if pending.sqlstate.is_none() && status == Some(b'I') && self.queue.is_empty() {
-                    self.corrections.push(Correction::SettledPath(path));
+                    self.corrections.push(Correction::Settled(settled));
                 }
             }
             let ends = matches!(

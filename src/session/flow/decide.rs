@@ -10,6 +10,7 @@ use crate::approvals::{GrantScope, Status as ApprovalStatus};
 use crate::audit::event::ApprovalNote;
 use crate::error::{ClientError, SqlState};
 use crate::policy::{Action, Decision, Subject};
+use crate::session::state::SessionState;
 use crate::sql::{Analysis, AnalysisError, StatementFacts};
 
 impl Flow<'_> {
@@ -31,17 +32,37 @@ impl Flow<'_> {
         } else {
             Vec::new()
         };
-        let subject = Subject {
-            own_backends: &own_backends,
-            user: &self.identity.name,
-            groups: &self.identity.groups,
-            database: self.database,
-            role: self.role,
-            search_path: &self.state.search_path,
-            has_intent: self.declared.intent.is_some(),
-        };
         let snapshot = self.snapshot.load();
-        let decision = snapshot.config.policy.decide(&subject, statements);
+        // Rules are applied for every role the session may be running as (after a SET ROLE
+        // the server has not confirmed yet, both), in every search_path it may have; a SET
+        // earlier in the same message counts for the statements after it. The strictest
+        // decision stands.
+        let mut search_path = std::borrow::Cow::Borrowed(&self.state.search_path);
+        let mut roles = std::borrow::Cow::Borrowed(&self.state.roles);
+        if roles.is_empty() {
+            roles = std::borrow::Cow::Owned(vec![self.role.to_owned()]);
+        }
+        if SessionState::may_change_path_or_role(statements) {
+            self.state
+                .widen_for(statements, self.role, search_path.to_mut(), roles.to_mut());
+        }
+        let mut decision: Option<Decision> = None;
+        for role in roles.iter() {
+            let subject = Subject {
+                own_backends: &own_backends,
+                user: &self.identity.name,
+                groups: &self.identity.groups,
+                database: self.database,
+                role,
+                search_path: &search_path,
+                has_intent: self.declared.intent.is_some(),
+            };
+            let for_role = snapshot.config.policy.decide(&subject, statements);
+            if decision.as_ref().is_none_or(|d| for_role.action > d.action) {
+                decision = Some(for_role);
+            }
+        }
+        let decision = decision.unwrap_or_else(Decision::allow);
         if decision.action == Action::Deny {
             return decision;
         }

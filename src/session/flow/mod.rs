@@ -313,7 +313,7 @@ impl Flow<'_> {
                         }
                         let settles = analysis
                             .as_ref()
-                            .and_then(|a| self.state.search_path_set_by(&a.statements, self.role));
+                            .and_then(|a| self.state.settled_by(&a.statements, self.role));
                         // The server ignores Syncs while a COPY FROM STDIN takes data.
                         self.copy_in = analysis.as_deref().is_some_and(starts_copy_in);
                         self.tracker.push_changing_names(
@@ -322,8 +322,8 @@ impl Flow<'_> {
                             analysis,
                             names_before,
                         );
-                        if let Some(path) = settles {
-                            self.tracker.sets_path(path);
+                        if let Some(settled) = settles {
+                            self.tracker.settles(settled);
                         }
                         Verdict::Forward
                     }
