@@ -1209,8 +1209,16 @@ async fn upstream_that_answers_more(stray: Vec<u8>) -> (String, tokio::task::Joi
         login.extend(frame(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
         login.extend(frame(b'Z', b"I"));
         conn.write_all(&login).await.unwrap();
-        // pgwarden's own SHOW search_path at login, answered properly; then the client's.
-        for query in 0.. {
+        // pgwarden's own query of the session's settings at login gets an error (pgwarden
+        // then does not know them, and carries on); then the client's.
+        let (tag, _) = read_message_untimed(&mut conn).await;
+        if tag != b'Q' {
+            return;
+        }
+        let mut refused = frame(b'E', b"SERROR\0C42501\0Mnot here\0\0");
+        refused.extend(frame(b'Z', b"I"));
+        conn.write_all(&refused).await.unwrap();
+        loop {
             let (tag, _) = read_message_untimed(&mut conn).await;
             if tag != b'Q' {
                 return;
@@ -1230,9 +1238,7 @@ async fn upstream_that_answers_more(stray: Vec<u8>) -> (String, tokio::task::Joi
             ));
             answer.extend(frame(b'C', b"SELECT 1\0"));
             answer.extend(frame(b'Z', b"I"));
-            if query > 0 {
-                answer.extend(&stray);
-            }
+            answer.extend(&stray);
             if conn.write_all(&answer).await.is_err() {
                 return;
             }

@@ -923,5 +923,73 @@ async fn set_role_and_search_path_in_a_message_count_for_what_follows() {
         let err = client.simple_query(message).await.unwrap_err();
         assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{message}: {err}");
     }
+    // RESET ALL leaves the role as it is (PostgreSQL's role is not reset by it).
+    client.simple_query("SET ROLE app_power").await.unwrap();
+    client.simple_query("RESET ALL").await.unwrap();
+    let err = client
+        .simple_query("DELETE FROM role_guarded WHERE id = 3")
+        .await
+        .unwrap_err();
+    refused_by(&err, "power-deletes");
+    client.simple_query("RESET ROLE").await.unwrap();
+    // A SET LOCAL ROLE ends with its transaction.
+    for step in ["BEGIN", "SET LOCAL ROLE app_power", "COMMIT"] {
+        client.simple_query(step).await.unwrap();
+    }
+    client
+        .simple_query("DELETE FROM role_guarded WHERE id = 42")
+        .await
+        .unwrap();
+    // set_config run by EXECUTE changes what names mean as much as a SET.
+    client
+        .simple_query("PREPARE to_hidden AS SELECT set_config('search_path', 'hidden', false)")
+        .await
+        .unwrap();
+    client
+        .simple_query("SET search_path = public")
+        .await
+        .unwrap();
+    client.simple_query("EXECUTE to_hidden").await.unwrap();
+    let err = client
+        .simple_query("SELECT * FROM secrets")
+        .await
+        .unwrap_err();
+    refused_by(&err, "hidden-schema");
+    // A SET sent through the extended protocol settles too: back on public, `secrets` is
+    // not hidden.secrets (and does not exist).
+    client
+        .execute("SET search_path = public", &[])
+        .await
+        .unwrap();
+    let err = client
+        .simple_query("SELECT * FROM secrets")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42P01"), "{err}");
+    // CREATE TABLE … AS EXECUTE would be judged by the body alone; a view over pg_settings
+    // could be written like pg_settings.
+    for attempt in [
+        "CREATE TABLE copied AS EXECUTE to_hidden",
+        "CREATE TEMP VIEW settings_view AS SELECT name, setting FROM pg_catalog.pg_settings",
+    ] {
+        let err = client.simple_query(attempt).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{attempt}: {err}");
+    }
     assert_eq!(rows_of("role_guarded").await, Some(1));
+
+    // A session started as another role (startup `role`) returns to it on RESET ROLE.
+    let started = proxy
+        .try_connect(&proxy.conninfo(
+            "alice",
+            ALICE_PASSWORD,
+            "sslmode=disable options='-c role=app_power'",
+        ))
+        .await
+        .unwrap();
+    started.simple_query("RESET ROLE").await.unwrap();
+    let err = started
+        .simple_query("DELETE FROM role_guarded WHERE id = 3")
+        .await
+        .unwrap_err();
+    refused_by(&err, "power-deletes");
 }

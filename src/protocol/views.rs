@@ -162,19 +162,32 @@ pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     }
 }
 
-/// DataRow ('D' from the server) of exactly one column: its value, `None` for NULL.
-pub fn data_row_single(body: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
+/// DataRow ('D' from the server) of exactly `columns` columns: each value, `None` for NULL.
+pub fn data_row(body: &[u8], columns: usize) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
     const WHAT: &str = "DataRow message";
-    match split_i16(body) {
-        Some((1, rest)) => {
-            let (len, value) = split_i32(rest).ok_or(malformed(WHAT, "too short"))?;
-            match usize::try_from(len) {
-                Err(_) if len == -1 && value.is_empty() => Ok(None),
-                Ok(len) if len == value.len() => Ok(Some(value)),
-                _ => Err(malformed(WHAT, "bad value length")),
+    let (count, mut rest) = split_i16(body).ok_or(malformed(WHAT, "too short"))?;
+    if usize::try_from(count).ok() != Some(columns) {
+        return Err(malformed(WHAT, "unexpected number of columns"));
+    }
+    let mut values = Vec::with_capacity(columns);
+    for _ in 0..columns {
+        let (len, after) = split_i32(rest).ok_or(malformed(WHAT, "too short"))?;
+        match usize::try_from(len) {
+            Err(_) if len == -1 => {
+                values.push(None);
+                rest = after;
             }
+            Ok(len) if len <= after.len() => {
+                values.push(Some(&after[..len]));
+                rest = &after[len..];
+            }
+            _ => return Err(malformed(WHAT, "bad value length")),
         }
-        _ => Err(malformed(WHAT, "not one column")),
+    }
+    if rest.is_empty() {
+        Ok(values)
+    } else {
+        Err(malformed(WHAT, "bytes after the last column"))
     }
 }
 

@@ -380,9 +380,7 @@ async fn handshake(
     .await
     {
         Ok(parts) => Ok(Some(Established {
-            current_role: session::startup_setting(&startup.parameters, "role")
-                .filter(|role| !role.is_empty() && role != "none")
-                .unwrap_or_else(|| parts.grant.role.clone()),
+            current_role: parts.current_role,
             client: stream,
             client_reader: parts.reader,
             upstream: parts.upstream,
@@ -422,6 +420,8 @@ struct Parts {
     grant: Grant,
     settings: SessionSettings,
     search_path: Vec<String>,
+    /// The role the server says the session runs as (its startup or default `role`).
+    current_role: String,
     registration: Registration,
     masking: Option<crate::masking::rewrite::Masking>,
 }
@@ -523,19 +523,26 @@ async fn establish(
             upstream_limits,
         )
         .await?;
-        // The search_path the session starts with, as the server has it: a role's or the
-        // database's default (ALTER ROLE … SET) counts as much as the startup packet.
-        let search_path = upstream.show("search_path").await?;
-        Ok::<_, UpstreamError>((upstream, search_path))
+        // The search_path and role the session starts with, as the server has them: a
+        // role's or the database's default (ALTER ROLE … SET) counts as much as the
+        // startup packet.
+        let settings = upstream.current_settings(&["search_path", "role"]).await?;
+        Ok::<_, UpstreamError>((upstream, settings))
     };
-    let (upstream, search_path) = match login.await {
+    let (upstream, mut current) = match login.await {
         Ok(logged_in) => logged_in,
         Err(e) => {
             warn!(error = %e, upstream = %snapshot.upstream.describe(), "upstream login failed");
             return Err(e.into());
         }
     };
-    let search_path = match search_path {
+    let current_role = current
+        .pop()
+        .flatten()
+        .map(|role| String::from_utf8_lossy(&role).into_owned())
+        .filter(|role| role != "none" && !role.is_empty())
+        .unwrap_or_else(|| grant.role.clone());
+    let search_path = match current.pop().flatten() {
         Some(text) => state::parse_search_path(&String::from_utf8_lossy(&text), &grant.role),
         None => vec!["*".to_owned()],
     };
@@ -587,6 +594,7 @@ async fn establish(
         grant,
         settings,
         search_path,
+        current_role,
         registration,
     })
 }

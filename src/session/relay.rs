@@ -215,11 +215,14 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         copy_in: false,
         copy_started: false,
         described_portal: None,
+        executes_since_sync: 0,
+        settle_at_sync: None,
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();
     flow.state.search_path = search_path;
     flow.state.login_role.clone_from(&grant.role);
+    flow.state.reset_role.clone_from(&current_role);
     flow.state.roles = vec![current_role];
     flow.state.initial_intent = intent.clone();
     flow.state.intent = intent;

@@ -96,8 +96,24 @@ pub struct SessionState {
     /// `role`), and any SET ROLE the server may have made. Widened when a change is sent,
     /// settled like the search_path; rules are applied for each (the strictest wins).
     pub roles: Vec<String>,
-    /// What RESET ROLE and SET ROLE NONE return to.
+    /// Schemas and roles added by changes for the current transaction only (`SET LOCAL`,
+    /// `set_config(…, true)`): they end with it.
+    pub local_search_path: Vec<String>,
+    pub local_roles: Vec<String>,
+    /// The session user, what SET ROLE NONE returns to.
     pub login_role: String,
+    /// The role the session started with (its startup `role`, else the login role), what
+    /// RESET ROLE returns to.
+    pub reset_role: String,
+}
+
+/// Add `more` to `list`, each item once.
+fn widen(list: &mut Vec<String>, more: Vec<String>) {
+    for item in more {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
 }
 
 impl SessionState {
@@ -117,7 +133,10 @@ impl SessionState {
             intent: None,
             initial_intent: None,
             roles: Vec::new(),
+            local_search_path: Vec::new(),
+            local_roles: Vec::new(),
             login_role: String::new(),
+            reset_role: String::new(),
         }
     }
 
@@ -243,6 +262,11 @@ impl SessionState {
         if status == b'I' && self.portals.len() > unnamed {
             self.portals.retain(|name, _| name.is_empty());
         }
+        // No transaction, nothing in flight: what was set for a transaction is gone.
+        if status == b'I' && self.in_flight == 0 {
+            self.local_search_path.clear();
+            self.local_roles.clear();
+        }
     }
 
     pub fn on_parameter_status(&mut self, name: &[u8], value: &[u8]) {
@@ -322,29 +346,44 @@ impl SessionState {
 
     /// Add to `path` and `roles` the search_paths and roles `statements` may leave the
     /// session with (each change may or may not take effect: both stay possible).
+    ///
+    /// `local`: only the changes for the current transaction (`SET LOCAL`, `set_config(…,
+    /// true)`), or only the others; `None`: all of them.
     pub fn widen_for(
         &self,
         statements: &[StatementFacts],
         role: &str,
+        local: Option<bool>,
         path: &mut Vec<String>,
         roles: &mut Vec<String>,
     ) {
-        fn widen(list: &mut Vec<String>, more: Vec<String>) {
-            for item in more {
-                if !list.contains(&item) {
-                    list.push(item);
-                }
+        let mut widen_by = |change: &crate::sql::facts::SettingChange| {
+            if local.is_some_and(|local| local != change.local) {
+                return;
+            }
+            if let Some(new_path) = self.path_after(change, role) {
+                widen(path, new_path);
+            }
+            widen(roles, self.role_after(change).into_iter().collect());
+        };
+        for facts in statements {
+            facts.changes.iter().for_each(&mut widen_by);
+            // `EXECUTE name` runs the body's set_config calls.
+            if let Some(body) = facts
+                .executes
+                .as_deref()
+                .and_then(|n| self.prepared_body(n))
+            {
+                body.changes.iter().for_each(&mut widen_by);
             }
         }
+        if local == Some(true) {
+            return;
+        }
         for facts in statements {
-            for change in &facts.changes {
-                if let Some(new_path) = self.path_after(change, role) {
-                    widen(path, new_path);
-                }
-                widen(roles, self.role_after(change).into_iter().collect());
-            }
             if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
                 widen(path, self.initial_search_path.clone());
+                // DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT.
                 widen(roles, vec![self.login_role.clone()]);
             }
         }
@@ -353,10 +392,13 @@ impl SessionState {
     /// Whether `statements` may change the search_path or the role.
     pub fn may_change_path_or_role(statements: &[StatementFacts]) -> bool {
         statements.iter().any(|f| {
-            f.changes
-                .iter()
-                .any(|c| matches!(c.name.as_str(), "search_path" | "role" | "all" | "*"))
-                || f.kinds.first() == Some(&"discard")
+            f.changes.iter().any(|c| {
+                matches!(
+                    c.name.as_str(),
+                    "search_path" | "role" | "session_authorization" | "all" | "*"
+                )
+            }) || f.kinds.first() == Some(&"discard")
+                || f.executes.is_some()
         })
     }
 
@@ -380,9 +422,14 @@ impl SessionState {
     fn apply_sql_statements(&mut self, statements: &[StatementFacts], role: &str) {
         let mut path = std::mem::take(&mut self.search_path);
         let mut roles = std::mem::take(&mut self.roles);
-        self.widen_for(statements, role, &mut path, &mut roles);
+        self.widen_for(statements, role, Some(false), &mut path, &mut roles);
         self.search_path = path;
         self.roles = roles;
+        let mut path = std::mem::take(&mut self.local_search_path);
+        let mut roles = std::mem::take(&mut self.local_roles);
+        self.widen_for(statements, role, Some(true), &mut path, &mut roles);
+        self.local_search_path = path;
+        self.local_roles = roles;
         for facts in statements {
             for change in &facts.changes {
                 match (change.name.as_str(), &change.value) {
@@ -452,11 +499,16 @@ impl SessionState {
     }
 
     /// The role a setting change leaves the session running as, if it changes it.
+    /// `RESET ALL` leaves the role alone (PostgreSQL's `role` is not reset by it); `RESET
+    /// ROLE` returns to the role the session started with, `SET ROLE NONE` and `RESET
+    /// SESSION AUTHORIZATION` to the login role.
     fn role_after(&self, change: &crate::sql::facts::SettingChange) -> Option<String> {
         match (change.name.as_str(), &change.value) {
             ("role", SettingValue::Value(role)) if role != "none" => Some(role.clone()),
-            ("role", SettingValue::Value(_) | SettingValue::Reset)
-            | ("all", SettingValue::Reset) => Some(self.login_role.clone()),
+            ("role", SettingValue::Reset) => Some(self.reset_role.clone()),
+            ("role", SettingValue::Value(_)) | ("session_authorization", SettingValue::Reset) => {
+                Some(self.login_role.clone())
+            }
             _ => None,
         }
     }

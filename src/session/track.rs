@@ -339,8 +339,8 @@ impl Tracker {
                 }
             }
             // An error at Sync (e.g. a deferred constraint at the implicit commit) answers
-            // no statement still in flight.
-            Expect::Sync => {}
+            // no statement still in flight; the Sync remembers it (nothing it settles held).
+            Expect::Sync => front.sqlstate = front.sqlstate.or(sqlstate),
             // Extended protocol: the server now skips everything up to Sync.
             _ => {
                 front.sqlstate = sqlstate;
@@ -365,6 +365,11 @@ impl Tracker {
                         self.finished.push(done);
                     }
                     first = false;
+                }
+                // The Sync this skipped to answers a failed pipeline: nothing it would settle
+                // is certain.
+                if let Some(sync) = self.queue.front_mut() {
+                    sync.sqlstate = sync.sqlstate.or(sqlstate);
                 }
             }
         }

@@ -160,6 +160,7 @@ pub fn facts_of(stmt: &Tree) -> StatementFacts {
         in_cte: false,
         nested: false,
         not_run: false,
+        in_view: false,
     };
     walk.visit(stmt, access);
     // Each kind once, the statement's own first.
@@ -185,6 +186,9 @@ struct Walk<'f> {
     nested: bool,
     /// Inside a plain EXPLAIN: what it shows is not run.
     not_run: bool,
+    /// Inside the query of a view: it runs whenever the view is read, with no trace of it
+    /// in the statements that read it.
+    in_view: bool,
 }
 
 impl Walk<'_> {
@@ -208,6 +212,11 @@ impl Walk<'_> {
                 } else {
                     format!("{schema}.{relation}")
                 };
+                // A view over pg_settings can be updated like pg_settings, which turns an
+                // UPDATE into set_config: a view naming it could change any setting later.
+                if self.in_view && relation == "pg_settings" {
+                    self.changes_any_setting();
+                }
                 self.facts.tables.push(TableRef { name, access });
                 self.visit_fields(node, Access::Read, &["schemaname", "relname"]);
             }
@@ -265,6 +274,11 @@ impl Walk<'_> {
                     _ => None,
                 };
                 let unqualified = name.rsplit('.').next().unwrap_or(&name);
+                // In a view, set_config would change settings whenever the view is read,
+                // where no statement shows it.
+                if unqualified == "set_config" && self.in_view {
+                    self.changes_any_setting();
+                }
                 // Whatever the qualification: `app.pg_catalog.set_config` is the same function.
                 if unqualified == "set_config" {
                     self.facts.reads_literals = true;
@@ -449,6 +463,26 @@ impl Walk<'_> {
                 let outer = std::mem::replace(&mut self.not_run, not_run);
                 self.visit_fields(node, access, &[]);
                 self.not_run = outer;
+            }
+            Some("ViewStmt" | "RuleStmt" | "CreateTableAsStmt") => {
+                let outer = self.in_view;
+                // A materialized view's query runs again at every REFRESH.
+                self.in_view = node.name() != Some("CreateTableAsStmt")
+                    || kind_of(node) == "create materialized view";
+                self.in_view |= outer;
+                self.visit_fields(node, access, &[]);
+                self.in_view = outer;
+            }
+            // INSERT … ON CONFLICT DO UPDATE updates the rows it conflicts with.
+            Some("OnConflictClause") => {
+                use pg_query::protobuf::OnConflictAction;
+                if !self.not_run
+                    && node.field("action").and_then(Tree::as_int)
+                        == Some(OnConflictAction::OnconflictUpdate as i64)
+                {
+                    self.facts.kinds.push("update");
+                }
+                self.visit_fields(node, access, &[]);
             }
             Some("MergeWhenClause") => {
                 use pg_query::protobuf::CmdType;
@@ -864,7 +898,7 @@ mod tests {
         ("SELECT count(*) FILTER (WHERE x > 0) OVER (PARTITION BY y) FROM t", "select", &["t:read"], &["count"], &[]),
         // Writes.
         ("INSERT INTO t VALUES (1)", "insert", &["t:write"], &[], &[]),
-        ("INSERT INTO s.t (a) SELECT a FROM u ON CONFLICT (a) DO UPDATE SET a = excluded.a", "insert;select", &["s.t:write", "u:read"], &[], &[]),
+        ("INSERT INTO s.t (a) SELECT a FROM u ON CONFLICT (a) DO UPDATE SET a = excluded.a", "insert;select;update", &["s.t:write", "u:read"], &[], &[]),
         ("INSERT INTO t VALUES (1) RETURNING *", "insert", &["t:write"], &[], &[]),
         ("UPDATE t SET a = 1 WHERE id = 2", "update", &["t:write"], &[], &[]),
         ("UPDATE t SET a = 1", "update", &["t:write"], &[], &["no_where"]),

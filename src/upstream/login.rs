@@ -202,15 +202,22 @@ pub async fn login(
 }
 
 impl Upstream {
-    /// The current value of a setting (`SHOW name`), asked once the login is done and
-    /// before the client's first message: what the session starts with, however it was set
-    /// (the role's or the database's defaults, `options`, the policy). `None` when the
-    /// server does not say (an error). Notices and parameter changes go to the greeting.
-    pub async fn show(&mut self, setting: &str) -> Result<Option<Vec<u8>>, UpstreamError> {
+    /// The current values of settings, asked once the login is done and before the
+    /// client's first message: what the session starts with, however it was set (the role's
+    /// or the database's defaults, `options`, the policy). `None` for each when the server
+    /// does not say (an error). Notices and parameter changes go to the greeting.
+    pub async fn current_settings(
+        &mut self,
+        names: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, UpstreamError> {
+        let columns: Vec<String> = names
+            .iter()
+            .map(|name| format!("pg_catalog.current_setting('{name}')"))
+            .collect();
         let mut out = BytesMut::new();
-        frontend::query(&format!("SHOW {setting}"), &mut out)?;
+        frontend::query(&format!("SELECT {}", columns.join(", ")), &mut out)?;
         self.stream.write_all(&out).await?;
-        let mut value = None;
+        let mut values = vec![None; names.len()];
         loop {
             let Some(header) = self.reader.peek()? else {
                 if self.reader.fill(&mut self.stream).await? == 0 {
@@ -220,9 +227,11 @@ impl Upstream {
             };
             let body = self.reader.body(header);
             match header.tag {
-                // One text column, one row.
                 b'D' => {
-                    value = views::data_row_single(body)?.map(<[u8]>::to_vec);
+                    values = views::data_row(body, names.len())?
+                        .into_iter()
+                        .map(|v| v.map(<[u8]>::to_vec))
+                        .collect();
                 }
                 b'S' | b'N' => self
                     .greeting
@@ -234,12 +243,12 @@ impl Upstream {
                         detail: "no status",
                     })?;
                     self.reader.consume(header.wire_len());
-                    return Ok(value);
+                    return Ok(values);
                 }
                 tag => {
                     return Err(ProtocolError::Unexpected {
                         tag,
-                        phase: "upstream login (SHOW)",
+                        phase: "upstream login (current settings)",
                     }
                     .into())
                 }

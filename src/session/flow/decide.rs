@@ -37,14 +37,31 @@ impl Flow<'_> {
         // the server has not confirmed yet, both), in every search_path it may have; a SET
         // earlier in the same message counts for the statements after it. The strictest
         // decision stands.
-        let mut search_path = std::borrow::Cow::Borrowed(&self.state.search_path);
-        let mut roles = std::borrow::Cow::Borrowed(&self.state.roles);
+        let state = &self.state;
+        let mut search_path = std::borrow::Cow::Borrowed(&state.search_path);
+        let mut roles = std::borrow::Cow::Borrowed(&state.roles);
         if roles.is_empty() {
             roles = std::borrow::Cow::Owned(vec![self.role.to_owned()]);
         }
+        // What the open transaction set for itself.
+        for schema in &state.local_search_path {
+            if !search_path.contains(schema) {
+                search_path.to_mut().push(schema.clone());
+            }
+        }
+        for role in &state.local_roles {
+            if !roles.contains(role) {
+                roles.to_mut().push(role.clone());
+            }
+        }
         if SessionState::may_change_path_or_role(statements) {
-            self.state
-                .widen_for(statements, self.role, search_path.to_mut(), roles.to_mut());
+            state.widen_for(
+                statements,
+                self.role,
+                None,
+                search_path.to_mut(),
+                roles.to_mut(),
+            );
         }
         let mut decision: Option<Decision> = None;
         for role in roles.iter() {
@@ -112,6 +129,17 @@ impl Flow<'_> {
                 // server would fail it anyway, and nothing unknown runs).
                 let mut statements = Vec::with_capacity(analysis.statements.len());
                 for facts in analysis.statements.iter() {
+                    // CREATE TABLE … AS EXECUTE would be judged by the body alone: the new
+                    // table, and a copy of masked values into it, would go unseen.
+                    if facts.executes.is_some()
+                        && matches!(facts.kind(), "create table" | "create materialized view")
+                    {
+                        let decision = refuse(
+                            "policy.create-table-as-execute",
+                            "CREATE TABLE … AS EXECUTE is not supported through pgwarden; use CREATE TABLE … AS SELECT".into(),
+                        );
+                        return self.ruling(decision, protocol, Some(&analysis.fingerprint));
+                    }
                     match &facts.executes {
                         None => statements.push(facts.clone()),
                         Some(name) => match self.state.prepared_body(name) {

@@ -97,6 +97,10 @@ pub struct Flow<'a> {
     /// The client's previous message was a Describe of this portal: its RowDescription comes
     /// right before the rows of an Execute of it, so pgwarden need not describe it again.
     pub described_portal: Option<Vec<u8>>,
+    /// Executes sent since the last Sync, and what the first settles if it was a lone SET
+    /// or RESET: the Sync's clean, idle answer then makes it certain.
+    pub executes_since_sync: usize,
+    pub settle_at_sync: Option<track::Settled>,
 }
 
 /// What a client declared about a statement.
@@ -577,6 +581,11 @@ impl Flow<'_> {
                             self.describe_first = Some(portal.to_vec());
                         }
                         self.copy_in = results_of.as_deref().is_some_and(starts_copy_in);
+                        self.executes_since_sync += 1;
+                        self.settle_at_sync = results_of
+                            .as_deref()
+                            .filter(|_| self.executes_since_sync == 1)
+                            .and_then(|a| self.state.settled_by(&a.statements, self.role));
                         self.tracker.push_changing_names(
                             Expect::Execute,
                             run,
@@ -595,10 +604,18 @@ impl Flow<'_> {
                 }
                 self.state.on_sync();
                 self.state.skip_until_sync = false;
+                let settles = self
+                    .settle_at_sync
+                    .take()
+                    .filter(|_| self.executes_since_sync == 1);
+                self.executes_since_sync = 0;
                 if self.copy_in {
                     self.tracker.push_sync_in_copy();
                 } else {
                     self.tracker.push(Expect::Sync, None);
+                    if let Some(settled) = settles {
+                        self.tracker.settles(settled);
+                    }
                 }
             }
             b'H' => expect_empty(header, body)?,
