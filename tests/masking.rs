@@ -877,11 +877,46 @@ fn find(seen: &[u8], secret: &str) -> Option<String> {
 }
 
 /// Run each statement as alice (simple protocol, and extended if `extended`), then fail with
-/// the statements after which a seeded token was seen on the wire.
+/// the statements after which a seeded token was seen on the wire. Alice is exempt from the
+/// guardrails here (to try DDL and code freely); see [`run_candidates_with`].
 async fn run_candidates(name: &str, statements: impl Fn(&str) -> Vec<String>, extended: bool) {
+    run_candidates_with(name, |_| String::new(), false, statements, extended).await;
+}
+
+/// [`run_candidates_with`] with the default guardrails for alice.
+async fn run_guarded(
+    name: &str,
+    setup: impl Fn(&str) -> String,
+    statements: impl Fn(&str) -> Vec<String>,
+    extended: bool,
+) {
+    run_candidates_with(name, setup, true, statements, extended).await;
+}
+
+/// [`run_candidates`], after `setup` (the table's name in, SQL out) runs as the superuser —
+/// the owner's earlier work — and, when `guarded`, with the default guardrails for alice.
+async fn run_candidates_with(
+    name: &str,
+    setup: impl Fn(&str) -> String,
+    guarded: bool,
+    statements: impl Fn(&str) -> Vec<String>,
+    extended: bool,
+) {
     let seed = seed(name).await;
+    let setup = setup(&seed.table);
+    if !setup.is_empty() {
+        common::direct("app")
+            .await
+            .batch_execute(&setup)
+            .await
+            .expect("setup");
+    }
+    let mut config = masking_config(&seed, None);
+    if guarded {
+        config = config.replace("[policy]\nguardrail_exempt_groups = [\"dev\"]\n\n", "");
+    }
     let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
+        extra: config,
         ..Default::default()
     })
     .await;
@@ -1261,6 +1296,308 @@ async fn controls() {
             ]
         },
         true,
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A second review round (alice under the default guardrails): statistics, CREATE TABLE … AS
+// EXECUTE, values stored by DDL expressions, whole rows of join aliases, RETURNING aliases,
+// unquoted values in reg* errors, a statement redefined between Bind and Execute, deep view
+// chains; and the shapes that were masked all along.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_stats() {
+    run_guarded(
+        "stats",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("ANALYZE {t}"),
+                format!("SELECT attname, histogram_bounds::text, most_common_vals::text FROM pg_stats WHERE tablename = '{t}'"),
+                format!("SELECT * FROM pg_stats WHERE tablename = '{t}'"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctas_execute() {
+    run_guarded(
+        "ctas",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("PREPARE {t}_p AS SELECT id, ssn, email FROM {t}"),
+                format!("CREATE TABLE {t}_x AS EXECUTE {t}_p"),
+                format!("SELECT ssn, email FROM {t}_x"),
+            ]
+        },
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_column() {
+    run_guarded(
+        "gen",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("ALTER TABLE {t} ADD COLUMN g text GENERATED ALWAYS AS (ssn || '') STORED"),
+                format!("SELECT g FROM {t}"),
+            ]
+        },
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_type_using() {
+    run_guarded(
+        "using",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("ALTER TABLE {t} ALTER COLUMN note TYPE varchar(200) USING (ssn || '')"),
+                format!("SELECT note FROM {t}"),
+            ]
+        },
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regoper_error() {
+    run_guarded(
+        "regoper",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("SELECT ssn::regoper FROM {t} WHERE id = 1"),
+                format!("SELECT translate(email, '@.', '__')::regoper FROM {t} WHERE id = 1"),
+                format!("SELECT (ssn || '(int4,int4)')::regoperator FROM {t} WHERE id = 1"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_alias_whole_row() {
+    run_guarded(
+        "joinalias",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("SELECT to_jsonb(j) FROM ({t} a JOIN {t} b USING (id)) AS j"),
+                format!("SELECT j::text FROM ({t} a JOIN {t} b USING (id)) AS j"),
+                format!("SELECT row_to_json(j.*) FROM ({t} a JOIN items b ON a.id = b.id) AS j"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_shapes() {
+    run_guarded(
+        "setops",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("SELECT name FROM {t} UNION ALL SELECT ssn FROM {t}"),
+                format!("SELECT x FROM (SELECT name AS x FROM {t} UNION ALL SELECT ssn FROM {t}) s"),
+                format!("WITH x AS (SELECT name FROM {t} UNION SELECT ssn FROM {t}) SELECT name FROM x"),
+                format!("SELECT name FROM {t} EXCEPT SELECT ssn FROM {t} WHERE false"),
+                format!("SELECT to_jsonb(c)->>'ssn' FROM {t} c"),
+                format!("SELECT json_agg(c)::text FROM {t} c"),
+                format!("SELECT array_agg(c)::text FROM {t} c"),
+                format!("SELECT format('%s', ssn) FROM {t}"),
+                format!("SELECT DISTINCT ON (id) ssn || '' FROM {t}"),
+                format!("SELECT first_value(ssn) OVER (ORDER BY id) FROM {t}"),
+                format!("SELECT ssn FROM {t} GROUP BY GROUPING SETS ((ssn), ())"),
+                format!("SELECT l.x FROM {t} c, LATERAL (SELECT c.ssn AS x) l"),
+                format!("UPDATE {t} SET name = name WHERE id = 1 RETURNING ssn, (SELECT s FROM (SELECT ssn) z(s))"),
+                format!("SELECT generate_series(1, 2), ssn || '' FROM {t}"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_owner_views() {
+    run_guarded(
+        "views",
+        |t| {
+            format!(
+                "CREATE VIEW {t}_sb WITH (security_barrier) AS SELECT id, ssn AS a, email AS b FROM {t};\n\
+                 CREATE VIEW {t}_ren (x, y) AS SELECT id, ssn FROM {t};\n\
+                 CREATE MATERIALIZED VIEW {t}_mv AS SELECT id, ssn || '' AS s FROM {t};\n\
+                 CREATE VIEW {t}_un AS SELECT id, name AS n FROM {t} UNION ALL SELECT id, ssn FROM {t};\n\
+                 GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_rw, app_ro;"
+            )
+        },
+        |t| {
+            vec![
+                format!("SELECT a, b, a || '' FROM {t}_sb"),
+                format!("SELECT y, y || '' FROM {t}_ren"),
+                format!("SELECT s FROM {t}_mv"),
+                format!("SELECT n FROM {t}_un"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+/// A chain of views made by the owner earlier: past MAX_VIEW_ROUNDS (8) levels the catalog
+/// stops resolving, and the deeper views are not known at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_view_chain() {
+    run_guarded(
+        "chain",
+        |t| {
+            let mut s = format!("CREATE VIEW {t}_c1 AS SELECT id, ssn AS s FROM {t};\n");
+            for i in 2..=9 {
+                s.push_str(&format!(
+                    "CREATE VIEW {t}_c{i} AS SELECT id, s FROM {t}_c{};\n",
+                    i - 1
+                ));
+            }
+            s.push_str("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_rw, app_ro;");
+            s
+        },
+        |t| {
+            vec![
+                format!("SELECT s FROM {t}_c8"),
+                format!("SELECT s FROM {t}_c9"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+/// A DML statement's RETURNING alias, read through its CTE (or COPY of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_alias_in_cte() {
+    run_guarded(
+        "retalias",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("WITH u AS (UPDATE {t} SET name = name WHERE id = 1 RETURNING ssn AS q) SELECT q || '' FROM u"),
+                format!("COPY (WITH u AS (UPDATE {t} SET name = name WHERE id = 1 RETURNING ssn AS q) SELECT q FROM u) TO STDOUT"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+/// Bind a portal to a statement that reads a masked column, then redefine the statement
+/// (re-Parse of the unnamed one; Close + Parse of a named one) before Execute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reparse_between_bind_and_execute() {
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("reparse").await;
+    let t = &seed.table;
+    let secret_sql = format!("SELECT ssn || '' FROM {t} WHERE id = 1");
+    // Unnamed statement re-parsed.
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("", &secret_sql, std::iter::empty(), &mut out).unwrap();
+    bind("", "", &mut out);
+    frontend::parse("", "SELECT 'harmless'::text", std::iter::empty(), &mut out).unwrap();
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    let unnamed = show(&exchange(&mut stream, out).await);
+    eprintln!("unnamed: {unnamed}");
+    // Named statement closed and parsed again.
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("s1", &secret_sql, std::iter::empty(), &mut out).unwrap();
+    bind("p1", "s1", &mut out);
+    frontend::close(b'S', "s1", &mut out).unwrap();
+    frontend::parse(
+        "s1",
+        "SELECT 'harmless'::text",
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    frontend::execute("p1", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    let named = show(&exchange(&mut stream, out).await);
+    eprintln!("named: {named}");
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        !unnamed.contains(&seed.ssn_token),
+        "unnamed re-Parse leaked: {unnamed}"
+    );
+    assert!(
+        !named.contains(&seed.ssn_token),
+        "named Close/Parse leaked: {named}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_misc() {
+    run_guarded(
+        "misc",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("COPY (SELECT name FROM {t} UNION ALL SELECT ssn FROM {t}) TO STDOUT"),
+                format!("COPY (SELECT * FROM {t}_view) TO STDOUT (FORMAT csv)"),
+                format!("COPY (SELECT ssn AS name FROM {t}) TO STDOUT (FORMAT csv, HEADER)"),
+                format!("BEGIN"),
+                format!("DECLARE {t}_h CURSOR WITH HOLD FOR SELECT ssn || '' AS v, c FROM {t} c"),
+                format!("COMMIT"),
+                format!("FETCH ALL FROM {t}_h"),
+                format!("CLOSE {t}_h"),
+                format!("SELECT (c)::text::int FROM {t} c WHERE id = 1"),
+                format!("SELECT ('{{' || ssn)::int[] FROM {t} WHERE id = 1"),
+                format!("ALTER TABLE {t} ADD CONSTRAINT {t}_ex EXCLUDE (note WITH =)"),
+                format!("UPDATE {t} SET note = 'x' WHERE id = 2"),
+                format!("SELECT (SELECT v FROM (SELECT c FROM {t} c) AS w(v) LIMIT 1)::text"),
+                format!("SELECT x FROM {t} c CROSS JOIN LATERAL (VALUES (c.ssn)) v(x)"),
+                format!("SELECT to_jsonb(u) FROM (SELECT 1) s, LATERAL (SELECT * FROM {t}) u"),
+                format!("SELECT ssn::regclass FROM {t} WHERE id = 1"),
+                format!("EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT * FROM {t} WHERE ssn = (SELECT ssn FROM {t} WHERE id = 1)"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_hold_cursor() {
+    run_guarded(
+        "hold",
+        |_| String::new(),
+        |t| {
+            vec![
+                format!("BEGIN"),
+                format!("DECLARE {t}_h CURSOR WITH HOLD FOR SELECT ssn || '' AS v, c FROM {t} c"),
+                format!("COMMIT"),
+                format!("FETCH 1 FROM {t}_h"),
+                format!("BEGIN"),
+                format!("FETCH ALL FROM {t}_h"),
+                format!("COMMIT"),
+                format!("CLOSE {t}_h"),
+            ]
+        },
+        false,
     )
     .await;
 }

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -23,13 +22,13 @@ use crate::auth::Grant;
 use crate::config::Secret;
 use crate::error::{ClientError, SqlState};
 use crate::protocol::frame::FrameLimits;
-use crate::protocol::{split_i32, views};
 use crate::sql::lineage::Lineage;
 use crate::sql::tree::Tree;
 use crate::upstream::{self, Endpoint, UpstreamError};
 
-/// Most views resolved per database; more are treated as wholly sensitive by name.
-const MAX_VIEW_ROUNDS: usize = 8;
+/// Levels of views resolved one by one (a query each); views built deeper than that on
+/// masked columns are masked whole.
+const MAX_VIEW_ROUNDS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -338,7 +337,27 @@ async fn resolve(
             number(subid)? as i16,
         ));
     }
-    for _ in 0..MAX_VIEW_ROUNDS {
+    for round in 0.. {
+        if round == MAX_VIEW_ROUNDS {
+            // Deeper still: every view that reads, at any depth, one already found is masked
+            // whole, without reading its definition.
+            let mut deeper: HashSet<u32> = HashSet::new();
+            loop {
+                let before = deeper.len();
+                for (view, referenced, _) in &edges_parsed {
+                    if !sensitive_oids.contains(view)
+                        && (sensitive_oids.contains(referenced) || deeper.contains(referenced))
+                    {
+                        deeper.insert(*view);
+                    }
+                }
+                if deeper.len() == before {
+                    break;
+                }
+            }
+            mask_whole_views(conn, catalog, all, &deeper).await?;
+            break;
+        }
         let new_views: Vec<u32> = edges_parsed
             .iter()
             .filter(|(view, referenced, subid)| {
@@ -412,6 +431,50 @@ async fn resolve(
     Ok(())
 }
 
+/// Mask every column of `views` (with the first rule in force).
+async fn mask_whole_views(
+    conn: &mut upstream::Upstream,
+    catalog: &mut Catalog,
+    all: &[Rule],
+    views: &HashSet<u32>,
+) -> Result<(), CatalogError> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = views.iter().map(u32::to_string).collect();
+    let rows = simple_query(
+        conn,
+        &format!(
+            "SELECT c.oid, c.relname, a.attnum, a.attname, a.atttypid \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+             WHERE c.oid IN ({}) AND a.attnum > 0 AND NOT a.attisdropped",
+            list.join(", ")
+        ),
+    )
+    .await?;
+    let rule = all
+        .iter()
+        .position(|r| catalog.rules.contains(r))
+        .unwrap_or_default();
+    for row in rows {
+        let [oid, relname, attnum, attname, type_oid] = &row[..] else {
+            return Err(CatalogError::Query("unexpected column count".into()));
+        };
+        let oid = number(oid)? as u32;
+        catalog.columns.insert(
+            (oid, number(attnum)? as i16),
+            Masked {
+                rule,
+                type_oid: number(type_oid)? as u32,
+            },
+        );
+        catalog.names.insert(text(attname)?.to_lowercase());
+        catalog.oids.insert(oid);
+        catalog.relations.insert(text(relname)?.to_lowercase());
+    }
+    Ok(())
+}
+
 /// A view's name, definition and columns (attribute number, name, type).
 type View = (String, String, Vec<(i16, String, u32)>);
 
@@ -447,64 +510,17 @@ async fn simple_query(
     conn: &mut upstream::Upstream,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
-    let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut out)?;
-    conn.stream.write_all(&out).await?;
-    let mut rows = Vec::new();
-    let mut error = None;
-    loop {
-        let Some(header) = conn
-            .reader
-            .peek()
-            .map_err(|e| CatalogError::Query(e.to_string()))?
-        else {
-            if conn.reader.fill(&mut conn.stream).await? == 0 {
-                return Err(CatalogError::Query(
-                    "the server closed the connection".into(),
-                ));
-            }
-            continue;
-        };
-        let body = conn.reader.body(header).to_vec();
-        conn.reader.consume(header.wire_len());
-        match header.tag {
-            b'D' => rows.push(data_row(&body)?),
-            b'E' => {
-                let fields =
-                    views::error_fields(&body).map_err(|e| CatalogError::Query(e.to_string()))?;
-                let message = fields
-                    .iter()
-                    .find(|(code, _)| *code == b'M')
-                    .map(|(_, m)| String::from_utf8_lossy(m).into_owned())
-                    .unwrap_or_default();
-                error = Some(message);
-            }
-            b'Z' => break,
-            _ => {}
-        }
-    }
-    match error {
-        Some(message) => Err(CatalogError::Query(message)),
-        None => Ok(rows),
-    }
-}
-
-/// The text values of a DataRow.
-fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, CatalogError> {
-    let bad = || CatalogError::Query("malformed DataRow".into());
-    let (count, mut rest) = crate::protocol::split_i16(body).ok_or_else(bad)?;
-    let mut values = Vec::with_capacity(count.max(0) as usize);
-    for _ in 0..count {
-        let (len, after) = split_i32(rest).ok_or_else(bad)?;
-        if len < 0 {
-            values.push(None);
-            rest = after;
-            continue;
-        }
-        let len = len as usize;
-        let value = after.get(..len).ok_or_else(bad)?;
-        values.push(Some(String::from_utf8_lossy(value).into_owned()));
-        rest = &after[len..];
-    }
-    Ok(values)
+    let rows = conn
+        .simple_query(sql)
+        .await
+        .map_err(|e| CatalogError::Query(e.to_string()))?
+        .map_err(CatalogError::Query)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                .collect()
+        })
+        .collect())
 }

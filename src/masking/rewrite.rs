@@ -556,6 +556,11 @@ impl Masking {
         let mut changed = false;
         // A notice, or a PL/pgSQL error (RAISE EXCEPTION is P0001), raised while the
         // statement reads masked data says whatever the code put in it, quoted or not.
+        let fields_code: Vec<u8> = fields
+            .iter()
+            .find(|(code, _)| *code == b'C')
+            .map(|(_, value)| value.to_vec())
+            .unwrap_or_default();
         let raised = self.touches
             && (tag == b'N'
                 || fields
@@ -582,6 +587,10 @@ impl Masking {
                     // the input, `Failing row contains (…)`): only the key clause of a
                     // constraint error is known well enough to keep.
                     b'D' if !text.starts_with("Key (") => WITHHELD_DETAIL.into(),
+                    // Input functions of reg* types name the value without quotes
+                    // (`operator does not exist: x`, 42883; `more than one operator named
+                    // x`, 42725): what follows the colon or the name goes.
+                    b'M' if unquoted_value_error(&fields_code) => scrub_unquoted(&text),
                     _ => scrub_quoted(&text),
                 }
             } else {
@@ -769,6 +778,23 @@ pub const WITHHELD_DETAIL: &str = "(detail withheld by pgwarden: the statement r
 
 /// Mask the values PostgreSQL quotes in its messages: `"…"` (invalid input syntax for type
 /// integer: "…") and the value part of `Key (email)=(…)`.
+/// SQLSTATEs whose messages can carry an input value unquoted: undefined_function and
+/// ambiguous_function, raised by the reg* input functions (`'x'::regoper`).
+fn unquoted_value_error(sqlstate: &[u8]) -> bool {
+    matches!(sqlstate, b"42883" | b"42725")
+}
+
+/// `operator does not exist: <value>` / `more than one operator named <value>`: the text
+/// up to the value, then the redaction mark; other messages get [`scrub_quoted`].
+pub fn scrub_unquoted(text: &str) -> String {
+    for lead in ["does not exist: ", "more than one operator named "] {
+        if let Some(at) = text.find(lead) {
+            return format!("{}{}", &text[..at + lead.len()], strategy::REDACTED);
+        }
+    }
+    scrub_quoted(text)
+}
+
 pub fn scrub_quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

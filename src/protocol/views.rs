@@ -162,15 +162,13 @@ pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     }
 }
 
-/// DataRow ('D' from the server) of exactly `columns` columns: each value, `None` for NULL.
-pub fn data_row(body: &[u8], columns: usize) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+/// DataRow ('D' from the server): each column's value, `None` for NULL.
+pub fn data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
     const WHAT: &str = "DataRow message";
     let (count, mut rest) = split_i16(body).ok_or(malformed(WHAT, "too short"))?;
-    if usize::try_from(count).ok() != Some(columns) {
-        return Err(malformed(WHAT, "unexpected number of columns"));
-    }
-    let mut values = Vec::with_capacity(columns);
-    for _ in 0..columns {
+    let count = usize::try_from(count).map_err(|_| malformed(WHAT, "negative column count"))?;
+    let mut values = Vec::with_capacity(count.min(rest.len() / 4));
+    for _ in 0..count {
         let (len, after) = split_i32(rest).ok_or(malformed(WHAT, "too short"))?;
         match usize::try_from(len) {
             Err(_) if len == -1 => {

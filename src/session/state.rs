@@ -25,7 +25,7 @@ const MAX_CURSORS: usize = 256;
 pub struct NamesBefore {
     sql_prepared: HashMap<String, StatementFacts>,
     cursors: HashMap<String, StatementFacts>,
-    statements: HashMap<Bytes, PreparedStatement>,
+    statements: HashMap<Bytes, Arc<PreparedStatement>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,9 @@ pub struct Decided {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Portal {
     pub statement: Bytes,
+    /// The statement as it was when bound: the portal runs that, even if the name is
+    /// closed or (the unnamed one) parsed again before the Execute.
+    pub prepared: Option<Arc<PreparedStatement>>,
     /// As sent in Bind: empty = all text, one code = all columns, else one per column.
     pub result_formats: Vec<i16>,
     /// Parameter values as keyed hashes, when the audit log records them.
@@ -68,7 +71,7 @@ pub struct SessionState {
     pub transaction_status: u8,
     /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
     pub in_flight: usize,
-    pub statements: HashMap<Bytes, PreparedStatement>,
+    pub statements: HashMap<Bytes, Arc<PreparedStatement>>,
     pub portals: HashMap<Bytes, Portal>,
     /// ParameterStatus values as last reported by the server (client_encoding, search_path…).
     pub parameters: HashMap<Vec<u8>, Vec<u8>>,
@@ -182,16 +185,18 @@ impl SessionState {
         if !unchanged {
             self.statements.insert(
                 Bytes::copy_from_slice(parse.statement),
-                PreparedStatement {
+                Arc::new(PreparedStatement {
                     sql: Bytes::copy_from_slice(parse.sql),
                     analysis: analyze(),
                     rule,
                     approval,
                     tags,
                     search_path: self.search_path.clone(),
-                },
+                }),
             );
         } else if let Some(existing) = self.statements.get_mut(parse.statement) {
+            // A portal bound to it keeps the version it was bound to.
+            let existing = Arc::make_mut(existing);
             existing.rule = rule;
             existing.approval = approval;
             existing.tags = tags;
@@ -204,10 +209,12 @@ impl SessionState {
         // Portals and SQL cursors share one namespace: a portal of this name is not the
         // cursor an earlier DECLARE made (FETCH from it returns this statement's rows).
         self.forget_cursor(bind.portal);
+        let prepared = self.statements.get(bind.statement).cloned();
         if let Some(portal) = self.portals.get_mut(bind.portal) {
             if portal.statement != bind.statement {
                 portal.statement = Bytes::copy_from_slice(bind.statement);
             }
+            portal.prepared = prepared;
             portal.result_formats.clear();
             portal.result_formats.extend(bind.result_formats());
             portal.parameters = parameters;
@@ -217,6 +224,7 @@ impl SessionState {
             Bytes::copy_from_slice(bind.portal),
             Portal {
                 statement: Bytes::copy_from_slice(bind.statement),
+                prepared,
                 result_formats: bind.result_formats().collect(),
                 parameters,
             },
@@ -541,7 +549,7 @@ impl SessionState {
     /// The prepared statement behind a portal, and the portal's statement name.
     pub fn portal_statement(&self, portal: &[u8]) -> Option<(&Portal, Option<&PreparedStatement>)> {
         let portal = self.portals.get(portal)?;
-        Some((portal, self.statements.get(&portal.statement)))
+        Some((portal, portal.prepared.as_deref()))
     }
 }
 

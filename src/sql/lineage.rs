@@ -189,43 +189,18 @@ impl Lineage {
                     }
                 }
             }
-            Some("InsertStmt") => {
-                if let Some(select) = node.field("select_stmt") {
-                    self.written.extend(all_outputs(select));
-                }
-                // INSERT … ON CONFLICT DO UPDATE SET col = …
-                let conflict_set = node
-                    .field("on_conflict_clause")
-                    .and_then(|c| c.field("target_list"));
-                for (_, output) in targets(conflict_set) {
-                    if let Output::Expr(from) = output {
-                        self.written.extend(from);
+            Some("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt")
+                if has(node, "returning_clause") =>
+            {
+                // `RETURNING ssn AS q` read back through a CTE: q is derived from ssn.
+                for (name, output) in targets(returning(node)) {
+                    if let (Some(name), Output::Expr(from)) = (name, output) {
+                        self.derived.push((name, from));
                     }
                 }
+                self.visit_dml(node);
             }
-            Some("UpdateStmt") => {
-                for (_, output) in targets(node.field("target_list")) {
-                    if let Output::Expr(from) = output {
-                        self.written.extend(from);
-                    }
-                }
-                if let Some(c) = node.field("where_clause") {
-                    self.filtered.extend(references(c));
-                }
-            }
-            Some("DeleteStmt") => {
-                if let Some(c) = node.field("where_clause") {
-                    self.filtered.extend(references(c));
-                }
-            }
-            Some("MergeStmt") => {
-                if let Some(clauses) = node.field("merge_when_clauses") {
-                    self.written.extend(references(clauses));
-                }
-                if let Some(c) = node.field("join_condition") {
-                    self.filtered.extend(references(c));
-                }
-            }
+            Some("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => self.visit_dml(node),
             // A view (or table) built from masked columns would show them under another
             // name.
             Some("CreateTableAsStmt" | "ViewStmt") => {
@@ -256,6 +231,36 @@ impl Lineage {
             Some("JoinExpr") => {
                 if let Some(quals) = node.field("quals") {
                     self.filtered.extend(references(quals));
+                }
+                // `(a JOIN b …) AS j`: j is the whole row of both sides, its columns any of
+                // theirs.
+                if let Some(alias) = alias_name(node) {
+                    let mut from = Vec::new();
+                    for side in ["larg", "rarg"] {
+                        if let Some(side) = node.field(side) {
+                            collect_relations(side, &mut from);
+                        }
+                    }
+                    for column in names(node.field("alias").and_then(|a| a.field("colnames"))) {
+                        self.derived.push((column, from.clone()));
+                    }
+                    self.derived.push((alias, from));
+                }
+            }
+            // DDL that computes stored values from other columns: a generated column, ALTER
+            // COLUMN … TYPE … USING.
+            Some("ColumnDef") => {
+                if let Some(expr) = node.field("raw_default") {
+                    self.written.extend(references(expr));
+                }
+            }
+            Some("Constraint") => {
+                if let Some(expr) = node.field("raw_expr") {
+                    let generated = node.field("contype").and_then(Tree::as_int)
+                        == Some(pg_query::protobuf::ConstrType::ConstrGenerated as i64);
+                    if generated {
+                        self.written.extend(references(expr));
+                    }
                 }
             }
             Some("RangeVar") => {
@@ -310,6 +315,50 @@ impl Lineage {
         }
         for (_, child) in node.children() {
             self.visit(child);
+        }
+    }
+
+    /// What INSERT, UPDATE, DELETE and MERGE write and filter on.
+    fn visit_dml(&mut self, node: &Tree) {
+        match node.name() {
+            Some("InsertStmt") => {
+                if let Some(select) = node.field("select_stmt") {
+                    self.written.extend(all_outputs(select));
+                }
+                // INSERT … ON CONFLICT DO UPDATE SET col = …
+                let conflict_set = node
+                    .field("on_conflict_clause")
+                    .and_then(|c| c.field("target_list"));
+                for (_, output) in targets(conflict_set) {
+                    if let Output::Expr(from) = output {
+                        self.written.extend(from);
+                    }
+                }
+            }
+            Some("UpdateStmt") => {
+                for (_, output) in targets(node.field("target_list")) {
+                    if let Output::Expr(from) = output {
+                        self.written.extend(from);
+                    }
+                }
+                if let Some(c) = node.field("where_clause") {
+                    self.filtered.extend(references(c));
+                }
+            }
+            Some("DeleteStmt") => {
+                if let Some(c) = node.field("where_clause") {
+                    self.filtered.extend(references(c));
+                }
+            }
+            Some("MergeStmt") => {
+                if let Some(clauses) = node.field("merge_when_clauses") {
+                    self.written.extend(references(clauses));
+                }
+                if let Some(c) = node.field("join_condition") {
+                    self.filtered.extend(references(c));
+                }
+            }
+            _ => {}
         }
     }
 

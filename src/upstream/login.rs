@@ -202,22 +202,18 @@ pub async fn login(
 }
 
 impl Upstream {
-    /// The current values of settings, asked once the login is done and before the
-    /// client's first message: what the session starts with, however it was set (the role's
-    /// or the database's defaults, `options`, the policy). `None` for each when the server
-    /// does not say (an error). Notices and parameter changes go to the greeting.
-    pub async fn current_settings(
+    /// Run one query (no parameters) on this connection before it is handed to a session:
+    /// its rows (text values; `None` for NULL), or the server's error message. Notices and
+    /// parameter changes go to the greeting.
+    pub async fn simple_query(
         &mut self,
-        names: &[&str],
-    ) -> Result<Vec<Option<Vec<u8>>>, UpstreamError> {
-        let columns: Vec<String> = names
-            .iter()
-            .map(|name| format!("pg_catalog.current_setting('{name}')"))
-            .collect();
+        sql: &str,
+    ) -> Result<Result<Vec<Vec<Option<Vec<u8>>>>, String>, UpstreamError> {
         let mut out = BytesMut::new();
-        frontend::query(&format!("SELECT {}", columns.join(", ")), &mut out)?;
+        frontend::query(sql, &mut out)?;
         self.stream.write_all(&out).await?;
-        let mut values = vec![None; names.len()];
+        let mut rows = Vec::new();
+        let mut error = None;
         loop {
             let Some(header) = self.reader.peek()? else {
                 if self.reader.fill(&mut self.stream).await? == 0 {
@@ -227,34 +223,62 @@ impl Upstream {
             };
             let body = self.reader.body(header);
             match header.tag {
-                b'D' => {
-                    values = views::data_row(body, names.len())?
+                b'D' => rows.push(
+                    views::data_row(body)?
                         .into_iter()
                         .map(|v| v.map(<[u8]>::to_vec))
-                        .collect();
+                        .collect(),
+                ),
+                b'E' => {
+                    let message = views::error_fields(body)?
+                        .into_iter()
+                        .find(|(code, _)| *code == b'M')
+                        .map(|(_, m)| String::from_utf8_lossy(m).into_owned());
+                    error = Some(message.unwrap_or_default());
                 }
                 b'S' | b'N' => self
                     .greeting
                     .extend_from_slice(&self.reader.bytes()[..header.wire_len()]),
-                b'T' | b'C' | b'E' => {}
+                b'T' | b'C' | b'I' => {}
                 b'Z' => {
                     self.transaction_status = *body.first().ok_or(ProtocolError::Malformed {
                         what: "ReadyForQuery",
                         detail: "no status",
                     })?;
                     self.reader.consume(header.wire_len());
-                    return Ok(values);
+                    return Ok(error.map_or(Ok(rows), Err));
                 }
                 tag => {
                     return Err(ProtocolError::Unexpected {
                         tag,
-                        phase: "upstream login (current settings)",
+                        phase: "a query pgwarden runs itself",
                     }
                     .into())
                 }
             }
             self.reader.consume(header.wire_len());
         }
+    }
+
+    /// The current values of settings, asked once the login is done and before the
+    /// client's first message: what the session starts with, however it was set (the role's
+    /// or the database's defaults, `options`, the policy). `None` for each when the server
+    /// does not say (an error).
+    pub async fn current_settings(
+        &mut self,
+        names: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, UpstreamError> {
+        let columns: Vec<String> = names
+            .iter()
+            .map(|name| format!("pg_catalog.current_setting('{name}')"))
+            .collect();
+        let rows = self
+            .simple_query(&format!("SELECT {}", columns.join(", ")))
+            .await?;
+        Ok(match rows {
+            Ok(mut rows) if rows.len() == 1 && rows[0].len() == names.len() => rows.remove(0),
+            _ => vec![None; names.len()],
+        })
     }
 }
 

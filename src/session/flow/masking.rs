@@ -217,6 +217,24 @@ impl Flow<'_> {
         let settings = &snapshot.config.masking;
         let mut strictest: Option<Decision> = None;
         for (index, facts) in statements.iter().enumerate() {
+            // The planner's statistics keep sample values of every column (most common
+            // values, histogram bounds), masked ones included.
+            if facts.tables.iter().any(|t| {
+                let name = t.name.rsplit('.').next().unwrap_or(&t.name);
+                matches!(
+                    name,
+                    "pg_stats" | "pg_stats_ext" | "pg_stats_ext_exprs" | "pg_statistic"
+                )
+            }) {
+                return Some(Decision {
+                    action: Action::Deny,
+                    rule: Some("masking.statistics".into()),
+                    message: Some(
+                        "the planner's statistics hold sample values of masked columns; they are not shown to identities with masking rules".into(),
+                    ),
+                    statement: index,
+                });
+            }
             if !masking.touches(facts) {
                 continue;
             }
