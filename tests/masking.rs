@@ -1601,3 +1601,60 @@ async fn controls_hold_cursor() {
     )
     .await;
 }
+
+/// Read until `count` ReadyForQuery messages have come; everything read, as text.
+async fn until_ready(stream: &mut TcpStream, count: usize) -> String {
+    let mut messages = Vec::new();
+    let mut ready = 0;
+    while ready < count {
+        let message = common::wire::read_message(stream).await;
+        ready += usize::from(message.0 == b'Z');
+        messages.push(message);
+    }
+    show(&messages)
+}
+
+/// An error that stops a message puts back only the names that message changed: a name
+/// closed and parsed again by messages sent right behind it keeps its new statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_does_not_undo_what_later_messages_defined() {
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("undo").await;
+    let t = &seed.table;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse(
+        "s1",
+        &format!("SELECT id FROM {t}"),
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    until_ready(&mut stream, 1).await;
+    // One write: a Query whose PREPARE fails (it would have defined a name), then Close and
+    // a new Parse of s1, then Sync.
+    let mut out = query("PREPARE doomed AS SELECT * FROM no_such_table_here");
+    frontend::close(b'S', "s1", &mut out).unwrap();
+    frontend::parse(
+        "s1",
+        &format!("SELECT upper(ssn) FROM {t} WHERE id = 1"),
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    until_ready(&mut stream, 2).await;
+    let mut out = bytes::BytesMut::new();
+    bind("", "s1", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let text = until_ready(&mut stream, 1).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        !text.to_lowercase().contains(&seed.ssn_token.to_lowercase()),
+        "the new s1 was masked by the old one's lineage: {text}"
+    );
+}

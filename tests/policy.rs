@@ -966,10 +966,58 @@ async fn set_role_and_search_path_in_a_message_count_for_what_follows() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42P01"), "{err}");
-    // CREATE TABLE … AS EXECUTE would be judged by the body alone; a view over pg_settings
-    // could be written like pg_settings.
+    // A Query between an extended-protocol SET and its Sync may change the path again: the
+    // SET does not settle it.
+    {
+        use common::wire::{alice_login, read_message};
+        use postgres_protocol::message::frontend;
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        alice_login(&mut stream).await;
+        let mut out = bytes::BytesMut::new();
+        frontend::parse("", "SET search_path = public", std::iter::empty(), &mut out).unwrap();
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<&[u8]>>(),
+            |_: Option<&[u8]>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() },
+            Some(0),
+            &mut out,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::query("SET search_path = hidden, public", &mut out).unwrap();
+        frontend::sync(&mut out);
+        frontend::query("SELECT * FROM secrets", &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+        let mut codes = Vec::new();
+        let mut ready = 0;
+        while ready < 3 {
+            let (tag, body) = read_message(&mut stream).await;
+            match tag {
+                b'E' => codes.push(common::wire::error_fields(&body)[&b'C'].clone()),
+                b'Z' => ready += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(codes, ["42501"], "secrets read as public.secrets");
+    }
+    // A statement prepared before a SET ROLE is judged again, as the new role, when it runs.
+    let delete = client
+        .prepare("DELETE FROM role_guarded WHERE id = $1")
+        .await
+        .unwrap();
+    client.simple_query("SET ROLE app_power").await.unwrap();
+    let err = client.execute(&delete, &[&3]).await.unwrap_err();
+    refused_by(&err, "power-deletes");
+    client.simple_query("RESET ROLE").await.unwrap();
+    // CREATE TABLE … AS EXECUTE (also under EXPLAIN ANALYZE) would be judged by the body
+    // alone; a view over pg_settings could be written like pg_settings.
     for attempt in [
         "CREATE TABLE copied AS EXECUTE to_hidden",
+        "EXPLAIN ANALYZE CREATE TABLE copied AS EXECUTE to_hidden",
         "CREATE TEMP VIEW settings_view AS SELECT name, setting FROM pg_catalog.pg_settings",
     ] {
         let err = client.simple_query(attempt).await.unwrap_err();

@@ -26,6 +26,11 @@ use crate::sql::lineage::Lineage;
 use crate::sql::tree::Tree;
 use crate::upstream::{self, Endpoint, UpstreamError};
 
+/// The rule of a masked column derived from masked columns whose rules cannot be told
+/// apart (a view column under a new name, a view deeper than [`MAX_VIEW_ROUNDS`]): no rule
+/// exempts anyone from it, and it is redacted.
+pub const ANY_RULE: usize = usize::MAX;
+
 /// Levels of views resolved one by one (a query each); views built deeper than that on
 /// masked columns are masked whole.
 const MAX_VIEW_ROUNDS: usize = 16;
@@ -355,7 +360,7 @@ async fn resolve(
                     break;
                 }
             }
-            mask_whole_views(conn, catalog, all, &deeper).await?;
+            mask_whole_views(conn, catalog, &deeper).await?;
             break;
         }
         let new_views: Vec<u32> = edges_parsed
@@ -399,7 +404,6 @@ async fn resolve(
                 number(type_oid)? as u32,
             ));
         }
-        let fallback_rule = all.iter().position(|r| catalog.rules.contains(r));
         for (oid, (relname, definition, columns)) in views {
             let taint = view_taint(&definition, columns.len(), |n| catalog.sensitive_name(n));
             let rule_of = |name: &str| {
@@ -412,7 +416,7 @@ async fn resolve(
                     .as_ref()
                     .is_none_or(|t| t.get(i).copied().unwrap_or(true))
                 {
-                    let rule = rule_of(attname).or(fallback_rule).unwrap_or_default();
+                    let rule = rule_of(attname).unwrap_or(ANY_RULE);
                     catalog.columns.insert(
                         (oid, *attnum),
                         Masked {
@@ -431,11 +435,10 @@ async fn resolve(
     Ok(())
 }
 
-/// Mask every column of `views` (with the first rule in force).
+/// Mask every column of `views`.
 async fn mask_whole_views(
     conn: &mut upstream::Upstream,
     catalog: &mut Catalog,
-    all: &[Rule],
     views: &HashSet<u32>,
 ) -> Result<(), CatalogError> {
     if views.is_empty() {
@@ -452,10 +455,7 @@ async fn mask_whole_views(
         ),
     )
     .await?;
-    let rule = all
-        .iter()
-        .position(|r| catalog.rules.contains(r))
-        .unwrap_or_default();
+    let rule = ANY_RULE;
     for row in rows {
         let [oid, relname, attnum, attname, type_oid] = &row[..] else {
             return Err(CatalogError::Query("unexpected column count".into()));

@@ -590,7 +590,11 @@ impl Masking {
                     // Input functions of reg* types name the value without quotes
                     // (`operator does not exist: x`, 42883; `more than one operator named
                     // x`, 42725): what follows the colon or the name goes.
-                    b'M' if unquoted_value_error(&fields_code) => scrub_unquoted(&text),
+                    b'M' if unquoted_value_error(&fields_code)
+                        || (!text.contains('"') && text.contains(": ")) =>
+                    {
+                        scrub_unquoted(&text)
+                    }
                     _ => scrub_quoted(&text),
                 }
             } else {
@@ -784,10 +788,12 @@ fn unquoted_value_error(sqlstate: &[u8]) -> bool {
     matches!(sqlstate, b"42883" | b"42725")
 }
 
-/// `operator does not exist: <value>` / `more than one operator named <value>`: the text
-/// up to the value, then the redaction mark; other messages get [`scrub_quoted`].
+/// `operator does not exist: <value>` / `more than one operator named <value>` / any
+/// `<what went wrong>: <value>` without quotes (`cross-database references are not
+/// implemented: a.b.c`): the text up to the value, then the redaction mark; other messages
+/// get [`scrub_quoted`].
 pub fn scrub_unquoted(text: &str) -> String {
-    for lead in ["does not exist: ", "more than one operator named "] {
+    for lead in ["more than one operator named ", ": "] {
         if let Some(at) = text.find(lead) {
             return format!("{}{}", &text[..at + lead.len()], strategy::REDACTED);
         }

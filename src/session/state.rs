@@ -19,13 +19,64 @@ use crate::session::track::{Correction, Settled};
 /// Most cursors whose DECLARE a session remembers.
 const MAX_CURSORS: usize = 256;
 
-/// The session's named things before a message changed them (see
-/// [`SessionState::on_sql_statements`]).
+/// The session's named things before a message changed them and right after (see
+/// [`SessionState::on_sql_statements`]): an undo restores only the names the message changed
+/// and nothing has changed again since.
 #[derive(Debug)]
 pub struct NamesBefore {
+    before: Names,
+    after: Names,
+}
+
+#[derive(Debug, Clone)]
+struct Names {
     sql_prepared: HashMap<String, StatementFacts>,
     cursors: HashMap<String, StatementFacts>,
     statements: HashMap<Bytes, Arc<PreparedStatement>>,
+}
+
+impl Names {
+    fn of(state: &SessionState) -> Self {
+        Self {
+            sql_prepared: state.sql_prepared.clone(),
+            cursors: state.cursors.clone(),
+            statements: state.statements.clone(),
+        }
+    }
+}
+
+/// Put back in `current` what `before` had for each key that changed between `before` and
+/// `after` and has not changed again since `after`.
+fn revert<K, V>(
+    current: &mut HashMap<K, V>,
+    before: HashMap<K, V>,
+    after: &HashMap<K, V>,
+    same: impl Fn(&V, &V) -> bool,
+) where
+    K: Eq + std::hash::Hash + Clone,
+{
+    let same_entry = |x: Option<&V>, y: Option<&V>| match (x, y) {
+        (Some(x), Some(y)) => same(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    let keys: Vec<K> = before.keys().chain(after.keys()).cloned().collect();
+    let mut before = before;
+    for key in keys {
+        let was = before.get(&key);
+        let set = after.get(&key);
+        if same_entry(was, set) || !same_entry(current.get(&key), set) {
+            continue;
+        }
+        match before.remove(&key) {
+            Some(value) => {
+                current.insert(key, value);
+            }
+            None => {
+                current.remove(&key);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +91,11 @@ pub struct PreparedStatement {
     pub approval: Option<crate::audit::event::ApprovalNote>,
     /// Its sqlcommenter tags, recorded with each execution.
     pub tags: Option<Arc<crate::sql::comments::Tags>>,
-    /// The session's search_path when it was judged: PostgreSQL plans it again under a new
-    /// one, and its unqualified names may then be other tables.
+    /// The session's search_path and roles when it was judged (SET LOCAL ones included):
+    /// PostgreSQL plans it again under a new path, and its unqualified names may then be
+    /// other tables; under another role, other rules apply.
     pub search_path: Vec<String>,
+    pub roles: Vec<String>,
 }
 
 /// How a Parse was decided, kept with the prepared statement.
@@ -108,6 +161,16 @@ pub struct SessionState {
     /// The role the session started with (its startup `role`, else the login role), what
     /// RESET ROLE returns to.
     pub reset_role: String,
+}
+
+/// `list` and then the items of `local` it does not have.
+fn with_local<'a>(list: &'a [String], local: &[String]) -> std::borrow::Cow<'a, [String]> {
+    if local.iter().all(|item| list.contains(item)) {
+        return std::borrow::Cow::Borrowed(list);
+    }
+    let mut all = list.to_vec();
+    widen(&mut all, local.to_vec());
+    std::borrow::Cow::Owned(all)
 }
 
 /// Add `more` to `list`, each item once.
@@ -191,16 +254,32 @@ impl SessionState {
                     rule,
                     approval,
                     tags,
-                    search_path: self.search_path.clone(),
+                    search_path: self.effective_search_path().into_owned(),
+                    roles: self.effective_roles().into_owned(),
                 }),
             );
-        } else if let Some(existing) = self.statements.get_mut(parse.statement) {
-            // A portal bound to it keeps the version it was bound to.
-            let existing = Arc::make_mut(existing);
-            existing.rule = rule;
-            existing.approval = approval;
-            existing.tags = tags;
-            existing.search_path.clone_from(&self.search_path);
+        } else {
+            // Usually nothing changed: then no copy (a portal bound to it shares it).
+            let same = self.statements.get(parse.statement).is_some_and(|e| {
+                e.rule == rule
+                    && e.approval == approval
+                    && e.tags == tags
+                    && *e.search_path == *self.effective_search_path()
+                    && *e.roles == *self.effective_roles()
+            });
+            if !same {
+                let search_path = self.effective_search_path().into_owned();
+                let roles = self.effective_roles().into_owned();
+                if let Some(existing) = self.statements.get_mut(parse.statement) {
+                    // A portal bound to it keeps the version it was bound to.
+                    let existing = Arc::make_mut(existing);
+                    existing.rule = rule;
+                    existing.approval = approval;
+                    existing.tags = tags;
+                    existing.search_path = search_path;
+                    existing.roles = roles;
+                }
+            }
         }
         &self.statements[parse.statement]
     }
@@ -270,11 +349,26 @@ impl SessionState {
         if status == b'I' && self.portals.len() > unnamed {
             self.portals.retain(|name, _| name.is_empty());
         }
-        // No transaction, nothing in flight: what was set for a transaction is gone.
-        if status == b'I' && self.in_flight == 0 {
-            self.local_search_path.clear();
-            self.local_roles.clear();
-        }
+    }
+
+    /// The schemas unqualified names may be looked up in now: the session's search_path and
+    /// what the open transaction set for itself.
+    pub fn effective_search_path(&self) -> std::borrow::Cow<'_, [String]> {
+        with_local(&self.search_path, &self.local_search_path)
+    }
+
+    /// The roles the session may be running as now (see [`Self::roles`]).
+    pub fn effective_roles(&self) -> std::borrow::Cow<'_, [String]> {
+        with_local(&self.roles, &self.local_roles)
+    }
+
+    /// No transaction is open and nothing sent is unanswered: what lived for a transaction
+    /// is gone — SET LOCAL changes, and cursors (a WITH HOLD one is then read as unknown,
+    /// its computed columns masked).
+    pub fn transaction_over(&mut self) {
+        self.local_search_path.clear();
+        self.local_roles.clear();
+        self.cursors.clear();
     }
 
     pub fn on_parameter_status(&mut self, name: &[u8], value: &[u8]) {
@@ -305,18 +399,19 @@ impl SessionState {
         statements: &[StatementFacts],
         role: &str,
     ) -> Option<Box<NamesBefore>> {
-        let changes_names = statements
-            .iter()
-            .any(|f| f.prepares.is_some() || f.deallocates.is_some() || f.cursor.is_some());
-        let before = changes_names.then(|| {
-            Box::new(NamesBefore {
-                sql_prepared: self.sql_prepared.clone(),
-                cursors: self.cursors.clone(),
-                statements: self.statements.clone(),
-            })
+        let changes_names = statements.iter().any(|f| {
+            f.prepares.is_some()
+                || f.deallocates.is_some()
+                || matches!(f.cursor, Some(CursorUse::Declare(_) | CursorUse::Close(_)))
         });
+        let before = changes_names.then(|| Names::of(self));
         self.apply_sql_statements(statements, role);
-        before
+        before.map(|before| {
+            Box::new(NamesBefore {
+                before,
+                after: Names::of(self),
+            })
+        })
     }
 
     /// Take in what the server's answer showed (see [`Correction`]).
@@ -344,10 +439,23 @@ impl SessionState {
 
     /// The server ran only the first `ran` of `statements` (an error stopped the rest):
     /// put the names back as they were before them, then apply what did run.
-    fn undo(&mut self, before: NamesBefore, statements: &[StatementFacts], ran: usize, role: &str) {
-        self.sql_prepared = before.sql_prepared;
-        self.cursors = before.cursors;
-        self.statements = before.statements;
+    fn undo(&mut self, names: NamesBefore, statements: &[StatementFacts], ran: usize, role: &str) {
+        let NamesBefore { before, after } = names;
+        revert(
+            &mut self.sql_prepared,
+            before.sql_prepared,
+            &after.sql_prepared,
+            |a, b| a == b,
+        );
+        revert(&mut self.cursors, before.cursors, &after.cursors, |a, b| {
+            a == b
+        });
+        revert(
+            &mut self.statements,
+            before.statements,
+            &after.statements,
+            Arc::ptr_eq,
+        );
         let ran = &statements[..ran.min(statements.len())];
         self.apply_sql_statements(ran, role);
     }

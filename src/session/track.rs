@@ -269,6 +269,11 @@ impl Tracker {
         }
     }
 
+    /// Every message sent has been answered.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Account for one server frame.
     pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Rewrite {
         let Some(front) = self.queue.front_mut() else {

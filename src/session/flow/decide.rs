@@ -38,45 +38,40 @@ impl Flow<'_> {
         // earlier in the same message counts for the statements after it. The strictest
         // decision stands.
         let state = &self.state;
-        let mut search_path = std::borrow::Cow::Borrowed(&state.search_path);
-        let mut roles = std::borrow::Cow::Borrowed(&state.roles);
+        let mut search_path = state.effective_search_path();
+        let mut roles = state.effective_roles();
         if roles.is_empty() {
             roles = std::borrow::Cow::Owned(vec![self.role.to_owned()]);
         }
-        // What the open transaction set for itself.
-        for schema in &state.local_search_path {
-            if !search_path.contains(schema) {
-                search_path.to_mut().push(schema.clone());
-            }
-        }
-        for role in &state.local_roles {
-            if !roles.contains(role) {
-                roles.to_mut().push(role.clone());
-            }
-        }
         if SessionState::may_change_path_or_role(statements) {
-            state.widen_for(
-                statements,
-                self.role,
-                None,
-                search_path.to_mut(),
-                roles.to_mut(),
-            );
+            let (mut path, mut more_roles) = (search_path.into_owned(), roles.into_owned());
+            state.widen_for(statements, self.role, None, &mut path, &mut more_roles);
+            search_path = std::borrow::Cow::Owned(path);
+            roles = std::borrow::Cow::Owned(more_roles);
         }
+        // Each schema an unqualified name may be found in is tried on its own: with the
+        // whole path at once, the first rule matching any of them would win, and an allow
+        // rule for one schema could shadow a deny rule for another.
+        let no_path: &[String] = &[];
         let mut decision: Option<Decision> = None;
         for role in roles.iter() {
-            let subject = Subject {
-                own_backends: &own_backends,
-                user: &self.identity.name,
-                groups: &self.identity.groups,
-                database: self.database,
-                role,
-                search_path: &search_path,
-                has_intent: self.declared.intent.is_some(),
-            };
-            let for_role = snapshot.config.policy.decide(&subject, statements);
-            if decision.as_ref().is_none_or(|d| for_role.action > d.action) {
-                decision = Some(for_role);
+            let schemas = search_path
+                .chunks(1)
+                .chain(search_path.is_empty().then_some(no_path));
+            for schema in schemas {
+                let subject = Subject {
+                    own_backends: &own_backends,
+                    user: &self.identity.name,
+                    groups: &self.identity.groups,
+                    database: self.database,
+                    role,
+                    search_path: schema,
+                    has_intent: self.declared.intent.is_some(),
+                };
+                let this = snapshot.config.policy.decide(&subject, statements);
+                if decision.as_ref().is_none_or(|d| this.action > d.action) {
+                    decision = Some(this);
+                }
             }
         }
         let decision = decision.unwrap_or_else(Decision::allow);
@@ -132,7 +127,10 @@ impl Flow<'_> {
                     // CREATE TABLE … AS EXECUTE would be judged by the body alone: the new
                     // table, and a copy of masked values into it, would go unseen.
                     if facts.executes.is_some()
-                        && matches!(facts.kind(), "create table" | "create materialized view")
+                        && facts
+                            .kinds
+                            .iter()
+                            .any(|k| matches!(*k, "create table" | "create materialized view"))
                     {
                         let decision = refuse(
                             "policy.create-table-as-execute",

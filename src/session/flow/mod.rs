@@ -281,6 +281,8 @@ impl Flow<'_> {
         let described_portal = self.described_portal.take();
         match header.tag {
             b'Q' => {
+                // A Query between an Execute of a lone SET and its Sync may change or undo it.
+                self.break_pending_settle();
                 let sql = views::query(body)?;
                 self.state.on_query();
                 let analysis = self.analyze(sql);
@@ -481,7 +483,10 @@ impl Flow<'_> {
                             prepared.and_then(|p| p.rule.clone()),
                             prepared.and_then(|p| p.approval.clone()),
                             prepared.and_then(|p| p.tags.clone()),
-                            prepared.is_some_and(|p| p.search_path != self.state.search_path),
+                            prepared.is_some_and(|p| {
+                                *p.search_path != *self.state.effective_search_path()
+                                    || *p.roles != *self.state.effective_roles()
+                            }),
                         ),
                         // The server answers "portal does not exist"; the attempt is still
                         // on record.
@@ -620,6 +625,7 @@ impl Flow<'_> {
             }
             b'H' => expect_empty(header, body)?,
             b'F' => {
+                self.break_pending_settle();
                 let (oid, _) = split_i32(body).ok_or(ProtocolError::Malformed {
                     what: "FunctionCall message",
                     detail: "too short",
@@ -744,6 +750,12 @@ impl Flow<'_> {
             for correction in self.tracker.corrections.drain(..) {
                 self.state.correct(correction, self.role);
             }
+            if header.tag == b'Z'
+                && self.state.transaction_status == b'I'
+                && self.tracker.is_empty()
+            {
+                self.state.transaction_over();
+            }
             match (rewrite, masking) {
                 (Rewrite::Replace(error), _) => {
                     client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
@@ -767,6 +779,17 @@ impl Flow<'_> {
         client_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
         inbuf.consume(offset);
         Ok(())
+    }
+}
+
+impl Flow<'_> {
+    /// Something other than the lone SET runs before the Sync of its pipeline: the SET is
+    /// no longer certain when the Sync comes back.
+    fn break_pending_settle(&mut self) {
+        if self.executes_since_sync > 0 {
+            self.executes_since_sync += 1;
+            self.settle_at_sync = None;
+        }
     }
 }
 
