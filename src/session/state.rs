@@ -389,7 +389,7 @@ impl SessionState {
     /// A search_path change is added to the path tracked so far (names then match in the
     /// schemas of both): an error, a rollback or a SET LOCAL may keep it from taking effect.
     /// It replaces the path only once the server's answer shows it held
-    /// ([`Correction::SettledPath`]).
+    /// ([`Correction::Settled`]).
     ///
     /// Returns what the named things (prepared statements, cursors) were before, when the
     /// statements change any: if the server does not run them all, [`Self::undo`] puts the
