@@ -144,6 +144,12 @@ impl Policy {
         })
     }
 
+    /// Whether some rule names tables with a schema (`payroll.*`): only then does the
+    /// search_path matter to a decision.
+    pub fn names_schemas(&self) -> bool {
+        self.rules.iter().any(Rule::names_schemas)
+    }
+
     /// The session settings (values and locks) for someone logging in.
     /// The approver groups a rule names for itself, if it does.
     pub fn approver_groups(&self, rule_id: &str) -> Option<Vec<String>> {

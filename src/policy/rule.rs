@@ -97,6 +97,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether a table glob of this rule has a schema part.
+    pub fn names_schemas(&self) -> bool {
+        self.tables.iter().any(Glob::has_schema)
+    }
+
     pub fn compile(spec: RuleSpec, index: usize) -> Result<Self, RuleError> {
         if spec.id.starts_with("guardrail.") {
             return Err(RuleError {

@@ -52,12 +52,14 @@ impl Flow<'_> {
         // Each schema an unqualified name may be found in is tried on its own: with the
         // whole path at once, the first rule matching any of them would win, and an allow
         // rule for one schema could shadow a deny rule for another.
-        let no_path: &[String] = &[];
+        let policy = &snapshot.config.policy;
+        let per_schema = search_path.len() > 1 && policy.names_schemas();
         let mut decision: Option<Decision> = None;
         for role in roles.iter() {
             let schemas = search_path
                 .chunks(1)
-                .chain(search_path.is_empty().then_some(no_path));
+                .filter(|_| per_schema)
+                .chain((!per_schema).then_some(&search_path[..]));
             for schema in schemas {
                 let subject = Subject {
                     own_backends: &own_backends,
@@ -68,7 +70,7 @@ impl Flow<'_> {
                     search_path: schema,
                     has_intent: self.declared.intent.is_some(),
                 };
-                let this = snapshot.config.policy.decide(&subject, statements);
+                let this = policy.decide(&subject, statements);
                 if decision.as_ref().is_none_or(|d| this.action > d.action) {
                     decision = Some(this);
                 }
