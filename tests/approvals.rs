@@ -643,17 +643,7 @@ async fn a_pipeline_with_a_held_statement_keeps_its_order() {
         format!("SELECT count(*) FROM {}", s.table),
     ] {
         frontend::parse("", &sql, std::iter::empty(), &mut out).unwrap();
-        frontend::bind(
-            "",
-            "",
-            std::iter::empty::<i16>(),
-            std::iter::empty::<Option<&[u8]>>(),
-            |_: Option<&[u8]>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() },
-            Some(0),
-            &mut out,
-        )
-        .map_err(|_| "bind")
-        .unwrap();
+        common::wire::bind_without_parameters("", "", &mut out);
         frontend::execute("", 0, &mut out).unwrap();
     }
     frontend::sync(&mut out);

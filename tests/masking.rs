@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use common::wire::bind_without_parameters as bind;
 use common::{all_records, audit_dir, sqlstate, Proxy, ProxyOptions, ALICE_PASSWORD, BOB_PASSWORD};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -566,17 +567,7 @@ async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
         }
     }
     let bind_execute = |statement: &str, out: &mut bytes::BytesMut| {
-        frontend::bind(
-            "",
-            statement,
-            std::iter::empty::<i16>(),
-            std::iter::empty::<Option<&[u8]>>(),
-            |_: Option<&[u8]>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() },
-            std::iter::empty::<i16>(),
-            out,
-        )
-        .map_err(|_| "bind")
-        .unwrap();
+        bind("", statement, out);
         frontend::execute("", 0, out).unwrap();
         frontend::sync(out);
     };
@@ -1105,24 +1096,6 @@ fn query(sql: &str) -> bytes::BytesMut {
     let mut out = bytes::BytesMut::new();
     postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
     out
-}
-
-fn bind(portal: &str, statement: &str, out: &mut bytes::BytesMut) {
-    postgres_protocol::message::frontend::bind(
-        portal,
-        statement,
-        std::iter::empty::<i16>(),
-        std::iter::empty::<Option<&[u8]>>(),
-        |_: Option<&[u8]>,
-         _: &mut bytes::BytesMut|
-         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-            unreachable!()
-        },
-        std::iter::empty::<i16>(),
-        out,
-    )
-    .map_err(|_| "bind")
-    .unwrap();
 }
 
 /// The messages of an exchange as `tag:body` text, for assertions and failure output.

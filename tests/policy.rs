@@ -544,24 +544,14 @@ async fn execute_is_judged_by_the_prepared_body() {
     // inner body, and is judged by it under the rules of the moment.
     let proxy = Proxy::default().await;
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
-    use common::wire::{alice_login, error_fields, read_message};
+    use common::wire::{alice_login, sqlstates_until_ready};
     use postgres_protocol::message::frontend;
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     alice_login(&mut stream).await;
     let mut exchange = async |out: bytes::BytesMut, answers: usize| {
         stream.write_all(&out).await.unwrap();
-        let mut errors = Vec::new();
-        let mut ready = 0;
-        while ready < answers {
-            let (tag, body) = read_message(&mut stream).await;
-            match tag {
-                b'E' => errors.push(error_fields(&body)[&b'C'].clone()),
-                b'Z' => ready += 1,
-                _ => {}
-            }
-        }
-        errors
+        sqlstates_until_ready(&mut stream, answers).await
     };
     let mut out = bytes::BytesMut::new();
     frontend::query(
@@ -622,7 +612,7 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
     // Pipelined behind a failing statement, a RESET is uncertain when sent; its own clean
     // ReadyForQuery outside a transaction makes the search_path exact again.
     {
-        use common::wire::{alice_login, error_fields, read_message};
+        use common::wire::alice_login;
         use postgres_protocol::message::frontend;
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -640,15 +630,7 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
                 frontend::query(sql, &mut out).unwrap();
             }
             stream.write_all(&out).await.unwrap();
-            let mut ready = 0;
-            while ready < batch.len() {
-                let (tag, body) = read_message(&mut stream).await;
-                match tag {
-                    b'E' => errors.push(error_fields(&body)[&b'C'].clone()),
-                    b'Z' => ready += 1,
-                    _ => {}
-                }
-            }
+            errors.extend(common::wire::sqlstates_until_ready(&mut stream, batch.len()).await);
         }
         assert_eq!(
             errors,
@@ -969,39 +951,20 @@ async fn set_role_and_search_path_in_a_message_count_for_what_follows() {
     // A Query between an extended-protocol SET and its Sync may change the path again: the
     // SET does not settle it.
     {
-        use common::wire::{alice_login, read_message};
+        use common::wire::alice_login;
         use postgres_protocol::message::frontend;
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         alice_login(&mut stream).await;
         let mut out = bytes::BytesMut::new();
         frontend::parse("", "SET search_path = public", std::iter::empty(), &mut out).unwrap();
-        frontend::bind(
-            "",
-            "",
-            std::iter::empty::<i16>(),
-            std::iter::empty::<Option<&[u8]>>(),
-            |_: Option<&[u8]>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() },
-            Some(0),
-            &mut out,
-        )
-        .map_err(|_| "bind")
-        .unwrap();
+        common::wire::bind_without_parameters("", "", &mut out);
         frontend::execute("", 0, &mut out).unwrap();
         frontend::query("SET search_path = hidden, public", &mut out).unwrap();
         frontend::sync(&mut out);
         frontend::query("SELECT * FROM secrets", &mut out).unwrap();
         stream.write_all(&out).await.unwrap();
-        let mut codes = Vec::new();
-        let mut ready = 0;
-        while ready < 3 {
-            let (tag, body) = read_message(&mut stream).await;
-            match tag {
-                b'E' => codes.push(common::wire::error_fields(&body)[&b'C'].clone()),
-                b'Z' => ready += 1,
-                _ => {}
-            }
-        }
+        let codes = common::wire::sqlstates_until_ready(&mut stream, 3).await;
         assert_eq!(codes, ["42501"], "secrets read as public.secrets");
     }
     // A statement prepared before a SET ROLE is judged again, as the new role, when it runs.

@@ -290,3 +290,40 @@ pub async fn alice_login<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> O
     stream.write_all(&alice_startup()).await.unwrap();
     finish_login(stream, ALICE_PASSWORD).await
 }
+
+/// A Bind of `statement` to `portal` with no parameters and text results.
+pub fn bind_without_parameters(portal: &str, statement: &str, out: &mut BytesMut) {
+    frontend::bind(
+        portal,
+        statement,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<Option<&[u8]>>(),
+        |_: Option<&[u8]>,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            unreachable!("no parameters")
+        },
+        std::iter::empty::<i16>(),
+        out,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+}
+
+/// Read until `count` ReadyForQuery messages have come; the SQLSTATEs of the errors met.
+pub async fn sqlstates_until_ready<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    count: usize,
+) -> Vec<String> {
+    let mut codes = Vec::new();
+    let mut ready = 0;
+    while ready < count {
+        let (tag, body) = read_message(stream).await;
+        match tag {
+            b'E' => codes.push(error_fields(&body).remove(&b'C').unwrap_or_default()),
+            b'Z' => ready += 1,
+            _ => {}
+        }
+    }
+    codes
+}
