@@ -1234,6 +1234,54 @@ async fn function_raises_argument() {
     .await;
 }
 
+/// Column notation: `c.to_jsonb` is `to_jsonb(c)`, the whole row, when the relation has no
+/// column of that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_notation_on_whole_rows() {
+    run_candidates(
+        "colnote",
+        |t| {
+            vec![
+                format!("SELECT c.to_jsonb FROM {t} c"),
+                format!("SELECT {t}.row_to_json FROM {t}"),
+                format!("SELECT public.{t}.to_json FROM {t}"),
+                format!("SELECT c.json_agg FROM {t} c"),
+                format!("SELECT c.to_jsonb FROM {t}_view c"),
+                format!("SELECT s.to_jsonb FROM (SELECT * FROM {t}) s"),
+                format!("SELECT x.to_jsonb FROM (SELECT name, ssn FROM {t}) x"),
+                format!("SELECT j.to_jsonb FROM ({t} a JOIN {t}_copy b ON true) j"),
+                format!("WITH w AS (SELECT ssn FROM {t}) SELECT w.to_jsonb FROM w"),
+                format!("SELECT (SELECT c.to_jsonb) FROM {t} c"),
+            ]
+        },
+        true,
+    )
+    .await;
+    // A qualified column that is a column stays what it is.
+    let seed = seed("colnote2").await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let alice = connect_via(proxy.addr, "alice", ALICE_PASSWORD).await;
+    let t = &seed.table;
+    let row = alice
+        .query_one(
+            &format!(
+                "SELECT c.name, s.n, v.name FROM {t} c, (SELECT name AS n FROM {t} WHERE id = 1) s, \
+                 {t}_view v WHERE c.id = 1 AND v.id = 1"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(row.get::<_, String>(i), "Jane", "column {i}");
+    }
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Shapes that were masked all along (they must stay so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls() {

@@ -86,6 +86,15 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
             "SELECT ARRAY[pg_ls_dir('.')]",
             "guardrail.dangerous-functions",
         ),
+        // Column notation: `(x).f` is `f(x)` when x is not a row with a field f.
+        (
+            "SELECT ('/etc/hostname'::text).pg_read_file",
+            "guardrail.dangerous-functions",
+        ),
+        (
+            "SELECT (x).pg_ls_dir FROM (SELECT '.'::text) s(x)",
+            "guardrail.dangerous-functions",
+        ),
         (
             "ALTER SYSTEM SET work_mem = '1GB'",
             "guardrail.alter-system",
@@ -801,7 +810,9 @@ async fn people_may_cancel_and_terminate_their_own_sessions_only() {
     for sql in [
         format!("SELECT pg_cancel_backend({pid})"),
         format!("SELECT pg_terminate_backend({pid})"),
+        format!("SELECT ({pid}).pg_cancel_backend"),
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity".to_owned(),
+        "SELECT (pid).pg_terminate_backend FROM pg_stat_activity".to_owned(),
     ] {
         let err = bob.batch_execute(&sql).await.unwrap_err();
         refused_by(&err, "guardrail.other-sessions");
@@ -843,9 +854,9 @@ async fn people_may_cancel_and_terminate_their_own_sessions_only() {
         "query_canceled"
     );
     busy.batch_execute("SELECT 1").await.unwrap();
-    // And may end it.
+    // And may end it (written in column notation: the process id is read all the same).
     let terminated: bool = alice
-        .query_one(&format!("SELECT pg_terminate_backend({pid})"), &[])
+        .query_one(&format!("SELECT ({pid}).pg_terminate_backend"), &[])
         .await
         .unwrap()
         .get(0);

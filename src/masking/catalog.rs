@@ -22,7 +22,7 @@ use crate::auth::Grant;
 use crate::config::Secret;
 use crate::error::{ClientError, SqlState};
 use crate::protocol::frame::FrameLimits;
-use crate::sql::lineage::Lineage;
+use crate::sql::lineage::{Lineage, Taint};
 use crate::sql::tree::Tree;
 use crate::upstream::{self, Endpoint, UpstreamError};
 
@@ -84,6 +84,10 @@ pub struct Catalog {
     pub oids: HashSet<u32>,
     /// Lower-case names of masked columns (the rules', and view columns derived from them).
     pub names: HashSet<String>,
+    /// Every column of those relations, masked or not, by lower-case relation name (in
+    /// any schema: the columns all relations of that name have). `c.name` names a column
+    /// when `name` is one of them, else it calls the function `name` on the row.
+    pub relation_columns: HashMap<String, HashSet<String>>,
     /// Columns of each relation with masked columns, by lower-case `relname` and
     /// `schema.relname`.
     pub tables: HashMap<String, Arc<[TableColumn]>>,
@@ -109,6 +113,29 @@ impl Catalog {
     /// A name (column, relation, alias target) that is sensitive for lineage.
     pub fn sensitive_name(&self, name: &str) -> bool {
         self.names.contains(name) || self.relations.contains(name)
+    }
+
+    /// Whether a relation with masked columns (lower-case name) has a column `name`;
+    /// `None` for other relations.
+    pub fn has_column(&self, relation: &str, name: &str) -> Option<bool> {
+        self.relation_columns
+            .get(relation)
+            .map(|columns| columns.contains(name))
+    }
+
+    /// Which parts of a statement are derived from masked columns.
+    pub fn taint(&self, lineage: &Lineage) -> Taint {
+        lineage.taint(|n| self.sensitive_name(n), |r, n| self.has_column(r, n))
+    }
+
+    /// Record the columns of a relation with masked columns.
+    fn add_relation_columns<'a>(&mut self, relation: &str, columns: impl Iterator<Item = &'a str>) {
+        let columns: HashSet<String> = columns.map(str::to_lowercase).collect();
+        self.relation_columns
+            .entry(relation.to_lowercase())
+            // Another schema's relation of that name: only the columns both have.
+            .and_modify(|known| known.retain(|c| columns.contains(c)))
+            .or_insert(columns);
     }
 
     /// Whether a table name as written (`customers`, `public.customers`) is a relation with
@@ -313,6 +340,7 @@ async fn resolve(
             sensitive_oids.insert(oid);
             catalog.oids.insert(oid);
             catalog.relations.insert(relname.to_lowercase());
+            catalog.add_relation_columns(&relname, columns.iter().map(|c| c.name.as_str()));
             let columns: Arc<[TableColumn]> = columns.into();
             catalog.tables.insert(
                 format!("{schema}.{relname}").to_lowercase(),
@@ -405,7 +433,7 @@ async fn resolve(
             ));
         }
         for (oid, (relname, definition, columns)) in views {
-            let taint = view_taint(&definition, columns.len(), |n| catalog.sensitive_name(n));
+            let taint = view_taint(&definition, columns.len(), catalog);
             let rule_of = |name: &str| {
                 all.iter()
                     .position(|r| catalog.rules.contains(r) && r.column.eq_ignore_ascii_case(name))
@@ -427,6 +455,8 @@ async fn resolve(
                     catalog.names.insert(attname.to_lowercase());
                 }
             }
+            catalog
+                .add_relation_columns(&relname, columns.iter().map(|(_, name, _)| name.as_str()));
             sensitive_oids.insert(oid);
             catalog.oids.insert(oid);
             catalog.relations.insert(relname.to_lowercase());
@@ -480,15 +510,11 @@ type View = (String, String, Vec<(i16, String, u32)>);
 
 /// Per view column, whether its definition derives it from a sensitive name; `None` when
 /// that cannot be told (the definition does not parse, or its columns do not line up).
-fn view_taint(
-    definition: &str,
-    columns: usize,
-    sensitive: impl Fn(&str) -> bool,
-) -> Option<Vec<bool>> {
+fn view_taint(definition: &str, columns: usize, catalog: &Catalog) -> Option<Vec<bool>> {
     let parsed = pg_query::parse(definition, 0).ok()?;
     let stmt = parsed.protobuf.stmts.first()?.stmt.as_ref()?;
     let tree = Tree::of(stmt).ok()?;
-    let taint = Lineage::of(&tree).taint(sensitive);
+    let taint = catalog.taint(&Lineage::of(&tree));
     (!taint.star && taint.outputs.len() == columns).then_some(taint.outputs)
 }
 

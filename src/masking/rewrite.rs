@@ -294,7 +294,7 @@ impl Masking {
             // A plan, not rows: it shows expressions, never values.
             return vec![false; count];
         }
-        let taint = facts.lineage.taint(|n| self.catalog.sensitive_name(n));
+        let taint = self.catalog.taint(&facts.lineage);
         if taint.star || taint.outputs.len() != count {
             // Positions do not line up: any derived output masks every computed column.
             let any = taint.outputs.iter().any(|t| *t) || taint.outputs.len() != count;

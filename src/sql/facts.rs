@@ -267,45 +267,31 @@ impl Walk<'_> {
                 self.in_cte = outer;
             }
             Some("FuncCall") => {
-                let name = qualified_name(node.field("funcname"));
-                // The call's n-th argument.
-                let arg = |n: usize| match node.field("args") {
-                    Some(Tree::Seq(items)) => items.get(n),
-                    _ => None,
+                let args = match node.field("args") {
+                    Some(Tree::Seq(items)) => &items[..],
+                    _ => &[],
                 };
-                let unqualified = name.rsplit('.').next().unwrap_or(&name);
-                // In a view, set_config would change settings whenever the view is read,
-                // where no statement shows it.
-                if unqualified == "set_config" && self.in_view {
-                    self.changes_any_setting();
-                }
-                // Whatever the qualification: `app.pg_catalog.set_config` is the same function.
-                if unqualified == "set_config" {
-                    self.facts.reads_literals = true;
-                    let setting = arg(0)
-                        .and_then(constant_string)
-                        .map_or_else(|| "*".to_owned(), |s| s.to_lowercase());
-                    let value = arg(1)
-                        .and_then(constant_string)
-                        .map_or(SettingValue::Unknown, SettingValue::Value);
-                    // Session-wide only with a constant false.
-                    let local = arg(2).and_then(constant_bool) != Some(false);
-                    self.facts.changes.push(SettingChange {
-                        name: setting.clone(),
-                        value,
-                        local,
-                    });
-                    self.facts.settings.push(setting);
-                }
-                if matches!(unqualified, "pg_cancel_backend" | "pg_terminate_backend") {
-                    self.facts.reads_literals = true;
-                    let pid = arg(0)
-                        .and_then(constant_int)
-                        .and_then(|pid| i32::try_from(pid).ok());
-                    self.facts.signals.push(pid);
-                }
-                self.facts.functions.push(name);
+                self.called(qualified_name(node.field("funcname")), args);
                 self.visit_fields(node, Access::Read, &["funcname"]);
+            }
+            // Column notation: `(x).f` is `f(x)` unless x is a row with a field f, which
+            // only the server knows; so each name selected counts as a function called,
+            // with what it is selected from as its argument (known for the first only).
+            Some("AIndirection") => {
+                let parts = node.field("indirection").map(Tree::children);
+                for (i, (_, part)) in parts.into_iter().flatten().enumerate() {
+                    if part.name() != Some("String") {
+                        continue;
+                    }
+                    if let Some(name) = part.field("sval").and_then(Tree::as_str) {
+                        let arg = node.field("arg").filter(|_| i == 0);
+                        self.called(
+                            name.to_owned(),
+                            arg.map(std::slice::from_ref).unwrap_or(&[]),
+                        );
+                    }
+                }
+                self.visit_fields(node, access, &[]);
             }
             Some("CopyStmt") => {
                 self.facts.reads_literals |= options_have_values(node);
@@ -532,6 +518,43 @@ impl Walk<'_> {
             local: false,
         });
         self.facts.settings.push("*".to_owned());
+    }
+
+    /// A call of the function `name` (as written) with these arguments.
+    fn called(&mut self, name: String, args: &[Tree]) {
+        let arg = |n: usize| args.get(n);
+        let unqualified = name.rsplit('.').next().unwrap_or(&name);
+        // In a view, set_config would change settings whenever the view is read, where no
+        // statement shows it.
+        if unqualified == "set_config" && self.in_view {
+            self.changes_any_setting();
+        }
+        // Whatever the qualification: `app.pg_catalog.set_config` is the same function.
+        if unqualified == "set_config" {
+            self.facts.reads_literals = true;
+            let setting = arg(0)
+                .and_then(constant_string)
+                .map_or_else(|| "*".to_owned(), |s| s.to_lowercase());
+            let value = arg(1)
+                .and_then(constant_string)
+                .map_or(SettingValue::Unknown, SettingValue::Value);
+            // Session-wide only with a constant false.
+            let local = arg(2).and_then(constant_bool) != Some(false);
+            self.facts.changes.push(SettingChange {
+                name: setting.clone(),
+                value,
+                local,
+            });
+            self.facts.settings.push(setting);
+        }
+        if matches!(unqualified, "pg_cancel_backend" | "pg_terminate_backend") {
+            self.facts.reads_literals = true;
+            let pid = arg(0)
+                .and_then(constant_int)
+                .and_then(|pid| i32::try_from(pid).ok());
+            self.facts.signals.push(pid);
+        }
+        self.facts.functions.push(name);
     }
 
     fn visit_fields(&mut self, node: &Tree, access: Access, skip: &[&str]) {
@@ -880,6 +903,10 @@ mod tests {
         ("SELECT (SELECT max(id) FROM t2) FROM t1", "select", &["t1:read", "t2:read"], &["max"], &[]),
         ("SELECT * FROM t WHERE id IN (SELECT id FROM s WHERE x = ANY(ARRAY[1,2]))", "select", &["s:read", "t:read"], &[], &[]),
         ("SELECT ARRAY[pg_read_file('/etc/passwd')]", "select", &[], &["pg_read_file"], &[]),
+        // Column notation calls a function too: `(x).f` is `f(x)`.
+        ("SELECT ('/etc/passwd'::text).pg_read_file", "select", &[], &["pg_read_file"], &[]),
+        ("SELECT (t.x).lower.pg_ls_dir FROM t", "select", &["t:read"], &["lower", "pg_ls_dir"], &[]),
+        ("SELECT (c.address).city, (c.tags)[1] FROM c", "select", &["c:read"], &["city"], &[]),
         ("SELECT json_build_object('k', pg_ls_dir('.'))", "select", &[], &["json_build_object", "pg_ls_dir"], &[]),
         ("SELECT coalesce(lo_import('/etc/hosts'), 0)", "select", &[], &["lo_import"], &[]),
         ("SELECT CASE WHEN true THEN pg_read_binary_file('x') END", "select", &[], &["pg_read_binary_file"], &[]),
@@ -1166,6 +1193,13 @@ mod tests {
             [Some(1), None]
         );
         assert!(signals("SELECT pg_backend_pid()").is_empty());
+        // Column notation.
+        assert_eq!(signals("SELECT (4243).pg_cancel_backend"), [Some(4243)]);
+        assert_eq!(
+            signals("SELECT (pid).pg_terminate_backend FROM pg_stat_activity"),
+            [None]
+        );
+        assert_eq!(signals("SELECT (5).abs.pg_cancel_backend"), [None]);
     }
 
     #[test]

@@ -44,7 +44,32 @@ pub struct Lineage {
     /// XMLTABLE): their output columns have names the tree cannot know (`value`, `key`),
     /// so when any of these is sensitive, every output and every write is.
     pub opaque: Vec<String>,
+    /// The rows named in FROM and WITH (by alias, else by name) and what their columns
+    /// are, to tell `c.column` from `c.function` (column notation: `to_jsonb(c)`).
+    pub rows: Vec<(String, RowColumns)>,
 }
+
+/// The columns of a row named in FROM or WITH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowColumns {
+    /// A table or view (lower-cased name as written, unqualified); `AS c(a, b)` renames
+    /// its first columns. The catalog knows the rest.
+    Relation {
+        relation: String,
+        renamed: Vec<String>,
+    },
+    /// A subquery or CTE: its output names (column aliases first), and the rows whose
+    /// columns a `*` in its select list brings in.
+    Query {
+        names: Vec<String>,
+        stars: Vec<String>,
+    },
+    /// A function, XMLTABLE or `(x).*` output: columns the tree cannot know.
+    Unknown,
+}
+
+/// Column-notation references resolved deeper than this count as functions of the row.
+const MAX_ROW_DEPTH: usize = 8;
 
 /// The output of a `COPY … TO`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,9 +144,24 @@ impl Lineage {
     /// Which parts are derived from a name `sensitive` says is sensitive (a masked column, a
     /// sensitive table or view). Aliases of sensitive relations and names derived from
     /// sensitive ones are sensitive too.
-    pub fn taint(&self, sensitive: impl Fn(&str) -> bool) -> Taint {
+    ///
+    /// `is_column(relation, name)` says whether a table or view has a column `name` (`None`:
+    /// not known). `c.name` is the whole row `c` passed to the function `name` unless every
+    /// row the statement calls `c` surely has that column; so unknown rows (functions, join
+    /// aliases, tables the catalog does not know) over-approximate toward masking.
+    pub fn taint(
+        &self,
+        sensitive: impl Fn(&str) -> bool,
+        is_column: impl Fn(&str, &str) -> Option<bool>,
+    ) -> Taint {
         let mut tainted: Vec<&str> = Vec::new();
-        let is_tainted = |tainted: &[&str], name: &str| sensitive(name) || tainted.contains(&name);
+        let is_tainted = |tainted: &[&str], name: &str| match split_row_call(name) {
+            Some((row, column)) => {
+                (sensitive(row) || tainted.contains(&row))
+                    && !self.row_has_column(row, column, &is_column, 0)
+            }
+            None => sensitive(name) || tainted.contains(&name),
+        };
         for (alias, relation) in &self.aliases {
             if sensitive(relation) {
                 tainted.push(alias);
@@ -156,8 +196,64 @@ impl Lineage {
                 .filtered
                 .iter()
                 .filter(|n| is_tainted(&tainted, n))
-                .cloned()
+                .map(|n| match split_row_call(n) {
+                    Some((row, name)) => format!("{row}.{name}"),
+                    None => n.clone(),
+                })
                 .collect(),
+        }
+    }
+
+    /// Whether every row this statement calls `row` surely has a column `column`.
+    fn row_has_column(
+        &self,
+        row: &str,
+        column: &str,
+        is_column: &impl Fn(&str, &str) -> Option<bool>,
+        depth: usize,
+    ) -> bool {
+        if depth > MAX_ROW_DEPTH {
+            return false;
+        }
+        let mut sources = self.rows.iter().filter(|(name, _)| name == row).peekable();
+        sources.peek().is_some()
+            && sources.all(|(_, columns)| match columns {
+                RowColumns::Relation { relation, renamed } => {
+                    renamed.iter().any(|r| r == column)
+                        || is_column(relation, column).unwrap_or_else(|| {
+                            // Not a table the catalog knows: a CTE of that name, if any.
+                            let mut ctes = self
+                                .rows
+                                .iter()
+                                .filter(|(name, c)| {
+                                    name == relation && matches!(c, RowColumns::Query { .. })
+                                })
+                                .peekable();
+                            ctes.peek().is_some()
+                                && ctes.all(|(_, c)| self.query_has(c, column, is_column, depth))
+                        })
+                }
+                query @ RowColumns::Query { .. } => self.query_has(query, column, is_column, depth),
+                RowColumns::Unknown => false,
+            })
+    }
+
+    /// Whether a subquery's or CTE's output has a column `column`.
+    fn query_has(
+        &self,
+        query: &RowColumns,
+        column: &str,
+        is_column: &impl Fn(&str, &str) -> Option<bool>,
+        depth: usize,
+    ) -> bool {
+        match query {
+            RowColumns::Query { names, stars } => {
+                names.iter().any(|n| n == column)
+                    || stars
+                        .iter()
+                        .any(|s| self.row_has_column(s, column, is_column, depth + 1))
+            }
+            _ => false,
         }
     }
 
@@ -241,10 +337,27 @@ impl Lineage {
                             collect_relations(side, &mut from);
                         }
                     }
-                    for column in names(node.field("alias").and_then(|a| a.field("colnames"))) {
-                        self.derived.push((column, from.clone()));
+                    let renamed = names(node.field("alias").and_then(|a| a.field("colnames")));
+                    for column in &renamed {
+                        self.derived.push((column.clone(), from.clone()));
                     }
-                    self.derived.push((alias, from));
+                    self.derived.push((alias.clone(), from));
+                    // Its columns: the renamed ones, then both sides'.
+                    let mut stars = Vec::new();
+                    for side in ["larg", "rarg"] {
+                        if let Some(side) = node.field(side) {
+                            from_item_names(side, &mut stars);
+                        }
+                    }
+                    let columns = if renamed.is_empty() {
+                        RowColumns::Query {
+                            names: Vec::new(),
+                            stars,
+                        }
+                    } else {
+                        RowColumns::Unknown
+                    };
+                    self.rows.push((alias, columns));
                 }
             }
             // DDL that computes stored values from other columns: a generated column, ALTER
@@ -264,18 +377,25 @@ impl Lineage {
                 }
             }
             Some("RangeVar") => {
-                if let (Some(alias), Some(relation)) = (
-                    alias_name(node),
-                    node.field("relname").and_then(Tree::as_str),
-                ) {
+                if let Some(relation) = node.field("relname").and_then(Tree::as_str) {
                     let relation = relation.to_lowercase();
                     // `FROM customers AS c(i, n, e)`: the columns under new names; which
                     // is which needs the catalog, so each counts as the whole table.
-                    let columns = node.field("alias").and_then(|a| a.field("colnames"));
-                    for column in names(columns) {
-                        self.derived.push((column, vec![relation.clone()]));
+                    let renamed = names(node.field("alias").and_then(|a| a.field("colnames")));
+                    for column in &renamed {
+                        self.derived.push((column.clone(), vec![relation.clone()]));
                     }
-                    self.aliases.push((alias, relation));
+                    let name = alias_name(node).unwrap_or_else(|| relation.clone());
+                    self.rows.push((
+                        name.clone(),
+                        RowColumns::Relation {
+                            relation: relation.clone(),
+                            renamed,
+                        },
+                    ));
+                    if name != relation {
+                        self.aliases.push((name, relation));
+                    }
                 }
             }
             Some("CommonTableExpr") => {
@@ -306,11 +426,17 @@ impl Lineage {
                     for column in names(alias.and_then(|a| a.field("colnames"))) {
                         self.derived.push((column, from.clone()));
                     }
+                    self.rows.push((name.to_lowercase(), RowColumns::Unknown));
                 }
                 self.opaque.extend(from);
             }
             // XMLTABLE / JSON_TABLE: columns computed from the document passed in.
-            Some("RangeTableFunc" | "JsonTable") => self.opaque.extend(references(node)),
+            Some("RangeTableFunc" | "JsonTable") => {
+                if let Some(alias) = alias_name(node) {
+                    self.rows.push((alias, RowColumns::Unknown));
+                }
+                self.opaque.extend(references(node));
+            }
             _ => {}
         }
         for (_, child) in node.children() {
@@ -379,6 +505,8 @@ impl Lineage {
             .collect();
         if let Some(name) = name {
             self.derived.push((name.to_lowercase(), everything.clone()));
+            self.rows
+                .push((name.to_lowercase(), query_columns(query, names(columns))));
         }
         for (i, column) in names(columns).into_iter().enumerate() {
             let from = match outputs.get(i) {
@@ -386,6 +514,112 @@ impl Lineage {
                 _ => everything.clone(),
             };
             self.derived.push((column, from));
+        }
+    }
+}
+
+/// The columns of a subquery or CTE `query`, renamed by `renamed` (`AS s(a, b)`).
+fn query_columns(query: &Tree, renamed: Vec<String>) -> RowColumns {
+    // A set operation is named after its first branch.
+    if let Some(left) = query.field("larg").filter(|l| l.is_present()) {
+        return query_columns(left, renamed);
+    }
+    let (list, from) = match query.name() {
+        Some("SelectStmt") => {
+            if let Some(Tree::Seq(rows)) = query.field("values_lists") {
+                if let Some(first) = rows.first() {
+                    let count = first.field("items").map_or(0, |i| i.children().count());
+                    let mut names: Vec<String> =
+                        (1..=count).map(|i| format!("column{i}")).collect();
+                    rename(&mut names, renamed);
+                    return RowColumns::Query {
+                        names,
+                        stars: Vec::new(),
+                    };
+                }
+            }
+            (query.field("target_list"), query.field("from_clause"))
+        }
+        // INSERT / UPDATE / DELETE / MERGE … RETURNING in a CTE.
+        Some("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => {
+            (returning(query), query.field("relation"))
+        }
+        _ => return RowColumns::Unknown,
+    };
+    let mut outputs = Vec::new();
+    let mut stars = Vec::new();
+    for (_, target) in list.map(Tree::children).into_iter().flatten() {
+        let value = target.field("val").unwrap_or(&Tree::Null);
+        if expands(value) {
+            return RowColumns::Unknown;
+        }
+        if is_star(value) {
+            let mut qualifier = names(value.field("fields"));
+            match qualifier.pop() {
+                Some(row) => stars.push(row),
+                None => {
+                    if let Some(from) = from {
+                        from_item_names(from, &mut stars);
+                    }
+                }
+            }
+            continue;
+        }
+        let name = target
+            .field("name")
+            .and_then(Tree::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_lowercase)
+            .or_else(|| implicit_name(value));
+        outputs.extend(name);
+    }
+    // With a `*`, positions (and so which names the aliases replace) are not known.
+    if !stars.is_empty() && !renamed.is_empty() {
+        return RowColumns::Unknown;
+    }
+    rename(&mut outputs, renamed);
+    RowColumns::Query {
+        names: outputs,
+        stars,
+    }
+}
+
+/// `AS s(a, b)`: the first columns take the new names.
+fn rename(names: &mut Vec<String>, renamed: Vec<String>) {
+    for (i, new) in renamed.into_iter().enumerate() {
+        match names.get_mut(i) {
+            Some(old) => *old = new,
+            None => names.push(new),
+        }
+    }
+}
+
+/// The names the items of a FROM clause are referred to by (alias, else table name); a join
+/// without an alias by its sides'.
+fn from_item_names(node: &Tree, found: &mut Vec<String>) {
+    match node.name() {
+        Some("RangeVar") => found.extend(alias_name(node).or_else(|| {
+            node.field("relname")
+                .and_then(Tree::as_str)
+                .map(str::to_lowercase)
+        })),
+        Some("RangeSubselect" | "RangeFunction" | "RangeTableFunc" | "JsonTable") => {
+            found.extend(alias_name(node))
+        }
+        Some("JoinExpr") => match alias_name(node) {
+            Some(alias) => found.push(alias),
+            None => {
+                for side in ["larg", "rarg"] {
+                    if let Some(side) = node.field(side) {
+                        from_item_names(side, found);
+                    }
+                }
+            }
+        },
+        _ => {
+            for (_, child) in node.children() {
+                from_item_names(child, found);
+            }
         }
     }
 }
@@ -661,10 +895,15 @@ fn collect_references(node: &Tree, found: &mut Vec<String>) {
         if is_star(node) || parts.len() == 1 {
             // `c.*`, or `c` alone: the qualifier is a whole row (or a column's name).
             found.append(&mut parts);
-        } else {
+        } else if let Some(name) = parts.pop() {
             // `c.email`, `s.c.email`: the column; which relation it is from does not narrow
-            // anything down, since names are compared anyway.
-            found.extend(parts.pop());
+            // anything down, since names are compared anyway. Unless `c` has no column of
+            // that name: then PostgreSQL calls the function `name` on the whole row
+            // (`c.to_jsonb` is `to_jsonb(c)`), which `taint` decides.
+            if let Some(row) = parts.pop() {
+                found.push(row_call(&row, &name));
+            }
+            found.push(name);
         }
         return;
     }
@@ -706,6 +945,17 @@ fn names(list: Option<&Tree>) -> Vec<String> {
         .collect()
 }
 
+/// The reference `row.name` in column notation, as one name: the function `name` called on
+/// the whole row `row` unless `name` is a column. (NUL never occurs in a name.)
+fn row_call(row: &str, name: &str) -> String {
+    format!("{row}\0{name}")
+}
+
+/// `(row, name)` of a [`row_call`].
+fn split_row_call(reference: &str) -> Option<(&str, &str)> {
+    reference.split_once('\0')
+}
+
 fn last_name(list: Option<&Tree>) -> Option<String> {
     names(list).pop()
 }
@@ -737,10 +987,15 @@ mod tests {
         Lineage::of(&Tree::of(stmt).unwrap())
     }
 
+    /// The columns of `customers`, the one relation with sensitive columns here.
+    fn is_column(relation: &str, name: &str) -> Option<bool> {
+        (relation == "customers").then_some(matches!(name, "id" | "name" | "email" | "ssn"))
+    }
+
     /// Which outputs of `sql` derive from `customers.email` / `customers.ssn`.
     fn masked(sql: &str) -> Vec<bool> {
         lineage(sql)
-            .taint(|n| matches!(n, "email" | "ssn" | "customers"))
+            .taint(|n| matches!(n, "email" | "ssn" | "customers"), is_column)
             .outputs
     }
 
@@ -788,6 +1043,54 @@ mod tests {
                 &[true],
             ),
             ("SELECT md5(n) FROM (VALUES ('a')) v(n)", &[false]),
+            // Column notation: a name that is no column is a function of the whole row.
+            (
+                "SELECT c.to_jsonb, c.id, c.name FROM customers c",
+                &[true, false, false],
+            ),
+            (
+                "SELECT customers.row_to_json FROM public.customers",
+                &[true],
+            ),
+            ("SELECT public.customers.to_json FROM customers", &[true]),
+            (
+                "SELECT s.n, s.to_jsonb FROM (SELECT name AS n, email FROM customers) s",
+                &[false, true],
+            ),
+            (
+                "SELECT w.to_jsonb FROM (SELECT ssn FROM customers) w(x)",
+                &[true],
+            ),
+            ("SELECT o.to_jsonb, o.total FROM orders o", &[false, false]),
+            // Only the columns of the row named count, not other names in the statement.
+            (
+                "SELECT c.to_jsonb FROM customers c, (SELECT 1 AS to_jsonb) z",
+                &[true],
+            ),
+            (
+                "SELECT s.to_jsonb FROM (SELECT c.* FROM customers c, (SELECT 1 AS to_jsonb) z) s",
+                &[true],
+            ),
+            (
+                "SELECT s.id, s.name FROM (SELECT * FROM customers) s",
+                &[false, false],
+            ),
+            (
+                "WITH w AS (SELECT id, email FROM customers) SELECT w.id, w.to_jsonb FROM w",
+                &[false, true],
+            ),
+            (
+                "SELECT j.id, j.to_jsonb FROM (customers c JOIN orders o USING (id)) j",
+                &[false, true],
+            ),
+            (
+                "SELECT x.a FROM (SELECT id, email FROM customers) x(a, b)",
+                &[false],
+            ),
+            (
+                "SELECT f.value FROM customers c, jsonb_each(to_jsonb(c)) f",
+                &[true],
+            ),
         ];
         for (sql, expected) in cases {
             assert_eq!(masked(sql), *expected, "{sql}");
@@ -796,7 +1099,8 @@ mod tests {
 
     #[test]
     fn writes_and_filters_derived_from_sensitive_names() {
-        let taint = |sql: &str| lineage(sql).taint(|n| matches!(n, "email" | "customers"));
+        let taint =
+            |sql: &str| lineage(sql).taint(|n| matches!(n, "email" | "customers"), is_column);
         for sql in [
             "INSERT INTO copy SELECT lower(email) FROM customers",
             "CREATE TABLE copy AS SELECT email FROM customers",
@@ -839,6 +1143,11 @@ mod tests {
         assert!(taint("SELECT id FROM customers WHERE id = 1")
             .filtered
             .is_empty());
+        assert_eq!(
+            taint("SELECT id FROM customers c WHERE c.to_jsonb::text LIKE '%@%'").filtered,
+            vec!["c.to_jsonb".to_owned()]
+        );
+        assert!(taint("INSERT INTO copy SELECT c.row_to_json FROM customers c").written);
     }
 
     #[test]

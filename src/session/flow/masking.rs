@@ -238,7 +238,7 @@ impl Flow<'_> {
             if !masking.touches(facts) {
                 continue;
             }
-            let taint = facts.lineage.taint(|n| masking.catalog().sensitive_name(n));
+            let taint = masking.catalog().taint(&facts.lineage);
             let mut consider = |action: Action, rule: &str, message: String| {
                 let current = strictest.as_ref().map_or(decision.action, |d| d.action);
                 if strength(action) > strength(current) {
@@ -279,11 +279,7 @@ impl Flow<'_> {
         let mut names: Vec<String> = statements
             .iter()
             .filter(|f| masking.touches(f))
-            .flat_map(|f| {
-                f.lineage
-                    .taint(|n| masking.catalog().sensitive_name(n))
-                    .filtered
-            })
+            .flat_map(|f| masking.catalog().taint(&f.lineage).filtered)
             .collect();
         names.sort();
         names.dedup();
