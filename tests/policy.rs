@@ -173,6 +173,12 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
         db.hint().unwrap_or_default().contains("approvals"),
         "{db:?}"
     );
+    // LOAD runs a library's code in the server: held too (here, refused).
+    let err = client
+        .simple_query("LOAD 'auto_explain'")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.code-and-privileges");
 
     // Text PostgreSQL's parser rejects never reaches it; the error is the parser's own.
     let err = client.simple_query("SELEC 1").await.unwrap_err();

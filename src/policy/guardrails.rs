@@ -162,6 +162,8 @@ const PACK: &[Guardrail] = &[
             "reassign owned",
             "alter default privileges",
             "create extension",
+            // Runs a shared library's code in the server process.
+            "load",
         ],
         functions: &[],
         flags: &[],

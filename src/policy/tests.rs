@@ -193,6 +193,12 @@ fn guardrails_by_default() {
             Action::Approve,
             Some("guardrail.code-and-privileges"),
         ),
+        // LOAD runs a shared library's code in the server process.
+        (
+            "LOAD 'auto_explain'",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
         (
             "CREATE FOREIGN TABLE f (a text) SERVER files OPTIONS (program 'id')",
             Action::Approve,
