@@ -1282,6 +1282,129 @@ async fn column_notation_on_whole_rows() {
     proxy.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Unaliased columns read back by the name PostgreSQL gives them (FigureColname): the ELSE
+/// of a CASE, a cast's type, SQL/XML functions, a field under subscripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_names_as_postgres_gives_them() {
+    run_candidates(
+        "figure",
+        |t| {
+            let case = format!("(SELECT CASE WHEN true THEN ssn ELSE note END FROM {t}) s");
+            vec![
+                format!("SELECT note FROM {case}"),
+                format!("WITH w AS (SELECT CASE WHEN true THEN ssn ELSE note END FROM {t}) SELECT note FROM w"),
+                format!("SELECT text FROM (SELECT (ssn || '')::text FROM {t}) s"),
+                format!("SELECT xmlconcat::text FROM (SELECT xmlconcat(ssn::xml) FROM {t}) s"),
+                format!("SELECT xmlforest::text FROM (SELECT xmlforest(ssn) FROM {t}) s"),
+                format!("SELECT xmlserialize FROM (SELECT xmlserialize(content ssn::xml AS text) FROM {t}) s"),
+                format!("SELECT profile FROM (SELECT (ROW(1, '', '', '', jsonb_build_array(ssn), '')::{t}).profile[0] FROM {t}) s"),
+                format!("WITH u AS (UPDATE {t} SET note = note WHERE id = 1 RETURNING CASE WHEN true THEN ssn ELSE note END) SELECT note FROM u"),
+                format!("BEGIN; DECLARE cur CURSOR FOR SELECT note FROM {case}; FETCH ALL cur; COMMIT"),
+                format!("CREATE TEMP TABLE {t}_tmp AS SELECT note FROM {case}"),
+                format!("SELECT * FROM {t}_tmp"),
+                // `(row).*` in a subquery: columns named after the row type's fields.
+                format!("SELECT note FROM (SELECT (ROW(1, '', '', '', '{{}}', ssn)::{t}).* FROM {t}) x"),
+                format!("WITH w AS (SELECT (ROW(1, '', '', '', '{{}}', ssn)::{t}).* FROM {t}) SELECT note FROM w"),
+                format!("SELECT note FROM (SELECT (json_populate_record(null::{t}, json_build_object('note', ssn))).* FROM {t}) x"),
+            ]
+        },
+        true,
+    )
+    .await;
+}
+
+/// Values kept in server state a later statement reads without touching the masked table
+/// (advisory lock keys in pg_locks, a sequence, a large object's OID) are derived writes:
+/// refused here (derived_writes = "approve", no [approvals]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_kept_in_server_state_are_derived_writes() {
+    let seed = seed("state").await;
+    let t = &seed.table;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let alice = connect_via(proxy.addr, "alice", ALICE_PASSWORD).await;
+    alice
+        .batch_execute(&format!("CREATE TEMP SEQUENCE {t}_seq"))
+        .await
+        .unwrap();
+    let key = "('x' || encode(substr(ssn, 3, 8)::bytea, 'hex'))::bit(64)::bigint";
+    for sql in [
+        format!("SELECT pg_advisory_lock({key}) FROM {t} WHERE id = 1"),
+        format!("SELECT pg_try_advisory_xact_lock_shared(ascii(email), 1) FROM {t} WHERE id = 1"),
+        format!("SELECT setval('{t}_seq', {key}) FROM {t} WHERE id = 1"),
+        format!("SELECT lo_create(ascii(ssn)) FROM {t} WHERE id = 1"),
+    ] {
+        let err = alice.simple_query(&sql).await.expect_err(&sql);
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{sql}: {message}");
+        assert!(
+            message.contains("masking.derived_writes"),
+            "{sql}: {message}"
+        );
+    }
+    let locks: i64 = alice
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0);
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An error message that prints a number computed from a masked value (`transaction ID …
+/// is in the future`) does not show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_in_errors_about_masked_values_are_scrubbed() {
+    let seed = seed("errnum").await;
+    let t = &seed.table;
+    let key = "('x' || encode(substr(ssn, 3, 8)::bytea, 'hex'))::bit(64)::bigint";
+    let secret: String = common::direct("app")
+        .await
+        .query_one(&format!("SELECT ({key})::text FROM {t} WHERE id = 1"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let proxy = Proxy::start(ProxyOptions {
+        extra: masking_config(&seed, None),
+        ..Default::default()
+    })
+    .await;
+    let alice = connect_via(proxy.addr, "alice", ALICE_PASSWORD).await;
+    for sql in [
+        format!("SELECT txid_status({key}) FROM {t} WHERE id = 1"),
+        format!("SELECT lo_get(({key} >> 32)::oid) FROM {t} WHERE id = 1"),
+        format!("SELECT setseed(ascii(ssn)) FROM {t} WHERE id = 1"),
+    ] {
+        let err = alice.simple_query(&sql).await.expect_err(&sql);
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(!message.is_empty(), "{sql}: {err}");
+        assert!(
+            !message.chars().any(|c| c.is_ascii_digit()),
+            "{sql}: a number reached the client: {message} (secret {secret})"
+        );
+    }
+    // Errors of statements that read nothing masked keep their numbers.
+    let err = alice.simple_query("SELECT setseed(7)").await.unwrap_err();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains('7'), "{message}");
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Shapes that were masked all along (they must stay so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls() {

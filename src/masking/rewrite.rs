@@ -593,8 +593,12 @@ impl Masking {
                     b'M' if unquoted_value_error(&fields_code)
                         || (!text.contains('"') && text.contains(": ")) =>
                     {
-                        scrub_unquoted(&text)
+                        scrub_numbers(&scrub_unquoted(&text))
                     }
+                    // Messages print numbers they were given bare (`transaction ID … is in
+                    // the future`, `large object … does not exist`), and a number can carry
+                    // eight bytes of a masked value.
+                    b'M' => scrub_numbers(&scrub_quoted(&text)),
                     _ => scrub_quoted(&text),
                 }
             } else {
@@ -846,6 +850,24 @@ pub fn scrub_quoted(text: &str) -> String {
             }
         }
     }
+}
+
+/// Every run of digits masked.
+fn scrub_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_number = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push_str(strategy::REDACTED);
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// COPY text format: `\t`, `\n`, `\\` and friends to the bytes they stand for.
@@ -1109,6 +1131,10 @@ mod tests {
             "Key (email)=(****) already exists."
         );
         assert_eq!(scrub_quoted("no values here"), "no values here");
+        assert_eq!(
+            scrub_numbers("transaction ID 8319114120112077434 is in the future"),
+            "transaction ID **** is in the future"
+        );
     }
 
     #[test]

@@ -265,6 +265,18 @@ impl Lineage {
                         self.derived.push((name, from));
                     }
                 }
+                // `(row).*`: columns named after the row type's fields, whatever values the
+                // row was built from (`(ROW(…, ssn)::customers).*` puts ssn under `note`).
+                for (_, target) in node
+                    .field("target_list")
+                    .map(Tree::children)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(value) = target.field("val").filter(|v| expands(v)) {
+                        self.opaque.extend(references(value));
+                    }
+                }
                 if has(node, "into_clause") {
                     self.written.extend(all_outputs(node));
                 }
@@ -306,22 +318,20 @@ impl Lineage {
             }
             Some("FuncCall") => {
                 let name = last_name(node.field("funcname"));
-                // Functions that keep their arguments where they can be read back later
-                // (a notification, a setting, a large object, the WAL).
-                if matches!(
-                    name.as_deref(),
-                    Some(
-                        "pg_notify"
-                            | "set_config"
-                            | "lo_from_bytea"
-                            | "lo_put"
-                            | "lowrite"
-                            | "pg_logical_emit_message"
-                    )
-                ) {
+                if name.as_deref().is_some_and(keeps_arguments) {
                     if let Some(args) = node.field("args") {
                         self.written.extend(references(args));
                     }
+                }
+            }
+            // Column notation: `(x).setval`, `(x).pg_advisory_lock` call them with x.
+            Some("AIndirection")
+                if names(node.field("indirection"))
+                    .iter()
+                    .any(|n| keeps_arguments(n)) =>
+            {
+                if let Some(arg) = node.field("arg") {
+                    self.written.extend(references(arg));
                 }
             }
             Some("JoinExpr") => {
@@ -825,49 +835,137 @@ fn is_star(value: &Tree) -> bool {
             .is_some_and(|f| f.children().any(|(_, part)| part.name() == Some("AStar")))
 }
 
-/// The name PostgreSQL gives an unaliased output column (a simplified FigureColname): the
-/// column's or the function's name; `?column?` for anything else.
+/// The name PostgreSQL gives an unaliased output column: its FigureColname, `?column?` when
+/// nothing names it. It must be exactly the server's: an outer query reads the column back
+/// by that name, and a name guessed wrong would leave what it is derived from behind.
 fn implicit_name(value: &Tree) -> Option<String> {
-    use pg_query::protobuf::{AExprKind, MinMaxOp, SubLinkType};
-    let name = |n: &str| Some(n.to_owned());
+    let (name, _) = figure_name(value);
+    Some(name.unwrap_or_else(|| "?column?".to_owned()).to_lowercase())
+}
+
+/// FigureColnameInternal (parser/parse_target.c): a name and its strength (2: a column's
+/// or function's own name; 1: a fallback such as a cast's type or `case`; 0: none).
+fn figure_name(value: &Tree) -> (Option<String>, u8) {
+    use pg_query::protobuf::{AExprKind, JsonExprOp, MinMaxOp, SubLinkType, XmlExprOp};
+    let named = |n: &str| (Some(n.to_owned()), 2);
     let is = |field: &str, wanted: i32| {
         value.field(field).and_then(Tree::as_int) == Some(i64::from(wanted))
     };
-    match value.name()? {
-        "ColumnRef" => last_name(value.field("fields")),
-        "FuncCall" => last_name(value.field("funcname")),
-        "TypeCast" | "CollateClause" => value.field("arg").and_then(implicit_name),
-        // `(x).field`, `x[1]`: the field's name, else what is indexed.
-        "AIndirection" => match value.field("indirection").and_then(|i| match i {
-            Tree::Seq(parts) => parts.last(),
-            _ => None,
-        }) {
-            Some(last) if last.name() == Some("String") => {
-                last.field("sval").and_then(Tree::as_str).map(str::to_owned)
-            }
-            _ => value.field("arg").and_then(implicit_name),
+    let Some(node) = value.name() else {
+        return (None, 0);
+    };
+    match node {
+        // The last name, skipping `*` (and, for an indirection, subscripts); an indirection
+        // without one is named after what it selects from.
+        "ColumnRef" => match last_name(value.field("fields")) {
+            Some(name) => (Some(name), 2),
+            None => (None, 0),
         },
-        "CoalesceExpr" => name("coalesce"),
-        "CaseExpr" => name("case"),
-        "MinMaxExpr" if is("op", MinMaxOp::IsLeast as i32) => name("least"),
-        "MinMaxExpr" => name("greatest"),
-        "AExpr" if is("kind", AExprKind::AexprNullif as i32) => name("nullif"),
-        "RowExpr" => name("row"),
-        "AArrayExpr" => name("array"),
-        "GroupingFunc" => name("grouping"),
-        "XmlExpr" | "XmlSerialize" => name("xmlelement"),
-        // `(SELECT lower(x))` is named after its own first output; EXISTS and ARRAY(…)
-        // after themselves.
-        "SubLink" if is("sub_link_type", SubLinkType::ExistsSublink as i32) => name("exists"),
-        "SubLink" if is("sub_link_type", SubLinkType::ArraySublink as i32) => name("array"),
-        "SubLink" => value
-            .field("subselect")
-            .and_then(|q| q.field("target_list"))
-            .and_then(|list| targets(Some(list)).into_iter().next())
-            .and_then(|(name, _)| name),
-        _ => name("?column?"),
+        "AIndirection" => match last_name(value.field("indirection")) {
+            Some(name) => (Some(name), 2),
+            None => value.field("arg").map_or((None, 0), figure_name),
+        },
+        "FuncCall" => (last_name(value.field("funcname")), 2),
+        "AExpr" if is("kind", AExprKind::AexprNullif as i32) => named("nullif"),
+        // A cast of something unnamed is named after the type.
+        "TypeCast" => {
+            let (name, strength) = value.field("arg").map_or((None, 0), figure_name);
+            if strength <= 1 {
+                if let Some(type_name) =
+                    last_name(value.field("type_name").and_then(|t| t.field("names")))
+                {
+                    return (Some(type_name), 1);
+                }
+            }
+            (name, strength)
+        }
+        "CollateClause" => value.field("arg").map_or((None, 0), figure_name),
+        "GroupingFunc" => named("grouping"),
+        "SubLink" if is("sub_link_type", SubLinkType::ExistsSublink as i32) => named("exists"),
+        "SubLink" if is("sub_link_type", SubLinkType::ArraySublink as i32) => named("array"),
+        // `(SELECT lower(x))` is named after its own output; `x = ANY (SELECT …)` is not
+        // named.
+        "SubLink" if is("sub_link_type", SubLinkType::ExprSublink as i32) => {
+            match value
+                .field("subselect")
+                .and_then(|q| q.field("target_list"))
+                .and_then(|list| targets(Some(list)).into_iter().next())
+                .and_then(|(name, _)| name)
+            {
+                Some(name) => (Some(name), 2),
+                None => (None, 0),
+            }
+        }
+        // `CASE … ELSE x END` is named after x when x has a name of its own.
+        "CaseExpr" => {
+            let (name, strength) = value.field("defresult").map_or((None, 0), figure_name);
+            if strength <= 1 {
+                (Some("case".to_owned()), 1)
+            } else {
+                (name, strength)
+            }
+        }
+        "AArrayExpr" => named("array"),
+        "RowExpr" => named("row"),
+        "CoalesceExpr" => named("coalesce"),
+        "MinMaxExpr" if is("op", MinMaxOp::IsLeast as i32) => named("least"),
+        "MinMaxExpr" if is("op", MinMaxOp::IsGreatest as i32) => named("greatest"),
+        "XmlExpr" => {
+            let op = value.field("op").and_then(Tree::as_int).unwrap_or(0);
+            let name = match XmlExprOp::try_from(op as i32) {
+                Ok(XmlExprOp::IsXmlconcat) => "xmlconcat",
+                Ok(XmlExprOp::IsXmlelement) => "xmlelement",
+                Ok(XmlExprOp::IsXmlforest) => "xmlforest",
+                Ok(XmlExprOp::IsXmlparse) => "xmlparse",
+                Ok(XmlExprOp::IsXmlpi) => "xmlpi",
+                Ok(XmlExprOp::IsXmlroot) => "xmlroot",
+                Ok(XmlExprOp::IsXmlserialize) => "xmlserialize",
+                _ => return (None, 0),
+            };
+            named(name)
+        }
+        "XmlSerialize" => named("xmlserialize"),
+        "JsonParseExpr" => named("json"),
+        "JsonScalarExpr" => named("json_scalar"),
+        "JsonSerializeExpr" => named("json_serialize"),
+        "JsonObjectConstructor" => named("json_object"),
+        "JsonArrayConstructor" | "JsonArrayQueryConstructor" => named("json_array"),
+        "JsonObjectAgg" => named("json_objectagg"),
+        "JsonArrayAgg" => named("json_arrayagg"),
+        "JsonFuncExpr" => {
+            let op = value.field("op").and_then(Tree::as_int).unwrap_or(0);
+            match JsonExprOp::try_from(op as i32) {
+                Ok(JsonExprOp::JsonExistsOp) => named("json_exists"),
+                Ok(JsonExprOp::JsonQueryOp) => named("json_query"),
+                Ok(JsonExprOp::JsonValueOp) => named("json_value"),
+                _ => (None, 0),
+            }
+        }
+        "MergeSupportFunc" => named("merge_action"),
+        "SqlValueFunction" => (sql_value_function_name(value), 2),
+        _ => (None, 0),
     }
-    .map(|n| n.to_lowercase())
+}
+
+/// The names of CURRENT_DATE, CURRENT_USER and the like (they act like functions).
+fn sql_value_function_name(value: &Tree) -> Option<String> {
+    use pg_query::protobuf::SqlValueFunctionOp as Op;
+    let op = value.field("op").and_then(Tree::as_int)?;
+    let name = match Op::try_from(op as i32).ok()? {
+        Op::SvfopCurrentDate => "current_date",
+        Op::SvfopCurrentTime | Op::SvfopCurrentTimeN => "current_time",
+        Op::SvfopCurrentTimestamp | Op::SvfopCurrentTimestampN => "current_timestamp",
+        Op::SvfopLocaltime | Op::SvfopLocaltimeN => "localtime",
+        Op::SvfopLocaltimestamp | Op::SvfopLocaltimestampN => "localtimestamp",
+        Op::SvfopCurrentRole => "current_role",
+        Op::SvfopCurrentUser => "current_user",
+        Op::SvfopUser => "user",
+        Op::SvfopSessionUser => "session_user",
+        Op::SvfopCurrentCatalog => "current_catalog",
+        Op::SvfopCurrentSchema => "current_schema",
+        _ => return None,
+    };
+    Some(name.to_owned())
 }
 
 /// Every name referenced anywhere under `node`, inside subqueries too: column names
@@ -943,6 +1041,27 @@ fn names(list: Option<&Tree>) -> Vec<String> {
         .filter_map(|(_, part)| part.field("sval").and_then(Tree::as_str))
         .map(str::to_lowercase)
         .collect()
+}
+
+/// Functions that keep their arguments where a later statement can read them back without
+/// reading a masked table: a notification, a setting, a large object (its data, length or
+/// OID), the WAL, a sequence's value, an advisory lock's key (in `pg_locks`).
+fn keeps_arguments(function: &str) -> bool {
+    matches!(
+        function,
+        "pg_notify"
+            | "set_config"
+            | "lo_from_bytea"
+            | "lo_put"
+            | "lowrite"
+            | "lo_create"
+            | "lo_truncate"
+            | "lo_truncate64"
+            | "pg_logical_emit_message"
+            | "setval"
+    ) || (function.starts_with("pg_")
+        && function.contains("advisory_")
+        && function.contains("lock"))
 }
 
 /// The reference `row.name` in column notation, as one name: the function `name` called on
@@ -1091,6 +1210,37 @@ mod tests {
                 "SELECT f.value FROM customers c, jsonb_each(to_jsonb(c)) f",
                 &[true],
             ),
+            // Read back by the name PostgreSQL gives an unaliased column.
+            (
+                "SELECT name FROM (SELECT CASE WHEN true THEN ssn ELSE name END FROM customers) s",
+                &[true],
+            ),
+            (
+                "SELECT \"case\" FROM (SELECT CASE WHEN true THEN ssn END FROM customers) s",
+                &[true],
+            ),
+            ("SELECT text FROM (SELECT (ssn || '')::text FROM customers) s", &[true]),
+            (
+                "SELECT int4 FROM (SELECT (ascii(ssn) + 0)::integer FROM customers) s",
+                &[true],
+            ),
+            ("SELECT ascii FROM (SELECT ascii(ssn)::int FROM customers) s", &[true]),
+            ("SELECT xmlforest FROM (SELECT xmlforest(ssn) FROM customers) s", &[true]),
+            (
+                "SELECT xmlserialize FROM (SELECT xmlserialize(content ssn::xml AS text) FROM customers) s",
+                &[true],
+            ),
+            ("SELECT f FROM (SELECT (x).f[1] FROM customers x) s", &[true]),
+            (
+                "SELECT \"?column?\" FROM (SELECT ssn = ANY (SELECT 'a') FROM customers) s",
+                &[true],
+            ),
+            ("SELECT json_object FROM (SELECT JSON_OBJECT('k': ssn) FROM customers) s", &[true]),
+            // `(row).*` names its columns after the row type, whatever built the row.
+            (
+                "SELECT id, name FROM (SELECT (ROW(1, ssn)::people).* FROM customers) x",
+                &[true, true],
+            ),
         ];
         for (sql, expected) in cases {
             assert_eq!(masked(sql), *expected, "{sql}");
@@ -1148,6 +1298,16 @@ mod tests {
             vec!["c.to_jsonb".to_owned()]
         );
         assert!(taint("INSERT INTO copy SELECT c.row_to_json FROM customers c").written);
+        for sql in [
+            "SELECT pg_advisory_lock(ascii(email)) FROM customers",
+            "SELECT pg_try_advisory_xact_lock_shared(1, length(email)) FROM customers",
+            "SELECT setval('s', ascii(email)) FROM customers",
+            "SELECT lo_create(ascii(email)) FROM customers",
+            "SELECT (ascii(email)).pg_advisory_lock FROM customers",
+        ] {
+            assert!(taint(sql).written, "{sql}");
+        }
+        assert!(!taint("SELECT pg_advisory_lock(id) FROM customers").written);
     }
 
     #[test]
