@@ -95,6 +95,13 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
             "SELECT (x).pg_ls_dir FROM (SELECT '.'::text) s(x)",
             "guardrail.dangerous-functions",
         ),
+        // … and on a function in FROM, whose row is its value.
+        (
+            "SELECT t.pg_read_file FROM concat('/etc/hostname') t",
+            "guardrail.dangerous-functions",
+        ),
+        // Dropping a table without DROP TABLE: the type it was made OF, with CASCADE.
+        ("DROP TYPE guarded_row CASCADE", "guardrail.drop-cascade"),
         (
             "ALTER SYSTEM SET work_mem = '1GB'",
             "guardrail.alter-system",
@@ -111,6 +118,26 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
         assert!(hint.contains("guardrail_exempt_groups"), "{sql}: {hint}");
         client.simple_query("SELECT 1").await.unwrap();
     }
+    // What EXECUTE's arguments call runs as well as the body, and counts as well.
+    client
+        .batch_execute("PREPARE echo(text) AS SELECT $1")
+        .await
+        .unwrap();
+    for (sql, rule) in [
+        (
+            "EXECUTE echo(pg_read_file('/etc/hostname'))",
+            "guardrail.dangerous-functions",
+        ),
+        (
+            "EXECUTE echo(set_config('standard_conforming_strings', 'off', false))",
+            "policy.locked-setting",
+        ),
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        refused_by(&err, rule);
+    }
+    let echoed = client.simple_query("EXECUTE echo('x')").await.unwrap();
+    assert_eq!(echoed.len(), 3, "{echoed:?}");
     // Extended protocol.
     let err = client
         .execute("DELETE FROM guarded", &[])

@@ -129,10 +129,11 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
     let mut prepared: HashMap<&str, &StatementFacts> = HashMap::new();
     let mut strictest: Option<Decision> = None;
     for (index, facts) in analysis.statements.iter().enumerate() {
-        let executed = facts
-            .executes
-            .as_deref()
-            .map(|name| prepared.get(name).map(|body| body.as_executed(name)));
+        let executed = facts.executes.as_deref().map(|name| {
+            prepared
+                .get(name)
+                .map(|body| body.as_executed(name).with_arguments_of(facts))
+        });
         let decision = match &executed {
             Some(None) => refusal(
                 "policy.unknown-prepared-statement",

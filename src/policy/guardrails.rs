@@ -79,6 +79,14 @@ const PACK: &[Guardrail] = &[
         message: "dropping tables, schemas, databases or everything a role owns is not allowed through pgwarden",
     },
     Guardrail {
+        id: "guardrail.drop-cascade",
+        statements: &[],
+        functions: &[],
+        flags: &["drop_cascade"],
+        action: Action::Deny,
+        message: "DROP … CASCADE also drops whatever depends on the object, tables and columns included; drop the dependent objects by name, or ask for a rule",
+    },
+    Guardrail {
         id: "guardrail.truncate",
         statements: &["truncate"],
         functions: &[],

@@ -193,6 +193,12 @@ fn guardrails_by_default() {
             Action::Approve,
             Some("guardrail.code-and-privileges"),
         ),
+        (
+            "DROP TYPE row_type CASCADE",
+            Action::Deny,
+            Some("guardrail.drop-cascade"),
+        ),
+        ("DROP TYPE row_type", Action::Allow, None),
         // LOAD runs a shared library's code in the server process.
         (
             "LOAD 'auto_explain'",

@@ -646,7 +646,9 @@ impl SessionState {
         match &facts.executes {
             None => Some(facts.as_executed(name)),
             Some(inner) if hops > 0 => {
-                let mut body = self.prepared_body_within(inner, hops - 1)?;
+                let mut body = self
+                    .prepared_body_within(inner, hops - 1)?
+                    .with_arguments_of(facts);
                 body.executes = Some(name.to_owned());
                 Some(body)
             }

@@ -135,7 +135,7 @@ impl Analyzer {
             }
         }
         let analysis = Arc::new(stacker::maybe_grow(ANALYSIS_STACK, ANALYSIS_STACK, || {
-            analyze_uncached(sql, normalized, fingerprint(sql, &tokens))
+            analyze_uncached(sql, normalized, &tokens)
         })?);
         if cacheable {
             if let Ok(mut cache) = self.cache.lock() {
@@ -230,11 +230,13 @@ struct Shape {
 }
 
 /// The fingerprint of a scanned text: the first 128 bits of SHA-256 over its token stream,
-/// in hex. Literals count by their kind only, keywords and unquoted names lowercased (as
-/// PostgreSQL folds them), everything else as written; comments and spacing not at all.
+/// in hex. Literals count by their kind only (or, `with_literals`, also by their text: for
+/// statements whose facts were read from literals, or whose code is one, such as a DO
+/// body), keywords and unquoted names lowercased (as PostgreSQL folds them), everything else
+/// as written; comments and spacing not at all.
 /// 128 bits, so that no one can craft two statements with one fingerprint (a harmless one
 /// to get approved with a grant, another to run under it) in any feasible time.
-fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> String {
+fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken], with_literals: bool) -> String {
     use pg_query::protobuf::{KeywordKind, Token};
     let mut hash = Sha256::new();
     for token in tokens {
@@ -247,14 +249,23 @@ fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> String {
             || token.keyword_kind != KeywordKind::NoKeyword as i32;
         // Each token is a tag byte, its text, and NUL (which statement text never holds):
         // no two token streams hash the same bytes.
-        match Token::try_from(token.token) {
+        let literal = match Token::try_from(token.token) {
             Ok(Token::SqlComment | Token::CComment) => continue,
-            Ok(Token::Iconst) => hash.update(b"Li"),
-            Ok(Token::Fconst) => hash.update(b"Lf"),
-            Ok(Token::Sconst) => hash.update(b"Ls"),
-            Ok(Token::Usconst) => hash.update(b"Lu"),
-            Ok(Token::Bconst) => hash.update(b"Lb"),
-            Ok(Token::Xconst) => hash.update(b"Lx"),
+            Ok(Token::Iconst) => Some(b"Li"),
+            Ok(Token::Fconst) => Some(b"Lf"),
+            Ok(Token::Sconst) => Some(b"Ls"),
+            Ok(Token::Usconst) => Some(b"Lu"),
+            Ok(Token::Bconst) => Some(b"Lb"),
+            Ok(Token::Xconst) => Some(b"Lx"),
+            _ => None,
+        };
+        match literal {
+            Some(tag) => {
+                hash.update(tag);
+                if with_literals {
+                    hash.update(text.as_bytes());
+                }
+            }
             // Quoted names (`"Name"`, `U&"…"`) count as written.
             _ if word && !text.contains('"') => {
                 hash.update(b"W");
@@ -348,7 +359,7 @@ fn syntax_error(e: pg_query::Error) -> AnalysisError {
 fn analyze_uncached(
     sql: &str,
     normalized: String,
-    fingerprint: String,
+    tokens: &[pg_query::protobuf::ScanToken],
 ) -> Result<Analysis, AnalysisError> {
     let parsed = pg_query::parse(sql, 0).map_err(syntax_error)?;
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
@@ -365,9 +376,12 @@ fn analyze_uncached(
         .collect();
     tables.sort();
     tables.dedup();
+    // A decision that depends on literal values (a setting's value, a DO body) must not
+    // carry over, through an approval grant, to other values of the same shape.
+    let with_literals = statements.iter().any(|s| s.reads_literals);
     Ok(Analysis {
         normalized: normalized.into(),
-        fingerprint: fingerprint.into(),
+        fingerprint: fingerprint(sql, tokens, with_literals).into(),
         kinds: kinds.into(),
         tables: tables.into(),
         statements: statements.into(),
@@ -425,6 +439,41 @@ mod tests {
         assert!(!a.normalized.contains("42"), "{}", a.normalized);
         assert_eq!(*a.kinds, ["alter role", "select"]);
         assert_eq!(tables(&a), [("users", Access::Read)]);
+    }
+
+    /// Where the facts (and so the decision) depend on a literal, or the literal is code,
+    /// other values are other statements: an approval grant must not cover them.
+    #[test]
+    fn fingerprints_keep_literals_that_decide() {
+        let analyzer = Analyzer::new(16);
+        let print = |sql: &str| {
+            analyzer
+                .analyze(sql.as_bytes())
+                .unwrap()
+                .fingerprint
+                .clone()
+        };
+        assert_ne!(
+            print("DO $$ BEGIN PERFORM 1; END $$"),
+            print("DO $$ BEGIN DROP TABLE t; END $$")
+        );
+        assert_ne!(
+            print("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+            print("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2'")
+        );
+        assert_ne!(
+            print("SET statement_timeout = '5s'"),
+            print("SET statement_timeout = '0'")
+        );
+        assert_ne!(
+            print("SELECT pg_cancel_backend(42)"),
+            print("SELECT pg_cancel_backend(43)")
+        );
+        // Elsewhere literals still do not count.
+        assert_eq!(
+            print("DELETE FROM t WHERE id = 5"),
+            print("DELETE FROM t WHERE id = 6")
+        );
     }
 
     #[test]

@@ -27,16 +27,20 @@ pub struct Flags {
     pub dynamic_sql: bool,
     /// EXPLAIN ANALYZE: the inner statement really runs.
     pub explain_analyze: bool,
+    /// DROP … CASCADE: whatever depends on the objects goes too, tables and columns
+    /// included (`DROP TYPE t CASCADE` drops the tables made `OF t`).
+    pub drop_cascade: bool,
 }
 
 impl Flags {
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "no_where",
         "data_modifying_cte",
         "copy_program",
         "copy_file",
         "dynamic_sql",
         "explain_analyze",
+        "drop_cascade",
     ];
 
     pub fn has(&self, name: &str) -> bool {
@@ -47,6 +51,7 @@ impl Flags {
             "copy_file" => self.copy_file,
             "dynamic_sql" => self.dynamic_sql,
             "explain_analyze" => self.explain_analyze,
+            "drop_cascade" => self.drop_cascade,
             _ => false,
         }
     }
@@ -141,6 +146,22 @@ impl StatementFacts {
         body.executes = Some(name.to_owned());
         body
     }
+
+    /// This body, run by `execute` (an `EXECUTE name(arguments)`): the server evaluates the
+    /// arguments too, so what they call, change and signal counts as well.
+    pub fn with_arguments_of(mut self, execute: &StatementFacts) -> StatementFacts {
+        self.functions.extend(execute.functions.iter().cloned());
+        self.functions.sort();
+        self.functions.dedup();
+        self.settings.extend(execute.settings.iter().cloned());
+        self.changes.extend(execute.changes.iter().cloned());
+        self.signals.extend(execute.signals.iter().copied());
+        self.tables.extend(execute.tables.iter().cloned());
+        self.tables.sort();
+        self.tables.dedup();
+        self.reads_literals |= execute.reads_literals;
+        self
+    }
 }
 
 /// Facts of one top-level statement (a `RawStmt`'s `stmt`).
@@ -161,7 +182,9 @@ pub fn facts_of(stmt: &Tree) -> StatementFacts {
         nested: false,
         not_run: false,
         in_view: false,
+        function_rows: Vec::new(),
     };
+    function_rows(stmt, &mut walk.function_rows);
     walk.visit(stmt, access);
     // Each kind once, the statement's own first.
     let mut seen = Vec::with_capacity(facts.kinds.len());
@@ -189,6 +212,44 @@ struct Walk<'f> {
     /// Inside the query of a view: it runs whenever the view is read, with no trace of it
     /// in the statements that read it.
     in_view: bool,
+    /// Names of functions in FROM (`FROM concat('/etc/passwd') t`: `t`), whose row may be a
+    /// plain value: `t.f` is then `f(value)`.
+    function_rows: Vec<String>,
+}
+
+/// The names FROM gives functions in it: the alias, else the function's own name.
+fn function_rows(node: &Tree, found: &mut Vec<String>) {
+    if node.name() == Some("RangeFunction") {
+        match node
+            .field("alias")
+            .and_then(|a| a.field("aliasname"))
+            .and_then(Tree::as_str)
+            .filter(|a| !a.is_empty())
+        {
+            Some(alias) => found.push(alias.to_lowercase()),
+            None => {
+                let mut calls = Vec::new();
+                collect_calls(node.field("functions"), &mut calls);
+                found.extend(calls);
+            }
+        }
+    }
+    for (_, child) in node.children() {
+        function_rows(child, found);
+    }
+}
+
+/// The unqualified names of the function calls directly in a RangeFunction's list.
+fn collect_calls(node: Option<&Tree>, found: &mut Vec<String>) {
+    for (_, child) in node.map(Tree::children).into_iter().flatten() {
+        if child.name() == Some("FuncCall") {
+            let name = qualified_name(child.field("funcname"));
+            found.push(name.rsplit('.').next().unwrap_or(&name).to_lowercase());
+        } else {
+            // The lists of (call, column definitions) pairs.
+            collect_calls(Some(child), found);
+        }
+    }
 }
 
 impl Walk<'_> {
@@ -274,6 +335,26 @@ impl Walk<'_> {
                 self.called(qualified_name(node.field("funcname")), args);
                 self.visit_fields(node, Access::Read, &["funcname"]);
             }
+            // Column notation on a function in FROM: `SELECT t.pg_read_file FROM
+            // concat('/etc/passwd') t` calls pg_read_file with t's value.
+            Some("ColumnRef") => {
+                let parts: Vec<&str> = node
+                    .field("fields")
+                    .map(Tree::children)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, part)| part.field("sval").and_then(Tree::as_str))
+                    .collect();
+                if let [.., row, name] = parts[..] {
+                    if self
+                        .function_rows
+                        .iter()
+                        .any(|r| r.eq_ignore_ascii_case(row))
+                    {
+                        self.called(name.to_owned(), &[]);
+                    }
+                }
+            }
             // Column notation: `(x).f` is `f(x)` unless x is a row with a field f, which
             // only the server knows; so each name selected counts as a function called,
             // with what it is selected from as its argument (known for the first only).
@@ -294,7 +375,10 @@ impl Walk<'_> {
                 self.visit_fields(node, access, &[]);
             }
             Some("CopyStmt") => {
-                self.facts.reads_literals |= options_have_values(node);
+                // Whether a server file is named is read from a literal: the tree shows
+                // `TO ''` (which names none) like `TO STDOUT`, so `COPY t TO ''` must not
+                // share its analysis with `COPY t TO '/some/file'`, which has its shape.
+                self.facts.reads_literals = true;
                 let from = node.field("is_from").is_some_and(Tree::as_bool);
                 if node.field("is_program").is_some_and(Tree::as_bool) {
                     self.facts.flags.copy_program = true;
@@ -307,6 +391,12 @@ impl Walk<'_> {
                 self.visit_fields(node, Access::Read, &["relation"]);
             }
             Some("DropStmt") => {
+                use pg_query::protobuf::DropBehavior;
+                if node.field("behavior").and_then(Tree::as_int)
+                    == Some(DropBehavior::DropCascade as i64)
+                {
+                    self.facts.flags.drop_cascade = true;
+                }
                 self.drop_objects(node);
                 self.visit_fields(node, access, &[]);
             }
@@ -381,6 +471,13 @@ impl Walk<'_> {
             }
             Some("DoStmt") | Some("CallStmt") => {
                 self.facts.flags.dynamic_sql = true;
+                // A DO block's code is a literal: two blocks differ only there.
+                self.facts.reads_literals |= node.name() == Some("DoStmt");
+                self.visit_fields(node, access, &[]);
+            }
+            // So is a function's body (`AS '…'`).
+            Some("CreateFunctionStmt") => {
+                self.facts.reads_literals = true;
                 self.visit_fields(node, access, &[]);
             }
             Some("ExecuteStmt") => {
@@ -907,6 +1004,10 @@ mod tests {
         ("SELECT ('/etc/passwd'::text).pg_read_file", "select", &[], &["pg_read_file"], &[]),
         ("SELECT (t.x).lower.pg_ls_dir FROM t", "select", &["t:read"], &["lower", "pg_ls_dir"], &[]),
         ("SELECT (c.address).city, (c.tags)[1] FROM c", "select", &["c:read"], &["city"], &[]),
+        // … and on a function in FROM, whose row is its value.
+        ("SELECT t.pg_read_file FROM concat('/etc/passwd') t", "select", &[], &["concat", "pg_read_file"], &[]),
+        ("SELECT unnest.pg_ls_dir, u.id FROM unnest(ARRAY['.']), u", "select", &["u:read"], &["pg_ls_dir", "unnest"], &[]),
+        ("SELECT x.lo_import FROM ROWS FROM (pg_catalog.concat('/x')) AS x", "select", &[], &["lo_import", "pg_catalog.concat"], &[]),
         ("SELECT json_build_object('k', pg_ls_dir('.'))", "select", &[], &["json_build_object", "pg_ls_dir"], &[]),
         ("SELECT coalesce(lo_import('/etc/hosts'), 0)", "select", &[], &["lo_import"], &[]),
         ("SELECT CASE WHEN true THEN pg_read_binary_file('x') END", "select", &[], &["pg_read_binary_file"], &[]),
@@ -956,10 +1057,10 @@ mod tests {
         ("ALTER TABLE t ADD COLUMN b int", "alter table", &["t:ddl"], &[], &[]),
         ("ALTER INDEX i RENAME TO j", "rename", &["i:ddl"], &[], &[]),
         ("DROP TABLE t", "drop table", &["t:ddl"], &[], &[]),
-        ("DROP TABLE IF EXISTS s.t, u CASCADE", "drop table", &["s.t:ddl", "u:ddl"], &[], &[]),
+        ("DROP TABLE IF EXISTS s.t, u CASCADE", "drop table", &["s.t:ddl", "u:ddl"], &[], &["drop_cascade"]),
         ("DROP VIEW v", "drop view", &["v:ddl"], &[], &[]),
         ("DROP INDEX i", "drop index", &["i:ddl"], &[], &[]),
-        ("DROP SCHEMA s CASCADE", "drop schema", &[], &[], &[]),
+        ("DROP SCHEMA s CASCADE", "drop schema", &[], &[], &["drop_cascade"]),
         ("DROP DATABASE d", "drop database", &[], &[], &[]),
         ("DROP FUNCTION f(int)", "drop function", &[], &[], &[]),
         ("DROP ROLE r", "drop role", &[], &[], &[]),
@@ -1015,6 +1116,8 @@ mod tests {
         ("EXPLAIN DELETE FROM t", "explain", &["t:write"], &[], &["no_where"]),
         ("EXPLAIN ANALYZE DELETE FROM t", "explain;delete", &["t:write"], &[], &["no_where", "explain_analyze"]),
         ("EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t", "explain;select", &["t:read"], &[], &["explain_analyze"]),
+        ("DROP TYPE row_type CASCADE", "drop type", &[], &[], &["drop_cascade"]),
+        ("DROP FUNCTION f(int), g() CASCADE", "drop function", &[], &[], &["drop_cascade"]),
         ("EXPLAIN (ANALYZE false) UPDATE t SET a = 1", "explain", &["t:write"], &[], &["no_where"]),
         // Quoting and comments.
         ("SELECT \"Weird Name\".x FROM \"Weird Name\"", "select", &["Weird Name:read"], &[], &[]),
@@ -1165,6 +1268,27 @@ mod tests {
         );
     }
 
+    /// `COPY t TO ''` (no file the tree can tell) has the shape of `COPY t TO '/a/file'`:
+    /// the first must not decide for the second through the shared cache.
+    #[test]
+    fn copy_file_names_are_not_shared_by_shape() {
+        let analyzer = Analyzer::new(16);
+        for sql in ["COPY orders TO ''", "COPY orders FROM ''"] {
+            assert!(
+                !analyzer.analyze(sql.as_bytes()).unwrap().statements[0]
+                    .flags
+                    .copy_file
+            );
+        }
+        for sql in [
+            "COPY orders TO '/tmp/out.csv'",
+            "COPY orders FROM '/etc/hostname'",
+        ] {
+            let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
+            assert!(analysis.statements[0].flags.copy_file, "{sql}");
+        }
+    }
+
     #[test]
     fn signalled_backends_are_read_from_constants() {
         let analyzer = Analyzer::new(16);
@@ -1200,6 +1324,10 @@ mod tests {
             [None]
         );
         assert_eq!(signals("SELECT (5).abs.pg_cancel_backend"), [None]);
+        assert_eq!(
+            signals("SELECT x.pg_terminate_backend FROM int4(12345) x"),
+            [None]
+        );
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Flow<'_> {
                     match &facts.executes {
                         None => statements.push(facts.clone()),
                         Some(name) => match self.state.prepared_body(name) {
-                            Some(body) => statements.push(body),
+                            Some(body) => statements.push(body.with_arguments_of(facts)),
                             None => {
                                 let decision = refuse(
                                     "policy.unknown-prepared-statement",
