@@ -441,18 +441,20 @@ mod tests {
         assert_eq!(tables(&a), [("users", Access::Read)]);
     }
 
+    fn fingerprint_of(analyzer: &Analyzer, sql: &str) -> Arc<str> {
+        analyzer
+            .analyze(sql.as_bytes())
+            .unwrap()
+            .fingerprint
+            .clone()
+    }
+
     /// Where the facts (and so the decision) depend on a literal, or the literal is code,
     /// other values are other statements: an approval grant must not cover them.
     #[test]
     fn fingerprints_keep_literals_that_decide() {
         let analyzer = Analyzer::new(16);
-        let print = |sql: &str| {
-            analyzer
-                .analyze(sql.as_bytes())
-                .unwrap()
-                .fingerprint
-                .clone()
-        };
+        let print = |sql: &str| fingerprint_of(&analyzer, sql);
         assert_ne!(
             print("DO $$ BEGIN PERFORM 1; END $$"),
             print("DO $$ BEGIN DROP TABLE t; END $$")
@@ -503,13 +505,7 @@ mod tests {
     #[test]
     fn a_fingerprint_covers_everything_but_literals_spacing_comments_and_case() {
         let analyzer = Analyzer::new(64);
-        let print = |sql: &str| {
-            analyzer
-                .analyze(sql.as_bytes())
-                .unwrap()
-                .fingerprint
-                .clone()
-        };
+        let print = |sql: &str| fingerprint_of(&analyzer, sql);
         let same = [
             (
                 "DELETE FROM orders o WHERE o.id = 5",
