@@ -50,14 +50,19 @@ async fn seed(name: &str) -> Seed {
     }
 }
 
+/// pgwarden masking a seeded table (alice masked, bob exempt).
+async fn masking_proxy(seed: &Seed) -> Proxy {
+    Proxy::start(ProxyOptions {
+        extra: masking_config(seed, None),
+        ..Default::default()
+    })
+    .await
+}
+
 /// A seeded table, pgwarden masking it, and a raw wire connection logged in as alice.
 async fn wire_session(name: &str) -> (Seed, Proxy, TcpStream) {
     let seed = seed(name).await;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
+    let proxy = masking_proxy(&seed).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     common::wire::alice_login(&mut stream).await;
     (seed, proxy, stream)
@@ -175,11 +180,7 @@ fn assert_never_seen(seen: &[u8], secrets: &[&str], context: &str) {
 async fn masked_values_never_reach_a_developer_however_the_query_is_written() {
     let seed = seed("forms").await;
     let t = &seed.table;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
+    let proxy = masking_proxy(&seed).await;
     let (tap_addr, seen) = tap(proxy.addr).await;
     let alice = connect_via(tap_addr, "alice", ALICE_PASSWORD).await;
     let token = seed.email.split('@').next().unwrap().to_owned();
@@ -1049,11 +1050,7 @@ async fn copy_renamed_bare_column() {
     use futures_util::StreamExt;
     let seed = seed("copyren").await;
     let t = &seed.table;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
+    let proxy = masking_proxy(&seed).await;
     let (addr, seen) = tap(proxy.addr).await;
     let alice = connect_via(addr, "alice", ALICE_PASSWORD).await;
     // (id, name, email, ssn, …) renamed: the column called `name` is ssn.
@@ -1259,11 +1256,7 @@ async fn column_notation_on_whole_rows() {
     .await;
     // A qualified column that is a column stays what it is.
     let seed = seed("colnote2").await;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
+    let proxy = masking_proxy(&seed).await;
     let alice = connect_via(proxy.addr, "alice", ALICE_PASSWORD).await;
     let t = &seed.table;
     let row = alice
@@ -1320,11 +1313,7 @@ async fn implicit_names_as_postgres_gives_them() {
 async fn values_kept_in_server_state_are_derived_writes() {
     let seed = seed("state").await;
     let t = &seed.table;
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
+    let proxy = masking_proxy(&seed).await;
     let alice = connect_via(proxy.addr, "alice", ALICE_PASSWORD).await;
     alice
         .batch_execute(&format!("CREATE TEMP SEQUENCE {t}_seq"))
@@ -1373,11 +1362,7 @@ async fn numbers_in_errors_about_masked_values_are_scrubbed() {
         .await
         .unwrap()
         .get(0);
-    let proxy = Proxy::start(ProxyOptions {
-        extra: masking_config(&seed, None),
-        ..Default::default()
-    })
-    .await;
+    let proxy = masking_proxy(&seed).await;
     let alice = connect_via(proxy.addr, "alice", ALICE_PASSWORD).await;
     for sql in [
         format!("SELECT txid_status({key}) FROM {t} WHERE id = 1"),
