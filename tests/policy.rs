@@ -206,6 +206,48 @@ async fn guardrails_refuse_in_every_path_and_leave_the_data_and_the_session_inta
         .await
         .unwrap_err();
     refused_by(&err, "guardrail.code-and-privileges");
+    // So is switching off, dropping or renaming what runs on other people's statements,
+    // and handing the table to another owner, though none of them says CREATE TRIGGER or
+    // ALTER FUNCTION.
+    common::direct("app")
+        .await
+        .batch_execute(
+            "SET ROLE app_rw; \
+             CREATE OR REPLACE FUNCTION guarded_keep() RETURNS trigger LANGUAGE plpgsql \
+               AS $$ BEGIN RETURN NULL; END $$; \
+             CREATE TRIGGER guarded_keep BEFORE TRUNCATE ON guarded \
+               FOR EACH STATEMENT EXECUTE FUNCTION guarded_keep()",
+        )
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER TABLE guarded DISABLE TRIGGER guarded_keep",
+        "DROP TRIGGER guarded_keep ON guarded",
+        "ALTER FUNCTION guarded_keep() RENAME TO guarded_gone",
+        "ALTER TABLE guarded OWNER TO app_ro",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        refused_by(&err, "guardrail.code-and-privileges");
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let trigger = common::direct("app")
+        .await
+        .query_one(
+            "SELECT t.tgenabled::text, p.proname::text, c.relowner::regrole::text \
+             FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+             JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname = 'guarded_keep'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            trigger.get::<_, String>(0),
+            trigger.get::<_, String>(1),
+            trigger.get::<_, String>(2)
+        ),
+        ("O".into(), "guarded_keep".into(), "app_rw".into())
+    );
 
     // Text PostgreSQL's parser rejects never reaches it; the error is the parser's own.
     let err = client.simple_query("SELEC 1").await.unwrap_err();

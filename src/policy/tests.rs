@@ -199,6 +199,60 @@ fn guardrails_by_default() {
             Some("guardrail.drop-cascade"),
         ),
         ("DROP TYPE row_type", Action::Allow, None),
+        // Statements that alter a function, trigger, rule, owner or row-level security
+        // without saying ALTER FUNCTION / CREATE TRIGGER.
+        (
+            "ALTER FUNCTION f() RENAME TO g",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER ROUTINE f() SET SCHEMA s",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER TABLE orders DISABLE TRIGGER audit_orders",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER TABLE orders ADD COLUMN note text, DISABLE RULE keep_history",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "DROP TRIGGER audit_orders ON orders",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER TABLE orders OWNER TO somebody",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER TABLE orders NO FORCE ROW LEVEL SECURITY",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "CREATE POLICY everyone ON orders USING (true)",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER EXTENSION hstore UPDATE",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        (
+            "ALTER OPERATOR = (int, int) SET (RESTRICT = f)",
+            Action::Approve,
+            Some("guardrail.code-and-privileges"),
+        ),
+        ("ALTER TABLE orders ADD COLUMN note text", Action::Allow, None),
+        ("ALTER TABLE orders RENAME TO old_orders", Action::Allow, None),
         // LOAD runs a shared library's code in the server process.
         (
             "LOAD 'auto_explain'",

@@ -844,7 +844,65 @@ fn added_kinds(node: &Tree, nested: bool, kinds: &mut Vec<&'static str>) {
                 kinds.extend(elements.children().map(|(_, element)| kind_of(element)));
             }
         }
+        // ALTER FUNCTION … RENAME / OWNER TO / SET SCHEMA / DEPENDS ON EXTENSION and the
+        // like are written as statements of their own, about any object type: they alter
+        // the function (or trigger, rule) all the same.
+        "RenameStmt" => kinds.extend(altered_object(node, "rename_type")),
+        "AlterOwnerStmt" | "AlterObjectSchemaStmt" | "AlterObjectDependsStmt" => {
+            kinds.extend(altered_object(node, "object_type"));
+        }
+        "AlterTableCmd" => kinds.extend(altered_by_table_command(node)),
         _ => {}
+    }
+}
+
+/// The kind of altering a function, trigger or rule, for the statements that alter any
+/// object type (RENAME, OWNER TO, SET SCHEMA, DEPENDS ON EXTENSION).
+fn altered_object(node: &Tree, type_field: &str) -> Option<&'static str> {
+    use pg_query::protobuf::ObjectType;
+    let object_type = node
+        .field(type_field)
+        .and_then(Tree::as_int)
+        .and_then(|t| ObjectType::try_from(t as i32).ok())?;
+    match object_type {
+        ObjectType::ObjectFunction
+        | ObjectType::ObjectProcedure
+        | ObjectType::ObjectRoutine
+        | ObjectType::ObjectAggregate => Some("alter function"),
+        ObjectType::ObjectTrigger => Some("alter trigger"),
+        ObjectType::ObjectRule => Some("alter rule"),
+        ObjectType::ObjectEventTrigger => Some("alter event trigger"),
+        ObjectType::ObjectPolicy => Some("alter policy"),
+        _ => None,
+    }
+}
+
+/// What one ALTER TABLE subcommand changes besides the table's shape: who owns it, which of
+/// its triggers and rules run, and whether row-level security applies.
+fn altered_by_table_command(command: &Tree) -> Option<&'static str> {
+    use pg_query::protobuf::AlterTableType as At;
+    let subtype = command
+        .field("subtype")
+        .and_then(Tree::as_int)
+        .and_then(|t| At::try_from(t as i32).ok())?;
+    match subtype {
+        At::AtChangeOwner => Some("alter owner"),
+        At::AtEnableTrig
+        | At::AtEnableAlwaysTrig
+        | At::AtEnableReplicaTrig
+        | At::AtDisableTrig
+        | At::AtEnableTrigAll
+        | At::AtDisableTrigAll
+        | At::AtEnableTrigUser
+        | At::AtDisableTrigUser => Some("alter trigger"),
+        At::AtEnableRule | At::AtEnableAlwaysRule | At::AtEnableReplicaRule | At::AtDisableRule => {
+            Some("alter rule")
+        }
+        At::AtEnableRowSecurity
+        | At::AtDisableRowSecurity
+        | At::AtForceRowSecurity
+        | At::AtNoForceRowSecurity => Some("alter row level security"),
+        _ => None,
     }
 }
 
@@ -947,6 +1005,20 @@ pub fn kind_of(node: &Tree) -> &'static str {
             _ => "create",
         },
         "CreateCastStmt" => "create cast",
+        "CreateOpClassStmt" => "create operator class",
+        "CreateOpFamilyStmt" => "create operator family",
+        "AlterOpFamilyStmt" => "alter operator family",
+        "AlterOperatorStmt" => "alter operator",
+        "CreateConversionStmt" => "create conversion",
+        "CreateTransformStmt" => "create transform",
+        "CreateAmStmt" => "create access method",
+        "CreatePLangStmt" => "create language",
+        "CreateEventTrigStmt" => "create event trigger",
+        "AlterEventTrigStmt" => "alter event trigger",
+        "AlterExtensionStmt" | "AlterExtensionContentsStmt" => "alter extension",
+        "CreatePolicyStmt" => "create policy",
+        "AlterPolicyStmt" => "alter policy",
+        "SecLabelStmt" => "security label",
         "DropOwnedStmt" => "drop owned",
         "ReassignOwnedStmt" => "reassign owned",
         "AlterDefaultPrivilegesStmt" => "alter default privileges",
@@ -971,6 +1043,8 @@ pub fn kind_of(node: &Tree) -> &'static str {
             Some(ObjectType::ObjectType) => "drop type",
             Some(ObjectType::ObjectExtension) => "drop extension",
             Some(ObjectType::ObjectForeignTable) => "drop foreign table",
+            Some(ObjectType::ObjectPolicy) => "drop policy",
+            Some(ObjectType::ObjectEventTrigger) => "drop event trigger",
             _ => "drop",
         },
         _ => "other",
@@ -1056,6 +1130,23 @@ mod tests {
         ("CREATE INDEX CONCURRENTLY i ON t (a)", "create index", &["t:ddl"], &[], &[]),
         ("ALTER TABLE t ADD COLUMN b int", "alter table", &["t:ddl"], &[], &[]),
         ("ALTER INDEX i RENAME TO j", "rename", &["i:ddl"], &[], &[]),
+        ("ALTER FUNCTION f(int) RENAME TO g", "rename;alter function", &[], &[], &[]),
+        ("ALTER PROCEDURE p() OWNER TO r", "alter owner;alter function", &[], &[], &[]),
+        ("ALTER AGGREGATE a(int) SET SCHEMA s", "other;alter function", &[], &[], &[]),
+        ("ALTER FUNCTION f() DEPENDS ON EXTENSION e", "other;alter function", &[], &[], &[]),
+        ("ALTER TRIGGER tr ON t RENAME TO tr2", "rename;alter trigger", &["t:ddl"], &[], &[]),
+        ("ALTER RULE r ON t RENAME TO r2", "rename;alter rule", &["t:ddl"], &[], &[]),
+        ("ALTER TABLE t DISABLE TRIGGER ALL, ENABLE RULE r, OWNER TO x", "alter table;alter trigger;alter rule;alter owner", &["t:ddl"], &[], &[]),
+        ("ALTER TABLE t DISABLE ROW LEVEL SECURITY", "alter table;alter row level security", &["t:ddl"], &[], &[]),
+        ("CREATE POLICY p ON t USING (owner = current_user)", "create policy", &["t:ddl"], &[], &[]),
+        ("ALTER POLICY p ON t RENAME TO q", "rename;alter policy", &["t:ddl"], &[], &[]),
+        ("DROP POLICY p ON t", "drop policy", &[], &[], &[]),
+        ("CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()", "create event trigger", &[], &[], &[]),
+        ("ALTER EXTENSION hstore UPDATE TO '1.8'", "alter extension", &[], &[], &[]),
+        ("ALTER EXTENSION hstore ADD FUNCTION f()", "alter extension", &[], &[], &[]),
+        ("CREATE OPERATOR CLASS c FOR TYPE int USING btree AS FUNCTION 1 f(int, int)", "create operator class", &[], &[], &[]),
+        ("CREATE LANGUAGE plx HANDLER plx_call", "create language", &[], &[], &[]),
+        ("SECURITY LABEL ON TABLE t IS 'secret'", "security label", &[], &[], &[]),
         ("DROP TABLE t", "drop table", &["t:ddl"], &[], &[]),
         ("DROP TABLE IF EXISTS s.t, u CASCADE", "drop table", &["s.t:ddl", "u:ddl"], &[], &["drop_cascade"]),
         ("DROP VIEW v", "drop view", &["v:ddl"], &[], &[]),
