@@ -42,6 +42,46 @@ async fn wrong_password_and_unknown_user_look_the_same_and_the_next_client_is_se
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_sign_ins_are_checked_only_up_to_the_failure_limit() {
+    let proxy = Proxy::start(ProxyOptions {
+        extra: "[auth.rate_limit]\nmax_failures = 3\nbackoff = \"30s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let connect_all = |password: &'static str| {
+        let conninfo = proxy.conninfo("alice", password, "sslmode=disable");
+        futures_util::future::join_all((0..8).map(move |_| {
+            let conninfo = conninfo.clone();
+            async move {
+                tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                    .await
+                    .map(|(client, connection)| {
+                        tokio::spawn(connection);
+                        client
+                    })
+            }
+        }))
+    };
+    // A pool opening eight connections at once with the right password: queued three at a
+    // time, all signed in.
+    for client in connect_all(ALICE_PASSWORD).await {
+        client.unwrap().simple_query("SELECT 1").await.unwrap();
+    }
+    // Eight guesses at once: three are checked, the rest wait for a slot and then find the
+    // address over its limit, without their password being looked at.
+    let mut codes: Vec<String> = connect_all("guess")
+        .await
+        .into_iter()
+        .map(|result| sqlstate(&result.unwrap_err()).unwrap_or_default())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        ["28000", "28000", "28000", "28000", "28000", "28P01", "28P01", "28P01"]
+    );
+}
+
 #[tokio::test]
 async fn a_database_outside_the_access_rules_is_refused() {
     let proxy = Proxy::default().await;

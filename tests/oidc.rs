@@ -631,9 +631,10 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
 async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
     let issuer = common::https_issuer().await;
     let dir = audit_dir("oidc-expiry");
+    // Tokens live 1 s; the 2 s leeway that lets them sign in counts for the session too.
     let proxy = Proxy::start(options(
         issuer.url(),
-        "",
+        "leeway = \"2s\"",
         &format!("[audit]\ndir = \"{}\"\n", dir.display()),
     ))
     .await;
@@ -647,8 +648,14 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
         }
     };
 
-    // Idle when the token expires: the FATAL arrives on its own.
-    let (idle, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 2)).await;
+    // Idle when the token expires: the FATAL arrives on its own, after the leeway.
+    let (idle, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 1)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        current_user(&idle).await,
+        "app_ro",
+        "past exp, within leeway"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(15), connection)
         .await
         .expect("the session outlived its token")
@@ -663,7 +670,7 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
     assert!(idle.is_closed());
 
     // Busy when it expires: the statement finishes, then the session ends.
-    let (busy, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 2)).await;
+    let (busy, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 1)).await;
     let started = std::time::Instant::now();
     let row = busy
         .query_one("SELECT pg_sleep(4)::text || 'done'", &[])
@@ -677,10 +684,41 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
         .unwrap();
     assert_eq!(sqlstate(&ended.unwrap_err()).as_deref(), Some("28000"));
 
+    // Always a statement queued behind the running one: what was sent before the deadline
+    // is answered, nothing sent after it is read, and the session ends.
+    let (pipelining, mut connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 1)).await;
+    let pipelining = std::sync::Arc::new(pipelining);
+    let started = std::time::Instant::now();
+    let mut sent = tokio::time::interval(Duration::from_millis(50));
+    let mut queries = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut connection => break,
+            _ = sent.tick() => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "a client that keeps statements queued outlived its token"
+                );
+                let client = pipelining.clone();
+                queries.push(tokio::spawn(async move {
+                    client.simple_query("SELECT pg_sleep(0.1)").await
+                }));
+            }
+        }
+    }
+    // The FATAL answers the first statement not read.
+    let mut fatal = None;
+    for query in queries {
+        if let Err(e) = query.await.unwrap() {
+            fatal = fatal.or(sqlstate(&e));
+        }
+    }
+    assert_eq!(fatal.as_deref(), Some("28000"));
+
     // With on_token_expiry = "allow", sessions outlive their token.
     let allow = Proxy::start(options(
         issuer.url(),
-        "",
+        "leeway = \"0s\"",
         "[auth]\non_token_expiry = \"allow\"\n",
     ))
     .await;
@@ -700,7 +738,14 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
         .filter(|r| r["type"] == "session.end")
         .map(|r| r["ending"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(endings, ["sign-in token expired", "sign-in token expired"]);
+    assert_eq!(
+        endings,
+        [
+            "sign-in token expired",
+            "sign-in token expired",
+            "sign-in token expired"
+        ]
+    );
 }
 
 /// OAUTHBEARER by hand (the machine's psql is 15): the startup asks for it, then

@@ -209,6 +209,14 @@ async fn route(
                     ),
                 );
             }
+            // Whom a request may not be shown to learns nothing from answering it either.
+            if ctx.approvals.get(id).filter(|r| may_see(r)).is_none() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no approval request {id} that you may see"),
+                );
+            }
             match ctx
                 .approvals
                 .answer(id, caller, approve, answer.reason.clone(), grant)

@@ -52,7 +52,8 @@ pub struct OidcIdentity {
     pub issuer: String,
     pub subject: String,
     pub token_kind: oidc::TokenKind,
-    pub expires_at: SystemTime,
+    /// When the token stops being accepted (`exp` plus leeway): the session ends then.
+    pub accepted_until: SystemTime,
 }
 
 /// [`Identity::owner`] of an OIDC person.
@@ -80,7 +81,7 @@ impl Identity {
                 issuer: token.issuer,
                 subject: token.subject,
                 token_kind: token.kind,
-                expires_at: token.expires_at,
+                accepted_until: token.accepted_until,
             }),
         }
     }

@@ -5,10 +5,12 @@
 //!
 //! The failures are kept per claimed user, and a success takes away only that user's: a
 //! person who mistyped and then signed in is forgiven, but signing in as oneself does not
-//! wipe out guesses at someone else's password. Once an address has failures, attempts still
-//! running count as failures too, so a burst of parallel guesses cannot all pass the check
-//! before any of them fails (while a pool opening many connections with the right password
-//! is never held up). Failures long past (twice `max_backoff`) are forgotten.
+//! wipe out guesses at someone else's password. An address may have only as many attempts
+//! running at once as it has failures left before the limit (one at a time once it has
+//! waited out a backoff); further attempts queue for a free slot. So a burst of parallel
+//! guesses cannot all be checked before the first of them fails, while a pool opening many
+//! connections with the right password is only queued, never refused. Failures long past
+//! (twice `max_backoff`) are forgotten.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,14 +58,16 @@ impl Failures {
             .values()
             .fold(0, |sum, n| sum.saturating_add(*n))
     }
+}
 
-    /// The failures to judge the next attempt by.
-    fn effective(&self) -> u32 {
-        match self.count() {
-            0 => 0,
-            n => n.saturating_add(self.running),
-        }
-    }
+/// Why an attempt may not start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotNow {
+    /// The address failed too often: refuse, and say how long it must wait.
+    Backoff(Duration),
+    /// Every attempt the address may have running at once is running: try again when one
+    /// of them has ended.
+    Busy,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +84,7 @@ impl FailureLimiter {
         settings: &RateLimitSettings,
         addr: IpAddr,
         user: &str,
-    ) -> Result<Attempt<'a>, Duration> {
+    ) -> Result<Attempt<'a>, NotNow> {
         self.begin(settings, addr)?;
         Ok(Attempt {
             limiter: self,
@@ -91,7 +95,7 @@ impl FailureLimiter {
         })
     }
 
-    fn begin(&self, settings: &RateLimitSettings, addr: IpAddr) -> Result<(), Duration> {
+    fn begin(&self, settings: &RateLimitSettings, addr: IpAddr) -> Result<(), NotNow> {
         if settings.max_failures == 0 {
             return Ok(());
         }
@@ -103,10 +107,15 @@ impl FailureLimiter {
             if since > settings.max_backoff * 2 {
                 failures.by_user.clear();
             }
-            if let Some(wait) = backoff(settings, failures.effective()) {
-                if since < wait {
-                    return Err(wait - since);
-                }
+            let count = failures.count();
+            let slots = match backoff(settings, count) {
+                Some(wait) if since < wait => return Err(NotNow::Backoff(wait - since)),
+                // Waited out: one guess, then (if it fails) the next, longer wait.
+                Some(_) => 1,
+                None => settings.max_failures.saturating_sub(count),
+            };
+            if failures.running >= slots {
+                return Err(NotNow::Busy);
             }
         } else {
             make_room(&mut map, settings);
@@ -240,12 +249,16 @@ mod tests {
         let addr: IpAddr = "192.0.2.1".parse().unwrap();
         let attempt = |addr: IpAddr, user: &str, outcome: Outcome| {
             limiter.attempt(&s, addr, user)?.finish(outcome);
-            Ok::<(), Duration>(())
+            Ok::<(), NotNow>(())
         };
-        // A pool opening many connections at once with the right password: never held up.
-        let pool: Vec<_> = (0..10)
+        // A pool opening many connections at once with the right password: three at a
+        // time, the others queue for a slot and are never refused.
+        let mut pool: Vec<_> = (0..3)
             .map(|_| limiter.attempt(&s, addr, "pool").unwrap())
             .collect();
+        assert_eq!(limiter.attempt(&s, addr, "pool").unwrap_err(), NotNow::Busy);
+        pool.pop().unwrap().finish(Outcome::SignedIn);
+        pool.push(limiter.attempt(&s, addr, "pool").unwrap());
         pool.into_iter().for_each(|a| a.finish(Outcome::SignedIn));
         // Two guesses at alice's password, then mallory signs in as herself: alice's
         // guesses still count, and the third failure makes the address wait.
@@ -254,9 +267,15 @@ mod tests {
         }
         assert!(attempt(addr, "mallory", Outcome::SignedIn).is_ok());
         assert!(attempt(addr, "alice", Outcome::Refused).is_ok());
-        assert!(limiter.attempt(&s, addr, "alice").is_err());
+        assert!(matches!(
+            limiter.attempt(&s, addr, "alice"),
+            Err(NotNow::Backoff(_))
+        ));
         assert!(
-            limiter.attempt(&s, addr, "mallory").is_err(),
+            matches!(
+                limiter.attempt(&s, addr, "mallory"),
+                Err(NotNow::Backoff(_))
+            ),
             "the address waits"
         );
         assert!(attempt("192.0.2.2".parse().unwrap(), "alice", Outcome::Refused).is_ok());
@@ -267,15 +286,40 @@ mod tests {
             assert!(attempt(typo, "bob", Outcome::SignedIn).is_ok());
         }
         assert!(limiter.attempt(&s, typo, "bob").is_ok());
-        // Once an address has failures, attempts still running count: parallel guesses stop.
+        // Attempts still running take the failures left: parallel guesses stop at the limit.
         let other: IpAddr = "192.0.2.4".parse().unwrap();
         assert!(attempt(other, "carol", Outcome::Refused).is_ok());
         let first = limiter.attempt(&s, other, "carol").unwrap();
         let second = limiter.attempt(&s, other, "carol").unwrap();
-        assert!(limiter.attempt(&s, other, "carol").is_err());
+        assert_eq!(
+            limiter.attempt(&s, other, "carol").unwrap_err(),
+            NotNow::Busy
+        );
         // An attempt abandoned midway is neither a success nor a failure.
         drop(first);
         second.finish(Outcome::Other);
         assert!(limiter.attempt(&s, other, "carol").is_ok());
+    }
+
+    #[test]
+    fn a_burst_of_guesses_is_checked_only_up_to_the_limit() {
+        // No wait at all after the limit, to see what happens once a backoff is over.
+        let s = RateLimitSettings {
+            max_failures: 3,
+            first_backoff: Duration::ZERO,
+            max_backoff: Duration::from_secs(3600),
+        };
+        let limiter = FailureLimiter::default();
+        let addr: IpAddr = "192.0.2.9".parse().unwrap();
+        let burst: Vec<_> = (0..3)
+            .map(|_| limiter.attempt(&s, addr, "svc").unwrap())
+            .collect();
+        assert_eq!(limiter.attempt(&s, addr, "svc").unwrap_err(), NotNow::Busy);
+        burst.into_iter().for_each(|a| a.finish(Outcome::Refused));
+        // Past the limit, each guess waits for the one before it to fail.
+        let next = limiter.attempt(&s, addr, "svc").unwrap();
+        assert_eq!(limiter.attempt(&s, addr, "svc").unwrap_err(), NotNow::Busy);
+        next.finish(Outcome::Refused);
+        assert!(limiter.attempt(&s, addr, "svc").is_ok());
     }
 }

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn, Span};
 use crate::audit::event::{Actor, User};
 use crate::audit::{AuditLog, Event};
 use crate::auth::front_door::{self, ClientConn};
+use crate::auth::rate_limit::NotNow;
 use crate::auth::{self, AuthError, Grant, Identity};
 use crate::config::{Config, OauthBearer, PlaintextTokens, TlsMode};
 use crate::error::{ClientError, SqlState};
@@ -42,6 +43,9 @@ use crate::upstream::{self, Endpoint, UpstreamError};
 /// Largest message accepted from a client before it is authenticated: a 64 KiB token and
 /// its framing.
 const MAX_AUTH_MESSAGE: usize = crate::auth::oidc::token::MAX_TOKEN_LEN + 1024;
+
+/// How often a sign-in queued behind others from its address looks for a free slot.
+const SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A config snapshot together with what is derived from it (TLS acceptor, upstream endpoint).
 pub struct Snapshot {
@@ -644,12 +648,18 @@ async fn authenticate(
 ) -> Result<Identity, AuthError> {
     let config = &snapshot.config;
     let user = startup.user();
-    let attempt = ctx
-        .failures
-        .attempt(&config.rate_limit, peer.ip(), &user)
-        .map_err(|wait| AuthError::RateLimited {
-            retry_after_s: wait.as_secs().max(1),
-        })?;
+    // Under server.auth_timeout: an attempt that finds no free slot in time gives up.
+    let attempt = loop {
+        match ctx.failures.attempt(&config.rate_limit, peer.ip(), &user) {
+            Ok(attempt) => break attempt,
+            Err(NotNow::Busy) => tokio::time::sleep(SLOT_POLL).await,
+            Err(NotNow::Backoff(wait)) => {
+                return Err(AuthError::RateLimited {
+                    retry_after_s: wait.as_secs().max(1),
+                })
+            }
+        }
+    };
     let tls = conn.stream.is_tls();
     let use_token = !snapshot.issuers.is_empty() && !config.local_users.contains_key(&user);
     // A token must not cross the network in clear: refuse before the client sends it.

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
 use std::sync::Arc;
@@ -31,6 +31,9 @@ const HIGH_WATER: usize = 512 * 1024;
 
 /// How long a closing session waits for the client to take its final messages.
 const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a session pgwarden ended waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
 
 struct Peer {
     rd: ReadHalf<MaybeTls>,
@@ -174,7 +177,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         .filter(|_| snapshot.config.on_token_expiry == TokenExpiry::Terminate)
         .map(|oidc| {
             let left = oidc
-                .expires_at
+                .accepted_until
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
             Instant::now() + left
@@ -217,6 +220,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         described_portal: None,
         executes_since_sync: 0,
         settle_at_sync: None,
+        token_expired: false,
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();
@@ -252,7 +256,6 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     let mut phase = ctx.shutdown.watch();
     // A session that starts while draining ends as soon as it is idle.
     let mut draining = ctx.shutdown.phase() != Phase::Running;
-    let mut token_expired = false;
 
     // Once closing, the last words (an ErrorResponse) get this long to reach a client that
     // may have stopped reading.
@@ -271,6 +274,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         // While a statement is held, the client is still read (to notice it leaving), up to
         // a bound, but nothing it sends is processed.
         let read_client = closing.is_none()
+            && (!flow.token_expired || flow.copy_in)
             && server.out.len() < HIGH_WATER
             && (held.is_none() || client.inbuf.bytes().len() < HIGH_WATER);
         let read_server = closing.is_none() && client.out.len() < HIGH_WATER;
@@ -280,10 +284,14 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(closing_deadline.unwrap_or_else(Instant::now).into()), if closing_deadline.is_some() => Ok(None),
-                _ = tokio::time::sleep_until(token_deadline.unwrap_or_else(Instant::now).into()), if token_deadline.is_some() && !token_expired && closing.is_none() => {
-                    token_expired = true;
-                    info!("the sign-in token expired; ending the session between statements");
-                    Ok(flow.state.between_statements().then_some(Ending::TokenExpired))
+                _ = tokio::time::sleep_until(token_deadline.unwrap_or_else(Instant::now).into()), if token_deadline.is_some() && !flow.token_expired && closing.is_none() => {
+                    flow.token_expired = true;
+                    info!("the sign-in token expired; ending the session once what was sent is answered");
+                    // A held statement is not run for a token no longer accepted.
+                    let status = crate::approvals::Status::Withdrawn;
+                    resume_after_hold(&mut flow, &mut held, status, "the sign-in token expired", &mut client, &mut server, &mut cancel_requests)
+                        .await
+                        .map(|ending| ending.or_else(|| flow.state.between_statements().then_some(Ending::TokenExpired)))
                 },
                 new_phase = phase.changed(), if closing.is_none() => match new_phase {
                     Phase::Terminating => Ok(Some(Ending::Shutdown)),
@@ -339,7 +347,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                         {
                             Ok(()) => {
                                 flow.record_outcomes();
-                                if token_expired && flow.state.between_statements() {
+                                if flow.token_expired && flow.state.between_statements() {
                                     Ok(Some(Ending::TokenExpired))
                                 } else {
                                     Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))
@@ -435,6 +443,19 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         .await;
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.wr.shutdown()).await;
+    // Closing a socket with unread bytes makes the kernel reset the connection, and the
+    // reset can destroy the final error before the client has read it: when pgwarden ends
+    // the session, read and drop what the client still sends until it closes, briefly.
+    if !matches!(
+        ending,
+        Ending::ClientDisconnected | Ending::ClientTerminated
+    ) {
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(client.rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
     let summary = Summary {
         ending,
         duration_ms: started.elapsed().as_millis() as u64,

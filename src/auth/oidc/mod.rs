@@ -125,7 +125,9 @@ pub struct VerifiedToken {
     pub username: String,
     pub groups: Vec<String>,
     pub kind: TokenKind,
-    pub expires_at: SystemTime,
+    /// When pgwarden stops taking this token: its `exp` plus the issuer's leeway, the same
+    /// allowance it was given at sign-in.
+    pub accepted_until: SystemTime,
 }
 
 /// The trusted issuers of one config snapshot.
@@ -202,7 +204,7 @@ impl Issuers {
             subject,
             groups: claims::groups(&token.claims, &settings.groups_claim),
             kind,
-            expires_at: token.expires_at()?,
+            accepted_until: token.expires_at()? + settings.leeway,
         })
     }
 }

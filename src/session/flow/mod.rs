@@ -101,6 +101,10 @@ pub struct Flow<'a> {
     /// or RESET: the Sync's clean, idle answer then makes it certain.
     pub executes_since_sync: usize,
     pub settle_at_sync: Option<track::Settled>,
+    /// The person's sign-in token is no longer accepted: what the client sends from now on
+    /// is left unread, except the rest of a COPY in progress, and the session ends once
+    /// what it sent before has been answered.
+    pub token_expired: bool,
 }
 
 /// What a client declared about a statement.
@@ -220,6 +224,10 @@ impl Flow<'_> {
         let mut run_start = 0;
         let mut ending = None;
         while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
+            // The held frame still gets its answer (withdrawn) after the token expired.
+            if self.token_expired && !self.copy_in && self.hold_answer.is_none() {
+                break;
+            }
             let end = offset + header.wire_len();
             let body = &inbuf.bytes()[offset + HEADER_LEN..end];
             let verdict = if self.state.skip_until_sync && !matches!(header.tag, b'S' | b'X') {
