@@ -508,6 +508,46 @@ settings = { statement_timeout = "12345", default_transaction_read_only = true }
         .simple_query("SET client_encoding TO 'LATIN1'; RESET client_encoding")
         .await
         .unwrap();
+    // Nor can a session start in one: RESET, ROLLBACK and DISCARD ALL go back to the
+    // startup value, and a statement pipelined behind them would be misread.
+    for options in [
+        "options='-c client_encoding=SJIS'",
+        "options='--client-encoding=big5'",
+    ] {
+        let err = proxy
+            .try_connect(&proxy.conninfo(
+                "alice",
+                ALICE_PASSWORD,
+                &format!("sslmode=disable {options}"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    }
+    {
+        use common::wire;
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(&wire::startup_packet(
+                wire::PROTOCOL_3_0,
+                &[
+                    ("user", b"alice"),
+                    ("database", b"app"),
+                    ("client_encoding", b"SJIS"),
+                ],
+            ))
+            .await
+            .unwrap();
+        let sasl = wire::read_message(&mut stream).await;
+        let mut reply = wire::scram(&mut stream, sasl, ALICE_PASSWORD).await;
+        while reply.0 != b'E' {
+            assert_ne!(reply.0, b'Z', "a session started in SJIS");
+            reply = wire::read_message(&mut stream).await;
+        }
+        let refusal = wire::error_fields(&reply.1);
+        assert_eq!(refusal[&b'C'], "0A000", "{refusal:?}");
+    }
 
     // A locked setting in the startup packet refuses the login itself.
     let refused = proxy

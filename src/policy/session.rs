@@ -372,6 +372,28 @@ fn option_words(options: &str) -> Vec<String> {
     words
 }
 
+/// A client_encoding the startup packet asks for (as a parameter or in `options`) that
+/// pgwarden cannot check statements in. It is refused at the door, not only on SET: RESET,
+/// ROLLBACK and DISCARD ALL return a session to its startup value, and a statement
+/// pipelined right behind them would be read in the wrong encoding.
+pub fn unsafe_encoding_in_startup(parameters: &[(String, Vec<u8>)]) -> Option<String> {
+    for (key, value) in parameters {
+        let value = String::from_utf8_lossy(value);
+        if key.eq_ignore_ascii_case("client_encoding") && crate::sql::is_unsafe_encoding(&value) {
+            return Some(value.into_owned());
+        }
+        if key.eq_ignore_ascii_case("options") {
+            if let Some((_, encoding)) = option_assignments(&value)
+                .into_iter()
+                .find(|(name, v)| name == "client_encoding" && crate::sql::is_unsafe_encoding(v))
+            {
+                return Some(encoding);
+            }
+        }
+    }
+    None
+}
+
 /// The value a startup packet gives setting `name`: as a parameter of its own, or in
 /// `options`.
 pub fn startup_setting(parameters: &[(String, Vec<u8>)], name: &str) -> Option<String> {

@@ -498,6 +498,9 @@ async fn establish(
             .with_hint("connect without setting it (in options or as a startup parameter)"),
         ));
     }
+    if let Some(encoding) = session::unsafe_encoding_in_startup(&startup.parameters) {
+        return Err(unsafe_encoding(&encoding));
+    }
     let may_use_role = |role: &str| {
         auth::authorize(&identity, &grant.database, Some(role), &config.access).is_ok()
     };
@@ -540,6 +543,14 @@ async fn establish(
             return Err(e.into());
         }
     };
+    // The encoding the session starts in, wherever it came from (the startup packet, the
+    // role's or database's defaults, the server's): RESET returns to it.
+    if let Some((_, encoding)) = upstream.parameters.iter().find(|(name, value)| {
+        name == b"client_encoding"
+            && crate::sql::is_unsafe_encoding(&String::from_utf8_lossy(value))
+    }) {
+        return Err(unsafe_encoding(&String::from_utf8_lossy(encoding)));
+    }
     let current_role = current
         .pop()
         .flatten()
@@ -634,6 +645,19 @@ pub(crate) async fn session_masking(
     Ok(crate::masking::rewrite::Masking::for_session(
         settings, catalog, identity,
     ))
+}
+
+/// The refusal of a session that would start in a client encoding pgwarden cannot read.
+fn unsafe_encoding(encoding: &str) -> SessionError {
+    SessionError::Refused(
+        ClientError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!(
+                "pgwarden cannot check statements in client_encoding {encoding} (SJIS, BIG5, GBK, UHC, GB18030 and JOHAB are refused)"
+            ),
+        )
+        .with_hint("connect with client_encoding UTF8 (PGCLIENTENCODING=UTF8)"),
+    )
 }
 
 /// Step 2: the rate limit, then the front-door method for this client — SCRAM for local
