@@ -486,6 +486,40 @@ async fn a_grant_does_not_stretch_to_another_table_under_the_same_alias() {
         .unwrap()
         .get(0);
     assert_eq!(left, 20, "nothing was deleted from {other}");
+    // …and so is the same text under a search_path where it names another schema's table.
+    direct
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS scope_b CASCADE; CREATE SCHEMA scope_b AUTHORIZATION app_rw; \
+             CREATE TABLE scope_b.{t} (id int PRIMARY KEY, note text); \
+             INSERT INTO scope_b.{t} SELECT g, 'b' FROM generate_series(1, 20) g; \
+             ALTER TABLE scope_b.{t} OWNER TO app_rw",
+            t = s.table
+        ))
+        .await
+        .unwrap();
+    dev.batch_execute("SET search_path = scope_b, public")
+        .await
+        .unwrap();
+    let elsewhere = run(format!("DELETE FROM {} t WHERE t.id = 3", s.table));
+    let held = s.pending(&dba).await;
+    assert!(
+        !elsewhere.is_finished(),
+        "ran under a grant for another schema"
+    );
+    s.api(
+        "POST",
+        &format!("/approvals/{}/deny", held["id"].as_str().unwrap()),
+        &dba,
+        json!({"reason": "not that schema"}),
+    )
+    .await;
+    assert!(elsewhere.await.unwrap().is_err());
+    let left: i64 = direct
+        .query_one(&format!("SELECT count(*) FROM scope_b.{}", s.table), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 20, "nothing was deleted from scope_b");
 }
 
 /// With `[admin.tls]` the admin API is HTTPS (a token is a database credential too); the
@@ -1084,4 +1118,80 @@ async fn an_approval_is_not_spent_on_the_statement_behind_the_held_one() {
         20,
         "a statement ran without approval"
     );
+}
+
+/// A password written into a held statement is not shown to approvers (nor sent to a
+/// webhook): they see that a password is set, not which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_do_not_see_passwords_in_held_statements() {
+    let s = Setup::start("password", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = s.developer().await;
+    let held = tokio::spawn(async move {
+        dev.simple_query("ALTER ROLE app_rw PASSWORD 'Hunter2Held'")
+            .await
+    });
+    let request = s.pending(&dba).await;
+    assert_eq!(request["statement"], "ALTER ROLE app_rw PASSWORD '…'");
+    let (status, body) = s
+        .api(
+            "POST",
+            &format!("/approvals/{}/deny", request["id"].as_str().unwrap()),
+            &dba,
+            json!({"reason": "not through here"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(held.await.unwrap().is_err());
+}
+
+/// Two pipelined messages that each prepare a name again, both stopped by an error: the
+/// name is not left with the body of either (pgwarden forgets it), so an EXECUTE of it is
+/// not judged as a harmless SELECT while the server runs the approved DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_name_is_not_redefined_by_messages_that_failed() {
+    let s = Setup::start("redefine", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = std::sync::Arc::new(s.developer().await);
+    let prepare = {
+        let dev = dev.clone();
+        let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
+        tokio::spawn(async move { dev.simple_query(&sql).await })
+    };
+    s.approve_pending(&dba, Value::Null).await;
+    prepare.await.unwrap().unwrap();
+    // Pipelined: tokio-postgres sends both before reading either answer.
+    let (first, second) = tokio::join!(
+        dev.simple_query("SELECT 1/0; DEALLOCATE d; PREPARE d(int) AS SELECT $1"),
+        dev.simple_query("SELECT 1/0; DEALLOCATE d; PREPARE d(int) AS SELECT abs($1)"),
+    );
+    assert!(first.is_err() && second.is_err());
+    // Refused as unknown (the messages were pipelined), or held as the DELETE it is (they
+    // happened to go one at a time): never run as a SELECT.
+    let execute = tokio::spawn(async move { dev.simple_query("EXECUTE d(5)").await });
+    match tokio::time::timeout(Duration::from_secs(3), execute).await {
+        Ok(result) => {
+            let err = result.unwrap().expect_err("EXECUTE d ran unjudged");
+            assert_eq!(
+                sqlstate(&err).as_deref(),
+                Some("42501"),
+                "{}",
+                db_message(&err)
+            );
+        }
+        Err(_) => {
+            let held = s.pending(&dba).await;
+            assert!(held["statement"].as_str().unwrap().contains("EXECUTE d"));
+        }
+    }
+    let direct = common::direct("app").await;
+    let left: i64 = direct
+        .query_one(
+            &format!("SELECT count(*) FROM {} WHERE id = 5", s.table),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "the DELETE ran unjudged");
 }

@@ -268,6 +268,19 @@ async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("no signed checkpoint"), "{stdout}");
+    // Nor does a signed log whose files were all emptied.
+    for file in pgwarden::audit::list_files(&dir).unwrap() {
+        std::fs::write(dir.join(file), b"").unwrap();
+    }
+    let out = pgwarden(&[
+        "audit",
+        "verify",
+        dir.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "an emptied log verified: {stdout}");
 }
 
 /// `chattr` flips the immutable attribute, which stops writes even by root (tests run as
@@ -489,6 +502,17 @@ async fn statements_are_recorded_with_who_what_rows_duration_and_errors() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42P01"));
+    // Free text never reaches the log either: comments, and what the parser's error quotes
+    // (the client still gets the parser's message).
+    client
+        .simple_query("SELECT 1 /* pw=Hunter2Comment */")
+        .await
+        .unwrap();
+    let err = client
+        .simple_query("ALTER ROLE app_rw PASSWORD Hunter2Unquoted")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("Hunter2Unquoted"), "{err:?}");
     drop(client);
 
     // psql: a literal in the text never reaches the log, only its placeholder.
@@ -609,6 +633,10 @@ async fn statements_are_recorded_with_who_what_rows_duration_and_errors() {
             "a parameter value reached the log"
         );
         assert!(!text.contains(ALICE_PASSWORD));
+        assert!(
+            !text.contains("Hunter2"),
+            "a comment or parser message reached the log"
+        );
     }
     let found = pgwarden(&[
         "audit",

@@ -1787,3 +1787,152 @@ async fn an_error_does_not_undo_what_later_messages_defined() {
         "the new s1 was masked by the old one's lineage: {text}"
     );
 }
+
+/// After an extended-protocol message fails, PostgreSQL discards everything up to the next
+/// Sync, simple Queries included. pgwarden must expect no answer for what the client sends
+/// meanwhile, or it credits every later answer to the statement before it (and masks it by
+/// that statement's columns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_server_skips_after_an_error_are_not_expected_to_answer() {
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("skipped").await;
+    let t = &seed.table;
+    let failing_parse = || {
+        let mut out = bytes::BytesMut::new();
+        frontend::parse(
+            "",
+            "SELECT * FROM no_such_table_here",
+            std::iter::empty(),
+            &mut out,
+        )
+        .unwrap();
+        frontend::flush(&mut out);
+        out
+    };
+    // A failing Parse and a Flush: the error comes, the server now skips until Sync.
+    stream.write_all(&failing_parse()).await.unwrap();
+    assert_eq!(common::wire::read_message(&mut stream).await.0, b'E');
+    // Skipped: the Query. Answered: the Sync.
+    let mut out = query("SELECT 1");
+    frontend::sync(&mut out);
+    let answer = exchange(&mut stream, out).await;
+    assert_eq!(show(&answer), "Z:I");
+    // The same with a Bind and an Execute (they were once the end of the session).
+    stream.write_all(&failing_parse()).await.unwrap();
+    assert_eq!(common::wire::read_message(&mut stream).await.0, b'E');
+    let mut out = bytes::BytesMut::new();
+    bind("", "", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    assert_eq!(show(&exchange(&mut stream, out).await), "Z:I");
+    // Every answer still goes with its own statement.
+    exchange(
+        &mut stream,
+        query("SELECT 'x'::text FROM no_such_table_here"),
+    )
+    .await;
+    let answer = show(
+        &exchange(
+            &mut stream,
+            query(&format!("SELECT ssn || '' FROM {t} WHERE id = 1")),
+        )
+        .await,
+    );
+    let constant = show(&exchange(&mut stream, query("SELECT 'harmless text'")).await);
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(!answer.contains(&seed.ssn_token), "leaked: {answer}");
+    assert!(constant.contains("harmless text"), "{constant}");
+}
+
+/// A Bind the server refuses (the portal name is taken) leaves the portal as it was; so does
+/// ROLLBACK TO SAVEPOINT after it. An Execute of it is masked by what it really runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bind_does_not_rebind_the_portal() {
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("rebind").await;
+    let t = &seed.table;
+    exchange(&mut stream, query("BEGIN")).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse(
+        "real",
+        &format!("SELECT ssn || '' FROM {t} WHERE id = 1"),
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    bind("pp", "real", &mut out);
+    frontend::sync(&mut out);
+    exchange(&mut stream, out).await;
+    exchange(&mut stream, query("SAVEPOINT sp")).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse(
+        "decoy",
+        "SELECT 'harmless'::text",
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    bind("pp", "decoy", &mut out);
+    frontend::sync(&mut out);
+    let refused = show(&exchange(&mut stream, out).await);
+    assert!(refused.contains("42P03"), "{refused}");
+    exchange(&mut stream, query("ROLLBACK TO SAVEPOINT sp")).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::execute("pp", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    let rows = show(&exchange(&mut stream, out).await);
+    exchange(&mut stream, query("ROLLBACK")).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(rows.contains("D:"), "{rows}");
+    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+}
+
+/// A Query queued behind a pipeline that fails is skipped by the server; pgwarden must not
+/// wait for its answer forever, or the session never looks idle again and a reload's new
+/// masking rules never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_query_leaves_the_session_idle_for_a_reload() {
+    use postgres_protocol::message::frontend;
+    let seed = seed("skipidle").await;
+    let t = &seed.table;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: "[policy]\nguardrail_exempt_groups = [\"dev\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    common::wire::alice_login(&mut stream).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse(
+        "",
+        "SELECT * FROM no_such_table_here",
+        std::iter::empty(),
+        &mut out,
+    )
+    .unwrap();
+    out.extend_from_slice(&query("SELECT 1"));
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    until_ready(&mut stream, 1).await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let rules = masking_config(&seed, None)
+        .replace("[policy]\nguardrail_exempt_groups = [\"dev\"]\n\n", "");
+    std::fs::write(&proxy.config_path, format!("{text}\n{rules}")).unwrap();
+    proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&proxy.config_path)
+        .await
+        .unwrap();
+    let rows = show(
+        &exchange(
+            &mut stream,
+            query(&format!("SELECT ssn FROM {t} WHERE id = 1")),
+        )
+        .await,
+    );
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(rows.contains("****"), "{rows}");
+    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+}

@@ -142,6 +142,23 @@ fn without_nulls(value: Value) -> Value {
     }
 }
 
+/// `text` safe to print on an approver's terminal: control characters (but newlines and
+/// tabs where `lines` allows them) and bidirectional overrides, which could erase or reorder
+/// what is shown, are written as visible escapes.
+fn printable(text: &str, lines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = (c.is_control() && !(lines && matches!(c, '\n' | '\t')))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if hidden {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn list(value: &Value) -> String {
     let requests = value["requests"].as_array().cloned().unwrap_or_default();
     if requests.is_empty() {
@@ -152,16 +169,17 @@ fn list(value: &Value) -> String {
         "id", "status", "requester", "rule", "expires"
     );
     for r in requests {
+        let field = |k: &str| printable(r[k].as_str().unwrap_or(""), false);
         let statement = r["statement"].as_str().unwrap_or("");
         let short: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
-        let short: String = short.chars().take(60).collect();
+        let short: String = printable(&short, false).chars().take(60).collect();
         out.push_str(&format!(
             "{:<10} {:<9} {:<24} {:<20} {:<20} {}\n",
-            r["id"].as_str().unwrap_or(""),
-            r["status"].as_str().unwrap_or(""),
-            r["requester"].as_str().unwrap_or(""),
-            r["rule"].as_str().unwrap_or(""),
-            r["expires_at"].as_str().unwrap_or(""),
+            field("id"),
+            field("status"),
+            field("requester"),
+            field("rule"),
+            field("expires_at"),
             short
         ));
     }
@@ -169,24 +187,36 @@ fn list(value: &Value) -> String {
 }
 
 fn show(r: &Value) -> String {
-    let field = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+    let field = |k: &str| printable(r[k].as_str().unwrap_or(""), false);
+    let list = |k: &str| {
+        printable(
+            &r[k]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+            false,
+        )
+    };
     let mut out = format!(
-        "request    {}\nstatus     {}\nintent     {}\nrequester  {} ({})\ndatabase   {} as {}\nrule       {}\napprovers  {} (needs {})\ncreated    {}\nexpires    {}\n",
+        "request    {}\nstatus     {}\nintent     {}\nrequester  {} ({})\ndatabase   {} as {}{}\nrule       {}\napprovers  {} (needs {})\ncreated    {}\nexpires    {}\n",
         field("id"),
         field("status"),
-        r["intent"].as_str().unwrap_or("(none declared)"),
+        printable(r["intent"].as_str().unwrap_or("(none declared)"), false),
         field("requester"),
-        r["requester_groups"]
-            .as_array()
-            .map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default(),
+        list("requester_groups"),
         field("database"),
         field("role"),
-        field("rule"),
-        r["approver_groups"]
-            .as_array()
-            .map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        r["current_role"]
+            .as_str()
+            .map(|role| format!(", now SET ROLE {}", printable(role, false)))
             .unwrap_or_default(),
+        field("rule"),
+        list("approver_groups"),
         r["min_approvals"],
         field("created_at"),
         field("expires_at"),
@@ -199,14 +229,51 @@ fn show(r: &Value) -> String {
             } else {
                 "denied"
             },
-            answer["by"].as_str().unwrap_or(""),
-            answer["at"].as_str().unwrap_or(""),
+            printable(answer["by"].as_str().unwrap_or(""), false),
+            printable(answer["at"].as_str().unwrap_or(""), false),
             answer["reason"]
                 .as_str()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", printable(r, false)))
                 .unwrap_or_default()
         ));
     }
-    out.push_str(&format!("\n{}", field("statement")));
+    out.push_str(&format!(
+        "\n{}",
+        printable(r["statement"].as_str().unwrap_or(""), true)
+    ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_requester_wrote_cannot_rewrite_the_approvers_terminal() {
+        let request = serde_json::json!({
+            "id": "ABCD-1234",
+            "status": "pending",
+            "intent": "INC-1\u{1b}[2K",
+            "requester": "dev",
+            "current_role": "app_admin",
+            "statement": "DELETE FROM orders WHERE id = 7 OR id > 0 /*\r\u{1b}[2KDELETE FROM orders WHERE id = 7 */\n-- \u{202e}reversed",
+        });
+        let shown = show(&request);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\r'),
+            "{shown:?}"
+        );
+        assert!(!shown.contains('\u{202e}'), "{shown:?}");
+        assert!(
+            shown.contains("OR id > 0 /*\\u{d}\\u{1b}[2KDELETE"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\n-- \\u{202e}reversed"),
+            "newlines stay: {shown}"
+        );
+        assert!(shown.contains(" as , now SET ROLE app_admin"), "{shown}");
+        let listed = list(&serde_json::json!({ "requests": [request] }));
+        assert!(!listed.contains('\u{1b}'), "{listed:?}");
+    }
 }

@@ -154,6 +154,9 @@ pub struct Answer {
     pub approve: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The grant this approver asked for with the approval.
+    #[serde(skip)]
+    pub grant: Option<Duration>,
     pub at: String,
 }
 
@@ -171,10 +174,17 @@ pub struct Request {
     pub session: u64,
     pub database: String,
     pub role: String,
+    /// The role it would run as, when SET ROLE made it another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_role: Option<String>,
     /// Exactly as sent (approvers must see what would run).
     pub statement: String,
     pub normalized: Option<String>,
     pub fingerprint: Option<String>,
+    /// What a grant given with the approval covers ([`GrantScope::shape`]); `None`: no grant
+    /// can cover it.
+    #[serde(skip)]
+    pub grant_scope: Option<String>,
     pub rule: String,
     /// The requester's declared intent, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,8 +219,9 @@ pub struct GrantScope {
     pub owner: String,
     pub database: String,
     pub role: String,
-    /// [`crate::sql::Analysis::fingerprint`] of the whole message.
-    pub fingerprint: String,
+    /// The message's [`crate::sql::Analysis::fingerprint`] under the search_path and roles
+    /// it ran with (hashed together by the session).
+    pub shape: String,
 }
 
 /// "This statement shape, for this person, there, until then."
@@ -259,9 +270,11 @@ pub struct NewRequest {
     pub session: u64,
     pub database: String,
     pub role: String,
+    pub current_role: Option<String>,
     pub statement: String,
     pub normalized: Option<String>,
     pub fingerprint: Option<String>,
+    pub grant_scope: Option<String>,
     pub rule: String,
     pub intent: Option<String>,
     /// The rule's approver groups, if it names its own.
@@ -327,9 +340,11 @@ impl Approvals {
             session: new.session,
             database: new.database,
             role: new.role,
+            current_role: new.current_role,
             statement: new.statement,
             normalized: new.normalized,
             fingerprint: new.fingerprint,
+            grant_scope: new.grant_scope,
             rule: new.rule,
             intent: new.intent,
             approver_groups: new
@@ -402,6 +417,7 @@ impl Approvals {
                 by_owner: approver.owner.clone(),
                 approve,
                 reason: reason.clone(),
+                grant,
                 at: rfc3339(SystemTime::now()),
             });
             if !approve {
@@ -411,15 +427,24 @@ impl Approvals {
             }
             Ok(())
         })?;
-        if let (Some(duration), Status::Approved, Some(fingerprint)) =
-            (grant, &updated.status, &updated.fingerprint)
+        // A grant lets the shape run without anyone looking again: with several approvals
+        // needed, each approver must have asked for one, and the shortest applies.
+        let granted = updated
+            .answers
+            .iter()
+            .filter(|a| a.approve)
+            .map(|a| a.grant)
+            .collect::<Option<Vec<Duration>>>()
+            .and_then(|grants| grants.into_iter().min());
+        if let (Some(duration), Status::Approved, Some(shape)) =
+            (granted, &updated.status, &updated.grant_scope)
         {
             self.store.add_grant(Grant {
                 scope: GrantScope {
                     owner: updated.requester_owner.clone(),
                     database: updated.database.clone(),
                     role: updated.role.clone(),
-                    fingerprint: fingerprint.clone(),
+                    shape: shape.clone(),
                 },
                 granted_by: approver.name.clone(),
                 request: updated.id.clone(),
@@ -504,9 +529,11 @@ mod tests {
             session: 1,
             database: "shop".into(),
             role: "app_rw".into(),
+            current_role: None,
             statement: "DELETE FROM orders WHERE id = 1".into(),
             normalized: Some("DELETE FROM orders WHERE id = $1".into()),
             fingerprint: Some("abc".into()),
+            grant_scope: Some("abc in public as app_rw".into()),
             rule: "orders-delete".into(),
             intent: None,
             rule_approver_groups: None,
@@ -571,7 +598,13 @@ mod tests {
             Err(ApprovalError::NotAnApprover(_))
         ));
         let once = approvals
-            .answer(&id, &who("dba1", &["dba"]), true, None, None)
+            .answer(
+                &id,
+                &who("dba1", &["dba"]),
+                true,
+                None,
+                Some(Duration::from_secs(120)),
+            )
             .unwrap();
         assert_eq!(once.status, Status::Pending, "two approvals are needed");
         assert_eq!(
@@ -592,7 +625,7 @@ mod tests {
             owner: "local dev".into(),
             database: "shop".into(),
             role: "app_rw".into(),
-            fingerprint: "abc".into(),
+            shape: "abc in public as app_rw".into(),
         };
         assert!(approvals.grant_for(&scope).is_some());
         // Only that person, database, role and shape.
@@ -610,12 +643,39 @@ mod tests {
                 ..scope.clone()
             },
             GrantScope {
-                fingerprint: "abd".into(),
+                shape: "abc in tenant_b as app_rw".into(),
                 ..scope.clone()
             },
         ] {
             assert!(approvals.grant_for(&other).is_none(), "{other:?}");
         }
+        // With two approvals needed, one approver alone cannot grant: both must ask.
+        let (second, _waiter) = approvals.open(
+            &settings(2),
+            NewRequest {
+                grant_scope: Some("another shape".into()),
+                ..new_request()
+            },
+        );
+        approvals
+            .answer(&second.id, &who("dba1", &["dba"]), true, None, None)
+            .unwrap();
+        let approved = approvals
+            .answer(
+                &second.id,
+                &who("dba2", &["dba"]),
+                true,
+                None,
+                Some(Duration::from_secs(3600)),
+            )
+            .unwrap();
+        assert_eq!(approved.status, Status::Approved);
+        assert!(approvals
+            .grant_for(&GrantScope {
+                shape: "another shape".into(),
+                ..scope.clone()
+            })
+            .is_none());
         assert!(matches!(
             approvals.answer(&id, &who("dba3", &["dba"]), false, None, None),
             Err(ApprovalError::NotPending { .. })

@@ -143,6 +143,8 @@ pub enum Event {
         actor: Arc<Actor>,
         database: String,
         role: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        current_role: Option<String>,
         rule: String,
         /// Normalized like statement records; the approver sees the full text in the API.
         query: QueryText,
@@ -212,7 +214,12 @@ pub struct StatementRecord {
     /// Shared by every record of the session; cloned per record as a pointer.
     pub actor: Arc<Actor>,
     pub database: String,
+    /// The upstream role pgwarden logged in as.
     pub role: String,
+    /// The role the statement runs as, when SET ROLE made it another (`a or b` while
+    /// pgwarden cannot yet tell which: a SET ROLE whose outcome it has not seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_role: Option<String>,
     /// `simple`, `extended` or `function-call`.
     pub protocol: &'static str,
     /// Extended protocol: the prepared statement's name (empty for the unnamed one).

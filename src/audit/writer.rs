@@ -465,14 +465,16 @@ impl Writer {
             size: 0,
             day: now / 86_400_000,
         });
-        let previous = self.last_file.replace(name);
         self.seal(
             now,
             &Event::FileStart {
-                previous_file: previous,
+                previous_file: self.last_file.clone(),
             },
         )?;
-        self.write_pending()
+        self.write_pending()?;
+        // Only a file that holds its start record is one the next file follows.
+        self.last_file = Some(name);
+        Ok(())
     }
 
     /// Write the sealed line(s) to the current file (no fsync: that is the syncer's job).
@@ -486,9 +488,14 @@ impl Writer {
         let start = open.size;
         if let Err(e) = (&*open.file).write_all(&self.pending) {
             // Leave no partial line behind and rewind the chain to the last record written;
-            // the next attempt starts a fresh file from there.
+            // the next attempt starts a fresh file from there. A file left with nothing in
+            // it is removed: no record was ever there, and its name is free for the retry.
             let _ = open.file.set_len(start);
             let name = open.name.clone();
+            if start == 0 {
+                let _ = std::fs::remove_file(self.settings.dir.join(&name));
+                sync_dir(&self.settings.dir);
+            }
             self.file = None;
             (self.seq, self.prev_hash) = self.written.clone();
             self.pending.clear();

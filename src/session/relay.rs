@@ -32,6 +32,12 @@ const HIGH_WATER: usize = 512 * 1024;
 /// How long a closing session waits for the client to take its final messages.
 const CLOSING_GRACE: Duration = Duration::from_secs(5);
 
+/// Messages forwarded and not yet answered, at most: beyond it the client is not read until
+/// the server catches up. Each costs a few hundred bytes of bookkeeping, and a client that
+/// pipelines without reading (Syncs are five bytes) could otherwise grow it without bound
+/// while the kernel's socket buffers hold its messages and their answers.
+const MAX_UNANSWERED: usize = 4096;
+
 /// How long a session pgwarden ended waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -275,6 +281,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         // a bound, but nothing it sends is processed.
         let read_client = closing.is_none()
             && (!flow.token_expired || flow.copy_in)
+            && flow.tracker.len() < MAX_UNANSWERED
             && server.out.len() < HIGH_WATER
             && (held.is_none() || client.inbuf.bytes().len() < HIGH_WATER);
         let read_server = closing.is_none() && client.out.len() < HIGH_WATER;

@@ -79,6 +79,27 @@ fn revert<K, V>(
     }
 }
 
+/// Remove from `current` every key whose entry differs between `before` and `after`.
+fn forget_changed<K, V>(
+    current: &mut HashMap<K, V>,
+    before: &HashMap<K, V>,
+    after: &HashMap<K, V>,
+    same: impl Fn(&V, &V) -> bool,
+) where
+    K: Eq + std::hash::Hash,
+{
+    for key in before.keys().chain(after.keys()) {
+        let unchanged = match (before.get(key), after.get(key)) {
+            (Some(x), Some(y)) => same(x, y),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            current.remove(key);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedStatement {
     pub sql: Bytes,
@@ -116,6 +137,9 @@ pub struct Portal {
     pub result_formats: Vec<i16>,
     /// Parameter values as keyed hashes, when the audit log records them.
     pub parameters: Option<Vec<Option<String>>>,
+    /// Which of the session's Binds made it: an undo of that Bind tells by it whether the
+    /// record is still the one that Bind left.
+    pub bound: u64,
 }
 
 #[derive(Debug)]
@@ -126,6 +150,8 @@ pub struct SessionState {
     pub in_flight: usize,
     pub statements: HashMap<Bytes, Arc<PreparedStatement>>,
     pub portals: HashMap<Bytes, Portal>,
+    /// Binds sent so far (numbers [`Portal::bound`]).
+    pub binds: u64,
     /// ParameterStatus values as last reported by the server (client_encoding, search_path…).
     pub parameters: HashMap<Vec<u8>, Vec<u8>>,
     /// Statements run so far (Query, Execute, FunctionCall): the audit sequence number.
@@ -189,6 +215,7 @@ impl SessionState {
             in_flight: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            binds: 0,
             parameters: parameters.into_iter().collect(),
             statements_seen: 0,
             skip_until_sync: false,
@@ -284,30 +311,38 @@ impl SessionState {
         &self.statements[parse.statement]
     }
 
-    pub fn on_bind(&mut self, bind: &Bind<'_>, parameters: Option<Vec<Option<String>>>) {
+    /// Record the portal a Bind makes. Returns what the name held before and the number of
+    /// this Bind (see [`Portal::bound`]), so that it can be undone if the server refuses or
+    /// skips the Bind.
+    pub fn on_bind(
+        &mut self,
+        bind: &Bind<'_>,
+        parameters: Option<Vec<Option<String>>>,
+    ) -> (Option<Portal>, u64) {
         // Portals and SQL cursors share one namespace: a portal of this name is not the
         // cursor an earlier DECLARE made (FETCH from it returns this statement's rows).
         self.forget_cursor(bind.portal);
-        let prepared = self.statements.get(bind.statement).cloned();
-        if let Some(portal) = self.portals.get_mut(bind.portal) {
-            if portal.statement != bind.statement {
-                portal.statement = Bytes::copy_from_slice(bind.statement);
+        self.binds += 1;
+        let statement = match self.portals.get(bind.portal) {
+            Some(old) if old.statement == bind.statement => old.statement.clone(),
+            _ => Bytes::copy_from_slice(bind.statement),
+        };
+        let portal = Portal {
+            statement,
+            prepared: self.statements.get(bind.statement).cloned(),
+            result_formats: bind.result_formats().collect(),
+            parameters,
+            bound: self.binds,
+        };
+        let before = match self.portals.get_mut(bind.portal) {
+            Some(old) => Some(std::mem::replace(old, portal)),
+            None => {
+                self.portals
+                    .insert(Bytes::copy_from_slice(bind.portal), portal);
+                None
             }
-            portal.prepared = prepared;
-            portal.result_formats.clear();
-            portal.result_formats.extend(bind.result_formats());
-            portal.parameters = parameters;
-            return;
-        }
-        self.portals.insert(
-            Bytes::copy_from_slice(bind.portal),
-            Portal {
-                statement: Bytes::copy_from_slice(bind.statement),
-                prepared,
-                result_formats: bind.result_formats().collect(),
-                parameters,
-            },
-        );
+        };
+        (before, self.binds)
     }
 
     pub fn on_close(&mut self, target: Target, name: &[u8]) {
@@ -320,10 +355,16 @@ impl SessionState {
                 }
             }
             Target::Portal => {
-                self.portals.remove(name);
-                self.forget_cursor(name);
+                self.close_portal(name);
             }
         }
+    }
+
+    /// Forget a portal (Close): returns its record, to put back if the server skips the
+    /// Close.
+    pub fn close_portal(&mut self, name: &[u8]) -> Option<Portal> {
+        self.forget_cursor(name);
+        self.portals.remove(name)
     }
 
     fn forget_cursor(&mut self, portal: &[u8]) {
@@ -433,7 +474,41 @@ impl SessionState {
                     self.roles = vec![role];
                 }
             }
-            Correction::IgnoredSyncs(n) => self.in_flight = self.in_flight.saturating_sub(n),
+            Correction::Unanswered(n) => self.in_flight = self.in_flight.saturating_sub(n),
+            Correction::SkippingUntilSync => self.skip_until_sync = true,
+            Correction::Forget(names) => {
+                let NamesBefore { before, after } = *names;
+                forget_changed(
+                    &mut self.sql_prepared,
+                    &before.sql_prepared,
+                    &after.sql_prepared,
+                    |a, b| a == b,
+                );
+                forget_changed(
+                    &mut self.cursors,
+                    &before.cursors,
+                    &after.cursors,
+                    |a, b| a == b,
+                );
+                forget_changed(
+                    &mut self.statements,
+                    &before.statements,
+                    &after.statements,
+                    Arc::ptr_eq,
+                );
+            }
+            Correction::PortalUndone(change) => {
+                if self.portals.get(&change.name).map(|p| p.bound) == change.after {
+                    match change.before {
+                        Some(portal) => {
+                            self.portals.insert(change.name, portal);
+                        }
+                        None => {
+                            self.portals.remove(&change.name);
+                        }
+                    }
+                }
+            }
         }
     }
 

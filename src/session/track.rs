@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
-use crate::session::state::NamesBefore;
+use crate::session::state::{NamesBefore, Portal};
 use crate::sql::Analysis;
 
 use crate::error::ClientError;
@@ -88,6 +88,19 @@ struct Pending {
     names_before: Option<Box<NamesBefore>>,
     /// What this Query leaves for certain if it runs without error outside a transaction.
     settles: Option<Settled>,
+    /// A Bind or Close that changed the session's record of a named portal.
+    portal: Option<Box<PortalChange>>,
+}
+
+/// The session's record of a named portal before and after a Bind or Close changed it: put
+/// back if the server refuses or skips the message (a Bind to a name a portal or cursor
+/// already has fails, and ROLLBACK TO SAVEPOINT keeps the older portal usable).
+#[derive(Debug)]
+pub struct PortalChange {
+    pub name: Bytes,
+    pub before: Option<Portal>,
+    /// The [`Portal::bound`] of the record the message left (`None`: it closed the portal).
+    pub after: Option<u64>,
 }
 
 impl Pending {
@@ -106,6 +119,7 @@ impl Pending {
             defines: None,
             names_before: None,
             settles: None,
+            portal: None,
         }
     }
 
@@ -156,8 +170,19 @@ pub enum Correction {
     /// A search_path or role now known for certain: a Query that set it ran without error,
     /// outside a transaction, with nothing sent after it still unanswered.
     Settled(Settled),
-    /// Syncs the server ignored (sent during COPY FROM STDIN): no ReadyForQuery answers them.
-    IgnoredSyncs(usize),
+    /// A message whose SQL statements an error stopped, while messages sent after it that
+    /// also change names are unanswered: which names those saw is uncertain, so the names
+    /// this one changed are forgotten (an EXECUTE of a forgotten name is refused, a FETCH
+    /// from a forgotten cursor masked as unknown).
+    Forget(Box<NamesBefore>),
+    /// A Bind or Close of a named portal the server did not carry out.
+    PortalUndone(Box<PortalChange>),
+    /// Messages no ReadyForQuery will answer: Syncs sent during COPY FROM STDIN, Queries
+    /// and FunctionCalls the server skipped after an extended-protocol error.
+    Unanswered(usize),
+    /// An extended-protocol message failed and no Sync has been sent after it yet: the server
+    /// discards whatever the client sends until its next Sync.
+    SkippingUntilSync,
 }
 
 /// What a lone SET or RESET leaves the session with once the server has run it.
@@ -207,6 +232,13 @@ impl Tracker {
     pub fn push_parse(&mut self, name: Bytes, sql: Bytes) {
         let mut pending = Pending::new(Expect::Parse, None, None);
         pending.defines = Some((name, sql));
+        self.queue.push_back(pending);
+    }
+
+    /// A Bind or Close that changed the record of a named portal.
+    pub fn push_portal_change(&mut self, expect: Expect, change: PortalChange) {
+        let mut pending = Pending::new(expect, None, None);
+        pending.portal = Some(Box::new(change));
         self.queue.push_back(pending);
     }
 
@@ -274,6 +306,11 @@ impl Tracker {
         self.queue.is_empty()
     }
 
+    /// Messages sent and not answered yet.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Account for one server frame.
     pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Rewrite {
         let Some(front) = self.queue.front_mut() else {
@@ -297,7 +334,7 @@ impl Tracker {
                 self.queue.retain(|p| !p.in_copy);
                 let ignored = before - self.queue.len();
                 if ignored > 0 {
-                    self.corrections.push(Correction::IgnoredSyncs(ignored));
+                    self.corrections.push(Correction::Unanswered(ignored));
                 }
             }
             (b'C', Expect::Execute | Expect::Query) => {
@@ -339,17 +376,24 @@ impl Tracker {
                     (front.names_before.take(), front.analysis.clone())
                 {
                     let ran = front.results;
-                    self.corrections
-                        .push(Correction::Stopped(before, analysis, ran));
+                    let undo = if self.queue.iter().skip(1).any(|p| p.names_before.is_some()) {
+                        Correction::Forget(before)
+                    } else {
+                        Correction::Stopped(before, analysis, ran)
+                    };
+                    self.corrections.push(undo);
                 }
             }
             // An error at Sync (e.g. a deferred constraint at the implicit commit) answers
             // no statement still in flight; the Sync remembers it (nothing it settles held).
             Expect::Sync => front.sqlstate = front.sqlstate.or(sqlstate),
-            // Extended protocol: the server now skips everything up to Sync.
+            // Extended protocol: the server now skips everything up to Sync, simple Queries
+            // and FunctionCalls included.
             _ => {
                 front.sqlstate = sqlstate;
                 let mut first = true;
+                let mut undo = Vec::new();
+                let mut unanswered = 0;
                 while let Some(pending) = self.queue.front() {
                     if pending.expect == Expect::Sync {
                         break;
@@ -357,28 +401,62 @@ impl Tracker {
                     let Some(mut pending) = self.queue.pop_front() else {
                         break;
                     };
-                    if let Some((name, sql)) = pending.defines.take() {
-                        self.corrections.push(Correction::Undefined(name, sql));
-                    }
-                    if let (Some(before), Some(analysis)) =
-                        (pending.names_before.take(), pending.analysis.clone())
-                    {
-                        self.corrections
-                            .push(Correction::Stopped(before, analysis, 0));
+                    let names = pending.names_before.take().zip(pending.analysis.clone());
+                    undo.push((pending.defines.take(), names, pending.portal.take()));
+                    if matches!(pending.expect, Expect::Query | Expect::FunctionCall) {
+                        unanswered += 1;
                     }
                     if let Some(done) = pending.finish(!first) {
                         self.finished.push(done);
                     }
                     first = false;
                 }
-                // The Sync this skipped to answers a failed pipeline: nothing it would settle
-                // is certain.
-                if let Some(sync) = self.queue.front_mut() {
-                    sync.sqlstate = sync.sqlstate.or(sqlstate);
+                let later_names = self.queue.iter().any(|p| p.names_before.is_some());
+                // Last in, first out: each undo then finds the session as its message left it.
+                for (defines, names, portal) in undo.into_iter().rev() {
+                    if let Some((name, sql)) = defines {
+                        self.corrections.push(Correction::Undefined(name, sql));
+                    }
+                    if let Some((before, analysis)) = names {
+                        self.corrections.push(if later_names {
+                            Correction::Forget(before)
+                        } else {
+                            Correction::Stopped(before, analysis, 0)
+                        });
+                    }
+                    if let Some(change) = portal {
+                        self.undo_portal_change(change);
+                    }
+                }
+                if unanswered > 0 {
+                    self.corrections.push(Correction::Unanswered(unanswered));
+                }
+                match self.queue.front_mut() {
+                    // The Sync this skipped to answers a failed pipeline: nothing it would
+                    // settle is certain.
+                    Some(sync) => sync.sqlstate = sync.sqlstate.or(sqlstate),
+                    // What the client sends next is skipped too, until it sends a Sync.
+                    None => self.corrections.push(Correction::SkippingUntilSync),
                 }
             }
         }
         rewrite
+    }
+
+    /// A Bind or Close of a named portal that did not happen. A message still unanswered
+    /// that changes the same portal started from this one's result: it now starts from what
+    /// was there before this one (so that its own undo, if it fails too, puts that back).
+    /// Otherwise the session's record is put back.
+    fn undo_portal_change(&mut self, change: Box<PortalChange>) {
+        let later = self
+            .queue
+            .iter_mut()
+            .filter_map(|p| p.portal.as_mut())
+            .find(|later| later.name == change.name);
+        match later {
+            Some(later) => later.before = change.before,
+            None => self.corrections.push(Correction::PortalUndone(change)),
+        }
     }
 
     fn on_ready(&mut self, status: Option<u8>) {

@@ -12,6 +12,11 @@ use super::tree::Tree;
 /// bounded (entries × this).
 const MAX_CACHED_TEXT: usize = 8 * 1024;
 
+/// Statements one message may hold. Analysing one costs a few kilobytes while the message's
+/// analysis is built, so a message of a million `SELECT 1;` would cost gigabytes; schema
+/// scripts sent as one Query stay well below this.
+pub const MAX_STATEMENTS: usize = 10_000;
+
 /// Stack for analysing a statement not seen before. Decoding and walking a parse tree recurse
 /// once per level, and libpg_query hands over trees up to 10 000 levels deep (`a || b || …`
 /// with thousands of terms is ordinary generated SQL), so no analysis may run short of stack:
@@ -86,6 +91,9 @@ pub enum AnalysisError {
     /// Nested deeper than PostgreSQL's own parser allows.
     #[error("the statement is nested too deeply to check")]
     TooComplex,
+    /// More statements in one message than pgwarden analyses at once.
+    #[error("the message holds more than {MAX_STATEMENTS} statements")]
+    TooManyStatements,
 }
 
 /// Analyses statements, with a bounded cache shared by all sessions.
@@ -129,6 +137,15 @@ impl Analyzer {
             key,
             tokens,
         } = shape(sql)?;
+        // Every statement but the last ends in a semicolon token (those inside bodies and
+        // strings are not tokens of their own): an upper bound, counted before parsing.
+        let semicolons = tokens
+            .iter()
+            .filter(|t| t.token == pg_query::protobuf::Token::Ascii59 as i32)
+            .count();
+        if semicolons >= MAX_STATEMENTS {
+            return Err(AnalysisError::TooManyStatements);
+        }
         if cacheable && key != sql {
             if let Some(hit) = self.cached(&key) {
                 return Ok(hit);
@@ -311,6 +328,22 @@ fn shape(sql: &str) -> Result<Shape, AnalysisError> {
     let mut key = String::with_capacity(sql.len() + 8);
     let mut at = 0;
     for token in &tokens {
+        // A comment is free text that may hold anything (a password, someone's address):
+        // the normalized text keeps only that one was there. (sqlcommenter tags are read
+        // from the statement itself and recorded on their own, masked.)
+        let comment = match Token::try_from(token.token) {
+            Ok(Token::CComment) => Some("/* … */"),
+            Ok(Token::SqlComment) => Some("-- …"),
+            _ => None,
+        };
+        if let Some(placeholder) = comment {
+            let gap = text(i32::try_from(at).unwrap_or(i32::MAX), token.start)?;
+            normalized.push_str(gap);
+            normalized.push_str(placeholder);
+            key.push_str(text(i32::try_from(at).unwrap_or(i32::MAX), token.end)?);
+            at = usize::try_from(token.end).unwrap_or(at);
+            continue;
+        }
         let kind = match Token::try_from(token.token) {
             Ok(Token::Iconst) => 'i',
             Ok(Token::Fconst) => 'f',
@@ -405,7 +438,14 @@ mod tests {
         let shaped = shape("SELECT 'a', 1, -1.5, B'1', X'ff', E'\\n', $1 /* 7 */").unwrap();
         assert_eq!(
             shaped.normalized,
-            "SELECT $2, $3, -$4, $5, $6, $7, $1 /* 7 */"
+            "SELECT $2, $3, -$4, $5, $6, $7, $1 /* … */"
+        );
+        // Comments are free text: the normalized text shows only where they were.
+        assert_eq!(
+            shape("SELECT 1 -- pw=Hunter2\n, 2 /* jane@example.com */")
+                .unwrap()
+                .normalized,
+            "SELECT $1 -- …\n, $2 /* … */"
         );
         // Different literal kinds are different shapes; equal kinds, one shape.
         assert_ne!(
@@ -416,7 +456,7 @@ mod tests {
             shape("FETCH 5 FROM c").unwrap().key,
             shape("FETCH 6 FROM c").unwrap().key
         );
-        // Comments and spacing are kept: they are part of what the audit log shows.
+        // Comments and spacing are kept in the key (each spelling has its own normalized text).
         assert_ne!(
             shape("SELECT 1 /*a*/").unwrap().key,
             shape("SELECT 1 /*b*/").unwrap().key
@@ -639,6 +679,19 @@ mod tests {
             analyzer.analyze(too_deep.as_bytes()),
             Err(AnalysisError::TooComplex)
         );
+    }
+
+    #[test]
+    fn a_message_of_too_many_statements_is_refused_before_parsing() {
+        let analyzer = Analyzer::new(16);
+        let many = "SELECT 1;".repeat(MAX_STATEMENTS);
+        assert_eq!(
+            analyzer.analyze(many.as_bytes()),
+            Err(AnalysisError::TooManyStatements)
+        );
+        // Semicolons in strings and bodies are not statements.
+        let one = format!("SELECT '{}'", ";".repeat(MAX_STATEMENTS));
+        assert_eq!(*analyzer.analyze(one.as_bytes()).unwrap().kinds, ["select"]);
     }
 
     #[test]

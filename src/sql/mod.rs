@@ -14,6 +14,7 @@ mod analyze;
 pub mod comments;
 pub mod facts;
 pub mod lineage;
+pub mod secrets;
 pub mod tree;
 
 pub use analyze::{

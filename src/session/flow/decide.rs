@@ -138,7 +138,8 @@ impl Flow<'_> {
                             "policy.create-table-as-execute",
                             "CREATE TABLE … AS EXECUTE is not supported through pgwarden; use CREATE TABLE … AS SELECT".into(),
                         );
-                        return self.ruling(decision, protocol, Some(&analysis.fingerprint));
+                        let scope = self.grant_scope(analysis);
+                        return self.ruling(decision, protocol, scope);
                     }
                     match &facts.executes {
                         None => statements.push(facts.clone()),
@@ -149,32 +150,33 @@ impl Flow<'_> {
                                     "policy.unknown-prepared-statement",
                                     format!("prepared statement \"{name}\" is not known to pgwarden in this session; PREPARE it first"),
                                 );
-                                return self.ruling(
-                                    decision,
-                                    protocol,
-                                    Some(&analysis.fingerprint),
-                                );
+                                let scope = self.grant_scope(analysis);
+                                return self.ruling(decision, protocol, scope);
                             }
                         },
                     }
                 }
-                self.ruling(
-                    self.decide(&statements),
-                    protocol,
-                    Some(&analysis.fingerprint),
-                )
+                let scope = self.grant_scope(analysis);
+                self.ruling(self.decide(&statements), protocol, scope)
             }
-            Ok(analysis) => self.ruling(
-                self.decide(&analysis.statements),
-                protocol,
-                Some(&analysis.fingerprint),
-            ),
+            Ok(analysis) => {
+                let scope = self.grant_scope(analysis);
+                self.ruling(self.decide(&analysis.statements), protocol, scope)
+            }
             Err(error) => {
                 let on_parse_error = self.snapshot.load().config.policy.on_parse_error;
+                // The parser's message quotes the text near the error, which may be a
+                // password: the client sees it, the audit log's `reason` does not.
+                let recorded = match error {
+                    AnalysisError::Syntax(_) => {
+                        "PostgreSQL's parser rejects the statement (its message quotes the text, so it is not recorded)".to_owned()
+                    }
+                    other => other.to_string(),
+                };
                 let decision = Decision {
                     action: on_parse_error,
                     rule: Some("policy.on_parse_error".into()),
-                    message: Some(error.to_string()),
+                    message: Some(recorded),
                     statement: 0,
                 };
                 if on_parse_error == Action::Allow {
@@ -183,6 +185,7 @@ impl Flow<'_> {
                         refusal: None,
                         hold: false,
                         approval: None,
+                        grant_scope: None,
                     };
                 }
                 let refusal = match error {
@@ -204,6 +207,11 @@ impl Flow<'_> {
                     .with_hint(
                         "simplify the statement (PostgreSQL's own parser has the same limit)",
                     ),
+                    AnalysisError::TooManyStatements => ClientError::error(
+                        SqlState::PROGRAM_LIMIT_EXCEEDED,
+                        format!("pgwarden cannot check this message: {error}"),
+                    )
+                    .with_hint("send the statements in smaller batches"),
                     AnalysisError::UnsafeEncoding(_) => {
                         ClientError::error(SqlState::FEATURE_NOT_SUPPORTED, error.to_string())
                             .with_hint("set client_encoding to UTF8")
@@ -217,6 +225,7 @@ impl Flow<'_> {
                     refusal: Some(refusal),
                     hold: false,
                     approval: None,
+                    grant_scope: None,
                 }
             }
         }
@@ -228,14 +237,14 @@ impl Flow<'_> {
         &mut self,
         decision: Decision,
         protocol: Protocol<'_>,
-        fingerprint: Option<&str>,
+        grant_scope: Option<String>,
     ) -> Ruling {
         let mut approval = None;
         let mut hold = false;
         let refusal = match decision.action {
             Action::Allow => None,
             Action::Deny => Some(refusal_for(&decision, "denied")),
-            Action::Approve => match self.approval_for(&decision, fingerprint) {
+            Action::Approve => match self.approval_for(&decision, grant_scope.as_deref()) {
                 Approval::Run(note) => {
                     approval = Some(note);
                     None
@@ -260,10 +269,41 @@ impl Flow<'_> {
             refusal,
             hold,
             approval,
+            grant_scope,
         }
     }
 
-    fn approval_for(&mut self, decision: &Decision, fingerprint: Option<&str>) -> Approval {
+    /// The role statements run as now, when SET ROLE made it other than the login role.
+    pub(super) fn current_role(&self) -> Option<String> {
+        let roles = self.state.effective_roles();
+        (!roles.is_empty() && (roles.len() != 1 || roles[0] != self.role))
+            .then(|| roles.join(" or "))
+    }
+
+    /// What a grant for this message covers: its shape ([`Analysis::fingerprint`]) under the
+    /// search_path and roles it runs with now, since under another path the same text names
+    /// other tables, and under another role it runs with other privileges. `None` when it
+    /// runs a SQL-level EXECUTE: the name can be prepared again with another body, so no
+    /// grant covers it.
+    fn grant_scope(&self, analysis: &Analysis) -> Option<String> {
+        use sha2::Digest;
+        if analysis.statements.iter().any(|s| s.executes.is_some()) {
+            return None;
+        }
+        let mut scope = sha2::Sha256::new();
+        scope.update(analysis.fingerprint.as_bytes());
+        for schema in self.state.effective_search_path().iter() {
+            scope.update(b"\0schema\0");
+            scope.update(schema.as_bytes());
+        }
+        for role in self.state.effective_roles().iter() {
+            scope.update(b"\0role\0");
+            scope.update(role.as_bytes());
+        }
+        Some(crate::audit::record::hex(&scope.finalize()))
+    }
+
+    fn approval_for(&mut self, decision: &Decision, grant_scope: Option<&str>) -> Approval {
         let snapshot = self.snapshot.load();
         let Some(settings) = snapshot.config.approvals.as_ref() else {
             return Approval::Refuse(refusal_for(decision, "holds for approval").with_hint(
@@ -310,11 +350,11 @@ impl Flow<'_> {
                 ),
             };
         }
-        let scope = fingerprint.map(|f| GrantScope {
+        let scope = grant_scope.map(|shape| GrantScope {
             owner: self.identity.owner(),
             database: self.database.to_owned(),
             role: self.role.to_owned(),
-            fingerprint: f.to_owned(),
+            shape: shape.to_owned(),
         });
         if let Some(grant) = scope.and_then(|scope| self.approvals.grant_for(&scope)) {
             return Approval::Run(ApprovalNote {

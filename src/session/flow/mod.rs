@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
 use super::state::{Decided, SessionState};
-use super::track::{self, Expect, Rewrite, Tracker};
+use super::track::{self, Expect, PortalChange, Rewrite, Tracker};
 use super::{SessionError, Snapshot};
 use crate::approvals::{Approvals, Request, Waiter};
 use crate::audit::event::Actor;
@@ -157,6 +157,7 @@ struct HoldSpec {
     statement: String,
     analysis: Option<Arc<Analysis>>,
     rule: String,
+    grant_scope: Option<String>,
 }
 
 impl Flow<'_> {
@@ -186,13 +187,15 @@ impl Flow<'_> {
 impl HoldSpec {
     fn new(sql: &[u8], analysis: Option<Arc<Analysis>>, ruling: &Ruling) -> Self {
         Self {
-            statement: String::from_utf8_lossy(sql).into_owned(),
+            statement: crate::sql::secrets::without_passwords(&String::from_utf8_lossy(sql))
+                .into_owned(),
             analysis,
             rule: ruling
                 .decision
                 .rule
                 .clone()
                 .unwrap_or_else(|| "policy.default".into()),
+            grant_scope: ruling.grant_scope.clone(),
         }
     }
 }
@@ -205,6 +208,8 @@ struct Ruling {
     hold: bool,
     /// `approve`, answered yes (or granted): the statement runs.
     approval: Option<ApprovalNote>,
+    /// What a grant given when approving it would cover (see `Flow::grant_scope`).
+    grant_scope: Option<String>,
 }
 
 impl Flow<'_> {
@@ -292,13 +297,14 @@ impl Flow<'_> {
                 // A Query between an Execute of a lone SET and its Sync may change or undo it.
                 self.break_pending_settle();
                 let sql = views::query(body)?;
-                self.state.on_query();
                 let analysis = self.analyze(sql);
                 self.declare(sql, analysis.as_ref().ok().map(|a| &a.statements[..]));
                 let ruling = self.rule(&analysis, Protocol::Simple);
+                // A held Query is processed again when answered: counted then, once.
                 if ruling.hold {
                     return Ok(Verdict::Hold(HoldSpec::new(sql, analysis.ok(), &ruling)));
                 }
+                self.state.on_query();
                 let described = Described {
                     sql,
                     analysis: analysis.ok(),
@@ -457,13 +463,27 @@ impl Flow<'_> {
                     return Ok(Verdict::Refuse(Expect::Parse, error));
                 }
                 let parameters = self.hash_parameters(&bind);
-                self.state.on_bind(&bind, parameters);
-                self.tracker.push(Expect::Bind, None);
+                let (before, bound) = self.state.on_bind(&bind, parameters);
+                let change = PortalChange {
+                    name: Bytes::copy_from_slice(bind.portal),
+                    before,
+                    after: Some(bound),
+                };
+                self.tracker.push_portal_change(Expect::Bind, change);
             }
             b'C' => {
                 let (target, name) = views::target(body, "Close message")?;
-                self.state.on_close(target, name);
-                self.tracker.push(Expect::Close, None);
+                if target == views::Target::Portal {
+                    let change = PortalChange {
+                        name: Bytes::copy_from_slice(name),
+                        before: self.state.close_portal(name),
+                        after: None,
+                    };
+                    self.tracker.push_portal_change(Expect::Close, change);
+                } else {
+                    self.state.on_close(target, name);
+                    self.tracker.push(Expect::Close, None);
+                }
             }
             b'D' => {
                 let (target, name) = views::target(body, "Describe message")?;

@@ -93,9 +93,11 @@ impl Flow<'_> {
             session: self.session,
             database: self.database.to_owned(),
             role: self.role.to_owned(),
+            current_role: self.current_role(),
             statement: spec.statement,
             normalized: analysis.map(|a| a.normalized.to_string()),
             fingerprint: analysis.map(|a| a.fingerprint.to_string()),
+            grant_scope: spec.grant_scope.clone(),
             rule: spec.rule.clone(),
             intent: self.declared.intent.clone(),
             rule_approver_groups: snapshot.config.policy.approver_groups(&spec.rule),
@@ -110,6 +112,7 @@ impl Flow<'_> {
                 actor: audit.actor.clone(),
                 database: request.database.clone(),
                 role: request.role.clone(),
+                current_role: request.current_role.clone(),
                 rule: request.rule.clone(),
                 query: QueryText {
                     text: analysis.map(|a| a.normalized.clone()),
@@ -258,7 +261,8 @@ fn statement_record(
     let analysis = described.analysis.as_deref();
     let text = match (audit.text, analysis) {
         (StatementText::Full, _) if function_oid.is_none() => {
-            Some(String::from_utf8_lossy(described.sql).into())
+            let text = String::from_utf8_lossy(described.sql);
+            Some(crate::sql::secrets::without_passwords(&text).into())
         }
         (_, Some(analysis)) => Some(analysis.normalized.clone()),
         // Unparsable text may hold values: not written.
@@ -270,6 +274,7 @@ fn statement_record(
         actor: audit.actor.clone(),
         database: flow.database.to_owned(),
         role: flow.role.to_owned(),
+        current_role: flow.current_role(),
         protocol,
         prepared,
         query: QueryText {
