@@ -1143,6 +1143,22 @@ async fn approvers_do_not_see_passwords_in_held_statements() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(held.await.unwrap().is_err());
+    // On record as what it came to: refused, with the approver's reason.
+    s.proxy.shutdown(Duration::from_secs(5)).await;
+    let records = all_records(&s.audit);
+    let statement = records
+        .iter()
+        .find(|r| r["type"] == "statement" && r["kinds"][0] == "alter role")
+        .expect("the ALTER ROLE is on record");
+    assert_eq!(statement["decision"], "deny", "{statement}");
+    assert!(
+        statement["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not through here")),
+        "{statement}"
+    );
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains("Hunter2Held"));
 }
 
 /// Two pipelined messages that each prepare a name again, both stopped by an error: the

@@ -459,6 +459,64 @@ fn result_of<'a>(
         .unwrap_or_else(|| panic!("no result for {statement}"))
 }
 
+/// A client that sends a statement and Terminate in one write and hangs up: the server still
+/// runs the statement, and its outcome is on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_sent_with_terminate_gets_its_outcome_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = audit_dir("terminate");
+    let proxy = proxy_auditing_to(&dir).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    common::wire::alice_login(&mut stream).await;
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(
+        "SELECT pg_sleep(0.2), g FROM generate_series(1, 3) g",
+        &mut out,
+    )
+    .unwrap();
+    postgres_protocol::message::frontend::terminate(&mut out);
+    stream.write_all(&out).await.unwrap();
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let statement = records
+        .iter()
+        .find(|r| r["type"] == "statement")
+        .expect("the statement is on record");
+    assert_eq!(result_of(&records, statement)["rows"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_with_a_row_limit_counts_the_rows_it_sent() {
+    let dir = audit_dir("rowlimit");
+    let proxy = proxy_auditing_to(&dir).await;
+    let mut client = proxy.alice().await;
+    let tx = client.transaction().await.unwrap();
+    let portal = tx
+        .bind("SELECT g FROM generate_series(1, 5) g", &[])
+        .await
+        .unwrap();
+    for (limit, rows) in [(2, 2), (2, 2), (0, 1)] {
+        assert_eq!(tx.query_portal(&portal, limit).await.unwrap().len(), rows);
+    }
+    tx.commit().await.unwrap();
+    drop(client);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let rows: Vec<u64> = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "statement"
+                && r["query"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("generate_series"))
+        })
+        .map(|s| result_of(&records, s)["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [2, 2, 1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_recorded_with_who_what_rows_duration_and_errors() {
     let dir = audit_dir("statements");

@@ -188,6 +188,11 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
             .sign(jsonwebtoken::Header::default(), claims)
             .unwrap()
     };
+    let without = |key: &str| {
+        let mut c = claims.clone();
+        c.as_object_mut().unwrap().remove(key);
+        c
+    };
     let hs256_with_public_key = {
         use hmac::{KeyInit, Mac};
         let head = b64(&json!({"alg": "HS256", "typ": "JWT", "kid": issuer.active_kid()}));
@@ -280,6 +285,19 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
             "not a token at all",
             "hunter2".into(),
             "not a valid token",
+            "token_malformed",
+        ),
+        // Named, not "not an ID token".
+        (
+            "no exp",
+            sign(&without("exp")),
+            "lacks the claim \"exp\"",
+            "missing_claim",
+        ),
+        (
+            "email_verified as a number",
+            sign(&with(json!({"email_verified": 0}))),
+            "email_verified is not true or false",
             "token_malformed",
         ),
     ];

@@ -115,14 +115,19 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     .is_none_or(|d| record["decision"] == d.as_str())
                 && query.table.as_ref().is_none_or(|table| {
                     record["tables"].as_array().is_some_and(|tables| {
-                        tables
-                            .iter()
-                            .any(|t| t == table.as_str() || t["name"] == table.as_str())
+                        tables.iter().any(|t| {
+                            t.as_str()
+                                .or_else(|| t["name"].as_str())
+                                .is_some_and(|name| same_table(name, table))
+                        })
                     })
                 })
                 && query.user.as_ref().is_none_or(|user| {
                     record["actor"]["user"]["name"] == user.as_str()
                         || record["user"] == user.as_str()
+                        // Approvers: their answers and their calls to the admin API.
+                        || record["by"] == user.as_str()
+                        || record["caller"] == user.as_str()
                         || session.is_some_and(|id| sessions.contains(&(run, id)))
                 })
                 && intent.as_ref().is_none_or(|wanted| {
@@ -156,6 +161,17 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
         }
     }
     Ok(hits)
+}
+
+/// Whether a table named in a record is the one searched for. Records name tables as the
+/// statement wrote them, so an unqualified name on either side matches that table in any
+/// schema (`orders` finds `public.orders`, and `public.orders` finds `orders`); quoting
+/// and case are as written.
+fn same_table(recorded: &str, wanted: &str) -> bool {
+    let relation = |name: &str| name.rsplit('.').next().unwrap_or(name).to_owned();
+    recorded == wanted
+        || ((!recorded.contains('.') || !wanted.contains('.'))
+            && relation(recorded) == relation(wanted))
 }
 
 /// A line as a record, if its hash holds.
@@ -244,5 +260,14 @@ mod tests {
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("2026-13-01", now).is_err());
         assert_eq!(format_time(now + 7), "2026-11-27T06:45:30.007Z");
+    }
+
+    #[test]
+    fn an_unqualified_table_name_matches_in_any_schema() {
+        assert!(same_table("orders", "public.orders"));
+        assert!(same_table("public.orders", "orders"));
+        assert!(same_table("public.orders", "public.orders"));
+        assert!(!same_table("tenant_b.orders", "public.orders"));
+        assert!(!same_table("orders_archive", "orders"));
     }
 }

@@ -448,6 +448,22 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
             server.wr.shutdown().await
         })
         .await;
+        // A client that sent statements and Terminate in one go is gone, but the server
+        // runs them first: read its answers (to no one), so their outcomes are on record
+        // (a statement still running after the grace is recorded without one).
+        if ending == Ending::ClientTerminated && !flow.tracker.is_empty() {
+            let mut nowhere = BytesMut::new();
+            let _ = tokio::time::timeout(CLOSING_GRACE, async {
+                while matches!(server.inbuf.fill(&mut server.rd).await, Ok(n) if n > 0) {
+                    if flow.server_frames(&mut server.inbuf, &mut nowhere).is_err() {
+                        break;
+                    }
+                    nowhere.clear();
+                }
+            })
+            .await;
+            flow.record_outcomes();
+        }
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.wr.shutdown()).await;
     // Closing a socket with unread bytes makes the kernel reset the connection, and the

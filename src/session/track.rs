@@ -70,6 +70,9 @@ struct Pending {
     /// Set when the message was refused: the error its slot's ErrorResponse becomes.
     refusal: Option<Box<ClientError>>,
     rows: u64,
+    /// DataRows so far: an Execute that stops at its row limit (PortalSuspended) has no
+    /// CommandComplete to count them.
+    data_rows: u64,
     command: Option<String>,
     sqlstate: Option<[u8; 5]>,
     /// The statements whose results this message brings (masking needs their lineage).
@@ -110,6 +113,7 @@ impl Pending {
             run,
             refusal: None,
             rows: 0,
+            data_rows: 0,
             command: None,
             sqlstate: None,
             analysis,
@@ -345,7 +349,12 @@ impl Tracker {
                     self.finish_front(false);
                 }
             }
-            (b'I' | b's', Expect::Execute) => self.finish_front(false),
+            (b'D', Expect::Execute) => front.data_rows += 1,
+            (b's', Expect::Execute) => {
+                front.rows = front.data_rows;
+                self.finish_front(false);
+            }
+            (b'I', Expect::Execute) => self.finish_front(false),
             (b'E', _) => return self.on_error(body),
             (b'Z', _) => self.on_ready(body.first().copied()),
             _ => {}

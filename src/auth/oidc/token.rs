@@ -177,6 +177,29 @@ impl<'a> Unverified<'a> {
             .into_iter()
             .find(|aud| settings.audiences.iter().any(|a| a == aud))
             .ok_or(TokenError::WrongAudience)?;
+        // The claims every ID token has, named when missing or of the wrong type, rather
+        // than "not an ID token" from the parser below.
+        for (claim, is_number) in [("sub", false), ("exp", true), ("iat", true)] {
+            match self.claims.get(claim) {
+                None => return Err(TokenError::MissingClaim(claim.into())),
+                Some(value) if is_number && !value.is_number() => {
+                    return Err(TokenError::Malformed(
+                        "a time claim (exp, iat) is not a number",
+                    ))
+                }
+                Some(value) if !is_number && !value.is_string() => {
+                    return Err(TokenError::Malformed("the sub claim is not a string"))
+                }
+                Some(_) => {}
+            }
+        }
+        if self
+            .claims
+            .get("email_verified")
+            .is_some_and(|v| !v.is_boolean())
+        {
+            return Err(TokenError::Malformed("email_verified is not true or false"));
+        }
         let token: CoreIdToken = self
             .text
             .parse()

@@ -235,7 +235,7 @@ impl Flow<'_> {
     /// whether it runs (an answer for this very statement, or a grant), waits, or is refused.
     pub(super) fn ruling(
         &mut self,
-        decision: Decision,
+        mut decision: Decision,
         protocol: Protocol<'_>,
         grant_scope: Option<String>,
     ) -> Ruling {
@@ -253,7 +253,16 @@ impl Flow<'_> {
                     hold = true;
                     None
                 }
-                Approval::Refuse(error) => Some(error),
+                // Denied, not answered in time, withdrawn, or no approvals here: what it
+                // comes to (and what the audit log records) is a refusal, and why.
+                Approval::Refuse(error) => {
+                    decision.action = Action::Deny;
+                    decision.message = Some(match &error.detail {
+                        Some(detail) => format!("{}; {detail}", error.message),
+                        None => error.message.clone(),
+                    });
+                    Some(error)
+                }
             },
         };
         if refusal.is_some() {
