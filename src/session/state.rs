@@ -2,8 +2,9 @@
 //! flight, prepared statements and portals (with their SQL and result formats) and the
 //! server's reported parameters. Later phases (policy, masking, audit) read it.
 //!
-//! Bookkeeping follows what the client sent; a Parse that the server then rejects still leaves
-//! an entry, which is harmless: anything using it fails upstream too.
+//! Bookkeeping follows what the client sent, at once, and is then corrected by what the
+//! server's answers show it did not do (a failed or skipped Parse, Bind, Close or SQL
+//! statement: [`Correction`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -91,13 +91,14 @@ struct Pending {
     names_before: Option<Box<NamesBefore>>,
     /// What this Query leaves for certain if it runs without error outside a transaction.
     settles: Option<Settled>,
-    /// A Bind or Close that changed the session's record of a named portal.
+    /// A Bind or Close that changed the session's record of a portal.
     portal: Option<Box<PortalChange>>,
 }
 
-/// The session's record of a named portal before and after a Bind or Close changed it: put
-/// back if the server refuses or skips the message (a Bind to a name a portal or cursor
-/// already has fails, and ROLLBACK TO SAVEPOINT keeps the older portal usable).
+/// The session's record of a portal before and after a Bind or Close changed it: put back if
+/// the server refuses or skips the message (a Bind to a name a portal or cursor already has
+/// fails, a Bind or Close after an error is skipped, and ROLLBACK TO SAVEPOINT keeps the
+/// older portal usable).
 #[derive(Debug)]
 pub struct PortalChange {
     pub name: Bytes,
@@ -179,7 +180,7 @@ pub enum Correction {
     /// this one changed are forgotten (an EXECUTE of a forgotten name is refused, a FETCH
     /// from a forgotten cursor masked as unknown).
     Forget(Box<NamesBefore>),
-    /// A Bind or Close of a named portal the server did not carry out.
+    /// A Bind or Close of a portal the server did not carry out.
     PortalUndone(Box<PortalChange>),
     /// Messages no ReadyForQuery will answer: Syncs sent during COPY FROM STDIN, Queries
     /// and FunctionCalls the server skipped after an extended-protocol error.
@@ -239,7 +240,7 @@ impl Tracker {
         self.queue.push_back(pending);
     }
 
-    /// A Bind or Close that changed the record of a named portal.
+    /// A Bind or Close that changed the record of a portal.
     pub fn push_portal_change(&mut self, expect: Expect, change: PortalChange) {
         let mut pending = Pending::new(expect, None, None);
         pending.portal = Some(Box::new(change));
@@ -452,7 +453,7 @@ impl Tracker {
         rewrite
     }
 
-    /// A Bind or Close of a named portal that did not happen. A message still unanswered
+    /// A Bind or Close of a portal that did not happen. A message still unanswered
     /// that changes the same portal started from this one's result: it now starts from what
     /// was there before this one (so that its own undo, if it fails too, puts that back).
     /// Otherwise the session's record is put back.
