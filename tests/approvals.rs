@@ -676,7 +676,7 @@ async fn a_pipeline_with_a_held_statement_keeps_its_order() {
         format!("DELETE FROM {} WHERE id = 5 RETURNING id", s.table),
         format!("SELECT count(*) FROM {}", s.table),
     ] {
-        frontend::parse("", &sql, std::iter::empty(), &mut out).unwrap();
+        common::wire::parse_untyped("", &sql, &mut out);
         common::wire::bind_without_parameters("", "", &mut out);
         frontend::execute("", 0, &mut out).unwrap();
     }

@@ -229,15 +229,21 @@ async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() 
         .filter(|r| r["type"] == "checkpoint")
         .count();
     assert!(checkpoints >= 3, "{checkpoints} checkpoints");
-    let out = pgwarden(&[
-        "audit",
-        "verify",
-        dir.to_str().unwrap(),
-        "--pubkey",
-        pubkey.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let verify_signed = |dir: &std::path::Path| {
+        let out = pgwarden(&[
+            "audit",
+            "verify",
+            dir.to_str().unwrap(),
+            "--pubkey",
+            pubkey.to_str().unwrap(),
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = verify_signed(&dir);
+    assert!(ok, "{stdout}");
     // The final checkpoint at shutdown covers everything but itself.
     assert!(
         stdout.contains("checkpoint(s) verified") && stdout.contains("0 record(s) after it"),
@@ -258,29 +264,15 @@ async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() 
         .await
         .unwrap();
     unsigned.shutdown(std::time::Duration::from_secs(2)).await;
-    let out = pgwarden(&[
-        "audit",
-        "verify",
-        unsigned_dir.to_str().unwrap(),
-        "--pubkey",
-        pubkey.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{stdout}");
+    let (ok, stdout) = verify_signed(&unsigned_dir);
+    assert!(!ok, "{stdout}");
     assert!(stdout.contains("no signed checkpoint"), "{stdout}");
     // Nor does a signed log whose files were all emptied.
     for file in pgwarden::audit::list_files(&dir).unwrap() {
         std::fs::write(dir.join(file), b"").unwrap();
     }
-    let out = pgwarden(&[
-        "audit",
-        "verify",
-        dir.to_str().unwrap(),
-        "--pubkey",
-        pubkey.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "an emptied log verified: {stdout}");
+    let (ok, stdout) = verify_signed(&dir);
+    assert!(!ok, "an emptied log verified: {stdout}");
 }
 
 /// `chattr` flips the immutable attribute, which stops writes even by root (tests run as

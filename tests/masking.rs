@@ -498,7 +498,7 @@ async fn extended_protocol_with_and_without_a_describe_of_the_portal() {
     for describe in [true, false] {
         let mut out = bytes::BytesMut::new();
         let sql = format!("SELECT id, email FROM {} WHERE id = 1", seed.table);
-        frontend::parse("", &sql, std::iter::empty(), &mut out).unwrap();
+        common::wire::parse_untyped("", &sql, &mut out);
         // Results in binary: id as int4, email as text bytes.
         frontend::bind(
             "",
@@ -577,12 +577,12 @@ async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
         "SELECT translate(email, '@.', '#,') FROM {} WHERE id = 1",
         seed.table
     );
-    frontend::parse("s", &sql, std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("s", &sql, &mut out);
     frontend::sync(&mut out);
     let (_, codes, _) = exchange(&mut stream, out).await;
     assert!(codes.is_empty(), "{codes:?}");
     let mut out = bytes::BytesMut::new();
-    frontend::parse("s", "SELECT 'x'::text", std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("s", "SELECT 'x'::text", &mut out);
     frontend::sync(&mut out);
     let (_, codes, _) = exchange(&mut stream, out).await;
     assert_eq!(codes, ["42P05"]);
@@ -599,18 +599,12 @@ async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
     );
     // A Parse the server rejects defines nothing: the name can be used again.
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
-        "t",
-        "SELECT * FROM no_such_table_here",
-        std::iter::empty(),
-        &mut out,
-    )
-    .unwrap();
+    common::wire::parse_untyped("t", "SELECT * FROM no_such_table_here", &mut out);
     frontend::sync(&mut out);
     let (_, codes, _) = exchange(&mut stream, out).await;
     assert_eq!(codes, ["42P01"]);
     let mut out = bytes::BytesMut::new();
-    frontend::parse("t", &sql, std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("t", &sql, &mut out);
     bind_execute("t", &mut out);
     let (_, codes, rows) = exchange(&mut stream, out).await;
     assert!(codes.is_empty(), "{codes:?}");
@@ -623,7 +617,7 @@ async fn a_prepared_name_cannot_be_swapped_under_the_masking() {
     let (_, codes, _) = exchange(&mut stream, out).await;
     assert_eq!(codes, ["22012"]);
     let mut out = bytes::BytesMut::new();
-    frontend::parse("s", "SELECT 'x'::text", std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("s", "SELECT 'x'::text", &mut out);
     bind_execute("s", &mut out);
     let (_, codes, rows) = exchange(&mut stream, out).await;
     assert_eq!(codes, ["42P05"]);
@@ -1118,13 +1112,11 @@ async fn fetch_from_stale_cursor_name() {
     .await;
     exchange(&mut stream, query("BEGIN")).await;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
+    common::wire::parse_untyped(
         "",
         &format!("SELECT ssn || '' FROM {t} WHERE id = 1"),
-        std::iter::empty(),
         &mut out,
-    )
-    .unwrap();
+    );
     bind("c", "", &mut out);
     frontend::sync(&mut out);
     exchange(&mut stream, out).await;
@@ -1143,13 +1135,11 @@ async fn fetch_from_unknown_portal_control() {
     let t = &seed.table;
     exchange(&mut stream, query("BEGIN")).await;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
+    common::wire::parse_untyped(
         "",
         &format!("SELECT ssn || '' FROM {t} WHERE id = 1"),
-        std::iter::empty(),
         &mut out,
-    )
-    .unwrap();
+    );
     bind("c", "", &mut out);
     frontend::sync(&mut out);
     exchange(&mut stream, out).await;
@@ -1171,13 +1161,11 @@ async fn execute_after_protocol_close_of_sql_prepare() {
     frontend::sync(&mut out);
     exchange(&mut stream, out).await;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
+    common::wire::parse_untyped(
         "p",
         &format!("SELECT ssn || '' FROM {t} WHERE id = 1"),
-        std::iter::empty(),
         &mut out,
-    )
-    .unwrap();
+    );
     frontend::sync(&mut out);
     exchange(&mut stream, out).await;
     let m = exchange(&mut stream, query("EXECUTE p")).await;
@@ -1644,25 +1632,19 @@ async fn reparse_between_bind_and_execute() {
     let secret_sql = format!("SELECT ssn || '' FROM {t} WHERE id = 1");
     // Unnamed statement re-parsed.
     let mut out = bytes::BytesMut::new();
-    frontend::parse("", &secret_sql, std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("", &secret_sql, &mut out);
     bind("", "", &mut out);
-    frontend::parse("", "SELECT 'harmless'::text", std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("", "SELECT 'harmless'::text", &mut out);
     frontend::execute("", 0, &mut out).unwrap();
     frontend::sync(&mut out);
     let unnamed = show(&exchange(&mut stream, out).await);
     eprintln!("unnamed: {unnamed}");
     // Named statement closed and parsed again.
     let mut out = bytes::BytesMut::new();
-    frontend::parse("s1", &secret_sql, std::iter::empty(), &mut out).unwrap();
+    common::wire::parse_untyped("s1", &secret_sql, &mut out);
     bind("p1", "s1", &mut out);
     frontend::close(b'S', "s1", &mut out).unwrap();
-    frontend::parse(
-        "s1",
-        "SELECT 'harmless'::text",
-        std::iter::empty(),
-        &mut out,
-    )
-    .unwrap();
+    common::wire::parse_untyped("s1", "SELECT 'harmless'::text", &mut out);
     frontend::execute("p1", 0, &mut out).unwrap();
     frontend::sync(&mut out);
     let named = show(&exchange(&mut stream, out).await);
@@ -1751,13 +1733,7 @@ async fn an_error_does_not_undo_what_later_messages_defined() {
     let (seed, proxy, mut stream) = wire_session("undo").await;
     let t = &seed.table;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
-        "s1",
-        &format!("SELECT id FROM {t}"),
-        std::iter::empty(),
-        &mut out,
-    )
-    .unwrap();
+    common::wire::parse_untyped("s1", &format!("SELECT id FROM {t}"), &mut out);
     frontend::sync(&mut out);
     stream.write_all(&out).await.unwrap();
     until_ready(&mut stream, 1).await;
@@ -1765,13 +1741,11 @@ async fn an_error_does_not_undo_what_later_messages_defined() {
     // a new Parse of s1, then Sync.
     let mut out = query("PREPARE doomed AS SELECT * FROM no_such_table_here");
     frontend::close(b'S', "s1", &mut out).unwrap();
-    frontend::parse(
+    common::wire::parse_untyped(
         "s1",
         &format!("SELECT upper(ssn) FROM {t} WHERE id = 1"),
-        std::iter::empty(),
         &mut out,
-    )
-    .unwrap();
+    );
     frontend::sync(&mut out);
     stream.write_all(&out).await.unwrap();
     until_ready(&mut stream, 2).await;
@@ -1799,13 +1773,7 @@ async fn messages_the_server_skips_after_an_error_are_not_expected_to_answer() {
     let t = &seed.table;
     let failing_parse = || {
         let mut out = bytes::BytesMut::new();
-        frontend::parse(
-            "",
-            "SELECT * FROM no_such_table_here",
-            std::iter::empty(),
-            &mut out,
-        )
-        .unwrap();
+        common::wire::parse_untyped("", "SELECT * FROM no_such_table_here", &mut out);
         frontend::flush(&mut out);
         out
     };
@@ -1853,25 +1821,17 @@ async fn a_refused_bind_does_not_rebind_the_portal() {
     let t = &seed.table;
     exchange(&mut stream, query("BEGIN")).await;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
+    common::wire::parse_untyped(
         "real",
         &format!("SELECT ssn || '' FROM {t} WHERE id = 1"),
-        std::iter::empty(),
         &mut out,
-    )
-    .unwrap();
+    );
     bind("pp", "real", &mut out);
     frontend::sync(&mut out);
     exchange(&mut stream, out).await;
     exchange(&mut stream, query("SAVEPOINT sp")).await;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
-        "decoy",
-        "SELECT 'harmless'::text",
-        std::iter::empty(),
-        &mut out,
-    )
-    .unwrap();
+    common::wire::parse_untyped("decoy", "SELECT 'harmless'::text", &mut out);
     bind("pp", "decoy", &mut out);
     frontend::sync(&mut out);
     let refused = show(&exchange(&mut stream, out).await);
@@ -1903,13 +1863,7 @@ async fn a_skipped_query_leaves_the_session_idle_for_a_reload() {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     common::wire::alice_login(&mut stream).await;
     let mut out = bytes::BytesMut::new();
-    frontend::parse(
-        "",
-        "SELECT * FROM no_such_table_here",
-        std::iter::empty(),
-        &mut out,
-    )
-    .unwrap();
+    common::wire::parse_untyped("", "SELECT * FROM no_such_table_here", &mut out);
     out.extend_from_slice(&query("SELECT 1"));
     frontend::sync(&mut out);
     stream.write_all(&out).await.unwrap();

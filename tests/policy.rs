@@ -683,13 +683,7 @@ async fn execute_is_judged_by_the_prepared_body() {
         &mut out,
     )
     .unwrap();
-    frontend::parse(
-        "outer_count",
-        "EXECUTE inner_count",
-        std::iter::empty(),
-        &mut out,
-    )
-    .unwrap();
+    common::wire::parse_untyped("outer_count", "EXECUTE inner_count", &mut out);
     frontend::sync(&mut out);
     assert_eq!(exchange(out, 2).await, Vec::<String>::new());
     reload_denying(&proxy, &text, "no-counting-now", "prepared_guarded").await;
@@ -1083,7 +1077,7 @@ async fn set_role_and_search_path_in_a_message_count_for_what_follows() {
         let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         alice_login(&mut stream).await;
         let mut out = bytes::BytesMut::new();
-        frontend::parse("", "SET search_path = public", std::iter::empty(), &mut out).unwrap();
+        common::wire::parse_untyped("", "SET search_path = public", &mut out);
         common::wire::bind_without_parameters("", "", &mut out);
         frontend::execute("", 0, &mut out).unwrap();
         frontend::query("SET search_path = hidden, public", &mut out).unwrap();

@@ -327,3 +327,8 @@ pub async fn sqlstates_until_ready<S: AsyncRead + Unpin>(
     }
     codes
 }
+
+/// A Parse of `sql` as `statement`, parameter types left to the server.
+pub fn parse_untyped(statement: &str, sql: &str, out: &mut BytesMut) {
+    frontend::parse(statement, sql, std::iter::empty(), out).unwrap();
+}
