@@ -1890,3 +1890,60 @@ async fn a_skipped_query_leaves_the_session_idle_for_a_reload() {
     assert!(rows.contains("****"), "{rows}");
     assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
 }
+
+/// Renaming a masked column, moving its table to another schema or making it a partition
+/// would take its values out of the rules: by someone the rules mask, such a change is
+/// refused here (masking.schema_changes = "approve", no [approvals]); an exempt identity
+/// may make it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_to_a_masked_table_are_not_for_masked_identities() {
+    let seed = seed("schemachange").await;
+    let t = &seed.table;
+    let proxy = masking_proxy(&seed).await;
+    let alice = proxy.alice().await;
+    for sql in [
+        format!("ALTER TABLE {t} RENAME COLUMN ssn TO s"),
+        format!("ALTER TABLE {t} RENAME TO {t}_moved"),
+        format!("ALTER TABLE {t} SET SCHEMA pg_temp"),
+        format!("ALTER TABLE {t} ALTER COLUMN ssn TYPE text"),
+    ] {
+        let err = alice.simple_query(&sql).await.unwrap_err();
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(
+            message.contains("masking.schema_changes"),
+            "{sql}: {message}"
+        );
+    }
+    let row = alice
+        .simple_query(&format!("SELECT ssn FROM {t} WHERE id = 1"))
+        .await
+        .unwrap();
+    assert!(format!("{row:?}").contains("****"), "{row:?}");
+    let columns: i64 = common::direct("app")
+        .await
+        .query_one(
+            &format!("SELECT count(*) FROM information_schema.columns WHERE table_name = '{t}' AND column_name = 'ssn'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 1, "the column kept its name");
+    // Other DDL on the table, and anything by an exempt identity, is not held.
+    alice
+        .simple_query(&format!("CREATE INDEX ON {t} (id)"))
+        .await
+        .unwrap();
+    // (bob's role does not own the table: the server, not pgwarden, refuses him.)
+    let bob = proxy.connect("bob", BOB_PASSWORD).await;
+    let err = bob
+        .simple_query(&format!("ALTER TABLE {t} RENAME COLUMN ssn TO s"))
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("must be owner"), "{message}");
+    proxy.shutdown(Duration::from_secs(5)).await;
+}

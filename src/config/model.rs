@@ -45,6 +45,7 @@ struct MaskingSection {
     exempt_users: Vec<String>,
     derived_writes: Option<Action>,
     masked_filters: Option<Action>,
+    schema_changes: Option<Action>,
     catalog_refresh: Option<HumanDuration>,
     rules: Vec<MaskingRuleSection>,
     detectors: DetectorsSection,
@@ -1083,6 +1084,7 @@ fn masking_settings(
         hash_key,
         derived_writes: m.derived_writes.unwrap_or(defaults.derived_writes),
         masked_filters: m.masked_filters.unwrap_or(defaults.masked_filters),
+        schema_changes: m.schema_changes.unwrap_or(defaults.schema_changes),
         catalog_refresh,
     })
 }

@@ -40,6 +40,10 @@ pub struct Settings {
     /// What happens when a masked column is used to filter, join, group or sort (the
     /// statement is always flagged in the audit record).
     pub masked_filters: Action,
+    /// What happens to an ALTER or RENAME of a table with masked columns: renaming or
+    /// moving it or its columns, or making it a child of another table, takes its values
+    /// out of the rules that name them.
+    pub schema_changes: Action,
     /// How often the catalog resolution is refreshed (also after DDL).
     pub catalog_refresh: Duration,
 }
@@ -56,6 +60,7 @@ impl Default for Settings {
             hash_key: Vec::new(),
             derived_writes: Action::Approve,
             masked_filters: Action::Allow,
+            schema_changes: Action::Approve,
             catalog_refresh: Duration::from_secs(300),
         }
     }

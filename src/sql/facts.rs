@@ -848,7 +848,7 @@ fn added_kinds(node: &Tree, nested: bool, kinds: &mut Vec<&'static str>) {
         // like are written as statements of their own, about any object type: they alter
         // the function (or trigger, rule) all the same.
         "RenameStmt" => kinds.extend(altered_object(node, "rename_type")),
-        "AlterOwnerStmt" | "AlterObjectSchemaStmt" | "AlterObjectDependsStmt" => {
+        "AlterOwnerStmt" | "AlterObjectDependsStmt" => {
             kinds.extend(altered_object(node, "object_type"));
         }
         "AlterTableCmd" => kinds.extend(altered_by_table_command(node)),
@@ -995,6 +995,21 @@ pub fn kind_of(node: &Tree) -> &'static str {
         "AlterSystemStmt" => "alter system",
         "RenameStmt" => "rename",
         "AlterOwnerStmt" => "alter owner",
+        // ALTER … SET SCHEMA: PostgreSQL's command tag names the object type.
+        "AlterObjectSchemaStmt" => match object_type("object_type") {
+            Some(ObjectType::ObjectTable | ObjectType::ObjectForeignTable) => "alter table",
+            Some(ObjectType::ObjectView) => "alter view",
+            Some(ObjectType::ObjectMatview) => "alter materialized view",
+            Some(ObjectType::ObjectSequence) => "alter sequence",
+            Some(
+                ObjectType::ObjectFunction
+                | ObjectType::ObjectProcedure
+                | ObjectType::ObjectRoutine
+                | ObjectType::ObjectAggregate,
+            ) => "alter function",
+            Some(ObjectType::ObjectType | ObjectType::ObjectDomain) => "alter type",
+            _ => "other",
+        },
         "RefreshMatViewStmt" => "refresh materialized view",
         "CommentStmt" => "comment",
         // An operator, cast or aggregate calls a function with no function call in the
@@ -1132,7 +1147,8 @@ mod tests {
         ("ALTER INDEX i RENAME TO j", "rename", &["i:ddl"], &[], &[]),
         ("ALTER FUNCTION f(int) RENAME TO g", "rename;alter function", &[], &[], &[]),
         ("ALTER PROCEDURE p() OWNER TO r", "alter owner;alter function", &[], &[], &[]),
-        ("ALTER AGGREGATE a(int) SET SCHEMA s", "other;alter function", &[], &[], &[]),
+        ("ALTER AGGREGATE a(int) SET SCHEMA s", "alter function", &[], &[], &[]),
+        ("ALTER TABLE t SET SCHEMA s", "alter table", &["t:ddl"], &[], &[]),
         ("ALTER FUNCTION f() DEPENDS ON EXTENSION e", "other;alter function", &[], &[], &[]),
         ("ALTER TRIGGER tr ON t RENAME TO tr2", "rename;alter trigger", &["t:ddl"], &[], &[]),
         ("ALTER RULE r ON t RENAME TO r2", "rename;alter rule", &["t:ddl"], &[], &[]),

@@ -238,6 +238,31 @@ impl Flow<'_> {
             if !masking.touches(facts) {
                 continue;
             }
+            // ALTER TABLE … RENAME (COLUMN), SET SCHEMA, INHERIT, ATTACH PARTITION, ALTER
+            // COLUMN TYPE …: afterwards the rules naming the table or column no longer
+            // match, and its values are shown in clear.
+            let alters = facts
+                .kinds
+                .iter()
+                .any(|k| *k == "rename" || k.starts_with("alter "));
+            if alters
+                && facts.tables.iter().any(|t| {
+                    t.access == crate::sql::Access::Ddl
+                        && masking.catalog().is_sensitive_relation(&t.name)
+                })
+            {
+                let current = strictest.as_ref().map_or(decision.action, |d| d.action);
+                if strength(settings.schema_changes) > strength(current) {
+                    strictest = Some(Decision {
+                        action: settings.schema_changes,
+                        rule: Some("masking.schema_changes".into()),
+                        message: Some(
+                            "the statement alters a table with masked columns (renamed or moved, its values would leave the rules that mask them)".into(),
+                        ),
+                        statement: index,
+                    });
+                }
+            }
             let taint = masking.catalog().taint(&facts.lineage);
             let mut consider = |action: Action, rule: &str, message: String| {
                 let current = strictest.as_ref().map_or(decision.action, |d| d.action);
