@@ -1211,3 +1211,51 @@ async fn a_prepared_name_is_not_redefined_by_messages_that_failed() {
         .get(0);
     assert_eq!(left, 1, "the DELETE ran unjudged");
 }
+
+/// An EXECUTE pipelined right behind a message that prepares its name again — a message
+/// that then fails — runs the old body on the server: it is judged by both bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_behind_a_pending_redefinition_is_judged_by_every_body() {
+    let s = Setup::start("lookahead", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = std::sync::Arc::new(s.developer().await);
+    let prepare = {
+        let dev = dev.clone();
+        let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
+        tokio::spawn(async move { dev.simple_query(&sql).await })
+    };
+    s.approve_pending(&dba, Value::Null).await;
+    prepare.await.unwrap().unwrap();
+    let both = async {
+        tokio::join!(
+            dev.simple_query("SELECT 1/0; DEALLOCATE d; PREPARE d(int) AS SELECT $1"),
+            dev.simple_query("EXECUTE d(6)"),
+        )
+    };
+    match tokio::time::timeout(Duration::from_secs(3), both).await {
+        Ok((first, execute)) => {
+            assert!(first.is_err());
+            let err = execute.expect_err("EXECUTE d ran as the SELECT pgwarden expected");
+            assert_eq!(
+                sqlstate(&err).as_deref(),
+                Some("42501"),
+                "{}",
+                db_message(&err)
+            );
+        }
+        Err(_) => {
+            let held = s.pending(&dba).await;
+            assert!(held["statement"].as_str().unwrap().contains("EXECUTE d"));
+        }
+    }
+    let left: i64 = common::direct("app")
+        .await
+        .query_one(
+            &format!("SELECT count(*) FROM {} WHERE id = 6", s.table),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "the DELETE ran unjudged");
+}

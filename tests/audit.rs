@@ -479,6 +479,43 @@ async fn a_statement_sent_with_terminate_gets_its_outcome_recorded() {
     assert_eq!(result_of(&records, statement)["rows"], 3);
 }
 
+/// A portal bound in a transaction pipelined behind an earlier statement outlives that
+/// statement's ReadyForQuery (which ends only the earlier transaction): its Execute is on
+/// record as the statement it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_pipelined_into_the_next_transaction_is_known_when_it_runs() {
+    use common::wire::{parse_untyped, sqlstates_until_ready};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let dir = audit_dir("nexttx");
+    let proxy = proxy_auditing_to(&dir).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    common::wire::alice_login(&mut stream).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    frontend::query("BEGIN", &mut out).unwrap();
+    parse_untyped("s", "SELECT 42 AS answer", &mut out);
+    common::wire::bind_without_parameters("p", "s", &mut out);
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    assert!(sqlstates_until_ready(&mut stream, 3).await.is_empty());
+    let mut out = bytes::BytesMut::new();
+    frontend::execute("p", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    frontend::query("COMMIT", &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    assert!(sqlstates_until_ready(&mut stream, 2).await.is_empty());
+    drop(stream);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let execute = records
+        .iter()
+        .rfind(|r| r["type"] == "statement" && r["protocol"] == "extended")
+        .expect("the Execute is on record");
+    assert_eq!(execute["query"]["text"], "SELECT $1 AS answer", "{execute}");
+    assert_eq!(result_of(&records, execute)["rows"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_with_a_row_limit_counts_the_rows_it_sent() {
     let dir = audit_dir("rowlimit");

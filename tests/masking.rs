@@ -1947,3 +1947,174 @@ async fn schema_changes_to_a_masked_table_are_not_for_masked_identities() {
     assert!(message.contains("must be owner"), "{message}");
     proxy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Results are masked by what ran, not by what later statements of the same message, or
+/// messages sent right behind it, made of the cursor or prepared name: FETCH, then CLOSE and
+/// DECLARE again; EXECUTE, then DEALLOCATE and PREPARE again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_redefined_right_after_its_use_does_not_unmask_what_it_returned() {
+    let (seed, proxy, mut stream) = wire_session("lookahead").await;
+    let t = &seed.table;
+    let secret = format!("SELECT ssn || '' AS v FROM {t} WHERE id = 1");
+    let harmless = "SELECT 'x'::text AS v";
+    exchange(&mut stream, query("BEGIN")).await;
+    exchange(
+        &mut stream,
+        query(&format!("DECLARE c CURSOR FOR {secret}")),
+    )
+    .await;
+    let fetched = show(
+        &exchange(
+            &mut stream,
+            query(&format!(
+                "FETCH 1 FROM c; CLOSE c; DECLARE c CURSOR FOR {harmless}"
+            )),
+        )
+        .await,
+    );
+    exchange(
+        &mut stream,
+        query(&format!("DECLARE c2 CURSOR FOR {secret}")),
+    )
+    .await;
+    let mut out = query("FETCH 1 FROM c2");
+    out.extend_from_slice(&query(&format!(
+        "CLOSE c2; DECLARE c2 CURSOR FOR {harmless}"
+    )));
+    stream.write_all(&out).await.unwrap();
+    let pipelined = until_ready(&mut stream, 2).await;
+    exchange(&mut stream, query("COMMIT")).await;
+    exchange(&mut stream, query(&format!("PREPARE q AS {secret}"))).await;
+    let executed = show(
+        &exchange(
+            &mut stream,
+            query(&format!("EXECUTE q; DEALLOCATE q; PREPARE q AS {harmless}")),
+        )
+        .await,
+    );
+    proxy.shutdown(Duration::from_secs(5)).await;
+    for (what, text) in [
+        ("FETCH", &fetched),
+        ("pipelined FETCH", &pipelined),
+        ("EXECUTE", &executed),
+    ] {
+        assert!(text.contains("D:"), "{what}: {text}");
+        assert!(!text.contains(&seed.ssn_token), "{what} leaked: {text}");
+    }
+}
+
+/// In one write: the unnamed statement parsed as the secret query and synced; then a
+/// segment whose Execute fails, so the server skips the Parse of a harmless unnamed
+/// statement behind it; then Bind and Execute of the unnamed statement. The server runs the
+/// secret one; pgwarden must not mask it as the harmless one. Likewise for a Bind of a
+/// portal that the server skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_or_bind_the_server_skipped_does_not_decide_how_later_results_are_masked() {
+    use common::wire::parse_untyped as parse;
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("skipparse").await;
+    let t = &seed.table;
+    let secret = format!("SELECT ssn || '' AS v FROM {t} WHERE id = 1");
+    let failing = |out: &mut bytes::BytesMut| {
+        parse("z", "SELECT 1/0", out);
+        bind("zz", "z", out);
+        frontend::execute("zz", 0, out).unwrap();
+    };
+    let mut out = bytes::BytesMut::new();
+    parse("", &secret, &mut out);
+    frontend::sync(&mut out);
+    failing(&mut out);
+    parse("", "SELECT 'x'::text AS v", &mut out);
+    frontend::sync(&mut out);
+    bind("", "", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let statement = until_ready(&mut stream, 3).await;
+    // A named portal: bound to the secret query in a transaction, then a Bind of it to a
+    // harmless one skipped after an error, a savepoint rolled back, and an Execute — all in
+    // one write.
+    exchange(&mut stream, query("BEGIN")).await;
+    let mut out = bytes::BytesMut::new();
+    parse("real", &secret, &mut out);
+    bind("pp", "real", &mut out);
+    frontend::sync(&mut out);
+    out.extend_from_slice(&query("SAVEPOINT sp"));
+    parse("decoy", "SELECT 'x'::text AS v", &mut out);
+    failing(&mut out);
+    bind("pp", "decoy", &mut out);
+    frontend::sync(&mut out);
+    out.extend_from_slice(&query("ROLLBACK TO SAVEPOINT sp"));
+    frontend::execute("pp", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let portal = until_ready(&mut stream, 5).await;
+    exchange(&mut stream, query("ROLLBACK")).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    for (what, text) in [("unnamed statement", &statement), ("portal", &portal)] {
+        assert!(text.contains("D:"), "{what}: {text}");
+        assert!(!text.contains(&seed.ssn_token), "{what} leaked: {text}");
+    }
+}
+
+/// Two COPY FROM STDIN in one write, the second naming a table that does not exist: the
+/// first COPY's start ignores only its own Syncs, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelined_copies_keep_their_own_syncs() {
+    use common::wire::parse_untyped as parse;
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("twocopies").await;
+    let t = &seed.table;
+    let copy_in = |table: &str, out: &mut bytes::BytesMut| {
+        parse("", &format!("COPY {table} (v) FROM STDIN"), out);
+        bind("", "", out);
+        frontend::execute("", 0, out).unwrap();
+        frontend::sync(out);
+        frontend::CopyData::new(&b"row\n"[..]).unwrap().write(out);
+        frontend::copy_done(out);
+        frontend::sync(out);
+    };
+    let mut out = bytes::BytesMut::new();
+    copy_in(&format!("{t}_copy"), &mut out);
+    copy_in("no_such_table_here", &mut out);
+    stream.write_all(&out).await.unwrap();
+    // The first COPY's; the second's error (its data and CopyDone are then dropped by the
+    // server); the last Sync's.
+    let answers = until_ready(&mut stream, 3).await;
+    assert!(answers.contains("42P01"), "{answers}");
+    let after = show(&exchange(&mut stream, query("SELECT 'still here'")).await);
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(after.contains("still here"), "{after}");
+}
+
+/// A protocol portal's record does not outlive the server's portal: after SQL CLOSE of it,
+/// a cursor DECLAREd under the same name and run with a protocol Execute is masked by
+/// what the cursor reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_replacing_a_closed_portal_is_masked_as_the_cursor() {
+    use common::wire::parse_untyped as parse;
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("portalcursor").await;
+    let t = &seed.table;
+    exchange(&mut stream, query("BEGIN")).await;
+    let mut out = bytes::BytesMut::new();
+    parse("h", "SELECT 'x'::text AS v", &mut out);
+    bind("p", "h", &mut out);
+    frontend::sync(&mut out);
+    exchange(&mut stream, out).await;
+    exchange(
+        &mut stream,
+        query(&format!(
+            "CLOSE p; DECLARE p CURSOR FOR SELECT ssn || '' AS v FROM {t} WHERE id = 1"
+        )),
+    )
+    .await;
+    let mut out = bytes::BytesMut::new();
+    frontend::execute("p", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    let rows = show(&exchange(&mut stream, out).await);
+    exchange(&mut stream, query("ROLLBACK")).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(rows.contains("D:"), "{rows}");
+    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+}

@@ -280,7 +280,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         // While a statement is held, the client is still read (to notice it leaving), up to
         // a bound, but nothing it sends is processed.
         let read_client = closing.is_none()
-            && (!flow.token_expired || flow.copy_in)
+            && (!flow.token_expired || flow.copy_may_take_data())
             && flow.tracker.len() < MAX_UNANSWERED
             && server.out.len() < HIGH_WATER
             && (held.is_none() || client.inbuf.bytes().len() < HIGH_WATER);

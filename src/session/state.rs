@@ -166,6 +166,13 @@ pub struct SessionState {
     /// Open SQL-level cursors and the DECLARE that made each (what FETCH returns comes
     /// from its query: masking needs its lineage).
     pub cursors: HashMap<String, StatementFacts>,
+    /// SQL-level names a message still unanswered redefined or dropped, with the bodies
+    /// they had before (PREPARE) or just the names (DECLARE): until every answer is in, the
+    /// server may have either, so an EXECUTE of one is judged by every body and the results
+    /// of an EXECUTE or FETCH of one are masked as unknown. Cleared when nothing sent is
+    /// unanswered ([`Self::names_settled`]).
+    pub prepared_in_doubt: HashMap<String, Vec<StatementFacts>>,
+    pub cursors_in_doubt: std::collections::HashSet<String>,
     /// The schemas unqualified names are looked up in, as far as pgwarden can tell (`*`:
     /// unknown, any schema): tracked from SET / RESET / set_config of `search_path`.
     pub search_path: Vec<String>,
@@ -222,6 +229,8 @@ impl SessionState {
             skip_until_sync: false,
             sql_prepared: HashMap::new(),
             cursors: HashMap::new(),
+            prepared_in_doubt: HashMap::new(),
+            cursors_in_doubt: Default::default(),
             search_path: Vec::new(),
             initial_search_path: Vec::new(),
             intent: None,
@@ -382,14 +391,19 @@ impl SessionState {
         self.in_flight += 1;
     }
 
-    pub fn on_ready_for_query(&mut self, status: u8) {
+    /// A ReadyForQuery; `binds_before`: the Binds sent before the message it answers.
+    pub fn on_ready_for_query(&mut self, status: u8, binds_before: Option<u64>) {
         self.transaction_status = status;
         self.in_flight = self.in_flight.saturating_sub(1);
-        // Portals live until the end of their transaction. The unnamed one is kept (it is
-        // rebound before any use) so that drivers binding it every time reuse its entry.
+        // Portals live until the end of their transaction: those bound before the message
+        // this answers, not those pipelined behind it for the next transaction. The unnamed
+        // one is kept (it is rebound before any use) so that drivers binding it every time
+        // reuse its entry.
         let unnamed = usize::from(self.portals.contains_key(&b""[..]));
         if status == b'I' && self.portals.len() > unnamed {
-            self.portals.retain(|name, _| name.is_empty());
+            let cutoff = binds_before.unwrap_or(u64::MAX);
+            self.portals
+                .retain(|name, portal| name.is_empty() || portal.bound > cutoff);
         }
     }
 
@@ -449,11 +463,32 @@ impl SessionState {
         let before = changes_names.then(|| Names::of(self));
         self.apply_sql_statements(statements, role);
         before.map(|before| {
-            Box::new(NamesBefore {
-                before,
-                after: Names::of(self),
-            })
+            let after = Names::of(self);
+            for (name, old) in &before.sql_prepared {
+                if after.sql_prepared.get(name) != Some(old) {
+                    let bodies = self.prepared_in_doubt.entry(name.clone()).or_default();
+                    if !bodies.contains(old) {
+                        bodies.push(old.clone());
+                    }
+                }
+            }
+            for (name, old) in &before.cursors {
+                if after.cursors.get(name) != Some(old) {
+                    self.cursors_in_doubt.insert(name.clone());
+                }
+            }
+            Box::new(NamesBefore { before, after })
         })
+    }
+
+    /// Every message sent has been answered: the names are what the server has.
+    pub fn names_settled(&mut self) {
+        if !self.prepared_in_doubt.is_empty() {
+            self.prepared_in_doubt.clear();
+        }
+        if !self.cursors_in_doubt.is_empty() {
+            self.cursors_in_doubt.clear();
+        }
     }
 
     /// Take in what the server's answer showed (see [`Correction`]).
@@ -462,6 +497,14 @@ impl SessionState {
             Correction::Undefined(name, sql) => {
                 if self.statements.get(&name).is_some_and(|s| s.sql == sql) {
                     self.statements.remove(&name);
+                }
+                // Portals bound to it since are bound to whatever the server had instead.
+                for portal in self.portals.values_mut() {
+                    if portal.statement == name
+                        && portal.prepared.as_ref().is_some_and(|s| s.sql == sql)
+                    {
+                        portal.prepared = None;
+                    }
                 }
             }
             Correction::Stopped(before, analysis, ran) => {
@@ -645,10 +688,18 @@ impl SessionState {
                         self.cursors.clear();
                     }
                     self.cursors.insert(name.clone(), facts.clone());
+                    // Cursors and protocol portals share one namespace: a portal recorded
+                    // under this name is not what an Execute of it runs now.
+                    self.portals.remove(name.as_bytes());
                 }
-                Some(CursorUse::Close(name)) if name == "*" => self.cursors.clear(),
+                // CLOSE ALL closes protocol portals too.
+                Some(CursorUse::Close(name)) if name == "*" => {
+                    self.cursors.clear();
+                    self.portals.clear();
+                }
                 Some(CursorUse::Close(name)) => {
                     self.cursors.remove(name);
+                    self.portals.remove(name.as_bytes());
                 }
                 _ => {}
             }
@@ -822,12 +873,17 @@ mod tests {
         assert_eq!(s.portals[&b""[..]].result_formats, vec![1]);
         s.on_sync();
         assert!(!s.is_idle());
-        s.on_ready_for_query(b'T');
+        s.on_ready_for_query(b'T', Some(2));
         assert_eq!(s.in_flight, 0);
         assert!(!s.is_idle());
         assert_eq!(s.portals.len(), 2);
-        s.on_ready_for_query(b'I');
-        assert_eq!(s.portals.keys().collect::<Vec<_>>(), vec![&Bytes::new()]);
+        // A portal bound after the message the ReadyForQuery answers (pipelined, for the
+        // next transaction) outlives this transaction's end.
+        s.on_bind(&bind(b"later\0s1\0\0\0\0\0\0\0").unwrap(), None);
+        s.on_ready_for_query(b'I', Some(2));
+        let mut names: Vec<&Bytes> = s.portals.keys().collect();
+        names.sort();
+        assert_eq!(names, vec![&Bytes::new(), &Bytes::from_static(b"later")]);
         s.on_close(Target::Statement, b"s1");
         assert!(!s.statements.contains_key(&b"s1"[..]));
         s.on_parameter_status(b"client_encoding", b"LATIN1");

@@ -83,6 +83,15 @@ struct Pending {
     /// A Sync sent while a COPY FROM STDIN may be taking data: the server ignores it if
     /// the COPY did start.
     in_copy: bool,
+    /// A COPY FROM STDIN that has not started (no CopyInResponse yet).
+    copy_in_expected: bool,
+    /// Binds sent before this message ([`crate::session::state::Portal::bound`]): the
+    /// portals a ReadyForQuery ends are the ones bound before what it answers.
+    binds_before: u64,
+    /// An Execute (or pgwarden's Describe before it): the portal it runs, as bound, and the
+    /// prepared statement behind it. If the server turns out not to have made that portal
+    /// or statement, its results are not the `analysis` recorded here.
+    origin: Option<Box<Origin>>,
     /// A Parse that defined a statement in pgwarden's session state (name, text): undone if
     /// the server does not define it.
     defines: Option<(Bytes, Bytes)>,
@@ -93,6 +102,16 @@ struct Pending {
     settles: Option<Settled>,
     /// A Bind or Close that changed the session's record of a portal.
     portal: Option<Box<PortalChange>>,
+}
+
+/// Where the results of an Execute come from, as pgwarden recorded it when sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// [`Portal::bound`] of the portal.
+    pub bound: u64,
+    /// The prepared statement's name and text.
+    pub statement: Bytes,
+    pub sql: Bytes,
 }
 
 /// The session's record of a portal before and after a Bind or Close changed it: put back if
@@ -121,6 +140,9 @@ impl Pending {
             results: 0,
             masked: Default::default(),
             in_copy: false,
+            copy_in_expected: false,
+            binds_before: 0,
+            origin: None,
             defines: None,
             names_before: None,
             settles: None,
@@ -156,6 +178,8 @@ pub enum Rewrite {
 #[derive(Debug, Default)]
 pub struct Tracker {
     queue: VecDeque<Pending>,
+    /// The number of the last Bind sent.
+    last_bind: u64,
     /// Outcomes ready to be recorded.
     pub finished: Vec<Finished>,
     /// What the server's answers showed the session state must be told (it was updated
@@ -198,8 +222,32 @@ pub struct Settled {
 }
 
 impl Tracker {
+    fn enqueue(&mut self, mut pending: Pending) {
+        pending.binds_before = self.last_bind;
+        if let (Expect::Bind, Some(bound)) = (
+            pending.expect,
+            pending.portal.as_ref().and_then(|change| change.after),
+        ) {
+            self.last_bind = bound;
+        }
+        self.queue.push_back(pending);
+    }
+
+    /// The Binds sent before the message the next ReadyForQuery answers, if one is awaited.
+    pub fn binds_before_ready(&self) -> Option<u64> {
+        self.queue
+            .iter()
+            .find(|p| {
+                matches!(
+                    p.expect,
+                    Expect::Sync | Expect::Query | Expect::FunctionCall
+                )
+            })
+            .map(|p| p.binds_before)
+    }
+
     pub fn push(&mut self, expect: Expect, run: Option<Running>) {
-        self.queue.push_back(Pending::new(expect, run, None));
+        self.enqueue(Pending::new(expect, run, None));
     }
 
     /// A message whose results come from `analysis`'s statements.
@@ -209,7 +257,7 @@ impl Tracker {
         run: Option<Running>,
         analysis: Option<Arc<Analysis>>,
     ) {
-        self.queue.push_back(Pending::new(expect, run, analysis));
+        self.enqueue(Pending::new(expect, run, analysis));
     }
 
     /// A message running SQL statements that changed the session's named things.
@@ -222,7 +270,7 @@ impl Tracker {
     ) {
         let mut pending = Pending::new(expect, run, analysis);
         pending.names_before = names_before;
-        self.queue.push_back(pending);
+        self.enqueue(pending);
     }
 
     /// The Query just pushed leaves this search_path and/or role if it runs without error
@@ -237,28 +285,61 @@ impl Tracker {
     pub fn push_parse(&mut self, name: Bytes, sql: Bytes) {
         let mut pending = Pending::new(Expect::Parse, None, None);
         pending.defines = Some((name, sql));
-        self.queue.push_back(pending);
+        self.enqueue(pending);
     }
 
     /// A Bind or Close that changed the record of a portal.
     pub fn push_portal_change(&mut self, expect: Expect, change: PortalChange) {
         let mut pending = Pending::new(expect, None, None);
         pending.portal = Some(Box::new(change));
-        self.queue.push_back(pending);
+        self.enqueue(pending);
+    }
+
+    /// The message just pushed brings the results of this portal and statement.
+    pub fn set_origin(&mut self, origin: Origin) {
+        if let Some(last) = self.queue.back_mut() {
+            last.origin = Some(Box::new(origin));
+        }
+    }
+
+    /// A Parse (`statement`) or Bind (`bound`) the server did not carry out: messages still
+    /// unanswered that were sent as running what it made run something else, unknown to
+    /// pgwarden (their results are masked as unknown).
+    fn unknown_origin(&mut self, bound: Option<u64>, statement: Option<(&Bytes, &Bytes)>) {
+        for pending in &mut self.queue {
+            let Some(origin) = pending.origin.as_deref() else {
+                continue;
+            };
+            if Some(origin.bound) == bound || Some((&origin.statement, &origin.sql)) == statement {
+                pending.analysis = None;
+            }
+        }
+    }
+
+    /// The message just pushed runs a COPY FROM STDIN.
+    pub fn expect_copy_in(&mut self) {
+        if let Some(last) = self.queue.back_mut() {
+            last.copy_in_expected = true;
+        }
+    }
+
+    /// A COPY FROM STDIN was sent and has neither started nor been answered otherwise.
+    pub fn awaits_copy_in(&self) -> bool {
+        self.queue.iter().any(|p| p.copy_in_expected)
     }
 
     /// A Sync sent after the Execute of a COPY FROM STDIN, before its CopyDone or CopyFail.
     pub fn push_sync_in_copy(&mut self) {
         let mut pending = Pending::new(Expect::Sync, None, None);
         pending.in_copy = true;
-        self.queue.push_back(pending);
+        self.enqueue(pending);
     }
 
     /// A refused message, replaced upstream by [`write_inert`] with the given shape.
     pub fn push_refused(&mut self, expect: Expect, refusal: ClientError) {
         let mut pending = Pending::new(expect, None, None);
         pending.refusal = Some(Box::new(refusal));
-        self.queue.push_back(pending);
+        self.enqueue(pending);
     }
 
     /// The statement the next result belongs to: the analysis of the message being
@@ -333,11 +414,24 @@ impl Tracker {
                 return Rewrite::Drop;
             }
             (b'I', Expect::Query) => front.results += 1,
-            // The COPY started: the Syncs sent during it are ignored by the server.
+            // The COPY started: the Syncs sent during it are ignored by the server. Only
+            // its own: those before the next statement (a later COPY's are its own affair).
             (b'G', Expect::Execute | Expect::Query) => {
-                let before = self.queue.len();
-                self.queue.retain(|p| !p.in_copy);
-                let ignored = before - self.queue.len();
+                front.copy_in_expected = false;
+                let this_copy = self
+                    .queue
+                    .iter()
+                    .skip(1)
+                    .position(|p| matches!(p.expect, Expect::Execute | Expect::Query))
+                    .map_or(self.queue.len(), |next| next + 1);
+                let mut ignored = 0;
+                let mut index = 0;
+                self.queue.retain(|p| {
+                    index += 1;
+                    let drop = index <= this_copy && p.in_copy;
+                    ignored += usize::from(drop);
+                    !drop
+                });
                 if ignored > 0 {
                     self.corrections.push(Correction::Unanswered(ignored));
                 }
@@ -425,6 +519,7 @@ impl Tracker {
                 // Last in, first out: each undo then finds the session as its message left it.
                 for (defines, names, portal) in undo.into_iter().rev() {
                     if let Some((name, sql)) = defines {
+                        self.unknown_origin(None, Some((&name, &sql)));
                         self.corrections.push(Correction::Undefined(name, sql));
                     }
                     if let Some((before, analysis)) = names {
@@ -458,6 +553,9 @@ impl Tracker {
     /// was there before this one (so that its own undo, if it fails too, puts that back).
     /// Otherwise the session's record is put back.
     fn undo_portal_change(&mut self, change: Box<PortalChange>) {
+        if change.after.is_some() {
+            self.unknown_origin(change.after, None);
+        }
         let later = self
             .queue
             .iter_mut()

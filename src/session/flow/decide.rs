@@ -144,7 +144,17 @@ impl Flow<'_> {
                     match &facts.executes {
                         None => statements.push(facts.clone()),
                         Some(name) => match self.state.prepared_body(name) {
-                            Some(body) => statements.push(body.with_arguments_of(facts)),
+                            Some(body) => {
+                                // A body a message still unanswered replaced may be what the
+                                // server runs (that message may fail): judged by each.
+                                for earlier in
+                                    self.state.prepared_in_doubt.get(name).into_iter().flatten()
+                                {
+                                    statements
+                                        .push(earlier.as_executed(name).with_arguments_of(facts));
+                                }
+                                statements.push(body.with_arguments_of(facts));
+                            }
                             None => {
                                 let decision = refuse(
                                     "policy.unknown-prepared-statement",

@@ -44,13 +44,21 @@ fn source_of<'a>(facts: Option<&'a StatementFacts>, state: &'a SessionState) -> 
     let Some(facts) = facts else {
         return Source::Unknown;
     };
+    // Looked up when the results come, so a name that a message sent since (or later in
+    // the same one) redefined may not be what ran: such a name is unknown until settled.
     if let Some(CursorUse::Fetch(name)) = &facts.cursor {
+        if state.cursors_in_doubt.contains(name) {
+            return Source::Unknown;
+        }
         return state
             .cursors
             .get(name)
             .map_or(Source::Unknown, Source::Statement);
     }
     if let Some(name) = &facts.executes {
+        if state.prepared_in_doubt.contains_key(name) {
+            return Source::Unknown;
+        }
         return state
             .sql_prepared
             .get(name)

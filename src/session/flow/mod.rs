@@ -184,6 +184,14 @@ impl Flow<'_> {
     }
 }
 
+impl Flow<'_> {
+    /// A COPY FROM STDIN is taking data, or one sent may still start: the client's CopyData
+    /// must be read. (`copy_in` alone stays set after a COPY that failed before starting.)
+    pub fn copy_may_take_data(&self) -> bool {
+        self.copy_started || self.tracker.awaits_copy_in()
+    }
+}
+
 impl HoldSpec {
     fn new(sql: &[u8], analysis: Option<Arc<Analysis>>, ruling: &Ruling) -> Self {
         Self {
@@ -230,7 +238,7 @@ impl Flow<'_> {
         let mut ending = None;
         while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
             // The held frame still gets its answer (withdrawn) after the token expired.
-            if self.token_expired && !self.copy_in && self.hold_answer.is_none() {
+            if self.token_expired && !self.copy_may_take_data() && self.hold_answer.is_none() {
                 break;
             }
             let end = offset + header.wire_len();
@@ -342,6 +350,9 @@ impl Flow<'_> {
                             analysis,
                             names_before,
                         );
+                        if self.copy_in {
+                            self.tracker.expect_copy_in();
+                        }
                         if let Some(settled) = settles {
                             self.tracker.settles(settled);
                         }
@@ -500,6 +511,15 @@ impl Flow<'_> {
             }
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
+                let origin = self.state.portals.get(portal).map(|p| track::Origin {
+                    bound: p.bound,
+                    statement: p.statement.clone(),
+                    sql: p
+                        .prepared
+                        .as_ref()
+                        .map(|s| s.sql.clone())
+                        .unwrap_or_default(),
+                });
                 // Cheap reference-counted copies: the session state is borrowed no further.
                 let (sql, name, analysis, parameters, rule, approval, tags, path_changed) =
                     match self.state.portal_statement(portal) {
@@ -611,6 +631,9 @@ impl Flow<'_> {
                         if self.masking.is_some() && described_portal.as_deref() != Some(portal) {
                             self.tracker
                                 .push_for(Expect::HiddenDescribe, None, results_of.clone());
+                            if let Some(origin) = &origin {
+                                self.tracker.set_origin(origin.clone());
+                            }
                             self.describe_first = Some(portal.to_vec());
                         }
                         self.copy_in = results_of.as_deref().is_some_and(starts_copy_in);
@@ -625,6 +648,12 @@ impl Flow<'_> {
                             results_of,
                             names_before,
                         );
+                        if let Some(origin) = origin {
+                            self.tracker.set_origin(origin);
+                        }
+                        if self.copy_in {
+                            self.tracker.expect_copy_in();
+                        }
                         Verdict::Forward
                     }
                     Err(refusal) => Verdict::Refuse(Expect::Parse, refusal),
@@ -748,7 +777,8 @@ impl Flow<'_> {
                             detail: "no status",
                         },
                     ))?;
-                    self.state.on_ready_for_query(status);
+                    let binds_before = self.tracker.binds_before_ready();
+                    self.state.on_ready_for_query(status, binds_before);
                 }
                 b'S' => {
                     let (name, value) =
@@ -778,11 +808,11 @@ impl Flow<'_> {
             for correction in self.tracker.corrections.drain(..) {
                 self.state.correct(correction, self.role);
             }
-            if header.tag == b'Z'
-                && self.state.transaction_status == b'I'
-                && self.tracker.is_empty()
-            {
-                self.state.transaction_over();
+            if header.tag == b'Z' && self.tracker.is_empty() {
+                self.state.names_settled();
+                if self.state.transaction_status == b'I' {
+                    self.state.transaction_over();
+                }
             }
             match (rewrite, masking) {
                 (Rewrite::Replace(error), _) => {
