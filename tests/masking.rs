@@ -2118,3 +2118,31 @@ async fn a_cursor_replacing_a_closed_portal_is_masked_as_the_cursor() {
     assert!(rows.contains("D:"), "{rows}");
     assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
 }
+
+/// A Close of a prepared statement that the server skips (an earlier message of its Sync
+/// segment failed) leaves the statement usable, as it is on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_the_server_skipped_leaves_the_statement() {
+    use common::wire::parse_untyped as parse;
+    use postgres_protocol::message::frontend;
+    let (_seed, proxy, mut stream) = wire_session("skipclose").await;
+    let mut out = bytes::BytesMut::new();
+    parse("kept", "SELECT 'kept'::text AS v", &mut out);
+    frontend::sync(&mut out);
+    exchange(&mut stream, out).await;
+    let mut out = bytes::BytesMut::new();
+    parse("z", "SELECT 1/0", &mut out);
+    bind("zz", "z", &mut out);
+    frontend::execute("zz", 0, &mut out).unwrap();
+    frontend::close(b'S', "kept", &mut out).unwrap();
+    frontend::sync(&mut out);
+    let failed = show(&exchange(&mut stream, out).await);
+    assert!(failed.contains("22012"), "{failed}");
+    let mut out = bytes::BytesMut::new();
+    bind("", "kept", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    let rows = show(&exchange(&mut stream, out).await);
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(rows.contains("D:") && !rows.contains("E:"), "{rows}");
+}

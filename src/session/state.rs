@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::sql::facts::{CursorUse, SettingValue};
 use crate::sql::{Analysis, StatementFacts};
 
-use crate::protocol::views::{Bind, Parse, Target};
+use crate::protocol::views::{Bind, Parse};
 use crate::session::track::{Correction, Settled};
 
 /// Most cursors whose DECLARE a session remembers.
@@ -99,6 +99,14 @@ fn forget_changed<K, V>(
             current.remove(key);
         }
     }
+}
+
+/// What a Close of a prepared statement took away (see [`SessionState::close_statement`]).
+#[derive(Debug)]
+pub struct ClosedStatement {
+    pub name: Bytes,
+    pub statement: Option<Arc<PreparedStatement>>,
+    pub sql_prepared: Option<StatementFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,18 +363,16 @@ impl SessionState {
         (before, self.binds)
     }
 
-    pub fn on_close(&mut self, target: Target, name: &[u8]) {
-        match target {
-            Target::Statement => {
-                self.statements.remove(name);
-                // A SQL PREPARE of that name is the same server object, closed too.
-                if let Ok(name) = std::str::from_utf8(name) {
-                    self.sql_prepared.remove(name);
-                }
-            }
-            Target::Portal => {
-                self.close_portal(name);
-            }
+    /// Forget a prepared statement (Close): returns what the name held, protocol-level and
+    /// SQL-level (the same server object), to put back if the server skips the Close.
+    pub fn close_statement(&mut self, name: &[u8]) -> ClosedStatement {
+        ClosedStatement {
+            name: Bytes::copy_from_slice(name),
+            statement: self.statements.remove(name),
+            // A SQL PREPARE of that name is the same server object, closed too.
+            sql_prepared: std::str::from_utf8(name)
+                .ok()
+                .and_then(|name| self.sql_prepared.remove(name)),
         }
     }
 
@@ -540,6 +546,23 @@ impl SessionState {
                     &after.statements,
                     Arc::ptr_eq,
                 );
+            }
+            // A Close the server skipped: the statement is still there, unless something
+            // sent since has taken the name.
+            Correction::Unclosed(closed) => {
+                let ClosedStatement {
+                    name,
+                    statement,
+                    sql_prepared,
+                } = *closed;
+                if let Some(sql) = sql_prepared {
+                    if let Ok(text) = std::str::from_utf8(&name) {
+                        self.sql_prepared.entry(text.to_owned()).or_insert(sql);
+                    }
+                }
+                if let Some(statement) = statement {
+                    self.statements.entry(name).or_insert(statement);
+                }
             }
             Correction::PortalUndone(change) => {
                 if self.portals.get(&change.name).map(|p| p.bound) == change.after {
@@ -884,7 +907,7 @@ mod tests {
         let mut names: Vec<&Bytes> = s.portals.keys().collect();
         names.sort();
         assert_eq!(names, vec![&Bytes::new(), &Bytes::from_static(b"later")]);
-        s.on_close(Target::Statement, b"s1");
+        s.close_statement(b"s1");
         assert!(!s.statements.contains_key(&b"s1"[..]));
         s.on_parameter_status(b"client_encoding", b"LATIN1");
         assert_eq!(

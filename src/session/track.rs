@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
-use crate::session::state::{NamesBefore, Portal};
+use crate::session::state::{ClosedStatement, NamesBefore, Portal};
 use crate::sql::Analysis;
 
 use crate::error::ClientError;
@@ -102,6 +102,8 @@ struct Pending {
     settles: Option<Settled>,
     /// A Bind or Close that changed the session's record of a portal.
     portal: Option<Box<PortalChange>>,
+    /// A Close of a prepared statement: what it took away.
+    closed: Option<Box<ClosedStatement>>,
 }
 
 /// Where the results of an Execute come from, as pgwarden recorded it when sending it.
@@ -147,6 +149,7 @@ impl Pending {
             names_before: None,
             settles: None,
             portal: None,
+            closed: None,
         }
     }
 
@@ -206,6 +209,8 @@ pub enum Correction {
     Forget(Box<NamesBefore>),
     /// A Bind or Close of a portal the server did not carry out.
     PortalUndone(Box<PortalChange>),
+    /// A Close of a prepared statement the server skipped.
+    Unclosed(Box<ClosedStatement>),
     /// Messages no ReadyForQuery will answer: Syncs sent during COPY FROM STDIN, Queries
     /// and FunctionCalls the server skipped after an extended-protocol error.
     Unanswered(usize),
@@ -285,6 +290,13 @@ impl Tracker {
     pub fn push_parse(&mut self, name: Bytes, sql: Bytes) {
         let mut pending = Pending::new(Expect::Parse, None, None);
         pending.defines = Some((name, sql));
+        self.enqueue(pending);
+    }
+
+    /// A Close of a prepared statement.
+    pub fn push_statement_close(&mut self, closed: ClosedStatement) {
+        let mut pending = Pending::new(Expect::Close, None, None);
+        pending.closed = Some(Box::new(closed));
         self.enqueue(pending);
     }
 
@@ -506,7 +518,12 @@ impl Tracker {
                         break;
                     };
                     let names = pending.names_before.take().zip(pending.analysis.clone());
-                    undo.push((pending.defines.take(), names, pending.portal.take()));
+                    undo.push((
+                        pending.defines.take(),
+                        names,
+                        pending.portal.take(),
+                        pending.closed.take(),
+                    ));
                     if matches!(pending.expect, Expect::Query | Expect::FunctionCall) {
                         unanswered += 1;
                     }
@@ -517,7 +534,10 @@ impl Tracker {
                 }
                 let later_names = self.queue.iter().any(|p| p.names_before.is_some());
                 // Last in, first out: each undo then finds the session as its message left it.
-                for (defines, names, portal) in undo.into_iter().rev() {
+                for (defines, names, portal, closed) in undo.into_iter().rev() {
+                    if let Some(closed) = closed {
+                        self.corrections.push(Correction::Unclosed(closed));
+                    }
                     if let Some((name, sql)) = defines {
                         self.unknown_origin(None, Some((&name, &sql)));
                         self.corrections.push(Correction::Undefined(name, sql));

@@ -492,8 +492,8 @@ impl Flow<'_> {
                     };
                     self.tracker.push_portal_change(Expect::Close, change);
                 } else {
-                    self.state.on_close(target, name);
-                    self.tracker.push(Expect::Close, None);
+                    let closed = self.state.close_statement(name);
+                    self.tracker.push_statement_close(closed);
                 }
             }
             b'D' => {
