@@ -2146,3 +2146,62 @@ async fn a_close_the_server_skipped_leaves_the_statement() {
     proxy.shutdown(Duration::from_secs(5)).await;
     assert!(rows.contains("D:") && !rows.contains("E:"), "{rows}");
 }
+
+/// The client's own Describe of a portal, sent behind a Bind the server refused, does not
+/// decide that the portal's rows are harmless (pgjdbc describes every portal it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_of_a_portal_whose_bind_failed_unmasks_nothing() {
+    use common::wire::parse_untyped as parse;
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("describefail").await;
+    let t = &seed.table;
+    exchange(&mut stream, query("BEGIN")).await;
+    let mut out = bytes::BytesMut::new();
+    parse(
+        "real",
+        &format!("SELECT ssn || '' AS v FROM {t} WHERE id = 1"),
+        &mut out,
+    );
+    bind("pp", "real", &mut out);
+    frontend::sync(&mut out);
+    out.extend_from_slice(&query("SAVEPOINT sp"));
+    parse("decoy", "SELECT 'x'::text AS v", &mut out);
+    bind("pp", "decoy", &mut out);
+    frontend::sync(&mut out);
+    out.extend_from_slice(&query("ROLLBACK TO SAVEPOINT sp"));
+    frontend::describe(b'P', "pp", &mut out).unwrap();
+    frontend::execute("pp", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let rows = until_ready(&mut stream, 5).await;
+    exchange(&mut stream, query("ROLLBACK")).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(rows.contains("D:"), "{rows}");
+    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+}
+
+/// A WITH HOLD cursor outlives its transaction on the server; read, closed and declared
+/// again in one message, its rows are masked by what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_with_hold_cursor_redeclared_after_its_fetch_unmasks_nothing() {
+    let (seed, proxy, mut stream) = wire_session("withhold").await;
+    let t = &seed.table;
+    exchange(
+        &mut stream,
+        query(&format!(
+            "DECLARE c CURSOR WITH HOLD FOR SELECT ssn || '' AS v FROM {t} WHERE id = 1"
+        )),
+    )
+    .await;
+    let rows = show(
+        &exchange(
+            &mut stream,
+            query("FETCH 1 FROM c; CLOSE c; DECLARE c CURSOR WITH HOLD FOR SELECT 'x'::text AS v"),
+        )
+        .await,
+    );
+    exchange(&mut stream, query("CLOSE c")).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(rows.contains("D:"), "{rows}");
+    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+}

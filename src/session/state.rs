@@ -366,14 +366,24 @@ impl SessionState {
     /// Forget a prepared statement (Close): returns what the name held, protocol-level and
     /// SQL-level (the same server object), to put back if the server skips the Close.
     pub fn close_statement(&mut self, name: &[u8]) -> ClosedStatement {
-        ClosedStatement {
+        let closed = ClosedStatement {
             name: Bytes::copy_from_slice(name),
             statement: self.statements.remove(name),
             // A SQL PREPARE of that name is the same server object, closed too.
             sql_prepared: std::str::from_utf8(name)
                 .ok()
                 .and_then(|name| self.sql_prepared.remove(name)),
+        };
+        // Until the Close is answered, an EXECUTE of the name may still run what it closes.
+        let text = String::from_utf8_lossy(name).into_owned();
+        let protocol_body = closed
+            .statement
+            .as_ref()
+            .and_then(|s| s.analysis.as_ref()?.statements.first().cloned());
+        for body in [closed.sql_prepared.clone(), protocol_body] {
+            self.doubt_prepared(&text, body);
         }
+        closed
     }
 
     /// Forget a portal (Close): returns its record, to put back if the server skips the
@@ -470,21 +480,42 @@ impl SessionState {
         self.apply_sql_statements(statements, role);
         before.map(|before| {
             let after = Names::of(self);
-            for (name, old) in &before.sql_prepared {
-                if after.sql_prepared.get(name) != Some(old) {
-                    let bodies = self.prepared_in_doubt.entry(name.clone()).or_default();
-                    if !bodies.contains(old) {
-                        bodies.push(old.clone());
-                    }
+            // Every name the message defined, redefined or dropped, with what it held.
+            for name in before.sql_prepared.keys().chain(after.sql_prepared.keys()) {
+                let old = before.sql_prepared.get(name);
+                if after.sql_prepared.get(name) != old {
+                    self.doubt_prepared(name, old.cloned());
                 }
             }
-            for (name, old) in &before.cursors {
-                if after.cursors.get(name) != Some(old) {
+            for name in before.statements.keys().chain(after.statements.keys()) {
+                let old = before.statements.get(name);
+                let changed = match (old, after.statements.get(name)) {
+                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                    (None, None) => false,
+                    _ => true,
+                };
+                if changed {
+                    let body = old.and_then(|s| s.analysis.as_ref()?.statements.first().cloned());
+                    self.doubt_prepared(&String::from_utf8_lossy(name), body);
+                }
+            }
+            for name in before.cursors.keys().chain(after.cursors.keys()) {
+                if before.cursors.get(name) != after.cursors.get(name) {
                     self.cursors_in_doubt.insert(name.clone());
                 }
             }
             Box::new(NamesBefore { before, after })
         })
+    }
+
+    /// `name` was changed by a message not yet answered; `earlier` is the body it had.
+    fn doubt_prepared(&mut self, name: &str, earlier: Option<StatementFacts>) {
+        let bodies = self.prepared_in_doubt.entry(name.to_owned()).or_default();
+        if let Some(earlier) = earlier {
+            if !bodies.contains(&earlier) {
+                bodies.push(earlier);
+            }
+        }
     }
 
     /// Every message sent has been answered: the names are what the server has.
@@ -783,6 +814,51 @@ impl SessionState {
     /// (Parse) prepared statement of that name, which EXECUTE can run too.
     pub fn prepared_body(&self, name: &str) -> Option<StatementFacts> {
         self.prepared_body_within(name, 4)
+    }
+
+    /// Every body `EXECUTE name` may run: [`Self::prepared_body`], and the bodies that
+    /// messages still unanswered replaced along the way (any of them may fail, and the
+    /// server then runs the older one). Empty when the name is not known.
+    pub fn prepared_bodies(&self, name: &str) -> Vec<StatementFacts> {
+        self.prepared_bodies_within(name, 4)
+    }
+
+    fn prepared_bodies_within(&self, name: &str, hops: usize) -> Vec<StatementFacts> {
+        let mut bodies: Vec<StatementFacts> = self
+            .prepared_in_doubt
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|earlier| earlier.as_executed(name))
+            .collect();
+        if let Some(facts) = self.sql_prepared.get(name) {
+            bodies.push(facts.as_executed(name));
+            return bodies;
+        }
+        let Some(facts) = self
+            .statements
+            .get(name.as_bytes())
+            .and_then(|s| s.analysis.as_ref())
+            .and_then(|a| a.statements.first())
+        else {
+            return Vec::new();
+        };
+        match &facts.executes {
+            None => bodies.push(facts.as_executed(name)),
+            Some(inner) if hops > 0 => {
+                let inner_bodies = self.prepared_bodies_within(inner, hops - 1);
+                if inner_bodies.is_empty() {
+                    return Vec::new();
+                }
+                for body in inner_bodies {
+                    let mut body = body.with_arguments_of(facts);
+                    body.executes = Some(name.to_owned());
+                    bodies.push(body);
+                }
+            }
+            Some(_) => return Vec::new(),
+        }
+        bodies
     }
 
     /// A protocol-level statement can itself be `EXECUTE other`: what runs then is the

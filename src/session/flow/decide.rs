@@ -143,19 +143,15 @@ impl Flow<'_> {
                     }
                     match &facts.executes {
                         None => statements.push(facts.clone()),
-                        Some(name) => match self.state.prepared_body(name) {
-                            Some(body) => {
-                                // A body a message still unanswered replaced may be what the
-                                // server runs (that message may fail): judged by each.
-                                for earlier in
-                                    self.state.prepared_in_doubt.get(name).into_iter().flatten()
-                                {
-                                    statements
-                                        .push(earlier.as_executed(name).with_arguments_of(facts));
+                        // A body a message still unanswered replaced may be what the server
+                        // runs (that message may fail): judged by each.
+                        Some(name) => match self.state.prepared_bodies(name) {
+                            bodies if !bodies.is_empty() => {
+                                for body in bodies {
+                                    statements.push(body.with_arguments_of(facts));
                                 }
-                                statements.push(body.with_arguments_of(facts));
                             }
-                            None => {
+                            _ => {
                                 let decision = refuse(
                                     "policy.unknown-prepared-statement",
                                     format!("prepared statement \"{name}\" is not known to pgwarden in this session; PREPARE it first"),

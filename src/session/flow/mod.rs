@@ -185,6 +185,19 @@ impl Flow<'_> {
 }
 
 impl Flow<'_> {
+    /// The portal and statement an Execute or Describe of `portal` is sent as running.
+    fn origin_of(&self, portal: &[u8]) -> Option<track::Origin> {
+        self.state.portals.get(portal).map(|p| track::Origin {
+            bound: p.bound,
+            statement: p.statement.clone(),
+            sql: p
+                .prepared
+                .as_ref()
+                .map(|s| s.sql.clone())
+                .unwrap_or_default(),
+        })
+    }
+
     /// A COPY FROM STDIN is taking data, or one sent may still start: the client's CopyData
     /// must be read. (`copy_in` alone stays set after a COPY that failed before starting.)
     pub fn copy_may_take_data(&self) -> bool {
@@ -498,28 +511,27 @@ impl Flow<'_> {
             }
             b'D' => {
                 let (target, name) = views::target(body, "Describe message")?;
-                let analysis = match target {
+                let (analysis, origin) = match target {
                     views::Target::Portal => {
                         self.described_portal = Some(name.to_vec());
-                        self.state
+                        let analysis = self
+                            .state
                             .portal_statement(name)
-                            .and_then(|(_, prepared)| prepared.and_then(|p| p.analysis.clone()))
+                            .and_then(|(_, prepared)| prepared.and_then(|p| p.analysis.clone()));
+                        (analysis, self.origin_of(name))
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
                 self.tracker.push_for(Expect::Describe, None, analysis);
+                // Its RowDescription is what masks the Execute behind it: if the Bind it
+                // describes did not happen, neither is known.
+                if let Some(origin) = origin {
+                    self.tracker.set_origin(origin);
+                }
             }
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
-                let origin = self.state.portals.get(portal).map(|p| track::Origin {
-                    bound: p.bound,
-                    statement: p.statement.clone(),
-                    sql: p
-                        .prepared
-                        .as_ref()
-                        .map(|s| s.sql.clone())
-                        .unwrap_or_default(),
-                });
+                let origin = self.origin_of(portal);
                 // Cheap reference-counted copies: the session state is borrowed no further.
                 let (sql, name, analysis, parameters, rule, approval, tags, path_changed) =
                     match self.state.portal_statement(portal) {
