@@ -138,8 +138,7 @@ impl Flow<'_> {
                             "policy.create-table-as-execute",
                             "CREATE TABLE … AS EXECUTE is not supported through pgwarden; use CREATE TABLE … AS SELECT".into(),
                         );
-                        let scope = self.grant_scope(analysis);
-                        return self.ruling(decision, protocol, scope);
+                        return self.ruling(decision, protocol, Some(analysis));
                     }
                     match &facts.executes {
                         None => statements.push(facts.clone()),
@@ -156,18 +155,15 @@ impl Flow<'_> {
                                     "policy.unknown-prepared-statement",
                                     format!("prepared statement \"{name}\" is not known to pgwarden in this session; PREPARE it first"),
                                 );
-                                let scope = self.grant_scope(analysis);
-                                return self.ruling(decision, protocol, scope);
+                                return self.ruling(decision, protocol, Some(analysis));
                             }
                         },
                     }
                 }
-                let scope = self.grant_scope(analysis);
-                self.ruling(self.decide(&statements), protocol, scope)
+                self.ruling(self.decide(&statements), protocol, Some(analysis))
             }
             Ok(analysis) => {
-                let scope = self.grant_scope(analysis);
-                self.ruling(self.decide(&analysis.statements), protocol, scope)
+                self.ruling(self.decide(&analysis.statements), protocol, Some(analysis))
             }
             Err(error) => {
                 let on_parse_error = self.snapshot.load().config.policy.on_parse_error;
@@ -243,8 +239,12 @@ impl Flow<'_> {
         &mut self,
         mut decision: Decision,
         protocol: Protocol<'_>,
-        grant_scope: Option<String>,
+        analysis: Option<&Analysis>,
     ) -> Ruling {
+        // Only an `approve` decision can meet a grant (hashing it costs a microsecond).
+        let grant_scope = analysis
+            .filter(|_| decision.action == Action::Approve)
+            .and_then(|analysis| self.grant_scope(analysis));
         let mut approval = None;
         let mut hold = false;
         let refusal = match decision.action {
