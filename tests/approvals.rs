@@ -100,6 +100,38 @@ impl Setup {
     }
 
     /// Wait for the one pending request and approve it as `dba` with `body`; the request.
+    /// A setup where the developer has `PREPARE d(int) AS DELETE FROM <table> WHERE id = $1`
+    /// approved by a DBA: (setup, the DBA's token, the developer's client).
+    async fn with_approved_delete(
+        name: &str,
+    ) -> (Setup, String, std::sync::Arc<tokio_postgres::Client>) {
+        let s = Setup::start(name, "").await;
+        let dba = s.token("dba", &["dba"]);
+        let dev = std::sync::Arc::new(s.developer().await);
+        let prepare = {
+            let dev = dev.clone();
+            let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
+            tokio::spawn(async move { dev.simple_query(&sql).await })
+        };
+        s.approve_pending(&dba, Value::Null).await;
+        prepare.await.unwrap().unwrap();
+        (s, dba, dev)
+    }
+
+    /// Whether the table still has the row `id` (seen directly, not through pgwarden).
+    async fn has_row(&self, id: i32) -> bool {
+        common::direct("app")
+            .await
+            .query_one(
+                &format!("SELECT count(*) FROM {} WHERE id = $1", self.table),
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    }
+
     async fn approve_pending(&self, dba: &str, body: Value) -> Value {
         let request = self.pending(dba).await;
         let (status, answer) = self
@@ -1166,16 +1198,7 @@ async fn approvers_do_not_see_passwords_in_held_statements() {
 /// not judged as a harmless SELECT while the server runs the approved DELETE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_name_is_not_redefined_by_messages_that_failed() {
-    let s = Setup::start("redefine", "").await;
-    let dba = s.token("dba", &["dba"]);
-    let dev = std::sync::Arc::new(s.developer().await);
-    let prepare = {
-        let dev = dev.clone();
-        let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
-        tokio::spawn(async move { dev.simple_query(&sql).await })
-    };
-    s.approve_pending(&dba, Value::Null).await;
-    prepare.await.unwrap().unwrap();
+    let (s, dba, dev) = Setup::with_approved_delete("redefine").await;
     // Pipelined: tokio-postgres sends both before reading either answer.
     let (first, second) = tokio::join!(
         dev.simple_query("SELECT 1/0; DEALLOCATE d; PREPARE d(int) AS SELECT $1"),
@@ -1200,32 +1223,14 @@ async fn a_prepared_name_is_not_redefined_by_messages_that_failed() {
             assert!(held["statement"].as_str().unwrap().contains("EXECUTE d"));
         }
     }
-    let direct = common::direct("app").await;
-    let left: i64 = direct
-        .query_one(
-            &format!("SELECT count(*) FROM {} WHERE id = 5", s.table),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 1, "the DELETE ran unjudged");
+    assert!(s.has_row(5).await, "the DELETE ran unjudged");
 }
 
 /// An EXECUTE pipelined right behind a message that prepares its name again — a message
 /// that then fails — runs the old body on the server: it is judged by both bodies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_behind_a_pending_redefinition_is_judged_by_every_body() {
-    let s = Setup::start("lookahead", "").await;
-    let dba = s.token("dba", &["dba"]);
-    let dev = std::sync::Arc::new(s.developer().await);
-    let prepare = {
-        let dev = dev.clone();
-        let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
-        tokio::spawn(async move { dev.simple_query(&sql).await })
-    };
-    s.approve_pending(&dba, Value::Null).await;
-    prepare.await.unwrap().unwrap();
+    let (s, dba, dev) = Setup::with_approved_delete("lookahead").await;
     let both = async {
         tokio::join!(
             dev.simple_query("SELECT 1/0; DEALLOCATE d; PREPARE d(int) AS SELECT $1"),
@@ -1248,14 +1253,5 @@ async fn an_execute_behind_a_pending_redefinition_is_judged_by_every_body() {
             assert!(held["statement"].as_str().unwrap().contains("EXECUTE d"));
         }
     }
-    let left: i64 = common::direct("app")
-        .await
-        .query_one(
-            &format!("SELECT count(*) FROM {} WHERE id = 6", s.table),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 1, "the DELETE ran unjudged");
+    assert!(s.has_row(6).await, "the DELETE ran unjudged");
 }
