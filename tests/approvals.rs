@@ -118,6 +118,15 @@ impl Setup {
         (s, dba, dev)
     }
 
+    /// A statement containing `statement` is waiting for approval.
+    async fn assert_held(&self, dba: &str, statement: &str) {
+        let held = self.pending(dba).await;
+        assert!(
+            held["statement"].as_str().unwrap().contains(statement),
+            "{held}"
+        );
+    }
+
     /// Whether the table still has the row `id` (seen directly, not through pgwarden).
     async fn has_row(&self, id: i32) -> bool {
         common::direct("app")
@@ -1211,17 +1220,9 @@ async fn a_prepared_name_is_not_redefined_by_messages_that_failed() {
     match tokio::time::timeout(Duration::from_secs(3), execute).await {
         Ok(result) => {
             let err = result.unwrap().expect_err("EXECUTE d ran unjudged");
-            assert_eq!(
-                sqlstate(&err).as_deref(),
-                Some("42501"),
-                "{}",
-                db_message(&err)
-            );
+            assert_refused(&err);
         }
-        Err(_) => {
-            let held = s.pending(&dba).await;
-            assert!(held["statement"].as_str().unwrap().contains("EXECUTE d"));
-        }
+        Err(_) => s.assert_held(&dba, "EXECUTE d").await,
     }
     assert!(s.has_row(5).await, "the DELETE ran unjudged");
 }
@@ -1241,17 +1242,19 @@ async fn an_execute_behind_a_pending_redefinition_is_judged_by_every_body() {
         Ok((first, execute)) => {
             assert!(first.is_err());
             let err = execute.expect_err("EXECUTE d ran as the SELECT pgwarden expected");
-            assert_eq!(
-                sqlstate(&err).as_deref(),
-                Some("42501"),
-                "{}",
-                db_message(&err)
-            );
+            assert_refused(&err);
         }
-        Err(_) => {
-            let held = s.pending(&dba).await;
-            assert!(held["statement"].as_str().unwrap().contains("EXECUTE d"));
-        }
+        Err(_) => s.assert_held(&dba, "EXECUTE d").await,
     }
     assert!(s.has_row(6).await, "the DELETE ran unjudged");
+}
+
+/// Refused by pgwarden's policy (42501).
+fn assert_refused(err: &tokio_postgres::Error) {
+    assert_eq!(
+        sqlstate(err).as_deref(),
+        Some("42501"),
+        "{}",
+        db_message(err)
+    );
 }

@@ -1089,6 +1089,12 @@ fn query(sql: &str) -> bytes::BytesMut {
     out
 }
 
+/// `shown` (an exchange as [`show`] gives it) has rows, and none holds the seeded SSN.
+fn assert_rows_masked(what: &str, shown: &str, seed: &Seed) {
+    assert!(shown.contains("D:"), "{what}: no rows: {shown}");
+    assert!(!shown.contains(&seed.ssn_token), "{what} leaked: {shown}");
+}
+
 /// The messages of an exchange as `tag:body` text, for assertions and failure output.
 fn show(messages: &[(u8, Vec<u8>)]) -> String {
     messages
@@ -1843,8 +1849,7 @@ async fn a_refused_bind_does_not_rebind_the_portal() {
     let rows = show(&exchange(&mut stream, out).await);
     exchange(&mut stream, query("ROLLBACK")).await;
     proxy.shutdown(Duration::from_secs(5)).await;
-    assert!(rows.contains("D:"), "{rows}");
-    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+    assert_rows_masked("rows", &rows, &seed);
 }
 
 /// A Query queued behind a pipeline that fails is skipped by the server; pgwarden must not
@@ -1998,8 +2003,7 @@ async fn a_name_redefined_right_after_its_use_does_not_unmask_what_it_returned()
         ("pipelined FETCH", &pipelined),
         ("EXECUTE", &executed),
     ] {
-        assert!(text.contains("D:"), "{what}: {text}");
-        assert!(!text.contains(&seed.ssn_token), "{what} leaked: {text}");
+        assert_rows_masked(what, text, &seed);
     }
 }
 
@@ -2052,8 +2056,7 @@ async fn a_parse_or_bind_the_server_skipped_does_not_decide_how_later_results_ar
     exchange(&mut stream, query("ROLLBACK")).await;
     proxy.shutdown(Duration::from_secs(5)).await;
     for (what, text) in [("unnamed statement", &statement), ("portal", &portal)] {
-        assert!(text.contains("D:"), "{what}: {text}");
-        assert!(!text.contains(&seed.ssn_token), "{what} leaked: {text}");
+        assert_rows_masked(what, text, &seed);
     }
 }
 
@@ -2115,8 +2118,7 @@ async fn a_cursor_replacing_a_closed_portal_is_masked_as_the_cursor() {
     let rows = show(&exchange(&mut stream, out).await);
     exchange(&mut stream, query("ROLLBACK")).await;
     proxy.shutdown(Duration::from_secs(5)).await;
-    assert!(rows.contains("D:"), "{rows}");
-    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+    assert_rows_masked("rows", &rows, &seed);
 }
 
 /// A Close of a prepared statement that the server skips (an earlier message of its Sync
@@ -2176,8 +2178,7 @@ async fn a_describe_of_a_portal_whose_bind_failed_unmasks_nothing() {
     let rows = until_ready(&mut stream, 5).await;
     exchange(&mut stream, query("ROLLBACK")).await;
     proxy.shutdown(Duration::from_secs(5)).await;
-    assert!(rows.contains("D:"), "{rows}");
-    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+    assert_rows_masked("rows", &rows, &seed);
 }
 
 /// A WITH HOLD cursor outlives its transaction on the server; read, closed and declared
@@ -2202,6 +2203,5 @@ async fn a_with_hold_cursor_redeclared_after_its_fetch_unmasks_nothing() {
     );
     exchange(&mut stream, query("CLOSE c")).await;
     proxy.shutdown(Duration::from_secs(5)).await;
-    assert!(rows.contains("D:"), "{rows}");
-    assert!(!rows.contains(&seed.ssn_token), "leaked: {rows}");
+    assert_rows_masked("rows", &rows, &seed);
 }
