@@ -2205,3 +2205,66 @@ async fn a_with_hold_cursor_redeclared_after_its_fetch_unmasks_nothing() {
     proxy.shutdown(Duration::from_secs(5)).await;
     assert_rows_masked("rows", &rows, &seed);
 }
+
+/// One simple Query running two COPY FROM STDIN, the client sending the first's CopyDone
+/// and a Sync in one write: the server reads that Sync in the second COPY's copy-in mode and
+/// ignores it. When the second COPY never starts (its table does not exist), the same Sync
+/// is answered after the Query. Either way the session goes on, and the next rows are
+/// masked by their own statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_between_two_copies_of_one_query_is_whichever_the_server_makes_it() {
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("copiesinquery").await;
+    let t = &seed.table;
+    let one_row_done_sync = || {
+        let mut out = bytes::BytesMut::new();
+        frontend::CopyData::new(&b"row\n"[..])
+            .unwrap()
+            .write(&mut out);
+        frontend::copy_done(&mut out);
+        frontend::sync(&mut out);
+        out
+    };
+    for (second, ready) in [(format!("{t}_copy"), 2), ("no_such_table_here".into(), 2)] {
+        let sql = format!("COPY {t}_copy (v) FROM STDIN; COPY {second} (v) FROM STDIN");
+        stream.write_all(&query(&sql)).await.unwrap();
+        until_copy_in(&mut stream).await;
+        stream.write_all(&one_row_done_sync()).await.unwrap();
+        let answers = if second.starts_with("no_such") {
+            // The Query's error and ReadyForQuery, then the Sync's ReadyForQuery.
+            until_ready(&mut stream, ready).await
+        } else {
+            // The Sync went to the second COPY; its own CopyDone and Sync end the Query,
+            // then the Sync gets its ReadyForQuery.
+            until_copy_in(&mut stream).await;
+            stream.write_all(&one_row_done_sync()).await.unwrap();
+            until_ready(&mut stream, ready).await
+        };
+        assert_eq!(
+            answers.contains("42P01"),
+            second.starts_with("no_such"),
+            "{answers}"
+        );
+        let rows = show(
+            &exchange(
+                &mut stream,
+                query(&format!("SELECT ssn || '' AS v FROM {t} WHERE id = 1")),
+            )
+            .await,
+        );
+        assert_rows_masked(&second, &rows, &seed);
+    }
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Read until the server says CopyInResponse; an error or ReadyForQuery first fails the test.
+async fn until_copy_in(stream: &mut TcpStream) {
+    loop {
+        let (tag, body) = common::wire::read_message(stream).await;
+        match tag {
+            b'G' => return,
+            b'E' | b'Z' => panic!("{}", show(&[(tag, body)])),
+            _ => {}
+        }
+    }
+}

@@ -221,7 +221,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         catalog_dirty: false,
         describe_first: None,
         masked_frame: BytesMut::new(),
-        copy_in: false,
+        copy_in: None,
         copy_started: false,
         described_portal: None,
         executes_since_sync: 0,

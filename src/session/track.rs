@@ -80,11 +80,14 @@ struct Pending {
     /// Results completed so far (a Query runs one statement after another).
     results: usize,
     masked: crate::masking::rewrite::Counts,
-    /// A Sync sent while a COPY FROM STDIN may be taking data: the server ignores it if
-    /// the COPY did start.
-    in_copy: bool,
+    /// A Sync sent while a COPY FROM STDIN may be taking data, with the number of COPYs the
+    /// client had ended since the message that runs them: the server ignores it if that
+    /// message's next COPY (a Query may run several) did start.
+    in_copy: Option<u32>,
     /// A COPY FROM STDIN that has not started (no CopyInResponse yet).
     copy_in_expected: bool,
+    /// CopyInResponses so far (a Query may run several COPYs).
+    copies_started: u32,
     /// Binds sent before this message ([`crate::session::state::Portal::bound`]): the
     /// portals a ReadyForQuery ends are the ones bound before what it answers.
     binds_before: u64,
@@ -141,8 +144,9 @@ impl Pending {
             analysis,
             results: 0,
             masked: Default::default(),
-            in_copy: false,
+            in_copy: None,
             copy_in_expected: false,
+            copies_started: 0,
             binds_before: 0,
             origin: None,
             defines: None,
@@ -340,10 +344,12 @@ impl Tracker {
         self.queue.iter().any(|p| p.copy_in_expected)
     }
 
-    /// A Sync sent after the Execute of a COPY FROM STDIN, before its CopyDone or CopyFail.
-    pub fn push_sync_in_copy(&mut self) {
+    /// A Sync sent after a message that may run COPY FROM STDIN, once the client has ended
+    /// `copies_ended` of its COPYs (with CopyDone or CopyFail): the server ignores it if it
+    /// reads it in the next COPY's copy-in mode.
+    pub fn push_sync_in_copy(&mut self, copies_ended: u32) {
         let mut pending = Pending::new(Expect::Sync, None, None);
-        pending.in_copy = true;
+        pending.in_copy = Some(copies_ended);
         self.enqueue(pending);
     }
 
@@ -427,9 +433,12 @@ impl Tracker {
             }
             (b'I', Expect::Query) => front.results += 1,
             // The COPY started: the Syncs sent during it are ignored by the server. Only
-            // its own: those before the next statement (a later COPY's are its own affair).
+            // its own: those before the next statement (a later COPY's are its own affair),
+            // sent after the message's earlier COPYs ended (those went to the main loop).
             (b'G', Expect::Execute | Expect::Query) => {
                 front.copy_in_expected = false;
+                let this_start = Some(front.copies_started);
+                front.copies_started += 1;
                 let this_copy = self
                     .queue
                     .iter()
@@ -440,7 +449,7 @@ impl Tracker {
                 let mut index = 0;
                 self.queue.retain(|p| {
                     index += 1;
-                    let drop = index <= this_copy && p.in_copy;
+                    let drop = index <= this_copy && p.in_copy == this_start;
                     ignored += usize::from(drop);
                     !drop
                 });
@@ -739,9 +748,9 @@ mod tests {
         t.push(Expect::Bind, None);
         t.push(Expect::HiddenDescribe, None);
         t.push(Expect::Execute, run(1));
-        t.push_sync_in_copy();
-        // CopyDone ends copy-in mode: the next Sync counts.
-        t.push(Expect::Sync, None);
+        t.push_sync_in_copy(0);
+        // CopyDone ends copy-in mode: the next Sync counts (an Execute runs one COPY).
+        t.push_sync_in_copy(1);
         t.push(Expect::Describe, None);
         assert_eq!(t.on_server(b'2', b""), Rewrite::Keep);
         assert_eq!(
@@ -756,6 +765,35 @@ mod tests {
         // The client's Describe that followed is answered next, not swallowed.
         assert_eq!(t.on_server(b'n', b""), Rewrite::Keep);
         assert!(t.queue.is_empty());
+    }
+
+    #[test]
+    fn a_sync_after_one_copy_of_a_query_goes_to_the_next_copy_if_it_starts() {
+        // Query "COPY …; COPY …": the Sync sent with the first CopyDone is read by the
+        // second COPY, if it starts; one sent after the second CopyDone is answered.
+        let mut t = Tracker::default();
+        t.push(Expect::Query, run(1));
+        t.push_sync_in_copy(1);
+        t.on_server(b'G', b"");
+        assert_eq!(t.queue.len(), 2, "the first COPY did not take it");
+        t.on_server(b'C', b"COPY 1\0");
+        t.push_sync_in_copy(2);
+        t.on_server(b'G', b"");
+        assert_eq!(t.queue.len(), 2, "the second COPY took the first Sync");
+        t.on_server(b'C', b"COPY 1\0");
+        t.on_server(b'Z', b"I");
+        assert!(t.fits(b'Z'));
+        t.on_server(b'Z', b"I");
+        assert!(t.queue.is_empty());
+        // The second COPY failed before starting: the Sync is answered after the Query.
+        t.push(Expect::Query, run(2));
+        t.push_sync_in_copy(1);
+        t.on_server(b'G', b"");
+        t.on_server(b'C', b"COPY 1\0");
+        t.on_server(b'E', b"SERROR\0C42P01\0Mno\0\0");
+        t.on_server(b'Z', b"I");
+        assert_eq!(t.queue.len(), 1);
+        assert!(t.fits(b'Z'));
     }
 
     #[test]

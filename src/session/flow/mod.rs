@@ -88,9 +88,10 @@ pub struct Flow<'a> {
     pub describe_first: Option<Vec<u8>>,
     /// Scratch space for a rewritten server frame.
     pub masked_frame: BytesMut,
-    /// An Execute of COPY FROM STDIN went out and its CopyDone/CopyFail has not: Syncs sent
-    /// meanwhile may be ignored by the server.
-    pub copy_in: bool,
+    /// A Query or Execute that may run COPY FROM STDIN went out, and the client has ended
+    /// this many COPYs since (CopyDone or CopyFail): a Sync sent now may be read by one of
+    /// its COPYs, which ignores it.
+    pub copy_in: Option<u32>,
     /// The server said CopyInResponse and the COPY has not ended: a Sync the client sends
     /// now is ignored by the server, and no ReadyForQuery will answer it.
     pub copy_started: bool,
@@ -356,14 +357,14 @@ impl Flow<'_> {
                             .as_ref()
                             .and_then(|a| self.state.settled_by(&a.statements, self.role));
                         // The server ignores Syncs while a COPY FROM STDIN takes data.
-                        self.copy_in = analysis.as_deref().is_some_and(starts_copy_in);
+                        self.copy_in = analysis.as_deref().is_some_and(starts_copy_in).then_some(0);
                         self.tracker.push_changing_names(
                             Expect::Query,
                             run,
                             analysis,
                             names_before,
                         );
-                        if self.copy_in {
+                        if self.copy_in.is_some() {
                             self.tracker.expect_copy_in();
                         }
                         if let Some(settled) = settles {
@@ -648,7 +649,10 @@ impl Flow<'_> {
                             }
                             self.describe_first = Some(portal.to_vec());
                         }
-                        self.copy_in = results_of.as_deref().is_some_and(starts_copy_in);
+                        self.copy_in = results_of
+                            .as_deref()
+                            .is_some_and(starts_copy_in)
+                            .then_some(0);
                         self.executes_since_sync += 1;
                         self.settle_at_sync = results_of
                             .as_deref()
@@ -663,7 +667,7 @@ impl Flow<'_> {
                         if let Some(origin) = origin {
                             self.tracker.set_origin(origin);
                         }
-                        if self.copy_in {
+                        if self.copy_in.is_some() {
                             self.tracker.expect_copy_in();
                         }
                         Verdict::Forward
@@ -683,8 +687,8 @@ impl Flow<'_> {
                     .take()
                     .filter(|_| self.executes_since_sync == 1);
                 self.executes_since_sync = 0;
-                if self.copy_in {
-                    self.tracker.push_sync_in_copy();
+                if let Some(copies_ended) = self.copy_in {
+                    self.tracker.push_sync_in_copy(copies_ended);
                 } else {
                     self.tracker.push(Expect::Sync, None);
                     if let Some(settled) = settles {
@@ -737,7 +741,9 @@ impl Flow<'_> {
             // COPY data from the client: passed through.
             b'd' => {}
             b'c' | b'f' => {
-                self.copy_in = false;
+                if let Some(copies_ended) = &mut self.copy_in {
+                    *copies_ended = copies_ended.saturating_add(1);
+                }
                 self.copy_started = false;
             }
             b'X' => {
