@@ -785,6 +785,9 @@ fn statement_detail(r: &serde_json::Value, result: Option<&serde_json::Value>) -
             if let Some(code) = res["sqlstate"].as_str() {
                 detail.push_str(&format!(" sqlstate={code}"));
             }
+            if res["not_as_recorded"] == true {
+                detail.push_str(" (ran an earlier statement of that name, not this text)");
+            }
         }
         None if r["decision"] == "allow" => detail.push_str(" → (no result recorded)"),
         None => {}

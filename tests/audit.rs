@@ -516,6 +516,69 @@ async fn a_portal_pipelined_into_the_next_transaction_is_known_when_it_runs() {
     assert_eq!(result_of(&records, execute)["rows"], 1);
 }
 
+/// A Close and Parse the server skips (an earlier message of their pipeline failed) leave the
+/// earlier statement of that name: an Execute pipelined behind them, recorded as running the
+/// new text, is marked as not having run what its record says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_whose_parse_the_server_skipped_is_marked_not_as_recorded() {
+    use common::wire::{parse_untyped, sqlstates_until_ready};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let dir = audit_dir("notasrecorded");
+    let proxy = proxy_auditing_to(&dir).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    common::wire::alice_login(&mut stream).await;
+    let mut out = bytes::BytesMut::new();
+    parse_untyped("s", "SELECT 1 AS old_one", &mut out);
+    frontend::sync(&mut out);
+    parse_untyped("z", "SELECT 1/0", &mut out);
+    common::wire::bind_without_parameters("", "z", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::close(b'S', "s", &mut out).unwrap();
+    parse_untyped("s", "SELECT 2 AS new_one", &mut out);
+    frontend::sync(&mut out);
+    common::wire::bind_without_parameters("", "s", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    assert_eq!(sqlstates_until_ready(&mut stream, 3).await, ["22012"]);
+    let mut out = bytes::BytesMut::new();
+    common::wire::bind_without_parameters("", "s", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    assert!(sqlstates_until_ready(&mut stream, 1).await.is_empty());
+    drop(stream);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let executes: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "statement"
+                && r["protocol"] == "extended"
+                && r["query"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("_one"))
+        })
+        .map(|execute| {
+            let result = result_of(&records, execute);
+            (
+                execute["query"]["text"].as_str().unwrap_or_default(),
+                result["rows"].as_u64(),
+                result["not_as_recorded"].as_bool(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        executes,
+        [
+            ("SELECT $1 AS new_one", Some(1), Some(true)),
+            // Once the refusal is known, the next Execute is recorded as what runs.
+            ("SELECT $1 AS old_one", Some(1), None),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_with_a_row_limit_counts_the_rows_it_sent() {
     let dir = audit_dir("rowlimit");

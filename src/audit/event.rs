@@ -131,6 +131,11 @@ pub enum Event {
         /// server skipped it.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         skipped: bool,
+        /// The server did not carry out the Parse or Bind this Execute was recorded as
+        /// running (it failed or was skipped after the Execute was sent): what ran is what
+        /// that statement or portal name held before, not the recorded text.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        not_as_recorded: bool,
         /// What was masked in its results: columns and counts, never values.
         #[serde(skip_serializing_if = "Option::is_none")]
         masked: Option<MaskedNote>,

@@ -59,6 +59,9 @@ pub struct Finished {
     pub rows: u64,
     pub sqlstate: Option<[u8; 5]>,
     pub skipped: bool,
+    /// The Parse or Bind it was recorded as running was not carried out by the server: it
+    /// ran (or failed to find) whatever that name held before.
+    pub not_as_recorded: bool,
     /// What was masked in its results.
     pub masked: crate::masking::rewrite::Counts,
 }
@@ -95,6 +98,8 @@ struct Pending {
     /// prepared statement behind it. If the server turns out not to have made that portal
     /// or statement, its results are not the `analysis` recorded here.
     origin: Option<Box<Origin>>,
+    /// The server did not carry out the Parse or Bind behind `origin`.
+    origin_lost: bool,
     /// A Parse that defined a statement in pgwarden's session state (name, text): undone if
     /// the server does not define it.
     defines: Option<(Bytes, Bytes)>,
@@ -149,6 +154,7 @@ impl Pending {
             copies_started: 0,
             binds_before: 0,
             origin: None,
+            origin_lost: false,
             defines: None,
             names_before: None,
             settles: None,
@@ -167,6 +173,7 @@ impl Pending {
             rows: self.rows,
             sqlstate: self.sqlstate,
             skipped,
+            not_as_recorded: self.origin_lost,
             masked: self.masked,
         })
     }
@@ -328,6 +335,7 @@ impl Tracker {
             };
             if Some(origin.bound) == bound || Some((&origin.statement, &origin.sql)) == statement {
                 pending.analysis = None;
+                pending.origin_lost = true;
             }
         }
     }
@@ -403,6 +411,15 @@ impl Tracker {
             b'Z' => matches!(front.expect, Sync | Query | FunctionCall),
             _ => false,
         }
+    }
+
+    /// A message sent since the last Sync is unanswered: if it fails, the server skips what
+    /// the client sends next until its Sync. (A Sync sent during COPY FROM STDIN may be
+    /// ignored by the server, so it does not count as one.)
+    pub fn segment_may_fail(&self) -> bool {
+        self.queue
+            .back()
+            .is_some_and(|last| last.expect != Expect::Sync || last.in_copy.is_some())
     }
 
     /// Every message sent has been answered.

@@ -239,6 +239,7 @@ fn outcome_record(session: u64, finished: Finished) -> Event {
             .sqlstate
             .map(|code| String::from_utf8_lossy(&code).into_owned()),
         skipped: finished.skipped,
+        not_as_recorded: finished.not_as_recorded,
         masked: crate::audit::event::MaskedNote::of(finished.masked),
     }
 }
