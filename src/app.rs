@@ -99,12 +99,14 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
             key: "auth.oidc",
             detail,
         })?;
+    static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Snapshot {
         config,
         tls,
         channel_binding,
         upstream,
         issuers: Arc::new(issuers),
+        generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 

@@ -2257,6 +2257,40 @@ async fn a_sync_between_two_copies_of_one_query_is_whichever_the_server_makes_it
     proxy.shutdown(Duration::from_secs(5)).await;
 }
 
+/// An Execute, in a later pipeline segment, of a name whose Close and Parse the server then
+/// skipped runs the earlier statement of that name: its rows are masked as unknown rather
+/// than as the text pgwarden expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_behind_a_skipped_parse_is_masked_as_unknown() {
+    use common::wire::parse_untyped as parse;
+    use postgres_protocol::message::frontend;
+    let (seed, proxy, mut stream) = wire_session("portaldoubt").await;
+    let t = &seed.table;
+    let mut out = bytes::BytesMut::new();
+    parse(
+        "s",
+        &format!("SELECT ssn || '' AS v FROM {t} WHERE id = 1"),
+        &mut out,
+    );
+    frontend::sync(&mut out);
+    exchange(&mut stream, out).await;
+    let mut out = bytes::BytesMut::new();
+    parse("z", "SELECT 1/0", &mut out);
+    bind("", "z", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::close(b'S', "s", &mut out).unwrap();
+    parse("s", "SELECT 'x'::text AS v", &mut out);
+    frontend::sync(&mut out);
+    bind("", "s", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let answers = until_ready(&mut stream, 2).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(answers.contains("22012"), "{answers}");
+    assert_rows_masked("rows", &answers, &seed);
+}
+
 /// Read until the server says CopyInResponse; an error or ReadyForQuery first fails the test.
 async fn until_copy_in(stream: &mut TcpStream) {
     loop {

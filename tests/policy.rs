@@ -369,6 +369,12 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
         .simple_query("SELECT count(*) FROM reload_guarded")
         .await
         .unwrap();
+    // Prepared (Parse) before the reload, run after it.
+    let prepared = client
+        .prepare("SELECT count(*) FROM reload_guarded")
+        .await
+        .unwrap();
+    client.query(&prepared, &[]).await.unwrap();
 
     // A rule denying reads of the table, applied to the session that is already open.
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
@@ -384,6 +390,8 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
     refused_by(&err, "no-reload-reads");
     let message = err.as_db_error().unwrap().message();
     assert!(message.contains("closed for maintenance"), "{message}");
+    let err = client.query(&prepared, &[]).await.unwrap_err();
+    refused_by(&err, "no-reload-reads");
 
     // A broken policy keeps the rules in force.
     let broken = format!(
@@ -406,6 +414,7 @@ async fn a_reload_changes_decisions_for_open_sessions_and_a_broken_file_does_not
         .simple_query("SELECT count(*) FROM reload_guarded")
         .await
         .unwrap();
+    client.query(&prepared, &[]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1123,4 +1132,69 @@ async fn set_role_and_search_path_in_a_message_count_for_what_follows() {
         .await
         .unwrap_err();
     refused_by(&err, "power-deletes");
+}
+
+/// A Close and Parse of a protocol statement that the server skips (an earlier message of
+/// their pipeline failed) leave the old statement of that name in place: an Execute of the
+/// name sent right behind them is judged by the old text too, under the rules of the moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_behind_a_skipped_parse_is_judged_by_the_statement_the_server_keeps() {
+    use common::wire::{alice_login, bind_without_parameters, parse_untyped};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    guarded_table("skipped_parse").await;
+    let proxy = Proxy::default().await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    alice_login(&mut stream).await;
+    let mut out = bytes::BytesMut::new();
+    parse_untyped("s", "DELETE FROM skipped_parse WHERE id = 1", &mut out);
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let codes = common::wire::sqlstates_until_ready(&mut stream, 1).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    reload_denying(&proxy, &text, "no-deleting", "skipped_parse").await;
+    let mut out = bytes::BytesMut::new();
+    parse_untyped("z", "SELECT 1/0", &mut out);
+    bind_without_parameters("", "z", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::close(b'S', "s", &mut out).unwrap();
+    parse_untyped("s", "SELECT 1", &mut out);
+    frontend::sync(&mut out);
+    bind_without_parameters("", "s", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let codes = common::wire::sqlstates_until_ready(&mut stream, 2).await;
+    assert_eq!(codes, ["22012", "42501"]);
+    // A portal bound the same way, run once every answer is in: its statement is not
+    // known, so it is refused.
+    let mut out = bytes::BytesMut::new();
+    parse_untyped("", "SELECT 1/0", &mut out);
+    bind_without_parameters("", "", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::close(b'S', "s", &mut out).unwrap();
+    parse_untyped("s", "SELECT 2", &mut out);
+    frontend::sync(&mut out);
+    frontend::query("BEGIN", &mut out).unwrap();
+    bind_without_parameters("p", "s", &mut out);
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let codes = common::wire::sqlstates_until_ready(&mut stream, 3).await;
+    assert_eq!(codes, ["22012"]);
+    let mut out = bytes::BytesMut::new();
+    frontend::execute("p", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let (tag, body) = common::wire::read_message(&mut stream).await;
+    assert_eq!(tag, b'E');
+    let fields = common::wire::error_fields(&body);
+    assert!(
+        fields[&b'M'].contains("policy.statement-in-doubt"),
+        "{fields:?}"
+    );
+    common::wire::sqlstates_until_ready(&mut stream, 1).await;
+    drop(stream);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    assert_eq!(rows_of("skipped_parse").await, Some(3));
 }

@@ -56,6 +56,9 @@ pub struct Snapshot {
     pub upstream: Endpoint,
     /// Trusted OIDC issuers and their cached keys.
     pub issuers: Arc<crate::auth::oidc::Issuers>,
+    /// Unique to this snapshot (counted up by each one built): what was judged under one
+    /// snapshot is judged again under the next.
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Snapshot {

@@ -174,7 +174,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     } = session;
     let mut cancel_requests = cancel_key.requests.clone();
     let snapshot = ctx.snapshot.load();
-    let masking_config = Arc::as_ptr(&snapshot) as usize;
+    let masking_config = snapshot.generation;
     let audit_settings = snapshot.config.audit.as_ref();
     // When the person's token expires, the session ends between statements.
     let token_deadline = identity

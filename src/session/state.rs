@@ -126,6 +126,9 @@ pub struct PreparedStatement {
     /// other tables; under another role, other rules apply.
     pub search_path: Vec<String>,
     pub roles: Vec<String>,
+    /// The configuration it was judged under ([`crate::session::Snapshot::generation`]):
+    /// after a reload its Executes are judged again by the new rules.
+    pub generation: u64,
 }
 
 /// How a Parse was decided, kept with the prepared statement.
@@ -134,6 +137,19 @@ pub struct Decided {
     pub rule: Option<String>,
     pub approval: Option<crate::audit::event::ApprovalNote>,
     pub tags: Option<Arc<crate::sql::comments::Tags>>,
+    pub generation: u64,
+}
+
+/// A protocol-level statement name that a Parse or Close changed behind an earlier message of
+/// the same pipeline segment (since the last Sync) that was still unanswered: if that message
+/// fails, the server skips the change and the name keeps what it held before.
+#[derive(Debug)]
+pub struct StatementDoubt {
+    /// The segment ([`SessionState::syncs`]) of the last such change: a Bind in the same
+    /// segment is skipped along with it, so only later Binds are in doubt.
+    pub segment: u64,
+    /// What the name may still hold (the bodies it had before each such change).
+    pub earlier: Vec<StatementFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +165,9 @@ pub struct Portal {
     /// Which of the session's Binds made it: an undo of that Bind tells by it whether the
     /// record is still the one that Bind left.
     pub bound: u64,
+    /// Bound to a name in doubt ([`StatementDoubt`]): the server may run one of these
+    /// bodies instead of `prepared`.
+    pub earlier: Option<Arc<[StatementFacts]>>,
 }
 
 #[derive(Debug)]
@@ -181,6 +200,10 @@ pub struct SessionState {
     /// unanswered ([`Self::names_settled`]).
     pub prepared_in_doubt: HashMap<String, Vec<StatementFacts>>,
     pub cursors_in_doubt: std::collections::HashSet<String>,
+    /// Protocol-level names in doubt; cleared with the others.
+    pub statements_in_doubt: HashMap<Bytes, StatementDoubt>,
+    /// Syncs sent: the number of the current pipeline segment.
+    pub syncs: u64,
     /// The schemas unqualified names are looked up in, as far as pgwarden can tell (`*`:
     /// unknown, any schema): tracked from SET / RESET / set_config of `search_path`.
     pub search_path: Vec<String>,
@@ -239,6 +262,8 @@ impl SessionState {
             cursors: HashMap::new(),
             prepared_in_doubt: HashMap::new(),
             cursors_in_doubt: Default::default(),
+            statements_in_doubt: HashMap::new(),
+            syncs: 0,
             search_path: Vec::new(),
             initial_search_path: Vec::new(),
             intent: None,
@@ -274,16 +299,19 @@ impl SessionState {
     }
 
     /// Remember a Parse; `analyze` runs only when the text is new for this name.
+    /// `may_be_skipped`: an earlier message of its pipeline segment is unanswered.
     pub fn on_parse(
         &mut self,
         parse: &Parse<'_>,
         analyze: impl FnOnce() -> Option<Arc<Analysis>>,
         decided: Decided,
+        may_be_skipped: bool,
     ) -> &PreparedStatement {
         let Decided {
             rule,
             approval,
             tags,
+            generation,
         } = decided;
         // Drivers re-send the same unnamed SQL over and over: keep the stored copy then.
         let unchanged = self
@@ -291,18 +319,20 @@ impl SessionState {
             .get(parse.statement)
             .is_some_and(|existing| existing.sql == parse.sql);
         if !unchanged {
-            self.statements.insert(
-                Bytes::copy_from_slice(parse.statement),
-                Arc::new(PreparedStatement {
-                    sql: Bytes::copy_from_slice(parse.sql),
-                    analysis: analyze(),
-                    rule,
-                    approval,
-                    tags,
-                    search_path: self.effective_search_path().into_owned(),
-                    roles: self.effective_roles().into_owned(),
-                }),
-            );
+            let statement = Arc::new(PreparedStatement {
+                sql: Bytes::copy_from_slice(parse.sql),
+                analysis: analyze(),
+                rule,
+                approval,
+                tags,
+                search_path: self.effective_search_path().into_owned(),
+                roles: self.effective_roles().into_owned(),
+                generation,
+            });
+            let earlier = self
+                .statements
+                .insert(Bytes::copy_from_slice(parse.statement), statement);
+            self.doubt_statement(parse.statement, earlier.as_deref(), may_be_skipped);
         } else {
             // Usually nothing changed: then no copy (a portal bound to it shares it).
             let same = self.statements.get(parse.statement).is_some_and(|e| {
@@ -311,6 +341,7 @@ impl SessionState {
                     && e.tags == tags
                     && *e.search_path == *self.effective_search_path()
                     && *e.roles == *self.effective_roles()
+                    && e.generation == generation
             });
             if !same {
                 let search_path = self.effective_search_path().into_owned();
@@ -323,6 +354,7 @@ impl SessionState {
                     existing.tags = tags;
                     existing.search_path = search_path;
                     existing.roles = roles;
+                    existing.generation = generation;
                 }
             }
         }
@@ -345,12 +377,20 @@ impl SessionState {
             Some(old) if old.statement == bind.statement => old.statement.clone(),
             _ => Bytes::copy_from_slice(bind.statement),
         };
+        // A change of the name in this segment is skipped along with this Bind if it is
+        // skipped; one in an earlier segment may have been skipped while this Bind runs.
+        let earlier = self
+            .statements_in_doubt
+            .get(bind.statement)
+            .filter(|doubt| doubt.segment < self.syncs && !doubt.earlier.is_empty())
+            .map(|doubt| Arc::from(doubt.earlier.as_slice()));
         let portal = Portal {
             statement,
             prepared: self.statements.get(bind.statement).cloned(),
             result_formats: bind.result_formats().collect(),
             parameters,
             bound: self.binds,
+            earlier,
         };
         let before = match self.portals.get_mut(bind.portal) {
             Some(old) => Some(std::mem::replace(old, portal)),
@@ -365,7 +405,8 @@ impl SessionState {
 
     /// Forget a prepared statement (Close): returns what the name held, protocol-level and
     /// SQL-level (the same server object), to put back if the server skips the Close.
-    pub fn close_statement(&mut self, name: &[u8]) -> ClosedStatement {
+    /// `may_be_skipped`: an earlier message of its pipeline segment is unanswered.
+    pub fn close_statement(&mut self, name: &[u8], may_be_skipped: bool) -> ClosedStatement {
         let closed = ClosedStatement {
             name: Bytes::copy_from_slice(name),
             statement: self.statements.remove(name),
@@ -383,7 +424,40 @@ impl SessionState {
         for body in [closed.sql_prepared.clone(), protocol_body] {
             self.doubt_prepared(&text, body);
         }
+        self.doubt_statement(name, closed.statement.as_deref(), may_be_skipped);
         closed
+    }
+
+    /// A Parse or Close changed the protocol-level name `name`, which held `earlier`.
+    fn doubt_statement(
+        &mut self,
+        name: &[u8],
+        earlier: Option<&PreparedStatement>,
+        may_be_skipped: bool,
+    ) {
+        if !may_be_skipped {
+            // Nothing before it in its segment can make the server skip it: what the name
+            // held before is gone for certain (a Parse that fails itself leaves no statement).
+            if !self.statements_in_doubt.is_empty() {
+                self.statements_in_doubt.remove(name);
+            }
+            return;
+        }
+        let body = earlier.and_then(|s| s.analysis.as_ref()?.statements.first().cloned());
+        let segment = self.syncs;
+        let doubt = self
+            .statements_in_doubt
+            .entry(Bytes::copy_from_slice(name))
+            .or_insert_with(|| StatementDoubt {
+                segment,
+                earlier: Vec::new(),
+            });
+        doubt.segment = segment;
+        if let Some(body) = body {
+            if !doubt.earlier.contains(&body) {
+                doubt.earlier.push(body);
+            }
+        }
     }
 
     /// Forget a portal (Close): returns its record, to put back if the server skips the
@@ -405,6 +479,7 @@ impl SessionState {
     /// Sync, Query and FunctionCall each get exactly one ReadyForQuery.
     pub fn on_sync(&mut self) {
         self.in_flight += 1;
+        self.syncs += 1;
     }
 
     /// A ReadyForQuery; `binds_before`: the Binds sent before the message it answers.
@@ -525,6 +600,9 @@ impl SessionState {
         }
         if !self.cursors_in_doubt.is_empty() {
             self.cursors_in_doubt.clear();
+        }
+        if !self.statements_in_doubt.is_empty() {
+            self.statements_in_doubt.clear();
         }
     }
 
@@ -887,6 +965,56 @@ impl SessionState {
         let portal = self.portals.get(portal)?;
         Some((portal, portal.prepared.as_deref()))
     }
+
+    /// What an Execute of `portal` runs, as far as pgwarden knows; `generation`: the
+    /// configuration in force ([`crate::session::Snapshot::generation`]).
+    pub fn portal_run(&self, portal: &[u8], generation: u64) -> PortalRun {
+        let Some((portal, prepared)) = self.portal_statement(portal) else {
+            return PortalRun::default();
+        };
+        let mut run = PortalRun {
+            statement: portal.statement.clone(),
+            parameters: portal.parameters.clone(),
+            earlier: portal.earlier.clone(),
+            lost: prepared.is_none(),
+            ..PortalRun::default()
+        };
+        if let Some(prepared) = prepared {
+            run.sql = prepared.sql.clone();
+            run.analysis = prepared.analysis.clone();
+            run.rule = prepared.rule.clone();
+            run.approval = prepared.approval.clone();
+            run.tags = prepared.tags.clone();
+            run.stale = *prepared.search_path != *self.effective_search_path()
+                || *prepared.roles != *self.effective_roles()
+                || prepared.generation != generation;
+        }
+        run
+    }
+}
+
+/// What an Execute of a portal runs, as far as pgwarden knows (reference-counted copies: the
+/// session state is borrowed no further). All empty for a portal pgwarden does not know: the
+/// server answers "portal does not exist", and the attempt is still on record.
+#[derive(Debug, Default)]
+pub struct PortalRun {
+    pub sql: Bytes,
+    /// The prepared statement's name.
+    pub statement: Bytes,
+    pub analysis: Option<Arc<Analysis>>,
+    pub parameters: Option<Vec<Option<String>>>,
+    /// How its Parse was decided.
+    pub rule: Option<String>,
+    pub approval: Option<crate::audit::event::ApprovalNote>,
+    pub tags: Option<Arc<crate::sql::comments::Tags>>,
+    /// Judged under other rules, another search_path or other roles than those in force.
+    pub stale: bool,
+    /// See [`Portal::earlier`].
+    pub earlier: Option<Arc<[StatementFacts]>>,
+    /// The portal exists, but the server did not define the statement it was bound to (a
+    /// Parse pipelined before the Bind was skipped or failed): pgwarden cannot tell what
+    /// it runs.
+    pub lost: bool,
 }
 
 /// Longest intent kept, in characters; longer ones are cut (and marked).
@@ -958,6 +1086,7 @@ mod tests {
             },
             || None,
             Decided::default(),
+            false,
         );
         // Unnamed portal, one text parameter "x", binary results; then a named portal.
         s.on_bind(
@@ -983,7 +1112,7 @@ mod tests {
         let mut names: Vec<&Bytes> = s.portals.keys().collect();
         names.sort();
         assert_eq!(names, vec![&Bytes::new(), &Bytes::from_static(b"later")]);
-        s.close_statement(b"s1");
+        s.close_statement(b"s1", false);
         assert!(!s.statements.contains_key(&b"s1"[..]));
         s.on_parameter_status(b"client_encoding", b"LATIN1");
         assert_eq!(

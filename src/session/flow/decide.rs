@@ -390,7 +390,7 @@ enum Approval {
 }
 
 /// A denial by one of the session's own limits (not a configured rule).
-fn refuse(rule: &str, message: String) -> Decision {
+pub(super) fn refuse(rule: &str, message: String) -> Decision {
     Decision {
         action: Action::Deny,
         rule: Some(rule.to_owned()),

@@ -2,8 +2,6 @@
 //! [`Masking`](crate::masking::rewrite::Masking); the catalog resolution is kept fresh; and
 //! the gate refuses or holds writes derived from masked columns.
 
-use std::sync::Arc;
-
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
@@ -136,7 +134,7 @@ impl Flow<'_> {
     pub(super) async fn refresh_masking(&mut self) {
         let snapshot = self.snapshot.load();
         let settings = &snapshot.config.masking;
-        let config = Arc::as_ptr(&snapshot) as usize;
+        let config = snapshot.generation;
         let reconfigure = config != self.masking_config;
         if !reconfigure {
             let Some(masking) = self.masking.as_ref() else {

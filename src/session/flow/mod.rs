@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
-use super::state::{Decided, SessionState};
+use super::state::{Decided, PortalRun, SessionState};
 use super::track::{self, Expect, PortalChange, Rewrite, Tracker};
 use super::{SessionError, Snapshot};
 use crate::approvals::{Approvals, Request, Waiter};
@@ -77,8 +77,8 @@ pub struct Flow<'a> {
     pub declared: Declared,
     /// What this identity may not see; `None` when it sees everything.
     pub masking: Option<crate::masking::rewrite::Masking>,
-    /// Which configuration `masking` was built from (the address of its snapshot).
-    pub masking_config: usize,
+    /// Which configuration `masking` was built from ([`Snapshot::generation`]).
+    pub masking_config: u64,
     pub catalogs: &'a crate::masking::catalog::Catalogs,
     /// The session changed the schema: masking's catalog resolution is reloaded before
     /// its next statement.
@@ -454,8 +454,11 @@ impl Flow<'_> {
                     rule: ruling.decision.rule.clone(),
                     approval: ruling.approval,
                     tags: self.declared.tags.clone(),
+                    generation: self.snapshot.load().generation,
                 };
-                self.state.on_parse(&parse, || analysis.ok(), decided);
+                let may_be_skipped = self.tracker.segment_may_fail();
+                self.state
+                    .on_parse(&parse, || analysis.ok(), decided, may_be_skipped);
                 // A new definition holds once the server has it too (ParseComplete); the
                 // server re-parses the unnamed statement every time.
                 if parse.statement.is_empty() || !existed {
@@ -506,7 +509,8 @@ impl Flow<'_> {
                     };
                     self.tracker.push_portal_change(Expect::Close, change);
                 } else {
-                    let closed = self.state.close_statement(name);
+                    let may_be_skipped = self.tracker.segment_may_fail();
+                    let closed = self.state.close_statement(name, may_be_skipped);
                     self.tracker.push_statement_close(closed);
                 }
             }
@@ -533,35 +537,19 @@ impl Flow<'_> {
             b'E' => {
                 let (portal, _max_rows) = views::execute(body)?;
                 let origin = self.origin_of(portal);
-                // Cheap reference-counted copies: the session state is borrowed no further.
-                let (sql, name, analysis, parameters, rule, approval, tags, path_changed) =
-                    match self.state.portal_statement(portal) {
-                        Some((portal, prepared)) => (
-                            prepared.map(|p| p.sql.clone()).unwrap_or_default(),
-                            portal.statement.clone(),
-                            prepared.and_then(|p| p.analysis.clone()),
-                            portal.parameters.clone(),
-                            prepared.and_then(|p| p.rule.clone()),
-                            prepared.and_then(|p| p.approval.clone()),
-                            prepared.and_then(|p| p.tags.clone()),
-                            prepared.is_some_and(|p| {
-                                *p.search_path != *self.state.effective_search_path()
-                                    || *p.roles != *self.state.effective_roles()
-                            }),
-                        ),
-                        // The server answers "portal does not exist"; the attempt is still
-                        // on record.
-                        None => (
-                            Bytes::new(),
-                            Bytes::new(),
-                            None,
-                            None,
-                            None,
-                            None,
-                            None,
-                            false,
-                        ),
-                    };
+                let generation = self.snapshot.load().generation;
+                let PortalRun {
+                    sql,
+                    statement: name,
+                    analysis,
+                    parameters,
+                    rule,
+                    approval,
+                    tags,
+                    stale,
+                    earlier,
+                    lost,
+                } = self.state.portal_run(portal, generation);
                 self.declared = Declared {
                     intent: tags
                         .as_ref()
@@ -571,20 +559,57 @@ impl Flow<'_> {
                     tags,
                 };
                 // Decided when it was prepared; judged again now, under the rules in force,
-                // if it is a SQL-level EXECUTE (by the body it runs), or if the search_path
-                // changed since (the server plans it again, and its unqualified names may
-                // now be other tables).
+                // if it is a SQL-level EXECUTE (by the body it runs), if the rules were
+                // reloaded or the search_path or role changed since (the server plans it
+                // again, and its unqualified names may now be other tables), or if the
+                // server may run an earlier statement of the name (judged by each).
                 let executing = analysis
                     .clone()
-                    .filter(|a| path_changed || a.statements.iter().any(|s| s.executes.is_some()));
+                    .filter(|a| {
+                        stale
+                            || earlier.is_some()
+                            || a.statements.iter().any(|s| s.executes.is_some())
+                    })
+                    .map(|a| match &earlier {
+                        Some(earlier) => Arc::new(Analysis {
+                            statements: a
+                                .statements
+                                .iter()
+                                .chain(earlier.iter())
+                                .cloned()
+                                .collect(),
+                            ..(*a).clone()
+                        }),
+                        None => a,
+                    });
                 let mut approval = approval;
-                let decision = if let Some(executing) = executing {
-                    let ruling = self.rule(
-                        &Ok(executing),
-                        Protocol::Extended {
-                            statement_name: &name,
-                        },
-                    );
+                let protocol = Protocol::Extended {
+                    statement_name: &name,
+                };
+                let in_doubt = |why: &str| {
+                    decide::refuse(
+                        "policy.statement-in-doubt",
+                        format!(
+                            "portal \"{}\" {why}; pgwarden cannot tell which statement it would run: bind it again",
+                            String::from_utf8_lossy(portal)
+                        ),
+                    )
+                };
+                let ruling = if lost {
+                    let decision = in_doubt("was bound to a statement the server did not define (its Parse was skipped or failed)");
+                    Some(self.ruling(decision, protocol, None))
+                } else if let Some(executing) = executing {
+                    let mut ruling = self.rule(&Ok(executing), protocol);
+                    // An approver would be shown a text that may not be what runs.
+                    if ruling.hold && earlier.is_some() {
+                        let decision = in_doubt("is bound to a name a Close or Parse still unanswered may have left as it was");
+                        ruling = self.ruling(decision, protocol, analysis.as_deref());
+                    }
+                    Some(ruling)
+                } else {
+                    None
+                };
+                let decision = if let Some(ruling) = ruling {
                     if ruling.hold {
                         return Ok(Verdict::Hold(HoldSpec::new(
                             &sql,
@@ -596,9 +621,7 @@ impl Flow<'_> {
                         let described = Described {
                             sql: &sql,
                             analysis,
-                            protocol: Protocol::Extended {
-                                statement_name: &name,
-                            },
+                            protocol,
                             parameters,
                             decision: &ruling.decision,
                             approval: None,
@@ -620,7 +643,9 @@ impl Flow<'_> {
                     }
                 };
                 let prepares = analysis.clone();
-                let results_of = analysis.clone();
+                // What an earlier statement of the name returns is not known: masked as
+                // unknown.
+                let results_of = analysis.clone().filter(|_| earlier.is_none());
                 let described = Described {
                     sql: &sql,
                     analysis,
