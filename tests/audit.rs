@@ -579,6 +579,64 @@ async fn an_execute_whose_parse_the_server_skipped_is_marked_not_as_recorded() {
     );
 }
 
+/// After SET ROLE, records name the role statements run as; a statement sent in the same
+/// message as a SET ROLE, before its outcome is known, names both roles it may run as.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_name_the_role_a_statement_runs_as_after_set_role() {
+    let admin = common::direct("app").await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE audit_reporter LOGIN PASSWORD 'reporter-pw'; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             GRANT audit_reporter TO app_rw",
+        )
+        .await
+        .unwrap();
+    let dir = audit_dir("currentrole");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!(
+            "[audit]\ndir = \"{}\"\n\n[[upstream.roles]]\nname = \"audit_reporter\"\n\
+             password = \"reporter-pw\"\n\n[[access]]\nusers = [\"alice\"]\ndatabases = [\"app\"]\n\
+             roles = [\"app_rw\", \"audit_reporter\"]\n",
+            dir.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.alice().await;
+    for message in [
+        "SELECT 'before' AS step",
+        "SET ROLE audit_reporter; SELECT 'same message' AS step",
+        "SET ROLE audit_reporter",
+        "SELECT 'after' AS step",
+        "RESET ROLE",
+        "SELECT 'reset' AS step",
+    ] {
+        client.simple_query(message).await.unwrap();
+    }
+    drop(client);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let roles: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "statement")
+        .map(|r| r["current_role"].as_str().unwrap_or("-"))
+        .collect();
+    let either = "app_rw or audit_reporter";
+    assert_eq!(
+        roles,
+        [
+            "-",
+            either,
+            either,
+            "audit_reporter",
+            "audit_reporter or app_rw",
+            "-"
+        ],
+        "{records:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_with_a_row_limit_counts_the_rows_it_sent() {
     let dir = audit_dir("rowlimit");

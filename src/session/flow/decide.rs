@@ -1,6 +1,7 @@
 //! Deciding statements: analysis in the session's encoding, the policy from the current
 //! configuration, then the session's own limits (locked settings, SET ROLE, prepared bodies).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use tracing::info;
@@ -37,18 +38,7 @@ impl Flow<'_> {
         // the server has not confirmed yet, both), in every search_path it may have; a SET
         // earlier in the same message counts for the statements after it. The strictest
         // decision stands.
-        let state = &self.state;
-        let mut search_path = state.effective_search_path();
-        let mut roles = state.effective_roles();
-        if roles.is_empty() {
-            roles = std::borrow::Cow::Owned(vec![self.role.to_owned()]);
-        }
-        if SessionState::may_change_path_or_role(statements) {
-            let (mut path, mut more_roles) = (search_path.into_owned(), roles.into_owned());
-            state.widen_for(statements, self.role, None, &mut path, &mut more_roles);
-            search_path = std::borrow::Cow::Owned(path);
-            roles = std::borrow::Cow::Owned(more_roles);
-        }
+        let (search_path, roles) = self.path_and_roles_for(statements);
         // Each schema an unqualified name may be found in is tried on its own: with the
         // whole path at once, the first rule matching any of them would win, and an allow
         // rule for one schema could shadow a deny rule for another.
@@ -289,10 +279,32 @@ impl Flow<'_> {
     }
 
     /// The role statements run as now, when SET ROLE made it other than the login role.
-    pub(super) fn current_role(&self) -> Option<String> {
-        let roles = self.state.effective_roles();
-        (!roles.is_empty() && (roles.len() != 1 || roles[0] != self.role))
-            .then(|| roles.join(" or "))
+    /// The search_path and roles `statements` may run with: the session's, widened by what
+    /// a SET earlier in the same message may change.
+    fn path_and_roles_for(
+        &self,
+        statements: &[StatementFacts],
+    ) -> (Cow<'_, [String]>, Cow<'_, [String]>) {
+        let state = &self.state;
+        let mut search_path = state.effective_search_path();
+        let mut roles = state.effective_roles();
+        if roles.is_empty() {
+            roles = Cow::Owned(vec![self.role.to_owned()]);
+        }
+        if SessionState::may_change_path_or_role(statements) {
+            let (mut path, mut more_roles) = (search_path.into_owned(), roles.into_owned());
+            state.widen_for(statements, self.role, None, &mut path, &mut more_roles);
+            search_path = Cow::Owned(path);
+            roles = Cow::Owned(more_roles);
+        }
+        (search_path, roles)
+    }
+
+    /// The roles `statements` may run as, for records and approvers, when that is not just
+    /// the login role.
+    pub(super) fn current_role(&self, statements: &[StatementFacts]) -> Option<String> {
+        let (_, roles) = self.path_and_roles_for(statements);
+        (roles.len() != 1 || roles[0] != self.role).then(|| roles.join(" or "))
     }
 
     /// What a grant for this message covers: its shape ([`Analysis::fingerprint`]) under the

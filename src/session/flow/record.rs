@@ -93,7 +93,7 @@ impl Flow<'_> {
             session: self.session,
             database: self.database.to_owned(),
             role: self.role.to_owned(),
-            current_role: self.current_role(),
+            current_role: self.current_role(analysis.map_or(&[], |a| &a.statements)),
             statement: spec.statement,
             normalized: analysis.map(|a| a.normalized.to_string()),
             fingerprint: analysis.map(|a| a.fingerprint.to_string()),
@@ -275,7 +275,7 @@ fn statement_record(
         actor: audit.actor.clone(),
         database: flow.database.to_owned(),
         role: flow.role.to_owned(),
-        current_role: flow.current_role(),
+        current_role: flow.current_role(analysis.map_or(&[], |a| &a.statements)),
         protocol,
         prepared,
         query: QueryText {
