@@ -1091,6 +1091,54 @@ async fn the_database_authorized_is_the_database_connected_to() {
     );
 }
 
+/// A client that pipelines a million Syncs (five bytes each) without reading: pgwarden stops
+/// reading it while thousands are unanswered, instead of keeping a record of every one the
+/// socket buffers can hold; then every Sync is answered, in order, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_flood_is_answered_without_pgwarden_holding_it() {
+    const SYNCS: usize = 1_000_000;
+    let _alone = EXCLUSIVE.write().await;
+    let proxy = Proxy::default().await;
+    let tcp = raw_session(&proxy).await;
+    let (mut reader, mut writer) = tcp.into_split();
+    let before = rss_bytes();
+    let flood = tokio::spawn(async move {
+        let syncs = frame(b'S', b"").repeat(SYNCS);
+        writer.write_all(&syncs).await.unwrap();
+        writer
+    });
+    let mut peak = before;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes());
+    }
+    let growth = peak.saturating_sub(before);
+    assert!(
+        growth < 100 << 20,
+        "RSS grew by {} MiB while the client did not read",
+        growth >> 20
+    );
+    let mut reader = tokio::io::BufReader::with_capacity(1 << 16, &mut reader);
+    for answered in 0..SYNCS {
+        let (tag, body) = read_message(&mut reader).await;
+        assert_eq!((tag, &body[..]), (b'Z', &b"I"[..]), "answer {answered}");
+    }
+    let mut writer = flood.await.unwrap();
+    writer
+        .write_all(&frame(b'Q', b"SELECT 'still here'\0"))
+        .await
+        .unwrap();
+    loop {
+        let (tag, body) = read_message(&mut reader).await;
+        match tag {
+            b'D' => assert!(body.ends_with(b"still here")),
+            b'Z' => break,
+            b'E' => panic!("{:?}", error_fields(&body)),
+            _ => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_cannot_make_pgwarden_buffer_the_result() {
     let _alone = EXCLUSIVE.write().await;
