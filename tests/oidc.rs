@@ -733,6 +733,37 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
     }
     assert_eq!(fatal.as_deref(), Some("28000"));
 
+    // Taking COPY data when it expires: the rest of the COPY is still read and the COPY
+    // completes; then the session ends.
+    let (copying, connection) = connect_watching(issuer.id_token(AUDIENCE, &ann(), 1)).await;
+    copying
+        .batch_execute("CREATE TEMP TABLE expiring_copy (n int)")
+        .await
+        .unwrap();
+    let sink = copying
+        .copy_in::<_, bytes::Bytes>("COPY expiring_copy FROM STDIN")
+        .await
+        .unwrap();
+    let mut sink = std::pin::pin!(sink);
+    let started = std::time::Instant::now();
+    let mut rows = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        use futures_util::SinkExt;
+        sink.send(bytes::Bytes::from(format!("{rows}\n")))
+            .await
+            .expect("COPY data is read past the token's expiry");
+        rows += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sink.as_mut().finish().await.unwrap(), rows);
+    // The FATAL answers tokio-postgres's Close of the COPY's statement, which nothing
+    // awaits: the connection reports it closed.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the session went on after its COPY")
+        .unwrap();
+    assert!(ended.is_err());
+
     // With on_token_expiry = "allow", sessions outlive their token.
     let allow = Proxy::start(options(
         issuer.url(),
@@ -759,6 +790,7 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
     assert_eq!(
         endings,
         [
+            "sign-in token expired",
             "sign-in token expired",
             "sign-in token expired",
             "sign-in token expired"

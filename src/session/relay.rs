@@ -266,6 +266,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     // Once closing, the last words (an ErrorResponse) get this long to reach a client that
     // may have stopped reading.
     let mut closing_deadline = None;
+    // When pgwarden sends its own Sync if the client does not end what it sent before its
+    // token expired ([`Flow::sync_for_ending`]).
+    let mut segment_deadline: Option<Instant> = None;
     let ending = loop {
         if let Some(ending) = closing {
             if !client.has_output() {
@@ -277,10 +280,22 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 break ending;
             }
         }
+        // After expiry, a client that leaves what it sent open (no Sync) gets a moment to
+        // send the Sync, then pgwarden sends one.
+        if flow.token_expired && closing.is_none() && !flow.copy_may_take_data() {
+            if !flow.tracker.segment_open() {
+                segment_deadline = None;
+            } else if segment_deadline.is_some_and(|at| Instant::now() >= at) {
+                flow.sync_for_ending(&mut server.out);
+                segment_deadline = None;
+            } else {
+                segment_deadline.get_or_insert_with(|| Instant::now() + LINGER);
+            }
+        }
         // While a statement is held, the client is still read (to notice it leaving), up to
         // a bound, but nothing it sends is processed.
         let read_client = closing.is_none()
-            && (!flow.token_expired || flow.copy_may_take_data())
+            && (!flow.token_expired || flow.may_read_after_expiry())
             && flow.tracker.len() < MAX_UNANSWERED
             && server.out.len() < HIGH_WATER
             && (held.is_none() || client.inbuf.bytes().len() < HIGH_WATER);
@@ -291,6 +306,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(closing_deadline.unwrap_or_else(Instant::now).into()), if closing_deadline.is_some() => Ok(None),
+                _ = tokio::time::sleep_until(segment_deadline.unwrap_or_else(Instant::now).into()), if segment_deadline.is_some() => Ok(None),
                 _ = tokio::time::sleep_until(token_deadline.unwrap_or_else(Instant::now).into()), if token_deadline.is_some() && !flow.token_expired && closing.is_none() => {
                     flow.token_expired = true;
                     info!("the sign-in token expired; ending the session once what was sent is answered");
@@ -298,7 +314,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                     let status = crate::approvals::Status::Withdrawn;
                     resume_after_hold(&mut flow, &mut held, status, "the sign-in token expired", &mut client, &mut server, &mut cancel_requests)
                         .await
-                        .map(|ending| ending.or_else(|| flow.state.between_statements().then_some(Ending::TokenExpired)))
+                        .map(|ending| ending.or_else(|| flow.all_answered().then_some(Ending::TokenExpired)))
                 },
                 new_phase = phase.changed(), if closing.is_none() => match new_phase {
                     Phase::Terminating => Ok(Some(Ending::Shutdown)),
@@ -354,7 +370,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                         {
                             Ok(()) => {
                                 flow.record_outcomes();
-                                if flow.token_expired && flow.state.between_statements() {
+                                if flow.token_expired && flow.all_answered() {
                                     Ok(Some(Ending::TokenExpired))
                                 } else {
                                     Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))

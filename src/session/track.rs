@@ -91,6 +91,8 @@ struct Pending {
     copy_in_expected: bool,
     /// CopyInResponses so far (a Query may run several COPYs).
     copies_started: u32,
+    /// A Sync pgwarden sent on its own: its ReadyForQuery is not the client's.
+    hidden: bool,
     /// Binds sent before this message ([`crate::session::state::Portal::bound`]): the
     /// portals a ReadyForQuery ends are the ones bound before what it answers.
     binds_before: u64,
@@ -152,6 +154,7 @@ impl Pending {
             in_copy: None,
             copy_in_expected: false,
             copies_started: 0,
+            hidden: false,
             binds_before: 0,
             origin: None,
             origin_lost: false,
@@ -361,6 +364,13 @@ impl Tracker {
         self.enqueue(pending);
     }
 
+    /// A Sync pgwarden sent on its own ([`Self::segment_open`]): its ReadyForQuery is dropped.
+    pub fn push_hidden_sync(&mut self) {
+        let mut pending = Pending::new(Expect::Sync, None, None);
+        pending.hidden = true;
+        self.enqueue(pending);
+    }
+
     /// A refused message, replaced upstream by [`write_inert`] with the given shape.
     pub fn push_refused(&mut self, expect: Expect, refusal: ClientError) {
         let mut pending = Pending::new(expect, None, None);
@@ -420,6 +430,17 @@ impl Tracker {
         self.queue
             .back()
             .is_some_and(|last| last.expect != Expect::Sync || last.in_copy.is_some())
+    }
+
+    /// Extended-protocol messages were sent after the last Sync: the server holds their
+    /// answers until a Sync (or Flush) comes.
+    pub fn segment_open(&self) -> bool {
+        self.queue.back().is_some_and(|last| {
+            !matches!(
+                last.expect,
+                Expect::Sync | Expect::Query | Expect::FunctionCall
+            )
+        })
     }
 
     /// Every message sent has been answered.
@@ -489,7 +510,11 @@ impl Tracker {
             }
             (b'I', Expect::Execute) => self.finish_front(false),
             (b'E', _) => return self.on_error(body),
-            (b'Z', _) => self.on_ready(body.first().copied()),
+            (b'Z', _) => {
+                // The answer to pgwarden's own Sync is not the client's.
+                let hidden = self.on_ready(body.first().copied());
+                return if hidden { Rewrite::Drop } else { Rewrite::Keep };
+            }
             _ => {}
         }
         Rewrite::Keep
@@ -613,7 +638,8 @@ impl Tracker {
         }
     }
 
-    fn on_ready(&mut self, status: Option<u8>) {
+    /// Returns whether the ReadyForQuery answers a Sync pgwarden sent on its own.
+    fn on_ready(&mut self, status: Option<u8>) -> bool {
         while let Some(mut pending) = self.queue.pop_front() {
             if let Some((name, sql)) = pending.defines.take() {
                 self.corrections.push(Correction::Undefined(name, sql));
@@ -627,11 +653,13 @@ impl Tracker {
                 pending.expect,
                 Expect::Sync | Expect::Query | Expect::FunctionCall
             );
+            let hidden = pending.hidden;
             self.finished.extend(pending.finish(!ends));
             if ends {
-                break;
+                return hidden;
             }
         }
+        false
     }
 
     fn finish_front(&mut self, skipped: bool) {
@@ -811,6 +839,19 @@ mod tests {
         t.on_server(b'Z', b"I");
         assert_eq!(t.queue.len(), 1);
         assert!(t.fits(b'Z'));
+    }
+
+    #[test]
+    fn the_ready_for_query_of_pgwardens_own_sync_is_dropped() {
+        let mut t = Tracker::default();
+        t.push(Expect::Execute, run(1));
+        assert!(t.segment_open());
+        t.push_hidden_sync();
+        assert!(!t.segment_open());
+        t.on_server(b'C', b"SELECT 1\0");
+        assert_eq!(t.on_server(b'Z', b"I"), Rewrite::Drop);
+        assert!(t.queue.is_empty());
+        assert_eq!(t.finished.len(), 1);
     }
 
     #[test]

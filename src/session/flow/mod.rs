@@ -199,6 +199,31 @@ impl Flow<'_> {
         })
     }
 
+    /// Every message sent has been answered (a COPY taking data has not been: its Query or
+    /// Execute is answered when it ends).
+    pub fn all_answered(&self) -> bool {
+        self.state.between_statements() && self.tracker.is_empty()
+    }
+
+    /// After the token expired: the rest of a COPY, or the Sync that ends what was sent
+    /// before, may still come from the client.
+    pub fn may_read_after_expiry(&self) -> bool {
+        self.copy_may_take_data() || self.tracker.segment_open()
+    }
+
+    /// The session ends without reading the client again (its token expired, and the client
+    /// sent something other than the Sync that ends what it sent before, or nothing for a
+    /// while). If messages were sent after its last Sync, the server holds their answers
+    /// until a Sync: pgwarden sends one itself, and drops its ReadyForQuery.
+    pub fn sync_for_ending(&mut self, upstream_out: &mut BytesMut) {
+        if self.copy_may_take_data() || !self.tracker.segment_open() {
+            return;
+        }
+        postgres_protocol::message::frontend::sync(upstream_out);
+        self.state.on_sync();
+        self.tracker.push_hidden_sync();
+    }
+
     /// A COPY FROM STDIN is taking data, or one sent may still start: the client's CopyData
     /// must be read. (`copy_in` alone stays set after a COPY that failed before starting.)
     pub fn copy_may_take_data(&self) -> bool {
@@ -250,9 +275,16 @@ impl Flow<'_> {
         // Start of the frames not yet copied: runs of forwarded frames are copied at once.
         let mut run_start = 0;
         let mut ending = None;
+        let mut close_segment = false;
         while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
-            // The held frame still gets its answer (withdrawn) after the token expired.
-            if self.token_expired && !self.copy_may_take_data() && self.hold_answer.is_none() {
+            // After the token expired, only the rest of a COPY and the Sync that ends what
+            // was sent before are read. (The held frame still gets its answer: withdrawn.)
+            if self.token_expired
+                && self.hold_answer.is_none()
+                && !self.copy_may_take_data()
+                && !(header.tag == b'S' && self.tracker.segment_open())
+            {
+                close_segment = true;
                 break;
             }
             let end = offset + header.wire_len();
@@ -304,6 +336,9 @@ impl Flow<'_> {
         }
         upstream_out.extend_from_slice(&inbuf.bytes()[run_start..offset]);
         inbuf.consume(offset);
+        if close_segment {
+            self.sync_for_ending(upstream_out);
+        }
         Ok(ending)
     }
 
