@@ -798,6 +798,53 @@ async fn an_expired_token_ends_the_session_between_statements_with_a_fatal() {
     );
 }
 
+/// Expiry while extended-protocol messages were sent with no Sync behind them: the server
+/// holds their answers until a Sync, so pgwarden sends one itself. The client gets the
+/// answers, then the FATAL (and no ReadyForQuery it did not ask for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_with_no_sync_sent_gets_its_answers_then_the_fatal() {
+    use common::wire::{
+        auth_code, bind_without_parameters, error_fields, parse_untyped, read_message,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let issuer = common::https_issuer().await;
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "leeway = \"0s\"",
+        "[auth]\nplaintext_tokens = \"loopback\"\n",
+    ))
+    .await;
+    let token = issuer.access_token(AUDIENCE, &ann(), 2);
+    let (mut stream, reply) = oauthbearer_attempt(&proxy, &format!("Bearer {token}")).await;
+    assert_eq!(auth_code(&reply), 0, "AuthenticationOk expected");
+    while read_message(&mut stream).await.0 != b'Z' {}
+    // Runs past the token's expiry; no Sync, no Flush.
+    let mut out = bytes::BytesMut::new();
+    parse_untyped("", "SELECT pg_sleep(3)::text || 'done'", &mut out);
+    bind_without_parameters("", "", &mut out);
+    postgres_protocol::message::frontend::execute("", 0, &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut answers = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let mut tag = [0u8; 1];
+            if stream.read_exact(&mut tag).await.is_err() {
+                break;
+            }
+            let len = stream.read_i32().await.unwrap();
+            let mut body = vec![0u8; len as usize - 4];
+            stream.read_exact(&mut body).await.unwrap();
+            answers.push((tag[0], body));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the session outlived its token: {answers:?}");
+    let tags: Vec<char> = answers.iter().map(|(tag, _)| *tag as char).collect();
+    assert_eq!(tags, ['1', '2', 'D', 'C', 'E'], "{answers:?}");
+    assert!(answers[2].1.ends_with(b"done"));
+    assert_eq!(error_fields(&answers[4].1)[&b'C'], "28000");
+}
+
 /// OAUTHBEARER by hand (the machine's psql is 15): the startup asks for it, then
 /// SASLInitialResponse carries `auth=` (empty, or a bearer token).
 async fn oauthbearer_attempt(proxy: &Proxy, auth: &str) -> (tokio::net::TcpStream, (u8, Vec<u8>)) {
