@@ -300,6 +300,15 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
             "email_verified is not true or false",
             "token_malformed",
         ),
+        // Another client's ID token that lists pgwarden among its audiences.
+        (
+            "issued to another client",
+            sign(&with(
+                json!({"aud": [AUDIENCE, "other-app"], "azp": "other-app"}),
+            )),
+            "issued to the client \"other-app\"",
+            "wrong_audience",
+        ),
     ];
     for (name, token, expected, _) in &cases {
         let err = connect(&proxy, "ann@example.com", token)
@@ -328,6 +337,12 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
     // Still serving.
     let client = connect(&proxy, "ann@example.com", &valid).await.unwrap();
     assert_eq!(current_user(&client).await, "app_ro");
+    // Issued to pgwarden's own client: accepted.
+    let own = sign(&with(
+        json!({"aud": [AUDIENCE, "other-app"], "azp": AUDIENCE}),
+    ));
+    let client = connect(&proxy, "ann@example.com", &own).await.unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
     drop(client);
     proxy.shutdown(Duration::from_secs(5)).await;
 
@@ -346,6 +361,39 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
         .collect::<Vec<_>>()
         .join("\n");
     assert!(!text.contains(signature), "a token reached the audit log");
+}
+
+/// `authorized_parties` names other clients whose ID tokens (with pgwarden among their
+/// audiences) are accepted, e.g. a provider's cross-client sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorized_parties_accept_id_tokens_issued_to_other_named_clients() {
+    let issuer = common::https_issuer().await;
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "authorized_parties = [\"reports-app\"]",
+        "",
+    ))
+    .await;
+    let mut person = ann();
+    person["aud"] = json!([AUDIENCE, "reports-app"]);
+    person["azp"] = json!("reports-app");
+    let client = connect(
+        &proxy,
+        "ann@example.com",
+        &issuer.id_token(AUDIENCE, &person, 300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(current_user(&client).await, "app_ro");
+    person["azp"] = json!("other-app");
+    let err = connect(
+        &proxy,
+        "ann@example.com",
+        &issuer.id_token(AUDIENCE, &person, 300),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,6 +419,8 @@ struct OidcSection {
     leeway: Option<HumanDuration>,
     #[serde(default)]
     required_claims: toml::Table,
+    #[serde(default)]
+    authorized_parties: Vec<String>,
     ca: Option<PathBuf>,
     #[serde(default)]
     allow_http: bool,
@@ -1170,6 +1172,7 @@ fn oidc_issuer(
         token_kinds,
         leeway,
         required_claims,
+        authorized_parties: s.authorized_parties,
         ca: s.ca.map(resolve_path),
         allow_http: s.allow_http,
         jwks_refresh,

@@ -23,6 +23,28 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Valu
     Some(value)
 }
 
+/// An ID token's `azp` (the client it was issued to), when present, names a configured
+/// audience or authorized party: a token another client obtained, with pgwarden among its
+/// audiences, is not accepted from that client.
+pub fn check_authorized_party(
+    claims: &Map<String, Value>,
+    settings: &super::IssuerSettings,
+) -> Result<(), TokenError> {
+    let Some(azp) = claims.get("azp") else {
+        return Ok(());
+    };
+    let azp = azp
+        .as_str()
+        .filter(|s| s.len() <= MAX_NAME)
+        .ok_or(TokenError::Malformed("the azp claim is not a client id"))?;
+    let known = |list: &[String]| list.iter().any(|a| a == azp);
+    if known(&settings.audiences) || known(&settings.authorized_parties) {
+        Ok(())
+    } else {
+        Err(TokenError::UnauthorizedParty(azp.to_owned()))
+    }
+}
+
 /// A non-empty string claim.
 pub fn string(claims: &Map<String, Value>, path: &str) -> Option<String> {
     lookup(claims, path)

@@ -51,6 +51,8 @@ pub struct IssuerSettings {
     pub leeway: Duration,
     /// Claims a token must carry, with these values (or, for array claims, containing them).
     pub required_claims: Vec<(String, serde_json::Value)>,
+    /// Besides the audiences, the clients an ID token may have been issued to (`azp`).
+    pub authorized_parties: Vec<String>,
     /// Trust only this CA for the issuer's HTTPS.
     pub ca: Option<PathBuf>,
     /// Plain `http://` (loopback issuers only; validated in the config).
@@ -85,6 +87,8 @@ pub enum TokenError {
     NotYetValid,
     #[error("the token is not meant for pgwarden (wrong audience)")]
     WrongAudience,
+    #[error("the token was issued to the client \"{0}\" (its azp claim), which is neither a configured audience nor in authorized_parties")]
+    UnauthorizedParty(String),
     #[error("the token lacks the claim \"{0}\"")]
     MissingClaim(String),
     #[error("the token's claim \"{0}\" does not have the required value")]
@@ -108,7 +112,7 @@ impl TokenError {
             Self::BadSignature => "bad_signature",
             Self::Expired => "token_expired",
             Self::NotYetValid => "token_not_yet_valid",
-            Self::WrongAudience => "wrong_audience",
+            Self::WrongAudience | Self::UnauthorizedParty(_) => "wrong_audience",
             Self::MissingClaim(_) => "missing_claim",
             Self::ClaimMismatch(_) => "claim_mismatch",
             Self::IssuerUnavailable => "issuer_unavailable",
@@ -188,6 +192,9 @@ impl Issuers {
         token.algorithm()?;
         let keys = issuer.keys_for(token.header.kid.as_deref()).await?;
         token.verify(settings, &keys)?;
+        if kind == TokenKind::IdToken {
+            claims::check_authorized_party(&token.claims, settings)?;
+        }
         claims::check_required(&token.claims, &settings.required_claims)?;
         let subject = claims::string(&token.claims, "sub")
             .ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
