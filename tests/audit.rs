@@ -531,12 +531,7 @@ async fn an_execute_whose_parse_the_server_skipped_is_marked_not_as_recorded() {
     let mut out = bytes::BytesMut::new();
     parse_untyped("s", "SELECT 1 AS old_one", &mut out);
     frontend::sync(&mut out);
-    parse_untyped("z", "SELECT 1/0", &mut out);
-    common::wire::bind_without_parameters("", "z", &mut out);
-    frontend::execute("", 0, &mut out).unwrap();
-    frontend::close(b'S', "s", &mut out).unwrap();
-    parse_untyped("s", "SELECT 2 AS new_one", &mut out);
-    frontend::sync(&mut out);
+    common::wire::redefinition_the_server_skips("z", "s", "SELECT 2 AS new_one", &mut out);
     common::wire::bind_without_parameters("", "s", &mut out);
     frontend::execute("", 0, &mut out).unwrap();
     frontend::sync(&mut out);

@@ -113,6 +113,22 @@ fn many_parameters(count: usize) -> Vec<u8> {
     startup_packet(PROTOCOL_3_0, &params)
 }
 
+/// For three seconds while the client does not read, the process's RSS stays under
+/// `before` + `limit` bytes.
+async fn assert_grows_less_than(before: u64, limit: u64) {
+    let mut peak = before;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes());
+    }
+    let growth = peak.saturating_sub(before);
+    assert!(
+        growth < limit,
+        "RSS grew by {} MiB while the client did not read",
+        growth >> 20
+    );
+}
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let line = status
@@ -1107,17 +1123,7 @@ async fn a_sync_flood_is_answered_without_pgwarden_holding_it() {
         writer.write_all(&syncs).await.unwrap();
         writer
     });
-    let mut peak = before;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes());
-    }
-    let growth = peak.saturating_sub(before);
-    assert!(
-        growth < 100 << 20,
-        "RSS grew by {} MiB while the client did not read",
-        growth >> 20
-    );
+    assert_grows_less_than(before, 100 << 20).await;
     let mut reader = tokio::io::BufReader::with_capacity(1 << 16, &mut reader);
     for answered in 0..SYNCS {
         let (tag, body) = read_message(&mut reader).await;
@@ -1152,17 +1158,7 @@ async fn a_client_that_never_reads_cannot_make_pgwarden_buffer_the_result() {
     ))
     .await
     .unwrap();
-    let mut peak = before;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes());
-    }
-    let growth = peak.saturating_sub(before);
-    assert!(
-        growth < 50 << 20,
-        "RSS grew by {} MiB while the client did not read",
-        growth >> 20
-    );
+    assert_grows_less_than(before, 50 << 20).await;
     // Then it reads everything: all 300 rows arrive intact.
     let mut rows = 0;
     loop {

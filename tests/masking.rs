@@ -2275,12 +2275,7 @@ async fn an_execute_behind_a_skipped_parse_is_masked_as_unknown() {
     frontend::sync(&mut out);
     exchange(&mut stream, out).await;
     let mut out = bytes::BytesMut::new();
-    parse("z", "SELECT 1/0", &mut out);
-    bind("", "z", &mut out);
-    frontend::execute("", 0, &mut out).unwrap();
-    frontend::close(b'S', "s", &mut out).unwrap();
-    parse("s", "SELECT 'x'::text AS v", &mut out);
-    frontend::sync(&mut out);
+    common::wire::redefinition_the_server_skips("z", "s", "SELECT 'x'::text AS v", &mut out);
     bind("", "s", &mut out);
     frontend::execute("", 0, &mut out).unwrap();
     frontend::sync(&mut out);

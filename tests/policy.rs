@@ -1155,12 +1155,7 @@ async fn an_execute_behind_a_skipped_parse_is_judged_by_the_statement_the_server
     assert!(codes.is_empty(), "{codes:?}");
     reload_denying(&proxy, &text, "no-deleting", "skipped_parse").await;
     let mut out = bytes::BytesMut::new();
-    parse_untyped("z", "SELECT 1/0", &mut out);
-    bind_without_parameters("", "z", &mut out);
-    frontend::execute("", 0, &mut out).unwrap();
-    frontend::close(b'S', "s", &mut out).unwrap();
-    parse_untyped("s", "SELECT 1", &mut out);
-    frontend::sync(&mut out);
+    common::wire::redefinition_the_server_skips("z", "s", "SELECT 1", &mut out);
     bind_without_parameters("", "s", &mut out);
     frontend::execute("", 0, &mut out).unwrap();
     frontend::sync(&mut out);
@@ -1170,12 +1165,7 @@ async fn an_execute_behind_a_skipped_parse_is_judged_by_the_statement_the_server
     // A portal bound the same way, run once every answer is in: its statement is not
     // known, so it is refused.
     let mut out = bytes::BytesMut::new();
-    parse_untyped("", "SELECT 1/0", &mut out);
-    bind_without_parameters("", "", &mut out);
-    frontend::execute("", 0, &mut out).unwrap();
-    frontend::close(b'S', "s", &mut out).unwrap();
-    parse_untyped("s", "SELECT 2", &mut out);
-    frontend::sync(&mut out);
+    common::wire::redefinition_the_server_skips("", "s", "SELECT 2", &mut out);
     frontend::query("BEGIN", &mut out).unwrap();
     bind_without_parameters("p", "s", &mut out);
     frontend::sync(&mut out);

@@ -332,3 +332,20 @@ pub async fn sqlstates_until_ready<S: AsyncRead + Unpin>(
 pub fn parse_untyped(statement: &str, sql: &str, out: &mut BytesMut) {
     frontend::parse(statement, sql, std::iter::empty(), out).unwrap();
 }
+
+/// A pipeline segment in which the server skips a Close and a Parse of `statement` (with
+/// the new text `sql`): `SELECT 1/0`, parsed as `failing` and run, fails before them. Ends
+/// with its Sync.
+pub fn redefinition_the_server_skips(
+    failing: &str,
+    statement: &str,
+    sql: &str,
+    out: &mut BytesMut,
+) {
+    parse_untyped(failing, "SELECT 1/0", out);
+    bind_without_parameters("", failing, out);
+    frontend::execute("", 0, out).unwrap();
+    frontend::close(b'S', statement, out).unwrap();
+    parse_untyped(statement, sql, out);
+    frontend::sync(out);
+}
