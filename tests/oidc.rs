@@ -363,6 +363,44 @@ async fn each_bad_token_is_refused_with_28p01_and_a_reason_and_the_proxy_keeps_s
     assert!(!text.contains(signature), "a token reached the audit log");
 }
 
+/// `username_prefix` and `groups_prefix` keep an issuer's names and groups apart from
+/// another's: rules name the prefixed forms, and the unprefixed ones match nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuers_prefixes_mark_its_names_and_groups() {
+    let issuer = common::https_issuer().await;
+    let dir = audit_dir("oidc-prefix");
+    let proxy = Proxy::start(options(
+        issuer.url(),
+        "username_prefix = \"corp:\"\ngroups_prefix = \"corp:\"",
+        &format!(
+            "[[access]]\ngroups = [\"corp:oncall\"]\ndatabases = [\"app\"]\nroles = [\"app_rw\"]\n\n\
+             [audit]\ndir = \"{}\"\n",
+            dir.display()
+        ),
+    ))
+    .await;
+    let token = issuer.id_token(AUDIENCE, &ann(), 300);
+    // Only the prefixed group's rule applies: its role, not the unprefixed rule's.
+    let client = connect(&proxy, "corp:ann@example.com", &token)
+        .await
+        .unwrap();
+    assert_eq!(current_user(&client).await, "app_rw");
+    let err = connect(&proxy, "app_ro", &token).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    drop(client);
+    proxy.shutdown(Duration::from_secs(5)).await;
+    let records = all_records(&dir);
+    let start = records
+        .iter()
+        .find(|r| r["type"] == "session.start")
+        .expect("a session started");
+    assert_eq!(start["actor"]["user"]["name"], "corp:ann@example.com");
+    assert_eq!(
+        start["actor"]["user"]["groups"],
+        json!(["corp:engineering", "corp:oncall"])
+    );
+}
+
 /// `authorized_parties` names other clients whose ID tokens (with pgwarden among their
 /// audiences) are accepted, e.g. a provider's cross-client sign-in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,6 +415,10 @@ struct OidcSection {
     audience: OneOrMany,
     username_claim: Option<String>,
     groups_claim: Option<String>,
+    #[serde(default)]
+    username_prefix: String,
+    #[serde(default)]
+    groups_prefix: String,
     token_types: Option<Vec<TokenKind>>,
     leeway: Option<HumanDuration>,
     #[serde(default)]
@@ -1168,6 +1172,8 @@ fn oidc_issuer(
         issuer: s.issuer,
         audiences,
         username_claim: s.username_claim.unwrap_or_else(|| "email".into()),
+        username_prefix: s.username_prefix,
+        groups_prefix: s.groups_prefix,
         groups_claim: s.groups_claim.unwrap_or_else(|| "groups".into()),
         token_kinds,
         leeway,

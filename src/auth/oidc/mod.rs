@@ -47,6 +47,10 @@ pub struct IssuerSettings {
     pub audiences: Vec<String>,
     pub username_claim: String,
     pub groups_claim: String,
+    /// Put before every user name and group from this issuer, so that with several issuers
+    /// one cannot claim the names and groups rules give another's people.
+    pub username_prefix: String,
+    pub groups_prefix: String,
     pub token_kinds: Vec<TokenKind>,
     pub leeway: Duration,
     /// Claims a token must carry, with these values (or, for array claims, containing them).
@@ -205,11 +209,17 @@ impl Issuers {
         }
         let username = claims::string(&token.claims, &settings.username_claim)
             .unwrap_or_else(|| subject.clone());
+        let mut groups = claims::groups(&token.claims, &settings.groups_claim);
+        if !settings.groups_prefix.is_empty() {
+            for group in &mut groups {
+                group.insert_str(0, &settings.groups_prefix);
+            }
+        }
         Ok(VerifiedToken {
             issuer: settings.issuer.clone(),
-            username,
+            username: format!("{}{username}", settings.username_prefix),
             subject,
-            groups: claims::groups(&token.claims, &settings.groups_claim),
+            groups,
             kind,
             accepted_until: token.expires_at()? + settings.leeway,
         })
