@@ -1258,3 +1258,34 @@ fn assert_refused(err: &tokio_postgres::Error) {
         db_message(err)
     );
 }
+
+/// A protocol-level statement prepared under an approval runs under it at each Execute, also
+/// after a reload that still asks for approval: the reload judges it again, and a DBA is not
+/// asked twice for the same statement in the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_prepared_statement_stays_approved_across_a_reload() {
+    let s = Setup::start("reloadapproved", "").await;
+    let dba = s.token("dba", &["dba"]);
+    let dev = std::sync::Arc::new(s.developer().await);
+    let prepare = {
+        let dev = dev.clone();
+        let sql = format!("DELETE FROM {} WHERE id = $1", s.table);
+        tokio::spawn(async move { dev.prepare(&sql).await })
+    };
+    s.approve_pending(&dba, Value::Null).await;
+    let delete = prepare.await.unwrap().unwrap();
+    assert_eq!(dev.execute(&delete, &[&1i32]).await.unwrap(), 1);
+    // The same file again: a new snapshot of the same rules.
+    s.proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload(&s.proxy.config_path)
+        .await
+        .unwrap();
+    let run = tokio::time::timeout(Duration::from_secs(5), dev.execute(&delete, &[&2i32]))
+        .await
+        .expect("held again after the reload");
+    assert_eq!(run.unwrap(), 1);
+    assert!(!s.has_row(2).await);
+}

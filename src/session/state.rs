@@ -985,9 +985,9 @@ impl SessionState {
             run.rule = prepared.rule.clone();
             run.approval = prepared.approval.clone();
             run.tags = prepared.tags.clone();
-            run.stale = *prepared.search_path != *self.effective_search_path()
-                || *prepared.roles != *self.effective_roles()
-                || prepared.generation != generation;
+            run.moved = *prepared.search_path != *self.effective_search_path()
+                || *prepared.roles != *self.effective_roles();
+            run.reloaded = prepared.generation != generation;
         }
         run
     }
@@ -1007,8 +1007,10 @@ pub struct PortalRun {
     pub rule: Option<String>,
     pub approval: Option<crate::audit::event::ApprovalNote>,
     pub tags: Option<Arc<crate::sql::comments::Tags>>,
-    /// Judged under other rules, another search_path or other roles than those in force.
-    pub stale: bool,
+    /// Judged under another search_path or other roles than those in force.
+    pub moved: bool,
+    /// Judged under other rules than those in force.
+    pub reloaded: bool,
     /// See [`Portal::earlier`].
     pub earlier: Option<Arc<[StatementFacts]>>,
     /// The portal exists, but the server did not define the statement it was bound to (a

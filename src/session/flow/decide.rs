@@ -278,7 +278,6 @@ impl Flow<'_> {
         }
     }
 
-    /// The role statements run as now, when SET ROLE made it other than the login role.
     /// The search_path and roles `statements` may run with: the session's, widened by what
     /// a SET earlier in the same message may change.
     fn path_and_roles_for(

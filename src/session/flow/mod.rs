@@ -581,7 +581,8 @@ impl Flow<'_> {
                     rule,
                     approval,
                     tags,
-                    stale,
+                    moved,
+                    reloaded,
                     earlier,
                     lost,
                 } = self.state.portal_run(portal, generation);
@@ -598,13 +599,12 @@ impl Flow<'_> {
                 // reloaded or the search_path or role changed since (the server plans it
                 // again, and its unqualified names may now be other tables), or if the
                 // server may run an earlier statement of the name (judged by each).
+                let runs_sql_execute = analysis
+                    .as_ref()
+                    .is_some_and(|a| a.statements.iter().any(|s| s.executes.is_some()));
                 let executing = analysis
                     .clone()
-                    .filter(|a| {
-                        stale
-                            || earlier.is_some()
-                            || a.statements.iter().any(|s| s.executes.is_some())
-                    })
+                    .filter(|_| moved || reloaded || earlier.is_some() || runs_sql_execute)
                     .map(|a| match &earlier {
                         Some(earlier) => Arc::new(Analysis {
                             statements: a
@@ -635,6 +635,18 @@ impl Flow<'_> {
                     Some(self.ruling(decision, protocol, None))
                 } else if let Some(executing) = executing {
                     let mut ruling = self.rule(&Ok(executing), protocol);
+                    // Approved when it was prepared, for this text under this search_path
+                    // and these roles: rules reloaded since that still ask for approval do
+                    // not ask again.
+                    if ruling.hold
+                        && approval.is_some()
+                        && !moved
+                        && earlier.is_none()
+                        && !runs_sql_execute
+                    {
+                        ruling.hold = false;
+                        ruling.approval = approval.clone();
+                    }
                     // An approver would be shown a text that may not be what runs.
                     if ruling.hold && earlier.is_some() {
                         let decision = in_doubt("is bound to a name a Close or Parse still unanswered may have left as it was");
