@@ -108,14 +108,23 @@ impl Setup {
         let s = Setup::start(name, "").await;
         let dba = s.token("dba", &["dba"]);
         let dev = std::sync::Arc::new(s.developer().await);
-        let prepare = {
-            let dev = dev.clone();
-            let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
-            tokio::spawn(async move { dev.simple_query(&sql).await })
-        };
-        s.approve_pending(&dba, Value::Null).await;
-        prepare.await.unwrap().unwrap();
+        let sql = format!("PREPARE d(int) AS DELETE FROM {} WHERE id = $1", s.table);
+        let client = dev.clone();
+        s.approved(&dba, async move { client.simple_query(&sql).await })
+            .await
+            .unwrap();
         (s, dba, dev)
+    }
+
+    /// Run `held` (a statement the policy holds) while `dba` approves it; its result.
+    async fn approved<T: Send + 'static>(
+        &self,
+        dba: &str,
+        held: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let held = tokio::spawn(held);
+        self.approve_pending(dba, Value::Null).await;
+        held.await.unwrap()
     }
 
     /// A statement containing `statement` is waiting for approval.
@@ -1267,13 +1276,12 @@ async fn an_approved_prepared_statement_stays_approved_across_a_reload() {
     let s = Setup::start("reloadapproved", "").await;
     let dba = s.token("dba", &["dba"]);
     let dev = std::sync::Arc::new(s.developer().await);
-    let prepare = {
-        let dev = dev.clone();
-        let sql = format!("DELETE FROM {} WHERE id = $1", s.table);
-        tokio::spawn(async move { dev.prepare(&sql).await })
-    };
-    s.approve_pending(&dba, Value::Null).await;
-    let delete = prepare.await.unwrap().unwrap();
+    let sql = format!("DELETE FROM {} WHERE id = $1", s.table);
+    let client = dev.clone();
+    let delete = s
+        .approved(&dba, async move { client.prepare(&sql).await })
+        .await
+        .unwrap();
     assert_eq!(dev.execute(&delete, &[&1i32]).await.unwrap(), 1);
     // The same file again: a new snapshot of the same rules.
     s.proxy
