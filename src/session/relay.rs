@@ -121,6 +121,17 @@ async fn push(wr: &mut WriteHalf<MaybeTls>, out: &BytesMut) -> std::io::Result<u
     }
 }
 
+/// Sleep until `deadline`; without one, forever.
+///
+/// `select!` builds every branch's future on every turn of the loop, enabled or not: unlike
+/// `sleep_until` (a clock read and a timer entry each time), this costs nothing until polled.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a session ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -305,9 +316,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         } else {
             tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(closing_deadline.unwrap_or_else(Instant::now).into()), if closing_deadline.is_some() => Ok(None),
-                _ = tokio::time::sleep_until(segment_deadline.unwrap_or_else(Instant::now).into()), if segment_deadline.is_some() => Ok(None),
-                _ = tokio::time::sleep_until(token_deadline.unwrap_or_else(Instant::now).into()), if token_deadline.is_some() && !flow.token_expired && closing.is_none() => {
+                () = until(closing_deadline), if closing_deadline.is_some() => Ok(None),
+                () = until(segment_deadline), if segment_deadline.is_some() => Ok(None),
+                () = until(token_deadline), if token_deadline.is_some() && !flow.token_expired && closing.is_none() => {
                     flow.token_expired = true;
                     info!("the sign-in token expired; ending the session once what was sent is answered");
                     // A held statement is not run for a token no longer accepted.
