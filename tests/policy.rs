@@ -1188,3 +1188,43 @@ async fn an_execute_behind_a_skipped_parse_is_judged_by_the_statement_the_server
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
     assert_eq!(rows_of("skipped_parse").await, Some(3));
 }
+
+/// A named Parse the server skipped (an earlier message of its segment failed), sent again in
+/// the next segment, defines the statement there: pgwarden must not forget the name when the
+/// first Parse's failure arrives, or it refuses a later Bind of a statement the server has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_sent_again_after_a_skipped_one_defines_the_statement() {
+    use common::wire::{alice_login, bind_without_parameters, parse_untyped, read_message};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let proxy = Proxy::default().await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    alice_login(&mut stream).await;
+    let sql = "SELECT 41 + 1 AS answer";
+    let mut out = bytes::BytesMut::new();
+    common::wire::redefinition_the_server_skips("z", "s", sql, &mut out);
+    parse_untyped("s", sql, &mut out);
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let codes = common::wire::sqlstates_until_ready(&mut stream, 2).await;
+    assert_eq!(codes, ["22012"]);
+    let mut out = bytes::BytesMut::new();
+    bind_without_parameters("", "s", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let mut rows = Vec::new();
+    loop {
+        let (tag, body) = read_message(&mut stream).await;
+        match tag {
+            b'E' => panic!("{:?}", common::wire::error_fields(&body)),
+            b'D' => rows.push(body),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    // One row of one column: its length word, then "42".
+    assert_eq!(rows, [b"\0\x01\0\0\0\x0242".to_vec()]);
+    drop(stream);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+}

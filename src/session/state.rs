@@ -361,6 +361,32 @@ impl SessionState {
         &self.statements[parse.statement]
     }
 
+    /// Prepared statement `name` (still `sql`) was judged again under configuration
+    /// `generation`, after a reload, with the search_path and roles it was judged under:
+    /// the new judgement is kept, so that later Executes of it are not judged again.
+    pub fn judged_again(
+        &mut self,
+        name: &[u8],
+        sql: &[u8],
+        rule: Option<String>,
+        approval: Option<crate::audit::event::ApprovalNote>,
+        generation: u64,
+    ) {
+        let search_path = self.effective_search_path().into_owned();
+        let roles = self.effective_roles().into_owned();
+        let Some(existing) = self.statements.get_mut(name) else {
+            return;
+        };
+        if existing.sql != sql || existing.search_path != search_path || existing.roles != roles {
+            return;
+        }
+        // A portal bound to it keeps the version it was bound to.
+        let existing = Arc::make_mut(existing);
+        existing.rule = rule;
+        existing.approval = approval;
+        existing.generation = generation;
+    }
+
     /// Record the portal a Bind makes. Returns what the name held before and the number of
     /// this Bind (see [`Portal::bound`]), so that it can be undone if the server refuses or
     /// skips the Bind.
@@ -1076,6 +1102,39 @@ mod tests {
 
     use super::*;
     use crate::protocol::views::bind;
+
+    #[test]
+    fn a_statement_judged_again_after_a_reload_keeps_the_new_judgement() {
+        let mut s = SessionState::new(b'I', vec![]);
+        let parse = Parse {
+            statement: b"s1",
+            sql: b"select 1",
+            param_type_count: 0,
+        };
+        let decided = Decided {
+            generation: 1,
+            ..Decided::default()
+        };
+        s.on_parse(&parse, || None, decided, false);
+        let unnamed_portal_of_s1 = bind(b"\0s1\0\0\0\0\0\0\0").unwrap();
+        s.on_bind(&unnamed_portal_of_s1, None);
+        assert!(s.portal_run(b"", 2).reloaded);
+        // Another text under the name is not its judgement.
+        s.judged_again(b"s1", b"select 2", Some("other".into()), None, 2);
+        assert!(s.portal_run(b"", 2).reloaded);
+        s.judged_again(b"s1", b"select 1", Some("new-rule".into()), None, 2);
+        // The portal keeps the version it was bound to; the next Bind gets the new one.
+        assert!(s.portal_run(b"", 2).reloaded);
+        s.on_bind(&unnamed_portal_of_s1, None);
+        let run = s.portal_run(b"", 2);
+        assert!(!run.reloaded);
+        assert_eq!(run.rule.as_deref(), Some("new-rule"));
+        // Judged under another search_path: kept as it was.
+        s.search_path = vec!["elsewhere".into()];
+        s.judged_again(b"s1", b"select 1", Some("moved".into()), None, 3);
+        s.on_bind(&unnamed_portal_of_s1, None);
+        assert_eq!(s.portal_run(b"", 3).rule.as_deref(), Some("new-rule"));
+    }
 
     #[test]
     fn tracks_statements_portals_and_transactions() {

@@ -307,6 +307,15 @@ impl Tracker {
         self.enqueue(pending);
     }
 
+    /// Whether a Parse still unanswered defines statement `name` as `sql`.
+    pub fn defines(&self, name: &[u8], sql: &[u8]) -> bool {
+        self.queue.iter().any(|p| {
+            p.defines
+                .as_ref()
+                .is_some_and(|(n, s)| n == name && s == sql)
+        })
+    }
+
     /// A Close of a prepared statement.
     pub fn push_statement_close(&mut self, closed: ClosedStatement) {
         let mut pending = Pending::new(Expect::Close, None, None);
@@ -333,6 +342,12 @@ impl Tracker {
     /// pgwarden (their results are masked as unknown).
     fn unknown_origin(&mut self, bound: Option<u64>, statement: Option<(&Bytes, &Bytes)>) {
         for pending in &mut self.queue {
+            // A Parse of the same text sent again defines the statement from there on.
+            if statement.is_some()
+                && pending.defines.as_ref().map(|(name, sql)| (name, sql)) == statement
+            {
+                break;
+            }
             let Some(origin) = pending.origin.as_deref() else {
                 continue;
             };
@@ -591,7 +606,11 @@ impl Tracker {
                     }
                     if let Some((name, sql)) = defines {
                         self.unknown_origin(None, Some((&name, &sql)));
-                        self.corrections.push(Correction::Undefined(name, sql));
+                        // The same Parse sent again behind this one defines it after all (or
+                        // is undone in turn).
+                        if !self.defines(&name, &sql) {
+                            self.corrections.push(Correction::Undefined(name, sql));
+                        }
                     }
                     if let Some((before, analysis)) = names {
                         self.corrections.push(if later_names {
@@ -642,7 +661,9 @@ impl Tracker {
     fn on_ready(&mut self, status: Option<u8>) -> bool {
         while let Some(mut pending) = self.queue.pop_front() {
             if let Some((name, sql)) = pending.defines.take() {
-                self.corrections.push(Correction::Undefined(name, sql));
+                if !self.defines(&name, &sql) {
+                    self.corrections.push(Correction::Undefined(name, sql));
+                }
             }
             if let Some(settled) = pending.settles.take() {
                 if pending.sqlstate.is_none() && status == Some(b'I') && self.queue.is_empty() {

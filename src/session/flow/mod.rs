@@ -495,8 +495,12 @@ impl Flow<'_> {
                 self.state
                     .on_parse(&parse, || analysis.ok(), decided, may_be_skipped);
                 // A new definition holds once the server has it too (ParseComplete); the
-                // server re-parses the unnamed statement every time.
-                if parse.statement.is_empty() || !existed {
+                // server re-parses the unnamed statement every time, and a Parse sent again
+                // while the first is unanswered defines the name if the first is skipped.
+                if parse.statement.is_empty()
+                    || !existed
+                    || self.tracker.defines(parse.statement, parse.sql)
+                {
                     self.tracker.push_parse(
                         Bytes::copy_from_slice(parse.statement),
                         Bytes::copy_from_slice(parse.sql),
@@ -677,6 +681,15 @@ impl Flow<'_> {
                         return Ok(Verdict::Refuse(Expect::Parse, refusal));
                     }
                     approval = ruling.approval;
+                    if reloaded && !moved && earlier.is_none() && !runs_sql_execute {
+                        self.state.judged_again(
+                            &name,
+                            &sql,
+                            ruling.decision.rule.clone(),
+                            approval.clone(),
+                            generation,
+                        );
+                    }
                     ruling.decision
                 } else {
                     Decision {
