@@ -57,20 +57,18 @@ pub struct StatementReport {
 }
 
 pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &str) -> Report {
-    let role = who.role.clone().unwrap_or_else(|| {
-        access
-            .iter()
-            .find(|rule| {
-                (rule.users.contains(&who.user)
-                    || rule.groups.iter().any(|g| who.groups.contains(g)))
-                    && rule
-                        .databases
-                        .iter()
-                        .any(|d| d == &who.database || d == "*")
-            })
-            .and_then(|rule| rule.roles.first().cloned())
-            .unwrap_or_default()
-    });
+    let person = Identity {
+        name: who.user.clone(),
+        groups: who.groups.clone(),
+        method: AuthMethod::LocalScram,
+        oidc: None,
+    };
+    // Someone `[[access]]` keeps out never gets to send the SQL: refused at login (28000).
+    let (role, refused_at_login) =
+        match authorize(&person, &who.database, who.role.as_deref(), access) {
+            Ok(grant) => (grant.role, None),
+            Err(e) => (who.role.clone().unwrap_or_default(), Some(e.to_string())),
+        };
     let subject = Subject {
         user: &who.user,
         groups: &who.groups,
@@ -107,6 +105,14 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
         message: None,
         parse_error: None,
     };
+    if let Some(why) = refused_at_login {
+        report.decision = Action::Deny.as_str();
+        report.rule = Some("access".into());
+        report.message = Some(format!(
+            "refused at login: {why} (no [[access]] rule allows it)"
+        ));
+        return report;
+    }
     let analyzer = Analyzer::new(16);
     let analysis = match analyzer.analyze(sql.as_bytes()) {
         Ok(analysis) => analysis,
@@ -119,12 +125,6 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
     let texts: Vec<String> = pg_query::split_with_parser(sql)
         .map(|parts| parts.into_iter().map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
-    let person = Identity {
-        name: who.user.clone(),
-        groups: who.groups.clone(),
-        method: AuthMethod::LocalScram,
-        oidc: None,
-    };
     let may_use_role = |role: &str| authorize(&person, &who.database, Some(role), access).is_ok();
     let mut prepared: HashMap<&str, &StatementFacts> = HashMap::new();
     let mut strictest: Option<Decision> = None;

@@ -144,7 +144,7 @@ const PACK: &[Guardrail] = &[
     },
     Guardrail {
         id: "guardrail.function-call",
-        statements: &["function call"],
+        statements: &[crate::sql::facts::FUNCTION_CALL],
         functions: &[],
         flags: &[],
         action: Action::Deny,

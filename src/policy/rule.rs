@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::{Action, Subject};
+use crate::sql::facts::KINDS;
 use crate::sql::{Flags, StatementFacts};
 
 /// A rule as written in `[[policy.rules]]`. Every criterion that is given must match; a
@@ -149,6 +150,30 @@ impl Rule {
                 ),
             ));
         }
+        let statements: Vec<String> = spec
+            .statements
+            .iter()
+            .map(|s| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            })
+            .collect();
+        // A kind no statement has would never match: a deny rule with a typo would let
+        // everything through.
+        if let Some(unknown) = statements
+            .iter()
+            .find(|pattern| !KINDS.iter().any(|kind| kind_matches(pattern, kind)))
+        {
+            return Err(error(
+                "statements",
+                format!(
+                    "unknown statement kind `{unknown}` (a kind, or its first words: {})",
+                    KINDS.join(", ")
+                ),
+            ));
+        }
         let globs = |key, list: Vec<String>| {
             list.into_iter()
                 .map(|text| Glob::new(&text).map_err(|m| error(key, m)))
@@ -164,16 +189,7 @@ impl Rule {
                 databases: spec.databases,
                 roles: spec.roles,
             },
-            statements: spec
-                .statements
-                .into_iter()
-                .map(|s| {
-                    s.split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .to_lowercase()
-                })
-                .collect(),
+            statements,
             tables: globs("tables", spec.tables)?,
             functions: globs("functions", spec.functions)?,
             flags: spec.flags,

@@ -502,6 +502,27 @@ fn bad_rules_are_rejected_with_their_place() {
     assert_eq!((err.rule, err.key), (1, "id"));
     let reserved = spec("guardrail.mine", Action::Allow);
     assert!(Policy::new(vec![reserved], Action::Allow, Action::Deny, true, &[]).is_err());
+    // A misspelt kind would never match: a deny rule with one would deny nothing.
+    for typo in ["delet", "drop tabel", "dropp", "alter"] {
+        let rule = RuleSpec {
+            statements: vec!["select".into(), typo.into()],
+            ..spec("x", Action::Deny)
+        };
+        let result = Policy::new(vec![rule], Action::Allow, Action::Deny, true, &[]);
+        if typo == "alter" {
+            assert!(result.is_ok(), "`alter` is the first word of kinds");
+            continue;
+        }
+        let err = result.unwrap_err();
+        assert_eq!((err.rule, err.key), (0, "statements"), "{typo}");
+        assert!(err.message.contains(typo), "{}", err.message);
+    }
+    // Kinds are matched without regard to case and spacing, as they are when deciding.
+    let spaced = RuleSpec {
+        statements: vec!["  DROP   Table ".into(), "function call".into()],
+        ..spec("x", Action::Deny)
+    };
+    assert!(Policy::new(vec![spaced], Action::Allow, Action::Deny, true, &[]).is_ok());
 }
 
 #[test]

@@ -906,6 +906,127 @@ fn altered_by_table_command(command: &Tree) -> Option<&'static str> {
     }
 }
 
+/// The kind of a fast-path FunctionCall message (which has no SQL text).
+pub const FUNCTION_CALL: &str = "function call";
+
+/// Every statement kind [`StatementFacts::kinds`] can hold, sorted: what a rule's
+/// `statements` may name (`policy` refuses a rule naming anything else, which would never
+/// match). A test checks it against the kinds this module writes.
+pub const KINDS: [&str; 112] = [
+    "alter database",
+    "alter default privileges",
+    "alter event trigger",
+    "alter extension",
+    "alter function",
+    "alter index",
+    "alter materialized view",
+    "alter operator",
+    "alter operator family",
+    "alter owner",
+    "alter policy",
+    "alter role",
+    "alter row level security",
+    "alter rule",
+    "alter sequence",
+    "alter system",
+    "alter table",
+    "alter trigger",
+    "alter type",
+    "alter view",
+    "analyze",
+    "call",
+    "checkpoint",
+    "close",
+    "cluster",
+    "comment",
+    "copy",
+    "create",
+    "create access method",
+    "create aggregate",
+    "create cast",
+    "create conversion",
+    "create database",
+    "create event trigger",
+    "create extension",
+    "create foreign data wrapper",
+    "create foreign table",
+    "create function",
+    "create index",
+    "create language",
+    "create materialized view",
+    "create operator",
+    "create operator class",
+    "create operator family",
+    "create policy",
+    "create procedure",
+    "create publication",
+    "create role",
+    "create rule",
+    "create schema",
+    "create sequence",
+    "create server",
+    "create subscription",
+    "create table",
+    "create transform",
+    "create trigger",
+    "create type",
+    "create user mapping",
+    "create view",
+    "deallocate",
+    "declare",
+    "delete",
+    "discard",
+    "do",
+    "drop",
+    "drop database",
+    "drop event trigger",
+    "drop extension",
+    "drop foreign table",
+    "drop function",
+    "drop index",
+    "drop materialized view",
+    "drop owned",
+    "drop policy",
+    "drop procedure",
+    "drop role",
+    "drop rule",
+    "drop schema",
+    "drop sequence",
+    "drop table",
+    "drop trigger",
+    "drop type",
+    "drop view",
+    "execute",
+    "explain",
+    "fetch",
+    "function call",
+    "grant",
+    "import foreign schema",
+    "insert",
+    "listen",
+    "load",
+    "lock",
+    "merge",
+    "notify",
+    "other",
+    "prepare",
+    "reassign owned",
+    "refresh materialized view",
+    "reindex",
+    "rename",
+    "reset",
+    "revoke",
+    "security label",
+    "select",
+    "set",
+    "show",
+    "transaction",
+    "truncate",
+    "unlisten",
+    "update",
+    "vacuum",
+];
+
 /// A short, stable name for what a statement node does.
 pub fn kind_of(node: &Tree) -> &'static str {
     use pg_query::protobuf::ObjectType;
@@ -1069,6 +1190,52 @@ pub fn kind_of(node: &Tree) -> &'static str {
 #[cfg(test)]
 mod tests {
     use crate::sql::Analyzer;
+
+    /// [`KINDS`] is exactly what this module writes: the strings its kind functions return
+    /// and those pushed as kinds.
+    #[test]
+    fn kinds_lists_every_kind_this_module_writes() {
+        let source = include_str!("facts.rs");
+        let mut written = std::collections::BTreeSet::new();
+        let mut note = |text: &str, after: &[&str]| {
+            let pieces: Vec<&str> = text.split('"').collect();
+            for pair in pieces.windows(2).step_by(2) {
+                let (before, literal) = (pair[0].trim_end(), pair[1]);
+                if !literal.is_empty()
+                    && literal.chars().all(|c| c.is_ascii_lowercase() || c == ' ')
+                    && after.iter().any(|a| before.ends_with(a))
+                {
+                    written.insert(literal.to_owned());
+                }
+            }
+        };
+        for function in [
+            "fn kind_of(",
+            "fn altered_object(",
+            "fn altered_by_table_command(",
+        ] {
+            let start = source.find(function).unwrap();
+            let end = start + source[start..].find("\n}\n").unwrap();
+            let body = &source[start..end];
+            assert!(
+                !body.contains("\\\""),
+                "an escaped quote would pair strings wrongly"
+            );
+            note(body, &["=>", "Some(", "{"]);
+        }
+        for (at, push) in source.match_indices("kinds.push(\"") {
+            let rest = &source[at + push.len()..];
+            written.insert(rest[..rest.find('"').unwrap()].to_owned());
+        }
+        written.insert(super::FUNCTION_CALL.to_owned());
+        let listed: std::collections::BTreeSet<String> =
+            super::KINDS.iter().map(|k| (*k).to_owned()).collect();
+        assert_eq!(written, listed);
+        assert!(
+            super::KINDS.windows(2).all(|w| w[0] < w[1]),
+            "KINDS is sorted"
+        );
+    }
 
     /// `(sql, kinds of each statement joined by ";", tables as "name:access", functions,
     /// flags)`.

@@ -792,7 +792,7 @@ impl Flow<'_> {
                     function_oid: oid as u32,
                 };
                 let facts = StatementFacts {
-                    kinds: vec!["function call"],
+                    kinds: vec![crate::sql::facts::FUNCTION_CALL],
                     functions: vec![format!("oid:{}", oid as u32)],
                     ..StatementFacts::default()
                 };
