@@ -82,7 +82,7 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
         }
     };
     if let Some((cert, key)) = &config.admin_tls {
-        tls::server_config(cert, key).map_err(|e| AppError::Setting {
+        tls::https_server_config(cert, key).map_err(|e| AppError::Setting {
             path: config.path.clone(),
             key: "admin.tls",
             detail: e.to_string(),
@@ -139,13 +139,13 @@ impl Server {
         // the server's own TLS.
         let admin_tls = match &config.admin_tls {
             None => None,
-            Some((cert, key)) => Some(TlsAcceptor::from(tls::server_config(cert, key).map_err(
-                |e| AppError::Setting {
+            Some((cert, key)) => Some(TlsAcceptor::from(
+                tls::https_server_config(cert, key).map_err(|e| AppError::Setting {
                     path: config.path.clone(),
                     key: "admin.tls",
                     detail: e.to_string(),
-                },
-            )?)),
+                })?,
+            )),
         };
         let oauthbearer_listen = config.server.oauthbearer_listen;
         let audit = match &config.audit {
@@ -471,9 +471,91 @@ pub fn signal_reload(config_path: &Path, pid: Option<i32>) -> Result<i32, Reload
         }
     };
     let target = rustix::process::Pid::from_raw(pid).ok_or(ReloadError::NoPid)?;
+    // A pid file left by a pgwarden that was killed may name a process that reused the
+    // number: SIGHUP ends most programs.
+    if let Some(running) = RunningProcess::of(pid) {
+        if !running.serves {
+            return Err(ReloadError::NotPgwarden {
+                pid,
+                command: running.command,
+            });
+        }
+        if let Some(theirs) = running.config {
+            let same = match (theirs.canonicalize(), config_path.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => true,
+            };
+            if !same {
+                return Err(ReloadError::OtherConfig { pid, theirs });
+            }
+        }
+    }
     rustix::process::kill_process(target, rustix::process::Signal::HUP)
         .map_err(|e| ReloadError::Signal(pid, std::io::Error::from(e)))?;
     Ok(pid)
+}
+
+/// What a process says about itself in /proc (Linux): whether it is `pgwarden serve`, and the
+/// config file it was started with.
+struct RunningProcess {
+    command: String,
+    serves: bool,
+    config: Option<std::path::PathBuf>,
+}
+
+impl RunningProcess {
+    /// `None` where /proc cannot tell (another system, or no access).
+    fn of(pid: i32) -> Option<Self> {
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let serve_at = args
+            .iter()
+            .skip(1)
+            .position(|a| a == "serve")
+            .map(|i| i + 1);
+        let mut config = serve_at.and_then(|at| {
+            let rest = &args[at + 1..];
+            rest.iter().enumerate().find_map(|(i, arg)| {
+                if arg == "--config" || arg == "-c" {
+                    rest.get(i + 1).cloned()
+                } else {
+                    arg.strip_prefix("--config=")
+                        .or_else(|| arg.strip_prefix("-c").filter(|v| !v.is_empty()))
+                        .map(str::to_owned)
+                }
+            })
+        });
+        if config.is_none() && serve_at.is_some() {
+            config = std::fs::read(proc_dir.join("environ"))
+                .ok()
+                .and_then(|env| {
+                    env.split(|&b| b == 0).find_map(|var| {
+                        var.strip_prefix(b"PGWARDEN_CONFIG=")
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    })
+                });
+        }
+        // A relative path is relative to where that process started.
+        let config = config.map(std::path::PathBuf::from).and_then(|path| {
+            if path.is_absolute() {
+                Some(path)
+            } else {
+                std::fs::read_link(proc_dir.join("cwd"))
+                    .ok()
+                    .map(|cwd| cwd.join(path))
+            }
+        });
+        Some(Self {
+            command: args.join(" "),
+            serves: serve_at.is_some(),
+            config,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -493,4 +575,11 @@ pub enum ReloadError {
     BadPid(std::path::PathBuf),
     #[error("cannot signal process {0}: {1}")]
     Signal(i32, std::io::Error),
+    #[error("process {pid} is not a running `pgwarden serve` (it runs `{command}`); is the pid file left over from a pgwarden that was stopped? Nothing was signalled")]
+    NotPgwarden { pid: i32, command: String },
+    #[error("pgwarden (pid {pid}) runs with {}, and a reload re-reads that file: check it instead (pgwarden reload --config {}). Nothing was signalled", theirs.display(), theirs.display())]
+    OtherConfig {
+        pid: i32,
+        theirs: std::path::PathBuf,
+    },
 }

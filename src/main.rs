@@ -182,6 +182,9 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// Trust only this CA (PEM) for an https admin endpoint.
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Start a throwaway PostgreSQL with sample data and pgwarden in front of it, and print
     /// how to connect. Ctrl-C stops both and removes everything.
@@ -231,7 +234,8 @@ enum ApprovalsCommand {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Show what the gate would do with some SQL: each statement's analysis (kinds, tables,
-    /// functions, settings, flags), its decision and the rule that made it.
+    /// functions, settings, flags), its decision and the rule that made it. Someone
+    /// [[access]] keeps out of the database or role is refused first (rule `access`).
     ///
     /// Exit status: 0 if the SQL would run, 1 if it would be refused or held, 64 if the
     /// config is invalid. Nothing connects anywhere.
@@ -414,7 +418,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Reload { config, pid } => match pgwarden::app::signal_reload(&config, pid) {
             Ok(pid) => {
-                println!("asked pgwarden (pid {pid}) to reload {}", config.display());
+                println!(
+                    "{} is valid; asked pgwarden (pid {pid}) to reload it",
+                    config.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(
@@ -533,9 +540,9 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Ready { admin, timeout } => run_async(async move {
+        Command::Ready { admin, timeout, ca } => run_async(async move {
             let fetcher = pgwarden::net::http::Fetcher::new(
-                None,
+                ca.as_deref(),
                 std::time::Duration::from_secs(timeout),
                 64 * 1024,
             )
@@ -545,10 +552,7 @@ fn main() -> ExitCode {
                 .uri(&url)
                 .body(Vec::new())
                 .map_err(|e| format!("{url}: {e}"))?;
-            let response = fetcher
-                .fetch(request)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            let response = fetcher.fetch(request).await.map_err(|e| e.to_string())?;
             let body = String::from_utf8_lossy(response.body());
             if response.status().is_success() {
                 println!("{}", body.trim());

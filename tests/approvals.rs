@@ -601,6 +601,9 @@ async fn the_admin_api_serves_https_and_tokens_never_travel_in_clear() {
         .body(Vec::new())
         .unwrap();
     assert_eq!(fetcher.fetch(plain).await.unwrap().status().as_u16(), 200);
+    // HTTP clients that offer ALPN (curl, browsers, Prometheus) get HTTP/1.1.
+    let response = https_get_offering_alpn(s.admin.port(), "/healthz").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let target = |admin: &str| pgwarden::approvals::client::Target {
         admin: admin.to_owned(),
@@ -621,6 +624,38 @@ async fn the_admin_api_serves_https_and_tokens_never_travel_in_clear() {
     )
     .await
     .unwrap();
+}
+
+/// GET `path` over HTTPS on `port` the way curl does: offering ALPN `h2` and `http/1.1`.
+/// Returns the response as text once the server closes.
+async fn https_get_offering_alpn(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pgwarden::net::tls::load_certs(&harness().certs.ca_cert).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the admin API");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,32 @@ async fn an_untouched_log_verifies_clean_across_rotated_files() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Audit files hold who ran what from where: never readable by every local user, whatever
+/// the umask. A directory pgwarden creates is its own (and its group's) too.
+#[tokio::test]
+async fn the_log_is_not_readable_by_other_local_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = temp_dir("modes");
+    let dir = parent.join("nested").join("audit");
+    write_events(&dir, 0..50).await;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    // Under the usual umask 022: rwxr-x--- and rw-r-----; a stricter one only takes more.
+    for created in [parent.join("nested"), dir.clone()] {
+        let mode = mode(&created);
+        assert!(mode & 0o027 == 0 && mode & 0o700 == 0o700, "{mode:o}");
+    }
+    let files = list_files(&dir).unwrap();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let mode = mode(&dir.join(&file));
+        assert!(
+            mode & 0o137 == 0 && mode & 0o600 == 0o600,
+            "{file}: {mode:o}"
+        );
+    }
+    std::fs::remove_dir_all(parent).unwrap();
+}
+
 #[tokio::test]
 async fn every_kind_of_tampering_is_detected_with_its_place() {
     let clean = clean_log("tamper").await;

@@ -1262,6 +1262,24 @@ fn policy_test_explains_each_statement_and_exits_by_the_decision() {
     let text = String::from_utf8_lossy(&broken.stdout);
     assert_eq!(broken.status.code(), Some(1));
     assert!(text.contains("parser rejects"), "{text}");
+
+    // Someone [[access]] keeps out of the database, or out of the role, never gets that far.
+    for (who, role) in [("nobody", None), ("dev", Some("postgres"))] {
+        let mut args = vec![
+            "policy", "test", "-c", config, "--user", "bob", "--groups", who, "--db", "app",
+        ];
+        if let Some(role) = role {
+            args.extend(["--role", role]);
+        }
+        args.push("SELECT 1");
+        let out = run(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("=> deny (access): refused at login"),
+            "{text}"
+        );
+    }
 }
 
 /// `pgwarden reload` checks the file first, then signals the pgwarden in server.pid_file; the
@@ -1293,6 +1311,36 @@ async fn reload_command_checks_the_file_then_signals_the_running_pgwarden() {
         "{}",
         describe(&out)
     );
+    std::fs::write(&serve.config, &base).unwrap();
+
+    // A process that is not pgwarden (a pid file left over, its number reused) is not
+    // signalled: SIGHUP would end it.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = bystander.id().to_string();
+    let config = serve.config.to_str().unwrap();
+    let out = run(&["reload", "--config", config, "--pid", &pid]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("not a running `pgwarden serve`"),
+        "{}",
+        describe(&out)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    // Another file than the one pgwarden runs with: a reload would re-read its own.
+    let other = serve.config.with_extension("other.toml");
+    std::fs::write(&other, &base).unwrap();
+    let out = run(&["reload", "--config", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(text(&out.stderr).contains(config), "{}", describe(&out));
 
     std::fs::write(
         &serve.config,
@@ -1510,4 +1558,20 @@ async fn serve_logs_checkpoint_anchors_that_catch_the_newest_files_removed() {
         "{}",
         describe(&output)
     );
+}
+
+/// The admin API out of reach: the commands say why (here, nothing listens), once.
+#[test]
+fn admin_commands_say_why_they_cannot_reach_pgwarden() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    for args in [
+        vec!["ready", "--admin", &closed],
+        vec!["approvals", "--admin", &closed, "--token", "x", "list"],
+    ] {
+        let out = run(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(stderr.contains("Connection refused"), "{}", describe(&out));
+        assert_eq!(stderr.matches(&closed).count(), 1, "{}", describe(&out));
+    }
 }

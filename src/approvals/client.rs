@@ -110,7 +110,7 @@ pub async fn run(target: &Target, call: Call) -> Result<String, String> {
     let response = fetcher
         .fetch(request)
         .await
-        .map_err(|e| format!("cannot reach the admin API at {base}: {e}"))?;
+        .map_err(|e| format!("cannot reach the admin API: {e}"))?;
     let value: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
     if !response.status().is_success() {
         return Err(value["message"]

@@ -13,6 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -268,10 +269,17 @@ impl Writer {
     /// Find where the chain stands: the last record of the newest file. A partial last line
     /// (crash mid-write) is sealed with a newline and reported in a `log.recovered` record.
     fn recover(settings: Settings) -> Result<Self, AuditError> {
-        std::fs::create_dir_all(&settings.dir).map_err(|e| AuditError::Io {
-            action: format!("create audit directory {}", settings.dir.display()),
-            source: e,
-        })?;
+        // Records say who ran what from where: not for every local user, whatever the umask
+        // (PostgreSQL keeps its own logs from them too). Group access stays possible for
+        // reviewers (see docs/audit.md).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&settings.dir)
+            .map_err(|e| AuditError::Io {
+                action: format!("create audit directory {}", settings.dir.display()),
+                source: e,
+            })?;
         let files = list_files(&settings.dir)?;
         let key = match &settings.signing_key {
             None => None,
@@ -453,6 +461,7 @@ impl Writer {
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o640)
             .open(&path)
             .map_err(|e| AuditError::Io {
                 action: format!("create {}", path.display()),

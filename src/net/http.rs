@@ -16,7 +16,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", reasons(source))]
     Transport {
         url: String,
         #[source]
@@ -26,6 +26,25 @@ pub enum FetchError {
     TooLarge { url: String, limit: usize },
     #[error("cannot build the request: {0}")]
     Request(String),
+}
+
+/// What went wrong under a transport error ("tcp connect error: Connection refused", "invalid
+/// peer certificate: UnknownIssuer"): reqwest's own message only repeats the URL.
+fn reasons(error: &reqwest::Error) -> String {
+    let mut reasons: Vec<String> = Vec::new();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !reasons.iter().any(|r| r.contains(&text)) {
+            reasons.push(text);
+        }
+        cause = inner.source();
+    }
+    if reasons.is_empty() {
+        error.to_string()
+    } else {
+        reasons.join(": ")
+    }
 }
 
 /// An HTTP client for one kind of peer (e.g. one issuer), with its limits.

@@ -44,6 +44,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The server config for client connections, with ALPN `postgresql` for direct TLS.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    config_with_alpn(cert, key, ALPN_POSTGRESQL)
+}
+
+/// The server config for HTTPS (the admin API): ALPN `http/1.1`. With `postgresql` there,
+/// every HTTP client that offers ALPN (curl, browsers, Prometheus) would be refused.
+pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    config_with_alpn(cert, key, b"http/1.1")
+}
+
+fn config_with_alpn(cert: &Path, key: &Path, alpn: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
@@ -53,7 +63,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -330,10 +330,8 @@ pub fn https_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<TlsAcceptor, String> {
-    let config = crate::net::tls::server_config(cert, key).map_err(|e| e.to_string())?;
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let config = crate::net::tls::https_server_config(cert, key).map_err(|e| e.to_string())?;
+    Ok(TlsAcceptor::from(config))
 }
 
 pub fn unix_now() -> i64 {
