@@ -225,7 +225,7 @@ impl Server {
                     ctx.clone(),
                     admin_stop.clone(),
                 ));
-                info!(listen = %bound, scheme, "admin endpoint (/healthz, /readyz, /approvals) listening");
+                info!(listen = %bound, scheme, "admin endpoint (/healthz, /readyz, /metrics, /approvals) listening");
                 Some(bound)
             }
         };
@@ -327,7 +327,10 @@ impl Server {
             warn!("[audit] changed: restart pgwarden to apply it (the log keeps its current settings)");
         }
         self.ctx.snapshot.store(Arc::new(snapshot));
-        info!(path = %path.display(), "configuration reloaded; new sessions use it");
+        info!(
+            path = %path.display(),
+            "configuration reloaded; open sessions use it from their next statement"
+        );
         Ok(())
     }
 
@@ -363,10 +366,17 @@ impl Server {
     pub async fn stop(self, grace: Duration, stop_reason: &str) {
         self.drain();
         if !self.wait(grace).await {
-            warn!(
-                sessions = self.tracker.len(),
-                "grace period over; terminating remaining sessions"
-            );
+            if grace.is_zero() {
+                info!(
+                    sessions = self.tracker.len(),
+                    "ending the open sessions now"
+                );
+            } else {
+                warn!(
+                    sessions = self.tracker.len(),
+                    "grace period over; terminating remaining sessions"
+                );
+            }
         }
         self.terminate();
         if !self.wait(Duration::from_secs(5)).await {
@@ -399,7 +409,8 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     let grace = config.server.shutdown_grace;
     let pid_file = config.server.pid_file.clone();
-    let server = Server::start(config).await?;
+    // Before anything listens: a pid file that cannot be written stops the start before
+    // "accepting connections" is logged.
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
             AppError::PidFile {
@@ -408,6 +419,15 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
             }
         })?;
     }
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            if let Some(path) = &pid_file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
@@ -419,7 +439,10 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
                 tokio::select! {
                     done = server.wait(grace) => {
                         if !done {
-                            warn!("grace period over; terminating remaining sessions");
+                            warn!(
+                                sessions = server.tracker.len(),
+                                "grace period over; terminating remaining sessions"
+                            );
                         }
                         break "SIGTERM";
                     }

@@ -346,8 +346,13 @@ enum AuditCommand {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, bad_filter) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(e) => (
+            tracing_subscriber::EnvFilter::new("info"),
+            std::env::var("RUST_LOG").ok().map(|value| (value, e)),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -361,6 +366,19 @@ fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .init(),
     }
+    if let Some((value, e)) = bad_filter {
+        tracing::warn!(RUST_LOG = %value, error = %e, "RUST_LOG is not a valid filter; logging at info");
+    }
+}
+
+/// Why `serve` could not start or run: one JSON log line with `--log-format json` (a log
+/// collector reads nothing else), a plain message otherwise.
+fn serve_failed(format: LogFormat, message: &str, code: ExitCode) -> ExitCode {
+    match format {
+        LogFormat::Json => tracing::error!(error = %message, "pgwarden stopped"),
+        LogFormat::Pretty => eprintln!("pgwarden: {message}"),
+    }
+    code
 }
 
 fn main() -> ExitCode {
@@ -467,14 +485,18 @@ fn main() -> ExitCode {
                 .map_err(pgwarden::app::AppError::from)
                 .and_then(|c| pgwarden::app::build_snapshot(c).map(|_| ()))
             {
-                eprintln!("pgwarden: invalid configuration: {e}");
-                return ExitCode::from(EXIT_CONFIG);
+                let message = format!("invalid configuration: {e}");
+                return serve_failed(cli.log_format, &message, ExitCode::from(EXIT_CONFIG));
             }
-            run_async(async move {
-                pgwarden::app::serve(&config)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            let log_format = cli.log_format;
+            run_async_or(
+                async move {
+                    pgwarden::app::serve(&config)
+                        .await
+                        .map_err(|e| e.to_string())
+                },
+                move |message| serve_failed(log_format, message, ExitCode::FAILURE),
+            )
         }
         Command::Login {
             issuer,
@@ -615,6 +637,17 @@ fn psql(issuer: Option<&str>, choice: pgwarden::login::TokenChoice, args: &[Stri
 }
 
 fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    run_async_or(fut, |message| {
+        eprintln!("pgwarden: {message}");
+        ExitCode::FAILURE
+    })
+}
+
+/// [`run_async`], reporting an error with `failed`.
+fn run_async_or(
+    fut: impl std::future::Future<Output = Result<(), String>>,
+    failed: impl FnOnce(&str) -> ExitCode,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Room to analyse deeply nested statements in place (see sql::analyze); address
@@ -630,10 +663,7 @@ fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> Exit
     };
     match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgwarden: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(&e),
     }
 }
 

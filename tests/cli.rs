@@ -504,6 +504,21 @@ fn check_config_missing_tls_certificate_is_reported() {
         stderr.contains(&missing) && stderr.contains("certificate"),
         "{stderr}"
     );
+    // A key that is not the certificate's: said in words, naming both files.
+    let other_key = harness().dir.join("not-the-server-key.pem");
+    let pair = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(&other_key, pair.serialize_pem()).unwrap();
+    let key = h.certs.server_key.to_str().unwrap();
+    let config = base.replace(key, other_key.to_str().unwrap());
+    assert_ne!(config, base);
+    let output = check_config(&common::write_file("tls-key.toml", &config));
+    assert_eq!(output.status.code(), Some(64), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("server.tls.key") && stderr.contains("is not the key of the certificate"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("KeyMismatch"), "{stderr}");
 }
 
 #[test]
@@ -1112,6 +1127,28 @@ fn serve_with_an_invalid_config_exits_64_before_binding() {
             !stderr.contains("cannot listen"),
             "{what}: bound before validating: {stderr}"
         );
+        // With JSON logs, the reason is one JSON line too: a collector reads nothing else.
+        let output = pgwarden()
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run serve");
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{what}: {}",
+            describe(&output)
+        );
+        let stderr = text(&output.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l["level"] == "ERROR"
+                && l["error"].as_str().is_some_and(|e| e.contains(needle))),
+            "{what}: {stderr}"
+        );
     }
 
     // Control: the valid config gets as far as binding, which fails on the held port.
@@ -1425,6 +1462,18 @@ async fn serve_logs_never_contain_the_tokens_people_sign_in_with() {
         drop(client);
         let refused = tokio_postgres::connect(&conninfo(&forged), tokio_postgres::NoTls).await;
         assert!(refused.is_err(), "a forged token was accepted");
+        // Refusals are logged for people: why, and a reason to filter on.
+        let elsewhere = conninfo(&token).replace("dbname=app", "dbname=elsewhere");
+        assert!(tokio_postgres::connect(&elsewhere, tokio_postgres::NoTls)
+            .await
+            .is_err());
+        let wrong = format!(
+            "host=127.0.0.1 port={port} dbname=app user=alice password=wrong sslmode=disable"
+        );
+        assert!(tokio_postgres::connect(&wrong, tokio_postgres::NoTls)
+            .await
+            .is_err());
+        serve.wait_for_log("wrong password").await;
         serve.wait_for_log("zoe@example.com").await;
         serve.signal("TERM");
         let status = serve.wait_exit(Duration::from_secs(10)).await;
@@ -1441,6 +1490,25 @@ async fn serve_logs_never_contain_the_tokens_people_sign_in_with() {
             );
         }
         serve.assert_log_has_no_secrets();
+        for expected in [
+            "sign-in refused",
+            "invalid_credentials",
+            "alice\\\": wrong password",
+            "the token was signed with a key the issuer does not publish",
+            "access refused by [[access]]",
+            "database_not_allowed",
+        ] {
+            assert!(
+                log.contains(expected),
+                "{expected} not in the {format} log:\n{log}"
+            );
+        }
+        for debug_dump in ["Failed {", "WrongPassword", "Token {", "DatabaseNotAllowed"] {
+            assert!(
+                !log.contains(debug_dump),
+                "{debug_dump} in the {format} log:\n{log}"
+            );
+        }
     }
 }
 

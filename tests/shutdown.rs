@@ -86,3 +86,44 @@ async fn an_open_transaction_is_ended_when_the_grace_period_runs_out() {
         "{err}"
     );
 }
+
+/// A statement still running when the grace period runs out is cancelled on the server, not
+/// left running there with nobody waiting for it (the server notices a closed connection
+/// only when it next writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_still_running_at_the_end_of_the_grace_period_is_cancelled() {
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+    let running = tokio::spawn(async move {
+        let _ = client
+            .simple_query("SELECT pg_sleep(60), 'left-running-at-shutdown'")
+            .await;
+    });
+    let direct = common::direct("app").await;
+    let running_upstream = || async {
+        direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND query LIKE '%left-running-at-shutdown%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running_upstream().await == 0 {
+        assert!(Instant::now() < deadline, "the statement never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_upstream().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the statement is still running on the server after pgwarden ended its session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.await.unwrap();
+}

@@ -103,6 +103,7 @@ pub async fn local_scram(
     let failed = |reason| AuthError::Failed {
         user: user.to_owned(),
         reason,
+        known: local.is_some(),
     };
 
     let (mechanism, initial) = conn.sasl_start(exchange.mechanisms()).await?;

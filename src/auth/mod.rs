@@ -95,6 +95,8 @@ pub enum AuthError {
     Failed {
         user: String,
         reason: scram::ScramError,
+        /// Whether `user` is an `[[auth.local]]` user (the log says; the client is not told).
+        known: bool,
     },
     /// An OIDC token that was not accepted.
     #[error("token authentication failed for \"{user}\": {error}")]
@@ -131,6 +133,26 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// For pgwarden's own log: the client's message, with the reason the client is not told
+    /// (which part of a SCRAM exchange failed).
+    pub fn for_operator(&self) -> String {
+        match self {
+            Self::Failed {
+                user, known: false, ..
+            } => format!("user \"{user}\" is not an [[auth.local]] user"),
+            Self::Failed { user, reason, .. } => format!("user \"{user}\": {reason}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// An authorization refusal (`[[access]]`), as opposed to a failed sign-in.
+    pub fn is_access_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::DatabaseNotAllowed { .. } | Self::RoleNotAllowed { .. }
+        )
+    }
+
     pub fn to_client(&self) -> ClientError {
         let sqlstate = match self {
             Self::Failed { .. } | Self::TokenNeedsTls => SqlState::INVALID_PASSWORD,

@@ -55,6 +55,7 @@ pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>,
 
 fn config_with_alpn(cert: &Path, key: &Path, alpn: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
+    let key_path = key;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         detail: e.to_string(),
@@ -62,7 +63,14 @@ fn config_with_alpn(cert: &Path, key: &Path, alpn: &[u8]) -> Result<Arc<ServerCo
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::Key {
+                path: key_path.display().to_string(),
+                detail: format!("it is not the key of the certificate {}", cert.display()),
+            },
+            other => TlsError::Rustls(other),
+        })?;
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }

@@ -241,7 +241,21 @@ pub async fn serve(
                 SessionError::ClientIo(err) => {
                     debug!(error = %err, "client went away during startup")
                 }
-                SessionError::Auth(err) => warn!(error = ?err, "authentication failed"),
+                SessionError::Auth(err) => {
+                    let reason = e.audit_reason().unwrap_or("protocol_error");
+                    let error = err.for_operator();
+                    if err.is_access_refusal() {
+                        warn!(reason, error, "access refused by [[access]]");
+                    } else {
+                        warn!(reason, error, "sign-in refused");
+                    }
+                }
+                other @ (SessionError::Upstream(_)
+                | SessionError::UpstreamIo(_)
+                | SessionError::UpstreamProtocol(_)) => {
+                    let upstream = snapshot.upstream.describe();
+                    warn!(error = %other, upstream = %upstream, "upstream login failed");
+                }
                 other => warn!(error = %other, "connection refused"),
             }
             return;
@@ -541,10 +555,8 @@ async fn establish(
     };
     let (upstream, mut current) = match login.await {
         Ok(logged_in) => logged_in,
-        Err(e) => {
-            warn!(error = %e, upstream = %snapshot.upstream.describe(), "upstream login failed");
-            return Err(e.into());
-        }
+        // Logged by the caller, with every other reason a session does not start.
+        Err(e) => return Err(e.into()),
     };
     // The encoding the session starts in, wherever it came from (the startup packet, the
     // role's or database's defaults, the server's): RESET returns to it.

@@ -38,6 +38,10 @@ const CLOSING_GRACE: Duration = Duration::from_secs(5);
 /// while the kernel's socket buffers hold its messages and their answers.
 const MAX_UNANSWERED: usize = 4096;
 
+/// How long a session pgwarden ends waits for its cancel of a running statement to reach
+/// the server.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a session pgwarden ended waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -464,6 +468,24 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
             .await;
     }
 
+    // pgwarden ends this session with a statement still running: the server would run it to
+    // its end for nobody (it notices a closed connection only when it next writes). Cancel
+    // it, as the client's own cancel would.
+    if matches!(ending, Ending::Shutdown | Ending::ProtocolError) && !flow.tracker.is_empty() {
+        let key = cancel_key.key;
+        match tokio::time::timeout(
+            CANCEL_GRACE,
+            ctx.cancels.cancel(key.process_id, &key.secret),
+        )
+        .await
+        {
+            Ok(Ok(_)) => debug!("cancelled the statement still running upstream"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not cancel the statement still running upstream")
+            }
+            Err(_) => warn!("cancelling the statement still running upstream timed out"),
+        }
+    }
     // Forward whatever the client still sent (e.g. its Terminate) and say goodbye upstream;
     // best effort, the socket closes right after.
     if ending != Ending::UpstreamClosed {
