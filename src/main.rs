@@ -732,10 +732,8 @@ fn audit_search(
             continue;
         }
         printed += 1;
-        let user = r["actor"]["user"]["name"]
-            .as_str()
-            .or_else(|| r["user"].as_str())
-            .unwrap_or("");
+        let user = hit.user.as_deref().unwrap_or("");
+        let text = |field: &str| r[field].as_str().unwrap_or("").to_owned();
         let detail = match r["type"].as_str().unwrap_or("") {
             "session.start" => format!(
                 "db={} role={} from {}:{} tls={}",
@@ -757,6 +755,61 @@ fn audit_search(
                 r["src_endpoint"]["ip"].as_str().unwrap_or("")
             ),
             "checkpoint" => format!("covers seq {}", r["covers_seq"]),
+            "approval.request" => format!(
+                "{} rule={} db={} role={}{}: {}",
+                text("request"),
+                text("rule"),
+                text("database"),
+                text("role"),
+                r["intent"]
+                    .as_str()
+                    .map(|i| format!(" intent={i:?}"))
+                    .unwrap_or_default(),
+                r["query"]["text"].as_str().unwrap_or("")
+            ),
+            "approval.answer" => format!(
+                "{} {}{}{} → {}",
+                text("request"),
+                if r["approve"] == true {
+                    "approved"
+                } else {
+                    "denied"
+                },
+                r["reason"]
+                    .as_str()
+                    .map(|why| format!(": {why:?}"))
+                    .unwrap_or_default(),
+                r["grant_minutes"]
+                    .as_u64()
+                    .map(|m| format!(" (grant {m} min)"))
+                    .unwrap_or_default(),
+                text("request_status")
+            ),
+            "approval.closed" => format!(
+                "{} {}: {}",
+                text("request"),
+                text("request_status"),
+                text("because")
+            ),
+            "admin.call" => format!("{} {} → {}", text("method"), text("path"), r["status"]),
+            "cancel.request" => format!(
+                "from {} forwarded={}",
+                r["src_endpoint"]["ip"].as_str().unwrap_or(""),
+                r["forwarded"]
+            ),
+            "proxy.start" => format!("{} listening on {}", text("version"), text("listen")),
+            "proxy.stop" => text("reason"),
+            "config.reload" => format!(
+                "{} {}{}",
+                text("status"),
+                text("path"),
+                r["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            "log.write_failed" => format!("{} events lost: {}", r["lost_events"], text("error")),
+            "log.recovered" => format!("{}: {} torn bytes sealed", text("file"), r["torn_bytes"]),
             "statement" => statement_detail(r, hit.result.as_ref()),
             "statement.result" => format!(
                 "#{} {} {} rows={}{}",
@@ -774,7 +827,7 @@ fn audit_search(
         println!(
             "{:<24} {:>8} {:<14} {:>7} {:<16} {}",
             format_time(r["time"].as_u64().unwrap_or(0)),
-            r["seq"],
+            r["seq"].as_u64().unwrap_or(0),
             r["type"].as_str().unwrap_or(""),
             r["session"]
                 .as_u64()

@@ -1007,6 +1007,38 @@ async fn new_requests_are_announced_on_the_webhook() {
     )
     .await;
     assert_eq!(held.await.unwrap().unwrap(), 1);
+
+    // A reviewer searching by the intent finds the request and who answered it, by name.
+    let found = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args([
+            "audit",
+            "search",
+            s.audit.to_str().unwrap(),
+            "--intent",
+            "inc-77",
+        ])
+        .output()
+        .unwrap();
+    assert!(found.status.success());
+    let table = String::from_utf8_lossy(&found.stdout);
+    let line = |kind: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(kind))
+            .unwrap_or_else(|| panic!("no {kind} in:\n{table}"))
+            .to_owned()
+    };
+    let request = line("approval.request");
+    assert!(
+        request.contains("dev@example.com") && request.contains(&id),
+        "{request}"
+    );
+    assert!(request.contains("intent=\"INC-77: cleanup\""), "{request}");
+    let answer = line("approval.answer");
+    assert!(
+        answer.contains("dba@example.com") && answer.contains("approved"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

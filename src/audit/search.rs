@@ -39,6 +39,9 @@ pub struct Hit {
     pub raw: String,
     /// For a `statement` record: its `statement.result`, wherever it is in the log.
     pub result: Option<Value>,
+    /// Who the record is about: its own actor, a failed login's claimed user, an approver,
+    /// an admin API caller, or the person who started its session.
+    pub user: Option<String>,
 }
 
 /// All matching records, oldest first. Lines that are not a record whose own hash holds (a
@@ -83,6 +86,10 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
     let mut run = 0u64;
     let text = query.text.as_ref().map(|t| t.to_lowercase());
     let intent = query.intent.as_ref().map(|t| t.to_lowercase());
+    // Who started each session: (run, session) → user.
+    let mut session_users: HashMap<(u64, u64), String> = HashMap::new();
+    // Approval requests whose intent matched: their answers and closing match too.
+    let mut requests_with_intent: HashSet<String> = HashSet::new();
     let mut hits = Vec::new();
     // Outcomes, to show next to their statements: (run, session, statement) → result.
     let mut results: HashMap<(u64, u64, u64), Value> = HashMap::new();
@@ -97,6 +104,19 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
             }
             let time = record["time"].as_u64().unwrap_or(0);
             let session = record["session"].as_u64();
+            let user = ["actor", "user", "by", "caller"]
+                .iter()
+                .find_map(|field| {
+                    let value = &record[*field];
+                    value["user"]["name"].as_str().or_else(|| value.as_str())
+                })
+                .map(str::to_owned)
+                .or_else(|| session.and_then(|id| session_users.get(&(run, id)).cloned()));
+            if record["type"] == "session.start" {
+                if let (Some(id), Some(user)) = (session, &user) {
+                    session_users.insert((run, id), user.clone());
+                }
+            }
             if record["type"] == "statement.result" {
                 if let (Some(session), Some(statement)) = (session, record["statement"].as_u64()) {
                     results.insert((run, session, statement), record.clone());
@@ -131,9 +151,18 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                         || session.is_some_and(|id| sessions.contains(&(run, id)))
                 })
                 && intent.as_ref().is_none_or(|wanted| {
-                    record["intent"]
+                    let request = record["request"].as_str();
+                    if record["intent"]
                         .as_str()
                         .is_some_and(|i| i.to_lowercase().contains(wanted))
+                    {
+                        if let Some(request) = request {
+                            requests_with_intent.insert(request.to_owned());
+                        }
+                        true
+                    } else {
+                        request.is_some_and(|r| requests_with_intent.contains(r))
+                    }
                 })
                 && text
                     .as_ref()
@@ -146,6 +175,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     record,
                     raw: line.to_owned(),
                     result: None,
+                    user,
                 });
             }
         }
