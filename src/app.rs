@@ -112,6 +112,8 @@ pub fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
 
 /// A running proxy.
 pub struct Server {
+    /// `server.listen` and `[audit]` as started: a reload cannot change them.
+    started_with: (SocketAddr, Option<crate::audit::Settings>),
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     oauthbearer_addr: Option<SocketAddr>,
@@ -252,7 +254,12 @@ impl Server {
             tracker.clone(),
         ));
         info!(listen = %local_addr, upstream = %ctx.snapshot.load().upstream.describe(), "pgwarden is accepting connections");
+        let started_with = {
+            let snapshot = ctx.snapshot.load();
+            (snapshot.config.server.listen, snapshot.config.audit.clone())
+        };
         Ok(Self {
+            started_with,
             local_addr,
             admin_addr,
             oauthbearer_addr,
@@ -316,14 +323,14 @@ impl Server {
             snapshot.issuers.start();
         }
         let listen = snapshot.config.server.listen;
-        if listen != current.config.server.listen {
+        if listen != self.started_with.0 {
             warn!(
                 listen = %listen,
                 still_listening_on = %self.local_addr,
                 "server.listen changed: restart pgwarden to apply it"
             );
         }
-        if snapshot.config.audit != current.config.audit {
+        if snapshot.config.audit != self.started_with.1 {
             warn!("[audit] changed: restart pgwarden to apply it (the log keeps its current settings)");
         }
         self.ctx.snapshot.store(Arc::new(snapshot));

@@ -147,6 +147,15 @@ enum Command {
     ///
     /// Uses your token from `pgwarden login`. You see requests you made and those your groups
     /// may approve; you can never answer your own.
+    ///
+    ///   pgwarden approvals --admin https://pgwarden.example:9187 list
+    ///   pgwarden approvals show 3f2c…
+    ///   pgwarden approvals approve 3f2c… --reason "INC-42, checked the WHERE" --grant 30m
+    ///   pgwarden approvals deny 3f2c… --reason "use the archive table"
+    ///
+    /// Exit status: 0 on success; 1 if the API refused (not found, your own request, already
+    /// answered, not an approver for it) or could not be reached, with the reason on stderr.
+    #[command(verbatim_doc_comment)]
     Approvals {
         /// The admin API (pgwarden's [admin] listen).
         #[arg(
@@ -207,13 +216,18 @@ enum Command {
 enum ApprovalsCommand {
     /// Pending requests (--all: recent ones too).
     List {
+        /// Also requests already answered, expired or withdrawn.
         #[arg(long)]
         all: bool,
     },
     /// One request: who, what, which rule, answers so far, the full statement.
-    Show { id: String },
+    Show {
+        /// The request id (from `list`, or the notice the requester saw).
+        id: String,
+    },
     /// Let the held statement run.
     Approve {
+        /// The request id.
         id: String,
         /// Why (recorded in the audit log).
         #[arg(long)]
@@ -225,7 +239,9 @@ enum ApprovalsCommand {
     },
     /// Refuse it; the requester sees the reason.
     Deny {
+        /// The request id.
         id: String,
+        /// Why (shown to the requester, recorded in the audit log).
         #[arg(long)]
         reason: String,
     },

@@ -375,7 +375,20 @@ fn check_config_unknown_key_names_the_key_and_line() {
     assert_invalid(
         "unknown key",
         &config,
-        &["listen_adress".into(), format!("line {line}")],
+        &[
+            format!(":{line}: `server.listen_adress`: unknown field"),
+            "expected one of".into(),
+        ],
+    );
+    // A value of the wrong type: its key, its line, and the type in words, on one line.
+    let config = base.replacen("[server]\n", "[server]\nmax_connections = \"many\"\n", 1);
+    let line = line_of(&config, "max_connections");
+    assert_invalid(
+        "wrong type",
+        &config,
+        &[format!(
+            ":{line}: `server.max_connections`: invalid type: string \"many\", expected a whole number"
+        )],
     );
 }
 
@@ -451,7 +464,7 @@ fn check_config_other_invalid_values_name_their_key_and_line() {
             "bad duration",
             "auth_timeout = \"5s\"",
             "auth_timeout = \"5 fortnights\"",
-            "fortnights",
+            "`server.auth_timeout`: `5 fortnights`: unknown unit",
         ),
         (
             "zero auth_timeout",
@@ -469,7 +482,7 @@ fn check_config_other_invalid_values_name_their_key_and_line() {
             "bad TLS mode",
             "mode = \"optional\"",
             "mode = \"sometimes\"",
-            "sometimes",
+            "`server.tls.mode`: unknown variant `sometimes`",
         ),
     ];
     for (what, from, to, key) in cases {
@@ -479,13 +492,8 @@ fn check_config_other_invalid_values_name_their_key_and_line() {
         );
         let config = base.replacen(from, to, 1);
         let line = line_of(&config, to);
-        // Validation errors say `file:LINE: `key``; TOML errors say "line N".
-        let line_needle = if key.contains('.') {
-            format!(":{line}:")
-        } else {
-            format!("line {line}")
-        };
-        assert_invalid(what, &config, &[key.to_owned(), line_needle]);
+        // Validation and TOML errors alike say `file:LINE: `key`: …`.
+        assert_invalid(what, &config, &[key.to_owned(), format!(":{line}:")]);
     }
 }
 

@@ -118,7 +118,9 @@ fn errors_name_the_key_and_line() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("max_conections") && err.contains(&format!("line {line}")),
+        err.contains(&format!(
+            "example.toml:{line}: `server.max_conections`: unknown field"
+        )),
         "{err}"
     );
 

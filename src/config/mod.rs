@@ -124,8 +124,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Syntax {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
     #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
@@ -133,6 +137,52 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
+}
+
+/// A TOML error as `file:line: \`key\`: message`, like the validation errors, in words a
+/// person reads ("a whole number", not "u16").
+fn syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+    let mut message = error.message().trim_end().to_owned();
+    for (rust, plain) in [
+        ("expected u8", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list [ … ]"),
+        ("expected a map", "expected a table"),
+    ] {
+        if let Some(at) = message.find(rust) {
+            let end = at + rust.len();
+            if !message[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                message.replace_range(at..end, plain);
+            }
+        }
+    }
+    // A span over the whole file (a missing section) has no key or line to show.
+    let span = error
+        .span()
+        .filter(|span| span.start > 0 || (!span.is_empty() && span.end < text.trim_end().len()));
+    let key = span.clone().and_then(|span| locate::key_at(text, span));
+    let line = span
+        .and_then(|span| text.get(..span.start))
+        .map(|before| before.matches('\n').count() + 1);
+    match key {
+        Some(key) => ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            line,
+            message,
+        },
+        None => ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            message,
+        },
+    }
 }
 
 impl Config {
@@ -148,10 +198,8 @@ impl Config {
     /// Parse and validate configuration text (`path` is used in messages and to resolve
     /// relative paths).
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let file: model::ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let file: model::ConfigFile =
+            toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         let invalid = |key: String, message: String| {
             let line = locate::line_of(text, &key);
             ConfigError::Invalid {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
 
-/// A duration written as `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+/// A duration written as `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -24,9 +24,15 @@ impl HumanDuration {
             "s" => Duration::from_secs(number),
             "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
             "h" => Duration::from_secs(number.saturating_mul(3600)),
-            _ => {
+            "d" => Duration::from_secs(number.saturating_mul(86_400)),
+            "" => {
                 return Err(format!(
-                    "`{text}` has no unit: write e.g. \"500ms\", \"15s\", \"5m\" or \"1h\""
+                    "`{text}` has no unit: write e.g. \"500ms\", \"15s\", \"5m\", \"1h\" or \"1d\""
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}`, use ms, s, m, h or d"
                 ))
             }
         };
@@ -67,6 +73,7 @@ impl ByteSize {
             "KiB" | "kB" | "KB" => 1 << 10,
             "MiB" | "MB" => 1 << 20,
             "GiB" | "GB" => 1 << 30,
+            // kB/KB/MB/GB are taken as their binary cousins, as PostgreSQL does.
             _ => return Err(format!("`{text}`: unknown unit, use B, KiB, MiB or GiB")),
         };
         number
@@ -109,9 +116,16 @@ mod tests {
             HumanDuration::parse("5m").unwrap().0,
             Duration::from_secs(300)
         );
-        assert!(HumanDuration::parse("15").is_err());
+        assert_eq!(
+            HumanDuration::parse("1d").unwrap().0,
+            Duration::from_secs(86_400)
+        );
+        assert!(HumanDuration::parse("15")
+            .unwrap_err()
+            .contains("has no unit"));
         assert!(HumanDuration::parse("s").is_err());
-        assert!(HumanDuration::parse("5 days").is_err());
+        let days = HumanDuration::parse("5 days").unwrap_err();
+        assert!(days.contains("unknown unit `days`"), "{days}");
     }
 
     #[test]

@@ -100,7 +100,7 @@ const PACK: &[Guardrail] = &[
         functions: &[],
         flags: &["no_where"],
         action: Action::Deny,
-        message: "UPDATE or DELETE without a WHERE clause would change every row; add a WHERE clause (WHERE true if you mean it, and ask for a rule)",
+        message: "UPDATE or DELETE without a WHERE clause would change every row; add a WHERE clause naming the rows (to change every row on purpose, say so: WHERE true)",
     },
     Guardrail {
         id: "guardrail.alter-system",

@@ -558,6 +558,16 @@ async fn establish(
         // Logged by the caller, with every other reason a session does not start.
         Err(e) => return Err(e.into()),
     };
+    debug!(
+        upstream = %snapshot.upstream.describe(),
+        role = %grant.role,
+        search_path = %current
+            .first()
+            .and_then(|v| v.as_deref())
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default(),
+        "logged in upstream"
+    );
     // The encoding the session starts in, wherever it came from (the startup packet, the
     // role's or database's defaults, the server's): RESET returns to it.
     if let Some((_, encoding)) = upstream.parameters.iter().find(|(name, value)| {

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{protocol_name, Flow, Protocol, Ruling};
 use crate::approvals::{GrantScope, Status as ApprovalStatus};
@@ -267,6 +267,16 @@ impl Flow<'_> {
                 action = decision.action.as_str(),
                 protocol = protocol_name(protocol),
                 "statement refused by policy"
+            );
+        } else {
+            // Kinds and tables only: never the text, which may hold values.
+            debug!(
+                rule = decision.rule.as_deref().unwrap_or("default"),
+                action = decision.action.as_str(),
+                held = hold,
+                protocol = protocol_name(protocol),
+                kinds = ?analysis.map(|a| &a.kinds[..]).unwrap_or_default(),
+                "statement decided"
             );
         }
         Ruling {
