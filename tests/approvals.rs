@@ -373,8 +373,13 @@ async fn denials_self_approval_outsiders_and_timeouts() {
     // No token, a bad token.
     let (status, _) = s.api("GET", "/approvals", "", Value::Null).await;
     assert_eq!(status, 401);
-    let (status, _) = s.api("GET", "/approvals", "not-a-token", Value::Null).await;
+    let (status, body) = s.api("GET", "/approvals", "not-a-token", Value::Null).await;
     assert_eq!(status, 401);
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the bearer token is not a valid token"),
+        "{body}"
+    );
     // A denial needs a reason; then the client gets it.
     let (status, _) = s
         .api("POST", &format!("/approvals/{id}/deny"), &dba, Value::Null)

@@ -90,7 +90,14 @@ pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Respons
                         name: t.username,
                         groups: t.groups,
                     })
-                    .map_err(|e| error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())),
+                    .map_err(|e| {
+                        // The token errors speak of a password, as a client at the database
+                        // port sends one; here it is the bearer token.
+                        let why =
+                            e.to_string()
+                                .replacen("the password is", "the bearer token is", 1);
+                        error(StatusCode::UNAUTHORIZED, "unauthorized", why)
+                    }),
             }
         }
     };
