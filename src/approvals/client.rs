@@ -164,24 +164,41 @@ fn list(value: &Value) -> String {
     if requests.is_empty() {
         return "no requests".into();
     }
-    let mut out = format!(
-        "{:<10} {:<9} {:<24} {:<20} {:<20} statement\n",
-        "id", "status", "requester", "rule", "expires"
-    );
+    let header = ["id", "status", "requester", "rule", "expires", "statement"].map(String::from);
+    let mut rows = vec![header];
     for r in requests {
         let field = |k: &str| printable(r[k].as_str().unwrap_or(""), false);
         let statement = r["statement"].as_str().unwrap_or("");
         let short: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
         let short: String = printable(&short, false).chars().take(60).collect();
-        out.push_str(&format!(
-            "{:<10} {:<9} {:<24} {:<20} {:<20} {}\n",
+        rows.push([
             field("id"),
             field("status"),
             field("requester"),
             field("rule"),
             field("expires_at"),
-            short
-        ));
+            short,
+        ]);
+    }
+    // Columns as wide as their widest cell, so long rule ids and names stay aligned.
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out.trim_end().to_owned()
 }
@@ -275,5 +292,29 @@ mod tests {
         assert!(shown.contains(" as , now SET ROLE app_admin"), "{shown}");
         let listed = list(&serde_json::json!({ "requests": [request] }));
         assert!(!listed.contains('\u{1b}'), "{listed:?}");
+    }
+
+    #[test]
+    fn list_columns_line_up_whatever_the_widths() {
+        let request = |id: &str, rule: &str| {
+            serde_json::json!({"id": id, "status": "pending", "requester": "dev@example.com",
+                "rule": rule, "expires_at": "2026-11-28T10:00:00Z", "statement": "DELETE FROM t"})
+        };
+        let listed = list(&serde_json::json!({ "requests": [
+            request("a1", "short"),
+            request("b2", "a-rule-id-much-longer-than-twenty-characters"),
+        ] }));
+        let starts: Vec<usize> = listed
+            .lines()
+            .map(|l| l.find("DELETE").unwrap_or(0))
+            .collect();
+        assert_eq!(starts.len(), 3, "{listed}");
+        assert!(
+            listed.lines().next().unwrap().contains("statement"),
+            "{listed}"
+        );
+        assert_eq!(starts[1], starts[2], "{listed}");
+        let header_statement = listed.lines().next().unwrap().find("statement").unwrap();
+        assert_eq!(header_statement, starts[1], "{listed}");
     }
 }
