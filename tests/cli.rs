@@ -1115,17 +1115,22 @@ fn serve_with_an_invalid_config_exits_64_before_binding() {
     for (what, config, needle) in invalid_configs {
         assert_ne!(config, valid, "{what}: the replacement did not apply");
         let path = common::write_file("serve-invalid.toml", &config);
-        let output = pgwarden()
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .output()
-            .expect("run serve");
-        assert_eq!(
-            output.status.code(),
-            Some(64),
-            "{what}: {}",
-            describe(&output)
-        );
-        let stderr = text(&output.stderr);
+        // serve's stderr, once it has refused the file (exit 64).
+        let refused = |log_format: &str| {
+            let output = pgwarden()
+                .args(["serve", "--log-format", log_format, "--config"])
+                .arg(&path)
+                .output()
+                .expect("run serve");
+            assert_eq!(
+                output.status.code(),
+                Some(64),
+                "{what}: {}",
+                describe(&output)
+            );
+            text(&output.stderr)
+        };
+        let stderr = refused("pretty");
         assert!(stderr.contains("invalid configuration"), "{what}: {stderr}");
         assert!(
             stderr.contains(needle),
@@ -1136,18 +1141,7 @@ fn serve_with_an_invalid_config_exits_64_before_binding() {
             "{what}: bound before validating: {stderr}"
         );
         // With JSON logs, the reason is one JSON line too: a collector reads nothing else.
-        let output = pgwarden()
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run serve");
-        assert_eq!(
-            output.status.code(),
-            Some(64),
-            "{what}: {}",
-            describe(&output)
-        );
-        let stderr = text(&output.stderr);
+        let stderr = refused("json");
         let lines: Vec<serde_json::Value> = stderr
             .lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
