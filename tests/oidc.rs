@@ -707,12 +707,13 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
         "{}",
         message(&err)
     );
-    // Local users from the same address are limited too (it is the address that is suspect).
-    let err = proxy
+    // Others on the same loopback address (a sidecar's pod) still sign in: there each user
+    // has a limit of its own. (From any other address the whole address waits; see the
+    // unit tests of auth::rate_limit.)
+    proxy
         .try_connect(&proxy.conninfo("alice", common::ALICE_PASSWORD, "sslmode=disable"))
         .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+        .unwrap();
     proxy.shutdown(Duration::from_secs(5)).await;
     let reasons: Vec<String> = all_records(&dir)
         .iter()
@@ -725,7 +726,6 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
             "token_malformed",
             "token_malformed",
             "token_malformed",
-            "rate_limited",
             "rate_limited"
         ]
     );

@@ -11,6 +11,11 @@
 //! guesses cannot all be checked before the first of them fails, while a pool opening many
 //! connections with the right password is only queued, never refused. Failures long past
 //! (twice `max_backoff`) are forgotten.
+//!
+//! A loopback address is not one client but every process on the host: a sidecar's whole
+//! pod. There each claimed user has a limit of its own, so one service retrying a stale
+//! secret does not lock every other client out; guesses at any one account are limited all
+//! the same.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -70,9 +75,23 @@ pub enum NotNow {
     Busy,
 }
 
+/// What failures are counted under: an address, or on loopback an address and a user.
+type Key = (IpAddr, Option<String>);
+
+fn key_of(addr: IpAddr, user: &str) -> Key {
+    let per_user = match addr {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        // ::1, and IPv4 loopback written as IPv6 (::ffff:127.0.0.1).
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    (addr, per_user.then(|| user.to_owned()))
+}
+
 #[derive(Debug, Default)]
 pub struct FailureLimiter {
-    by_address: Mutex<HashMap<IpAddr, Failures>>,
+    by_address: Mutex<HashMap<Key, Failures>>,
 }
 
 impl FailureLimiter {
@@ -85,24 +104,25 @@ impl FailureLimiter {
         addr: IpAddr,
         user: &str,
     ) -> Result<Attempt<'a>, NotNow> {
-        self.begin(settings, addr)?;
+        let key = key_of(addr, user);
+        self.begin(settings, &key)?;
         Ok(Attempt {
             limiter: self,
             settings: *settings,
-            addr,
+            key,
             user: user.to_owned(),
             finished: false,
         })
     }
 
-    fn begin(&self, settings: &RateLimitSettings, addr: IpAddr) -> Result<(), NotNow> {
+    fn begin(&self, settings: &RateLimitSettings, key: &Key) -> Result<(), NotNow> {
         if settings.max_failures == 0 {
             return Ok(());
         }
         let Ok(mut map) = self.by_address.lock() else {
             return Ok(());
         };
-        if let Some(failures) = map.get_mut(&addr) {
+        if let Some(failures) = map.get_mut(key) {
             let since = failures.last.map_or(Duration::MAX, |t| t.elapsed());
             if since > settings.max_backoff * 2 {
                 failures.by_user.clear();
@@ -120,20 +140,20 @@ impl FailureLimiter {
         } else {
             make_room(&mut map, settings);
         }
-        let failures = map.entry(addr).or_default();
+        let failures = map.entry(key.clone()).or_default();
         failures.running = failures.running.saturating_add(1);
         Ok(())
     }
 
-    /// An attempt by `user` from `addr` ended.
-    fn finish(&self, settings: &RateLimitSettings, addr: IpAddr, user: &str, outcome: Outcome) {
+    /// An attempt by `user` counted under `key` ended.
+    fn finish(&self, settings: &RateLimitSettings, key: &Key, user: &str, outcome: Outcome) {
         if settings.max_failures == 0 {
             return;
         }
         let Ok(mut map) = self.by_address.lock() else {
             return;
         };
-        let Some(failures) = map.get_mut(&addr) else {
+        let Some(failures) = map.get_mut(key) else {
             return;
         };
         failures.running = failures.running.saturating_sub(1);
@@ -156,7 +176,7 @@ impl FailureLimiter {
             Outcome::Other => {}
         }
         if failures.running == 0 && failures.by_user.is_empty() {
-            map.remove(&addr);
+            map.remove(key);
         }
     }
 }
@@ -176,7 +196,7 @@ pub enum Outcome {
 pub struct Attempt<'a> {
     limiter: &'a FailureLimiter,
     settings: RateLimitSettings,
-    addr: IpAddr,
+    key: Key,
     user: String,
     finished: bool,
 }
@@ -185,7 +205,7 @@ impl Attempt<'_> {
     pub fn finish(mut self, outcome: Outcome) {
         self.finished = true;
         self.limiter
-            .finish(&self.settings, self.addr, &self.user, outcome);
+            .finish(&self.settings, &self.key, &self.user, outcome);
     }
 }
 
@@ -193,14 +213,14 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.finished {
             self.limiter
-                .finish(&self.settings, self.addr, &self.user, Outcome::Other);
+                .finish(&self.settings, &self.key, &self.user, Outcome::Other);
         }
     }
 }
 
 /// Keep the map bounded before adding an address: forget addresses whose failures are long
 /// over; if none, the one that failed longest ago.
-fn make_room(map: &mut HashMap<IpAddr, Failures>, settings: &RateLimitSettings) {
+fn make_room(map: &mut HashMap<Key, Failures>, settings: &RateLimitSettings) {
     if map.len() < MAX_TRACKED {
         return;
     }
@@ -210,7 +230,11 @@ fn make_room(map: &mut HashMap<IpAddr, Failures>, settings: &RateLimitSettings) 
                 .is_some_and(|t| t.elapsed() < settings.max_backoff * 2)
     });
     if map.len() >= MAX_TRACKED {
-        if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.last).map(|(a, _)| *a) {
+        if let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, f)| f.last)
+            .map(|(k, _)| k.clone())
+        {
             map.remove(&oldest);
         }
     }
@@ -321,5 +345,46 @@ mod tests {
         assert_eq!(limiter.attempt(&s, addr, "svc").unwrap_err(), NotNow::Busy);
         next.finish(Outcome::Refused);
         assert!(limiter.attempt(&s, addr, "svc").is_ok());
+    }
+
+    #[test]
+    fn on_loopback_each_user_has_a_limit_of_its_own() {
+        let s = RateLimitSettings {
+            max_failures: 2,
+            first_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(600),
+        };
+        let limiter = FailureLimiter::default();
+        for addr in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let addr: IpAddr = addr.parse().unwrap();
+            // A service retrying a stale secret waits…
+            for _ in 0..2 {
+                limiter
+                    .attempt(&s, addr, "stale-svc")
+                    .unwrap()
+                    .finish(Outcome::Refused);
+            }
+            assert!(matches!(
+                limiter.attempt(&s, addr, "stale-svc"),
+                Err(NotNow::Backoff(_))
+            ));
+            // …and the rest of the pod signs in.
+            limiter
+                .attempt(&s, addr, "web")
+                .unwrap()
+                .finish(Outcome::SignedIn);
+        }
+        // Elsewhere the address waits, whoever it claims to be.
+        let remote: IpAddr = "192.0.2.77".parse().unwrap();
+        for _ in 0..2 {
+            limiter
+                .attempt(&s, remote, "stale-svc")
+                .unwrap()
+                .finish(Outcome::Refused);
+        }
+        assert!(matches!(
+            limiter.attempt(&s, remote, "web"),
+            Err(NotNow::Backoff(_))
+        ));
     }
 }
