@@ -827,3 +827,60 @@ async fn channel_binding_required_by_the_client_works_over_tls() {
     let out = psql(&plain, &["SELECT 1"]).await;
     assert!(!out.status.success());
 }
+
+/// A readiness probe of a TLS upstream ends its connection cleanly (close_notify, then FIN),
+/// reading what the server still sends: a socket closed with unread data (TLS 1.3 session
+/// tickets) is reset, and PostgreSQL logs "could not receive data from client: Connection
+/// reset by peer" for every probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readiness_probe_of_a_tls_upstream_closes_its_connection_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = common::harness();
+    let config =
+        pgwarden::net::tls::server_config(&h.certs.server_cert, &h.certs.server_key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A server that answers an SSLRequest like PostgreSQL, then waits for a startup packet:
+    // how each connection ended.
+    let (ends, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let ends = ends.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                tcp.read_exact(&mut request).await.unwrap();
+                tcp.write_all(b"S").await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut rest = Vec::new();
+                let _ = ends.send(tls.read_to_end(&mut rest).await.map(|_| rest.len()));
+            });
+        }
+    });
+    let proxy = Proxy::start(ProxyOptions {
+        upstream: Some(upstream_section(
+            port,
+            "localhost",
+            &format!(
+                "sslmode = \"verify-full\"\nca = \"{}\"\n",
+                h.certs.ca_cert.display()
+            ),
+        )),
+        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+    let (status, body) = common::http_get(&format!("http://{admin}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    let end = tokio::time::timeout(WAIT, ended.recv())
+        .await
+        .expect("the probe's connection never ended")
+        .unwrap();
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Ok(0),
+        "the probe did not end its connection cleanly"
+    );
+}

@@ -75,7 +75,10 @@ async fn readiness(ctx: &Context) -> hyper::Response<Body> {
             _ => {
                 let result =
                     match tokio::time::timeout(UPSTREAM_PROBE, snapshot.upstream.connect()).await {
-                        Ok(Ok(_)) => None,
+                        Ok(Ok(stream)) => {
+                            close_probe(stream).await;
+                            None
+                        }
                         Ok(Err(e)) => Some(e.to_string()),
                         Err(_) => Some(format!("no answer within {}s", UPSTREAM_PROBE.as_secs())),
                     };
@@ -124,6 +127,21 @@ fn metrics(ctx: &Context) -> hyper::Response<Body> {
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         m.encode(),
     )
+}
+
+/// End a readiness probe's connection the way a client that changed its mind does: TLS
+/// close_notify and FIN, then read what the server still sends (TLS 1.3 session tickets)
+/// until it closes. Dropping the socket with those unread makes the kernel reset the
+/// connection, and PostgreSQL logs "could not receive data from client: Connection reset
+/// by peer" for every probe; a connection that ends before its startup packet it does not log.
+async fn close_probe(mut stream: crate::net::MaybeTls) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(UPSTREAM_PROBE, async {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// How long a /readyz probe of the database server answers later requests too.
