@@ -179,6 +179,7 @@ impl Server {
             metrics: Default::default(),
             catalogs: Default::default(),
             upstream_probe: Default::default(),
+            upstream_logins: Default::default(),
         });
         if let Some(audit) = &ctx.audit {
             audit

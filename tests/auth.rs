@@ -347,3 +347,41 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
 }
+
+/// The server reachable but refusing pgwarden's own credentials: no session of that role can
+/// start, and /readyz says so (without the secret) until a login succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_database_server_that_refuses_pgwardens_login() {
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!(
+            "[[upstream.roles]]\nname = \"md5_user\"\npassword = \"wrong-upstream-secret\"\n\n\
+             [[auth.local]]\nname = \"carol\"\nscram = \"{}\"\n\n\
+             [[access]]\nusers = [\"carol\"]\ndatabases = [\"app\"]\nroles = [\"md5_user\"]\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            pgwarden::auth::scram::hash_password(b"carol-pw")
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+    let readyz = || async move { common::http_get(&format!("http://{admin}/readyz")).await };
+    assert_eq!(readyz().await.0, 200);
+    let err = proxy
+        .try_connect(&proxy.conninfo("carol", "carol-pw", "sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["upstream"]["reachable"], true, "{body}");
+    let login_error = body["upstream"]["login_error"].as_str().unwrap_or_default();
+    assert!(login_error.contains("\"md5_user\""), "{body}");
+    assert!(
+        !body.to_string().contains("wrong-upstream-secret"),
+        "{body}"
+    );
+    // Another role logs in: the server accepts pgwarden again.
+    proxy.alice().await.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(readyz().await.0, 200);
+}

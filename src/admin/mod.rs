@@ -90,6 +90,13 @@ async fn readiness(ctx: &Context) -> hyper::Response<Body> {
     if let Some(e) = &upstream {
         reasons.push(format!("the database server is unreachable: {e}"));
     }
+    // Reachable is not enough: the server may refuse pgwarden's own credentials.
+    let login_problem = ctx.upstream_logins.problem();
+    if let Some(problem) = &login_problem {
+        reasons.push(format!(
+            "the database server refuses pgwarden's login: {problem}"
+        ));
+    }
     let audit_writable = ctx.audit.as_ref().map(|log| log.is_healthy());
     if audit_writable == Some(false) {
         reasons.push("the audit log cannot be written".to_owned());
@@ -99,7 +106,11 @@ async fn readiness(ctx: &Context) -> hyper::Response<Body> {
         "ready": ready,
         "reasons": reasons,
         "accepting": accepting,
-        "upstream": {"reachable": upstream.is_none(), "error": upstream},
+        "upstream": {
+            "reachable": upstream.is_none(),
+            "error": upstream,
+            "login_error": login_problem,
+        },
         "audit": audit_writable.map(|w| json!({"writable": w})),
         "identity_providers": issuers.iter().map(|i| json!({
             "issuer": i.issuer,

@@ -92,6 +92,8 @@ pub struct Context {
     pub catalogs: crate::masking::catalog::Catalogs,
     /// The last /readyz probe of the database server: when, and its error if any.
     pub upstream_probe: tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>,
+    /// Whether the server lately accepted pgwarden's own logins (for /readyz).
+    pub upstream_logins: crate::upstream::LoginHealth,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -554,9 +556,17 @@ async fn establish(
         Ok::<_, UpstreamError>((upstream, settings))
     };
     let (upstream, mut current) = match login.await {
-        Ok(logged_in) => logged_in,
+        Ok(logged_in) => {
+            ctx.upstream_logins.succeeded();
+            logged_in
+        }
         // Logged by the caller, with every other reason a session does not start.
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            if e.is_credential_problem() {
+                ctx.upstream_logins.refused(&grant.role, &e);
+            }
+            return Err(e.into());
+        }
     };
     debug!(
         upstream = %snapshot.upstream.describe(),

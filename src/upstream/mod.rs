@@ -18,6 +18,51 @@ use crate::net::{tls, MaybeTls};
 
 pub use login::{login, Upstream};
 
+/// How pgwarden's own logins to the database server went lately, for /readyz: the network
+/// probe cannot tell that the server refuses pgwarden's credentials.
+#[derive(Debug, Default)]
+pub struct LoginHealth {
+    inner: std::sync::Mutex<LoginRecord>,
+}
+
+#[derive(Debug, Default)]
+struct LoginRecord {
+    succeeded: Option<std::time::Instant>,
+    /// When, as which role, and why.
+    refused: Option<(std::time::Instant, String, String)>,
+}
+
+/// How long a refused login keeps /readyz unready unless a login succeeds meanwhile.
+const REFUSAL_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl LoginHealth {
+    pub fn succeeded(&self) {
+        if let Ok(mut record) = self.inner.lock() {
+            record.succeeded = Some(std::time::Instant::now());
+        }
+    }
+
+    pub fn refused(&self, role: &str, error: &UpstreamError) {
+        if let Ok(mut record) = self.inner.lock() {
+            record.refused = Some((
+                std::time::Instant::now(),
+                role.to_owned(),
+                error.to_string(),
+            ));
+        }
+    }
+
+    /// Why sessions cannot start, if the last login in the past minute was refused for
+    /// pgwarden's credentials and none succeeded since.
+    pub fn problem(&self) -> Option<String> {
+        let record = self.inner.lock().ok()?;
+        let (at, role, error) = record.refused.as_ref()?;
+        let recent = at.elapsed() < REFUSAL_MEMORY;
+        let since = record.succeeded.is_none_or(|ok| ok < *at);
+        (recent && since).then(|| format!("pgwarden's login as role \"{role}\" failed: {error}"))
+    }
+}
+
 /// Why the upstream leg failed. Messages never contain credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -58,6 +103,21 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The server refused pgwarden's own credentials for a role (a wrong or missing
+    /// password, an authentication method not allowed): no session of that role can start,
+    /// whoever the client is.
+    pub fn is_credential_problem(&self) -> bool {
+        match self {
+            Self::Refused { sqlstate, .. } => sqlstate.starts_with("28"),
+            Self::UnsupportedAuth(_)
+            | Self::AuthNotAllowed(_)
+            | Self::ScramIncomplete
+            | Self::NoPassword(_)
+            | Self::Scram(_) => true,
+            _ => false,
+        }
+    }
+
     /// What the client is told. Connection details stay in pgwarden's log.
     pub fn to_client(&self) -> ClientError {
         match self {
