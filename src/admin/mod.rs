@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
+use tracing::{info, warn};
 
 use crate::net::http::{self, Body};
 use crate::session::shutdown::Phase;
@@ -66,27 +67,7 @@ async fn readiness(ctx: &Context) -> hyper::Response<Body> {
             issuer.issuer
         ));
     }
-    // The database server: can a connection be opened (TCP, and TLS when configured)? At
-    // most one probe a second, whoever asks how often: the endpoint needs no credentials.
-    let upstream = {
-        let mut last = ctx.upstream_probe.lock().await;
-        match &*last {
-            Some((at, result)) if at.elapsed() < PROBE_REUSE => result.clone(),
-            _ => {
-                let result =
-                    match tokio::time::timeout(UPSTREAM_PROBE, snapshot.upstream.connect()).await {
-                        Ok(Ok(stream)) => {
-                            close_probe(stream).await;
-                            None
-                        }
-                        Ok(Err(e)) => Some(e.to_string()),
-                        Err(_) => Some(format!("no answer within {}s", UPSTREAM_PROBE.as_secs())),
-                    };
-                *last = Some((std::time::Instant::now(), result.clone()));
-                result
-            }
-        }
-    };
+    let upstream = upstream_unreachable(ctx).await;
     if let Some(e) = &upstream {
         reasons.push(format!("the database server is unreachable: {e}"));
     }
@@ -138,6 +119,38 @@ fn metrics(ctx: &Context) -> hyper::Response<Body> {
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         m.encode(),
     )
+}
+
+/// Why the database server cannot be reached, if it cannot: can a connection be opened (TCP,
+/// and TLS when configured)? At most one probe a second, whoever asks how often (the
+/// endpoint needs no credentials). A change is logged once, so the log shows when the server
+/// went away and when it came back.
+async fn upstream_unreachable(ctx: &Context) -> Option<String> {
+    let snapshot = ctx.snapshot.load();
+    let mut last = ctx.upstream_probe.lock().await;
+    if let Some((at, result)) = &*last {
+        if at.elapsed() < PROBE_REUSE {
+            return result.clone();
+        }
+    }
+    let result = match tokio::time::timeout(UPSTREAM_PROBE, snapshot.upstream.connect()).await {
+        Ok(Ok(stream)) => {
+            close_probe(stream).await;
+            None
+        }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {}s", UPSTREAM_PROBE.as_secs())),
+    };
+    let reachable_before = last.as_ref().map(|(_, before)| before.is_none());
+    match (&result, reachable_before) {
+        (Some(e), Some(true) | None) => {
+            warn!(error = %e, "the database server is unreachable");
+        }
+        (None, Some(false)) => info!("the database server is reachable again"),
+        _ => {}
+    }
+    *last = Some((std::time::Instant::now(), result.clone()));
+    result
 }
 
 /// End a readiness probe's connection the way a client that changed its mind does: TLS
