@@ -417,25 +417,41 @@ pub async fn serve(config_path: &Path) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     let grace = config.server.shutdown_grace;
     let pid_file = config.server.pid_file.clone();
-    // Before anything listens: a pid file that cannot be written stops the start before
-    // "accepting connections" is logged.
-    if let Some(path) = &pid_file {
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
-            AppError::PidFile {
-                path: path.clone(),
-                source,
-            }
-        })?;
-    }
+    let pid_error = |path: &std::path::PathBuf| {
+        let path = path.clone();
+        move |source| AppError::PidFile { path, source }
+    };
+    // Opened before anything listens, so a path that cannot be written stops the start
+    // before "accepting connections" is logged; written only once started, so a start that
+    // fails (another pgwarden holds the port) leaves that one's pid file as it was.
+    let pid_handle = match &pid_file {
+        Some(path) => {
+            let existed = path.exists();
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(pid_error(path))?;
+            Some((path, file, existed))
+        }
+        None => None,
+    };
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(e) => {
-            if let Some(path) = &pid_file {
+            if let Some((path, _, false)) = &pid_handle {
                 let _ = std::fs::remove_file(path);
             }
             return Err(e);
         }
     };
+    if let Some((path, mut file, _)) = pid_handle {
+        use std::io::Write;
+        file.set_len(0)
+            .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(pid_error(path))?;
+    }
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;

@@ -1336,6 +1336,17 @@ async fn reload_command_checks_the_file_then_signals_the_running_pgwarden() {
     let alice = serve.wait_ready().await;
     assert!(pid_file.exists(), "serve writes its pid file");
     alice.simple_query("SELECT 1").await.unwrap();
+    // A second pgwarden started by mistake on the same port fails, and leaves the running
+    // one's pid file as it was.
+    let first_pid = std::fs::read_to_string(&pid_file).unwrap();
+    let second = run(&["serve", "--config", serve.config.to_str().unwrap()]);
+    assert!(!second.status.success(), "{}", describe(&second));
+    assert!(
+        text(&second.stderr).contains("cannot listen"),
+        "{}",
+        describe(&second)
+    );
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), first_pid);
 
     // A broken file is reported and not signalled.
     std::fs::write(
