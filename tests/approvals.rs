@@ -136,6 +136,12 @@ impl Setup {
         );
     }
 
+    /// Reload pgwarden's config file (as SIGHUP does); fails the test if it is refused.
+    async fn reload(&self) {
+        let server = self.proxy.server.as_ref().unwrap();
+        server.reload(&self.proxy.config_path).await.unwrap();
+    }
+
     /// Whether the table still has the row `id` (seen directly, not through pgwarden).
     async fn has_row(&self, id: i32) -> bool {
         common::direct("app")
@@ -1199,13 +1205,7 @@ async fn an_approval_is_not_spent_on_the_statement_behind_the_held_one() {
         s.table
     );
     std::fs::write(&s.proxy.config_path, denying).unwrap();
-    s.proxy
-        .server
-        .as_ref()
-        .unwrap()
-        .reload(&s.proxy.config_path)
-        .await
-        .unwrap();
+    s.reload().await;
     let (status, answer) = s
         .api(
             "POST",
@@ -1356,13 +1356,7 @@ async fn an_approved_prepared_statement_stays_approved_across_a_reload() {
         .unwrap();
     assert_eq!(dev.execute(&delete, &[&1i32]).await.unwrap(), 1);
     // The same file again: a new snapshot of the same rules.
-    s.proxy
-        .server
-        .as_ref()
-        .unwrap()
-        .reload(&s.proxy.config_path)
-        .await
-        .unwrap();
+    s.reload().await;
     let run = tokio::time::timeout(Duration::from_secs(5), dev.execute(&delete, &[&2i32]))
         .await
         .expect("held again after the reload");

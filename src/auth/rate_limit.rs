@@ -355,15 +355,19 @@ mod tests {
             max_backoff: Duration::from_secs(600),
         };
         let limiter = FailureLimiter::default();
-        for addr in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
-            let addr: IpAddr = addr.parse().unwrap();
-            // A service retrying a stale secret waits…
+        // A service retrying a stale secret, as often as the limit allows.
+        let retry_stale_secret = |addr: IpAddr| {
             for _ in 0..2 {
                 limiter
                     .attempt(&s, addr, "stale-svc")
                     .unwrap()
                     .finish(Outcome::Refused);
             }
+        };
+        for addr in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let addr: IpAddr = addr.parse().unwrap();
+            // The service waits…
+            retry_stale_secret(addr);
             assert!(matches!(
                 limiter.attempt(&s, addr, "stale-svc"),
                 Err(NotNow::Backoff(_))
@@ -376,12 +380,7 @@ mod tests {
         }
         // Elsewhere the address waits, whoever it claims to be.
         let remote: IpAddr = "192.0.2.77".parse().unwrap();
-        for _ in 0..2 {
-            limiter
-                .attempt(&s, remote, "stale-svc")
-                .unwrap()
-                .finish(Outcome::Refused);
-        }
+        retry_stale_secret(remote);
         assert!(matches!(
             limiter.attempt(&s, remote, "web"),
             Err(NotNow::Backoff(_))
