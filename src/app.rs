@@ -158,7 +158,15 @@ impl Server {
             .as_ref()
             .filter(|(_, settings)| settings.signing_key.is_some())
             .map(|(log, settings)| (log.clone(), settings.checkpoint_interval));
+        let first_session = match &config.audit {
+            Some(settings) => crate::audit::next_session_id(&settings.dir)?,
+            None => 1,
+        };
         let audit = audit.map(|(log, _)| log);
+        let audit_lost_events = audit
+            .as_ref()
+            .map(AuditLog::lost_events)
+            .unwrap_or_default();
         let snapshot = build_snapshot(config)?;
         snapshot.issuers.start();
         let listener = TcpListener::bind(addr)
@@ -174,9 +182,10 @@ impl Server {
             approvals: crate::approvals::Approvals::default(),
             shutdown: Shutdown::default(),
             audit,
+            first_session,
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
             failures: Default::default(),
-            metrics: Default::default(),
+            metrics: crate::metrics::Metrics::new(audit_lost_events),
             catalogs: Default::default(),
             upstream_probe: Default::default(),
             upstream_logins: Default::default(),
@@ -186,6 +195,7 @@ impl Server {
                 .record(Event::ProxyStart {
                     version: crate::VERSION.to_owned(),
                     listen: local_addr.to_string(),
+                    first_session,
                 })
                 .await?;
         }
@@ -293,6 +303,7 @@ impl Server {
     /// new sessions except `server.listen`, which needs a restart (a warning says so).
     pub async fn reload(&self, path: &Path) -> Result<(), AppError> {
         let result = self.try_reload(path);
+        self.ctx.metrics.reload(result.is_ok());
         if let Some(audit) = &self.ctx.audit {
             let event = Event::ConfigReload {
                 path: path.display().to_string(),

@@ -379,7 +379,9 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
+            // One `span` object (a session's id, peer, user, …); the list would repeat it.
             .with_current_span(true)
+            .with_span_list(false)
             .init(),
     }
     if let Some((value, e)) = bad_filter {

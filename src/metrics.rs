@@ -31,6 +31,12 @@ pub struct MaskedLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    version: String,
+    revision: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// `approved`, `denied`, `expired` or `withdrawn`.
     pub outcome: String,
@@ -50,11 +56,41 @@ pub struct Metrics {
     pub audit_writable: Gauge,
     pub audit_pending: Gauge,
     pub masked_values: Family<MaskedLabel, Counter>,
+    pub connections_over_limit: Counter,
+    pub auth_timeouts: Counter,
+    pub upstream_up: Gauge,
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `failure`.
+    pub result: String,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(Counter::default())
+    }
+}
+
+impl Metrics {
+    /// All metrics, with the audit log's count of lost events (a fresh zero counter when
+    /// there is no audit log).
+    pub fn new(audit_lost_events: Counter) -> Self {
         let mut registry = Registry::with_prefix("pgwarden");
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                revision: env!("PGWARDEN_GIT_REV").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which pgwarden this is",
+            build_info,
+        );
         let connections = Counter::default();
         let sessions = Gauge::default();
         let auth_failures = Family::<ReasonLabel, Counter>::default();
@@ -112,6 +148,58 @@ impl Default for Metrics {
             "Audit records sealed but not yet written (the writer's queue)",
             audit_pending.clone(),
         );
+        registry.register(
+            "audit_lost_events",
+            "Audit events that could not be written (each gap is also recorded in the log, as log.write_failed, once it can write again)",
+            audit_lost_events,
+        );
+        let connections_over_limit = Counter::default();
+        registry.register(
+            "connections_over_limit",
+            "Connections refused (53300) or dropped because server.max_connections sessions were open",
+            connections_over_limit.clone(),
+        );
+        let auth_timeouts = Counter::default();
+        registry.register(
+            "auth_timeouts",
+            "Connections closed because sign-in took longer than server.auth_timeout",
+            auth_timeouts.clone(),
+        );
+        let upstream_up = Gauge::default();
+        registry.register(
+            "upstream_up",
+            "1 when the database server accepts connections and pgwarden's own logins, else 0 (probed when scraped, at most once a second)",
+            upstream_up.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, pgwarden reload), by result",
+            reloads.clone(),
+        );
+        // Series that exist before their first event, so that rate() and alerts see a 0
+        // rather than nothing.
+        for decision in ["allow", "deny", "approve"] {
+            statements
+                .get_or_create(&DecisionLabel {
+                    decision: decision.to_owned(),
+                })
+                .inc_by(0);
+        }
+        for outcome in crate::approvals::Status::FINISHED {
+            approvals_finished
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str().to_owned(),
+                })
+                .inc_by(0);
+        }
+        for result in ["success", "failure"] {
+            reloads
+                .get_or_create(&ResultLabel {
+                    result: result.to_owned(),
+                })
+                .inc_by(0);
+        }
         Self {
             registry,
             connections,
@@ -124,11 +212,13 @@ impl Default for Metrics {
             audit_writable,
             audit_pending,
             masked_values,
+            connections_over_limit,
+            auth_timeouts,
+            upstream_up,
+            reloads,
         }
     }
-}
 
-impl Metrics {
     pub fn statement(&self, decision: &str) {
         self.statements
             .get_or_create(&DecisionLabel {
@@ -157,6 +247,14 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "success" } else { "failure" }.to_owned(),
             })
             .inc();
     }

@@ -268,6 +268,25 @@ async fn a_held_statement_runs_in_its_session_once_a_dba_approves() {
     assert!(samples["pgwarden_statement_duration_seconds_count"] >= 1.0);
     assert_eq!(samples["pgwarden_audit_writable"], 1.0);
     assert!(samples.contains_key("pgwarden_audit_pending_records"));
+    assert_eq!(samples["pgwarden_audit_lost_events_total"], 0.0);
+    assert_eq!(samples["pgwarden_upstream_up"], 1.0, "{text}");
+    assert_eq!(samples["pgwarden_connections_over_limit_total"], 0.0);
+    assert_eq!(samples["pgwarden_auth_timeouts_total"], 0.0);
+    // Series with no event yet are there, at 0, for alerts.
+    assert_eq!(
+        samples[r#"pgwarden_approvals_finished_total{outcome="expired"}"#],
+        0.0
+    );
+    assert!(samples.contains_key(r#"pgwarden_config_reloads_total{result="failure"}"#));
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("pgwarden_build_info{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.ends_with(" 1"),
+        "{build}"
+    );
 
     // `pgwarden ready` (the container health check) asks /readyz.
     let ready = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
@@ -1085,6 +1104,9 @@ async fn readyz_goes_unready_when_the_database_server_is_down() {
     );
     // Liveness is another matter.
     assert_eq!(get("/healthz").await.0, 200);
+    // And /metrics says so too.
+    let (_, metrics) = get("/metrics").await;
+    assert!(metrics.contains("\npgwarden_upstream_up 0\n"), "{metrics}");
     // The endpoint needs no credentials, so it probes the database server at most once a
     // second however often it is asked.
     let counter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -425,6 +425,24 @@ async fn kill_9_during_a_burst_then_restart_continues_the_chain() {
         .collect();
     assert_eq!(stops.len(), 1, "{stops:?}");
     assert_eq!(stops[0]["reason"], "SIGTERM");
+    // Session ids go on from run to run, even after a kill: an id names one session.
+    let mut ids: Vec<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "session.start")
+        .map(|r| r["session"].as_u64().unwrap())
+        .collect();
+    let logged_in = ids.len();
+    assert!(logged_in >= 3, "{ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), logged_in, "a session id used twice: {ids:?}");
+    let firsts: Vec<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "proxy.start")
+        .map(|r| r["first_session"].as_u64().unwrap())
+        .collect();
+    assert_eq!(firsts[0], 1, "{firsts:?}");
+    assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
 }
 
 /// Statement and result records of one session, in order.
@@ -978,18 +996,32 @@ async fn with_on_failure_continue_statements_run_and_the_loss_is_counted() {
     let dir = audit_dir("continue");
     let proxy = Proxy::start(ProxyOptions {
         extra: format!(
-            "[audit]\ndir = \"{}\"\non_failure = \"continue\"\n",
+            "[audit]\ndir = \"{}\"\non_failure = \"continue\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             dir.display()
         ),
         ..Default::default()
     })
     .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
     let client = proxy.alice().await;
     client.simple_query("SELECT 1").await.unwrap();
     immutable(&dir, true);
     let rows = client.simple_query("SELECT 2").await;
     let rows2 = client.query("SELECT $1::int", &[&3i32]).await;
+    // While it cannot write, /metrics shows the loss (and the log records it once it can).
+    let (_, metrics) = common::http_get(&format!("http://{admin}/metrics")).await;
     immutable(&dir, false);
+    let lost: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgwarden_audit_lost_events_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(lost >= 2.0, "{metrics}");
+    assert!(
+        metrics.contains("\npgwarden_audit_writable 0\n"),
+        "{metrics}"
+    );
     rows.unwrap();
     assert_eq!(rows2.unwrap()[0].get::<_, i32>(0), 3);
     client.simple_query("SELECT 4").await.unwrap();
@@ -1040,11 +1072,34 @@ async fn cancel_requests_are_audited() {
     drop(guess);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
-    let mut forwarded: Vec<bool> = all_records(&dir)
+    let records = all_records(&dir);
+    let session = records
+        .iter()
+        .find(|r| r["type"] == "session.start")
+        .map(|r| r["session"].clone())
+        .unwrap();
+    // The forwarded cancel names the session it cancelled; the guess names none.
+    let mut cancels: Vec<(bool, serde_json::Value)> = records
         .iter()
         .filter(|r| r["type"] == "cancel.request")
-        .map(|r| r["forwarded"].as_bool().unwrap())
+        .map(|r| (r["forwarded"].as_bool().unwrap(), r["session"].clone()))
         .collect();
-    forwarded.sort();
-    assert_eq!(forwarded, [false, true]);
+    cancels.sort_by_key(|(forwarded, _)| *forwarded);
+    assert_eq!(
+        cancels,
+        [(false, serde_json::Value::Null), (true, session.clone())]
+    );
+    // And `audit search --session` finds it with the session's statements.
+    let out = pgwarden(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--session",
+        &session.to_string(),
+        "--type",
+        "cancel.request",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }

@@ -318,7 +318,11 @@ async fn the_servers_own_startup_errors_pass_through() {
 
 #[tokio::test]
 async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
-    let proxy = Proxy::default().await;
+    let proxy = Proxy::start(ProxyOptions {
+        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Default::default()
+    })
+    .await;
     let server = proxy.server.as_ref().unwrap();
     let before = proxy.alice().await;
     // New config: bob may no longer connect.
@@ -346,6 +350,17 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
+    // Both are counted for monitoring.
+    let admin = server.admin_addr().unwrap();
+    let (_, metrics) = common::http_get(&format!("http://{admin}/metrics")).await;
+    for result in ["success", "failure"] {
+        assert!(
+            metrics.contains(&format!(
+                "\npgwarden_config_reloads_total{{result=\"{result}\"}} 1\n"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 /// The server reachable but refusing pgwarden's own credentials: no session of that role can

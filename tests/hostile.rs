@@ -715,6 +715,7 @@ async fn the_connection_limit_refuses_the_third_client_with_53300() {
     let _shared = EXCLUSIVE.read().await;
     let proxy = Proxy::start(ProxyOptions {
         server_extra: "max_connections = 2".into(),
+        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
         ..Default::default()
     })
     .await;
@@ -755,6 +756,13 @@ async fn the_connection_limit_refuses_the_third_client_with_53300() {
         .await
         .expect_err("a third client got in over TLS");
     assert_eq!(common::sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    // Operators see it in /metrics.
+    let admin = proxy.server.as_ref().unwrap().admin_addr().unwrap();
+    let (_, metrics) = common::http_get(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.contains("\npgwarden_connections_over_limit_total 2\n"),
+        "{metrics}"
+    );
     // Running sessions are unaffected.
     assert_eq!(
         first

@@ -151,6 +151,47 @@ fn every_config_key_is_in_the_reference() {
     );
 }
 
+/// Every metric pgwarden registers is in README.md's monitoring table.
+#[test]
+fn every_metric_is_in_the_readme() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    // `registry.register(` is followed by the name on its own line or on the same one.
+    let names: Vec<&str> = source
+        .split("registry.register(")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    assert!(
+        names.len() >= 15,
+        "found only {names:?}: is the parser still right?"
+    );
+    // First cells of the table's rows.
+    let cells: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("| `pgwarden_"))
+        .filter_map(|l| l.split(" | ").next())
+        .map(|cell| cell.trim_start_matches('`'))
+        .collect();
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| {
+            !cells.iter().any(|cell| {
+                let cell = format!("`pgwarden_{cell}");
+                cell.contains(&format!("`pgwarden_{name}`"))
+                    || cell.contains(&format!("`pgwarden_{name}_total`"))
+                    || cell.contains(&format!("`pgwarden_{name}{{"))
+                    || cell.contains(&format!("`pgwarden_{name}_total{{"))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics missing from README.md: {missing:?}"
+    );
+}
+
 /// The systemd unit in deploy/ is one systemd accepts (when systemd-analyze is installed).
 #[test]
 fn the_systemd_unit_verifies() {

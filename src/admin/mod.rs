@@ -6,7 +6,8 @@
 //!   (draining, an identity provider whose keys could not be fetched yet, …).
 //!
 //! - `GET /metrics`: Prometheus (OpenMetrics text) — connections, sessions, sign-in failures,
-//!   statements by decision, statement latency, approvals;
+//!   statements by decision, statement latency, approvals, masking, the audit log, the
+//!   database server, reloads (the list: README, Deploying it);
 //! - `/approvals…`: held statements, for approvers ([`approvals`]).
 //!
 //! Health and metrics need no credentials and show nothing secret (bind the port where only
@@ -45,7 +46,7 @@ pub async fn serve(
                     http::response(StatusCode::OK, "text/plain", "ok\n".into())
                 }
                 (&Method::GET, "/readyz") => readiness(&ctx).await,
-                (&Method::GET, "/metrics") => metrics(&ctx),
+                (&Method::GET, "/metrics") => metrics(&ctx).await,
                 _ => http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
             }
         }
@@ -107,8 +108,11 @@ async fn readiness(ctx: &Context) -> hyper::Response<Body> {
     http::response(status, "application/json", format!("{body}\n"))
 }
 
-fn metrics(ctx: &Context) -> hyper::Response<Body> {
+async fn metrics(ctx: &Context) -> hyper::Response<Body> {
     let m = &ctx.metrics;
+    let upstream_up =
+        upstream_unreachable(ctx).await.is_none() && ctx.upstream_logins.problem().is_none();
+    m.upstream_up.set(i64::from(upstream_up));
     m.approvals_pending
         .set(ctx.approvals.list(true).len() as i64);
     m.audit_writable.set(i64::from(

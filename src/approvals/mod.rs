@@ -133,6 +133,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// The ways a request ends.
+    pub const FINISHED: [Self; 4] = [Self::Approved, Self::Denied, Self::Expired, Self::Withdrawn];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Pending => "pending",

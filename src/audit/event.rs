@@ -79,7 +79,12 @@ pub enum Event {
         signature: String,
     },
     #[serde(rename = "proxy.start")]
-    ProxyStart { version: String, listen: String },
+    ProxyStart {
+        version: String,
+        listen: String,
+        /// The id of this run's first session: ids go on from the previous run's.
+        first_session: u64,
+    },
     #[serde(rename = "proxy.stop")]
     ProxyStop { reason: String },
     #[serde(rename = "config.reload")]
@@ -193,11 +198,12 @@ pub enum Event {
         /// The HTTP status returned.
         status: u16,
     },
-    /// A CancelRequest: from where, and whether its key named a live session and was passed
-    /// on to that session's server process.
+    /// A CancelRequest: from where, which live session its key named (`null` for a guessed
+    /// or stale key), and whether it was passed on to that session's server process.
     #[serde(rename = "cancel.request")]
     CancelRequest {
         src_endpoint: Endpoint,
+        session: Option<u64>,
         forwarded: bool,
     },
     #[serde(rename = "auth.failure")]

@@ -156,6 +156,39 @@ pub fn list_files(dir: &Path) -> Result<Vec<String>, AuditError> {
     Ok(names)
 }
 
+/// The first session id for a new run of pgwarden: one past the highest session id of the
+/// last run (sessions log in, and are recorded, in any order), and no lower than that run's
+/// own `first_session`. So a session id names one session for good, across restarts, in the
+/// log and in `audit search --session`. Reads files newest first, back to the last run's
+/// `proxy.start`.
+pub fn next_session_id(dir: &Path) -> Result<u64, AuditError> {
+    let mut next = 1;
+    for name in list_files(dir)?.iter().rev() {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| AuditError::Io {
+            action: format!("read {}", path.display()),
+            source: e,
+        })?;
+        for line in text.lines().rev() {
+            let run_start = line.contains(r#""type":"proxy.start""#);
+            if !run_start && !line.contains(r#""type":"session.start""#) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(id) = record["session"].as_u64() {
+                next = next.max(id.saturating_add(1));
+            }
+            if let Some(first) = record["first_session"].as_u64() {
+                return Ok(next.max(first));
+            }
+            // A proxy.start from before runs named their first session: look further back.
+        }
+    }
+    Ok(next)
+}
+
 /// The `seq` of a record line (it is always the first field).
 pub fn seq_of(line: &str) -> Option<u64> {
     let rest = line.strip_prefix("{\"seq\":")?;

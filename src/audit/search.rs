@@ -55,8 +55,9 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
             source: e,
         })
     };
-    // Session ids start again at 1 in every run of pgwarden: a session is (run, id), the run
-    // counted by the proxy.start records before it.
+    // Each run's session ids go on from the last run's (`first_session` of proxy.start), but
+    // older logs started again at 1: a session is (run, id), the run counted by the
+    // proxy.start records before it, which holds for both.
     let mut run = 0u64;
     let mut next_run = |record: &Value| {
         if record["type"] == "proxy.start" {

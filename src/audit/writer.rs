@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -47,6 +48,8 @@ struct Shared {
     healthy: AtomicBool,
     /// Events that could not be written, reported in the next `log.write_failed` record.
     dropped: AtomicU64,
+    /// Every event lost so far (for /metrics; the writer counts its own losses into it).
+    lost_total: Counter,
 }
 
 impl Drop for Shared {
@@ -74,12 +77,14 @@ impl AuditLog {
         };
         let writer = Writer::recover(settings)?;
         let syncer = Arc::new(Syncer::default());
+        let lost_total = writer.lost_total.clone();
         let shared = Arc::new(Shared {
             writer: Mutex::new(writer),
             syncer: syncer.clone(),
             fsync,
             healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            lost_total,
         });
         let log = Arc::downgrade(&shared);
         let thread = std::thread::Builder::new()
@@ -104,7 +109,7 @@ impl AuditLog {
     /// that window, which `audit verify` cannot notice: use it only for what can be lost.
     pub fn record_later(&self, event: Event) {
         let Ok(mut writer) = self.lock() else {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.drop_one();
             return;
         };
         if let Err(e) = writer.defer(&event) {
@@ -163,6 +168,12 @@ impl AuditLog {
         self.lock().map_or(0, |writer| writer.deferred)
     }
 
+    /// How many events could not be written since the log was opened (a counter that
+    /// /metrics shares).
+    pub fn lost_events(&self) -> Counter {
+        self.shared.lost_total.clone()
+    }
+
     /// Whether the last write succeeded (readiness reports it).
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
@@ -171,7 +182,7 @@ impl AuditLog {
     /// Count an event the caller could not record and went ahead without (with
     /// `audit.on_failure = "continue"`); the log reports the count once it can write again.
     pub fn count_lost(&self) {
-        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        self.shared.drop_one();
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Writer>, AuditError> {
@@ -187,7 +198,7 @@ impl AuditLog {
         let mut writer = match self.lock() {
             Ok(writer) => writer,
             Err(e) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.drop_one();
                 return Err(e);
             }
         };
@@ -207,6 +218,12 @@ impl AuditLog {
 }
 
 impl Shared {
+    /// An event that could not even reach the writer.
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.lost_total.inc();
+    }
+
     /// Bookkeeping after a write attempt of `events` events: health, losses, the syncer.
     fn written(
         &self,
@@ -225,7 +242,7 @@ impl Shared {
                 Ok(writer.seq)
             }
             Err(e) => {
-                writer.lost.0 += events;
+                writer.lose(events);
                 writer.lost.1.get_or_insert_with(|| e.to_string());
                 if self.healthy.swap(false, Ordering::AcqRel) {
                     error!(error = %e, "audit log write failed; refusing what must be audited until it works again");
@@ -251,6 +268,8 @@ struct Writer {
     last_file: Option<String>,
     /// Events lost to failed writes since the last success, and the first error.
     lost: (u64, Option<String>),
+    /// Every event this writer lost, shared with [`Shared::lost_total`].
+    lost_total: Counter,
     /// Sealed lines not yet written: the record being appended, after any deferred ones.
     pending: Vec<u8>,
     /// How many records in `pending` were deferred ([`AuditLog::record_later`]).
@@ -294,6 +313,7 @@ impl Writer {
             file: None,
             last_file: None,
             lost: (0, None),
+            lost_total: Counter::default(),
             pending: Vec::with_capacity(4096),
             deferred: 0,
         };
@@ -343,6 +363,12 @@ impl Writer {
         Ok(writer)
     }
 
+    /// Count `events` lost: reported in the next `log.write_failed` record, and in /metrics.
+    fn lose(&mut self, events: u64) {
+        self.lost.0 += events;
+        self.lost_total.inc_by(events);
+    }
+
     /// Append `event`, preceded, after a failure, by a record of what was lost.
     fn append_after_gap(
         &mut self,
@@ -353,7 +379,7 @@ impl Writer {
         // A failed fsync may have lost what it covered: continue in a new file, and count it.
         if let Some((error, at_risk)) = syncer.take_failure() {
             self.file = None;
-            self.lost.0 += at_risk;
+            self.lose(at_risk);
             self.lost.1.get_or_insert(error);
         }
         let lost_elsewhere = dropped.load(Ordering::Relaxed);
@@ -451,7 +477,7 @@ impl Writer {
         self.file = None;
         // Deferred records that could not be written with their file are lost (and counted).
         if self.deferred > 0 {
-            self.lost.0 += self.deferred;
+            self.lose(self.deferred);
             self.deferred = 0;
             self.pending.clear();
             (self.seq, self.prev_hash) = self.written.clone();
@@ -489,7 +515,8 @@ impl Writer {
     /// Write the sealed line(s) to the current file (no fsync: that is the syncer's job).
     fn write_pending(&mut self) -> Result<(), AuditError> {
         let Some(open) = self.file.as_mut() else {
-            self.lost.0 += std::mem::take(&mut self.deferred);
+            let deferred = std::mem::take(&mut self.deferred);
+            self.lose(deferred);
             self.pending.clear();
             (self.seq, self.prev_hash) = self.written.clone();
             return Err(AuditError::Write("no audit file open".into()));
@@ -508,7 +535,8 @@ impl Writer {
             self.file = None;
             (self.seq, self.prev_hash) = self.written.clone();
             self.pending.clear();
-            self.lost.0 += std::mem::take(&mut self.deferred);
+            let deferred = std::mem::take(&mut self.deferred);
+            self.lose(deferred);
             return Err(AuditError::Io {
                 action: format!("write {name}"),
                 source: e,

@@ -61,7 +61,7 @@ pub async fn accept_loop(
 ) {
     let sessions = Arc::new(SessionCount::default());
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SESSIONS));
-    let next_id = AtomicU64::new(1);
+    let next_id = AtomicU64::new(ctx.first_session);
     let mut phase = ctx.shutdown.watch();
     loop {
         if ctx.shutdown.phase() != Phase::Running {
@@ -94,6 +94,7 @@ pub async fn accept_loop(
             None => match overflow.clone().try_acquire_owned() {
                 Ok(permit) => (None, Some(permit)),
                 Err(_) => {
+                    ctx.metrics.connections_over_limit.inc();
                     warn!(peer = %peer, "connection limit and overflow reached; dropping connection");
                     continue;
                 }
@@ -101,6 +102,7 @@ pub async fn accept_loop(
         };
         let admitted = permit.0.is_some();
         if !admitted {
+            ctx.metrics.connections_over_limit.inc();
             warn!(peer = %peer, limit = max_connections, "connection limit reached");
         }
         let id = next_id.fetch_add(1, Ordering::Relaxed);

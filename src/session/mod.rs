@@ -83,6 +83,8 @@ pub struct Context {
     pub shutdown: shutdown::Shutdown,
     /// The audit log, when `[audit]` is configured.
     pub audit: Option<AuditLog>,
+    /// The id of the first session of this run (ids continue the audit log's).
+    pub first_session: u64,
     /// Statement analysis, cached across sessions.
     pub analyzer: crate::sql::Analyzer,
     /// Failed sign-ins per source address.
@@ -230,6 +232,7 @@ pub async fn serve(
     .await
     {
         Err(_) => {
+            ctx.metrics.auth_timeouts.inc();
             info!(
                 timeout_ms = timeout.as_millis() as u64,
                 "authentication timed out; connection closed"
@@ -363,18 +366,28 @@ async fn handshake(
                     .cancels
                     .cancel(request.process_id, &request.secret)
                     .await;
-                match &outcome {
-                    Ok(true) => info!("cancel request forwarded"),
-                    Ok(false) => warn!(
-                        process_id = request.process_id,
-                        "cancel request with an unknown key ignored"
-                    ),
-                    Err(e) => warn!(error = %e, "cancel request could not be forwarded"),
-                }
+                let (session, forwarded) = match outcome {
+                    Some((session, Ok(()))) => {
+                        info!(session, "cancel request forwarded");
+                        (Some(session), true)
+                    }
+                    None => {
+                        warn!(
+                            process_id = request.process_id,
+                            "cancel request with an unknown key ignored"
+                        );
+                        (None, false)
+                    }
+                    Some((session, Err(e))) => {
+                        warn!(session, error = %e, "cancel request could not be forwarded");
+                        (Some(session), false)
+                    }
+                };
                 if let Some(audit) = &ctx.audit {
                     let event = Event::CancelRequest {
                         src_endpoint: peer.into(),
-                        forwarded: outcome.is_ok_and(|forwarded| forwarded),
+                        session,
+                        forwarded,
                     };
                     if let Err(e) = audit.record(event).await {
                         warn!(error = %e, "could not audit a cancel request");
@@ -616,7 +629,7 @@ async fn establish(
         snapshot.upstream.clone(),
         upstream.process_id,
         upstream.secret.clone(),
-        identity.owner(),
+        (identity.owner(), id),
     );
 
     backend::authentication_ok(&mut out);

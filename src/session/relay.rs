@@ -479,10 +479,11 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         )
         .await
         {
-            Ok(Ok(_)) => debug!("cancelled the statement still running upstream"),
-            Ok(Err(e)) => {
+            Ok(Some((_, Ok(())))) => debug!("cancelled the statement still running upstream"),
+            Ok(Some((_, Err(e)))) => {
                 warn!(error = %e, "could not cancel the statement still running upstream")
             }
+            Ok(None) => warn!("the statement still running upstream had no cancel key"),
             Err(_) => warn!("cancelling the statement still running upstream timed out"),
         }
     }

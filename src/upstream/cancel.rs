@@ -28,6 +28,8 @@ struct Target {
     secret: Vec<u8>,
     /// Whose session it is ([`crate::auth::Identity::owner`]).
     owner: String,
+    /// The session's id (as in its logs and audit records).
+    session: u64,
     /// Counts the session's cancel requests, so a statement pgwarden itself is holding (for
     /// approval) can be cancelled too.
     requests: Arc<tokio::sync::watch::Sender<u64>>,
@@ -57,13 +59,13 @@ impl Drop for Registration {
 }
 
 impl CancelMap {
-    /// Issue a fresh random key for an upstream backend of `owner`'s session.
+    /// Issue a fresh random key for an upstream backend of `owner`'s session `session`.
     pub fn register(
         &self,
         endpoint: Endpoint,
         process_id: i32,
         secret: Vec<u8>,
-        owner: String,
+        (owner, session): (String, u64),
     ) -> Registration {
         let (requests, receiver) = tokio::sync::watch::channel(0);
         let target = Target {
@@ -71,6 +73,7 @@ impl CancelMap {
             process_id,
             secret,
             owner,
+            session,
             requests: Arc::new(requests),
         };
         let mut rng = rand::rng();
@@ -95,11 +98,14 @@ impl CancelMap {
         }
     }
 
-    /// Forward a client's CancelRequest. Returns `Ok(false)` for an unknown key.
-    pub async fn cancel(&self, process_id: i32, secret: &[u8]) -> Result<bool, UpstreamError> {
-        let Ok(secret) = <[u8; 4]>::try_from(secret) else {
-            return Ok(false);
-        };
+    /// Forward a client's CancelRequest: `None` for an unknown key, else the id of the
+    /// session it named and whether the cancel reached that session's server process.
+    pub async fn cancel(
+        &self,
+        process_id: i32,
+        secret: &[u8],
+    ) -> Option<(u64, Result<(), UpstreamError>)> {
+        let secret = <[u8; 4]>::try_from(secret).ok()?;
         let target = {
             let map = self
                 .inner
@@ -107,25 +113,9 @@ impl CancelMap {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             map.get(&ClientKey { process_id, secret }).cloned()
         };
-        let Some(target) = target else {
-            return Ok(false);
-        };
+        let target = target?;
         target.requests.send_modify(|count| *count += 1);
-        let mut stream = target.endpoint.connect().await?;
-        let mut request = BytesMut::new();
-        request.extend_from_slice(&(12 + target.secret.len() as i32).to_be_bytes());
-        request.extend_from_slice(&80_877_102i32.to_be_bytes());
-        request.extend_from_slice(&target.process_id.to_be_bytes());
-        request.extend_from_slice(&target.secret);
-        stream.write_all(&request).await?;
-        // The server closes the connection once it has signalled the backend; waiting for
-        // that means the cancel has really been delivered when we return.
-        let mut sink = [0u8; 64];
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
-        Ok(true)
+        Some((target.session, target.forward().await))
     }
 
     /// The upstream process ids of `owner`'s live sessions.
@@ -146,5 +136,26 @@ impl CancelMap {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Target {
+    /// Send the upstream CancelRequest, on a fresh connection.
+    async fn forward(&self) -> Result<(), UpstreamError> {
+        let mut stream = self.endpoint.connect().await?;
+        let mut request = BytesMut::new();
+        request.extend_from_slice(&(12 + self.secret.len() as i32).to_be_bytes());
+        request.extend_from_slice(&80_877_102i32.to_be_bytes());
+        request.extend_from_slice(&self.process_id.to_be_bytes());
+        request.extend_from_slice(&self.secret);
+        stream.write_all(&request).await?;
+        // The server closes the connection once it has signalled the backend; waiting for
+        // that means the cancel has really been delivered when we return.
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        Ok(())
     }
 }
