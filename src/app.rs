@@ -183,6 +183,7 @@ impl Server {
             shutdown: Shutdown::default(),
             audit,
             first_session,
+            reloads: tokio::sync::watch::Sender::new(()),
             analyzer: crate::sql::Analyzer::new(ANALYSIS_CACHE_ENTRIES),
             failures: Default::default(),
             metrics: crate::metrics::Metrics::new(audit_lost_events),
@@ -346,6 +347,8 @@ impl Server {
             warn!("[audit] changed: restart pgwarden to apply it (the log keeps its current settings)");
         }
         self.ctx.snapshot.store(Arc::new(snapshot));
+        // Sessions it no longer lets in end (each checks itself).
+        self.ctx.reloads.send_replace(());
         info!(
             path = %path.display(),
             "configuration reloaded; open sessions use it from their next statement"

@@ -363,6 +363,90 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
     }
 }
 
+/// A reload that takes someone's access away ends their open sessions: an idle one at once,
+/// a busy one once its statement is answered. Everyone else goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_access_ends_that_persons_open_sessions() {
+    let dir = common::audit_dir("revoked");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!("[audit]\ndir = \"{}\"\n", dir.display()),
+        ..Default::default()
+    })
+    .await;
+    let server = proxy.server.as_ref().unwrap();
+    let connect_watching = |user: &str, password: &str| {
+        let conninfo = proxy.conninfo(user, password, "sslmode=disable");
+        async move {
+            let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            (client, tokio::spawn(connection))
+        }
+    };
+    let (_idle, idle_connection) = connect_watching("bob", BOB_PASSWORD).await;
+    let (busy, busy_connection) = connect_watching("bob", BOB_PASSWORD).await;
+    let (alice, alice_connection) = connect_watching("alice", ALICE_PASSWORD).await;
+    // Reloads that change nothing for bob leave him alone.
+    server.reload(&proxy.config_path).await.unwrap();
+    busy.simple_query("SELECT 1").await.unwrap();
+
+    let sleeping = tokio::spawn(async move {
+        let rows = busy.query_one("SELECT 7 FROM pg_sleep(1)", &[]).await;
+        (busy, rows)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let without_bob = text.replace(
+        "groups = [\"ops\"]\ndatabases = [\"app\"]",
+        "groups = [\"ops\"]\ndatabases = [\"elsewhere\"]",
+    );
+    assert_ne!(text, without_bob);
+    std::fs::write(&proxy.config_path, &without_bob).unwrap();
+    server.reload(&proxy.config_path).await.unwrap();
+
+    // The idle session is told why, and closed.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), idle_connection)
+        .await
+        .expect("the idle session outlived its access")
+        .unwrap();
+    let err = ended.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    assert!(
+        message(&err).contains("access was revoked")
+            && message(&err).contains("may not connect to database \"app\""),
+        "{err}"
+    );
+    // The statement running at the reload completes; then that session ends too.
+    let (busy, rows) = sleeping.await.unwrap();
+    assert_eq!(rows.unwrap().get::<_, i32>(0), 7);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), busy_connection)
+        .await
+        .expect("the busy session outlived its access")
+        .unwrap();
+    assert_eq!(sqlstate(&ended.unwrap_err()).as_deref(), Some("28000"));
+    assert!(busy.simple_query("SELECT 1").await.is_err());
+    // Alice's access did not change.
+    alice.simple_query("SELECT 1").await.unwrap();
+    // Now her local user leaves the group [[access]] lets in.
+    let alice_moved = without_bob.replacen("groups = [\"dev\"]", "groups = [\"former\"]", 1);
+    assert_ne!(alice_moved, without_bob);
+    std::fs::write(&proxy.config_path, &alice_moved).unwrap();
+    server.reload(&proxy.config_path).await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), alice_connection)
+        .await
+        .expect("alice's session outlived her access")
+        .unwrap();
+    assert_eq!(sqlstate(&ended.unwrap_err()).as_deref(), Some("28000"));
+
+    proxy.shutdown(std::time::Duration::from_secs(5)).await;
+    let endings: Vec<String> = common::all_records(&dir)
+        .iter()
+        .filter(|r| r["type"] == "session.end")
+        .map(|r| r["ending"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(endings, ["access revoked"; 3]);
+}
+
 /// The server reachable but refusing pgwarden's own credentials: no session of that role can
 /// start, and /readyz says so (without the secret) until a login succeeds again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,6 +241,50 @@ pub fn authorize(
     })
 }
 
+/// Whether a live session may go on under a reloaded configuration: its person is still
+/// known (a local user still in `[[auth.local]]`, with the groups listed there now; an OIDC
+/// person's issuer still trusted) and `[[access]]` still lets them use `database` as each of
+/// `roles`. The reason, in words for the log and the client, when not.
+pub fn still_authorized<'a>(
+    identity: &Identity,
+    database: &str,
+    mut roles: impl Iterator<Item = &'a str>,
+    config: &crate::config::Config,
+) -> Result<(), String> {
+    let current = match &identity.oidc {
+        None => match config.local_users.get(&identity.name) {
+            None => {
+                return Err(format!(
+                    "user \"{}\" is no longer an [[auth.local]] user",
+                    identity.name
+                ))
+            }
+            Some(user) => Identity {
+                groups: user.groups.clone(),
+                ..identity.clone()
+            },
+        },
+        Some(oidc) => {
+            if !config
+                .oidc
+                .iter()
+                .any(|issuer| issuer.issuer == oidc.issuer)
+            {
+                return Err(format!(
+                    "identity provider {} is no longer trusted",
+                    oidc.issuer
+                ));
+            }
+            identity.clone()
+        }
+    };
+    roles.try_for_each(|role| {
+        authorize(&current, database, Some(role), &config.access)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

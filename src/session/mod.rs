@@ -85,6 +85,9 @@ pub struct Context {
     pub audit: Option<AuditLog>,
     /// The id of the first session of this run (ids continue the audit log's).
     pub first_session: u64,
+    /// Told of every configuration reload that took effect: sessions check they are still
+    /// let in.
+    pub reloads: tokio::sync::watch::Sender<()>,
     /// Statement analysis, cached across sessions.
     pub analyzer: crate::sql::Analyzer,
     /// Failed sign-ins per source address.
@@ -212,6 +215,8 @@ pub struct Established {
     pub cancel_key: Registration,
     /// What this identity may not see (`None`: everything may be seen).
     pub masking: Option<crate::masking::rewrite::Masking>,
+    /// The configuration the session was let in by ([`Snapshot::generation`]).
+    pub login_generation: u64,
 }
 
 /// Serve one client connection. `admitted` is false when the connection limit is reached:
@@ -428,6 +433,7 @@ async fn handshake(
                 .and_then(|i| state::intent(&i)),
             cancel_key: parts.registration,
             masking: parts.masking,
+            login_generation: snapshot.generation,
         })),
         Err(e) => {
             if let Some(reason) = e.audit_reason() {

@@ -146,6 +146,9 @@ pub enum Ending {
     ProtocolError,
     /// The person's OIDC token expired (`auth.on_token_expiry = "terminate"`).
     TokenExpired,
+    /// A configuration reload no longer lets the person in (`[[access]]`, their local
+    /// user or their identity provider).
+    AccessRevoked,
 }
 
 impl Ending {
@@ -157,6 +160,18 @@ impl Ending {
             Self::Shutdown => "pgwarden shutdown",
             Self::ProtocolError => "protocol error",
             Self::TokenExpired => "sign-in token expired",
+            Self::AccessRevoked => "access revoked",
+        }
+    }
+
+    /// Why a statement held for approval is withdrawn when the session ends this way.
+    fn withdraws_because(&self) -> &'static str {
+        match self {
+            Self::ClientDisconnected | Self::ClientTerminated => "the client disconnected",
+            Self::Shutdown => "pgwarden shut down",
+            Self::TokenExpired => "the sign-in token expired",
+            Self::AccessRevoked => "the person's access was revoked",
+            Self::UpstreamClosed | Self::ProtocolError => "the session ended",
         }
     }
 }
@@ -186,6 +201,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         current_role,
         cancel_key,
         masking,
+        login_generation,
     } = session;
     let mut cancel_requests = cancel_key.requests.clone();
     let snapshot = ctx.snapshot.load();
@@ -241,7 +257,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         described_portal: None,
         executes_since_sync: 0,
         settle_at_sync: None,
-        token_expired: false,
+        signing_off: None,
     };
     drop(snapshot);
     flow.state.initial_search_path = search_path.clone();
@@ -254,6 +270,8 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     let mut client = Peer::new(client, client_reader);
     let mut server = Peer::new(upstream.stream, upstream.reader);
     let mut closing: Option<Ending> = None;
+    // Why a reload revoked the session's access, for the client's last message.
+    let mut revoked: Option<String> = None;
 
     // Frames the client pipelined behind its last authentication message (and anything the
     // server sent after its first ReadyForQuery) are already buffered: handle them now, not
@@ -275,6 +293,11 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     };
 
     let mut phase = ctx.shutdown.watch();
+    // A reload between this session's login and now counts too.
+    let mut reloads = ctx.reloads.subscribe();
+    if ctx.snapshot.load().generation != login_generation {
+        reloads.mark_changed();
+    }
     // A session that starts while draining ends as soon as it is idle.
     let mut draining = ctx.shutdown.phase() != Phase::Running;
 
@@ -295,9 +318,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 break ending;
             }
         }
-        // After expiry, a client that leaves what it sent open (no Sync) gets a moment to
-        // send the Sync, then pgwarden sends one.
-        if flow.token_expired && closing.is_none() && !flow.copy_may_take_data() {
+        // Once signing off, a client that leaves what it sent open (no Sync) gets a moment
+        // to send the Sync, then pgwarden sends one.
+        if flow.signing_off.is_some() && closing.is_none() && !flow.copy_may_take_data() {
             if !flow.tracker.segment_open() {
                 segment_deadline = None;
             } else if segment_deadline.is_some_and(|at| Instant::now() >= at) {
@@ -310,7 +333,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         // While a statement is held, the client is still read (to notice it leaving), up to
         // a bound, but nothing it sends is processed.
         let read_client = closing.is_none()
-            && (!flow.token_expired || flow.may_read_after_expiry())
+            && (flow.signing_off.is_none() || flow.may_read_while_signing_off())
             && flow.tracker.len() < MAX_UNANSWERED
             && server.out.len() < HIGH_WATER
             && (held.is_none() || client.inbuf.bytes().len() < HIGH_WATER);
@@ -322,14 +345,25 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 biased;
                 () = until(closing_deadline), if closing_deadline.is_some() => Ok(None),
                 () = until(segment_deadline), if segment_deadline.is_some() => Ok(None),
-                () = until(token_deadline), if token_deadline.is_some() && !flow.token_expired && closing.is_none() => {
-                    flow.token_expired = true;
+                () = until(token_deadline), if token_deadline.is_some() && flow.signing_off.is_none() && closing.is_none() => {
                     info!("the sign-in token expired; ending the session once what was sent is answered");
-                    // A held statement is not run for a token no longer accepted.
-                    let status = crate::approvals::Status::Withdrawn;
-                    resume_after_hold(&mut flow, &mut held, status, "the sign-in token expired", &mut client, &mut server, &mut cancel_requests)
-                        .await
-                        .map(|ending| ending.or_else(|| flow.all_answered().then_some(Ending::TokenExpired)))
+                    sign_off(Ending::TokenExpired, &mut flow, &mut held, &mut client, &mut server, &mut cancel_requests).await
+                },
+                changed = reloads.changed(), if flow.signing_off.is_none() && closing.is_none() => {
+                    let snapshot = ctx.snapshot.load();
+                    // Roles a SET ROLE took the session to were granted when it was judged;
+                    // the role it started with may come from the server's own settings.
+                    let roles = std::iter::once(flow.role).chain(
+                        flow.state.roles.iter().map(String::as_str).filter(|r| *r != flow.state.reset_role),
+                    );
+                    match crate::auth::still_authorized(&identity, flow.database, roles, &snapshot.config) {
+                        Err(reason) if changed.is_ok() => {
+                            warn!(reason, "a reload revoked this session's access; ending it once what was sent is answered");
+                            revoked = Some(reason);
+                            sign_off(Ending::AccessRevoked, &mut flow, &mut held, &mut client, &mut server, &mut cancel_requests).await
+                        }
+                        _ => Ok(None),
+                    }
                 },
                 new_phase = phase.changed(), if closing.is_none() => match new_phase {
                     Phase::Terminating => Ok(Some(Ending::Shutdown)),
@@ -385,8 +419,8 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                         {
                             Ok(()) => {
                                 flow.record_outcomes();
-                                if flow.token_expired && flow.all_answered() {
-                                    Ok(Some(Ending::TokenExpired))
+                                if let Some(ending) = flow.signing_off.filter(|_| flow.all_answered()) {
+                                    Ok(Some(ending))
                                 } else {
                                     Ok((draining && flow.state.is_idle()).then_some(Ending::Shutdown))
                                 }
@@ -416,6 +450,17 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                             "terminating connection because your sign-in token has expired",
                         )
                         .with_hint("sign in again (pgwarden login) and reconnect"),
+                    ),
+                    Ending::AccessRevoked => backend::error_response(
+                        &mut client.out,
+                        &ClientError::fatal(
+                            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                            format!(
+                                "terminating connection because your access was revoked: {}",
+                                revoked.as_deref().unwrap_or("pgwarden's configuration changed")
+                            ),
+                        )
+                        .with_hint("pgwarden's configuration was reloaded; ask its administrators if this is unexpected"),
                     ),
                     Ending::UpstreamClosed if !flow.upstream_sent_fatal => backend::error_response(
                         &mut client.out,
@@ -458,14 +503,12 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     };
 
     if let Some(pending) = held.take() {
-        let because = match ending {
-            Ending::ClientDisconnected | Ending::ClientTerminated => "the client disconnected",
-            Ending::Shutdown => "pgwarden shut down",
-            Ending::TokenExpired => "the sign-in token expired",
-            _ => "the session ended",
-        };
-        flow.resolve_hold(pending, crate::approvals::Status::Withdrawn, because)
-            .await;
+        flow.resolve_hold(
+            pending,
+            crate::approvals::Status::Withdrawn,
+            ending.withdraws_because(),
+        )
+        .await;
     }
 
     // pgwarden ends this session with a statement still running: the server would run it to
@@ -575,6 +618,25 @@ async fn held_outcome(held: &mut Option<Held>) -> crate::approvals::Status {
         Some(hold) => hold.waiter.outcome().await,
         None => std::future::pending().await,
     }
+}
+
+/// The session is ending for its person (`ending`: their token expired, or their access
+/// was revoked): nothing more is read from the client but the end of what it already sent,
+/// and a held statement is withdrawn, not run. The session ends once all is answered.
+async fn sign_off(
+    ending: Ending,
+    flow: &mut Flow<'_>,
+    held: &mut Option<Held>,
+    client: &mut Peer,
+    server: &mut Peer,
+    cancel_requests: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<Option<Ending>, SessionError> {
+    flow.signing_off = Some(ending);
+    let status = crate::approvals::Status::Withdrawn;
+    let because = ending.withdraws_because();
+    resume_after_hold(flow, held, status, because, client, server, cancel_requests)
+        .await
+        .map(|next| next.or_else(|| flow.all_answered().then_some(ending)))
 }
 
 /// The hold is over: record how it ended, then process the held frame (now with its answer)

@@ -102,10 +102,11 @@ pub struct Flow<'a> {
     /// or RESET: the Sync's clean, idle answer then makes it certain.
     pub executes_since_sync: usize,
     pub settle_at_sync: Option<track::Settled>,
-    /// The person's sign-in token is no longer accepted: what the client sends from now on
-    /// is left unread, except the rest of a COPY in progress, and the session ends once
-    /// what it sent before has been answered.
-    pub token_expired: bool,
+    /// Why the session is ending for its person (their sign-in token expired, or a reload
+    /// revoked their access): what the client sends from now on is left unread, except the
+    /// rest of a COPY in progress, and the session ends once what it sent before has been
+    /// answered.
+    pub signing_off: Option<super::relay::Ending>,
 }
 
 /// What a client declared about a statement.
@@ -205,13 +206,13 @@ impl Flow<'_> {
         self.state.between_statements() && self.tracker.is_empty()
     }
 
-    /// After the token expired: the rest of a COPY, or the Sync that ends what was sent
-    /// before, may still come from the client.
-    pub fn may_read_after_expiry(&self) -> bool {
+    /// While signing off: the rest of a COPY, or the Sync that ends what was sent before,
+    /// may still come from the client.
+    pub fn may_read_while_signing_off(&self) -> bool {
         self.copy_may_take_data() || self.tracker.segment_open()
     }
 
-    /// The session ends without reading the client again (its token expired, and the client
+    /// The session ends without reading the client again (it is signing off, and the client
     /// sent something other than the Sync that ends what it sent before, or nothing for a
     /// while). If messages were sent after its last Sync, the server holds their answers
     /// until a Sync: pgwarden sends one itself, and drops its ReadyForQuery.
@@ -277,9 +278,9 @@ impl Flow<'_> {
         let mut ending = None;
         let mut close_segment = false;
         while let Some(header) = peek_frame(&inbuf.bytes()[offset..], limits)? {
-            // After the token expired, only the rest of a COPY and the Sync that ends what
-            // was sent before are read. (The held frame still gets its answer: withdrawn.)
-            if self.token_expired
+            // Once signing off, only the rest of a COPY and the Sync that ends what was sent
+            // before are read. (The held frame still gets its answer: withdrawn.)
+            if self.signing_off.is_some()
                 && self.hold_answer.is_none()
                 && !self.copy_may_take_data()
                 && !(header.tag == b'S' && self.tracker.segment_open())
