@@ -178,7 +178,7 @@ impl AuditFiles {
     /// Check the log the demo wrote, as a reviewer would; the smoke test insists on it.
     fn verify(&self, strict: bool) -> Result<(), DemoError> {
         let public = PublicKey::load(&self.public_key).map_err(DemoError::Audit)?;
-        let report = verify_dir_with(&self.dir, Some(&public), &[])
+        let report = verify_dir_with(&self.dir, std::slice::from_ref(&public), &[])
             .map_err(|e| DemoError::Audit(e.to_string()))?;
         if report.is_clean() && report.checkpoints > 0 {
             if strict {

@@ -296,14 +296,20 @@ enum AuditCommand {
         dir: PathBuf,
         /// Verify checkpoint signatures with this public key (`pgwarden audit pubkey`
         /// output). Without it, checkpoints are checked for position but not signature.
+        /// Repeatable: after a key rotation, give the old and the new key.
         #[arg(long)]
-        pubkey: Option<PathBuf>,
+        pubkey: Vec<PathBuf>,
         /// A record the log must still hold, as SEQ:HASH: an anchor pgwarden logged at a
         /// signed checkpoint ("audit checkpoint written") or an earlier verify printed.
         /// Catches the removal of the newest files together with their checkpoints.
         /// Repeatable.
         #[arg(long = "anchor", value_name = "SEQ:HASH")]
         anchors: Vec<pgwarden::audit::verify::Anchor>,
+        /// Fail (exit 1) on warnings too: records no signature vouches for because a run
+        /// ended without its final checkpoint (a crash or kill, or records added while
+        /// pgwarden was stopped).
+        #[arg(long)]
+        strict: bool,
     },
     /// Find records by who, when and what, across rotated files.
     ///
@@ -408,7 +414,8 @@ fn main() -> ExitCode {
                 dir,
                 pubkey,
                 anchors,
-            } => audit_verify(&dir, pubkey.as_deref(), &anchors),
+                strict,
+            } => audit_verify(&dir, &pubkey, &anchors, strict),
             AuditCommand::Keygen { out } => audit_keygen(&out),
             AuditCommand::Search {
                 dir,
@@ -978,18 +985,22 @@ fn audit_pubkey(key: &std::path::Path) -> ExitCode {
 
 fn audit_verify(
     dir: &std::path::Path,
-    pubkey: Option<&std::path::Path>,
+    pubkeys: &[PathBuf],
     anchors: &[pgwarden::audit::verify::Anchor],
+    strict: bool,
 ) -> ExitCode {
-    let public_key = match pubkey.map(pgwarden::audit::checkpoint::PublicKey::load) {
-        None => None,
-        Some(Ok(key)) => Some(key),
-        Some(Err(e)) => {
+    let public_keys = match pubkeys
+        .iter()
+        .map(|path| pgwarden::audit::checkpoint::PublicKey::load(path))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(keys) => keys,
+        Err(e) => {
             eprintln!("pgwarden: {e}");
             return ExitCode::from(2);
         }
     };
-    let report = match pgwarden::audit::verify::verify_dir_with(dir, public_key.as_ref(), anchors) {
+    let report = match pgwarden::audit::verify::verify_dir_with(dir, &public_keys, anchors) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("pgwarden: {e}");
@@ -999,6 +1010,9 @@ fn audit_verify(
     for note in &report.notes {
         println!("note: {note}");
     }
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
     for problem in &report.problems {
         println!("PROBLEM: {problem}");
     }
@@ -1006,7 +1020,7 @@ fn audit_verify(
         (Some(first), Some(last)) => format!("seq {first}..={last}"),
         _ => "no records".to_owned(),
     };
-    match (public_key.is_some(), report.last_checkpoint) {
+    match (!public_keys.is_empty(), report.last_checkpoint) {
         (true, Some(seq)) => {
             println!(
                 "signed: {} checkpoint(s) verified, the last covering seq {seq}; {} record(s) after it are not covered by a signature",
@@ -1033,19 +1047,24 @@ fn audit_verify(
     }
     // Asked to check signatures, a log without a single signed checkpoint proves nothing:
     // anyone can recompute a plain hash chain, or empty the files.
-    let unsigned = public_key.is_some() && report.last_checkpoint.is_none();
-    if report.is_clean() && !unsigned {
+    let unsigned = !public_keys.is_empty() && report.last_checkpoint.is_none();
+    let warned = match report.warnings.len() {
+        0 => String::new(),
+        n => format!("; {n} warning(s) above"),
+    };
+    if report.is_clean() && !unsigned && !(strict && !report.warnings.is_empty()) {
         println!(
-            "OK: {} records in {} files ({range}), chain intact; last hash {}",
+            "OK: {} records in {} files ({range}), chain intact{warned}; last hash {}",
             report.records,
             report.files,
             report.last_hash.as_deref().unwrap_or("-")
         );
         ExitCode::SUCCESS
     } else {
+        let counted = if strict { report.warnings.len() } else { 0 };
         println!(
             "FAILED: {} problem(s) in {} records, {} files ({range})",
-            report.problems.len() + usize::from(unsigned),
+            report.problems.len() + usize::from(unsigned) + counted,
             report.records,
             report.files
         );

@@ -296,7 +296,7 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
     drop(log);
     thread.join().unwrap();
 
-    let report = verify_dir_with(&dir, Some(&public), &[]).unwrap();
+    let report = verify_dir_with(&dir, std::slice::from_ref(&public), &[]).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.checkpoints, 2);
     // The ten events after the second checkpoint (plus any file.start among them).
@@ -328,7 +328,7 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
         verify_dir(&forged).unwrap().is_clean(),
         "without the key the rewrite is consistent"
     );
-    let report = verify_dir_with(&forged, Some(&public), &[]).unwrap();
+    let report = verify_dir_with(&forged, std::slice::from_ref(&public), &[]).unwrap();
     assert!(
         report
             .problems
@@ -341,7 +341,7 @@ async fn signed_checkpoints_catch_a_rewritten_chain_and_bound_the_unsigned_tail(
     // A log signed with someone else's key is not accepted either.
     let other = SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap();
     let other_public = PublicKey::parse(&other.public_key()).unwrap();
-    let report = verify_dir_with(&dir, Some(&other_public), &[]).unwrap();
+    let report = verify_dir_with(&dir, std::slice::from_ref(&other_public), &[]).unwrap();
     assert!(
         report.problems[0].message.contains("another key"),
         "{:?}",
@@ -376,7 +376,7 @@ async fn a_checkpoint_that_starts_a_new_file_signs_its_file_start() {
         first_records.iter().any(|r| r.contains("\"checkpoint\"")),
         "no file starts with a checkpoint after its file.start: the case is not exercised"
     );
-    let report = verify_dir_with(&dir, Some(&public), &[]).unwrap();
+    let report = verify_dir_with(&dir, std::slice::from_ref(&public), &[]).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.checkpoints, 120);
     std::fs::remove_dir_all(dir).unwrap();
@@ -396,5 +396,171 @@ async fn a_batch_window_groups_records_and_loses_none() {
     let report = verify_dir(&dir).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.records - list_files(&dir).unwrap().len() as u64, 50);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One run of a signing pgwarden as the log sees it: start, `events` failed logins, and,
+/// if `stop`, a stop with its final checkpoint; else (killed) the records just end.
+async fn signed_run(dir: &Path, pem: &str, events: std::ops::Range<usize>, stop: bool) {
+    let mut signed = settings(dir);
+    signed.signing_key = Some(pgwarden::config::Secret::resolve(pem, dir).unwrap().0);
+    let (log, thread) = AuditLog::open(signed).unwrap();
+    log.record(Event::ProxyStart {
+        version: "test".into(),
+        listen: "127.0.0.1:6432".into(),
+        first_session: 1,
+    })
+    .await
+    .unwrap();
+    let middle = events.start + events.len() / 2;
+    for i in events {
+        log.record(failure(i)).await.unwrap();
+        if i == middle {
+            log.checkpoint().await.unwrap();
+        }
+    }
+    if stop {
+        log.record(Event::ProxyStop {
+            reason: "SIGTERM".into(),
+        })
+        .await
+        .unwrap();
+        log.checkpoint().await.unwrap();
+    }
+    log.flush().await.unwrap();
+    drop(log);
+    thread.join().unwrap();
+}
+
+/// Records after a run's last checkpoint that a restart chained onto (a kill, or records
+/// appended while pgwarden was stopped), and a stop without its final checkpoint, are
+/// pointed out: the later signatures cover them, but vouch for nothing the run did not
+/// sign itself.
+#[tokio::test]
+async fn records_no_run_signed_are_pointed_out_even_when_a_later_checkpoint_covers_them() {
+    let dir = temp_dir("unsigned-runs");
+    let pem = SigningKey::generate_pem().unwrap();
+    let public = PublicKey::parse(&SigningKey::from_pem(&pem).unwrap().public_key()).unwrap();
+    signed_run(&dir, &pem, 0..20, true).await;
+    let report = verify_dir_with(&dir, std::slice::from_ref(&public), &[]).unwrap();
+    assert!(
+        report.is_clean() && report.warnings.is_empty(),
+        "{report:?}"
+    );
+
+    // Killed after its mid-run checkpoint: ten records nobody signed, then a restart.
+    signed_run(&dir, &pem, 20..40, false).await;
+    signed_run(&dir, &pem, 40..60, true).await;
+    let report = verify_dir_with(&dir, std::slice::from_ref(&public), &[]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let warning = &report.warnings[0];
+    assert!(warning.message.contains("were never signed"), "{warning}");
+    let line = &lines(&dir.join(&warning.file))[warning.line - 1];
+    assert!(
+        line.contains("\"user-31\""),
+        "points at the first unsigned record: {line}"
+    );
+
+    // The final checkpoint removed (with whatever the run did last): the stop is alone.
+    let cut = copy_dir(&dir, "unsigned-runs-cut");
+    let last = list_files(&cut).unwrap().pop().unwrap();
+    let mut kept = lines(&cut.join(&last));
+    assert!(kept.pop().unwrap().contains("\"checkpoint\""));
+    write_lines(&cut.join(&last), &kept);
+    let report = verify_dir_with(&cut, std::slice::from_ref(&public), &[]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("no checkpoint follows")),
+        "{:?}",
+        report.warnings
+    );
+
+    // The CLI says so, and fails with --strict.
+    let verify = |dir: &Path, strict: bool| {
+        let key = dir
+            .join("..")
+            .join(format!("unsigned-runs-{}.pub", std::process::id()));
+        std::fs::write(&key, SigningKey::from_pem(&pem).unwrap().public_key()).unwrap();
+        let mut args = vec![
+            "audit".to_owned(),
+            "verify".into(),
+            dir.display().to_string(),
+        ];
+        args.extend(["--pubkey".into(), key.display().to_string()]);
+        if strict {
+            args.push("--strict".into());
+        }
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&cut, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: ") && stdout.contains("warning(s) above"),
+        "{stdout}"
+    );
+    assert_eq!(verify(&cut, true).status.code(), Some(1));
+    std::fs::remove_dir_all(cut).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// After a key rotation, both keys verify the log; one alone does not.
+#[tokio::test]
+async fn a_log_signed_with_two_keys_verifies_with_both() {
+    let dir = temp_dir("rotated-keys");
+    let old = SigningKey::generate_pem().unwrap();
+    let new = SigningKey::generate_pem().unwrap();
+    let public =
+        |pem: &str| PublicKey::parse(&SigningKey::from_pem(pem).unwrap().public_key()).unwrap();
+    signed_run(&dir, &old, 0..10, true).await;
+    signed_run(&dir, &new, 10..20, true).await;
+    let report = verify_dir_with(&dir, &[public(&old)], &[]).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("another key")),
+        "{:?}",
+        report.problems
+    );
+    let report = verify_dir_with(&dir, &[public(&old), public(&new)], &[]).unwrap();
+    assert!(
+        report.is_clean() && report.warnings.is_empty(),
+        "{report:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An empty directory is not a clean log; an emptied file is named as such.
+#[tokio::test]
+async fn no_files_and_an_emptied_file_are_problems() {
+    let dir = temp_dir("no-files");
+    let report = verify_dir(&dir).unwrap();
+    assert!(
+        report.problems[0].message.contains("no audit files"),
+        "{:?}",
+        report.problems
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let dir = clean_log("emptied").await;
+    let files = list_files(&dir).unwrap();
+    assert!(files.len() >= 3);
+    std::fs::write(dir.join(&files[1]), "").unwrap();
+    let report = verify_dir(&dir).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p
+            .message
+            .contains(&format!("{} is empty: its records were removed", files[1]))),
+        "{:?}",
+        report.problems
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -7,6 +7,12 @@
 //! partial last line; and that records known from outside the log ([`Anchor`]s) are still
 //! there, unchanged. The first record of each break is reported as `file:line` with the
 //! reason.
+//!
+//! With signed checkpoints, it also warns about records no signature vouches for although
+//! a later checkpoint covers them: pgwarden signs a checkpoint when it stops, so records
+//! between a run's last checkpoint and the next start were either written just before a
+//! crash or kill, or added while pgwarden was stopped, and the next run chained onto them
+//! without being able to tell.
 
 use std::path::Path;
 
@@ -85,6 +91,10 @@ pub struct Report {
     pub problems: Vec<Finding>,
     /// Things a reviewer should know that are not tampering (a crash's sealed partial line).
     pub notes: Vec<Finding>,
+    /// What no signature vouches for, although the chain holds: records a run wrote after
+    /// its last checkpoint (a crash, a kill, or records added while pgwarden was stopped),
+    /// a stop without its final checkpoint.
+    pub warnings: Vec<Finding>,
     /// Checkpoint records found (and, with a public key, whose signatures verified).
     pub checkpoints: u64,
     /// Seq of the record the last valid checkpoint covers.
@@ -128,14 +138,26 @@ struct Chain<'a> {
 /// Verify every audit file in `dir` (checkpoint signatures are not checked; see
 /// [`verify_dir_with`]).
 pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
-    verify_dir_with(dir, None, &[])
+    verify_dir_with(dir, &[], &[])
 }
 
-/// Verify every audit file in `dir`, checkpoint signatures with `public_key`, and that every
-/// one of `anchors` is in the log.
+/// Records since the last checkpoint, to warn about at the next start (or the end of the
+/// log) if no checkpoint comes first.
+#[derive(Debug, Default)]
+struct Unsigned {
+    /// The first record after the checkpoint that is not a file's or a recovery's
+    /// bookkeeping: where, and its seq.
+    first: Option<(String, usize, u64)>,
+    /// A `proxy.stop` among them: where, and its seq.
+    stop: Option<(String, usize, u64)>,
+}
+
+/// Verify every audit file in `dir`, checkpoint signatures with `public_keys` (any of them:
+/// keys are rotated; none given, signatures are not checked), and that every one of
+/// `anchors` is in the log.
 pub fn verify_dir_with(
     dir: &Path,
-    public_key: Option<&PublicKey>,
+    public_keys: &[PublicKey],
     anchors: &[Anchor],
 ) -> Result<Report, AuditError> {
     let mut report = Report::default();
@@ -143,8 +165,23 @@ pub fn verify_dir_with(
     // What the next record must carry; `None` right after a break (resynchronize there).
     let mut expected: Option<(u64, String)> = None;
     let mut previous_file: Option<String> = None;
+    // Files with nothing in them: pgwarden leaves one only when it crashes creating it.
+    let mut empty_files: Vec<String> = Vec::new();
+    // Whether checkpoints are in use (one was seen), and what came after the last one.
+    let mut signing = false;
+    let mut unsigned = Unsigned::default();
     let files = list_files(dir)?;
     report.files = files.len();
+    if files.is_empty() {
+        report.problems.push(Finding {
+            file: String::new(),
+            line: 0,
+            message: format!(
+                "no audit files (pgwarden-audit-*.jsonl) in {}: wrong directory, or the log was removed",
+                dir.display()
+            ),
+        });
+    }
     for name in &files {
         let path = dir.join(name);
         let bytes = std::fs::read(&path).map_err(|e| AuditError::Io {
@@ -159,8 +196,9 @@ pub fn verify_dir_with(
         if bytes.is_empty() {
             report.notes.push(problem(
                 0,
-                "empty file (a write failed while creating it)".into(),
+                "empty file: pgwarden leaves one only if it fails or crashes while creating it; the next file's start says whether records were removed from it".into(),
             ));
+            empty_files.push(name.clone());
             continue;
         }
         let text = String::from_utf8_lossy(&bytes);
@@ -248,13 +286,21 @@ pub fn verify_dir_with(
                         "the file does not begin with a file.start record".into(),
                     ));
                 } else if chain.previous_file != previous_file {
+                    let follows = chain.previous_file.as_deref().unwrap_or("nothing");
+                    let why = if empty_files
+                        .iter()
+                        .any(|f| Some(f.as_str()) == chain.previous_file.as_deref())
+                    {
+                        format!("{follows} is empty: its records were removed")
+                    } else {
+                        format!(
+                            "the file before it is {}: a file is missing or was renamed",
+                            previous_file.as_deref().unwrap_or("nothing")
+                        )
+                    };
                     report.problems.push(problem(
                         number,
-                        format!(
-                            "the file says it follows {} but the file before it is {}: a file is missing or was renamed",
-                            chain.previous_file.as_deref().unwrap_or("nothing"),
-                            previous_file.as_deref().unwrap_or("nothing")
-                        ),
+                        format!("the file says it follows {follows}, but {why}"),
                     ));
                 }
             }
@@ -270,9 +316,24 @@ pub fn verify_dir_with(
                     ));
                 }
             }
+            if chain.kind == "proxy.start" && signing {
+                if let Some(finding) = unsigned.warning(chain.seq - 1, true) {
+                    report.warnings.push(finding);
+                }
+                unsigned = Unsigned::default();
+            } else if !matches!(chain.kind, "checkpoint" | "file.start" | "log.recovered") {
+                unsigned
+                    .first
+                    .get_or_insert((name.clone(), number, chain.seq));
+                if chain.kind == "proxy.stop" {
+                    unsigned.stop = Some((name.clone(), number, chain.seq));
+                }
+            }
             if chain.kind == "checkpoint" {
-                match check_checkpoint(&chain, expected.as_ref(), public_key) {
+                signing = true;
+                match check_checkpoint(&chain, expected.as_ref(), public_keys) {
                     Ok(()) => {
+                        unsigned = Unsigned::default();
                         report.checkpoints += 1;
                         report.last_checkpoint = chain.covers_seq;
                         report.last_checkpoint_record = Some(Anchor {
@@ -292,6 +353,13 @@ pub fn verify_dir_with(
     if let Some(last) = report.last_seq {
         // The checkpoint record carries the signature; what follows it is unsigned.
         report.unsigned_tail = last - report.last_checkpoint_record.as_ref().map_or(0, |a| a.seq);
+        // A running pgwarden's newest records wait for the next checkpoint; a stopped one
+        // signed its last.
+        if signing {
+            if let Some(finding) = unsigned.warning(last, false) {
+                report.warnings.push(finding);
+            }
+        }
     }
     for (anchor, _) in anchors
         .iter()
@@ -318,11 +386,40 @@ pub fn verify_dir_with(
     Ok(report)
 }
 
-/// A checkpoint must sign exactly the record before it, with the expected key.
+impl Unsigned {
+    /// The warning for the unsigned records up to `last`: at a restart (`restarted`), or
+    /// at the end of the log (only after a stop: a running pgwarden signs them later).
+    fn warning(&self, last: u64, restarted: bool) -> Option<Finding> {
+        let finding = |(file, line, _): &(String, usize, u64), message: String| Finding {
+            file: file.clone(),
+            line: *line,
+            message,
+        };
+        match (&self.stop, &self.first) {
+            (Some(stop), _) => Some(finding(
+                stop,
+                format!(
+                    "pgwarden stopped here (seq {}) but no checkpoint follows: it signs one when it stops, so the records at the end of that run were removed or rewritten, or that checkpoint could not be written",
+                    stop.2
+                ),
+            )),
+            (None, Some(first)) if restarted => Some(finding(
+                first,
+                format!(
+                    "records seq {}..={last} were never signed: the run that wrote them ended without a stop or a final checkpoint (pgwarden was killed or crashed, or they were added while it was stopped); the checkpoints after the restart do not vouch for them",
+                    first.2
+                ),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A checkpoint must sign exactly the record before it, with one of the given keys.
 fn check_checkpoint(
     chain: &Chain<'_>,
     expected: Option<&(u64, String)>,
-    public_key: Option<&PublicKey>,
+    public_keys: &[PublicKey],
 ) -> Result<(), String> {
     let (Some(covers_seq), Some(covers_hash), Some(key_id), Some(signature)) = (
         chain.covers_seq,
@@ -337,13 +434,16 @@ fn check_checkpoint(
             return Err("checkpoint does not cover the record before it".into());
         }
     }
-    let Some(key) = public_key else { return Ok(()) };
-    if key.key_id() != key_id {
-        return Err(format!(
-            "checkpoint signed by another key ({key_id}, expected {})",
-            key.key_id()
-        ));
+    if public_keys.is_empty() {
+        return Ok(());
     }
+    let Some(key) = public_keys.iter().find(|key| key.key_id() == key_id) else {
+        let given: Vec<String> = public_keys.iter().map(PublicKey::key_id).collect();
+        return Err(format!(
+            "checkpoint signed by another key ({key_id}; the keys given are {})",
+            given.join(", ")
+        ));
+    };
     if !key.verify(covers_seq, covers_hash, signature) {
         return Err("checkpoint signature is invalid: forged or altered".into());
     }

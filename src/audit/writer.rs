@@ -341,6 +341,15 @@ impl Writer {
                 record::check(line).map_err(|_| AuditError::CorruptTail(path.clone()))?;
             writer.seq =
                 super::seq_of(line).ok_or_else(|| AuditError::CorruptTail(path.clone()))?;
+            // This run's checkpoints will sign the chain, and so whatever it ends with now.
+            // A clean stop ends with a checkpoint: anything after it is worth a word.
+            if writer.key.is_some() && !line.contains(r#""type":"checkpoint""#) {
+                warn!(
+                    file = %last,
+                    last_seq = writer.seq,
+                    "the audit log does not end with a signed checkpoint: the last run was killed or crashed (or had no signing key), or records were added since; `pgwarden audit verify` points out what no signature vouches for"
+                );
+            }
         }
         writer.written = (writer.seq, writer.prev_hash.clone());
         writer.last_file = Some(last.clone());
