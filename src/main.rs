@@ -1052,7 +1052,8 @@ fn audit_verify(
         0 => String::new(),
         n => format!("; {n} warning(s) above"),
     };
-    if report.is_clean() && !unsigned && !(strict && !report.warnings.is_empty()) {
+    let warnings_fail = strict && !report.warnings.is_empty();
+    if report.is_clean() && !unsigned && !warnings_fail {
         println!(
             "OK: {} records in {} files ({range}), chain intact{warned}; last hash {}",
             report.records,
@@ -1061,7 +1062,7 @@ fn audit_verify(
         );
         ExitCode::SUCCESS
     } else {
-        let counted = if strict { report.warnings.len() } else { 0 };
+        let counted = if warnings_fail { report.warnings.len() } else { 0 };
         println!(
             "FAILED: {} problem(s) in {} records, {} files ({range})",
             report.problems.len() + usize::from(unsigned) + counted,
