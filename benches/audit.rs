@@ -13,11 +13,14 @@ use pgwarden::audit::{AuditLog, FsyncPolicy, Settings};
 
 fn event(i: u64) -> Event {
     Event::AuthFailure {
+        session: i,
         user: format!("user-{i}"),
+        actor: None,
         src_endpoint: Endpoint {
             ip: "10.1.2.3".into(),
             port: 50_000,
         },
+        database: "app".into(),
         reason: "invalid_credentials".into(),
     }
 }

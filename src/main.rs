@@ -314,12 +314,15 @@ enum AuditCommand {
     /// Find records by who, when and what, across rotated files.
     ///
     /// All given filters must match. Prints a table, or the records themselves as JSON
-    /// lines with --json. Times are UTC: 2026-11-27, 2026-11-27T06:30[:15][Z], or an age
-    /// such as 15m, 2h, 7d.
+    /// lines with --json. Times are UTC unless they say otherwise: 2026-11-27,
+    /// 2026-11-27T06:30[:15[.123]][Z|+01:00] (as the table prints them), milliseconds since
+    /// 1970 (a record's `time`), or an age such as 15m, 2h, 7d. Warns when lines fail their
+    /// hash check or the chain breaks (run `audit verify` then).
     Search {
         /// The audit directory.
         dir: PathBuf,
-        /// The person: their logins, failed logins and everything in their sessions.
+        /// The person (exact name): their logins, failed logins (as who they signed in as,
+        /// or the name they claimed), everything in their sessions, their approvals.
         #[arg(long)]
         user: Option<String>,
         /// Only records at or after this time.
@@ -337,7 +340,8 @@ enum AuditCommand {
         /// A statement's decision (allow, deny, approve).
         #[arg(long)]
         decision: Option<String>,
-        /// A table a statement touched.
+        /// A table a statement touched, as SQL names it (`orders`, `public.orders`,
+        /// `"Orders"`; unqualified matches any schema).
         #[arg(long)]
         table: Option<String>,
         /// Statements (and approval requests) whose declared intent contains this text
@@ -347,7 +351,8 @@ enum AuditCommand {
         /// Case-insensitive text anywhere in the record.
         #[arg(long)]
         text: Option<String>,
-        /// Print matching records as JSON lines, exactly as stored.
+        /// Print matching records as JSON lines, exactly as stored; a statement's
+        /// statement.result follows it.
         #[arg(long)]
         json: bool,
     },
@@ -435,6 +440,24 @@ fn main() -> ExitCode {
                     t.map(|t| pgwarden::audit::search::parse_time(&t, now))
                         .transpose()
                 };
+                // A misspelt value would quietly find nothing.
+                if let Some(kind) = kind
+                    .as_deref()
+                    .filter(|k| !pgwarden::audit::event::TYPES.contains(k))
+                {
+                    eprintln!(
+                        "pgwarden: --type {kind:?} is not a record type; one of: {}",
+                        pgwarden::audit::event::TYPES.join(", ")
+                    );
+                    return ExitCode::from(2);
+                }
+                if let Some(decision) = decision
+                    .as_deref()
+                    .filter(|d| !["allow", "deny", "approve"].contains(d))
+                {
+                    eprintln!("pgwarden: --decision {decision:?}: statements are recorded as allow, deny or approve (held for approval)");
+                    return ExitCode::from(2);
+                }
                 match (parse(since), parse(until)) {
                     (Ok(since), Ok(until)) => {
                         let query = pgwarden::audit::search::Query {
@@ -717,23 +740,48 @@ fn audit_search(
     json: bool,
 ) -> ExitCode {
     use pgwarden::audit::search::{format_time, search};
-    let hits = match search(dir, query) {
-        Ok(hits) => hits,
+    use std::io::Write;
+    let found = match search(dir, query) {
+        Ok(found) => found,
         Err(e) => {
             eprintln!("pgwarden: {e}");
             return ExitCode::from(2);
         }
     };
-    if json {
-        for hit in &hits {
-            println!("{}", hit.raw);
+    let hits = &found.hits;
+    // Records can only be trusted as far as the chain holds: say when it does not.
+    let warn_damage = || {
+        if found.unchecked_lines > 0 || found.chain_breaks > 0 {
+            eprintln!(
+                "warning: {} line(s) fail their own hash check and were not searched, and the chain breaks in {} place(s): records were altered, removed or inserted. Run `pgwarden audit verify {}` before relying on these results",
+                found.unchecked_lines,
+                found.chain_breaks,
+                dir.display()
+            );
         }
+    };
+    // A reader that stops early (`| head`) is not an error.
+    let mut out = std::io::stdout().lock();
+    if json {
+        for hit in hits {
+            // The outcome of a statement follows it, as it does in the table.
+            let result = hit.result_raw.iter().filter(|_| !hit.result_also_matched);
+            for line in std::iter::once(&hit.raw).chain(result) {
+                if writeln!(out, "{line}").is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+        warn_damage();
         return ExitCode::SUCCESS;
     }
-    println!(
-        "{:<24} {:>8} {:<14} {:>7} {:<16} detail",
+    let mut print = |line: String| writeln!(out, "{line}").is_ok();
+    if !print(format!(
+        "{:<24} {:>8} {:<16} {:>7} {:<16} detail",
         "time (UTC)", "seq", "type", "session", "user"
-    );
+    )) {
+        return ExitCode::SUCCESS;
+    }
     // Outcomes already shown on their statement's line are not repeated.
     let shown: std::collections::HashSet<(u64, u64)> = hits
         .iter()
@@ -746,7 +794,7 @@ fn audit_search(
         })
         .collect();
     let mut printed = 0;
-    for hit in &hits {
+    for hit in hits {
         let r = &hit.record;
         if r["type"] == "statement.result"
             && r["session"]
@@ -775,9 +823,22 @@ fn audit_search(
                 r["statements"]
             ),
             "auth.failure" => format!(
-                "{} from {}",
+                "{} from {} db={}{}",
                 r["reason"].as_str().unwrap_or(""),
-                r["src_endpoint"]["ip"].as_str().unwrap_or("")
+                r["src_endpoint"]["ip"].as_str().unwrap_or(""),
+                r["database"].as_str().unwrap_or("?"),
+                // Signed in as one person, asking to be another: both names matter.
+                match r["user"].as_str() {
+                    Some(claimed) if Some(claimed) != hit.user.as_deref() =>
+                        format!(" as {claimed:?}"),
+                    _ => String::new(),
+                }
+            ),
+            "file.start" => format!(
+                "follows {}",
+                r["previous_file"]
+                    .as_str()
+                    .unwrap_or("nothing (first file)")
             ),
             "checkpoint" => format!("covers seq {}", r["covers_seq"]),
             "approval.request" => format!(
@@ -849,8 +910,8 @@ fn audit_search(
             ),
             _ => String::new(),
         };
-        println!(
-            "{:<24} {:>8} {:<14} {:>7} {:<16} {}",
+        if !print(format!(
+            "{:<24} {:>8} {:<16} {:>7} {:<16} {}",
             format_time(r["time"].as_u64().unwrap_or(0)),
             r["seq"].as_u64().unwrap_or(0),
             r["type"].as_str().unwrap_or(""),
@@ -860,9 +921,12 @@ fn audit_search(
                 .unwrap_or_default(),
             user,
             detail
-        );
+        )) {
+            return ExitCode::SUCCESS;
+        }
     }
     eprintln!("{printed} record(s)");
+    warn_damage();
     ExitCode::SUCCESS
 }
 
@@ -885,6 +949,34 @@ fn statement_detail(r: &serde_json::Value, result: Option<&serde_json::Value>) -
         r["protocol"].as_str().unwrap_or(""),
         text
     );
+    // Why: the rule that decided (and its reason), who approved, the declared intent.
+    if let Some(rule) = r["rule"].as_str() {
+        detail.push_str(&format!(" (rule {rule}"));
+        if let Some(reason) = r["reason"].as_str() {
+            detail.push_str(&format!(": {reason}"));
+        }
+        detail.push(')');
+    }
+    let approval = &r["approval"];
+    if approval.is_object() {
+        let by: Vec<&str> = approval["approved_by"]
+            .as_array()
+            .map(|names| names.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        detail.push_str(&format!(
+            " [approved by {} in {}{}]",
+            by.join(", "),
+            approval["request"].as_str().unwrap_or("?"),
+            if approval["grant"] == true {
+                ", a grant"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(intent) = r["intent"].as_str() {
+        detail.push_str(&format!(" intent={intent:?}"));
+    }
     match result {
         Some(res) if res["skipped"] == true => detail.push_str(" → skipped"),
         Some(res) => {
@@ -1007,14 +1099,17 @@ fn audit_verify(
             return ExitCode::from(2);
         }
     };
+    // A reader that stops early (`| head`) is not an error: what is not read is dropped.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for note in &report.notes {
-        println!("note: {note}");
+        let _ = writeln!(out, "note: {note}");
     }
     for warning in &report.warnings {
-        println!("warning: {warning}");
+        let _ = writeln!(out, "warning: {warning}");
     }
     for problem in &report.problems {
-        println!("PROBLEM: {problem}");
+        let _ = writeln!(out, "PROBLEM: {problem}");
     }
     let range = match (report.first_seq, report.last_seq) {
         (Some(first), Some(last)) => format!("seq {first}..={last}"),
@@ -1022,25 +1117,31 @@ fn audit_verify(
     };
     match (!public_keys.is_empty(), report.last_checkpoint) {
         (true, Some(seq)) => {
-            println!(
+            let _ = writeln!(out,
                 "signed: {} checkpoint(s) verified, the last covering seq {seq}; {} record(s) after it are not covered by a signature",
                 report.checkpoints, report.unsigned_tail
             );
             if let Some(anchor) = &report.last_checkpoint_record {
-                println!("anchor: {anchor} (keep it elsewhere; a later `audit verify --anchor {anchor}` fails if the log no longer reaches it)");
+                let _ = writeln!(out, "anchor: {anchor} (keep it elsewhere; a later `audit verify --anchor {anchor}` fails if the log no longer reaches it)");
             }
         }
-        (true, None) => println!(
-            "PROBLEM: no signed checkpoint: nothing proves these records were not rewritten from the start"
-        ),
-        (false, _) if report.checkpoints > 0 => println!(
-            "signed: {} checkpoint(s) found but not verified (pass --pubkey)",
-            report.checkpoints
-        ),
+        (true, None) => {
+            let _ = writeln!(out,
+                "PROBLEM: no signed checkpoint: nothing proves these records were not rewritten from the start"
+            );
+        }
+        (false, _) if report.checkpoints > 0 => {
+            let _ = writeln!(
+                out,
+                "signed: {} checkpoint(s) found but not verified (pass --pubkey)",
+                report.checkpoints
+            );
+        }
         (false, _) => {}
     }
     if !anchors.is_empty() && report.is_clean() {
-        println!(
+        let _ = writeln!(
+            out,
             "anchored: the {} record(s) given with --anchor are in the log, unchanged",
             anchors.len()
         );
@@ -1054,7 +1155,8 @@ fn audit_verify(
     };
     let warnings_fail = strict && !report.warnings.is_empty();
     if report.is_clean() && !unsigned && !warnings_fail {
-        println!(
+        let _ = writeln!(
+            out,
             "OK: {} records in {} files ({range}), chain intact{warned}; last hash {}",
             report.records,
             report.files,
@@ -1062,8 +1164,13 @@ fn audit_verify(
         );
         ExitCode::SUCCESS
     } else {
-        let counted = if warnings_fail { report.warnings.len() } else { 0 };
-        println!(
+        let counted = if warnings_fail {
+            report.warnings.len()
+        } else {
+            0
+        };
+        let _ = writeln!(
+            out,
             "FAILED: {} problem(s) in {} records, {} files ({range})",
             report.problems.len() + usize::from(unsigned) + counted,
             report.records,

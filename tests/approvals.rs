@@ -1049,7 +1049,7 @@ async fn new_requests_are_announced_on_the_webhook() {
         ])
         .output()
         .unwrap();
-    assert!(found.status.success());
+    assert!(found.status.success(), "{found:?}");
     let table = String::from_utf8_lossy(&found.stdout);
     let line = |kind: &str| {
         table
@@ -1068,6 +1068,32 @@ async fn new_requests_are_announced_on_the_webhook() {
     assert!(
         answer.contains("dba@example.com") && answer.contains("approved"),
         "{answer}"
+    );
+    // With another filter too, the answer is still known to belong to the intent; and the
+    // statement that ran names who approved it.
+    let search = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "search",
+            s.audit.to_str().unwrap(),
+            "--intent",
+            "inc-77",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answers = search(&["--type", "approval.answer"]);
+    assert_eq!(answers.lines().count(), 2, "{answers}");
+    assert!(answers.contains("dba@example.com"), "{answers}");
+    let statements = search(&["--type", "statement"]);
+    assert!(
+        statements.contains("approved by dba@example.com"),
+        "{statements}"
     );
 }
 

@@ -34,6 +34,12 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    // Signed in, but kept out of the database by [[access]]: the failure is bob's.
+    let conninfo = proxy
+        .conninfo("bob", common::BOB_PASSWORD, "sslmode=disable")
+        .replace("dbname=app", "dbname=postgres");
+    let err = proxy.try_connect(&conninfo).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
     // Let the session end be recorded, then stop (which flushes).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
@@ -73,6 +79,22 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
         .unwrap();
     assert_eq!(failure["user"], "alice");
     assert_eq!(failure["reason"], "invalid_credentials");
+    assert_eq!(failure["database"], "app");
+    assert!(failure["session"].is_u64(), "{failure}");
+    assert!(
+        failure["actor"].is_null(),
+        "the password was wrong: {failure}"
+    );
+    let refused = records
+        .iter()
+        .find(|r| r["type"] == "auth.failure" && r["reason"] == "database_not_allowed")
+        .unwrap();
+    assert_eq!(refused["actor"]["user"]["name"], "bob", "{refused}");
+    assert_eq!(
+        refused["actor"]["user"]["groups"],
+        serde_json::json!(["ops"])
+    );
+    assert_eq!(refused["database"], "postgres");
 
     // No password ever reaches the files, right or wrong.
     for file in pgwarden::audit::list_files(&dir).unwrap() {
@@ -90,8 +112,8 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
     );
     assert!(stdout.starts_with("OK: "), "{stdout}");
 
-    // A second run of pgwarden on the same directory numbers its sessions from 1 again:
-    // bob's session with alice's number is not hers.
+    // A second run of pgwarden on the same directory: bob's sessions are not hers (ids go
+    // on from the first run's; logs from before that restarted them at 1 are read by run).
     let alice_session = start["session"].as_u64().unwrap();
     let again = proxy_auditing_to(&dir).await;
     for _ in 0..alice_session {
@@ -147,7 +169,9 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
     ]);
     let table = String::from_utf8_lossy(&failures.stdout);
     assert!(
-        table.contains("invalid_credentials") && table.lines().count() == 2,
+        table.contains("invalid_credentials")
+            && table.contains("database_not_allowed")
+            && table.lines().count() == 3,
         "{table}"
     );
     let none = pgwarden(&[
@@ -174,6 +198,32 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
         stdout.contains(&format!("PROBLEM: {}:", files[0])) && stdout.contains("altered"),
         "{stdout}"
     );
+    // Search says so too, rather than quietly leaving the record out.
+    let found = pgwarden(&["audit", "search", dir.to_str().unwrap(), "--user", "alice"]);
+    let stderr = String::from_utf8_lossy(&found.stderr);
+    assert!(
+        stderr.contains("warning: 1 line(s) fail their own hash check")
+            && stderr.contains("audit verify"),
+        "{stderr}"
+    );
+    // A reader that stops early is not an error.
+    for command in ["verify", "search"] {
+        let piped = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "set -o pipefail; {} audit {command} {} | head -c 0",
+                    env!("CARGO_BIN_EXE_pgwarden"),
+                    dir.display()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&piped.stderr).contains("panicked"),
+            "{piped:?}"
+        );
+    }
 }
 
 fn pgwarden(args: &[&str]) -> std::process::Output {

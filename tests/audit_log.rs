@@ -25,11 +25,14 @@ fn settings(dir: &Path) -> Settings {
 
 fn failure(i: usize) -> Event {
     Event::AuthFailure {
+        session: i as u64,
         user: format!("user-{i}"),
+        actor: None,
         src_endpoint: Endpoint {
             ip: "127.0.0.1".into(),
             port: 40_000 + (i % 1000) as u16,
         },
+        database: "app".into(),
         reason: "invalid_password".into(),
     }
 }
@@ -361,7 +364,12 @@ async fn a_checkpoint_that_starts_a_new_file_signs_its_file_start() {
     signed.signing_key = Some(pgwarden::config::Secret::resolve(&pem, &dir).unwrap().0);
     let (log, thread) = AuditLog::open(signed).unwrap();
     for i in 0..120 {
-        log.record(failure(i)).await.unwrap();
+        // Records of varying length, so that rotations fall due at checkpoints too.
+        let mut event = failure(i);
+        if let Event::AuthFailure { user, .. } = &mut event {
+            user.push_str(&"x".repeat(i % 11 * 7));
+        }
+        log.record(event).await.unwrap();
         log.checkpoint().await.unwrap();
     }
     log.flush().await.unwrap();

@@ -51,6 +51,27 @@ impl From<SocketAddr> for Endpoint {
     }
 }
 
+/// Every record `type`, for checking what a reviewer asks `audit search --type` for.
+pub const TYPES: &[&str] = &[
+    "file.start",
+    "log.recovered",
+    "log.write_failed",
+    "checkpoint",
+    "proxy.start",
+    "proxy.stop",
+    "config.reload",
+    "session.start",
+    "session.end",
+    "statement",
+    "statement.result",
+    "approval.request",
+    "approval.answer",
+    "approval.closed",
+    "admin.call",
+    "cancel.request",
+    "auth.failure",
+];
+
 /// One event, tagged by `type` in the JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
@@ -208,9 +229,16 @@ pub enum Event {
     },
     #[serde(rename = "auth.failure")]
     AuthFailure {
+        /// The connection's id (as in the log; no session started).
+        session: u64,
         /// The user name the client claimed.
         user: String,
+        /// Who the client proved to be, when the refusal came after that (`[[access]]`, the
+        /// upstream login): the person the failure is about, not necessarily `user`.
+        actor: Option<Actor>,
         src_endpoint: Endpoint,
+        /// The database asked for.
+        database: String,
         /// A category (`invalid_password`, `database_not_allowed`, …), never credentials.
         reason: String,
     },
@@ -355,6 +383,26 @@ impl Event {
             | Self::ApprovalClosed { .. } => Some((3005, 99)),
             // 6003 API Activity.
             Self::AdminCall { .. } => Some((6003, 99)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`super::TYPES`] is every `type` the enum writes.
+    #[test]
+    fn types_lists_every_event() {
+        let source = include_str!("event.rs");
+        let enum_body = &source[source.find("pub enum Event {").unwrap()..];
+        let enum_body = &enum_body[..enum_body.find("\n}\n").unwrap()];
+        let written: Vec<&str> = enum_body
+            .split("#[serde(rename = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert_eq!(written.len(), super::TYPES.len(), "{written:?}");
+        for kind in written {
+            assert!(super::TYPES.contains(&kind), "{kind} is missing from TYPES");
         }
     }
 }

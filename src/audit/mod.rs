@@ -157,7 +157,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<String>, AuditError> {
 }
 
 /// The first session id for a new run of pgwarden: one past the highest session id of the
-/// last run (sessions log in, and are recorded, in any order), and no lower than that run's
+/// last run's logins and failed logins (recorded in any order), and no lower than that run's
 /// own `first_session`. So a session id names one session for good, across restarts, in the
 /// log and in `audit search --session`. Reads files newest first, back to the last run's
 /// `proxy.start`.
@@ -170,8 +170,12 @@ pub fn next_session_id(dir: &Path) -> Result<u64, AuditError> {
             source: e,
         })?;
         for line in text.lines().rev() {
+            // Failed logins carry their connection's id too.
             let run_start = line.contains(r#""type":"proxy.start""#);
-            if !run_start && !line.contains(r#""type":"session.start""#) {
+            if !run_start
+                && !line.contains(r#""type":"session.start""#)
+                && !line.contains(r#""type":"auth.failure""#)
+            {
                 continue;
             }
             let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {

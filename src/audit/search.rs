@@ -37,17 +37,33 @@ pub struct Hit {
     pub line: usize,
     pub record: Value,
     pub raw: String,
-    /// For a `statement` record: its `statement.result`, wherever it is in the log.
+    /// For a `statement` record: its `statement.result`, wherever it is in the log, and
+    /// that record as written.
     pub result: Option<Value>,
+    pub result_raw: Option<String>,
+    /// The result is a match of its own too (listed in its place).
+    pub result_also_matched: bool,
     /// Who the record is about: its own actor, a failed login's claimed user, an approver,
     /// an admin API caller, or the person who started its session.
     pub user: Option<String>,
 }
 
-/// All matching records, oldest first. Lines that are not a record whose own hash holds (a
-/// crash's sealed partial line, an edited line) are skipped: `audit verify` is the tool that
-/// reports them, and the chain around them.
-pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
+/// What a search found, and how far the log it read can be trusted.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    /// Lines that are not a record whose own hash holds (an edit, or a crash's sealed
+    /// partial line): not searched.
+    pub unchecked_lines: usize,
+    /// Places where a record does not follow the one before it (seq or prev_hash):
+    /// records were removed, inserted or reordered there.
+    pub chain_breaks: usize,
+}
+
+/// All matching records, oldest first. Lines that are not a record whose own hash holds are
+/// skipped, and they and breaks in the chain are counted: `audit verify` is the tool that
+/// says where and why.
+pub fn search(dir: &Path, query: &Query) -> Result<Found, AuditError> {
     let files = list_files(dir)?;
     let read = |name: &String| {
         std::fs::read_to_string(dir.join(name)).map_err(|e| AuditError::Io {
@@ -91,15 +107,28 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
     let mut session_users: HashMap<(u64, u64), String> = HashMap::new();
     // Approval requests whose intent matched: their answers and closing match too.
     let mut requests_with_intent: HashSet<String> = HashSet::new();
+    let mut found = Found::default();
     let mut hits = Vec::new();
     // Outcomes, to show next to their statements: (run, session, statement) → result.
-    let mut results: HashMap<(u64, u64, u64), Value> = HashMap::new();
+    let mut results: HashMap<(u64, u64, u64), (Value, String, bool)> = HashMap::new();
     let mut runs = Vec::new();
+    // The seq and hash the next record must follow.
+    let mut chain: Option<(u64, String)> = None;
+    let table = query.table.as_deref().map(table_name);
     for name in &files {
         for (index, line) in read(name)?.lines().enumerate() {
             let Some(record) = checked(line) else {
+                found.unchecked_lines += 1;
+                chain = None;
                 continue;
             };
+            let seq = record["seq"].as_u64().unwrap_or(0);
+            if let Some((previous_seq, previous_hash)) = &chain {
+                if seq != previous_seq + 1 || record["prev_hash"] != previous_hash.as_str() {
+                    found.chain_breaks += 1;
+                }
+            }
+            chain = Some((seq, record["hash"].as_str().unwrap_or("").to_owned()));
             if record["type"] == "proxy.start" {
                 run += 1;
             }
@@ -118,12 +147,24 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     session_users.insert((run, id), user.clone());
                 }
             }
-            if record["type"] == "statement.result" {
-                if let (Some(session), Some(statement)) = (session, record["statement"].as_u64()) {
-                    results.insert((run, session, statement), record.clone());
+            // Before the other filters: an approval request with the intent must be known
+            // for its answers to match, whatever else is asked.
+            let intent_matches = intent.as_ref().is_none_or(|wanted| {
+                let request = record["request"].as_str();
+                if record["intent"]
+                    .as_str()
+                    .is_some_and(|i| i.to_lowercase().contains(wanted))
+                {
+                    if let Some(request) = request {
+                        requests_with_intent.insert(request.to_owned());
+                    }
+                    true
+                } else {
+                    request.is_some_and(|r| requests_with_intent.contains(r))
                 }
-            }
-            let matches = query.since.is_none_or(|since| time >= since)
+            });
+            let matches = intent_matches
+                && query.since.is_none_or(|since| time >= since)
                 && query.until.is_none_or(|until| time < until)
                 && query
                     .kind
@@ -134,7 +175,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     .decision
                     .as_ref()
                     .is_none_or(|d| record["decision"] == d.as_str())
-                && query.table.as_ref().is_none_or(|table| {
+                && table.as_ref().is_none_or(|table| {
                     record["tables"].as_array().is_some_and(|tables| {
                         tables.iter().any(|t| {
                             t.as_str()
@@ -151,23 +192,15 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                         || record["caller"] == user.as_str()
                         || session.is_some_and(|id| sessions.contains(&(run, id)))
                 })
-                && intent.as_ref().is_none_or(|wanted| {
-                    let request = record["request"].as_str();
-                    if record["intent"]
-                        .as_str()
-                        .is_some_and(|i| i.to_lowercase().contains(wanted))
-                    {
-                        if let Some(request) = request {
-                            requests_with_intent.insert(request.to_owned());
-                        }
-                        true
-                    } else {
-                        request.is_some_and(|r| requests_with_intent.contains(r))
-                    }
-                })
                 && text
                     .as_ref()
                     .is_none_or(|t| line.to_lowercase().contains(t));
+            if record["type"] == "statement.result" {
+                if let (Some(session), Some(statement)) = (session, record["statement"].as_u64()) {
+                    let result = (record.clone(), line.to_owned(), matches);
+                    results.insert((run, session, statement), result);
+                }
+            }
             if matches {
                 runs.push(run);
                 hits.push(Hit {
@@ -176,6 +209,8 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                     record,
                     raw: line.to_owned(),
                     result: None,
+                    result_raw: None,
+                    result_also_matched: false,
                     user,
                 });
             }
@@ -187,17 +222,48 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, AuditError> {
                 hit.record["session"].as_u64(),
                 hit.record["statement"].as_u64(),
             ) {
-                hit.result = results.remove(&(run, session, statement));
+                if let Some((result, raw, matched)) = results.remove(&(run, session, statement)) {
+                    hit.result = Some(result);
+                    hit.result_raw = Some(raw);
+                    hit.result_also_matched = matched;
+                }
             }
         }
     }
-    Ok(hits)
+    found.hits = hits;
+    Ok(found)
 }
 
-/// Whether a table named in a record is the one searched for. Records name tables as the
-/// statement wrote them, so an unqualified name on either side matches that table in any
-/// schema (`orders` finds `public.orders`, and `public.orders` finds `orders`); quoting
-/// and case are as written.
+/// A table name as records hold it, from one as SQL writes it: unquoted parts in lower
+/// case, quoted ones as they are without the quotes, and a database in front dropped
+/// (`Shop.PUBLIC."Orders"` → `public.Orders`).
+fn table_name(sql: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut part = String::new();
+    let mut quoted = false;
+    let mut chars = sql.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                part.push('"');
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut part)),
+            c if quoted => part.push(c),
+            c => part.extend(c.to_lowercase()),
+        }
+    }
+    parts.push(part);
+    if parts.len() > 2 {
+        parts.drain(..parts.len() - 2);
+    }
+    parts.join(".")
+}
+
+/// Whether a table named in a record is the one searched for. Records name tables by schema
+/// and name when the statement did, so an unqualified name on either side matches that
+/// table in any schema (`orders` finds `public.orders`, and `public.orders` finds `orders`).
 fn same_table(recorded: &str, wanted: &str) -> bool {
     let relation = |name: &str| name.rsplit('.').next().unwrap_or(name).to_owned();
     recorded == wanted
@@ -212,7 +278,9 @@ fn checked(line: &str) -> Option<Value> {
 }
 
 /// Parse a point in time for `--since`/`--until`: `2026-11-27`, `2026-11-27T06:30`,
-/// `2026-11-27T06:30:15Z` (UTC), or an age such as `15m`, `2h`, `7d` (that long ago).
+/// `2026-11-27T06:30:15[.123]` in UTC, or with `Z` or an offset such as `+01:00` (so the
+/// times `audit search` prints can be pasted back), milliseconds since the epoch (a
+/// record's `time`), or an age such as `15m`, `2h`, `7d` (that long ago).
 pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
     let text = text.trim();
     if let Some(days) = text.strip_suffix('d').and_then(|d| d.parse::<u64>().ok()) {
@@ -221,8 +289,11 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
     if let Ok(age) = crate::config::units::HumanDuration::parse(text) {
         return Ok(now_ms.saturating_sub(age.0.as_millis() as u64));
     }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| format!("`{text}` is too large"));
+    }
     let bad = || {
-        format!("`{text}` is not a time: use 2026-11-27, 2026-11-27T06:30[:15][Z], or an age like 15m, 2h, 7d")
+        format!("`{text}` is not a time: use 2026-11-27, 2026-11-27T06:30[:15[.123]][Z|+01:00], milliseconds since 1970, or an age like 15m, 2h, 7d")
     };
     let (date, clock) = text.split_once('T').unwrap_or((text, ""));
     let mut parts = date.split('-').map(|p| p.parse::<i64>());
@@ -231,21 +302,58 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
     else {
         return Err(bad());
     };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let days = days_from_civil(y, m, d);
+    // 2026-02-31 is not a day (it would roll over into March).
+    if !(1..=12).contains(&m) || super::civil_from_days(days) != (y, m as u32, d as u32) {
         return Err(bad());
     }
-    let clock = clock.trim_end_matches('Z');
+    // An offset from UTC at the end: `Z`, `+hh:mm`, `-hh:mm`.
+    let (clock, offset_minutes) = if let Some(clock) = clock.strip_suffix('Z') {
+        (clock, 0)
+    } else if let Some(at) = clock.rfind(['+', '-']) {
+        let (clock, offset) = clock.split_at(at);
+        let sign = if offset.starts_with('-') { -1 } else { 1 };
+        let (h, m) = offset[1..].split_once(':').unwrap_or((&offset[1..], "0"));
+        let (Ok(h), Ok(m)) = (h.parse::<i64>(), m.parse::<i64>()) else {
+            return Err(bad());
+        };
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        (clock, sign * (h * 60 + m))
+    } else {
+        (clock, 0)
+    };
     let mut hms = [0u64; 3];
+    let mut millis = 0;
     if !clock.is_empty() {
-        for (slot, part) in hms.iter_mut().zip(clock.split(':')) {
-            *slot = part.parse().map_err(|_| bad())?;
+        let fields: Vec<&str> = clock.split(':').collect();
+        if fields.len() < 2 || fields.len() > 3 {
+            return Err(bad());
+        }
+        for (index, (slot, part)) in hms.iter_mut().zip(&fields).enumerate() {
+            let (whole, fraction) = part.split_once('.').unwrap_or((part, ""));
+            if whole.len() != 2 {
+                return Err(bad());
+            }
+            *slot = whole.parse().map_err(|_| bad())?;
+            if part.contains('.') {
+                // Only seconds have a fraction; milliseconds are what records keep.
+                if index != 2
+                    || fraction.is_empty()
+                    || !fraction.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(bad());
+                }
+                millis = format!("{fraction:0<3}")[..3].parse().map_err(|_| bad())?;
+            }
         }
         if hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
             return Err(bad());
         }
     }
-    let days = u64::try_from(days_from_civil(y, m, d)).map_err(|_| bad())?;
-    Ok((days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2]) * 1000)
+    let local = (days * 86_400 + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64) * 1000 + millis;
+    u64::try_from(local - offset_minutes * 60_000).map_err(|_| bad())
 }
 
 /// (year, month, day) to days since 1970-01-01 (H. Hinnant's `days_from_civil`).
@@ -291,6 +399,33 @@ mod tests {
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("2026-13-01", now).is_err());
         assert_eq!(format_time(now + 7), "2026-11-27T06:45:30.007Z");
+        // What search prints can be pasted back; offsets and epoch milliseconds work.
+        assert_eq!(parse_time(&format_time(now + 7), 0).unwrap(), now + 7);
+        assert_eq!(parse_time("2026-11-27T06:45:30.5Z", 0).unwrap(), now + 500);
+        assert_eq!(parse_time("2026-11-27T07:45:30+01:00", 0).unwrap(), now);
+        assert_eq!(parse_time("2026-11-27T01:15:30-05:30", 0).unwrap(), now);
+        assert_eq!(parse_time("1795761930000", 0).unwrap(), now);
+        assert_eq!(parse_time("2026-11-27T06:45", 0).unwrap(), now - 30_000);
+        for wrong in [
+            "2026-02-31",
+            "2026-11-27T08:50:33:99",
+            "2026-11-27T6:45",
+            "2026-11-27T06",
+            "2026-11-27T06:45.5:00",
+            "2026-11-27T06:45:30+25:00",
+        ] {
+            assert!(parse_time(wrong, 0).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_compared_as_records_hold_them() {
+        assert_eq!(table_name("ORDERS"), "orders");
+        assert_eq!(table_name("\"orders\""), "orders");
+        assert_eq!(table_name("PUBLIC.ORDERS"), "public.orders");
+        assert_eq!(table_name("shop.public.orders"), "public.orders");
+        assert_eq!(table_name("Shop.PUBLIC.\"Or.ders\""), "public.Or.ders");
+        assert_eq!(table_name("\"a\"\"b\""), "a\"b");
     }
 
     #[test]

@@ -409,6 +409,8 @@ async fn handshake(
     span.record("user", startup.user().as_str());
     span.record("db", startup.database().as_str());
 
+    // Who the client proved to be, once it has: a refusal after that is theirs.
+    let mut signed_in = None;
     match establish(
         ctx,
         snapshot,
@@ -417,6 +419,7 @@ async fn handshake(
         &startup,
         (id, peer, door),
         admitted,
+        &mut signed_in,
     )
     .await
     {
@@ -441,8 +444,11 @@ async fn handshake(
             }
             if let (Some(audit), Some(reason)) = (&ctx.audit, e.audit_reason()) {
                 let event = Event::AuthFailure {
+                    session: id,
                     user: startup.user(),
+                    actor: signed_in.as_ref().map(actor_of),
                     src_endpoint: peer.into(),
+                    database: startup.database(),
                     reason: reason.to_owned(),
                 };
                 if let Err(audit_error) = audit.record(event).await {
@@ -469,7 +475,9 @@ struct Parts {
 }
 
 /// Step 2–3: admission checks, client authentication, access check, upstream login, and the
-/// greeting. Errors are returned unreported: the caller audits and reports them.
+/// greeting. Errors are returned unreported: the caller audits and reports them, with who
+/// signed in (`signed_in`, set once authentication succeeds).
+#[allow(clippy::too_many_arguments)]
 async fn establish(
     ctx: &Context,
     snapshot: &Snapshot,
@@ -478,6 +486,7 @@ async fn establish(
     startup: &StartupMessage,
     (id, peer, door): (u64, SocketAddr, Door),
     admitted: bool,
+    signed_in: &mut Option<Identity>,
 ) -> Result<Parts, SessionError> {
     let config = &snapshot.config;
     let span = Span::current();
@@ -502,6 +511,7 @@ async fn establish(
     };
     let identity = authenticate(ctx, snapshot, &mut conn, startup, peer, door).await?;
     span.record("identity", identity.name.as_str());
+    *signed_in = Some(identity.clone());
     let database = startup.database();
     // A person signing in with a token names the upstream role they want as the startup
     // user; their own name (or nothing) means their default role.
