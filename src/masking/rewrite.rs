@@ -152,6 +152,8 @@ struct CopyPlan {
     header: bool,
     /// Binary, or options pgwarden does not parse: sensitive output is withheld.
     refused: bool,
+    /// Some column is masked by a rule (else only the detectors scan it).
+    masks: bool,
 }
 
 impl Masking {
@@ -377,11 +379,14 @@ impl Masking {
             .get(1..3)
             .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
         let Source::Statement(facts) = source else {
-            self.copy = self.has_rules().then(|| CopyPlan {
+            // Not knowing what it copies, pgwarden can neither mask nor scan it.
+            let scanning = !self.detectors.enabled.is_empty();
+            self.copy = (self.has_rules() || scanning).then(|| CopyPlan {
                 columns: Vec::new(),
                 csv: false,
                 header: false,
                 refused: true,
+                masks: self.has_rules(),
             });
             return;
         };
@@ -462,18 +467,30 @@ impl Masking {
         if !needed {
             return;
         }
+        // The detectors cannot scan what pgwarden does not parse either.
         self.copy = Some(CopyPlan {
             columns,
             csv: shape.csv,
             header: shape.header,
-            refused: masks && (shape.binary || !shape.plain),
+            refused: shape.binary || !shape.plain,
+            masks,
         });
     }
 
-    /// Whether the COPY in progress is withheld (binary or unparsed options with masked
-    /// columns): its data is dropped and its completion replaced by an error.
+    /// Whether the COPY in progress is withheld (binary or unparsed options, with masked
+    /// columns or columns the detectors scan): its data is dropped and its completion
+    /// replaced by an error.
     pub fn copy_refused(&self) -> bool {
         self.copy.as_ref().is_some_and(|c| c.refused)
+    }
+
+    /// Why the COPY in progress is withheld, for the client.
+    pub fn copy_refusal(&self) -> &'static str {
+        if self.copy.as_ref().is_some_and(|c| c.masks) {
+            "pgwarden cannot mask this COPY's format, and it includes masked columns"
+        } else {
+            "pgwarden cannot scan this COPY's format for sensitive values (emails, card numbers, …), and its columns may hold them"
+        }
     }
 
     /// A CopyData line of COPY TO: the masked frame to send instead, if anything changes.
@@ -1194,6 +1211,7 @@ mod tests {
             csv: false,
             header: false,
             refused: false,
+            masks: true,
         });
         // LATIN1 "é" (0xE9) in the first field; the email is masked, the rest untouched.
         let mut out = BytesMut::new();

@@ -91,10 +91,7 @@ impl Flow<'_> {
             b'C' if masking.copy_refused() => {
                 backend::error_response(
                     out,
-                    &ClientError::error(
-                        SqlState::INSUFFICIENT_PRIVILEGE,
-                        "pgwarden cannot mask this COPY's format, and it includes masked columns",
-                    )
+                    &ClientError::error(SqlState::INSUFFICIENT_PRIVILEGE, masking.copy_refusal())
                     .with_hint("use COPY … TO STDOUT in text or CSV format with default options, or SELECT"),
                 );
                 Masked::Replaced
