@@ -57,6 +57,9 @@ async fn psql_declares_intent_with_set_and_with_sqlcommenter_tags() {
             "-c", "RESET pgwarden.intent",
             "-c", "SELECT 'after reset' AS c",
             "-c", "SHOW pgwarden.intent",
+            "-c", "SET pgwarden.intent = 'INC-OLD'",
+            "-c", "DISCARD ALL",
+            "-c", "SELECT 'after discard all' AS d",
         ],
         &[("PGPASSWORD", ALICE_PASSWORD), ("PGSSLMODE", "disable")],
     )
@@ -79,6 +82,11 @@ async fn psql_declares_intent_with_set_and_with_sqlcommenter_tags() {
     assert_eq!(b["trace_id"], "5bd66ef5095369c7b0d1f8f4bd33716a");
     let c = record_of(&records, " AS c");
     assert!(c.get("intent").is_none(), "RESET clears it: {c}");
+    let d = record_of(&records, " AS d");
+    assert!(
+        d.get("intent").is_none(),
+        "DISCARD ALL clears it (it includes RESET ALL): {d}"
+    );
 
     // audit search --intent finds by it.
     let found = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))

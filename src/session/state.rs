@@ -838,6 +838,10 @@ impl SessionState {
                     _ => {}
                 }
             }
+            // DISCARD ALL includes RESET ALL.
+            if facts.kinds.first() == Some(&"discard") && facts.deallocates.is_some() {
+                self.intent = self.initial_intent.clone();
+            }
             match &facts.cursor {
                 Some(CursorUse::Declare(name)) => {
                     // Bounded: a session declaring without end forgets the oldest lineage,
