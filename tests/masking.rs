@@ -497,6 +497,29 @@ async fn masked_values_keep_their_types_and_the_audit_counts_them() {
             .await
             .unwrap();
     }
+    // Errors from parsing a statement hold only what the client sent: a driver (the
+    // extended protocol) sees the name it got wrong, also on a table with masked columns.
+    for (sql, expected) in [
+        (
+            format!("SELECT emial FROM {t}"),
+            "column \"emial\" does not exist",
+        ),
+        (
+            format!("SELECT id FROM {t} WHERE id = 'abc'::int"),
+            "invalid input syntax for type integer: \"abc\"",
+        ),
+        (
+            "SELECT * FROM no_such_table".to_owned(),
+            "relation \"no_such_table\" does not exist",
+        ),
+    ] {
+        let err = alice.prepare(&sql).await.expect_err(&sql);
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(message, expected, "{sql}");
+    }
     // A write derived from a masked column is refused (approve without [approvals]).
     let err = alice
         .execute(&format!("INSERT INTO {t}_copy SELECT email FROM {t}"), &[])

@@ -238,6 +238,13 @@ impl Masking {
         self.opaque = opaque && self.has_rules();
     }
 
+    /// The next messages come from a step that reads no table data (a Parse's analysis):
+    /// only the detectors apply to them.
+    pub fn observe_without_data(&mut self) {
+        self.touches = false;
+        self.opaque = false;
+    }
+
     /// A RowDescription: plan the rows that follow.
     pub fn on_row_description(&mut self, body: &[u8], source: Source<'_>) -> Result<(), Malformed> {
         self.begin(source);

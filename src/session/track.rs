@@ -400,6 +400,14 @@ impl Tracker {
         Some((front.analysis.as_ref()?, front.results))
     }
 
+    /// Whether the message being answered is a Parse: its errors and notices come from
+    /// parse analysis, which reads no table data.
+    pub fn answering_parse(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|p| p.expect == Expect::Parse)
+    }
+
     /// Count what masking did toward the message being answered.
     pub fn add_masked(&mut self, counts: crate::masking::rewrite::Counts) {
         if let Some(front) = self.queue.front_mut() {

@@ -103,7 +103,13 @@ impl Flow<'_> {
             },
             b'd' if masking.copy_data(body, out) => Masked::Replaced,
             b'E' | b'N' => {
-                masking.observe(source);
+                if self.tracker.answering_parse() {
+                    // `column "emial" does not exist`, `invalid input syntax for type
+                    // integer: "abc"`: names and literals the client sent, not data.
+                    masking.observe_without_data();
+                } else {
+                    masking.observe(source);
+                }
                 if masking.error_or_notice(tag, body, out) {
                     Masked::Replaced
                 } else {
