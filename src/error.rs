@@ -80,6 +80,8 @@ pub struct ClientError {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// Where in the statement text (1-based, in characters): clients show the line.
+    pub position: Option<u32>,
 }
 
 impl ClientError {
@@ -90,6 +92,7 @@ impl ClientError {
             message: message.into(),
             detail: None,
             hint: None,
+            position: None,
         }
     }
 
@@ -100,6 +103,7 @@ impl ClientError {
             message: message.into(),
             detail: None,
             hint: None,
+            position: None,
         }
     }
 
@@ -111,6 +115,7 @@ impl ClientError {
             message: message.into(),
             detail: None,
             hint: None,
+            position: None,
         }
     }
 
@@ -121,6 +126,11 @@ impl ClientError {
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_position(mut self, position: u32) -> Self {
+        self.position = Some(position);
         self
     }
 }

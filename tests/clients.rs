@@ -623,3 +623,47 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
         );
     }
 }
+
+/// A statement PostgreSQL's parser rejects is refused by pgwarden before it runs, and psql
+/// shows the same error as from the server itself: message, `LINE n:` and the caret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_syntax_errors_as_the_server_does() {
+    let proxy = Proxy::default().await;
+    let h = harness();
+    let direct = format!(
+        "host={} port={} dbname=app user={}",
+        h.pg.host(),
+        h.pg.port(),
+        h.pg.superuser()
+    );
+    let error_lines = |output: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            // pgwarden adds a hint of its own.
+            .filter(|l| !l.starts_with("HINT:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    for sql in [
+        "SELECT id\nFROM items\nWHERE id > 1 and and id < 3",
+        "SELECT 'unterminated;",
+        "SELEC 1",
+        "SELECT (1",
+        "SELECT 1;\nSELECT 2 FROM items WHERE AND;\nSELECT 3",
+        "SELECT 'é' AS word, 1 +* 2",
+    ] {
+        let through = psql_as_alice(&proxy, &["-c", sql], &[]).await;
+        let straight = common::run_tool(
+            &common::psql_path(),
+            &["-X", "-d", &direct, "-c", sql],
+            &[("PGPASSWORD", h.pg.superuser_password())],
+        )
+        .await;
+        let (through, straight) = (error_lines(&through), error_lines(&straight));
+        assert!(
+            straight.iter().any(|l| l.starts_with("LINE ")),
+            "the server shows a position for {sql:?}: {straight:?}"
+        );
+        assert_eq!(through, straight, "{sql:?}");
+    }
+}

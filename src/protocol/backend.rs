@@ -51,6 +51,10 @@ fn fields(out: &mut BytesMut, tag: u8, err: &ClientError) {
             out.put_u8(b'H');
             put_cstr(out, hint.as_bytes());
         }
+        if let Some(position) = err.position {
+            out.put_u8(b'P');
+            put_cstr(out, position.to_string().as_bytes());
+        }
         out.put_u8(0);
     });
 }

@@ -82,8 +82,13 @@ impl Access {
 pub enum AnalysisError {
     /// PostgreSQL's parser rejects the text. The message is the parser's, which may quote
     /// a fragment of the statement: show it to the client, never write it to the log.
-    #[error("{0}")]
-    Syntax(String),
+    /// PostgreSQL's parser rejects the text; `position` (1-based, in characters) is where,
+    /// when it can be told.
+    #[error("{message}")]
+    Syntax {
+        message: String,
+        position: Option<u32>,
+    },
     #[error("the statement is not valid UTF-8")]
     Encoding,
     #[error("pgwarden cannot check statements sent in client_encoding {0}")]
@@ -309,13 +314,13 @@ fn shape(sql: &str) -> Result<Shape, AnalysisError> {
             tokens: Vec::new(),
         });
     }
-    let tokens = pg_query::scan_tokens(sql).map_err(syntax_error)?;
+    let tokens = pg_query::scan_tokens(sql).map_err(|e| syntax_error(e, sql))?;
     let text = |start: i32, end: i32| {
         usize::try_from(start)
             .ok()
             .zip(usize::try_from(end).ok())
             .and_then(|(s, e)| sql.get(s..e))
-            .ok_or_else(|| AnalysisError::Syntax("the statement could not be scanned".into()))
+            .ok_or_else(|| AnalysisError::syntax("the statement could not be scanned"))
     };
     let mut number = 0u32;
     for token in tokens.iter().filter(|t| t.token == Token::Param as i32) {
@@ -367,7 +372,7 @@ fn shape(sql: &str) -> Result<Shape, AnalysisError> {
     }
     let rest = sql
         .get(at..)
-        .ok_or_else(|| AnalysisError::Syntax("the statement could not be scanned".into()))?;
+        .ok_or_else(|| AnalysisError::syntax("the statement could not be scanned"))?;
     normalized.push_str(rest);
     key.push_str(rest);
     Ok(Shape {
@@ -377,16 +382,70 @@ fn shape(sql: &str) -> Result<Shape, AnalysisError> {
     })
 }
 
-fn syntax_error(e: pg_query::Error) -> AnalysisError {
+fn syntax_error(e: pg_query::Error, sql: &str) -> AnalysisError {
     let message = match e {
-        pg_query::Error::Parse(message) => message,
+        // The server's own words, without the library's prefix.
+        pg_query::Error::Parse(message) | pg_query::Error::Scan(message) => message,
         other => other.to_string(),
     };
     // libpg_query's limits on nesting (the server has the same stack depth limit).
     if message.contains("stack depth limit exceeded") || message.contains("nested too deeply") {
         return AnalysisError::TooComplex;
     }
-    AnalysisError::Syntax(message)
+    let position = error_position(sql, &message);
+    AnalysisError::Syntax { message, position }
+}
+
+impl AnalysisError {
+    fn syntax(message: &str) -> Self {
+        Self::Syntax {
+            message: message.to_owned(),
+            position: None,
+        }
+    }
+}
+
+/// Most occurrences of the quoted text an error position is looked for among.
+const MAX_POSITION_CANDIDATES: usize = 16;
+
+/// Where in `sql` the parser stopped, for the client's `LINE n:` and caret, as PostgreSQL
+/// reports it (1-based, in characters): the end for `… at end of input`; for `… at or near
+/// "X"`, the first occurrence of X that the text up to and including it cannot be parsed
+/// with (libpg_query keeps the position to itself, so it is found again by parsing
+/// prefixes). `None` when it cannot be told.
+fn error_position(sql: &str, message: &str) -> Option<u32> {
+    let chars = |bytes: usize| sql.get(..bytes).map(|s| s.chars().count() as u32 + 1);
+    if message.ends_with("at end of input") {
+        return chars(sql.len());
+    }
+    let near = message.split_once(" at or near \"")?.1.strip_suffix('"')?;
+    if near.is_empty() {
+        return None;
+    }
+    let starts: Vec<usize> = sql
+        .match_indices(near)
+        .map(|(at, _)| at)
+        .take(MAX_POSITION_CANDIDATES + 1)
+        .collect();
+    match starts.as_slice() {
+        [] => None,
+        [only] => chars(*only),
+        many if many.len() > MAX_POSITION_CANDIDATES => None,
+        many => many.iter().copied().find_map(|at| {
+            let through = sql.get(..at + near.len())?;
+            let fails_here = match pg_query::parse(through, 0) {
+                Err(pg_query::Error::Parse(m) | pg_query::Error::Scan(m)) => {
+                    m.ends_with(&format!("at or near \"{near}\""))
+                }
+                _ => false,
+            };
+            if fails_here {
+                chars(at)
+            } else {
+                None
+            }
+        }),
+    }
 }
 
 fn analyze_uncached(
@@ -394,10 +453,10 @@ fn analyze_uncached(
     normalized: String,
     tokens: &[pg_query::protobuf::ScanToken],
 ) -> Result<Analysis, AnalysisError> {
-    let parsed = pg_query::parse(sql, 0).map_err(syntax_error)?;
+    let parsed = pg_query::parse(sql, 0).map_err(|e| syntax_error(e, sql))?;
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
-        let tree = Tree::of(&raw.stmt).map_err(|e| AnalysisError::Syntax(e.to_string()))?;
+        let tree = Tree::of(&raw.stmt).map_err(|e| AnalysisError::syntax(&e.to_string()))?;
         let mut facts = facts_of(&tree);
         facts.lineage = super::lineage::Lineage::of(&tree);
         statements.push(facts);
@@ -699,11 +758,11 @@ mod tests {
         let analyzer = Analyzer::new(16);
         assert!(matches!(
             analyzer.analyze(b"SELEC 1"),
-            Err(AnalysisError::Syntax(_))
+            Err(AnalysisError::Syntax { .. })
         ));
         assert!(matches!(
             analyzer.analyze(b"SELECT 'unterminated"),
-            Err(AnalysisError::Syntax(_))
+            Err(AnalysisError::Syntax { .. })
         ));
         assert_eq!(
             analyzer.analyze(b"SELECT '\xff'"),

@@ -160,7 +160,7 @@ impl Flow<'_> {
                 // The parser's message quotes the text near the error, which may be a
                 // password: the client sees it, the audit log's `reason` does not.
                 let recorded = match error {
-                    AnalysisError::Syntax(_) => {
+                    AnalysisError::Syntax { .. } => {
                         "PostgreSQL's parser rejects the statement (its message quotes the text, so it is not recorded)".to_owned()
                     }
                     other => other.to_string(),
@@ -181,13 +181,16 @@ impl Flow<'_> {
                     };
                 }
                 let refusal = match error {
-                    AnalysisError::Syntax(message) => ClientError::error(
-                        SqlState::SYNTAX_ERROR,
-                        message.clone(),
-                    )
-                    .with_hint(
-                        "pgwarden checks every statement with PostgreSQL's parser before it runs",
-                    ),
+                    AnalysisError::Syntax { message, position } => {
+                        let error = ClientError::error(SqlState::SYNTAX_ERROR, message.clone())
+                            .with_hint(
+                                "pgwarden checks every statement with PostgreSQL's parser before it runs",
+                            );
+                        match position {
+                            Some(at) => error.with_position(*at),
+                            None => error,
+                        }
+                    }
                     AnalysisError::Encoding => ClientError::error(
                         SqlState::CHARACTER_NOT_IN_REPERTOIRE,
                         "invalid byte sequence for encoding \"UTF8\"",

@@ -439,9 +439,13 @@ impl Flow<'_> {
                     // Drivers re-send the same text for the same name: decide it again (the
                     // policy may have been reloaded), but without a second analysis.
                     let prepared = &self.state.statements[parse.statement];
-                    let analysis = prepared.analysis.clone().ok_or_else(|| {
-                        AnalysisError::Syntax("the statement could not be parsed".into())
-                    });
+                    let analysis = prepared
+                        .analysis
+                        .clone()
+                        .ok_or_else(|| AnalysisError::Syntax {
+                            message: "the statement could not be parsed".into(),
+                            position: None,
+                        });
                     let ruling = self.rule(
                         &analysis,
                         Protocol::Extended {
