@@ -33,6 +33,22 @@ fn refused_by(err: &tokio_postgres::Error, rule: &str) {
     assert!(message.contains(&format!("rule {rule}")), "{message}");
 }
 
+/// The server's own error for an EXECUTE of a name not prepared, from pgwarden's rule.
+fn unknown_prepared(err: &tokio_postgres::Error, name: &str) {
+    assert_eq!(sqlstate(err).as_deref(), Some("26000"), "{err}");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(
+        db.message(),
+        format!("prepared statement \"{name}\" does not exist")
+    );
+    assert!(
+        db.hint()
+            .unwrap_or("")
+            .contains("policy.unknown-prepared-statement"),
+        "{db:?}"
+    );
+}
+
 /// Write `text` as the proxy's config file and reload it, as SIGHUP would.
 async fn reload_with(proxy: &Proxy, text: &str) -> Result<(), pgwarden::app::AppError> {
     std::fs::write(&proxy.config_path, text).unwrap();
@@ -657,12 +673,12 @@ async fn execute_is_judged_by_the_prepared_body() {
         .await
         .unwrap();
     client.simple_query("EXECUTE count_rows").await.unwrap();
-    // Unknown to pgwarden: refused rather than run blind.
+    // Unknown to pgwarden: refused rather than run blind, as the server would refuse it.
     let err = client
         .simple_query("EXECUTE nobody_prepared_this")
         .await
         .unwrap_err();
-    refused_by(&err, "policy.unknown-prepared-statement");
+    unknown_prepared(&err, "nobody_prepared_this");
 
     // A rule loaded after the PREPARE applies to the EXECUTE.
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
@@ -671,7 +687,7 @@ async fn execute_is_judged_by_the_prepared_body() {
     refused_by(&err, "no-counting");
     client.simple_query("DEALLOCATE count_rows").await.unwrap();
     let err = client.simple_query("EXECUTE count_rows").await.unwrap_err();
-    refused_by(&err, "policy.unknown-prepared-statement");
+    unknown_prepared(&err, "count_rows");
 
     // A protocol-level statement that is itself `EXECUTE name`: SQL EXECUTE of it runs the
     // inner body, and is judged by it under the rules of the moment.

@@ -175,7 +175,7 @@ impl AuthError {
         let error = ClientError::fatal(sqlstate, self.to_string());
         match self {
             Self::TokenNeedsTls => error.with_hint(
-                "connect with sslmode=require (or verify-full), e.g. psql \"host=… sslmode=require\"",
+                "connect with sslmode=require (or verify-full), e.g. psql \"host=… sslmode=require\". If another error came just before this one, that is why the sign-in failed: with sslmode=prefer (libpq's default) a client refused over TLS tries again without it",
             ),
             Self::Token { error: e, .. } => match e {
                 oidc::TokenError::Expired | oidc::TokenError::NotYetValid => {

@@ -148,7 +148,7 @@ const PACK: &[Guardrail] = &[
         functions: &[],
         flags: &[],
         action: Action::Deny,
-        message: "the fast-path FunctionCall message names a function only by OID, so pgwarden cannot check it; a rule must allow it (statements = [\"function call\"])",
+        message: "the fast-path FunctionCall message (used by large-object calls such as psql's \\lo_import and \\lo_export) names a function only by OID, so pgwarden cannot check it; a rule must allow it (statements = [\"function call\"])",
     },
     Guardrail {
         id: "guardrail.code-and-privileges",

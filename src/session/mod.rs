@@ -827,7 +827,7 @@ fn admit(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             "pgwarden requires an encrypted connection",
         )
-        .with_hint("connect with sslmode=require (or verify-full)"));
+        .with_hint("connect with sslmode=require (or verify-full). If another error came just before this one, that is why the connection failed: with sslmode=prefer (libpq's default) a client refused over TLS tries again without it"));
     }
     if startup.wants_replication() {
         return Err(ClientError::fatal(

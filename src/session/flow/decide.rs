@@ -142,8 +142,8 @@ impl Flow<'_> {
                             }
                             _ => {
                                 let decision = refuse(
-                                    "policy.unknown-prepared-statement",
-                                    format!("prepared statement \"{name}\" is not known to pgwarden in this session; PREPARE it first"),
+                                    UNKNOWN_PREPARED,
+                                    format!("prepared statement \"{name}\" does not exist"),
                                 );
                                 return self.ruling(decision, protocol, Some(analysis));
                             }
@@ -414,6 +414,9 @@ enum Approval {
 }
 
 /// A denial by one of the session's own limits (not a configured rule).
+/// The rule refusing an `EXECUTE` of a name pgwarden knows no `PREPARE` of.
+const UNKNOWN_PREPARED: &str = "policy.unknown-prepared-statement";
+
 pub(super) fn refuse(rule: &str, message: String) -> Decision {
     Decision {
         action: Action::Deny,
@@ -427,6 +430,13 @@ pub(super) fn refuse(rule: &str, message: String) -> Decision {
 /// message, as a server's permission error would read.
 fn refusal_for(decision: &Decision, verb: &str) -> ClientError {
     let rule = decision.rule.as_deref().unwrap_or("policy.default");
+    // What the server would say, with its code (26000) that clients check for.
+    if rule == UNKNOWN_PREPARED {
+        let message = decision.message.clone().unwrap_or_default();
+        return ClientError::error(SqlState::INVALID_SQL_STATEMENT_NAME, message).with_hint(
+            "pgwarden knows of no PREPARE of that name in this session (it was never prepared, was deallocated, or its PREPARE failed); rule policy.unknown-prepared-statement",
+        );
+    }
     let message = match &decision.message {
         Some(why) => format!("pgwarden {verb} this statement (rule {rule}): {why}"),
         None => format!("pgwarden {verb} this statement (rule {rule})"),

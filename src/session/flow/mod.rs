@@ -521,17 +521,20 @@ impl Flow<'_> {
                 // unjudged and unmasked.
                 if !self.state.statements.contains_key(bind.statement) {
                     let name = String::from_utf8_lossy(bind.statement);
-                    let mut error = ClientError::error(
+                    // What the server says; the hint covers why pgwarden has no such name.
+                    let error = ClientError::error(
                         SqlState::INVALID_SQL_STATEMENT_NAME,
-                        format!(
-                            "prepared statement \"{name}\" does not exist in pgwarden's session"
-                        ),
-                    );
-                    if !bind.statement.is_empty() {
-                        error = error.with_hint(
-                            "a statement PREPAREd in SQL runs through pgwarden with EXECUTE, not with a protocol Bind",
-                        );
-                    }
+                        if bind.statement.is_empty() {
+                            "unnamed prepared statement does not exist".to_owned()
+                        } else {
+                            format!("prepared statement \"{name}\" does not exist")
+                        },
+                    )
+                    .with_hint(if bind.statement.is_empty() {
+                        "its Parse failed or was refused (see the error it got)"
+                    } else {
+                        "its Parse failed or was refused (see the error it got), or it was PREPAREd in SQL, which runs through pgwarden with EXECUTE rather than a protocol Bind"
+                    });
                     return Ok(Verdict::Refuse(Expect::Parse, error));
                 }
                 let parameters = self.hash_parameters(&bind);
