@@ -979,6 +979,9 @@ fn statement_detail(r: &serde_json::Value, result: Option<&serde_json::Value>) -
     }
     match result {
         Some(res) if res["skipped"] == true => detail.push_str(" → skipped"),
+        Some(res) if res["unanswered"] == true => {
+            detail.push_str(" → no answer: the session ended before the server answered")
+        }
         Some(res) => {
             detail.push_str(&format!(
                 " → {} rows={} {:.1}ms",

@@ -547,6 +547,34 @@ async fn a_statement_sent_with_terminate_gets_its_outcome_recorded() {
     assert_eq!(result_of(&records, statement)["rows"], 3);
 }
 
+/// A client that hangs up while its statement runs (without Terminate): the statement's
+/// outcome is not known, and its result record says so rather than being missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_the_session_ends_on_is_recorded_as_unanswered() {
+    use tokio::io::AsyncWriteExt;
+    let dir = audit_dir("unanswered");
+    let proxy = proxy_auditing_to(&dir).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    common::wire::alice_login(&mut stream).await;
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT pg_sleep(2)", &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.shutdown(std::time::Duration::from_secs(5)).await;
+    let records = all_records(&dir);
+    let statement = records
+        .iter()
+        .find(|r| r["type"] == "statement")
+        .expect("the statement is on record");
+    let result = result_of(&records, statement);
+    assert_eq!(result["unanswered"], true, "{result}");
+    assert_eq!(result["status"], "Failure", "{result}");
+    let end = records.iter().find(|r| r["type"] == "session.end").unwrap();
+    assert_eq!(end["ending"], "client disconnected");
+}
+
 /// A portal bound in a transaction pipelined behind an earlier statement outlives that
 /// statement's ReadyForQuery (which ends only the earlier transaction): its Execute is on
 /// record as the statement it runs.

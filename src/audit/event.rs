@@ -162,6 +162,10 @@ pub enum Event {
         /// that statement or portal name held before, not the recorded text.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         not_as_recorded: bool,
+        /// The session ended (the client left, pgwarden shut down, the server went away)
+        /// before the server answered: whether it ran, and how, is not known.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        unanswered: bool,
         /// What was masked in its results: columns and counts, never values.
         #[serde(skip_serializing_if = "Option::is_none")]
         masked: Option<MaskedNote>,

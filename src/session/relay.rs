@@ -572,6 +572,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         })
         .await;
     }
+    // Statements forwarded but not answered before the session ended: on record as such.
+    flow.tracker.abandon();
+    flow.record_outcomes();
     let summary = Summary {
         ending,
         duration_ms: started.elapsed().as_millis() as u64,

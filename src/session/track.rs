@@ -64,6 +64,8 @@ pub struct Finished {
     pub not_as_recorded: bool,
     /// What was masked in its results.
     pub masked: crate::masking::rewrite::Counts,
+    /// The session ended before the server answered it: its outcome is not known.
+    pub unanswered: bool,
 }
 
 #[derive(Debug)]
@@ -178,6 +180,7 @@ impl Pending {
             skipped,
             not_as_recorded: self.origin_lost,
             masked: self.masked,
+            unanswered: false,
         })
     }
 }
@@ -689,6 +692,17 @@ impl Tracker {
             }
         }
         false
+    }
+
+    /// The session ends with messages unanswered: their statements' outcomes are not known,
+    /// and are recorded as such.
+    pub fn abandon(&mut self) {
+        for pending in self.queue.drain(..) {
+            if let Some(mut done) = pending.finish(false) {
+                done.unanswered = true;
+                self.finished.push(done);
+            }
+        }
     }
 
     fn finish_front(&mut self, skipped: bool) {

@@ -213,9 +213,11 @@ impl Flow<'_> {
             return;
         };
         for finished in self.tracker.finished.drain(..) {
-            self.metrics
-                .statement_seconds
-                .observe(finished.started.elapsed().as_secs_f64());
+            if !finished.unanswered {
+                self.metrics
+                    .statement_seconds
+                    .observe(finished.started.elapsed().as_secs_f64());
+            }
             audit
                 .log
                 .record_later(outcome_record(self.session, finished));
@@ -227,7 +229,7 @@ fn outcome_record(session: u64, finished: Finished) -> Event {
     Event::StatementResult {
         session,
         statement: finished.statement,
-        status: if finished.sqlstate.is_none() && !finished.skipped {
+        status: if finished.sqlstate.is_none() && !finished.skipped && !finished.unanswered {
             Status::Success
         } else {
             Status::Failure
@@ -240,6 +242,7 @@ fn outcome_record(session: u64, finished: Finished) -> Event {
             .map(|code| String::from_utf8_lossy(&code).into_owned()),
         skipped: finished.skipped,
         not_as_recorded: finished.not_as_recorded,
+        unanswered: finished.unanswered,
         masked: crate::audit::event::MaskedNote::of(finished.masked),
     }
 }
