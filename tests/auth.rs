@@ -363,6 +363,18 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
     }
 }
 
+/// The error a watched tokio-postgres connection ends with, within a few seconds.
+async fn ended_with(
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    what: &str,
+) -> tokio_postgres::Error {
+    tokio::time::timeout(std::time::Duration::from_secs(5), connection)
+        .await
+        .unwrap_or_else(|_| panic!("{what} outlived its access"))
+        .unwrap()
+        .unwrap_err()
+}
+
 /// A reload that takes someone's access away ends their open sessions: an idle one at once,
 /// a busy one once its statement is answered. Everyone else goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,11 +417,7 @@ async fn a_reload_that_revokes_access_ends_that_persons_open_sessions() {
     server.reload(&proxy.config_path).await.unwrap();
 
     // The idle session is told why, and closed.
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), idle_connection)
-        .await
-        .expect("the idle session outlived its access")
-        .unwrap();
-    let err = ended.unwrap_err();
+    let err = ended_with(idle_connection, "the idle session").await;
     assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
     assert!(
         message(&err).contains("access was revoked")
@@ -419,11 +427,8 @@ async fn a_reload_that_revokes_access_ends_that_persons_open_sessions() {
     // The statement running at the reload completes; then that session ends too.
     let (busy, rows) = sleeping.await.unwrap();
     assert_eq!(rows.unwrap().get::<_, i32>(0), 7);
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), busy_connection)
-        .await
-        .expect("the busy session outlived its access")
-        .unwrap();
-    assert_eq!(sqlstate(&ended.unwrap_err()).as_deref(), Some("28000"));
+    let err = ended_with(busy_connection, "the busy session").await;
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
     assert!(busy.simple_query("SELECT 1").await.is_err());
     // Alice's access did not change.
     alice.simple_query("SELECT 1").await.unwrap();
@@ -432,11 +437,8 @@ async fn a_reload_that_revokes_access_ends_that_persons_open_sessions() {
     assert_ne!(alice_moved, without_bob);
     std::fs::write(&proxy.config_path, &alice_moved).unwrap();
     server.reload(&proxy.config_path).await.unwrap();
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), alice_connection)
-        .await
-        .expect("alice's session outlived her access")
-        .unwrap();
-    assert_eq!(sqlstate(&ended.unwrap_err()).as_deref(), Some("28000"));
+    let err = ended_with(alice_connection, "alice's session").await;
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
 
     proxy.shutdown(std::time::Duration::from_secs(5)).await;
     let endings: Vec<String> = common::all_records(&dir)

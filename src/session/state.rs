@@ -199,6 +199,9 @@ pub struct SessionState {
     /// of an EXECUTE or FETCH of one are masked as unknown. Cleared when nothing sent is
     /// unanswered ([`Self::names_settled`]).
     pub prepared_in_doubt: HashMap<String, Vec<StatementFacts>>,
+    /// Names were forgotten because pgwarden could not tell what the server made of
+    /// messages that changed them: a name it does not know may still exist on the server.
+    pub names_forgotten: bool,
     pub cursors_in_doubt: std::collections::HashSet<String>,
     /// Protocol-level names in doubt; cleared with the others.
     pub statements_in_doubt: HashMap<Bytes, StatementDoubt>,
@@ -261,6 +264,7 @@ impl SessionState {
             sql_prepared: HashMap::new(),
             cursors: HashMap::new(),
             prepared_in_doubt: HashMap::new(),
+            names_forgotten: false,
             cursors_in_doubt: Default::default(),
             statements_in_doubt: HashMap::new(),
             syncs: 0,
@@ -662,6 +666,7 @@ impl SessionState {
             Correction::Unanswered(n) => self.in_flight = self.in_flight.saturating_sub(n),
             Correction::SkippingUntilSync => self.skip_until_sync = true,
             Correction::Forget(names) => {
+                self.names_forgotten = true;
                 let NamesBefore { before, after } = *names;
                 forget_changed(
                     &mut self.sql_prepared,

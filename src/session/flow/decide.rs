@@ -140,10 +140,21 @@ impl Flow<'_> {
                                     statements.push(body.with_arguments_of(facts));
                                 }
                             }
-                            _ => {
+                            // With nothing in flight and nothing forgotten the server has
+                            // no such name either, and says so; behind messages not yet
+                            // answered (a DEALLOCATE that may fail), or after pgwarden lost
+                            // track of names, it may, and pgwarden cannot tell what it holds.
+                            _ if self.tracker.is_empty() && !self.state.names_forgotten => {
                                 let decision = refuse(
                                     UNKNOWN_PREPARED,
                                     format!("prepared statement \"{name}\" does not exist"),
+                                );
+                                return self.ruling(decision, protocol, Some(analysis));
+                            }
+                            _ => {
+                                let decision = refuse(
+                                    "policy.prepared-statement-in-doubt",
+                                    format!("pgwarden cannot tell whether prepared statement \"{name}\" exists, or what it holds: messages that change it were pipelined, and may have failed; PREPARE it again once they are answered"),
                                 );
                                 return self.ruling(decision, protocol, Some(analysis));
                             }
