@@ -166,7 +166,27 @@ async fn every_kind_of_tampering_is_detected_with_its_place() {
     write_lines(&dir.join(middle), &content);
     let report = verify_dir(&dir).unwrap();
     assert_eq!(report.problems[0].line, 5);
-    assert!(!report.is_clean());
+    assert!(
+        report.problems[0].message.contains("reordered")
+            && report.problems[0].message.contains("at line 6"),
+        "{}",
+        report.problems[0]
+    );
+
+    // A record repeated.
+    let dir = copy_dir(&clean, "repeated");
+    let mut content = lines(&dir.join(middle));
+    content.insert(5, content[4].clone());
+    write_lines(&dir.join(middle), &content);
+    let report = verify_dir(&dir).unwrap();
+    assert_eq!(report.problems[0].line, 6);
+    assert!(
+        report.problems[0]
+            .message
+            .contains(&format!("a copy of the record at {middle}:5")),
+        "{}",
+        report.problems[0]
+    );
 
     // A deleted middle file.
     let dir = copy_dir(&clean, "middle");

@@ -135,6 +135,10 @@ struct Chain<'a> {
     signature: Option<&'a str>,
 }
 
+/// How far around a break verify looks to tell reordered and repeated records from missing
+/// ones.
+const REORDER_WINDOW: usize = 64;
+
 /// Verify every audit file in `dir` (checkpoint signatures are not checked; see
 /// [`verify_dir_with`]).
 pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
@@ -170,6 +174,9 @@ pub fn verify_dir_with(
     // Whether checkpoints are in use (one was seen), and what came after the last one.
     let mut signing = false;
     let mut unsigned = Unsigned::default();
+    // The last records read (seq, where, hash): to tell a repeated record from a moved one.
+    let mut recent: std::collections::VecDeque<(u64, String, String)> =
+        std::collections::VecDeque::with_capacity(REORDER_WINDOW);
     let files = list_files(dir)?;
     report.files = files.len();
     if files.is_empty() {
@@ -255,10 +262,31 @@ pub fn verify_dir_with(
             match &expected {
                 Some((seq, prev)) => {
                     if chain.seq != *seq {
-                        let what = if chain.seq > *seq {
-                            format!("{} record(s) missing before it", chain.seq - seq)
-                        } else {
-                            "records out of order".to_owned()
+                        let earlier = recent.iter().find(|(s, _, _)| *s == chain.seq);
+                        // Where the expected record is, if it comes a little later.
+                        let later = lines
+                            .iter()
+                            .enumerate()
+                            .skip(index + 1)
+                            .take(REORDER_WINDOW)
+                            .find(|(_, l)| super::seq_of(l) == Some(*seq))
+                            .map(|(i, _)| i + 1);
+                        let what = match (earlier, later) {
+                            (Some((_, at, earlier_hash)), _) if *earlier_hash == hash => {
+                                format!("a copy of the record at {at}")
+                            }
+                            (Some((_, at, _)), _) => {
+                                format!("seq {} was already at {at}: records were replaced or reordered", chain.seq)
+                            }
+                            (None, Some(line)) if chain.seq > *seq => {
+                                format!(
+                                    "records were reordered: seq {seq} comes later, at line {line}"
+                                )
+                            }
+                            _ if chain.seq > *seq => {
+                                format!("{} record(s) missing before it", chain.seq - seq)
+                            }
+                            _ => "records out of order".to_owned(),
                         };
                         report.problems.push(problem(
                             number,
@@ -344,6 +372,10 @@ pub fn verify_dir_with(
                     Err(message) => report.problems.push(problem(number, message)),
                 }
             }
+            if recent.len() == REORDER_WINDOW {
+                recent.pop_front();
+            }
+            recent.push_back((chain.seq, format!("{name}:{number}"), hash.clone()));
             expected = Some((chain.seq + 1, hash.clone()));
             report.last_seq = Some(chain.seq);
             report.last_hash = Some(hash);
