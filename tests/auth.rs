@@ -326,14 +326,7 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
     let server = proxy.server.as_ref().unwrap();
     let before = proxy.alice().await;
     // New config: bob may no longer connect.
-    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
-    let without_bob = text.replace(
-        "groups = [\"ops\"]\ndatabases = [\"app\"]",
-        "groups = [\"ops\"]\ndatabases = [\"elsewhere\"]",
-    );
-    assert_ne!(text, without_bob);
-    std::fs::write(&proxy.config_path, &without_bob).unwrap();
-    server.reload(&proxy.config_path).await.unwrap();
+    reload_without_bob(&proxy).await;
     let err = proxy
         .try_connect(&proxy.conninfo("bob", BOB_PASSWORD, "sslmode=disable"))
         .await
@@ -361,6 +354,21 @@ async fn reload_applies_to_new_sessions_and_a_bad_config_keeps_the_old_one() {
             "{metrics}"
         );
     }
+}
+
+/// Reload `proxy` with a config whose `[[access]]` lets bob's group (ops) into another
+/// database only; returns that config's text.
+async fn reload_without_bob(proxy: &Proxy) -> String {
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let without_bob = text.replace(
+        "groups = [\"ops\"]\ndatabases = [\"app\"]",
+        "groups = [\"ops\"]\ndatabases = [\"elsewhere\"]",
+    );
+    assert_ne!(text, without_bob);
+    std::fs::write(&proxy.config_path, &without_bob).unwrap();
+    let server = proxy.server.as_ref().unwrap();
+    server.reload(&proxy.config_path).await.unwrap();
+    without_bob
 }
 
 /// The error a watched tokio-postgres connection ends with, within a few seconds.
@@ -407,14 +415,7 @@ async fn a_reload_that_revokes_access_ends_that_persons_open_sessions() {
         (busy, rows)
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
-    let without_bob = text.replace(
-        "groups = [\"ops\"]\ndatabases = [\"app\"]",
-        "groups = [\"ops\"]\ndatabases = [\"elsewhere\"]",
-    );
-    assert_ne!(text, without_bob);
-    std::fs::write(&proxy.config_path, &without_bob).unwrap();
-    server.reload(&proxy.config_path).await.unwrap();
+    let without_bob = reload_without_bob(&proxy).await;
 
     // The idle session is told why, and closed.
     let err = ended_with(idle_connection, "the idle session").await;
