@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgwarden::audit::event::{Endpoint, Event};
-use pgwarden::audit::record::{seal, GENESIS};
+use pgwarden::audit::record::{prepare, seal, GENESIS};
 use pgwarden::audit::{AuditLog, FsyncPolicy, Settings};
 
 fn event(i: u64) -> Event {
@@ -30,7 +30,10 @@ fn bench_seal(c: &mut Criterion) {
     let mut group = c.benchmark_group("audit");
     group.throughput(Throughput::Elements(1));
     group.bench_function("seal one record", |b| {
-        b.iter(|| seal(42, 1_795_761_930_000, GENESIS, e.ocsf(), &e).map(|(line, _)| line.len()))
+        b.iter(|| {
+            let prepared = prepare(e.ocsf(), &e).expect("serializable");
+            seal(42, 1_795_761_930_000, GENESIS, &prepared).0.len()
+        })
     });
     group.finish();
 }

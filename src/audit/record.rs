@@ -15,46 +15,60 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Length of `,"hash":"` + 64 hex digits + `"}`.
 const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 
-/// The chain fields every record starts with.
-#[derive(Debug, Serialize)]
-struct Header<'a, E: Serialize> {
-    seq: u64,
-    /// Milliseconds since the Unix epoch (OCSF `time`).
-    time: u64,
-    prev_hash: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    class_uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    activity_id: Option<u32>,
-    #[serde(flatten)]
-    event: &'a E,
+/// An event serialized ahead of sealing: the costly part (serializing and escaping every
+/// field) runs before the writer's lock is taken, so sessions recording at once wait for
+/// each other only for the chain fields and the hash.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// OCSF (class_uid, activity_id), if the event has them.
+    ocsf: Option<(u32, u32)>,
+    /// The event's own JSON object: `{…}`.
+    json: String,
 }
 
-/// Build the line for `event` (without the trailing newline) and return it with its hash.
-/// `ocsf` is the event's OCSF (class_uid, activity_id), if it has one.
-pub fn seal<E: Serialize>(
-    seq: u64,
-    time: u64,
-    prev_hash: &str,
+/// Serialize `event`, whose OCSF (class_uid, activity_id) is `ocsf`, for [`seal`].
+pub fn prepare<E: Serialize>(
     ocsf: Option<(u32, u32)>,
     event: &E,
-) -> Result<(String, String), serde_json::Error> {
-    let header = Header {
-        seq,
-        time,
-        prev_hash,
-        class_uid: ocsf.map(|(class, _)| class),
-        activity_id: ocsf.map(|(_, activity)| activity),
-        event,
-    };
-    let mut body = serde_json::to_string(&header)?;
+) -> Result<Prepared, serde_json::Error> {
+    let json = serde_json::to_string(event)?;
+    if !(json.starts_with('{') && json.ends_with('}')) {
+        return Err(serde::ser::Error::custom(
+            "an audit event must be a JSON object",
+        ));
+    }
+    Ok(Prepared { ocsf, json })
+}
+
+/// Build the line for a prepared event (without the trailing newline) and return it with
+/// its hash: the chain fields first (`seq`, `time`, `prev_hash`, then `class_uid` and
+/// `activity_id` when the event has them), then the event's fields.
+pub fn seal(seq: u64, time: u64, prev_hash: &str, event: &Prepared) -> (String, String) {
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(event.json.len() + prev_hash.len() + 160);
+    // Writing to a String cannot fail.
+    // `prev_hash` is a hex digest (GENESIS, one this writer computed, or one `check` found
+    // to be 64 hex digits): nothing in it needs escaping.
+    let _ = write!(
+        body,
+        "{{\"seq\":{seq},\"time\":{time},\"prev_hash\":\"{prev_hash}\""
+    );
+    if let Some((class, activity)) = event.ocsf {
+        let _ = write!(body, ",\"class_uid\":{class},\"activity_id\":{activity}");
+    }
+    // The event's fields, after its opening brace (`{}` adds nothing but the closing one).
+    let fields = &event.json[1..];
+    if fields != "}" {
+        body.push(',');
+    }
+    body.push_str(fields);
     let hash = hex(&Sha256::digest(body.as_bytes()));
     // `body` is a JSON object, so it ends with '}'.
     body.pop();
     body.push_str(",\"hash\":\"");
     body.push_str(&hash);
     body.push_str("\"}");
-    Ok((body, hash))
+    (body, hash)
 }
 
 /// Split a line into its canonical bytes (re-closed with `}`) and the hash it claims, and
@@ -117,10 +131,22 @@ mod tests {
         let event = Demo::Demo {
             note: "héllo \"quoted\"".into(),
         };
-        let (line, hash) = seal(7, 1_700_000_000_000, GENESIS, Some((1, 2)), &event).unwrap();
+        let prepared = prepare(Some((1, 2)), &event).unwrap();
+        let (line, hash) = seal(7, 1_700_000_000_000, GENESIS, &prepared);
         assert!(line.starts_with("{\"seq\":7,\"time\":1700000000000,\"prev_hash\":\"0000"));
         assert!(line.contains("\"class_uid\":1,\"activity_id\":2,\"type\":\"demo\""));
         assert_eq!(check(&line), Ok(hash.clone()));
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "seq": 7, "time": 1_700_000_000_000u64, "prev_hash": GENESIS,
+                "class_uid": 1, "activity_id": 2, "type": "demo", "note": "héllo \"quoted\"",
+                "hash": hash,
+            })
+        );
+        let without_ocsf = seal(8, 1, &hash, &prepare(None, &event).unwrap()).0;
+        assert!(without_ocsf.contains(&format!("\"prev_hash\":\"{hash}\",\"type\":\"demo\"")));
         let tampered = line.replace("héllo", "hallo");
         assert_eq!(check(&tampered), Err(RecordError::HashMismatch));
         let tampered = line.replace("\"seq\":7", "\"seq\":8");

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use super::checkpoint::SigningKey;
 use super::event::Event;
-use super::record::{self, GENESIS};
+use super::record::{self, Prepared, GENESIS};
 use super::{file_name, list_files, AuditError, FsyncPolicy, Settings};
 
 type Ack = oneshot::Sender<Result<(), String>>;
@@ -108,6 +108,10 @@ impl AuditLog {
     /// outcome: one `write` then carries it and the next statement). Lost on a crash in
     /// that window, which `audit verify` cannot notice: use it only for what can be lost.
     pub fn record_later(&self, event: Event) {
+        let Ok(event) = prepare(&event) else {
+            self.shared.drop_one();
+            return;
+        };
         let Ok(mut writer) = self.lock() else {
             self.shared.drop_one();
             return;
@@ -195,6 +199,14 @@ impl AuditLog {
 
     /// Seal and write one event; its seq on success.
     fn append(&self, event: &Event) -> Result<u64, AuditError> {
+        // Serialized before the lock: others wait only for the chain fields and the write.
+        let event = match prepare(event) {
+            Ok(event) => event,
+            Err(e) => {
+                self.shared.drop_one();
+                return Err(e);
+            }
+        };
         let mut writer = match self.lock() {
             Ok(writer) => writer,
             Err(e) => {
@@ -202,7 +214,7 @@ impl AuditLog {
                 return Err(e);
             }
         };
-        let result = writer.append_after_gap(event, &self.shared.syncer, &self.shared.dropped);
+        let result = writer.append_after_gap(&event, &self.shared.syncer, &self.shared.dropped);
         self.shared.written(&mut writer, result, 1)
     }
 
@@ -363,10 +375,10 @@ impl Writer {
                     action: format!("seal {}", path.display()),
                     source: e,
                 })?;
-            writer.append(&Event::LogRecovered {
+            writer.append(&prepare(&Event::LogRecovered {
                 file: last.clone(),
                 torn_bytes: torn as u64,
-            })?;
+            })?)?;
             writer.sync_now()?;
         }
         Ok(writer)
@@ -381,7 +393,7 @@ impl Writer {
     /// Append `event`, preceded, after a failure, by a record of what was lost.
     fn append_after_gap(
         &mut self,
-        event: &Event,
+        event: &Prepared,
         syncer: &Syncer,
         dropped: &AtomicU64,
     ) -> Result<(), AuditError> {
@@ -399,7 +411,7 @@ impl Writer {
                 .clone()
                 .unwrap_or_else(|| "the audit log was not accepting records".to_owned());
             let lost_events = self.lost.0 + lost_elsewhere;
-            self.append(&Event::WriteFailed { lost_events, error })?;
+            self.append(&prepare(&Event::WriteFailed { lost_events, error })?)?;
             warn!(lost_events, "audit log recorded the events it lost");
             dropped.fetch_sub(lost_elsewhere, Ordering::Relaxed);
             self.lost = (0, None);
@@ -424,18 +436,18 @@ impl Writer {
             key_id: key.key_id(),
             signature: key.sign(self.seq, &self.prev_hash),
         };
-        self.seal(now, &event)?;
+        self.seal(now, &prepare(&event)?);
         self.write_pending().map(|()| true)
     }
 
     /// Seal `event` and write it (with any deferred records before it).
-    fn append(&mut self, event: &Event) -> Result<(), AuditError> {
+    fn append(&mut self, event: &Prepared) -> Result<(), AuditError> {
         self.seal_next(event)?;
         self.write_pending()
     }
 
     /// Seal `event` to be written later.
-    fn defer(&mut self, event: &Event) -> Result<(), AuditError> {
+    fn defer(&mut self, event: &Prepared) -> Result<(), AuditError> {
         self.seal_next(event)?;
         self.deferred += 1;
         Ok(())
@@ -443,10 +455,11 @@ impl Writer {
 
     /// Seal `event` into `pending`, starting a new file first if this one is full or from
     /// another day (deferred records are written to the file they were sealed for).
-    fn seal_next(&mut self, event: &Event) -> Result<(), AuditError> {
+    fn seal_next(&mut self, event: &Prepared) -> Result<(), AuditError> {
         let now = now_ms();
         self.rotate_if_due(now)?;
-        self.seal(now, event)
+        self.seal(now, event);
+        Ok(())
     }
 
     /// Start a new file if this one is full or from another day.
@@ -468,15 +481,13 @@ impl Writer {
         Ok(())
     }
 
-    fn seal(&mut self, now: u64, event: &Event) -> Result<(), AuditError> {
+    fn seal(&mut self, now: u64, event: &Prepared) {
         let seq = self.seq + 1;
-        let (line, hash) = record::seal(seq, now, &self.prev_hash, event.ocsf(), event)
-            .map_err(|e| AuditError::Write(e.to_string()))?;
+        let (line, hash) = record::seal(seq, now, &self.prev_hash, event);
         self.pending.extend_from_slice(line.as_bytes());
         self.pending.push(b'\n');
         self.seq = seq;
         self.prev_hash = hash;
-        Ok(())
     }
 
     fn start_file(&mut self, now: u64) -> Result<(), AuditError> {
@@ -509,12 +520,10 @@ impl Writer {
             size: 0,
             day: now / 86_400_000,
         });
-        self.seal(
-            now,
-            &Event::FileStart {
-                previous_file: self.last_file.clone(),
-            },
-        )?;
+        let start = prepare(&Event::FileStart {
+            previous_file: self.last_file.clone(),
+        })?;
+        self.seal(now, &start);
         self.write_pending()?;
         // Only a file that holds its start record is one the next file follows.
         self.last_file = Some(name);
@@ -739,6 +748,11 @@ impl Syncer {
             }
         }
     }
+}
+
+/// Serialize `event` for sealing.
+fn prepare(event: &Event) -> Result<Prepared, AuditError> {
+    record::prepare(event.ocsf(), event).map_err(|e| AuditError::Write(e.to_string()))
 }
 
 fn sync_dir(dir: &Path) {
