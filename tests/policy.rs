@@ -868,6 +868,65 @@ async fn unqualified_names_are_judged_in_the_sessions_search_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_own_temporary_tables_may_be_dropped_and_truncated_by_pg_temp_name() {
+    guarded_table("guarded_beside_temp").await;
+    let proxy = Proxy::default().await;
+    let client = proxy.alice().await;
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE scratch (id int); INSERT INTO scratch VALUES (1), (2); \
+             CREATE TEMP TABLE guarded_beside_temp (id int)",
+        )
+        .await
+        .unwrap();
+    // pg_temp names this session's temporary schema and nothing else.
+    client
+        .simple_query("TRUNCATE pg_temp.scratch")
+        .await
+        .unwrap();
+    let left = client
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .unwrap();
+    assert_eq!(left.get::<_, i64>(0), 0);
+    client
+        .execute("DROP TABLE IF EXISTS pg_temp.scratch", &[])
+        .await
+        .unwrap();
+    // Unqualified, a name may reach a permanent table (search_path decides, and may be
+    // changed): refused as before, with the way out in the message.
+    let err = client
+        .simple_query("DROP TABLE guarded_beside_temp")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.drop");
+    let message = err.as_db_error().unwrap().to_string();
+    assert!(message.contains("pg_temp."), "{message}");
+    // One permanent table among them refuses the whole statement.
+    let err = client
+        .simple_query("DROP TABLE pg_temp.guarded_beside_temp, public.guarded_beside_temp")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.drop");
+    let err = client
+        .simple_query("TRUNCATE pg_temp.guarded_beside_temp, guarded_beside_temp")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.truncate");
+    // A schema that only looks like it is not the temporary one.
+    let err = client
+        .simple_query("DROP TABLE \"PG_TEMP\".guarded_beside_temp")
+        .await
+        .unwrap_err();
+    refused_by(&err, "guardrail.drop");
+    client
+        .simple_query("DROP TABLE pg_temp.guarded_beside_temp")
+        .await
+        .unwrap();
+    assert_eq!(rows_of("guarded_beside_temp").await, Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_statements_are_checked_and_too_deep_ones_refused() {
     let proxy = Proxy::default().await;
     let client = proxy.alice().await;

@@ -61,6 +61,9 @@ struct Guardrail {
     flags: &'static [&'static str],
     action: Action,
     message: &'static str,
+    /// Does not apply when every table the statement names is qualified with `pg_temp`,
+    /// the session's own temporary schema: what is there lives and dies with the session.
+    spares_temporary_tables: bool,
 }
 
 const PACK: &[Guardrail] = &[
@@ -76,7 +79,8 @@ const PACK: &[Guardrail] = &[
         functions: &[],
         flags: &[],
         action: Action::Deny,
-        message: "dropping tables, schemas, databases or everything a role owns is not allowed through pgwarden",
+        message: "dropping tables, schemas, databases or everything a role owns is not allowed through pgwarden (a temporary table of this session may be dropped as pg_temp.<name>)",
+        spares_temporary_tables: true,
     },
     Guardrail {
         id: "guardrail.drop-cascade",
@@ -85,6 +89,7 @@ const PACK: &[Guardrail] = &[
         flags: &["drop_cascade"],
         action: Action::Deny,
         message: "DROP … CASCADE also drops whatever depends on the object, tables and columns included; drop the dependent objects by name, or ask for a rule",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.truncate",
@@ -92,7 +97,8 @@ const PACK: &[Guardrail] = &[
         functions: &[],
         flags: &[],
         action: Action::Deny,
-        message: "TRUNCATE is not allowed through pgwarden",
+        message: "TRUNCATE is not allowed through pgwarden (a temporary table of this session may be truncated as pg_temp.<name>)",
+        spares_temporary_tables: true,
     },
     Guardrail {
         id: "guardrail.no-where",
@@ -101,6 +107,7 @@ const PACK: &[Guardrail] = &[
         flags: &["no_where"],
         action: Action::Deny,
         message: "UPDATE or DELETE without a WHERE clause would change every row; add a WHERE clause naming the rows (to change every row on purpose, say so: WHERE true)",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.alter-system",
@@ -109,6 +116,7 @@ const PACK: &[Guardrail] = &[
         flags: &[],
         action: Action::Deny,
         message: "ALTER SYSTEM is not allowed through pgwarden",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.server-files",
@@ -117,6 +125,7 @@ const PACK: &[Guardrail] = &[
         flags: &["copy_program", "copy_file"],
         action: Action::Deny,
         message: "COPY to or from a program or a file on the database server is not allowed; use COPY … FROM STDIN / TO STDOUT (psql: \\copy)",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.dangerous-functions",
@@ -125,6 +134,7 @@ const PACK: &[Guardrail] = &[
         flags: &[],
         action: Action::Deny,
         message: "this function reaches the server's files or other servers, or acts on the server itself, and is not allowed through pgwarden",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.other-sessions",
@@ -133,6 +143,7 @@ const PACK: &[Guardrail] = &[
         flags: &["signals_other_sessions"],
         action: Action::Deny,
         message: "pg_cancel_backend and pg_terminate_backend may signal only your own sessions through pgwarden; give the process id as a number (SELECT pg_backend_pid() in that session)",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.sql-text-functions",
@@ -141,6 +152,7 @@ const PACK: &[Guardrail] = &[
         flags: &[],
         action: Action::Deny,
         message: "this function runs a query, or reads a table or cursor, named in a string, which pgwarden cannot check or mask; run the query itself",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.function-call",
@@ -149,6 +161,7 @@ const PACK: &[Guardrail] = &[
         flags: &[],
         action: Action::Deny,
         message: "the fast-path FunctionCall message (used by large-object calls such as psql's \\lo_import and \\lo_export) names a function only by OID, so pgwarden cannot check it; a rule must allow it (statements = [\"function call\"])",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.code-and-privileges",
@@ -201,6 +214,7 @@ const PACK: &[Guardrail] = &[
         flags: &[],
         action: Action::Approve,
         message: "code and privilege changes need approval",
+        spares_temporary_tables: false,
     },
     Guardrail {
         id: "guardrail.other-servers",
@@ -217,6 +231,7 @@ const PACK: &[Guardrail] = &[
         flags: &[],
         action: Action::Approve,
         message: "a way to read or write data outside this database (foreign tables and servers, replication) needs approval",
+        spares_temporary_tables: false,
     },
 ];
 
@@ -240,6 +255,7 @@ pub fn guardrails(exempt_groups: &[String]) -> Vec<Rule> {
             // crash the proxy.
             let mut rule = Rule::compile_any(spec, index).ok()?;
             rule.who.exempt_groups = exempt_groups.to_vec();
+            rule.spares_temporary_tables = g.spares_temporary_tables;
             Some(rule)
         })
         .collect()

@@ -95,6 +95,9 @@ pub struct Rule {
     pub message: Option<String>,
     pub approver_groups: Option<Vec<String>>,
     pub require_intent: bool,
+    /// Built-in guardrails only: the rule does not apply to a statement whose tables are all
+    /// in `pg_temp` ([`Self::matches`]).
+    pub(super) spares_temporary_tables: bool,
 }
 
 impl Rule {
@@ -197,6 +200,7 @@ impl Rule {
             message: spec.message,
             approver_groups: spec.approver_groups,
             require_intent: spec.require_intent,
+            spares_temporary_tables: false,
         })
     }
 
@@ -219,7 +223,20 @@ impl Rule {
                     .iter()
                     .any(|f| self.functions.iter().any(|g| g.matches_name(f))))
             && (self.flags.is_empty() || self.flags.iter().any(|f| flag_holds(f, subject, facts)))
+            && !(self.spares_temporary_tables && only_temporary_tables(facts))
     }
+}
+
+/// Whether a statement names tables and each is written `pg_temp.<name>`: the session's
+/// own temporary schema, whatever its search_path. (A schema merely spelled like it, such as
+/// `"PG_TEMP"`, is another schema; names starting with `pg_` are reserved for the system.)
+fn only_temporary_tables(facts: &StatementFacts) -> bool {
+    !facts.tables.is_empty()
+        && facts.tables.iter().all(|t| {
+            t.name
+                .strip_prefix("pg_temp.")
+                .is_some_and(|table| !table.is_empty())
+        })
 }
 
 /// Flags that depend on who is asking as well as on the statement.

@@ -46,6 +46,17 @@ fn guardrails_by_default() {
         ("DROP DATABASE app", Action::Deny, Some("guardrail.drop")),
         ("DROP INDEX i", Action::Allow, None),
         ("TRUNCATE t", Action::Deny, Some("guardrail.truncate")),
+        // The session's own temporary tables, named as such.
+        ("DROP TABLE pg_temp.t", Action::Allow, None),
+        ("TRUNCATE pg_temp.a, PG_TEMP.b", Action::Allow, None),
+        ("DROP TABLE pg_temp.t, t", Action::Deny, Some("guardrail.drop")),
+        ("DROP TABLE \"PG_TEMP\".t", Action::Deny, Some("guardrail.drop")),
+        ("DROP SCHEMA pg_temp", Action::Deny, Some("guardrail.drop")),
+        (
+            "DROP TABLE pg_temp.t CASCADE",
+            Action::Deny,
+            Some("guardrail.drop-cascade"),
+        ),
         ("DELETE FROM t", Action::Deny, Some("guardrail.no-where")),
         (
             "UPDATE t SET a = 1",
