@@ -14,6 +14,7 @@ mod analyze;
 pub mod comments;
 pub mod facts;
 pub mod lineage;
+mod quick_key;
 pub mod secrets;
 pub mod tree;
 
