@@ -166,12 +166,6 @@ impl AuditLog {
         self.until_synced(seq).await
     }
 
-    /// Records sealed into the chain but not yet written (deferred outcomes waiting to ride
-    /// along with the next write): the writer's queue.
-    pub fn pending(&self) -> u64 {
-        self.lock().map_or(0, |writer| writer.deferred)
-    }
-
     /// How many events could not be written since the log was opened (a counter that
     /// /metrics shares).
     pub fn lost_events(&self) -> Counter {
