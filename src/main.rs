@@ -321,7 +321,7 @@ enum AuditCommand {
     Search {
         /// The audit directory.
         dir: PathBuf,
-        /// The person (exact name): their logins, failed logins (as who they signed in as,
+        /// The person (their name in any case): their logins, failed logins (as who they signed in as,
         /// or the name they claimed), everything in their sessions, their approvals.
         #[arg(long)]
         user: Option<String>,

@@ -158,6 +158,19 @@ async fn sessions_and_failed_logins_are_audited_without_secrets() {
         ],
         "{kinds:?}"
     );
+    // Names are found in any case, as people type them.
+    let shouted = pgwarden(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--user",
+        "ALICE",
+        "--json",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&shouted.stdout).lines().count(),
+        kinds.len()
+    );
     let failures = pgwarden(&[
         "audit",
         "search",

@@ -81,9 +81,13 @@ pub fn search(dir: &Path, query: &Query) -> Result<Found, AuditError> {
         }
         run
     };
+    // People are found whatever the case they were written in (dev@Example.com).
+    let wanted_user = query.user.as_deref().map(str::to_lowercase);
+    let is_user =
+        |value: &Value, user: &str| value.as_str().is_some_and(|v| v.to_lowercase() == user);
     // Sessions of the user, so their session.end (which carries no identity) matches too.
     let mut sessions = HashSet::new();
-    if let Some(user) = &query.user {
+    if let Some(user) = &wanted_user {
         for name in &files {
             for line in read(name)?.lines() {
                 let Some(record) = checked(line) else {
@@ -91,7 +95,7 @@ pub fn search(dir: &Path, query: &Query) -> Result<Found, AuditError> {
                 };
                 let run = next_run(&record);
                 if record["type"] == "session.start"
-                    && record["actor"]["user"]["name"] == user.as_str()
+                    && is_user(&record["actor"]["user"]["name"], user)
                 {
                     if let Some(id) = record["session"].as_u64() {
                         sessions.insert((run, id));
@@ -184,12 +188,12 @@ pub fn search(dir: &Path, query: &Query) -> Result<Found, AuditError> {
                         })
                     })
                 })
-                && query.user.as_ref().is_none_or(|user| {
-                    record["actor"]["user"]["name"] == user.as_str()
-                        || record["user"] == user.as_str()
+                && wanted_user.as_ref().is_none_or(|user| {
+                    is_user(&record["actor"]["user"]["name"], user)
+                        || is_user(&record["user"], user)
                         // Approvers: their answers and their calls to the admin API.
-                        || record["by"] == user.as_str()
-                        || record["caller"] == user.as_str()
+                        || is_user(&record["by"], user)
+                        || is_user(&record["caller"], user)
                         || session.is_some_and(|id| sessions.contains(&(run, id)))
                 })
                 && text
