@@ -397,6 +397,13 @@ action = "allow"
     })
     .await;
     pgbench(&setup, &["-i", "-s", "1", "-q"]).await;
+    // The rule allows drops of pgbench's tables, not of a table named beside them.
+    let beside = psql_as_alice(&setup, &["-c", "DROP TABLE pgbench_history, items"], &[]).await;
+    let stderr = String::from_utf8_lossy(&beside.stderr);
+    assert!(
+        !beside.status.success() && stderr.contains("rule guardrail.drop"),
+        "{stderr}"
+    );
     // The benchmark itself runs under the default policy without a single refusal.
     let mut processed = 0;
     for mode in ["simple", "extended", "prepared"] {

@@ -205,23 +205,38 @@ impl Rule {
     }
 
     pub fn matches(&self, subject: &Subject<'_>, facts: &StatementFacts) -> bool {
+        // A deny or approve rule applies when any part of the statement is one it names. An
+        // allow rule lets the statement through only if it names every part: otherwise
+        // `DROP TABLE pgbench_accounts, customers` would pass a rule allowing drops of
+        // pgbench_*, and `WITH d AS (DELETE …) SELECT …` a rule allowing selects. (One that
+        // requires an intent restricts as much as it allows: any part brings it in.)
+        let whole = self.action == Action::Allow && !self.require_intent;
         self.who.matches(subject)
-            && (self.statements.is_empty()
-                || facts
+            && covers(
+                !self.statements.is_empty(),
+                whole,
+                facts
                     .kinds
                     .iter()
-                    .any(|kind| self.statements.iter().any(|s| kind_matches(s, kind))))
-            && (self.tables.is_empty()
-                || facts.tables.iter().any(|t| {
+                    .map(|kind| self.statements.iter().any(|s| kind_matches(s, kind))),
+            )
+            && covers(
+                !self.tables.is_empty(),
+                whole,
+                facts.tables.iter().map(|t| {
                     self.tables
                         .iter()
                         .any(|g| g.matches_name_in(&t.name, subject.search_path))
-                }))
-            && (self.functions.is_empty()
-                || facts
+                }),
+            )
+            && covers(
+                !self.functions.is_empty(),
+                whole,
+                facts
                     .functions
                     .iter()
-                    .any(|f| self.functions.iter().any(|g| g.matches_name(f))))
+                    .map(|f| self.functions.iter().any(|g| g.matches_name(f))),
+            )
             && (self.flags.is_empty() || self.flags.iter().any(|f| flag_holds(f, subject, facts)))
             && !(self.spares_temporary_tables && only_temporary_tables(facts))
     }
@@ -237,6 +252,23 @@ fn only_temporary_tables(facts: &StatementFacts) -> bool {
                 .strip_prefix("pg_temp.")
                 .is_some_and(|table| !table.is_empty())
         })
+}
+
+/// Whether a rule's list covers a statement's parts (each `true` when the list names it): an
+/// empty list covers anything; otherwise some part must be named or, for a `whole` rule,
+/// every part (and there must be one).
+fn covers(listed: bool, whole: bool, mut parts: impl Iterator<Item = bool>) -> bool {
+    if !listed {
+        return true;
+    }
+    if !whole {
+        return parts.any(|named| named);
+    }
+    let mut seen = false;
+    parts.all(|named| {
+        seen = true;
+        named
+    }) && seen
 }
 
 /// Flags that depend on who is asking as well as on the statement.

@@ -431,6 +431,22 @@ fn rules_match_on_who_and_what_in_priority_then_written_order() {
         Action::Allow,
         Some("dba-may-drop"),
     );
+    // An allow rule lets a statement through only if it names all of it: bob's select
+    // with a DELETE inside is not "reads only".
+    check(
+        "bob",
+        &dev,
+        "SELECT * FROM t",
+        Action::Allow,
+        Some("bob-reads-only"),
+    );
+    check(
+        "bob",
+        &dev,
+        "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
+        Action::Deny,
+        Some("bob-nothing-else"),
+    );
     check(
         "alice",
         &dev,
@@ -623,4 +639,71 @@ fn introspection_and_everyday_traffic_pass_the_default_policy() {
         assert_eq!(d.action, Action::Allow, "{sql}: {d:?}");
     }
     assert!(INTROSPECTION.len() >= 40);
+}
+
+#[test]
+fn an_allow_rule_covers_only_the_tables_and_functions_it_names() {
+    let analyzer = Analyzer::new(64);
+    let rules = vec![
+        RuleSpec {
+            priority: 150,
+            statements: vec!["drop table".into(), "truncate".into()],
+            tables: vec!["pgbench_*".into()],
+            ..spec("bench-setup", Action::Allow)
+        },
+        RuleSpec {
+            priority: 150,
+            functions: vec!["pg_terminate_backend".into()],
+            ..spec("may-terminate", Action::Allow)
+        },
+        // Requiring an intent restricts: any DELETE in the statement brings the rule in.
+        RuleSpec {
+            statements: vec!["delete".into()],
+            require_intent: true,
+            ..spec("deletes-need-a-ticket", Action::Allow)
+        },
+    ];
+    let policy = Policy::new(rules, Action::Allow, Action::Deny, true, &[]).unwrap();
+    let dev = ["dev".to_owned()];
+    let cases: &[(&str, Action, Option<&str>)] = &[
+        (
+            "DROP TABLE IF EXISTS pgbench_accounts, pgbench_history",
+            Action::Allow,
+            Some("bench-setup"),
+        ),
+        (
+            "TRUNCATE pgbench_history",
+            Action::Allow,
+            Some("bench-setup"),
+        ),
+        (
+            "DROP TABLE pgbench_accounts, customers",
+            Action::Deny,
+            Some("guardrail.drop"),
+        ),
+        (
+            "TRUNCATE customers, pgbench_history",
+            Action::Deny,
+            Some("guardrail.truncate"),
+        ),
+        (
+            "SELECT pg_terminate_backend(4711)",
+            Action::Allow,
+            Some("may-terminate"),
+        ),
+        (
+            "SELECT pg_terminate_backend(4711), pg_read_file('/etc/passwd')",
+            Action::Deny,
+            Some("guardrail.dangerous-functions"),
+        ),
+        (
+            "WITH old AS (SELECT 1 AS id) DELETE FROM t USING old WHERE t.id = old.id",
+            Action::Deny,
+            Some("deletes-need-a-ticket"),
+        ),
+    ];
+    for (sql, action, rule) in cases {
+        let d = decide(&policy, &analyzer, &dev, sql);
+        assert_eq!((d.action, d.rule.as_deref()), (*action, *rule), "{sql}");
+    }
 }
