@@ -208,9 +208,10 @@ impl Rule {
         // A deny or approve rule applies when any part of the statement is one it names. An
         // allow rule lets the statement through only if it names every part: otherwise
         // `DROP TABLE pgbench_accounts, customers` would pass a rule allowing drops of
-        // pgbench_*, and `WITH d AS (DELETE …) SELECT …` a rule allowing selects. (One that
-        // requires an intent restricts as much as it allows: any part brings it in.)
-        let whole = self.action == Action::Allow && !self.require_intent;
+        // pgbench_*, and `WITH d AS (DELETE …) SELECT …` a rule allowing selects. One that
+        // requires an intent also restricts: without one, any part brings it in (to ask for
+        // the intent); with one, it allows only what it names, like any allow rule.
+        let whole = self.action == Action::Allow && (!self.require_intent || subject.has_intent);
         self.who.matches(subject)
             && covers(
                 !self.statements.is_empty(),
@@ -244,14 +245,9 @@ impl Rule {
 
 /// Whether a statement names tables and each is written `pg_temp.<name>`: the session's
 /// own temporary schema, whatever its search_path. (A schema merely spelled like it, such as
-/// `"PG_TEMP"`, is another schema; names starting with `pg_` are reserved for the system.)
+/// `"PG_TEMP"`, is another schema, and `"pg_temp.x"` an unqualified name.)
 fn only_temporary_tables(facts: &StatementFacts) -> bool {
-    !facts.tables.is_empty()
-        && facts.tables.iter().all(|t| {
-            t.name
-                .strip_prefix("pg_temp.")
-                .is_some_and(|table| !table.is_empty())
-        })
+    !facts.tables.is_empty() && facts.tables.iter().all(|t| t.temporary)
 }
 
 /// Whether a rule's list covers a statement's parts (each `true` when the list names it): an

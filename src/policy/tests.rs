@@ -51,6 +51,9 @@ fn guardrails_by_default() {
         ("TRUNCATE pg_temp.a, PG_TEMP.b", Action::Allow, None),
         ("DROP TABLE pg_temp.t, t", Action::Deny, Some("guardrail.drop")),
         ("DROP TABLE \"PG_TEMP\".t", Action::Deny, Some("guardrail.drop")),
+        // One unqualified name with a dot in it: search_path decides where it is.
+        ("DROP TABLE \"pg_temp.t\"", Action::Deny, Some("guardrail.drop")),
+        ("TRUNCATE \"pg_temp.t\"", Action::Deny, Some("guardrail.truncate")),
         ("DROP SCHEMA pg_temp", Action::Deny, Some("guardrail.drop")),
         (
             "DROP TABLE pg_temp.t CASCADE",
@@ -662,6 +665,13 @@ fn an_allow_rule_covers_only_the_tables_and_functions_it_names() {
             require_intent: true,
             ..spec("deletes-need-a-ticket", Action::Allow)
         },
+        RuleSpec {
+            priority: 150,
+            statements: vec!["truncate".into()],
+            tables: vec!["staging_*".into()],
+            require_intent: true,
+            ..spec("staging-truncates-with-a-ticket", Action::Allow)
+        },
     ];
     let policy = Policy::new(rules, Action::Allow, Action::Deny, true, &[]).unwrap();
     let dev = ["dev".to_owned()];
@@ -706,4 +716,34 @@ fn an_allow_rule_covers_only_the_tables_and_functions_it_names() {
         let d = decide(&policy, &analyzer, &dev, sql);
         assert_eq!((d.action, d.rule.as_deref()), (*action, *rule), "{sql}");
     }
+    // With an intent declared, a rule that requires one allows only what it names.
+    let mut declared = subject("alice", &dev);
+    declared.has_intent = true;
+    let with_intent = |sql: &str| {
+        let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
+        let d = policy.decide(&declared, &analysis.statements);
+        (d.action, d.rule)
+    };
+    assert_eq!(
+        with_intent("TRUNCATE staging_orders"),
+        (
+            Action::Allow,
+            Some("staging-truncates-with-a-ticket".into())
+        )
+    );
+    assert_eq!(
+        with_intent("TRUNCATE staging_orders, customers"),
+        (Action::Deny, Some("guardrail.truncate".into()))
+    );
+    assert_eq!(
+        decide(
+            &policy,
+            &analyzer,
+            &dev,
+            "TRUNCATE staging_orders, customers"
+        )
+        .rule,
+        Some("staging-truncates-with-a-ticket".into()),
+        "without an intent, the rule asks for one"
+    );
 }

@@ -55,6 +55,10 @@ pub struct TableRef {
     /// As written, schema-qualified when it was (`public.users` or `users`).
     pub name: String,
     pub access: Access,
+    /// Qualified with `pg_temp`, the session's own temporary schema (told from the parse
+    /// tree, not from `name`: `"pg_temp.x"` is one unqualified name).
+    #[serde(skip)]
+    pub temporary: bool,
 }
 
 /// How a statement uses a table.

@@ -278,7 +278,11 @@ impl Walk<'_> {
                 if self.in_view && relation == "pg_settings" {
                     self.changes_any_setting();
                 }
-                self.facts.tables.push(TableRef { name, access });
+                self.facts.tables.push(TableRef {
+                    name,
+                    access,
+                    temporary: schema == "pg_temp",
+                });
                 self.visit_fields(node, Access::Read, &["schemaname", "relname"]);
             }
             Some(dml @ ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt")) => {
@@ -689,11 +693,19 @@ impl Walk<'_> {
             .into_iter()
             .flatten()
         {
-            let name = qualified_name(object.field("items"));
+            let items = object.field("items");
+            let name = qualified_name(items);
             if !name.is_empty() {
+                let parts: Vec<&str> = items
+                    .map(Tree::children)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, part)| part.field("sval").and_then(Tree::as_str))
+                    .collect();
                 self.facts.tables.push(TableRef {
                     name,
                     access: Access::Ddl,
+                    temporary: matches!(parts.as_slice(), ["pg_temp", _]),
                 });
             }
         }
