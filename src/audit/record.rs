@@ -46,9 +46,8 @@ pub fn prepare<E: Serialize>(
 pub fn seal(seq: u64, time: u64, prev_hash: &str, event: &Prepared) -> (String, String) {
     use std::fmt::Write as _;
     let mut body = String::with_capacity(event.json.len() + prev_hash.len() + 160);
-    // Writing to a String cannot fail.
-    // `prev_hash` is a hex digest (GENESIS, one this writer computed, or one `check` found
-    // to be 64 hex digits): nothing in it needs escaping.
+    // (Writing to a String cannot fail.) `prev_hash` is a hex digest (GENESIS, one this
+    // writer computed, or one `check` found to be 64 hex digits): nothing in it to escape.
     let _ = write!(
         body,
         "{{\"seq\":{seq},\"time\":{time},\"prev_hash\":\"{prev_hash}\""
