@@ -1228,6 +1228,8 @@ fn policy_test_explains_each_statement_and_exits_by_the_decision() {
          [[access]]\ngroups = [\"dev\"]\ndatabases = [\"app\"]\nroles = [\"app_rw\"]\n\
          [[policy.rules]]\nid = \"orders-wait\"\nstatements = [\"delete\"]\ntables = [\"orders\"]\n\
          action = \"approve\"\nmessage = \"deleting orders needs a DBA\"\n\
+         [[policy.rules]]\nid = \"bench-setup\"\npriority = 150\nstatements = [\"drop table\"]\n\
+         tables = [\"pgbench_*\"]\naction = \"allow\"\n\
          [[policy.session]]\ngroups = [\"dev\"]\nsettings = { statement_timeout = \"30s\" }\n",
     );
     let config = config.to_str().unwrap();
@@ -1255,6 +1257,21 @@ fn policy_test_explains_each_statement_and_exits_by_the_decision() {
     assert!(
         text.contains("=> approve (orders-wait): deleting orders needs a DBA"),
         "{text}"
+    );
+
+    // An allow rule that names only part of a statement says so.
+    let beside = with("DROP TABLE pgbench_history, customers");
+    let text = String::from_utf8_lossy(&beside.stdout);
+    assert_eq!(beside.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("decision:   deny (guardrail.drop)")
+            && text.contains("not allowed by bench-setup: an allow rule must name every"),
+        "{text}"
+    );
+    let own = String::from_utf8_lossy(&with("DROP TABLE pgbench_history").stdout).into_owned();
+    assert!(
+        own.contains("=> allow (bench-setup)") && !own.contains("not allowed by"),
+        "{own}"
     );
 
     let mut json = base.to_vec();

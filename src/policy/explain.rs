@@ -54,6 +54,10 @@ pub struct StatementReport {
     pub facts: StatementFacts,
     pub decision: &'static str,
     pub rule: Option<String>,
+    /// Allow rules that name only part of the statement (an allow rule must name all of
+    /// it), so they did not decide it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
 }
 
 pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &str) -> Report {
@@ -147,12 +151,17 @@ pub fn explain(policy: &Policy, access: &[AccessRule], who: &TestSubject, sql: &
         }
         let text = texts.get(index).cloned().unwrap_or_default();
         let normalized = pg_query::normalize(&text).unwrap_or_default();
+        let judged = match &executed {
+            Some(Some(body)) => body,
+            _ => facts,
+        };
         report.statements.push(StatementReport {
             text,
             normalized,
             facts: facts.clone(),
             decision: decision.action.as_str(),
             rule: decision.rule.clone(),
+            passed_over: policy.partial_allow_rules(&subject, judged),
         });
         // The strictest decision, the first among equals, as for a message in a session.
         if strictest
@@ -277,6 +286,12 @@ impl Report {
                 s.decision,
                 s.rule.as_deref().unwrap_or("policy.default")
             ));
+            if !s.passed_over.is_empty() {
+                out.push_str(&format!(
+                    "  not allowed by {}: an allow rule must name every kind, table and function of the statement\n",
+                    s.passed_over.join(", ")
+                ));
+            }
         }
         out.push_str(&format!(
             "\n=> {} ({}){}\n",

@@ -172,6 +172,19 @@ impl Policy {
         session::settings_for(&self.sessions, subject)
     }
 
+    /// Ids of the allow rules that name only part of a statement and so pass it over.
+    pub fn partial_allow_rules(
+        &self,
+        subject: &Subject<'_>,
+        facts: &StatementFacts,
+    ) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.names_part_of(subject, facts))
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
     /// Decide one statement: the first matching rule, or the default.
     pub fn decide_statement(&self, subject: &Subject<'_>, facts: &StatementFacts) -> Decision {
         match self.rules.iter().find(|r| r.matches(subject, facts)) {

@@ -205,13 +205,28 @@ impl Rule {
     }
 
     pub fn matches(&self, subject: &Subject<'_>, facts: &StatementFacts) -> bool {
+        self.matches_as(subject, facts, self.covers_whole(subject))
+    }
+
+    /// An allow rule that names part of a statement but not all of it, so it passes it over
+    /// (for `policy test`, which says so).
+    pub fn names_part_of(&self, subject: &Subject<'_>, facts: &StatementFacts) -> bool {
+        self.covers_whole(subject)
+            && self.matches_as(subject, facts, false)
+            && !self.matches_as(subject, facts, true)
+    }
+
+    fn covers_whole(&self, subject: &Subject<'_>) -> bool {
         // A deny or approve rule applies when any part of the statement is one it names. An
         // allow rule lets the statement through only if it names every part: otherwise
         // `DROP TABLE pgbench_accounts, customers` would pass a rule allowing drops of
         // pgbench_*, and `WITH d AS (DELETE …) SELECT …` a rule allowing selects. One that
         // requires an intent also restricts: without one, any part brings it in (to ask for
         // the intent); with one, it allows only what it names, like any allow rule.
-        let whole = self.action == Action::Allow && (!self.require_intent || subject.has_intent);
+        self.action == Action::Allow && (!self.require_intent || subject.has_intent)
+    }
+
+    fn matches_as(&self, subject: &Subject<'_>, facts: &StatementFacts, whole: bool) -> bool {
         self.who.matches(subject)
             && covers(
                 !self.statements.is_empty(),
