@@ -19,10 +19,12 @@
 #   UPSTREAM   tcp: pgwarden (and pgbouncer) reach PostgreSQL over TCP on 127.0.0.1, like the
 #              direct runs; unix: over its Unix socket, as a sidecar on the same host would
 #              [tcp]
-#   AUDIT      1: also measure a second pgwarden with every feature on: the audit log
-#              (fsync = batch; a statement record before and a result record after every
-#              statement) and a masking rule on a table the workload does not touch,
-#              reported against the audit-less pgwarden, and verify its log at the end [1]
+#   AUDIT      1: also measure a pgwarden with every feature on: the audit log (a
+#              statement record before and a result record after every statement), a
+#              masking rule on a table the workload does not touch and the content
+#              detectors, and the same pgwarden without the audit log ("audit off"), and
+#              verify the log at the end [1]
+#   AUDIT_FSYNC  the audit log's audit.fsync: batch, always or buffered [batch]
 #   BULK_ROWS  rows of a table read whole with one SELECT through each target (direct,
 #              pgwarden without masking, pgwarden masking one column of every row and
 #              scanning the text columns with the detectors); 0 skips it [1000000]
@@ -302,16 +304,25 @@ enabled = []" plain
 plain_pid=$started_pid
 
 AUDIT=${AUDIT:-1}
+AUDIT_FSYNC=${AUDIT_FSYNC:-batch}
+case $AUDIT_FSYNC in
+  batch | always | buffered) ;;
+  *) die "AUDIT_FSYNC must be batch, always or buffered, got '$AUDIT_FSYNC'" ;;
+esac
 if ((AUDIT)); then
+  masking_rule="[[masking.rules]]
+table = \"public.pii_customers\"
+column = \"email\"
+strategy = \"email\""
+  noaudit_port=$(free_port) || die "no free port"
+  start_pgwarden "$noaudit_port" "$masking_rule" noaudit
+  noaudit_pid=$started_pid
   audit_port=$(free_port) || die "no free port"
   start_pgwarden "$audit_port" "[audit]
 dir = \"$tmp/audit\"
-fsync = \"batch\"
+fsync = \"$AUDIT_FSYNC\"
 
-[[masking.rules]]
-table = \"public.pii_customers\"
-column = \"email\"
-strategy = \"email\"" audit
+$masking_rule" audit
   audit_pid=$started_pid
 fi
 
@@ -326,7 +337,7 @@ if ((PGBOUNCER)) && [[ ! -x $pgbouncer_bin ]]; then
   pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 fi
 targets=(direct pgwarden)
-if ((AUDIT)); then targets+=(audit); fi
+if ((AUDIT)); then targets+=(noaudit audit); fi
 if ((PGBOUNCER)); then
   [[ -x $pgbouncer_bin ]] || die "PGBOUNCER=1 but pgbouncer is not installed (scripts/deps.sh --with-pgbouncer)"
   bouncer_port=$(free_port) || die "no free port"
@@ -413,8 +424,10 @@ cpu_seconds() { # pid
 declare -A results port cpu pid_of
 port[direct]=$pg_port
 port[pgwarden]=$proxy_port
+port[noaudit]=${noaudit_port:-}
 port[audit]=${audit_port:-}
 pid_of[pgwarden]=$plain_pid
+pid_of[noaudit]=${noaudit_pid:-}
 pid_of[audit]=${audit_pid:-}
 port[pgbouncer]=${bouncer_port:-}
 failures=0
@@ -509,11 +522,14 @@ fi
   echo "postgres: $("$bindir/postgres" --version), fsync=off, scale $SCALE"
   echo "upstream: ${UPSTREAM:-tcp} (how the proxies reach PostgreSQL)"
   echo "pgbench:  -n -T $DURATION, threads = min(clients, 2); $ROUNDS interleaved rounds, median tps"
-  echo "columns:  pgwarden = the relay alone; all features = gate + audit (batch) + masking rule +"
-  echo "          detectors; ratios are to direct; cpu µs = pgwarden's own CPU per transaction"
+  echo "columns:  pgwarden = the relay alone; audit off = gate + masking rule + detectors; all"
+  echo "          features = the same + audit (fsync = $AUDIT_FSYNC); ratios are to direct, on/off ="
+  echo "          all features / audit off; cpu µs = pgwarden's own CPU per transaction"
   echo
   header=$(printf '%-12s %-9s %7s %10s %10s %6s %7s' workload mode clients direct pgwarden ratio "cpu µs")
-  if ((AUDIT)); then header+=$(printf ' %13s %6s %7s' "all features" ratio "cpu µs"); fi
+  if ((AUDIT)); then
+    header+=$(printf ' %10s %6s %7s %13s %6s %7s %6s' "audit off" ratio "cpu µs" "all features" ratio "cpu µs" on/off)
+  fi
   if ((PGBOUNCER)); then header+=$(printf ' %10s %6s' pgbouncer ratio); fi
   echo "$header"
   ratio() { awk -v p="$1" -v d="$2" 'BEGIN { if (p == "fail" || d == "fail" || d == 0) print "-"; else printf "%.2f", p / d }'; }
@@ -533,10 +549,15 @@ fi
     row=$(printf '%-12s %-9s %7s %10s %10s %6s %7s' "$script" "$mode" "$c" "$dm" "$pm" "$(ratio "$pm" "$dm")" "$pc")
     if ((AUDIT)); then
       # shellcheck disable=SC2086
+      nm=$(median ${results[$cell,noaudit]})
+      # shellcheck disable=SC2086
+      nc=$(median1 ${cpu[$cell,noaudit]:-fail})
+      # shellcheck disable=SC2086
       am=$(median ${results[$cell,audit]})
       # shellcheck disable=SC2086
       ac=$(median1 ${cpu[$cell,audit]:-fail})
-      row+=$(printf ' %13s %6s %7s' "$am" "$(ratio "$am" "$dm")" "$ac")
+      row+=$(printf ' %10s %6s %7s %13s %6s %7s %6s' "$nm" "$(ratio "$nm" "$dm")" "$nc" \
+        "$am" "$(ratio "$am" "$dm")" "$ac" "$(ratio "$am" "$nm")")
     fi
     if ((PGBOUNCER)); then
       # shellcheck disable=SC2086

@@ -1127,6 +1127,117 @@ async fn with_on_failure_continue_statements_run_and_the_loss_is_counted() {
     assert!(gap["lost_events"].as_u64().unwrap() >= 2, "{gap}");
 }
 
+/// Everything in the audit files so far, as text.
+fn audit_text(dir: &std::path::Path) -> String {
+    pgwarden::audit::list_files(dir)
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect()
+}
+
+/// `fsync = "buffered"`: statements do not wait for the write, the audit thread writes their
+/// records on its own within milliseconds, and once a write has failed statements are
+/// refused as with `"batch"`, until the log can write again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_records_are_written_by_the_audit_thread_and_a_failed_write_refuses() {
+    let dir = audit_dir("buffered");
+    let proxy = Proxy::start(ProxyOptions {
+        extra: format!(
+            "[audit]\ndir = \"{}\"\nfsync = \"buffered\"\n",
+            dir.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = common::direct("app").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE buffered_writes (id int); GRANT ALL ON buffered_writes TO app_rw",
+        )
+        .await
+        .unwrap();
+    let client = proxy.alice().await;
+    client
+        .simple_query("INSERT INTO buffered_writes VALUES (1)")
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO buffered_writes VALUES ($1)", &[&2i32])
+        .await
+        .unwrap();
+    // Nobody else writes: the audit thread does, without a flush or a shutdown.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while audit_text(&dir)
+        .matches("\"text\":\"INSERT INTO buffered_writes VALUES ($1)\"")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the buffered statement records were not written within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    immutable(&dir, true);
+    // The first statement after the disk stops taking writes may get through (its record
+    // waits in memory); the audit thread's write then fails, and from there on statements
+    // are refused and never reach PostgreSQL.
+    let first = client
+        .simple_query("INSERT INTO buffered_writes VALUES (3)")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let refused = client
+        .simple_query("INSERT INTO buffered_writes VALUES (4)")
+        .await
+        .unwrap_err();
+    let extended = client
+        .execute("INSERT INTO buffered_writes VALUES ($1)", &[&5i32])
+        .await
+        .unwrap_err();
+    immutable(&dir, false);
+    for err in [&refused, &extended] {
+        assert_eq!(sqlstate(err).as_deref(), Some("58030"), "{err}");
+    }
+    let ids: Vec<i32> = admin
+        .query("SELECT id FROM buffered_writes ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected = if first.is_ok() {
+        vec![1, 2, 3]
+    } else {
+        vec![1, 2]
+    };
+    assert_eq!(ids, expected, "a refused statement reached PostgreSQL");
+
+    // Writable again: the next statement writes its record itself and goes through.
+    client
+        .simple_query("INSERT INTO buffered_writes VALUES (6)")
+        .await
+        .unwrap();
+    drop(client);
+    proxy.shutdown(std::time::Duration::from_secs(2)).await;
+    let records = all_records(&dir);
+    let gap = records
+        .iter()
+        .find(|r| r["type"] == "log.write_failed")
+        .expect("a log.write_failed record");
+    if first.is_ok() {
+        // The statement that ran while its record could not be written is counted.
+        assert!(gap["lost_events"].as_u64().unwrap() >= 1, "{gap}");
+    }
+    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Cancel requests are on record: from where, and whether one reached a session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_requests_are_audited() {

@@ -28,6 +28,11 @@ pub enum FsyncPolicy {
     Batch,
     /// One fsync per record.
     Always,
+    /// Records are sealed into the chain in memory and written and fsynced by the audit
+    /// thread within [`writer::BACKGROUND_SYNC_INTERVAL`]: a statement does not wait for a
+    /// `write`, and a crash of pgwarden loses what was not written yet (as PostgreSQL's
+    /// `synchronous_commit = off` does). Refusals start once a write has failed.
+    Buffered,
 }
 
 /// What happens to a statement whose record the log cannot take.

@@ -30,8 +30,13 @@ use super::{file_name, list_files, AuditError, FsyncPolicy, Settings};
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
-/// With `fsync = "batch"`, records nobody waits for are fsynced within this long.
+/// With `fsync = "batch"`, records nobody waits for are fsynced within this long; with
+/// `"buffered"`, they are also written within it.
 pub const BACKGROUND_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// With `fsync = "buffered"`, records waiting for the syncer are written by whoever adds
+/// to them once they hold this many bytes (a few thousand records: the syncer is behind).
+const BUFFER_LIMIT: usize = 1 << 20;
 
 /// A handle to the audit log; cheap to clone. The log closes (final fsync, syncer thread
 /// ends) when the last handle is dropped.
@@ -72,7 +77,7 @@ impl AuditLog {
     pub fn open(settings: Settings) -> Result<(Self, std::thread::JoinHandle<()>), AuditError> {
         let fsync = settings.fsync;
         let window = match fsync {
-            FsyncPolicy::Batch => settings.batch_window,
+            FsyncPolicy::Batch | FsyncPolicy::Buffered => settings.batch_window,
             FsyncPolicy::Always => Duration::ZERO,
         };
         let writer = Writer::recover(settings)?;
@@ -108,32 +113,24 @@ impl AuditLog {
     /// outcome: one `write` then carries it and the next statement). Lost on a crash in
     /// that window, which `audit verify` cannot notice: use it only for what can be lost.
     pub fn record_later(&self, event: Event) {
-        let Ok(event) = prepare(&event) else {
-            self.shared.drop_one();
-            return;
-        };
-        let Ok(mut writer) = self.lock() else {
-            self.shared.drop_one();
-            return;
-        };
-        if let Err(e) = writer.defer(&event) {
-            let _ = self.shared.written(&mut writer, Err(e), 1);
-            return;
-        }
-        if writer.deferred == 1 {
-            self.shared.syncer.flush_soon();
-        }
+        // A failure is counted as a loss and reported by the next record written.
+        let _ = self.buffer(&event);
     }
 
     /// Record an event that must be on record before the action it describes happens (a
-    /// statement, before it is forwarded): returns once it is written, and with
-    /// `fsync = "always"` once it is on disk. Every call is also an attempt to write, so the
-    /// log recovers by itself once the disk does.
+    /// statement, before it is forwarded): returns once it is written, with
+    /// `fsync = "always"` once it is on disk, and with `"buffered"` once it is sealed into
+    /// the chain (while the log writes; once a write failed, as with `"batch"`). Every call
+    /// that writes is also an attempt to write, so the log recovers by itself once the disk
+    /// does.
     pub async fn record_written(&self, event: Event) -> Result<(), AuditError> {
-        let seq = self.append(&event)?;
         match self.shared.fsync {
-            FsyncPolicy::Batch => Ok(()),
-            FsyncPolicy::Always => self.until_synced(seq).await,
+            FsyncPolicy::Buffered if self.is_healthy() => self.buffer(&event),
+            FsyncPolicy::Batch | FsyncPolicy::Buffered => self.append(&event).map(|_| ()),
+            FsyncPolicy::Always => {
+                let seq = self.append(&event)?;
+                self.until_synced(seq).await
+            }
         }
     }
 
@@ -189,6 +186,37 @@ impl AuditLog {
             .writer
             .lock()
             .map_err(|_| AuditError::Unavailable)
+    }
+
+    /// Seal one event to be written by the syncer, or at once when [`BUFFER_LIMIT`] bytes
+    /// already wait. A failure is counted as a lost event.
+    fn buffer(&self, event: &Event) -> Result<(), AuditError> {
+        let event = match prepare(event) {
+            Ok(event) => event,
+            Err(e) => {
+                self.shared.drop_one();
+                return Err(e);
+            }
+        };
+        let mut writer = match self.lock() {
+            Ok(writer) => writer,
+            Err(e) => {
+                self.shared.drop_one();
+                return Err(e);
+            }
+        };
+        // Losses are reported by the next record written, so write now rather than later.
+        if writer.pending.len() >= BUFFER_LIMIT || self.shared.dropped.load(Ordering::Relaxed) > 0 {
+            let result = writer.append_after_gap(&event, &self.shared.syncer, &self.shared.dropped);
+            return self.shared.written(&mut writer, result, 1).map(|_| ());
+        }
+        if let Err(e) = writer.defer(&event) {
+            return self.shared.written(&mut writer, Err(e), 1).map(|_| ());
+        }
+        if writer.deferred == 1 {
+            self.shared.syncer.flush_soon();
+        }
+        Ok(())
     }
 
     /// Seal and write one event; its seq on success.
@@ -737,6 +765,15 @@ impl Syncer {
                 .partition(|(seq, _)| *seq <= synced);
             state.waiting = still;
             drop(state);
+            if result.is_err() {
+                // Unhealthy until a write succeeds again: readiness says so, and with
+                // `fsync = "buffered"` statements write their records themselves, which
+                // records the loss and moves to a new file first. (Upgraded only now: a
+                // last handle dropped here locks the state.)
+                if let Some(shared) = log.upgrade() {
+                    shared.healthy.store(false, Ordering::Release);
+                }
+            }
             for (_, ack) in ready {
                 let _ = ack.send(result.clone());
             }
