@@ -190,6 +190,7 @@ impl Server {
             catalogs: Default::default(),
             upstream_probe: Default::default(),
             upstream_logins: Default::default(),
+            sessions: Default::default(),
         });
         if let Some(audit) = &ctx.audit {
             audit

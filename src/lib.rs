@@ -11,13 +11,13 @@
 //! | [`protocol`] | length-checked framing, startup packets, message views and builders |
 //! | [`auth`] | identities; front-door methods (OIDC tokens as password or OAUTHBEARER, local SCRAM users); OIDC discovery, keys and token verification; `[[access]]` rules; sign-in rate limiting |
 //! | [`upstream`] | logging in to PostgreSQL as the granted role; proxy-issued cancel keys |
-//! | [`session`] | one connection's life: handshake, the relay loop, statement flow, shutdown phases |
+//! | [`session`] | one connection's life: handshake, the relay loop, statement flow, shutdown phases, the list of running sessions |
 //! | [`sql`] | statement analysis with PostgreSQL's parser: facts, column lineage, fingerprint, normalized text |
 //! | [`policy`] | the rules and guardrails that decide each statement; session settings |
 //! | [`approvals`] | statements held for approval: requests, answers, grants; the CLI client |
 //! | [`masking`] | masking rules resolved through the catalog, strategies, content detectors, rewriting what reaches the client |
 //! | [`metrics`] | the Prometheus registry behind `/metrics` |
-//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, the approvals API |
+//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, the approvals and sessions APIs |
 //! | [`login`] | the client side: `pgwarden login` (device flow), `token`, `psql` |
 //! | [`testbed`] | throwaway PostgreSQL servers and a development OIDC issuer, for the demo, tests and benchmarks |
 //! | [`demo`] | `pgwarden demo` |

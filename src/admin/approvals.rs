@@ -1,29 +1,23 @@
 //! The approvals API: list, show, approve and deny held statements.
 //!
-//! Callers present an OIDC token from the same issuers as database sign-ins
-//! (`Authorization: Bearer …`, e.g. from `pgwarden token`), or, when the identity provider is
-//! down, a break-glass token from `[[admin.break_glass]]` (recorded as `break-glass:NAME`). Requests are visible to the
-//! approvers they name and to their requester; answers follow the separation-of-duties rules
-//! in [`crate::approvals`]. Every call is audited (`admin.call`), every answer too
-//! (`approval.answer`). Errors are JSON: `{"error": "...", "message": "..."}`.
+//! Callers authenticate as [`super::accept`] says. Requests are visible to the approvers they
+//! name and to their requester; answers follow the separation-of-duties rules in
+//! [`crate::approvals`]. Every answer is audited (`approval.answer`).
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::info;
 
+use super::error;
 use crate::approvals::{self, ApprovalError, Approver};
 use crate::audit::Event;
 use crate::config::units::HumanDuration;
 use crate::net::http::{self, Body};
 use crate::session::Context;
-
-/// Largest request body accepted.
-const MAX_BODY: usize = 16 * 1024;
 
 /// An answer's body: `{"reason": "...", "grant": "30m"}`.
 #[derive(Debug, Default, Deserialize)]
@@ -37,97 +31,16 @@ struct AnswerBody {
 
 /// Handle `/approvals…`; `None` if the path is not ours.
 pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Response<Body>> {
-    let path = request.uri().path().to_owned();
-    let rest = path.strip_prefix("/approvals")?;
-    let method = request.method().clone();
-    let query = request.uri().query().unwrap_or("").to_owned();
-    let bearer = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned());
-    // A token that crossed the network in clear is not taken (whoever saw it could sign
-    // in to the database with it): TLS, or a caller on this machine.
-    let private = request
-        .extensions()
-        .get::<crate::net::http::Transport>()
-        .is_some_and(|t| t.is_private());
-    let caller = match bearer {
-        Some(_) if !private => Err(error(
-            StatusCode::FORBIDDEN,
-            "insecure_transport",
-            "bearer tokens are accepted only over HTTPS ([admin.tls]) or from this machine".into(),
-        )),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send an OIDC token: Authorization: Bearer $(pgwarden token)".into(),
-        )),
-        Some(token) => {
-            let snapshot = ctx.snapshot.load_full();
-            // Break-glass tokens first (compared in constant time), then OIDC.
-            let glass = snapshot
-                .config
-                .break_glass
-                .iter()
-                .find(|b| same_secret(b.token.expose(), &token));
-            match glass {
-                Some(glass) => Ok(Approver {
-                    name: format!("break-glass:{}", glass.name),
-                    owner: format!("break-glass {}", glass.name),
-                    groups: glass.groups.clone(),
-                }),
-                None => snapshot
-                    .issuers
-                    .verify(&token)
-                    .await
-                    .map(|t| Approver {
-                        owner: crate::auth::oidc_owner(&t.issuer, &t.subject),
-                        name: t.username,
-                        groups: t.groups,
-                    })
-                    .map_err(|e| {
-                        // The token errors speak of a password, as a client at the database
-                        // port sends one; here it is the bearer token.
-                        let why =
-                            e.to_string()
-                                .replacen("the password is", "the bearer token is", 1);
-                        error(StatusCode::UNAUTHORIZED, "unauthorized", why)
-                    }),
-            }
-        }
-    };
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return Some(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is larger than {MAX_BODY} bytes"),
-            ))
-        }
-    };
+    let rest = request.uri().path().strip_prefix("/approvals")?.to_owned();
+    let (call, caller) = super::accept(ctx, request).await;
     let (response, caller) = match caller {
         Err(response) => (response, None),
-        Ok(caller) => (
-            route(ctx, &caller, &method, rest, &query, &body).await,
-            Some(caller.name),
-        ),
+        Ok(caller) => {
+            let response = route(ctx, &caller, &call.method, &rest, &call.query, &call.body).await;
+            (response, Some(caller))
+        }
     };
-    if let Some(audit) = &ctx.audit {
-        let event = Event::AdminCall {
-            caller,
-            method: method.to_string(),
-            path: path.clone(),
-            status: response.status().as_u16(),
-        };
-        let _ = audit.record(event).await;
-    }
-    Some(response)
+    Some(super::finish(ctx, &call, caller.as_ref(), response).await)
 }
 
 async fn route(
@@ -266,17 +179,6 @@ async fn route(
     }
 }
 
-/// Whether two secrets are equal, in time that does not depend on where they differ: both
-/// are hashed to 32 bytes, and every byte is compared.
-fn same_secret(a: &str, b: &str) -> bool {
-    use sha2::Digest;
-    let (a, b) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-        == 0
-}
-
 fn error_code(e: &ApprovalError) -> &'static str {
     match e {
         ApprovalError::NotFound(_) => "not_found",
@@ -285,12 +187,4 @@ fn error_code(e: &ApprovalError) -> &'static str {
         ApprovalError::OwnRequest => "own_request",
         ApprovalError::NotAnApprover(_) => "not_an_approver",
     }
-}
-
-fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
-    http::response(
-        status,
-        "application/json",
-        json!({ "error": code, "message": message }).to_string(),
-    )
 }

@@ -8,22 +8,31 @@
 //! - `GET /metrics`: Prometheus (OpenMetrics text) — connections, sessions, sign-in failures,
 //!   statements by decision, statement latency, approvals, masking, the audit log, the
 //!   database server, reloads (the list: README, Deploying it);
-//! - `/approvals…`: held statements, for approvers ([`approvals`]).
+//! - `/approvals…`: held statements, for approvers ([`approvals`]);
+//! - `/sessions…`: the sessions running now, and ending one ([`sessions`]).
 //!
 //! Health and metrics need no credentials and show nothing secret (bind the port where only
-//! operators reach it); the approvals API needs an OIDC token.
+//! operators reach it); the approvals and sessions APIs need a bearer token ([`accept`]).
 
 pub mod approvals;
+pub mod sessions;
 
 use std::sync::Arc;
 
-use hyper::{Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::approvals::Approver;
+use crate::audit::Event;
 use crate::net::http::{self, Body};
 use crate::session::shutdown::Phase;
 use crate::session::Context;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 16 * 1024;
 
 /// Serve the admin endpoints on `listener` until `stop`.
 pub async fn serve(
@@ -37,6 +46,12 @@ pub async fn serve(
         async move {
             if request.uri().path().starts_with("/approvals") {
                 if let Some(response) = approvals::handle(&ctx, request).await {
+                    return response;
+                }
+                return http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+            }
+            if request.uri().path().starts_with("/sessions") {
+                if let Some(response) = sessions::handle(&ctx, request).await {
                     return response;
                 }
                 return http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
@@ -118,6 +133,11 @@ async fn metrics(ctx: &Context) -> hyper::Response<Body> {
     m.audit_writable.set(i64::from(
         ctx.audit.as_ref().is_none_or(|log| log.is_healthy()),
     ));
+    m.audit_pending.set(
+        ctx.audit
+            .as_ref()
+            .map_or(0, |log| log.pending_records() as i64),
+    );
     http::response(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -177,3 +197,145 @@ const PROBE_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long /readyz waits for the database server.
 const UPSTREAM_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One call to the APIs that need a caller: what was asked.
+#[derive(Debug)]
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub body: Bytes,
+}
+
+/// Read a call and find out who makes it. Callers present an OIDC token from the same
+/// issuers as database sign-ins (`Authorization: Bearer …`, e.g. from `pgwarden token`), or,
+/// when the identity provider is down, a break-glass token from `[[admin.break_glass]]`
+/// (acting as `break-glass:NAME`). The error is the response to send (JSON:
+/// `{"error": "...", "message": "..."}`); every call then goes through [`finish`].
+pub async fn accept(
+    ctx: &Context,
+    request: Request<Incoming>,
+) -> (Call, Result<Approver, Response<Body>>) {
+    let bearer = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    // A token that crossed the network in clear is not taken (whoever saw it could sign
+    // in to the database with it): TLS, or a caller on this machine.
+    let private = request
+        .extensions()
+        .get::<crate::net::http::Transport>()
+        .is_some_and(|t| t.is_private());
+    let caller = match bearer {
+        Some(_) if !private => Err(error(
+            StatusCode::FORBIDDEN,
+            "insecure_transport",
+            "bearer tokens are accepted only over HTTPS ([admin.tls]) or from this machine".into(),
+        )),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an OIDC token: Authorization: Bearer $(pgwarden token)".into(),
+        )),
+        Some(token) => {
+            let snapshot = ctx.snapshot.load_full();
+            // Break-glass tokens first (compared in constant time), then OIDC.
+            let glass = snapshot
+                .config
+                .break_glass
+                .iter()
+                .find(|b| same_secret(b.token.expose(), &token));
+            match glass {
+                Some(glass) => Ok(Approver {
+                    name: format!("break-glass:{}", glass.name),
+                    owner: format!("break-glass {}", glass.name),
+                    groups: glass.groups.clone(),
+                }),
+                None => snapshot
+                    .issuers
+                    .verify(&token)
+                    .await
+                    .map(|t| Approver {
+                        owner: crate::auth::oidc_owner(&t.issuer, &t.subject),
+                        name: t.username,
+                        groups: t.groups,
+                    })
+                    .map_err(|e| {
+                        // The token errors speak of a password, as a client at the database
+                        // port sends one; here it is the bearer token.
+                        let why =
+                            e.to_string()
+                                .replacen("the password is", "the bearer token is", 1);
+                        error(StatusCode::UNAUTHORIZED, "unauthorized", why)
+                    }),
+            }
+        }
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let (body, caller) = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => (body.to_bytes(), caller),
+        Err(_) => (
+            Bytes::new(),
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {MAX_BODY} bytes"),
+            )),
+        ),
+    };
+    (
+        Call {
+            method,
+            path,
+            query,
+            body,
+        },
+        caller,
+    )
+}
+
+/// Audit a call (`admin.call`: who, what, and the status answered) and return its response.
+pub async fn finish(
+    ctx: &Context,
+    call: &Call,
+    caller: Option<&Approver>,
+    response: Response<Body>,
+) -> Response<Body> {
+    if let Some(audit) = &ctx.audit {
+        let event = Event::AdminCall {
+            caller: caller.map(|c| c.name.clone()),
+            method: call.method.to_string(),
+            path: call.path.clone(),
+            status: response.status().as_u16(),
+        };
+        let _ = audit.record(event).await;
+    }
+    response
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ: both
+/// are hashed to 32 bytes, and every byte is compared.
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::Digest;
+    let (a, b) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
+}
+
+/// A JSON error: `{"error": code, "message": message}`.
+pub fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
+    http::response(
+        status,
+        "application/json",
+        json!({ "error": code, "message": message }).to_string(),
+    )
+}

@@ -68,6 +68,7 @@ pub const TYPES: &[&str] = &[
     "approval.answer",
     "approval.closed",
     "admin.call",
+    "admin.session_end",
     "cancel.request",
     "auth.failure",
 ];
@@ -222,6 +223,16 @@ pub enum Event {
         path: String,
         /// The HTTP status returned.
         status: u16,
+    },
+    /// Someone ended a running session through the admin API (the `session.end` record
+    /// follows once it has ended).
+    #[serde(rename = "admin.session_end")]
+    AdminSessionEnd {
+        session: u64,
+        by: String,
+        by_groups: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A CancelRequest: from where, which live session its key named (`null` for a guessed
     /// or stale key), and whether it was passed on to that session's server process.
@@ -387,6 +398,8 @@ impl Event {
             | Self::ApprovalClosed { .. } => Some((3005, 99)),
             // 6003 API Activity.
             Self::AdminCall { .. } => Some((6003, 99)),
+            // 3002 Authentication; 99 Other: a logoff someone else asked for.
+            Self::AdminSessionEnd { .. } => Some((3002, 99)),
         }
     }
 }

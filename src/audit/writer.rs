@@ -169,6 +169,12 @@ impl AuditLog {
         self.shared.lost_total.clone()
     }
 
+    /// Records sealed but not yet written (statement outcomes; with `fsync = "buffered"`,
+    /// everything of the last few milliseconds), for /metrics.
+    pub fn pending_records(&self) -> u64 {
+        self.lock().map_or(0, |writer| writer.deferred)
+    }
+
     /// Whether the last write succeeded (readiness reports it).
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)

@@ -35,6 +35,8 @@ pub struct Config {
     pub admin_tls: Option<(PathBuf, PathBuf)>,
     /// `[[admin.break_glass]]`: callers of the approvals API with a static token.
     pub break_glass: Vec<BreakGlass>,
+    /// `[admin] operator_groups`: who may see every running session and end any.
+    pub operator_groups: Vec<String>,
     /// `[approvals]`: without it, statements the policy holds are refused.
     pub approvals: Option<crate::approvals::Settings>,
     pub upstream: Upstream,

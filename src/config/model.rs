@@ -129,6 +129,9 @@ struct AdminSection {
     /// Break-glass callers of the approvals API, for when the identity provider is down.
     #[serde(default)]
     break_glass: Vec<BreakGlassSection>,
+    /// Groups that may see every running session and end any (`/sessions`).
+    #[serde(default)]
+    operator_groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -856,9 +859,11 @@ pub fn validate(
 
     let mut break_glass = Vec::new();
     let mut admin_tls = None;
+    let mut operator_groups = Vec::new();
     let admin_listen = match file.admin {
         None => None,
         Some(admin) => {
+            operator_groups = admin.operator_groups;
             admin_tls = admin
                 .tls
                 .map(|tls| (resolve_path(tls.cert), resolve_path(tls.key)));
@@ -969,6 +974,7 @@ pub fn validate(
         path: path.to_owned(),
         admin_listen,
         admin_tls,
+        operator_groups,
         break_glass,
         approvals,
         server,

@@ -10,6 +10,7 @@
 //! Steps 1–2 run under `server.auth_timeout`.
 
 pub mod flow;
+pub mod live;
 pub mod relay;
 pub mod shutdown;
 pub mod state;
@@ -99,6 +100,8 @@ pub struct Context {
     pub upstream_probe: tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>,
     /// Whether the server lately accepted pgwarden's own logins (for /readyz).
     pub upstream_logins: crate::upstream::LoginHealth,
+    /// The sessions running now (the admin API's `/sessions`).
+    pub sessions: live::LiveSessions,
 }
 
 /// Why a session ended early. Each carries what the client was (or could not be) told.
@@ -217,6 +220,8 @@ pub struct Established {
     pub masking: Option<crate::masking::rewrite::Masking>,
     /// The configuration the session was let in by ([`Snapshot::generation`]).
     pub login_generation: u64,
+    /// How the admin API lists the session while it runs.
+    pub listing: live::LiveSession,
 }
 
 /// Serve one client connection. `admitted` is false when the connection limit is reached:
@@ -437,6 +442,7 @@ async fn handshake(
             cancel_key: parts.registration,
             masking: parts.masking,
             login_generation: snapshot.generation,
+            listing: parts.listing,
         })),
         Err(e) => {
             if let Some(reason) = e.audit_reason() {
@@ -472,6 +478,7 @@ struct Parts {
     current_role: String,
     registration: Registration,
     masking: Option<crate::masking::rewrite::Masking>,
+    listing: live::LiveSession,
 }
 
 /// Step 2–3: admission checks, client authentication, access check, upstream login, and the
@@ -625,19 +632,30 @@ async fn establish(
         Some(text) => state::parse_search_path(&String::from_utf8_lossy(&text), &grant.role),
         None => vec!["*".to_owned()],
     };
+    let listing = live::LiveSession {
+        session: id,
+        actor: actor_of(&identity),
+        src_endpoint: peer.into(),
+        tls: stream.tls_version().map(str::to_owned),
+        application_name: startup
+            .parameter("application_name")
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        database: grant.database.clone(),
+        role: grant.role.clone(),
+        started: crate::audit::now_ms(),
+        owner: identity.owner(),
+    };
     if let Some(audit) = &ctx.audit {
         // Nothing runs unaudited: no session until its session.start record is on disk.
         audit
             .record_durable(Event::SessionStart {
                 session: id,
-                actor: actor_of(&identity),
-                src_endpoint: peer.into(),
-                tls: stream.tls_version().map(str::to_owned),
-                application_name: startup
-                    .parameter("application_name")
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
-                database: grant.database.clone(),
-                role: grant.role.clone(),
+                actor: listing.actor.clone(),
+                src_endpoint: listing.src_endpoint.clone(),
+                tls: listing.tls.clone(),
+                application_name: listing.application_name.clone(),
+                database: listing.database.clone(),
+                role: listing.role.clone(),
             })
             .await?;
     }
@@ -675,6 +693,7 @@ async fn establish(
         search_path,
         current_role,
         registration,
+        listing,
     })
 }
 

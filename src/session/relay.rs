@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use std::sync::Arc;
 
 use super::flow::{Flow, Held, StatementAudit};
-use super::shutdown::Phase;
+use super::shutdown::{Change, Phase};
 use super::state::SessionState;
 use super::track::Tracker;
 use super::{Context, Established, SessionError};
@@ -149,6 +149,8 @@ pub enum Ending {
     /// A configuration reload no longer lets the person in (`[[access]]`, their local
     /// user or their identity provider).
     AccessRevoked,
+    /// An administrator ended it (`POST /sessions/ID/end`).
+    Ended,
 }
 
 impl Ending {
@@ -161,6 +163,7 @@ impl Ending {
             Self::ProtocolError => "protocol error",
             Self::TokenExpired => "sign-in token expired",
             Self::AccessRevoked => "access revoked",
+            Self::Ended => "ended by an administrator",
         }
     }
 
@@ -171,6 +174,7 @@ impl Ending {
             Self::Shutdown => "pgwarden shut down",
             Self::TokenExpired => "the sign-in token expired",
             Self::AccessRevoked => "the person's access was revoked",
+            Self::Ended => "an administrator ended the session",
             Self::UpstreamClosed | Self::ProtocolError => "the session ended",
         }
     }
@@ -202,6 +206,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         cancel_key,
         masking,
         login_generation,
+        listing,
     } = session;
     let mut cancel_requests = cancel_key.requests.clone();
     let snapshot = ctx.snapshot.load();
@@ -293,6 +298,9 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     };
 
     let mut phase = ctx.shutdown.watch();
+    let _listed = ctx.sessions.add(listing, phase.id());
+    // Why an administrator ended the session, once one did.
+    let mut ended_by: Option<String> = None;
     // A reload between this session's login and now counts too.
     let mut reloads = ctx.reloads.subscribe();
     if ctx.snapshot.load().generation != login_generation {
@@ -365,12 +373,17 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                         _ => Ok(None),
                     }
                 },
-                new_phase = phase.changed(), if closing.is_none() => match new_phase {
-                    Phase::Terminating => Ok(Some(Ending::Shutdown)),
-                    _ => {
+                change = phase.changed(), if closing.is_none() => match change {
+                    Change::Phase(Phase::Terminating) => Ok(Some(Ending::Shutdown)),
+                    Change::Phase(_) => {
                         draining = true;
                         debug!("shutdown requested; ending the session once it is idle");
                         Ok(flow.state.is_idle().then_some(Ending::Shutdown))
+                    }
+                    Change::Ended(why) => {
+                        warn!(why, "an administrator ended the session");
+                        ended_by = Some(why);
+                        Ok(Some(Ending::Ended))
                     }
                 },
                 r = push(&mut client.wr, &client.out), if client.has_output() => {
@@ -441,6 +454,16 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                         &ClientError::fatal(
                             SqlState::ADMIN_SHUTDOWN,
                             "terminating connection because pgwarden is shutting down",
+                        ),
+                    ),
+                    Ending::Ended => backend::error_response(
+                        &mut client.out,
+                        &ClientError::fatal(
+                            SqlState::ADMIN_SHUTDOWN,
+                            format!(
+                                "terminating connection: {}",
+                                ended_by.as_deref().unwrap_or("ended by an administrator")
+                            ),
                         ),
                     ),
                     Ending::TokenExpired => backend::error_response(
@@ -514,7 +537,11 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     // pgwarden ends this session with a statement still running: the server would run it to
     // its end for nobody (it notices a closed connection only when it next writes). Cancel
     // it, as the client's own cancel would.
-    if matches!(ending, Ending::Shutdown | Ending::ProtocolError) && !flow.tracker.is_empty() {
+    if matches!(
+        ending,
+        Ending::Shutdown | Ending::Ended | Ending::ProtocolError
+    ) && !flow.tracker.is_empty()
+    {
         let key = cancel_key.key;
         match tokio::time::timeout(
             CANCEL_GRACE,

@@ -1,4 +1,5 @@
-//! Shutdown phases broadcast to every session and the listener.
+//! Shutdown phases broadcast to every session and the listener, and the end of one session
+//! an administrator asked for ([`Shutdown::end`]).
 //!
 //! Why not `CancellationToken`: the relay loop polls its shutdown future on every wake-up,
 //! and polling a pending `WaitForCancellationFuture` takes a mutex each time — about 2 000
@@ -32,17 +33,37 @@ impl Phase {
     }
 }
 
+/// What a [`PhaseWatch`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The whole process moved to this phase.
+    Phase(Phase),
+    /// An administrator ended this watch's session; why (who, and their reason).
+    Ended(String),
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     phase: AtomicU8,
     next_id: AtomicU64,
     wakers: Mutex<HashMap<u64, Waker>>,
+    /// Watches whose session an administrator ended, with why; each is reported once.
+    ended: Mutex<HashMap<u64, String>>,
+    /// Ends asked for so far: a watch looks into `ended` only when this moved, so the relay
+    /// pays one atomic load per wake-up for it.
+    ends: AtomicU64,
 }
 
 impl Inner {
     fn wakers(&self) -> MutexGuard<'_, HashMap<u64, Waker>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.wakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ended(&self) -> MutexGuard<'_, HashMap<u64, String>> {
+        self.ended
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -69,52 +90,79 @@ impl Shutdown {
         }
     }
 
+    /// Tell the watch `watch` (see [`PhaseWatch::id`]) that its session is to end, and why.
+    pub fn end(&self, watch: u64, why: String) {
+        self.inner.ended().insert(watch, why);
+        self.inner.ends.fetch_add(1, Ordering::AcqRel);
+        if let Some(waker) = self.inner.wakers().get(&watch) {
+            waker.wake_by_ref();
+        }
+    }
+
     pub fn watch(&self) -> PhaseWatch {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         PhaseWatch {
             inner: self.inner.clone(),
             id,
             seen: self.phase(),
+            ends_seen: self.inner.ends.load(Ordering::Acquire),
             waker: None,
         }
     }
 }
 
-/// Notices phase changes. Each change is reported once.
+/// Notices phase changes, and the end of its own session. Each change is reported once.
 #[derive(Debug)]
 pub struct PhaseWatch {
     inner: Arc<Inner>,
     id: u64,
     seen: Phase,
+    ends_seen: u64,
     waker: Option<Waker>,
 }
 
 impl PhaseWatch {
-    /// Ready with the new phase when it differs from the last one reported.
-    pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<Phase> {
-        let current = Phase::from_u8(self.inner.phase.load(Ordering::Acquire));
-        if current != self.seen {
-            self.seen = current;
-            return Poll::Ready(current);
+    /// What [`Shutdown::end`] names this watch by.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Ready with the new phase when it differs from the last one reported, or with why
+    /// this watch's session was ended.
+    pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<Change> {
+        if let Some(change) = self.check() {
+            return Poll::Ready(change);
         }
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.inner.wakers().insert(self.id, cx.waker().clone());
             self.waker = Some(cx.waker().clone());
-            // The phase may have moved between the load and the registration.
-            let current = Phase::from_u8(self.inner.phase.load(Ordering::Acquire));
-            if current != self.seen {
-                self.seen = current;
-                return Poll::Ready(current);
+            // Something may have moved between the loads and the registration.
+            if let Some(change) = self.check() {
+                return Poll::Ready(change);
             }
         }
         Poll::Pending
     }
 
-    /// Wait for the next phase change.
+    fn check(&mut self) -> Option<Change> {
+        let current = Phase::from_u8(self.inner.phase.load(Ordering::Acquire));
+        if current != self.seen {
+            self.seen = current;
+            return Some(Change::Phase(current));
+        }
+        let ends = self.inner.ends.load(Ordering::Acquire);
+        if ends != self.ends_seen {
+            self.ends_seen = ends;
+            return self.inner.ended().remove(&self.id).map(Change::Ended);
+        }
+        None
+    }
+
+    /// Wait for the next change.
     ///
     /// # Cancel safety
     /// Cancel-safe: a change is only consumed when it is returned.
-    pub async fn changed(&mut self) -> Phase {
+    pub async fn changed(&mut self) -> Change {
         poll_fn(|cx| self.poll_changed(cx)).await
     }
 }
@@ -123,6 +171,10 @@ impl Drop for PhaseWatch {
     fn drop(&mut self) {
         if self.waker.is_some() {
             self.inner.wakers().remove(&self.id);
+        }
+        // An end asked for as the session was ending anyway.
+        if self.inner.ends.load(Ordering::Acquire) != self.ends_seen {
+            self.inner.ended().remove(&self.id);
         }
     }
 }
@@ -146,8 +198,32 @@ mod tests {
         shutdown.advance(Phase::Running); // never goes back
         shutdown.advance(Phase::Terminating);
         let (first, second) = waiter.await.unwrap();
-        assert_eq!((first, second), (Phase::Draining, Phase::Terminating));
+        assert_eq!(
+            (first, second),
+            (
+                Change::Phase(Phase::Draining),
+                Change::Phase(Phase::Terminating)
+            )
+        );
         assert_eq!(shutdown.phase(), Phase::Terminating);
         assert!(shutdown.inner.wakers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_end_reaches_only_the_watch_it_names() {
+        let shutdown = Shutdown::default();
+        let mut ended = shutdown.watch();
+        let mut other = shutdown.watch();
+        let id = ended.id();
+        let waiter = tokio::spawn(async move { ended.changed().await });
+        tokio::task::yield_now().await;
+        shutdown.end(id, "ended by an administrator".into());
+        assert_eq!(
+            waiter.await.unwrap(),
+            Change::Ended("ended by an administrator".into())
+        );
+        let nothing = std::future::poll_fn(|cx| Poll::Ready(other.poll_changed(cx))).await;
+        assert!(nothing.is_pending());
+        assert!(shutdown.inner.ended().is_empty());
     }
 }
