@@ -878,6 +878,15 @@ fn audit_search(
                 text("because")
             ),
             "admin.call" => format!("{} {} → {}", text("method"), text("path"), r["status"]),
+            "admin.session_end" => format!(
+                "session {} ended by {}{}",
+                r["session"],
+                text("by"),
+                r["reason"]
+                    .as_str()
+                    .map(|why| format!(": {why:?}"))
+                    .unwrap_or_default()
+            ),
             "cancel.request" => format!(
                 "from {} forwarded={}",
                 r["src_endpoint"]["ip"].as_str().unwrap_or(""),

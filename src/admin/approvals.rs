@@ -34,7 +34,7 @@ pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Respons
     let rest = request.uri().path().strip_prefix("/approvals")?.to_owned();
     let (call, caller) = super::accept(ctx, request).await;
     let (response, caller) = match caller {
-        Err(response) => (response, None),
+        Err(rejected) => (rejected.response, rejected.caller),
         Ok(caller) => {
             let response = route(ctx, &caller, &call.method, &rest, &call.query, &call.body).await;
             (response, Some(caller))

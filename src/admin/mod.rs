@@ -210,12 +210,11 @@ pub struct Call {
 /// Read a call and find out who makes it. Callers present an OIDC token from the same
 /// issuers as database sign-ins (`Authorization: Bearer …`, e.g. from `pgwarden token`), or,
 /// when the identity provider is down, a break-glass token from `[[admin.break_glass]]`
-/// (acting as `break-glass:NAME`). The error is the response to send (JSON:
-/// `{"error": "...", "message": "..."}`); every call then goes through [`finish`].
+/// (acting as `break-glass:NAME`). Every call then goes through [`finish`].
 pub async fn accept(
     ctx: &Context,
     request: Request<Incoming>,
-) -> (Call, Result<Approver, Response<Body>>) {
+) -> (Call, Result<Approver, Rejected>) {
     let bearer = request
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -279,15 +278,22 @@ pub async fn accept(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
+    let caller = caller.map_err(|response| Rejected {
+        response,
+        caller: None,
+    });
     let (body, caller) = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => (body.to_bytes(), caller),
         Err(_) => (
             Bytes::new(),
-            Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is larger than {MAX_BODY} bytes"),
-            )),
+            Err(Rejected {
+                response: error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the body is larger than {MAX_BODY} bytes"),
+                ),
+                caller: caller.ok(),
+            }),
         ),
     };
     (
@@ -299,6 +305,14 @@ pub async fn accept(
         },
         caller,
     )
+}
+
+/// A call answered before it reached its API: the response (JSON:
+/// `{"error": "...", "message": "..."}`), and who made it when that is known.
+#[derive(Debug)]
+pub struct Rejected {
+    pub response: Response<Body>,
+    pub caller: Option<Approver>,
 }
 
 /// Audit a call (`admin.call`: who, what, and the status answered) and return its response.

@@ -125,8 +125,8 @@ impl AuditLog {
     /// does.
     pub async fn record_written(&self, event: Event) -> Result<(), AuditError> {
         match self.shared.fsync {
-            FsyncPolicy::Buffered if self.is_healthy() => self.buffer(&event),
-            FsyncPolicy::Batch | FsyncPolicy::Buffered => self.append(&event).map(|_| ()),
+            FsyncPolicy::Buffered => self.buffer(&event),
+            FsyncPolicy::Batch => self.append(&event).map(|_| ()),
             FsyncPolicy::Always => {
                 let seq = self.append(&event)?;
                 self.until_synced(seq).await
@@ -211,8 +211,14 @@ impl AuditLog {
                 return Err(e);
             }
         };
-        // Losses are reported by the next record written, so write now rather than later.
-        if writer.pending.len() >= BUFFER_LIMIT || self.shared.dropped.load(Ordering::Relaxed) > 0 {
+        // A loss or a failure is reported (and a failed file left) by the next record
+        // written: write now rather than later. So does a full buffer.
+        if writer.pending.len() >= BUFFER_LIMIT
+            || !self.is_healthy()
+            || writer.file.is_none()
+            || writer.lost.1.is_some()
+            || self.shared.dropped.load(Ordering::Relaxed) > 0
+        {
             let result = writer.append_after_gap(&event, &self.shared.syncer, &self.shared.dropped);
             return self.shared.written(&mut writer, result, 1).map(|_| ());
         }
@@ -273,11 +279,14 @@ impl Shared {
     ) -> Result<u64, AuditError> {
         match result {
             Ok(()) => {
-                if !self.healthy.swap(true, Ordering::AcqRel) {
+                let fsync_failed = match &writer.file {
+                    Some(open) => self.syncer.written(open.file.clone(), writer.seq),
+                    None => false,
+                };
+                // Healthy again only once the failure of an fsync has been dealt with too
+                // (by the next append: a new file, and the loss on record).
+                if !fsync_failed && !self.healthy.swap(true, Ordering::AcqRel) {
                     warn!("audit log writable again");
-                }
-                if let Some(open) = &writer.file {
-                    self.syncer.written(open.file.clone(), writer.seq);
                 }
                 Ok(writer.seq)
             }
@@ -412,6 +421,17 @@ impl Writer {
         Ok(writer)
     }
 
+    /// Drop the sealed records not yet written, counting them lost, and rewind the chain to
+    /// the last record written.
+    fn discard_deferred(&mut self) {
+        if self.deferred > 0 {
+            self.lose(self.deferred);
+            self.deferred = 0;
+            self.pending.clear();
+            (self.seq, self.prev_hash) = self.written.clone();
+        }
+    }
+
     /// Count `events` lost: reported in the next `log.write_failed` record, and in /metrics.
     fn lose(&mut self, events: u64) {
         self.lost.0 += events;
@@ -430,6 +450,8 @@ impl Writer {
             self.file = None;
             self.lose(at_risk);
             self.lost.1.get_or_insert(error);
+            // Records sealed for that file go with it, counted before the count is written.
+            self.discard_deferred();
         }
         let lost_elsewhere = dropped.load(Ordering::Relaxed);
         if self.lost.1.is_some() || lost_elsewhere > 0 {
@@ -524,12 +546,7 @@ impl Writer {
         self.sync_now()?;
         self.file = None;
         // Deferred records that could not be written with their file are lost (and counted).
-        if self.deferred > 0 {
-            self.lose(self.deferred);
-            self.deferred = 0;
-            self.pending.clear();
-            (self.seq, self.prev_hash) = self.written.clone();
-        }
+        self.discard_deferred();
         let name = file_name(now, self.seq + 1);
         let path: PathBuf = self.settings.dir.join(&name);
         let file = OpenOptions::new()
@@ -635,10 +652,11 @@ struct SyncState {
 }
 
 impl Syncer {
-    /// A record up to `seq` was written to `file`.
-    fn written(&self, file: Arc<File>, seq: u64) {
+    /// A record up to `seq` was written to `file`. Returns whether a failed fsync waits to
+    /// be taken ([`Self::take_failure`]).
+    fn written(&self, file: Arc<File>, seq: u64) -> bool {
         let Ok(mut state) = self.state.lock() else {
-            return;
+            return true;
         };
         state.due = Some((file, seq));
         // Waking a thread costs a syscall and a context switch: only when it sleeps.
@@ -646,6 +664,7 @@ impl Syncer {
             state.busy = true;
             self.wake.notify_one();
         }
+        state.failed.is_some()
     }
 
     /// Deferred records wait to be written.
@@ -754,12 +773,21 @@ impl Syncer {
                 None => Ok(()),
             };
             last_fsync = Instant::now();
+            // Upgraded before the state is locked: a last handle dropped locks it.
+            let shared = if result.is_err() { log.upgrade() } else { None };
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
             if let Some((_, seq)) = due {
                 if let Err(e) = &result {
                     error!(error = %e, "audit log fsync failed; the records it covered may be lost");
+                    // Unhealthy until the next append has moved to a new file and put the
+                    // loss on record (with `fsync = "buffered"`, statements then write their
+                    // records themselves); set under the lock that append takes the failure
+                    // with, so a recovery is never overwritten.
+                    if let Some(shared) = &shared {
+                        shared.healthy.store(false, Ordering::Release);
+                    }
                     let at_risk = seq.saturating_sub(state.synced);
                     state.failed.get_or_insert((e.clone(), 0)).1 += at_risk;
                 }
@@ -771,15 +799,7 @@ impl Syncer {
                 .partition(|(seq, _)| *seq <= synced);
             state.waiting = still;
             drop(state);
-            if result.is_err() {
-                // Unhealthy until a write succeeds again: readiness says so, and with
-                // `fsync = "buffered"` statements write their records themselves, which
-                // records the loss and moves to a new file first. (Upgraded only now: a
-                // last handle dropped here locks the state.)
-                if let Some(shared) = log.upgrade() {
-                    shared.healthy.store(false, Ordering::Release);
-                }
-            }
+            drop(shared);
             for (_, ack) in ready {
                 let _ = ack.send(result.clone());
             }

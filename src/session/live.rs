@@ -75,10 +75,13 @@ impl LiveSessions {
 
     /// Ask session `id` to end, telling its client `why`; false when it is not running.
     pub fn end(&self, id: u64, shutdown: &Shutdown, why: String) -> bool {
-        let Some(watch) = self.lock().get(&id).map(|l| l.watch) else {
+        // Under the lock: a session still listed still has its watch, which takes the end
+        // (or, dropped right after, clears it).
+        let sessions = self.lock();
+        let Some(listed) = sessions.get(&id) else {
             return false;
         };
-        shutdown.end(watch, why);
+        shutdown.end(listed.watch, why);
         true
     }
 

@@ -298,7 +298,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     };
 
     let mut phase = ctx.shutdown.watch();
-    let _listed = ctx.sessions.add(listing, phase.id());
+    let listed = ctx.sessions.add(listing, phase.id());
     // Why an administrator ended the session, once one did.
     let mut ended_by: Option<String> = None;
     // A reload between this session's login and now counts too.
@@ -525,6 +525,8 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
         }
     };
 
+    // Ending: no longer one an administrator could end.
+    drop(listed);
     if let Some(pending) = held.take() {
         flow.resolve_hold(
             pending,
