@@ -462,7 +462,7 @@ async fn smoke(
         "SET pgwarden.intent = 'DEMO-1: smoke test'; DELETE FROM orders WHERE id = (SELECT max(id) FROM orders)",
     );
     let approve = async {
-        let target = crate::approvals::client::Target {
+        let target = crate::admin::client::Target {
             admin: admin.to_owned(),
             issuer: None,
             ca: None,
@@ -470,20 +470,18 @@ async fn smoke(
             token: Some(read("dba")?),
         };
         for _ in 0..100 {
-            let listed = crate::approvals::client::run(
-                &target,
-                crate::approvals::client::Call::List { all: false },
-            )
-            .await
-            .map_err(DemoError::Smoke)?;
+            let listed =
+                crate::admin::client::run(&target, crate::admin::client::Call::List { all: false })
+                    .await
+                    .map_err(DemoError::Smoke)?;
             let listed: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
             if let Some(id) = listed["requests"][0]["id"].as_str() {
-                let call = crate::approvals::client::Call::Approve {
+                let call = crate::admin::client::Call::Approve {
                     id: id.to_owned(),
                     reason: Some("demo smoke test".into()),
                     grant: None,
                 };
-                crate::approvals::client::run(&target, call)
+                crate::admin::client::run(&target, call)
                     .await
                     .map_err(DemoError::Smoke)?;
                 return Ok(id.to_owned());

@@ -14,10 +14,10 @@
 //! | [`session`] | one connection's life: handshake, the relay loop, statement flow, shutdown phases, the list of running sessions |
 //! | [`sql`] | statement analysis with PostgreSQL's parser: facts, column lineage, fingerprint, normalized text |
 //! | [`policy`] | the rules and guardrails that decide each statement; session settings |
-//! | [`approvals`] | statements held for approval: requests, answers, grants; the CLI client |
+//! | [`approvals`] | statements held for approval: requests, answers, grants |
 //! | [`masking`] | masking rules resolved through the catalog, strategies, content detectors, rewriting what reaches the client |
 //! | [`metrics`] | the Prometheus registry behind `/metrics` |
-//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, the approvals and sessions APIs |
+//! | [`admin`] | the admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, the approvals and sessions APIs, and their command-line client |
 //! | [`login`] | the client side: `pgwarden login` (device flow), `token`, `psql` |
 //! | [`testbed`] | throwaway PostgreSQL servers and a development OIDC issuer, for the demo, tests and benchmarks |
 //! | [`demo`] | `pgwarden demo` |

@@ -157,28 +157,28 @@ enum Command {
     /// answered, not an approver for it) or could not be reached, with the reason on stderr.
     #[command(verbatim_doc_comment)]
     Approvals {
-        /// The admin API (pgwarden's [admin] listen).
-        #[arg(
-            long,
-            global = true,
-            env = "PGWARDEN_ADMIN",
-            default_value = "http://127.0.0.1:9187"
-        )]
-        admin: String,
-        /// Use the sign-in for this issuer (default: the most recent one).
-        #[arg(long, global = true, env = "PGWARDEN_ISSUER")]
-        issuer: Option<String>,
-        /// Trust only this CA (PEM) for an https admin API.
-        #[arg(long, global = true)]
-        ca: Option<PathBuf>,
-        /// Print the API's JSON instead of text.
-        #[arg(long, global = true)]
-        json: bool,
-        /// Use this token instead of the one from `pgwarden login` (for scripts).
-        #[arg(long, global = true, env = "PGWARDEN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminApiArgs,
         #[command(subcommand)]
         command: ApprovalsCommand,
+    },
+    /// List the running sessions, and end one, through the admin API.
+    ///
+    /// Uses your token from `pgwarden login`. You see your own sessions; members of
+    /// admin.operator_groups see and may end every session. An ended session's statement is
+    /// cancelled, its transaction rolls back, and its client is told who ended it and why.
+    ///
+    ///   pgwarden sessions list
+    ///   pgwarden sessions end 17 --reason "INC-42: runaway report"
+    ///
+    /// Exit status: 0 on success; 1 if the API refused (no such session that you may see)
+    /// or could not be reached, with the reason on stderr.
+    #[command(verbatim_doc_comment)]
+    Sessions {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: SessionsCommand,
     },
     /// Ask a running pgwarden whether it should get traffic (GET /readyz on its admin
     /// endpoint): exit 0 when ready, 1 with the reasons otherwise.
@@ -209,6 +209,57 @@ enum Command {
         /// (non-zero on failure). Used by the test suite.
         #[arg(long)]
         smoke_test: bool,
+    },
+}
+
+/// Where the admin API is and who calls it (`approvals`, `sessions`).
+#[derive(Debug, clap::Args)]
+struct AdminApiArgs {
+    /// The admin API (pgwarden's [admin] listen).
+    #[arg(
+        long,
+        global = true,
+        env = "PGWARDEN_ADMIN",
+        default_value = "http://127.0.0.1:9187"
+    )]
+    admin: String,
+    /// Use the sign-in for this issuer (default: the most recent one).
+    #[arg(long, global = true, env = "PGWARDEN_ISSUER")]
+    issuer: Option<String>,
+    /// Trust only this CA (PEM) for an https admin API.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Use this token instead of the one from `pgwarden login` (for scripts).
+    #[arg(long, global = true, env = "PGWARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl From<AdminApiArgs> for pgwarden::admin::client::Target {
+    fn from(api: AdminApiArgs) -> Self {
+        Self {
+            admin: api.admin,
+            issuer: api.issuer,
+            ca: api.ca,
+            json: api.json,
+            token: api.token,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// The running sessions you may see: id, person, database, role, address, start.
+    List,
+    /// End a session (see `list` for its id).
+    End {
+        /// The session id.
+        id: String,
+        /// Why (shown to the session's client, recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -580,15 +631,8 @@ fn main() -> ExitCode {
             access,
             args,
         } => psql(issuer.as_deref(), token_choice(access), &args),
-        Command::Approvals {
-            admin,
-            issuer,
-            ca,
-            json,
-            token,
-            command,
-        } => {
-            use pgwarden::approvals::client::{self, Call, Target};
+        Command::Approvals { api, command } => {
+            use pgwarden::admin::client::Call;
             let call = match command {
                 ApprovalsCommand::List { all } => Call::List { all },
                 ApprovalsCommand::Show { id } => Call::Show { id },
@@ -597,18 +641,15 @@ fn main() -> ExitCode {
                 }
                 ApprovalsCommand::Deny { id, reason } => Call::Deny { id, reason },
             };
-            let target = Target {
-                admin,
-                issuer,
-                ca,
-                json,
-                token,
+            admin_call(api, call)
+        }
+        Command::Sessions { api, command } => {
+            use pgwarden::admin::client::Call;
+            let call = match command {
+                SessionsCommand::List => Call::Sessions,
+                SessionsCommand::End { id, reason } => Call::EndSession { id, reason },
             };
-            run_async(async move {
-                let text = client::run(&target, call).await?;
-                println!("{text}");
-                Ok(())
-            })
+            admin_call(api, call)
         }
         Command::Ready { admin, timeout, ca } => run_async(async move {
             let fetcher = pgwarden::net::http::Fetcher::new(
@@ -682,6 +723,16 @@ fn psql(issuer: Option<&str>, choice: pgwarden::login::TokenChoice, args: &[Stri
             ExitCode::FAILURE
         }
     }
+}
+
+/// Call the admin API (`pgwarden approvals`, `pgwarden sessions`) and print the answer.
+fn admin_call(api: AdminApiArgs, call: pgwarden::admin::client::Call) -> ExitCode {
+    let target = pgwarden::admin::client::Target::from(api);
+    run_async(async move {
+        let text = pgwarden::admin::client::run(&target, call).await?;
+        println!("{text}");
+        Ok(())
+    })
 }
 
 fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {

@@ -635,20 +635,19 @@ async fn the_admin_api_serves_https_and_tokens_never_travel_in_clear() {
     let response = https_get_offering_alpn(s.admin.port(), "/healthz").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
-    let target = |admin: &str| pgwarden::approvals::client::Target {
+    let target = |admin: &str| pgwarden::admin::client::Target {
         admin: admin.to_owned(),
         issuer: None,
         ca: Some(h.certs.ca_cert.clone()),
         json: true,
         token: Some(dba.clone()),
     };
-    let list = pgwarden::approvals::client::Call::List { all: true };
-    let err =
-        pgwarden::approvals::client::run(&target("http://pgwarden.example:9187"), list.clone())
-            .await
-            .unwrap_err();
+    let list = pgwarden::admin::client::Call::List { all: true };
+    let err = pgwarden::admin::client::run(&target("http://pgwarden.example:9187"), list.clone())
+        .await
+        .unwrap_err();
     assert!(err.contains("in clear"), "{err}");
-    pgwarden::approvals::client::run(
+    pgwarden::admin::client::run(
         &target(&format!("https://localhost:{}", s.admin.port())),
         list,
     )

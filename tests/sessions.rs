@@ -25,6 +25,24 @@ fn ids(body: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// `pgwarden sessions ARGS` against the admin API at `admin` as `token`: its stdout (the
+/// test fails if it exits non-zero).
+async fn cli(args: &[&str], admin: &std::net::SocketAddr, token: &str) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .arg("sessions")
+        .args(args)
+        .args(["--admin", &format!("http://{admin}"), "--token", token])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pgwarden sessions {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_list_every_session_and_end_one_people_see_their_own() {
     let h = harness();
@@ -144,14 +162,21 @@ async fn operators_list_every_session_and_end_one_people_see_their_own() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let (status, ended) = api(
-        "POST",
-        format!("/sessions/{dev_id}/end"),
-        dba_token.clone(),
-        json!({"reason": "incident 42"}),
+    // The operator's command line: the list, then the end.
+    let listed = cli(&["list"], &admin, &dba_token).await;
+    assert!(
+        listed.contains("dev@example.com")
+            && listed.contains("alice")
+            && listed.contains("dev-shell"),
+        "{listed}"
+    );
+    let ended = cli(
+        &["end", &dev_id.to_string(), "--reason", "incident 42"],
+        &admin,
+        &dba_token,
     )
     .await;
-    assert_eq!(status, 200, "{ended}");
+    assert_eq!(ended.trim(), format!("session {dev_id} is ending"));
     let err = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
         .expect("the ended session's statement was still waiting after 10 s")

@@ -15,6 +15,7 @@
 //! operators reach it); the approvals and sessions APIs need a bearer token ([`accept`]).
 
 pub mod approvals;
+pub mod client;
 pub mod sessions;
 
 use std::sync::Arc;

@@ -10,9 +10,9 @@
 //! rule's approver groups (or `approvals.approver_groups`), and `min_approvals` different
 //! approvers said yes before the statement runs; one denial ends the request.
 //!
-//! State lives behind [`store::ApprovalStore`]; [`store::MemoryStore`] serves one instance.
+//! State lives behind [`store::ApprovalStore`]; [`store::MemoryStore`] serves one instance. `pgwarden approvals …` is
+//! [`crate::admin::client`].
 
-pub mod client;
 pub mod store;
 
 use std::sync::Arc;

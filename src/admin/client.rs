@@ -1,5 +1,5 @@
-//! `pgwarden approvals …`: the admin API's approvals endpoints from the command line, with
-//! the token from `pgwarden login`.
+//! `pgwarden approvals …` and `pgwarden sessions …`: the admin API's approvals and sessions
+//! endpoints from the command line, with the token from `pgwarden login`.
 
 use std::time::Duration;
 
@@ -25,6 +25,12 @@ pub enum Call {
     Deny {
         id: String,
         reason: String,
+    },
+    /// The running sessions the caller may see.
+    Sessions,
+    EndSession {
+        id: String,
+        reason: Option<String>,
     },
 }
 
@@ -95,6 +101,12 @@ pub async fn run(target: &Target, call: Call) -> Result<String, String> {
             format!("/approvals/{id}/deny"),
             Some(json!({"reason": reason})),
         ),
+        Call::Sessions => ("GET", "/sessions".to_owned(), None),
+        Call::EndSession { id, reason } => (
+            "POST",
+            format!("/sessions/{id}/end"),
+            Some(json!({"reason": reason})),
+        ),
     };
     let fetcher = Fetcher::new(target.ca.as_deref(), Duration::from_secs(15), 4 << 20)?;
     let request = openidconnect::http::Request::builder()
@@ -129,6 +141,8 @@ pub async fn run(target: &Target, call: Call) -> Result<String, String> {
             value["id"].as_str().unwrap_or("?"),
             value["status"].as_str().unwrap_or("?")
         ),
+        Call::Sessions => sessions(&value),
+        Call::EndSession { .. } => format!("session {} is ending", value["session"]),
     })
 }
 
@@ -165,13 +179,13 @@ fn list(value: &Value) -> String {
         return "no requests".into();
     }
     let header = ["id", "status", "requester", "rule", "expires", "statement"].map(String::from);
-    let mut rows = vec![header];
+    let mut rows = vec![header.to_vec()];
     for r in requests {
         let field = |k: &str| printable(r[k].as_str().unwrap_or(""), false);
         let statement = r["statement"].as_str().unwrap_or("");
         let short: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
         let short: String = printable(&short, false).chars().take(60).collect();
-        rows.push([
+        rows.push(vec![
             field("id"),
             field("status"),
             field("requester"),
@@ -180,15 +194,54 @@ fn list(value: &Value) -> String {
             short,
         ]);
     }
-    // Columns as wide as their widest cell, so long rule ids and names stay aligned.
-    let mut widths = [0usize; 6];
-    for row in &rows {
+    table(&rows)
+}
+
+fn sessions(value: &Value) -> String {
+    let sessions = value["sessions"].as_array().cloned().unwrap_or_default();
+    if sessions.is_empty() {
+        return "no sessions".into();
+    }
+    let header = [
+        "session",
+        "user",
+        "database",
+        "role",
+        "from",
+        "since",
+        "application",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for s in sessions {
+        let text = |v: &Value| printable(v.as_str().unwrap_or(""), false);
+        let since = s["started"]
+            .as_u64()
+            .map(|ms| crate::approvals::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms)))
+            .unwrap_or_default();
+        rows.push(vec![
+            s["session"].to_string(),
+            text(&s["actor"]["user"]["name"]),
+            text(&s["database"]),
+            text(&s["role"]),
+            text(&s["src_endpoint"]["ip"]),
+            since,
+            text(&s["application_name"]),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Rows as columns as wide as their widest cell, so long ids and names stay aligned.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
