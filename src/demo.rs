@@ -230,7 +230,8 @@ fn demo_config(
          [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"card_number\"\nstrategy = \"partial\"\nkeep = 4\n\n\
          [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"ssn\"\nstrategy = \"redact\"\n\n\
          [[masking.rules]]\ntable = \"public.customers\"\ncolumn = \"phone\"\nstrategy = \"hash\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n",
+         # DBAs see every running session and may end one (pgwarden sessions).\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\noperator_groups = [\"dba\"]\n",
         certs.server_cert.display(),
         certs.server_key.display(),
         postgres.host(),
@@ -326,6 +327,12 @@ While dev's DELETE waits, approve it as the DBA from a second terminal:
     export PGWARDEN_ADMIN={admin} PGWARDEN_TOKEN="$(cat {dba_token})"
     pgwarden approvals list
     pgwarden approvals approve <request id> --reason "demo"    # dev's DELETE runs now
+
+see who is connected, and end a session (the DBA is an operator here; dev would see only
+their own sessions):
+
+    pgwarden sessions list
+    pgwarden sessions end <session> --reason "demo"         # its client gets FATAL 57P01
 
 and find it, with its intent, in the audit log:
 
@@ -476,6 +483,16 @@ async fn smoke(
                     .map_err(DemoError::Smoke)?;
             let listed: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
             if let Some(id) = listed["requests"][0]["id"].as_str() {
+                // The waiting session is listed for the DBA, as the tour shows.
+                let sessions =
+                    crate::admin::client::run(&target, crate::admin::client::Call::Sessions)
+                        .await
+                        .map_err(DemoError::Smoke)?;
+                if !sessions.contains("dev@example.com") {
+                    return Err(DemoError::Smoke(format!(
+                        "the DBA does not see dev's session: {sessions}"
+                    )));
+                }
                 let call = crate::admin::client::Call::Approve {
                     id: id.to_owned(),
                     reason: Some("demo smoke test".into()),
