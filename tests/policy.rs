@@ -1303,3 +1303,51 @@ async fn a_parse_sent_again_after_a_skipped_one_defines_the_statement() {
     drop(stream);
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
 }
+
+/// Idle sessions end by policy the way PostgreSQL ends them (`idle_session_timeout`,
+/// `idle_in_transaction_session_timeout` as locked session settings): the client gets the
+/// server's FATAL through pgwarden, which goes on serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_end_by_policy_with_the_servers_fatal() {
+    let proxy = Proxy::start(ProxyOptions {
+        extra: r#"
+[[policy.session]]
+groups = ["dev"]
+settings = { idle_session_timeout = "1s", idle_in_transaction_session_timeout = "1s" }
+"#
+        .into(),
+        ..Default::default()
+    })
+    .await;
+    // The connection task's result: how the session ended.
+    let ended = |setup: &'static str| {
+        let conninfo = proxy.conninfo("alice", ALICE_PASSWORD, "sslmode=disable");
+        async move {
+            let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(connection);
+            client.batch_execute(setup).await.unwrap();
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .expect("the idle session was not ended within 10 s")
+                .unwrap();
+            (client, ended)
+        }
+    };
+    let (idle, idle_end) = ended("SELECT 1").await;
+    let err = idle_end.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P05"), "{err}");
+    assert!(idle.is_closed());
+    let (_, in_transaction_end) = ended("BEGIN; SELECT 1").await;
+    let err = in_transaction_end.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P03"), "{err}");
+    // Locked: a session cannot lift its own timeout.
+    let client = proxy.alice().await;
+    let err = client
+        .simple_query("SET idle_session_timeout = 0")
+        .await
+        .unwrap_err();
+    refused_by(&err, "policy.locked-setting");
+    client.simple_query("SELECT 1").await.unwrap();
+}
