@@ -105,6 +105,7 @@ async fn operators_list_every_session_and_end_one_people_see_their_own() {
             .is_some_and(|v| v.starts_with("TLSv1")),
         "{listed}"
     );
+    assert_eq!(listed["state"], "idle", "{listed}");
 
     // The operator sees both, and may look at one; the developer may not see Alice's.
     let (status, every) = api("GET", "/sessions".into(), dba_token.clone(), Value::Null).await;
@@ -143,6 +144,18 @@ async fn operators_list_every_session_and_end_one_people_see_their_own() {
     dev.batch_execute("BEGIN; INSERT INTO ended_writes VALUES (1)")
         .await
         .unwrap();
+    let state = |id: u64| {
+        let token = dba_token.clone();
+        async move {
+            let (status, session) = api("GET", format!("/sessions/{id}"), token, Value::Null).await;
+            assert_eq!(status, 200, "{session}");
+            session
+        }
+    };
+    let listed = state(dev_id).await;
+    assert_eq!(listed["state"], "idle in transaction", "{listed}");
+    // Counted as the audit log numbers them: one per message (BEGIN; INSERT is one).
+    assert_eq!(listed["statements"], 1, "{listed}");
     let sleeping = {
         let dev = dev.clone();
         tokio::spawn(async move { dev.simple_query("SELECT pg_sleep(30)").await })
@@ -161,6 +174,8 @@ async fn operators_list_every_session_and_end_one_people_see_their_own() {
         assert!(std::time::Instant::now() < deadline, "pg_sleep never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let listed = state(dev_id).await;
+    assert_eq!(listed["state"], "active", "{listed}");
 
     // The operator's command line: the list, then the end.
     let listed = cli(&["list"], &admin, &dba_token).await;

@@ -209,6 +209,8 @@ fn sessions(value: &Value) -> String {
         "role",
         "from",
         "since",
+        "state",
+        "statements",
         "application",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
@@ -225,6 +227,8 @@ fn sessions(value: &Value) -> String {
             text(&s["role"]),
             text(&s["src_endpoint"]["ip"]),
             since,
+            text(&s["state"]),
+            s["statements"].to_string(),
             text(&s["application_name"]),
         ]);
     }

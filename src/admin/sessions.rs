@@ -1,8 +1,8 @@
 //! The sessions API: who is connected now, and ending a session.
 //!
-//! - `GET /sessions`: the running sessions the caller may see, oldest first: their own (the
-//!   same person: OIDC issuer and subject), and every session for members of
-//!   `admin.operator_groups`;
+//! - `GET /sessions`: the running sessions the caller may see, oldest first, with what each
+//!   is doing ([`crate::session::live::Activity`]): their own (the same person: OIDC issuer
+//!   and subject), and every session for members of `admin.operator_groups`;
 //! - `GET /sessions/ID`: one of them;
 //! - `POST /sessions/ID/end`, with an optional body `{"reason": "…"}`: the session ends as at
 //!   pgwarden's shutdown (a statement still running is cancelled on the server, an open

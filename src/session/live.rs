@@ -3,9 +3,11 @@
 //! shutdown would end it.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use super::shutdown::Shutdown;
 use crate::audit::event::{Actor, Endpoint};
@@ -25,9 +27,55 @@ pub struct LiveSession {
     pub role: String,
     /// Milliseconds since the Unix epoch, like the audit records' `time`.
     pub started: u64,
+    /// `state` and `statements`, as of now.
+    #[serde(flatten)]
+    pub activity: Arc<Activity>,
     /// [`crate::auth::Identity::owner`]: people may see and end their own sessions.
     #[serde(skip)]
     pub owner: String,
+}
+
+/// What a session is doing, kept current by its relay loop (the listing is a snapshot, so
+/// relaxed atomics do).
+#[derive(Debug, Default)]
+pub struct Activity {
+    statements: AtomicU64,
+    state: AtomicU8,
+}
+
+/// [`Activity`]'s `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Idle = 0,
+    /// Statements sent, not all answered yet.
+    Active = 1,
+    InTransaction = 2,
+    InFailedTransaction = 3,
+    /// A statement waits for approval.
+    Held = 4,
+}
+
+impl Activity {
+    pub fn set(&self, statements: u64, state: State) {
+        self.statements.store(statements, Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+}
+
+impl Serialize for Activity {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let state = match self.state.load(Ordering::Relaxed) {
+            0 => "idle",
+            1 => "active",
+            2 => "idle in transaction",
+            3 => "idle in failed transaction",
+            _ => "waiting for approval",
+        };
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("state", state)?;
+        map.serialize_entry("statements", &self.statements.load(Ordering::Relaxed))?;
+        map.end()
+    }
 }
 
 /// Every running session, by id.

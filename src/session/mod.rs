@@ -643,6 +643,7 @@ async fn establish(
         database: grant.database.clone(),
         role: grant.role.clone(),
         started: crate::audit::now_ms(),
+        activity: Default::default(),
         owner: identity.owner(),
     };
     if let Some(audit) = &ctx.audit {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use std::sync::Arc;
 
 use super::flow::{Flow, Held, StatementAudit};
+use super::live::State;
 use super::shutdown::{Change, Phase};
 use super::state::SessionState;
 use super::track::Tracker;
@@ -298,6 +299,7 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
     };
 
     let mut phase = ctx.shutdown.watch();
+    let activity = listing.activity.clone();
     let listed = ctx.sessions.add(listing, phase.id());
     // Why an administrator ended the session, once one did.
     let mut ended_by: Option<String> = None;
@@ -523,6 +525,20 @@ pub async fn run(ctx: &Context, id: u64, session: Established) -> Summary {
                 closing = Some(Ending::UpstreamClosed);
             }
         }
+        activity.set(
+            flow.state.statements_seen,
+            if held.is_some() {
+                State::Held
+            } else if flow.state.in_flight > 0 {
+                State::Active
+            } else {
+                match flow.state.transaction_status {
+                    b'T' => State::InTransaction,
+                    b'E' => State::InFailedTransaction,
+                    _ => State::Idle,
+                }
+            },
+        );
     };
 
     // Ending: no longer one an administrator could end.
