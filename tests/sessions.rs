@@ -258,4 +258,18 @@ async fn operators_list_every_session_and_end_one_people_see_their_own() {
         .find(|r| r["type"] == "session.end" && r["session"] == dev_id)
         .expect("the ended session's session.end");
     assert_eq!(end["ending"], "ended by an administrator", "{end}");
+    // A reviewer finds it under the person whose session it was.
+    let found = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["audit", "search", audit.to_str().unwrap()])
+        .args(["--user", "dev@example.com", "--type", "admin.session_end"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&found.stdout);
+    assert!(found.status.success(), "{table}");
+    assert!(
+        table.contains(&format!(
+            "session {dev_id} ended by dba@example.com: \"incident 42\""
+        )),
+        "{table}"
+    );
 }
