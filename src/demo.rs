@@ -328,15 +328,15 @@ While dev's DELETE waits, approve it as the DBA from a second terminal:
     pgwarden approvals list
     pgwarden approvals approve <request id> --reason "demo"    # dev's DELETE runs now
 
-see who is connected, and end a session (the DBA is an operator here; dev would see only
-their own sessions):
+and find the DELETE, with its intent, in the audit log:
+
+    pgwarden audit search {audit_dir} --intent DEMO-1
+
+From the same terminal, see who is connected, and end a session (the DBA is an operator
+here; dev would see only their own sessions):
 
     pgwarden sessions list
     pgwarden sessions end <session> --reason "demo"         # its client gets FATAL 57P01
-
-and find it, with its intent, in the audit log:
-
-    pgwarden audit search {audit_dir} --intent DEMO-1
 
 A service account signs in with a password (SCRAM) instead, and is read-only upstream:
 

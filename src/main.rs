@@ -251,7 +251,8 @@ impl From<AdminApiArgs> for pgwarden::admin::client::Target {
 
 #[derive(Debug, Subcommand)]
 enum SessionsCommand {
-    /// The running sessions you may see: id, person, database, role, address, start.
+    /// The running sessions you may see: id, person, database, role, address, start, state,
+    /// statements so far, application_name.
     List,
     /// End a session (see `list` for its id).
     End {

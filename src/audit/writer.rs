@@ -279,13 +279,13 @@ impl Shared {
     ) -> Result<u64, AuditError> {
         match result {
             Ok(()) => {
-                let fsync_failed = match &writer.file {
-                    Some(open) => self.syncer.written(open.file.clone(), writer.seq),
-                    None => false,
+                let recovered = match &writer.file {
+                    Some(open) => self
+                        .syncer
+                        .written(open.file.clone(), writer.seq, &self.healthy),
+                    None => !self.healthy.swap(true, Ordering::AcqRel),
                 };
-                // Healthy again only once the failure of an fsync has been dealt with too
-                // (by the next append: a new file, and the loss on record).
-                if !fsync_failed && !self.healthy.swap(true, Ordering::AcqRel) {
+                if recovered {
                     warn!("audit log writable again");
                 }
                 Ok(writer.seq)
@@ -652,11 +652,15 @@ struct SyncState {
 }
 
 impl Syncer {
-    /// A record up to `seq` was written to `file`. Returns whether a failed fsync waits to
-    /// be taken ([`Self::take_failure`]).
-    fn written(&self, file: Arc<File>, seq: u64) -> bool {
+    /// A record up to `seq` was written to `file`: the log is `healthy` again, unless a
+    /// failed fsync waits to be taken ([`Self::take_failure`]: by the next append, which
+    /// moves to a new file and puts the loss on record). Decided under the lock the fsync
+    /// thread records failures under, so neither overwrites the other. True when the log
+    /// was unhealthy until now.
+    fn written(&self, file: Arc<File>, seq: u64, healthy: &AtomicBool) -> bool {
         let Ok(mut state) = self.state.lock() else {
-            return true;
+            healthy.store(false, Ordering::Release);
+            return false;
         };
         state.due = Some((file, seq));
         // Waking a thread costs a syscall and a context switch: only when it sleeps.
@@ -664,7 +668,12 @@ impl Syncer {
             state.busy = true;
             self.wake.notify_one();
         }
-        state.failed.is_some()
+        if state.failed.is_some() {
+            healthy.store(false, Ordering::Release);
+            false
+        } else {
+            !healthy.swap(true, Ordering::AcqRel)
+        }
     }
 
     /// Deferred records wait to be written.
@@ -751,9 +760,12 @@ impl Syncer {
                 };
             }
             if std::mem::take(&mut state.flush) {
+                // After a failed fsync, waiting records are not written into that file: the
+                // next append discards and counts them as it moves to a new one.
+                let failure_pending = state.failed.is_some();
                 // Lock order is writer, then syncer state: let go of the state first.
                 drop(state);
-                if let Some(shared) = log.upgrade() {
+                if let Some(shared) = log.upgrade().filter(|_| !failure_pending) {
                     if let Ok(mut writer) = shared.writer.lock() {
                         if writer.deferred > 0 {
                             let result = writer.write_pending();

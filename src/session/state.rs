@@ -182,7 +182,8 @@ pub struct SessionState {
     pub binds: u64,
     /// ParameterStatus values as last reported by the server (client_encoding, search_path…).
     pub parameters: HashMap<Vec<u8>, Vec<u8>>,
-    /// Statements run so far (Query, Execute, FunctionCall): the audit sequence number.
+    /// Statements sent so far, run or refused (Query, Execute, FunctionCall): the audit
+    /// sequence number.
     pub statements_seen: u64,
     /// After a refused extended-protocol message: drop the client's messages up to its
     /// Sync, as the server does after an error.
