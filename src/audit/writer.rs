@@ -197,20 +197,7 @@ impl AuditLog {
     /// Seal one event to be written by the syncer, or at once when [`BUFFER_LIMIT`] bytes
     /// already wait. A failure is counted as a lost event.
     fn buffer(&self, event: &Event) -> Result<(), AuditError> {
-        let event = match prepare(event) {
-            Ok(event) => event,
-            Err(e) => {
-                self.shared.drop_one();
-                return Err(e);
-            }
-        };
-        let mut writer = match self.lock() {
-            Ok(writer) => writer,
-            Err(e) => {
-                self.shared.drop_one();
-                return Err(e);
-            }
-        };
+        let (event, mut writer) = self.prepare_and_lock(event)?;
         // A loss or a failure is reported (and a failed file left) by the next record
         // written: write now rather than later. So does a full buffer.
         if writer.pending.len() >= BUFFER_LIMIT
@@ -231,23 +218,22 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Serialize `event`, then take the writer: serialized before the lock, others wait only
+    /// for the chain fields and the write. A failure is counted as a lost event.
+    fn prepare_and_lock(
+        &self,
+        event: &Event,
+    ) -> Result<(Prepared, MutexGuard<'_, Writer>), AuditError> {
+        let prepared = prepare(event).and_then(|prepared| Ok((prepared, self.lock()?)));
+        if prepared.is_err() {
+            self.shared.drop_one();
+        }
+        prepared
+    }
+
     /// Seal and write one event; its seq on success.
     fn append(&self, event: &Event) -> Result<u64, AuditError> {
-        // Serialized before the lock: others wait only for the chain fields and the write.
-        let event = match prepare(event) {
-            Ok(event) => event,
-            Err(e) => {
-                self.shared.drop_one();
-                return Err(e);
-            }
-        };
-        let mut writer = match self.lock() {
-            Ok(writer) => writer,
-            Err(e) => {
-                self.shared.drop_one();
-                return Err(e);
-            }
-        };
+        let (event, mut writer) = self.prepare_and_lock(event)?;
         let result = writer.append_after_gap(&event, &self.shared.syncer, &self.shared.dropped);
         self.shared.written(&mut writer, result, 1)
     }
