@@ -246,6 +246,24 @@ fn pgwarden(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `pgwarden audit verify DIR` passes.
+fn assert_verifies(dir: &std::path::Path) {
+    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The `log.write_failed` record among `records` (the test fails without one).
+fn write_failed(records: &[serde_json::Value]) -> &serde_json::Value {
+    records
+        .iter()
+        .find(|r| r["type"] == "log.write_failed")
+        .expect("a log.write_failed record")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_log_verifies_with_the_public_key_and_ends_with_a_checkpoint() {
     let dir = audit_dir("signed");
@@ -386,17 +404,9 @@ async fn no_session_starts_while_the_audit_log_cannot_write_and_it_recovers() {
     drop((before, after));
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
     let records = all_records(&dir);
-    let gap = records
-        .iter()
-        .find(|r| r["type"] == "log.write_failed")
-        .expect("a log.write_failed record");
+    let gap = write_failed(&records);
     assert!(gap["lost_events"].as_u64().unwrap() >= 1, "{gap}");
-    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_verifies(&dir);
 }
 
 /// The real binary, killed with SIGKILL while sessions come and go, then started again on the
@@ -1074,12 +1084,7 @@ async fn a_statement_the_log_cannot_record_is_refused_and_never_reaches_postgres
         recorded, 3,
         "exactly the inserts that reached PostgreSQL are on record"
     );
-    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_verifies(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1120,10 +1125,7 @@ async fn with_on_failure_continue_statements_run_and_the_loss_is_counted() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
     let records = all_records(&dir);
-    let gap = records
-        .iter()
-        .find(|r| r["type"] == "log.write_failed")
-        .expect("a log.write_failed record");
+    let gap = write_failed(&records);
     assert!(gap["lost_events"].as_u64().unwrap() >= 2, "{gap}");
 }
 
@@ -1222,20 +1224,12 @@ async fn buffered_records_are_written_by_the_audit_thread_and_a_failed_write_ref
     drop(client);
     proxy.shutdown(std::time::Duration::from_secs(2)).await;
     let records = all_records(&dir);
-    let gap = records
-        .iter()
-        .find(|r| r["type"] == "log.write_failed")
-        .expect("a log.write_failed record");
+    let gap = write_failed(&records);
     if first.is_ok() {
         // The statement that ran while its record could not be written is counted.
         assert!(gap["lost_events"].as_u64().unwrap() >= 1, "{gap}");
     }
-    let out = pgwarden(&["audit", "verify", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_verifies(&dir);
 }
 
 /// Cancel requests are on record: from where, and whether one reached a session.

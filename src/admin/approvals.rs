@@ -1,18 +1,17 @@
 //! The approvals API: list, show, approve and deny held statements.
 //!
-//! Callers authenticate as [`super::accept`] says. Requests are visible to the approvers they
+//! Callers authenticate as `admin::accept` says. Requests are visible to the approvers they
 //! name and to their requester; answers follow the separation-of-duties rules in
 //! [`crate::approvals`]. Every answer is audited (`approval.answer`).
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::info;
 
-use super::error;
+use super::{error, Call};
 use crate::approvals::{self, ApprovalError, Approver};
 use crate::audit::Event;
 use crate::config::units::HumanDuration;
@@ -29,28 +28,9 @@ struct AnswerBody {
     grant: Option<HumanDuration>,
 }
 
-/// Handle `/approvals…`; `None` if the path is not ours.
-pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Response<Body>> {
-    let rest = request.uri().path().strip_prefix("/approvals")?.to_owned();
-    let (call, caller) = super::accept(ctx, request).await;
-    let (response, caller) = match caller {
-        Err(rejected) => (rejected.response, rejected.caller),
-        Ok(caller) => {
-            let response = route(ctx, &caller, &call.method, &rest, &call.query, &call.body).await;
-            (response, Some(caller))
-        }
-    };
-    Some(super::finish(ctx, &call, caller.as_ref(), response).await)
-}
-
-async fn route(
-    ctx: &Context,
-    caller: &Approver,
-    method: &Method,
-    rest: &str,
-    query: &str,
-    body: &[u8],
-) -> Response<Body> {
+/// Answer an authenticated call to `/approvals{rest}`.
+pub async fn route(ctx: &Context, caller: &Approver, call: &Call, rest: &str) -> Response<Body> {
+    let (method, query, body) = (&call.method, call.query.as_str(), &call.body[..]);
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let snapshot = ctx.snapshot.load();
     let global_approvers = snapshot

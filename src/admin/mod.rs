@@ -12,7 +12,7 @@
 //! - `/sessions…`: the sessions running now, and ending one ([`sessions`]).
 //!
 //! Health and metrics need no credentials and show nothing secret (bind the port where only
-//! operators reach it); the approvals and sessions APIs need a bearer token ([`accept`]).
+//! operators reach it); the approvals and sessions APIs need a bearer token (`accept` below).
 
 pub mod approvals;
 pub mod client;
@@ -45,17 +45,15 @@ pub async fn serve(
     http::serve(listener, tls, stop, move |request| {
         let ctx = ctx.clone();
         async move {
-            if request.uri().path().starts_with("/approvals") {
-                if let Some(response) = approvals::handle(&ctx, request).await {
-                    return response;
-                }
-                return http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
-            }
-            if request.uri().path().starts_with("/sessions") {
-                if let Some(response) = sessions::handle(&ctx, request).await {
-                    return response;
-                }
-                return http::response(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+            let path = request.uri().path();
+            let api = [("/approvals", Api::Approvals), ("/sessions", Api::Sessions)]
+                .into_iter()
+                .find_map(|(prefix, api)| {
+                    let rest = path.strip_prefix(prefix)?;
+                    (rest.is_empty() || rest.starts_with('/')).then(|| (api, rest.to_owned()))
+                });
+            if let Some((api, rest)) = api {
+                return api_call(&ctx, request, api, &rest).await;
             }
             match (request.method(), request.uri().path()) {
                 (&Method::GET, "/healthz") => {
@@ -199,6 +197,34 @@ const PROBE_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long /readyz waits for the database server.
 const UPSTREAM_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The APIs that need a caller.
+#[derive(Debug, Clone, Copy)]
+enum Api {
+    Approvals,
+    Sessions,
+}
+
+/// A call to one of the APIs that need a caller: authenticated, answered, audited.
+async fn api_call(
+    ctx: &Context,
+    request: Request<Incoming>,
+    api: Api,
+    rest: &str,
+) -> Response<Body> {
+    let (call, caller) = accept(ctx, request).await;
+    let (response, caller) = match caller {
+        Err(rejected) => (rejected.response, rejected.caller),
+        Ok(caller) => {
+            let response = match api {
+                Api::Approvals => approvals::route(ctx, &caller, &call, rest).await,
+                Api::Sessions => sessions::route(ctx, &caller, &call, rest).await,
+            };
+            (response, Some(caller))
+        }
+    };
+    finish(ctx, &call, caller.as_ref(), response).await
+}
+
 /// One call to the APIs that need a caller: what was asked.
 #[derive(Debug)]
 pub struct Call {
@@ -212,10 +238,7 @@ pub struct Call {
 /// issuers as database sign-ins (`Authorization: Bearer …`, e.g. from `pgwarden token`), or,
 /// when the identity provider is down, a break-glass token from `[[admin.break_glass]]`
 /// (acting as `break-glass:NAME`). Every call then goes through [`finish`].
-pub async fn accept(
-    ctx: &Context,
-    request: Request<Incoming>,
-) -> (Call, Result<Approver, Rejected>) {
+async fn accept(ctx: &Context, request: Request<Incoming>) -> (Call, Result<Approver, Rejected>) {
     let bearer = request
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -317,7 +340,7 @@ pub struct Rejected {
 }
 
 /// Audit a call (`admin.call`: who, what, and the status answered) and return its response.
-pub async fn finish(
+async fn finish(
     ctx: &Context,
     call: &Call,
     caller: Option<&Approver>,

@@ -12,13 +12,12 @@
 //!
 //! Sessions the caller may not see are 404, as if they did not exist.
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::error;
+use super::{error, Call};
 use crate::approvals::Approver;
 use crate::audit::Event;
 use crate::net::http::{self, Body};
@@ -36,30 +35,9 @@ struct EndBody {
     reason: Option<String>,
 }
 
-/// Handle `/sessions…`; `None` if the path is not ours.
-pub async fn handle(ctx: &Context, request: Request<Incoming>) -> Option<Response<Body>> {
-    let rest = request.uri().path().strip_prefix("/sessions")?.to_owned();
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return None;
-    }
-    let (call, caller) = super::accept(ctx, request).await;
-    let (response, caller) = match caller {
-        Err(rejected) => (rejected.response, rejected.caller),
-        Ok(caller) => {
-            let response = route(ctx, &caller, &call.method, &rest, &call.body).await;
-            (response, Some(caller))
-        }
-    };
-    Some(super::finish(ctx, &call, caller.as_ref(), response).await)
-}
-
-async fn route(
-    ctx: &Context,
-    caller: &Approver,
-    method: &Method,
-    rest: &str,
-    body: &[u8],
-) -> Response<Body> {
+/// Answer an authenticated call to `/sessions{rest}`.
+pub async fn route(ctx: &Context, caller: &Approver, call: &Call, rest: &str) -> Response<Body> {
+    let (method, body) = (&call.method, &call.body[..]);
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let operator = {
         let snapshot = ctx.snapshot.load();
